@@ -1,0 +1,372 @@
+"""The one training loop: ``train_and_evaluate(config, workdir)``.
+
+config -> data source -> labelled/unlabelled split -> batches -> train step -> evaluation ->
+metrics.jsonl / TensorBoard / checkpoints -> results.json. Every entry point (the command
+line, ``FlowGMMClassifier``, a notebook) runs ``fit`` below; none has a loop of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flowgmm_jax import data as data_lib
+from flowgmm_jax import evaluation
+from flowgmm_jax import losses
+from flowgmm_jax import models
+from flowgmm_jax.flowgmm import FlowGMM
+from flowgmm_jax.prior import GaussianMixturePrior
+from flowgmm_jax.training import checkpoint as ckpt_lib
+from flowgmm_jax.training import optim
+from flowgmm_jax.training import step as step_lib
+from flowgmm_jax.training.config import validate_config
+from flowgmm_jax.training.state import TrainState, create_train_state
+from flowgmm_jax.training.writer import MetricWriter
+
+
+# ----------------------------------------------------------------------------- building
+
+def build_flow(model_config: ml_collections.ConfigDict, input_shape, *,
+               bn_axis_name: Optional[str] = None):
+  """The flow named by ``config.model`` for inputs of shape ``input_shape`` (no batch)."""
+  m = model_config
+  if m.name == "realnvp":
+    return models.RealNVP(num_scales=m.num_scales, num_blocks=m.num_blocks,
+                          mid_channels=m.mid_channels, image_shape=tuple(input_shape),
+                          bn_axis_name=bn_axis_name)
+  if m.name == "glow":
+    return models.Glow(num_scales=m.num_scales, steps_per_scale=m.steps_per_scale,
+                       mid_channels=m.mid_channels, image_shape=tuple(input_shape))
+  if m.name == "realnvp_tabular":
+    return models.RealNVPTabular(num_coupling_layers=m.num_coupling_layers,
+                                 hidden_dim=m.hidden_dim, num_layers=m.num_layers,
+                                 dropout_rate=m.dropout_rate)
+  if m.name == "spline_tabular":
+    return models.SplineTabular(num_coupling_layers=m.num_coupling_layers,
+                                hidden_dim=m.hidden_dim, num_layers=m.num_layers,
+                                num_bins=m.num_bins, bound=m.bound)
+  raise ValueError(f"Unknown model {m.name!r} (config.model.name).")
+
+
+def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int, *,
+                image: bool, bn_axis_name: Optional[str] = None) -> FlowGMM:
+  """FlowGMM = flow + GaussianMixturePrior (+ dequantisation for 8-bit images)."""
+  dim = int(np.prod(input_shape))
+  means_init = config.prior.means_init
+  if means_init == "auto":
+    means_init = "image" if image else ("tabular_two_class" if num_classes == 2 else "multiclass")
+  prior = GaussianMixturePrior(
+      num_classes=num_classes, dim=dim, covariance=config.prior.covariance,
+      means_init=means_init,
+      means_scale=config.prior.means_scale if config.prior.means_scale > 0 else None,
+      learn_means=config.prior.learn_means, learn_scales=config.prior.learn_scales,
+      learn_weights=config.prior.learn_weights)
+  flow = build_flow(config.model, input_shape, bn_axis_name=bn_axis_name)
+  return FlowGMM(flow=flow, prior=prior, dequantize=image)
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  """The dataset named by ``config.data`` (see flowgmm_jax.data), subsampled for smoke runs.
+
+  Raises ``DataNotFoundError`` (a FileNotFoundError) or ValueError with one clear message
+  for missing or malformed data.
+  """
+  d, seed = config.data, config.seed
+  data_dir = d.data_dir or None
+  max_train = d.max_train_examples if d.max_train_examples > 0 else None
+  if d.kind == "image":
+    kw = {"data_dir": data_dir}
+    if d.name != "svhn":
+      kw["source"] = d.source
+    if max_train or d.max_test_examples > 0:
+      kw["max_examples"] = max(max_train or 0, d.max_test_examples)
+    ds = data_lib.load_dataset(d.name, **kw)
+  elif d.kind == "toy":
+    ds = data_lib.load_toy(d.name, num_train=d.num_points, num_test=d.num_points, seed=seed)
+  elif d.name == "file":
+    path = d.path
+    if not path:
+      raise ValueError("data.name='file' needs --config.data.path=/path/to/data.npz (or .csv).")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"data file {path!r} does not exist (config.data.path); give "
+                              "an .npz with arrays 'x' and 'y', or a .csv with a label column.")
+    kw = dict(test_fraction=d.test_fraction, seed=seed)
+    if path.endswith(".csv"):
+      ds = data_lib.load_csv_table(path, label_column=d.label_column or None, **kw)
+    elif path.endswith(".npz"):
+      ds = data_lib.load_npz_table(path, **kw)
+    else:
+      raise ValueError(f"data file {path!r}: unknown format; use .npz (arrays 'x', 'y') or .csv.")
+  elif d.name in ("letter", "shuttle"):
+    ds = data_lib.load_uci(d.name, data_dir, test_fraction=d.test_fraction, seed=seed)
+  elif d.name == "miniboone":
+    ds = data_lib.load_miniboone(d.path or None, test_fraction=d.test_fraction, seed=seed)
+  elif d.name == "hepmass":
+    ds = data_lib.load_hepmass(d.path or None, seed=seed)
+  elif d.name == "agnews":
+    ds = data_lib.load_agnews_embeddings(d.path or None, test_fraction=d.test_fraction, seed=seed)
+  elif d.name == "yahoo":
+    ds = data_lib.load_original_text_embeddings("yahoo", d.path or None)
+  elif d.name == "arrays":
+    raise ValueError("data.name='arrays' is for in-memory data given to "
+                     "flowgmm_jax.training.fit or FlowGMMClassifier; from the command line use "
+                     "--config.data.name=file --config.data.path=my.npz (or .csv).")
+  else:
+    raise ValueError(f"Unknown dataset {d.kind}/{d.name} (config.data).")
+  if max_train and len(ds.x_train) > max_train:
+    keep = np.sort(data_lib.stratified_prefix(ds.y_train, max_train))
+    ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+  if d.max_test_examples > 0 and len(ds.x_test) > d.max_test_examples:
+    keep = np.sort(data_lib.stratified_prefix(ds.y_test, d.max_test_examples))
+    ds = dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+  return ds
+
+
+def make_split(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
+  """(labeled_idx, unlabeled_idx) into ``dataset.x_train``.
+
+  If the training labels already contain -1, those rows are the unlabelled pool and every
+  labelled row is used; otherwise ``num_labeled_per_class`` (or ``num_labeled``) labels are
+  kept per class, chosen with the config's seed, and the rest are unlabelled.
+  """
+  d = config.data
+  if np.any(dataset.y_train < 0):
+    return data_lib.split_with_given_unlabeled(dataset.y_train)
+  if d.num_labeled_per_class > 0:
+    kw = {"num_labeled_per_class": d.num_labeled_per_class}
+  else:
+    kw = {"num_labeled": d.num_labeled}
+  return data_lib.labeled_unlabeled_split(dataset.y_train, seed=config.seed,
+                                          num_classes=dataset.num_classes, **kw)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, mesh, batch_size: int, *,
+             num_dims: int, log_weights: np.ndarray) -> dict:
+  """Test metrics over the whole set: accuracy, ECE (15 bins), NLL and bits/dim.
+
+  ``eval/nll`` is the marginal -log p(x) and ``eval/nll_given_label`` is -log p(x | y_true)
+  (nats per example); the ``bpd`` versions divide by D log 2.
+  """
+  n_dev = mesh.shape[step_lib.DATA_AXIS]
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  all_clj, all_ld = [], []
+  for start in range(0, len(x), batch_size):
+    xb = x[start:start + batch_size]
+    n = len(xb)
+    if n < batch_size:  # pad to the static batch shape; padded rows are dropped below
+      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - n, axis=0)], axis=0)
+    clj, ld = eval_step(variables, step_lib.shard_batch(mesh, xb))
+    all_clj.append(np.asarray(clj)[:n])
+    all_ld.append(np.asarray(ld)[:n])
+  sums = evaluation.batch_metric_sums(np.concatenate(all_clj), y, np.concatenate(all_ld),
+                                     log_weights=log_weights)
+  metrics = evaluation.aggregate_metric_sums([sums], num_dims=num_dims, num_bins=15)
+  return {f"eval/{k}": float(v) for k, v in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclasses.dataclass
+class FitResult:
+  """What ``fit`` returns: the model, its trained variables and the final metrics."""
+  model: FlowGMM            # eval-mode model (BatchNorm without a device axis)
+  variables: dict           # {'params', 'batch_stats', 'prior', ...} for model.apply
+  state: TrainState
+  metrics: dict             # final eval metrics (empty when no test set was given)
+  history: list             # all logged metric dicts
+
+
+def _interleave(batch: dict, labeled: int, unlabeled: int, num_devices: int) -> dict:
+  """Reorders [labelled | unlabelled] rows so every device gets both parts."""
+  if num_devices == 1 or labeled % num_devices or unlabeled % num_devices:
+    return batch
+  def mix(a):
+    la = a[:labeled].reshape((num_devices, labeled // num_devices) + a.shape[1:])
+    ua = a[labeled:].reshape((num_devices, unlabeled // num_devices) + a.shape[1:])
+    return np.concatenate([la, ua], axis=1).reshape(a.shape)
+  return {k: mix(v) for k, v in batch.items()}
+
+
+def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
+        labeled_idx: np.ndarray, unlabeled_idx: np.ndarray, *,
+        workdir: Optional[str] = None, mesh=None,
+        log_fn: Optional[Callable[[int, dict], None]] = None) -> FitResult:
+  """Trains FlowGMM on ``dataset.x_train[labeled_idx]`` (with labels) and
+  ``dataset.x_train[unlabeled_idx]`` (labels hidden); evaluates on the test split.
+
+  With a ``workdir``, writes metrics.jsonl, TensorBoard events, checkpoints (and resumes
+  from the latest one) and results.json; without one, nothing is written.
+  """
+  validate_config(config)
+  mesh = step_lib.make_mesh() if mesh is None else mesh
+  num_devices = mesh.shape[step_lib.DATA_AXIS]
+  image = dataset.kind == "image"
+  input_shape = tuple(dataset.x_train.shape[1:])
+  num_dims = int(np.prod(input_shape))
+  bl, bu = config.data.labeled_batch_size, config.data.unlabeled_batch_size
+  if len(unlabeled_idx) == 0:
+    bu = 0
+  global_batch = bl + bu
+  if global_batch % num_devices:
+    raise ValueError(
+        f"labeled_batch_size + unlabeled_batch_size = {global_batch} must be divisible by the "
+        f"number of devices ({num_devices}); change config.data.*_batch_size.")
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  train_model = build_model(config, input_shape, dataset.num_classes, image=image,
+                            bn_axis_name=step_lib.DATA_AXIS)
+  eval_model = build_model(config, input_shape, dataset.num_classes, image=image)
+  # Data-dependent initialisation (ActNorm) sees a real labelled+unlabelled batch.
+  init_rows = np.concatenate([labeled_idx[:bl], unlabeled_idx[:max(bu, 1)]])[:max(global_batch, 2)]
+  x_init = jnp.asarray(dataset.x_train[init_rows], jnp.float32)
+  variables = eval_model.init({"params": init_rng, "dropout": init_rng}, x_init)
+  tx = optim.make_optimizer(
+      config.optim.optimizer, config.optim.learning_rate, config.num_train_steps,
+      schedule=config.optim.schedule, warmup_steps=config.optim.warmup_steps,
+      weight_decay=config.optim.weight_decay, grad_clip_norm=config.optim.grad_clip_norm)
+  state = step_lib.replicate(mesh, create_train_state(variables, tx, train_rng))
+
+  checkpointer = writer = None
+  if workdir is not None:
+    os.makedirs(workdir, exist_ok=True)
+    meta = {"model": config.model.to_dict(), "prior": config.prior.to_dict(),
+            "data": {k: config.data[k] for k in ("kind", "name", "path")},
+            "input_shape": list(input_shape), "num_classes": int(dataset.num_classes)}
+    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints, meta=meta)
+    restored = checkpointer.restore(state)
+    if restored is not None:
+      state = restored
+    writer = MetricWriter(workdir)
+
+  augment = None
+  if image and (config.augment.crop_padding > 0 or config.augment.flip):
+    augment = lambda k, x: data_lib.augment_images(
+        k, x, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
+  cons_weight = 0.0
+  if config.loss.consistency_weight > 0:
+    cons_weight = functools.partial(
+        losses.consistency_weight_ramp, max_weight=config.loss.consistency_weight,
+        rampup_steps=config.loss.consistency_rampup_steps)
+  train_step = step_lib.make_train_step(
+      train_model, tx, mesh, global_batch_size=global_batch,
+      unlabeled_weight=config.loss.unlabeled_weight, consistency_weight=cons_weight,
+      augment=augment, dequantize=image, num_dims=num_dims)
+  eval_step = step_lib.make_eval_step(eval_model, mesh)
+  batches = data_lib.SemiSupervisedBatches(
+      dataset.x_train, dataset.y_train, labeled_idx, unlabeled_idx,
+      labeled_batch_size=bl, unlabeled_batch_size=bu, seed=config.seed)
+  rng_arg = step_lib.replicate(mesh, jnp.asarray(train_rng, jnp.uint32))
+
+  def run_eval():
+    prior_lw = np.asarray(jax.device_get(
+        eval_model.apply(state.variables(), method=lambda m: m.prior.log_weights())))
+    return evaluate(eval_step, state.variables(), dataset.x_test, dataset.y_test, mesh,
+                    config.eval_batch_size, num_dims=num_dims, log_weights=prior_lw)
+
+  history = []
+  start_step = int(jax.device_get(state.step))
+  total = config.num_train_steps
+  pbar = None
+  if config.progress_bar and jax.process_index() == 0:
+    from tqdm.auto import tqdm
+    pbar = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True)
+  t0, steps_since = time.perf_counter(), 0
+  metrics_acc = []
+  eval_metrics = {}
+  for step in range(start_step, total):
+    host_batch = batches.batch(step)
+    host_batch["position"] = np.arange(global_batch, dtype=np.int32)
+    host_batch = _interleave(host_batch, bl, bu, num_devices)
+    state, metrics = train_step(state, step_lib.shard_batch(mesh, host_batch), rng_arg)
+    metrics_acc.append(metrics)  # stays on device; fetched only at log time
+    steps_since += 1
+    done = step + 1
+    if pbar is not None:
+      pbar.update(1)
+    if done % config.log_every_steps == 0 or done == total:
+      fetched = jax.device_get(metrics_acc)
+      summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      if not all(math.isfinite(v) for v in summary.values()):
+        raise FloatingPointError(
+            f"Training diverged at step {done}: {summary}. Lower config.optim.learning_rate "
+            "or config.optim.grad_clip_norm, or check the data for outliers.")
+      summary["train/steps_per_sec"] = steps_since / (time.perf_counter() - t0)
+      t0, steps_since, metrics_acc = time.perf_counter(), 0, []
+      history.append({"step": done, **summary})
+      if writer:
+        writer.write(done, summary)
+      if log_fn:
+        log_fn(done, summary)
+      if pbar is not None:
+        pbar.set_postfix(loss=f"{summary['train/loss']:.3f}")
+    if done % config.eval_every_steps == 0 or done == total:
+      if len(dataset.x_test):
+        eval_metrics = run_eval()
+        history.append({"step": done, **eval_metrics})
+        if writer:
+          writer.write(done, eval_metrics)
+        if log_fn:
+          log_fn(done, eval_metrics)
+    if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
+      checkpointer.save(state)
+  if pbar is not None:
+    pbar.close()
+  if not eval_metrics and len(dataset.x_test):
+    eval_metrics = run_eval()
+  if checkpointer:
+    if int(jax.device_get(state.step)) != checkpointer.latest_step():
+      checkpointer.save(state, force=True)
+    checkpointer.close()
+  if writer:
+    writer.close()
+  return FitResult(model=eval_model, variables=jax.device_get(state.variables()),
+                   state=state, metrics=eval_metrics, history=history)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the experiment described by ``config``; writes everything under ``workdir``.
+
+  Returns the final results (also written to ``workdir/results.json``).
+  """
+  validate_config(config)
+  if config.multihost:
+    jax.distributed.initialize()
+  # Load (and validate) the data before creating anything in the workdir, so a bad path or a
+  # bad file leaves nothing half-written behind.
+  dataset = load_dataset(config)
+  labeled_idx, unlabeled_idx = make_split(config, dataset)
+  created = not os.path.exists(workdir)
+  try:
+    result = fit(config, dataset, labeled_idx, unlabeled_idx, workdir=workdir)
+  except BaseException:
+    if created and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)  # nothing half-written from a failed start
+    raise
+  results = {
+      "step": int(jax.device_get(result.state.step)),
+      "dataset": dataset.name,
+      "num_labeled": int(len(labeled_idx)),
+      "num_unlabeled": int(len(unlabeled_idx)),
+      "num_test": int(len(dataset.x_test)),
+      **result.metrics,
+  }
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, "results.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, "results.json"))
+  return results

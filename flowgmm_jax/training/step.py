@@ -1,0 +1,211 @@
+"""The one train step and the eval step, data-parallel over a 1-D ``data`` mesh.
+
+``train_step(state, batch, rng) -> (state, metrics)`` is a single jitted function: inside
+``jax.shard_map`` each device takes its slice of the global batch, computes the FlowGMM loss,
+and gradients and BatchNorm statistics are averaged with ``lax.pmean`` over the ``data``
+axis. The state is replicated and donated, shapes are static, and nothing syncs with the
+host, so the step runs back to back without recompiling.
+
+Exactness across device counts: the loss is normalised by GLOBAL counts of labelled and
+unlabelled examples (``psum``), BatchNorm averages its moments over all devices, and all
+randomness (dequantisation noise, augmentation) is drawn per example from keys split for the
+global batch (keyed by each row's position in the sampled batch), so the same global batch
+gives the same update on 1 or 8 devices. (Dropout
+masks are drawn per device and are the one exception.)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from flowgmm_jax import losses
+from flowgmm_jax.training.state import TrainState
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named ``data`` over every device of every host (or the given ones)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def _example_keys(rng, position):
+  """One key per example, from the example's row in the global batch (``position: [b]``),
+  so an example's randomness does not depend on which device holds it."""
+  return jax.vmap(lambda p: jax.random.fold_in(rng, p))(position)
+
+
+def _per_example_uniform(keys, shape, dtype):
+  return jax.vmap(lambda k: jax.random.uniform(k, shape, dtype))(keys)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
+                    global_batch_size: int,
+                    unlabeled_weight: float = 1.0,
+                    consistency_weight: Callable[[jax.Array], jax.Array] | float = 0.0,
+                    augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+                    dequantize: bool = False,
+                    num_dims: int = 1):
+  """Builds the jitted data-parallel train step.
+
+  Args:
+    model: a ``FlowGMM`` whose flow was built with ``bn_axis_name='data'``.
+    tx: the optax transformation.
+    mesh: 1-D mesh with axis ``data``; ``global_batch_size`` must divide by its size.
+    global_batch_size: B, the number of rows of every batch (labelled + unlabelled).
+    unlabeled_weight: weight of the unlabelled mixture NLL.
+    consistency_weight: a float, or a function of the step (the ramp-up); 0 disables
+      FlowGMM-cons (and its second forward pass).
+    augment: ``augment(rng, x[1, ...]) -> x[1, ...]`` applied per example, or None.
+    dequantize: draw dequantisation noise for 8-bit images.
+    num_dims: D, for the per-dimension (bits/dim) reporting of the NLL.
+
+  Returns:
+    ``train_step(state, batch, rng) -> (state, metrics)`` where ``batch`` is a dict with
+    ``x: [B, ...]``, ``y: [B]`` (int32, -1 = unlabelled) and ``position: [B]`` (int32, each
+    row's index in the batch as sampled, before any reordering across devices; it seeds the
+    row's noise and augmentation), sharded over ``data``; ``metrics`` is a dict of
+    replicated scalars.
+  """
+  num_devices = mesh.shape[DATA_AXIS]
+  if global_batch_size % num_devices:
+    raise ValueError(
+        f"The global batch size {global_batch_size} must be divisible by the number of "
+        f"devices ({num_devices}); change the labelled/unlabelled batch sizes in the config.")
+  use_cons = callable(consistency_weight) or float(consistency_weight) != 0.0
+  cons_weight_fn = (consistency_weight if callable(consistency_weight)
+                    else (lambda step: jnp.asarray(consistency_weight, jnp.float32)))
+
+  def inputs(keys, x):
+    """Augments and draws dequantisation noise, one key per example."""
+    if augment is not None:
+      aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+      x = jax.vmap(lambda k, xi: augment(k, xi[None])[0])(aug_keys, x)
+    noise = None
+    if dequantize:
+      noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+      noise = _per_example_uniform(noise_keys, x.shape[1:], x.dtype)
+    return x, noise
+
+  def per_device(state: TrainState, batch, rng):
+    step_rng = jax.random.fold_in(rng, state.step)
+    position = batch["position"]
+    keys1 = _example_keys(jax.random.fold_in(step_rng, 0), position)
+    keys2 = _example_keys(jax.random.fold_in(step_rng, 1), position)
+    dropout_rng = jax.random.fold_in(jax.random.fold_in(step_rng, 2),
+                                     jax.lax.axis_index(DATA_AXIS))
+    x = batch["x"].astype(jnp.float32)
+    y = batch["y"]
+    labeled = y >= 0
+    # Global counts, so that the pmean of device losses is the loss of the global batch.
+    num_labeled = jax.lax.psum(jnp.sum(labeled), DATA_AXIS)
+    num_unlabeled = jax.lax.psum(jnp.sum(~labeled), DATA_AXIS)
+    cons_w = cons_weight_fn(state.step)
+
+    def loss_fn(params):
+      batch_stats = state.batch_stats
+      pred_other = None
+      if use_cons:
+        # FlowGMM-cons: the class predicted on a second augmentation, without gradient.
+        x2, noise2 = inputs(keys2, x)
+        (_, _, clj2), upd = model.apply(
+            state.variables(params, batch_stats), x2, noise2, train=True,
+            mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
+        batch_stats = upd.get("batch_stats", batch_stats)
+        pred_other = jnp.argmax(jax.lax.stop_gradient(clj2), axis=-1)
+      x1, noise1 = inputs(keys1, x)
+      (z, log_det, clj), upd = model.apply(
+          state.variables(params, batch_stats), x1, noise1, train=True,
+          mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      new_batch_stats = upd.get("batch_stats", batch_stats)
+      terms = losses.semi_supervised_nll_terms(clj, log_det, y)
+      sum_l, sum_u = jnp.sum(terms["nll_labeled"]), jnp.sum(terms["nll_unlabeled"])
+      nll_l = jax.lax.psum(sum_l, DATA_AXIS) / jnp.maximum(num_labeled, 1)
+      nll_u = jax.lax.psum(sum_u, DATA_AXIS) / jnp.maximum(num_unlabeled, 1)
+      # This device's share of the global loss, scaled so that pmean(grad) is exact.
+      local = (sum_l / jnp.maximum(num_labeled, 1)
+               + unlabeled_weight * sum_u / jnp.maximum(num_unlabeled, 1))
+      cons = jnp.zeros((), jnp.float32)
+      if use_cons:
+        cons_sum = jnp.sum(losses.consistency_nll_per_example(clj, log_det, pred_other))
+        local = local + cons_w * cons_sum / global_batch_size
+        cons = jax.lax.psum(cons_sum, DATA_AXIS) / global_batch_size
+      correct = jnp.sum((jnp.argmax(clj, -1) == y) & labeled)
+      aux = dict(batch_stats=new_batch_stats, nll_labeled=nll_l, nll_unlabeled=nll_u,
+                 consistency=cons, correct=jax.lax.psum(correct, DATA_AXIS),
+                 log_det=jax.lax.pmean(jnp.mean(log_det), DATA_AXIS))
+      return local * num_devices, aux
+
+    grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, DATA_AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Flax BatchNorm with axis_name='data' already pmean-s its batch moments; the running
+    # averages are then identical on every device. pmean keeps them provably replicated.
+    batch_stats = jax.lax.pmean(aux["batch_stats"], DATA_AXIS)
+    loss = (aux["nll_labeled"] + unlabeled_weight * aux["nll_unlabeled"]
+            + cons_w * aux["consistency"])
+    metrics = {
+        "train/loss": loss,
+        "train/nll_labeled": aux["nll_labeled"],
+        "train/nll_unlabeled": aux["nll_unlabeled"],
+        "train/bpd_unlabeled": aux["nll_unlabeled"] / (num_dims * np.log(2.0)),
+        "train/consistency": aux["consistency"],
+        "train/consistency_weight": cons_w,
+        "train/labeled_accuracy": aux["correct"] / jnp.maximum(num_labeled, 1),
+        "train/log_det": aux["log_det"],
+        "train/grad_norm": optax.tree.norm(grads),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(P(), P(DATA_AXIS), P()),
+      out_specs=(P(), P()),
+      check_vma=False)
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(model, mesh: Mesh, *, dequantize: bool = False):
+  """Jitted data-parallel evaluation: per-example class log-joints and log-dets.
+
+  Returns ``eval_step(variables, x) -> (class_log_joint [B, K], log_det [B])``, sharded over
+  ``data``. Dequantisation uses the midpoint noise 0.5, so evaluation is deterministic.
+  """
+  del dequantize  # FlowGMM uses midpoint noise when none is given.
+
+  def per_device(variables, x):
+    _, log_det, clj = model.apply(variables, x.astype(jnp.float32), None, train=False)
+    return clj, log_det
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                          out_specs=(P(DATA_AXIS), P(DATA_AXIS)), check_vma=False)
+  return jax.jit(sharded)
+
+
+def shard_batch(mesh: Mesh, batch):
+  """Puts a host batch (dict of numpy arrays, the GLOBAL batch on one host, or this host's
+  slice on several hosts) on the devices, split along the batch axis."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+
+
+def replicate(mesh: Mesh, tree):
+  """Replicates a pytree on every device of the mesh.
+
+  Every leaf gets its own buffers (via a host copy): ``model.init`` may return one array
+  object at two places of the tree, and a donated state must not alias itself.
+  """
+  return jax.device_put(jax.tree.map(np.array, tree), NamedSharding(mesh, P()))
