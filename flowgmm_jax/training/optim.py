@@ -1,20 +1,16 @@
 """Optimisers and schedules: Adam/AdamW, global-norm clipping, the original's schedules.
 
 Weight decay follows the original FlowGMM code, which applied L2 only to the weight-norm
-gains (PyTorch's ``weight_g``; ours are the parameters named ``WEIGHT_NORM_GAIN_NAME``) and to
-nothing else. Everything here is a pure optax transformation, so it runs inside the jitted step.
+gains (PyTorch's ``weight_g``; ours are the leaves named ``g``, see
+``flowgmm_jax.models.weight_norm_gain_mask``) and to nothing else. Everything here is a pure optax transformation, so it runs inside the jitted step.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import jax
 import jax.numpy as jnp
 import optax
 
-# Name of the weight-norm gain parameter in flowgmm_jax.nets (the original's `weight_g`).
-WEIGHT_NORM_GAIN_NAME = "g"
+from flowgmm_jax.models import weight_norm_gain_mask
 
 SCHEDULES = ("constant", "cosine", "wilson")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -54,15 +50,6 @@ def make_schedule(name: str, base_lr: float, total_steps: int, warmup_steps: int
     warmup = optax.linear_schedule(0.0, base_lr, warmup_steps)
     return optax.join_schedules([warmup, main], [warmup_steps])
   return main
-
-
-def weight_norm_gain_mask(params: Any) -> Any:
-  """True for weight-norm gains (leaf name ``g``), False elsewhere: where decay applies."""
-  def is_gain(path, _):
-    last = path[-1]
-    name = getattr(last, "key", getattr(last, "name", None))
-    return name == WEIGHT_NORM_GAIN_NAME
-  return jax.tree_util.tree_map_with_path(is_gain, params)
 
 
 def make_optimizer(optimizer: str, learning_rate: float, total_steps: int, *,

@@ -1,0 +1,229 @@
+"""Multi-scale Glow (Kingma & Dhariwal 2018) for images.
+
+Forward (``__call__``) is data -> latent: ``x: [B, H, W, C] -> (z: [B, H*W*C], log_det: [B])``.
+``inverse`` is latent -> data and needs no prior forward call.
+
+    for scale in 0 .. num_scales - 1:
+      squeeze 2x2                                              [H, W, C] -> [H/2, W/2, 4C]
+      steps_per_scale times:
+        ActNorm -> invertible 1x1 conv (LU) -> channel-wise affine coupling
+      if not the last scale: factor out the last half of the channels into the latent
+    z = concat(flatten(factored pieces in order), flatten(final activations))
+
+The coupling is the same as RealNVP's channel-wise coupling (ResNet conditioner with
+BatchNorm, ``s = scale * tanh(s_raw)``), always changing the first half of the channels:
+the 1x1 convolutions mix the channels between couplings, so no alternation is needed (as
+the original's ``flow_ssl/glow.py``, whose own image Glow cannot run on 3-channel inputs
+because it couples before the first squeeze; this version squeezes first, as Glow does).
+H and W must be divisible by ``2 ** num_scales``.
+
+Data-dependent initialisation: ``model.init(rng, x)`` with a representative batch ``x``
+IS ActNorm's data-dependent initialisation. Each ActNorm's ``loc``/``log_scale``
+initialisers look at the activations flowing into it during that init call
+(``actnorm_init_params``), so its outputs start zero-mean, unit-variance per channel on
+that batch. Initialising through ``method=model.inverse`` gives identity ActNorms instead.
+
+The 1x1 convolutions start from the LU factors of a random orthogonal matrix
+(``conv1x1_lu_init``). Its permutation and diagonal signs must stay fixed, so rather
+than storing them in an extra variable collection they are numpy constants derived from
+a fixed per-layer seed (``conv1x1_seed`` and the layer index; computed once, cached), so
+the variables hold only ``params`` and ``batch_stats``. The trained factors (``lower``,
+``upper``, ``log_s``) are parameters initialised from the same seed, so the 1x1 convs'
+initial values do not depend on the ``rng`` passed to ``init``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flowgmm_jax.bijectors.actnorm import ActNorm, actnorm_init_params
+from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU, conv1x1_lu_init
+from flowgmm_jax.bijectors.coupling import ChannelCoupling
+from flowgmm_jax.bijectors.reshape import Squeeze, flatten_and_join, split_and_unflatten
+from flowgmm_jax.models.realnvp import (check_image_input, image_shape_from_latent_dim,
+                                        multiscale_latent_shapes)
+from flowgmm_jax.nets import Rescale, ResNetConditioner
+
+Array = jax.Array
+
+
+class ActNormLayer(nn.Module):
+  """Holds one ActNorm's parameters ``loc, log_scale: [C]`` and returns the bijector.
+
+  On ``init`` with ``data_init=True`` the parameters are initialised from the incoming
+  activations ``x`` (``actnorm_init_params``): the data-dependent initialisation.
+  """
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, data_init: bool = True) -> ActNorm:
+    channels = x.shape[-1]
+
+    def init(_key, which: int):
+      if not data_init:
+        return jnp.zeros((channels,), self.param_dtype)
+      return actnorm_init_params(jax.lax.stop_gradient(x))[which].astype(self.param_dtype)
+
+    return ActNorm(self.param("loc", init, 0), self.param("log_scale", init, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_conv1x1_lu_init(seed: int, channels: int) -> Dict[str, np.ndarray]:
+  """``conv1x1_lu_init(PRNGKey(seed), channels)`` as numpy constants, evaluated eagerly
+  (also when called while tracing) and cached: deterministic, so computed once."""
+  with jax.ensure_compile_time_eval():
+    lu_init = conv1x1_lu_init(jax.random.PRNGKey(seed), channels)
+    return {k: np.asarray(v) for k, v in lu_init.items()}
+
+
+class Conv1x1Layer(nn.Module):
+  """Holds one invertible 1x1 convolution's trained LU factors; returns ``Conv1x1LU``.
+
+  The fixed permutation and signs come from ``conv1x1_lu_init(PRNGKey(seed), C)`` (numpy
+  constants), as do the initial values of ``lower``, ``upper``, ``log_s``.
+  """
+  seed: int = 0
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, num_channels: int) -> Conv1x1LU:
+    lu_init = _fixed_conv1x1_lu_init(self.seed, num_channels)
+    param = lambda name: self.param(
+        name, lambda _key: jnp.asarray(lu_init[name], self.param_dtype))
+    return Conv1x1LU(lu_init["perm"], param("lower"), param("upper"), param("log_s"),
+                     lu_init["sign_s"])
+
+
+class _GlowStep(NamedTuple):
+  kind: str            # "squeeze" | "flow" | "factor_out"
+  index: int = -1      # flow-step index (ActNorm / 1x1 conv / coupling lists)
+
+
+def glow_plan(num_scales: int, steps_per_scale: int) -> List[_GlowStep]:
+  """The static list of steps of the multi-scale Glow (see the module docstring)."""
+  steps, index = [], 0
+  for scale in range(num_scales):
+    steps.append(_GlowStep("squeeze"))
+    for _ in range(steps_per_scale):
+      steps.append(_GlowStep("flow", index))
+      index += 1
+    if scale < num_scales - 1:
+      steps.append(_GlowStep("factor_out"))
+  return steps
+
+
+class Glow(nn.Module):
+  """Multi-scale Glow for images. Forward = data -> latent.
+
+  Attributes:
+    num_scales: number of scales (one squeeze each; all but the last factor out half).
+    steps_per_scale: flow steps (ActNorm, 1x1 conv, coupling) per scale.
+    mid_channels: ResNet conditioner width (the same at every scale).
+    num_blocks: residual blocks per conditioner.
+    image_shape: optional (H, W, C), needed by ``inverse`` only for non-square images.
+    bn_axis_name: BatchNorm ``axis_name`` for cross-device statistics (or None).
+    zero_init_last: zero each conditioner's last conv (couplings start as the identity).
+    conv1x1_seed: seed of the fixed 1x1-convolution permutations/signs and their init.
+    param_dtype: parameter dtype.
+  """
+  num_scales: int = 3
+  steps_per_scale: int = 8
+  mid_channels: int = 128
+  num_blocks: int = 2
+  image_shape: Optional[Tuple[int, int, int]] = None
+  bn_axis_name: Optional[str] = None
+  zero_init_last: bool = True
+  conv1x1_seed: int = 0
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.num_scales < 1 or self.steps_per_scale < 1:
+      raise ValueError(f"Glow: num_scales and steps_per_scale must be >= 1, got "
+                       f"{self.num_scales} and {self.steps_per_scale}.")
+    self.plan = glow_plan(self.num_scales, self.steps_per_scale)
+    num_steps = self.num_scales * self.steps_per_scale
+    self.actnorms = [ActNormLayer(param_dtype=self.param_dtype) for _ in range(num_steps)]
+    self.conv1x1s = [Conv1x1Layer(seed=self.conv1x1_seed * 1_000_003 + i,
+                                  param_dtype=self.param_dtype) for i in range(num_steps)]
+    self.conditioners = [
+        ResNetConditioner(mid_channels=self.mid_channels, num_blocks=self.num_blocks,
+                          double_after_norm=False, zero_init_last=self.zero_init_last,
+                          bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype)
+        for _ in range(num_steps)]
+    self.rescales = [Rescale(param_dtype=self.param_dtype) for _ in range(num_steps)]
+
+  def _coupling(self, index: int, channels: int, train: bool) -> ChannelCoupling:
+    net = self.conditioners[index]
+    return ChannelCoupling(lambda h: net(h, train), self.rescales[index](channels // 2),
+                           swap=False)
+
+  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
+    """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
+
+    ``train=True`` uses batch statistics in the conditioners' BatchNorm and needs
+    ``mutable=["batch_stats"]``.
+    """
+    check_image_input(x.shape, "Glow", 2 ** self.num_scales, self.image_shape)
+    log_det = jnp.zeros(x.shape[:1], x.dtype)
+    factored = []
+    for step in self.plan:
+      if step.kind == "squeeze":
+        x, _ = Squeeze().forward_and_log_det(x)
+      elif step.kind == "factor_out":
+        keep = x.shape[-1] // 2
+        factored.append(x[..., keep:])
+        x = x[..., :keep]
+      else:
+        i, c = step.index, x.shape[-1]
+        # ActNorm is built from the activations reaching it (data-dependent init).
+        x, actnorm_log_det = self.actnorms[i](x).forward_and_log_det(x)
+        x, conv_log_det = self.conv1x1s[i](c).forward_and_log_det(x)
+        x, coupling_log_det = self._coupling(i, c, train).forward_and_log_det(x)
+        log_det = log_det + actnorm_log_det + conv_log_det + coupling_log_det
+    return flatten_and_join(factored + [x]), log_det
+
+  def _input_image_shape(self, z: Array) -> Tuple[int, int, int]:
+    if self.image_shape is not None:
+      h, w, c = self.image_shape
+      if h * w * c != z.shape[-1]:
+        raise ValueError(
+            f"Glow.inverse: z has D = {z.shape[-1]} but image_shape={self.image_shape} "
+            f"needs D = {h * w * c}.")
+      return tuple(self.image_shape)
+    try:
+      # The first ActNorm acts after the first squeeze: 4C channels.
+      channels = self.variables["params"]["actnorms_0"]["loc"].shape[0] // 4
+    except KeyError:
+      raise ValueError(
+          "Glow.inverse: cannot infer the image shape: the model has no parameters yet. "
+          "Initialise with model.init(rng, x) on images, or pass image_shape=(H, W, C)."
+      ) from None
+    return image_shape_from_latent_dim(z.shape[-1], channels, "Glow")
+
+  def inverse(self, z: Array, train: bool = False) -> Array:
+    """Latent -> data. ``z: [B, D]`` -> ``x: [B, H, W, C]`` (no forward call needed)."""
+    if z.ndim != 2:
+      raise ValueError(f"Glow.inverse expects a flat latent z: [B, D], got shape "
+                       f"{tuple(z.shape)}.")
+    image_shape = self._input_image_shape(z)
+    check_image_input((z.shape[0],) + tuple(image_shape), "Glow", 2 ** self.num_scales, None)
+    # multiscale_latent_shapes only reads the squeeze / factor_out steps.
+    pieces = split_and_unflatten(z, multiscale_latent_shapes(self.plan, image_shape))
+    x, factored = pieces[-1], pieces[:-1]
+    for step in reversed(self.plan):
+      if step.kind == "squeeze":
+        x, _ = Squeeze().inverse_and_log_det(x)
+      elif step.kind == "factor_out":
+        x = jnp.concatenate([x, factored.pop()], axis=-1)
+      else:
+        i, c = step.index, x.shape[-1]
+        x = self._coupling(i, c, train).inverse(x)
+        x = self.conv1x1s[i](c).inverse(x)
+        x = self.actnorms[i](x, data_init=False).inverse(x)
+    return x

@@ -1,0 +1,304 @@
+"""Conditioner networks (Flax Linen) for coupling layers.
+
+A conditioner maps the KEPT part of a coupling layer's input to ``(s_raw, t)``; the
+coupling bijector (``flowgmm_jax.bijectors.coupling``) turns ``s_raw`` into a bounded
+log-scale ``s = scale * tanh(s_raw)`` and applies ``y = (x + t) * exp(s)`` to the changed
+part. The conditioners never need to be invertible.
+
+* ``ResNetConditioner``: the s/t network of the original FlowGMM / RealNVP image code
+  (``flow_ssl/resnet_realnvp/resnet.py``), NHWC:
+
+      h = BN(x); h = 2h if double_after_norm          (checkerboard couplings only)
+      h = relu(concat[h, -h])                           (concat-ReLU, input only)
+      h = WNConv3x3(h) -> mid;  skip = WNConv1x1(h)
+      num_blocks times:
+        h = h + WNConv3x3(relu(BN(WNConv3x3_nobias(relu(BN(h))))))
+        skip = skip + WNConv1x1(h)                     (skip accumulation)
+      out = WNConv1x1(relu(BN(skip))) -> out_channels = [s_raw | t]
+
+  All convolutions are weight-normalised (``WNConv``), every BatchNorm is affine.
+* ``MLP`` / ``MLPConditioner``: the tabular s/t network of the original
+  (``CouplingLayerTabular``): Dense(k), ReLU, [Dropout], num_layers x (Dense(k), ReLU),
+  Dense(out).
+* ``Rescale``: the learnable per-channel factor ``scale`` of ``s = scale * tanh(s_raw)``,
+  weight-normalised like the original (``weight_norm(Rescale(C))``).
+
+Initialisation follows PyTorch's defaults used by the original (kernel and bias
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, weight-norm gain ``g = ||v||`` so the initial
+kernel equals ``v``), except that ``zero_init_last=True`` zeroes the last layer so
+``s_raw = t = 0`` and a coupling layer starts as the identity (the original's image
+ResNet did not do this; its tabular MLP has the same ``init_zeros`` switch, off by default).
+
+Parameter naming: weight-norm direction ``v`` and gain ``g``; a weight-decay mask over the
+gains (the original applies weight decay ONLY to the ``weight_g`` gains) is
+``flowgmm_jax.models.weight_norm_gain_mask``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# PyTorch's BatchNorm defaults (running = 0.9 running + 0.1 batch, eps 1e-5).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def torch_default_kernel_init(key, shape, dtype=jnp.float32):
+  """PyTorch's default kernel init for Linear/Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  ``shape`` is ``[..., fan_in_part, out]`` (HWIO for convs, [in, out] for dense); fan_in is
+  the product of all but the last axis. Equals kaiming_uniform(a=sqrt(5)).
+  """
+  return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")(key, shape, dtype)
+
+
+def _uniform_bias_init(fan_in: int):
+  """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / float(fan_in) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _weight_norm(v: Array, g: Array) -> Array:
+  """Weight-normalised kernel ``g * v / ||v||`` with the norm over all axes but the last
+  (output-channel) axis. ``v: [..., out]``, ``g: [out]``."""
+  axes = tuple(range(v.ndim - 1))
+  norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=axes))
+  return v * (g / norm)
+
+
+class WNConv(nn.Module):
+  """Weight-normalised 2-D convolution, NHWC, stride 1, 'SAME' (zero) padding.
+
+  ``kernel = g * v / ||v||`` with ``v: [k, k, C_in, features]`` and one gain per output
+  channel ``g: [features]`` (the norm runs over ``k, k, C_in``), as
+  ``torch.nn.utils.weight_norm(nn.Conv2d(...))`` with its default ``dim=0``.
+
+  Attributes:
+    features: output channels.
+    kernel_size: side length k (odd; 1 or 3 in the flows).
+    use_bias: add a per-channel bias.
+    zero_init: initialise ``g`` and ``bias`` to zero so the output is exactly 0 at init
+      (``v`` stays random: it must be non-zero for the normalisation).
+    param_dtype: dtype of the parameters; the computation uses the promoted dtype of the
+      input and the parameters.
+  """
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  zero_init: bool = False
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """``x: [B, H, W, C_in] -> [B, H, W, features]``."""
+    k = self.kernel_size
+    in_channels = x.shape[-1]
+    fan_in = k * k * in_channels
+    v = self.param("v", torch_default_kernel_init, (k, k, in_channels, self.features),
+                   self.param_dtype)
+    if self.zero_init:
+      g = self.param("g", nn.initializers.zeros, (self.features,), self.param_dtype)
+    else:
+      # g = ||v|| so that the initial kernel equals v (PyTorch's weight_norm init).
+      g = self.param(
+          "g", lambda _key, _shape, _dtype: jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1, 2))),
+          (self.features,), self.param_dtype)
+    kernel = _weight_norm(v, g)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel)
+    y = jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      bias_init = nn.initializers.zeros if self.zero_init else _uniform_bias_init(fan_in)
+      bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
+      y = y + jnp.asarray(bias, y.dtype)
+    return y
+
+
+class Rescale(nn.Module):
+  """Learnable per-channel factor of the coupling log-scale, ``s = scale * tanh(s_raw)``.
+
+  Weight-normalised like the original's ``weight_norm(Rescale(C))`` (weight ``[C, 1, 1]``,
+  norm per channel): ``scale_c = g_c * v_c / |v_c|``, both initialised to 1, so
+  ``scale = 1`` at init. Two parameters per channel, as in the original (``v`` only carries
+  a sign and gets zero gradient; keep it out of weight decay, see the module docstring).
+  """
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, num_channels: int) -> Array:
+    """Returns ``scale: [num_channels]``."""
+    g = self.param("g", nn.initializers.ones, (num_channels,), self.param_dtype)
+    v = self.param("v", nn.initializers.ones, (num_channels,), self.param_dtype)
+    return g * v / jnp.abs(v)
+
+
+class ResNetConditioner(nn.Module):
+  """The original RealNVP/FlowGMM ResNet s/t network (NHWC); see the module docstring.
+
+  Attributes:
+    mid_channels: width of the hidden layers.
+    num_blocks: number of residual blocks (8 in the paper).
+    out_channels: channels of the raw output ``[s_raw | t]``; None means
+      ``2 * C_in`` (the kept input has as many channels as the changed part in all
+      RealNVP/Glow couplings). Must be even.
+    double_after_norm: multiply the normalised input by 2 (the original does this for
+      checkerboard couplings, where half the inputs are masked to zero).
+    zero_init_last: zero the last conv so ``s_raw = t = 0`` at init (coupling = identity).
+    bn_axis_name: passed to BatchNorm's ``axis_name`` so batch statistics are averaged
+      over devices (e.g. "data" under shard_map/pmap); None on one device.
+    param_dtype: parameter dtype.
+  """
+  mid_channels: int = 64
+  num_blocks: int = 8
+  out_channels: Optional[int] = None
+  double_after_norm: bool = False
+  zero_init_last: bool = True
+  bn_axis_name: Optional[str] = None
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _batch_norm(self, train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                        epsilon=BN_EPSILON, axis_name=self.bn_axis_name,
+                        param_dtype=self.param_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
+    """``x: [B, H, W, C_in] -> (s_raw, t)``, each ``[B, H, W, out_channels / 2]``.
+
+    BatchNorm uses batch statistics (and updates ``batch_stats``, which must then be
+    mutable) when ``train`` is True, running statistics otherwise.
+    """
+    if x.ndim != 4:
+      raise ValueError(
+          f"ResNetConditioner expects NHWC images [B, H, W, C], got shape {tuple(x.shape)}.")
+    out_channels = self.out_channels or 2 * x.shape[-1]
+    if out_channels % 2:
+      raise ValueError(f"ResNetConditioner: out_channels must be even (s_raw and t halves), "
+                       f"got {out_channels}.")
+    mid = self.mid_channels
+    wn = lambda features, k, name, **kw: WNConv(
+        features, k, param_dtype=self.param_dtype, name=name, **kw)
+
+    h = self._batch_norm(train, "in_norm")(x)
+    if self.double_after_norm:
+      h = 2.0 * h
+    h = nn.relu(jnp.concatenate([h, -h], axis=-1))  # concat-ReLU keeps sign information
+    h = wn(mid, 3, "in_conv")(h)
+    skip = wn(mid, 1, "in_skip")(h)
+    for i in range(self.num_blocks):
+      r = nn.relu(self._batch_norm(train, f"block{i}_in_norm")(h))
+      r = wn(mid, 3, f"block{i}_in_conv", use_bias=False)(r)
+      r = nn.relu(self._batch_norm(train, f"block{i}_out_norm")(r))
+      r = wn(mid, 3, f"block{i}_out_conv")(r)
+      h = h + r
+      skip = skip + wn(mid, 1, f"skip{i}")(h)
+    out = nn.relu(self._batch_norm(train, "out_norm")(skip))
+    out = wn(out_channels, 1, "out_conv", zero_init=self.zero_init_last)(out)
+    s_raw, t = jnp.split(out, 2, axis=-1)
+    return s_raw, t
+
+
+class MLP(nn.Module):
+  """Tabular MLP of the original coupling layer, raw output.
+
+  ``Dense(hidden) -> ReLU -> Dropout(dropout_rate) -> num_layers x (Dense(hidden) -> ReLU)
+  -> Dense(out_dim)``. Dropout (only after the first layer, as in the original; p = 0.5
+  in its experiments) is active only when ``train`` is True and then needs
+  ``rngs={'dropout': key}``.
+
+  Attributes:
+    hidden_dim: width k.
+    num_layers: number of hidden (k -> k) layers after the first.
+    out_dim: output width.
+    dropout_rate: 0 disables dropout.
+    zero_init_last: zero the last layer's kernel and bias.
+  """
+  hidden_dim: int
+  num_layers: int
+  out_dim: int
+  dropout_rate: float = 0.0
+  zero_init_last: bool = False
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _dense(self, features: int, fan_in: int, name: str, zero: bool = False) -> nn.Dense:
+    if zero:
+      return nn.Dense(features, kernel_init=nn.initializers.zeros,
+                      bias_init=nn.initializers.zeros, param_dtype=self.param_dtype,
+                      name=name)
+    return nn.Dense(features, kernel_init=torch_default_kernel_init,
+                    bias_init=_uniform_bias_init(fan_in), param_dtype=self.param_dtype,
+                    name=name)
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """``x: [B, D_in] -> [B, out_dim]``."""
+    h = nn.relu(self._dense(self.hidden_dim, x.shape[-1], "in_dense")(x))
+    if self.dropout_rate > 0:
+      h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    for i in range(self.num_layers):
+      h = nn.relu(self._dense(self.hidden_dim, self.hidden_dim, f"hidden{i}")(h))
+    return self._dense(self.out_dim, self.hidden_dim, "out_dense", self.zero_init_last)(h)
+
+
+class MLPConditioner(nn.Module):
+  """Tabular s/t network: ``MLP`` whose output is split into ``(s_raw, t)``.
+
+  Attributes:
+    hidden_dim, num_layers, dropout_rate, zero_init_last: as ``MLP``.
+    out_dim: width of ``[s_raw | t]``; None means ``2 * D_in`` (s and t for every
+      input position; the coupling masks the kept ones). Must be even.
+  """
+  hidden_dim: int = 256
+  num_layers: int = 2
+  dropout_rate: float = 0.0
+  out_dim: Optional[int] = None
+  zero_init_last: bool = False
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
+    """``x: [B, D_in] -> (s_raw, t)``, each ``[B, out_dim / 2]``."""
+    out_dim = self.out_dim or 2 * x.shape[-1]
+    if out_dim % 2:
+      raise ValueError(f"MLPConditioner: out_dim must be even (s_raw and t halves), "
+                       f"got {out_dim}.")
+    out = MLP(self.hidden_dim, self.num_layers, out_dim, self.dropout_rate,
+              self.zero_init_last, self.param_dtype, name="mlp")(x, train)
+    s_raw, t = jnp.split(out, 2, axis=-1)
+    return s_raw, t
+
+
+class MLPSplineConditioner(nn.Module):
+  """Tabular conditioner for spline couplings: ``MLP`` whose output is reshaped to
+  per-dimension spline parameters.
+
+  Attributes:
+    params_per_dim: parameters per input dimension (``3 * num_bins - 1`` for a
+      rational-quadratic spline: widths, heights, interior derivatives).
+    hidden_dim, num_layers, dropout_rate, zero_init_last: as ``MLP``.
+  """
+  params_per_dim: int
+  hidden_dim: int = 256
+  num_layers: int = 2
+  dropout_rate: float = 0.0
+  zero_init_last: bool = False
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """``x: [B, D] -> [B, D, params_per_dim]``."""
+    batch, dim = x.shape
+    out = MLP(self.hidden_dim, self.num_layers, dim * self.params_per_dim,
+              self.dropout_rate, self.zero_init_last, self.param_dtype, name="mlp")(x, train)
+    return out.reshape(batch, dim, self.params_per_dim)

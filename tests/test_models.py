@@ -1,0 +1,449 @@
+"""Tests for flowgmm_jax.models (Linen flows) and flowgmm_jax.nets (conditioners).
+
+Forward is data -> latent everywhere. Models are tiny (1 residual block, 4 channels, 8x8x2
+images) except the parameter-count test, which only traces the full-size RealNVP with
+jax.eval_shape (no compute).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowgmm_jax.bijectors.coupling import checkerboard_mask
+from flowgmm_jax.bijectors.reshape import Squeeze
+from flowgmm_jax.models import (Glow, RealNVP, RealNVPTabular, SplineTabular, count_params,
+                                weight_norm_gain_mask)
+from flowgmm_jax.models.realnvp import realnvp_plan
+from flowgmm_jax.nets import ResNetConditioner, WNConv
+
+# name -> (constructor, per-example input shape). One place to fold into a shared registry.
+MODELS = {
+    "realnvp": (lambda: RealNVP(num_scales=2, num_blocks=1, mid_channels=4), (8, 8, 2)),
+    "realnvp_3scales": (lambda: RealNVP(num_scales=3, num_blocks=1, mid_channels=4),
+                        (8, 8, 2)),
+    "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
+             (8, 8, 2)),
+    "realnvp_tabular": (lambda: RealNVPTabular(num_coupling_layers=4, hidden_dim=8,
+                                               num_layers=1, dropout_rate=0.5), (5,)),
+    "spline_tabular": (lambda: SplineTabular(num_coupling_layers=3, hidden_dim=8,
+                                             num_layers=1, num_bins=4, bound=3.0), (5,)),
+}
+TABULAR_MODELS = ["realnvp_tabular", "spline_tabular"]
+
+# The original FlowGMM RealNVP (2 scales, 8 blocks, 64 mid channels), counted analytically
+# from flow_ssl/realnvp + flow_ssl/resnet_realnvp (weight norm: v and g; affine BatchNorm).
+ORIGINAL_PARAM_COUNTS = {(32, 32, 3): 19_631_640, (28, 28, 1): 19_552_008}
+
+
+def make_inputs(name, batch=3, seed=0):
+  """Standard-normal inputs (numpy float64; cast by the caller), per-example shape from
+  MODELS. Spline inputs are wider so some fall outside [-bound, bound] (identity tails)."""
+  _, shape = MODELS[name]
+  x = np.random.default_rng(seed).standard_normal((batch,) + shape)
+  return 4.0 * x if name == "spline_tabular" else x
+
+
+def randomize(variables, seed=1, noise=0.2):
+  """Adds numpy noise to every leaf of initialised variables (running variances are
+  scaled instead, so they stay positive)."""
+  rng = np.random.default_rng(seed)
+
+  def perturb(path, leaf):
+    leaf = np.asarray(leaf)
+    eps = noise * rng.standard_normal(leaf.shape)
+    if jax.tree_util.keystr(path).endswith("['var']"):  # running variances stay > 0
+      return (leaf * np.exp(eps)).astype(leaf.dtype)
+    return (leaf + eps).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(perturb, dict(variables))
+
+
+@functools.lru_cache(maxsize=None)
+def variable_shapes(name):
+  """Shapes of model.init's variables, traced with jax.eval_shape (no compute)."""
+  model = MODELS[name][0]()
+  x = jax.ShapeDtypeStruct(make_inputs(name).shape, jnp.float32)
+  return model, jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+
+
+def random_variables(name, seed=1, noise=0.2):
+  """Variables with the shapes model.init gives, filled with random values around a
+  sensible base (numpy: no XLA compilations): conv directions ~ N(0, 1/fan_in), gains,
+  BatchNorm scales/variances ~ 1, everything else ~ 0; plus noise everywhere, so no
+  coupling is the identity (unlike at init, where the last layers are zero)."""
+  model, shapes = variable_shapes(name)
+  rng = np.random.default_rng(seed)
+
+  def sample(path, leaf):
+    key = getattr(path[-1], "key", None)
+    shape = leaf.shape
+    if key == "g" and "out_conv" in jax.tree_util.keystr(path):
+      # Small last layers (a partly trained flow): s_raw, t = O(0.1-1). Gains ~ 1 there
+      # make |z| ~ 1e3 after 10 couplings and float32 round trips lose ~1e-3.
+      base = np.zeros(shape)
+    elif key in ("v", "kernel") and len(shape) >= 2:  # conv / dense weights
+      base = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+    elif key in ("g", "v", "scale", "var"):  # gains, Rescale's v, BatchNorm
+      base = np.ones(shape)
+    else:  # biases, running means, ActNorm loc/log_scale, 1x1-conv LU factors
+      base = np.zeros(shape)
+    eps = noise * rng.standard_normal(shape)
+    value = base * np.exp(eps) if key == "var" else base + eps
+    return value.astype(np.float32)
+
+  return model, jax.tree_util.tree_map_with_path(sample, dict(shapes))
+
+
+def model_and_variables(name, dtype=jnp.float32):
+  """(model, random_variables(name) as jnp arrays of dtype)."""
+  model, variables = random_variables(name)
+  return model, jax.tree.map(lambda a: jnp.asarray(a, dtype), variables)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_round_trip(name):
+  """One compiled program per model: ``(variables, x) -> (z, log_det, inverse(z))``
+  (jit compiles once where eager mode compiles every op for every new shape)."""
+  model = MODELS[name][0]()
+
+  def round_trip(variables, x):
+    z, log_det = model.apply(variables, x)
+    return z, log_det, model.apply(variables, z, method=model.inverse)
+
+  return jax.jit(round_trip)
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+# ---------------------------------------------------------------- architecture / counts
+
+
+@functools.lru_cache(maxsize=None)
+def full_size_realnvp_shapes(shape):
+  """Shapes/dtypes of the default RealNVP's variables: traced, never computed."""
+  return jax.eval_shape(RealNVP().init, jax.random.PRNGKey(0),
+                        jax.ShapeDtypeStruct((2,) + shape, jnp.float32))
+
+
+@pytest.mark.parametrize("shape", sorted(ORIGINAL_PARAM_COUNTS))
+def test_realnvp_param_count_matches_original(shape):
+  variables = full_size_realnvp_shapes(shape)
+  expected = ORIGINAL_PARAM_COUNTS[shape]
+  got = count_params(variables)
+  assert abs(got - expected) <= 0.01 * expected, (got, expected)
+  # count_params counts params only (BatchNorm running statistics are not parameters).
+  assert "batch_stats" in variables and count_params(variables["params"]) == got
+
+
+def test_realnvp_default_architecture_shapes():
+  """Layout of the paper's flow: 3 checkerboard, squeeze, 3 channel-wise, factor out; then
+  4 checkerboard at the last scale; conditioner width doubles per scale and for the
+  channel-wise couplings; 8 residual blocks."""
+  params = full_size_realnvp_shapes((32, 32, 3))["params"]
+  conditioners = sorted(k for k in params if k.startswith("conditioners_"))
+  assert len(conditioners) == 10
+  # in_conv sees concat[x, -x]: (3, 3, 2 * C_in, mid).
+  expected_in = {0: (3, 3, 6, 64), 2: (3, 3, 6, 64), 3: (3, 3, 12, 128),
+                 5: (3, 3, 12, 128), 6: (3, 3, 12, 128), 9: (3, 3, 12, 128)}
+  for i, shape in expected_in.items():
+    assert params[f"conditioners_{i}"]["in_conv"]["v"].shape == shape, i
+  assert params["conditioners_0"]["out_conv"]["v"].shape == (1, 1, 64, 6)
+  assert params["conditioners_3"]["out_conv"]["v"].shape == (1, 1, 128, 12)
+  assert params["rescales_3"]["g"].shape == (6,)
+  blocks = {k for k in params["conditioners_0"] if k.startswith("block")}
+  assert len(blocks) == 8 * 4  # in_norm, in_conv, out_norm, out_conv per block
+  assert "bias" not in params["conditioners_0"]["block0_in_conv"]
+
+
+def test_weight_norm_gain_mask_selects_g_leaves():
+  variables = jax.eval_shape(RealNVP(num_blocks=1, mid_channels=4).init,
+                             jax.random.PRNGKey(0),
+                             jax.ShapeDtypeStruct((1, 8, 8, 2), jnp.float32))
+  mask = weight_norm_gain_mask(variables["params"])
+  flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+  selected = [jax.tree_util.keystr(p) for p, m in flat if m]
+  # Per coupling: in_conv, in_skip, 2 block convs, 1 skip, out_conv, Rescale -> 7 gains.
+  assert len(selected) == 10 * 7
+  assert all(s.endswith("['g']") for s in selected)
+
+
+def test_wnconv_matches_explicit_weight_norm_conv():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 3)), jnp.float32)
+  conv = WNConv(4, kernel_size=3)
+  init = conv.init(jax.random.PRNGKey(1), x)
+  # Initial gain g = ||v|| (PyTorch weight_norm init): the initial kernel equals v.
+  np.testing.assert_allclose(
+      init["params"]["g"], np.sqrt((np.asarray(init["params"]["v"]) ** 2).sum((0, 1, 2))),
+      rtol=1e-6)
+  variables = randomize(init)
+  v, g, b = (np.asarray(variables["params"][k], np.float64) for k in ("v", "g", "bias"))
+  kernel = v * (g / np.sqrt((v ** 2).sum((0, 1, 2))))
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  expected = np.zeros((2, 5, 5, 4))
+  for i in range(5):
+    for j in range(5):
+      expected[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, i:i + 3, j:j + 3], kernel)
+  expected += b
+  np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_conditioner_starts_at_zero_output():
+  """zero_init_last: the last conv's gain and bias are 0, so s_raw = t = 0 at init."""
+  x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
+  net = ResNetConditioner(mid_channels=4, num_blocks=1, double_after_norm=True)
+  variables = net.init(jax.random.PRNGKey(0), x)
+  out_conv = variables["params"]["out_conv"]
+  assert float(jnp.abs(out_conv["g"]).max()) == 0.0
+  assert float(jnp.abs(out_conv["bias"]).max()) == 0.0
+  assert float(jnp.abs(out_conv["v"]).min()) > 0.0  # direction stays random (normalised)
+  s_raw, t = net.apply(variables, x)
+  assert s_raw.shape == t.shape == x.shape
+  assert float(jnp.abs(s_raw).max()) == 0.0 and float(jnp.abs(t).max()) == 0.0
+
+
+def test_resnet_conditioner_batch_norm_averages_over_bn_axis_name():
+  """bn_axis_name: batch statistics are averaged over the named (device) axis."""
+  x = jnp.asarray(make_inputs("realnvp", batch=6), jnp.float32).reshape(2, 3, 8, 8, 2)
+  net = ResNetConditioner(mid_channels=4, num_blocks=1, bn_axis_name="data")
+  variables = ResNetConditioner(mid_channels=4, num_blocks=1).init(jax.random.PRNGKey(0),
+                                                                   x[0])
+
+  def running_mean(shard):
+    _, updates = net.apply(variables, shard, train=True, mutable=["batch_stats"])
+    return updates["batch_stats"]["in_norm"]["mean"]
+
+  means = jax.vmap(running_mean, axis_name="data")(x)  # one row per "device"
+  expected = 0.1 * x.reshape(6, 8, 8, 2).mean((0, 1, 2))
+  np.testing.assert_allclose(means, np.stack([expected, expected]), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- invertibility, log-dets
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_round_trip_float32(name):
+  _, variables = model_and_variables(name)
+  x = jnp.asarray(make_inputs(name), jnp.float32)
+  z, log_det, x_back = jitted_round_trip(name)(variables, x)
+  assert z.shape == (x.shape[0], int(np.prod(x.shape[1:]))) and log_det.shape == x.shape[:1]
+  assert float(jnp.abs(log_det).max()) > 1e-2  # randomised: not the identity
+  assert x_back.shape == x.shape
+  np.testing.assert_allclose(x_back, x, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow"] + TABULAR_MODELS)
+def test_log_det_matches_jacobian_and_round_trip_float64(name, x64):
+  """log_det == log|det dz/dx| from jax.jacfwd, per example, in float64; and (tabular)
+  the float64 round trip is exact to 1e-9."""
+  model, variables = model_and_variables(name, jnp.float64)
+  x = jnp.asarray(make_inputs(name, batch=2), jnp.float64)
+
+  tabular = name in TABULAR_MODELS
+
+  @jax.jit
+  def compute(variables, x):
+    z, log_det = model.apply(variables, x)
+    # (Image round trips are checked in float32 above; skipping them here halves the
+    # compile time.)
+    x_back = model.apply(variables, z, method=model.inverse) if tabular else x
+    per_example = lambda xi: model.apply(variables, xi[None])[0][0]
+    return z, log_det, x_back, jax.vmap(jax.jacfwd(per_example))(x)
+
+  z, log_det, x_back, jacobians = compute(variables, x)
+  assert z.dtype == jnp.float64 and log_det.dtype == jnp.float64
+  assert float(jnp.abs(log_det).max()) > 1e-2  # not the identity: the test has teeth
+  np.testing.assert_allclose(x_back, x, atol=1e-9, rtol=1e-9)
+  for i in range(x.shape[0]):
+    sign, expected = np.linalg.slogdet(np.asarray(jacobians[i]).reshape(z.shape[1], -1))
+    assert sign != 0
+    np.testing.assert_allclose(log_det[i], expected, rtol=1e-8, atol=1e-8)
+
+
+def test_public_contract_init_apply_inverse_realnvp_starts_as_identity():
+  """model.init -> apply -> inverse. With zero_init_last every coupling starts as the
+  identity: z holds exactly x's values (the factored piece of the squeezed image, then the
+  rest) and log_det = 0."""
+  model = MODELS["realnvp"][0]()
+  x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert set(variables) == {"params", "batch_stats"}
+  assert count_params(variables) == count_params(variable_shapes("realnvp")[1])
+  z, log_det = model.apply(variables, x)
+  assert float(jnp.abs(log_det).max()) == 0.0
+  squeezed = Squeeze().forward(x)  # [B, 4, 4, 8]
+  expected = jnp.concatenate([squeezed[..., 4:].reshape(3, -1),
+                              squeezed[..., :4].reshape(3, -1)], axis=1)
+  np.testing.assert_array_equal(z, expected)
+  np.testing.assert_array_equal(model.apply(variables, z, method=model.inverse), x)
+
+
+def test_first_coupling_matches_hand_computation():
+  """Parity 0 (the original's reverse_mask=False) changes pixels with i + j even;
+  y = mask x + (1 - mask)(x + t) exp(scale * tanh(s_raw)), scale = g * sign(v)."""
+  model, variables = model_and_variables("realnvp")
+  x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
+  bound = model.bind(variables)
+  mask = checkerboard_mask(8, 8, 0)
+  assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 1, 0]) == 1.0
+  s_raw, t = bound.conditioners[0](x * mask, False)
+  rescale = variables["params"]["rescales_0"]
+  s = rescale["g"] * jnp.sign(rescale["v"]) * jnp.tanh(s_raw)
+  expected = mask * x + (1 - mask) * (x + t) * jnp.exp(s)
+  first = bound._coupling(realnvp_plan(2)[0], x.shape, x.dtype, False)
+  y, log_det = first.forward_and_log_det(x)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(log_det, ((1 - mask) * s).sum((1, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- BatchNorm, dropout, jit
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow"])
+def test_eval_mode_is_batch_independent(name):
+  _, variables = model_and_variables(name)
+  x = jnp.asarray(make_inputs(name), jnp.float32)
+  z_all, ld_all, _ = jitted_round_trip(name)(variables, x)
+  z_other, ld_other, _ = jitted_round_trip(name)(variables, x.at[1:].multiply(10.0))
+  np.testing.assert_allclose(z_other[0], z_all[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ld_other[0], ld_all[0], rtol=1e-5, atol=1e-4)
+
+
+def test_train_mode_updates_batch_stats():
+  model, variables = model_and_variables("realnvp")
+  x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
+  (z_train, _), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  z_eval, _ = model.apply(variables, x)
+  assert not np.allclose(z_train, z_eval)  # batch statistics, not running ones
+  old = variables["batch_stats"]["conditioners_0"]["in_norm"]
+  new = updates["batch_stats"]["conditioners_0"]["in_norm"]
+  # First BN sees the kept half x * mask: running = 0.9 running + 0.1 batch (PyTorch).
+  kept = x * checkerboard_mask(8, 8, 0)
+  np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * kept.mean((0, 1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * kept.var((0, 1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  # Every BatchNorm of every conditioner moved.
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         variables["batch_stats"], updates["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+  with pytest.raises(Exception, match="batch_stats"):  # train=True needs it mutable
+    model.apply(variables, x, train=True)
+
+
+def test_dropout_only_in_train_mode():
+  model, variables = model_and_variables("realnvp_tabular")
+  x = jnp.asarray(make_inputs("realnvp_tabular"), jnp.float32)
+  z_eval, _ = model.apply(variables, x)
+  z_a, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  z_b, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  z_c, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  np.testing.assert_array_equal(z_a, z_b)
+  assert not np.allclose(z_a, z_eval) and not np.allclose(z_a, z_c)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "realnvp_tabular"])
+def test_jit_matches_eager(name):
+  model, variables = model_and_variables(name)
+  x = jnp.asarray(make_inputs(name), jnp.float32)
+  z, log_det = model.apply(variables, x)
+  z_jit, log_det_jit, x_back_jit = jitted_round_trip(name)(variables, x)
+  np.testing.assert_allclose(z_jit, z, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(log_det_jit, log_det, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(x_back_jit, model.apply(variables, z, method=model.inverse),
+                             rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- inverse-only use, errors
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow"])
+def test_inverse_needs_no_forward_call(name):
+  """Sampling direction on its own: a fresh apply of ``inverse`` on random z (the image
+  shape is inferred from the parameters)."""
+  model, variables = model_and_variables(name)
+  z = jnp.asarray(np.random.default_rng(7).standard_normal((3, 128)), jnp.float32)
+  samples = jax.jit(functools.partial(model.apply, method=model.inverse))(variables, z)
+  assert samples.shape == (3, 8, 8, 2)
+  z_back, _, _ = jitted_round_trip(name)(variables, samples)
+  np.testing.assert_allclose(z_back, z, rtol=1e-4, atol=1e-4)
+
+
+def test_non_square_images_with_image_shape():
+  """Non-square images need image_shape for the inverse (shape logic only: traced with
+  jax.eval_shape, the maths is the same as for square images)."""
+  model = RealNVP(num_scales=2, num_blocks=1, mid_channels=4, image_shape=(8, 4, 2))
+  # Same parameter shapes as the square model (C = 2): reuse its variables.
+  _, variables = model_and_variables("realnvp")
+  x = jax.ShapeDtypeStruct((2, 8, 4, 2), jnp.float32)
+  z, log_det = jax.eval_shape(model.apply, variables, x)
+  assert z.shape == (2, 64) and log_det.shape == (2,)
+  x_back = jax.eval_shape(functools.partial(model.apply, method=model.inverse), variables, z)
+  assert x_back.shape == (2, 8, 4, 2)
+  # Without image_shape, D = 64 = 32 * C is no square image: a clear error.
+  square = MODELS["realnvp"][0]()
+  with pytest.raises(ValueError, match="image_shape"):
+    square.apply(variables, jnp.zeros((2, 64)), method=square.inverse)
+  # With image_shape known, even initialising through the inverse works.
+  shapes = jax.eval_shape(functools.partial(model.init, method=model.inverse),
+                          jax.random.PRNGKey(1), z)
+  assert count_params(shapes) == count_params(variables)
+  with pytest.raises(ValueError, match="image_shape"):
+    model.apply(variables, jnp.zeros((2, 8, 8, 2)))
+
+
+@pytest.mark.parametrize("ctor, bad, match", [
+    (lambda: RealNVP(num_blocks=1, mid_channels=4), (2, 8, 8), r"\[B, H, W, C\]"),
+    (lambda: RealNVP(num_blocks=1, mid_channels=4), (2, 7, 8, 2), "divisible by 2"),
+    (lambda: RealNVP(num_scales=3, num_blocks=1, mid_channels=4), (2, 6, 6, 2),
+     "divisible by 4"),
+    (lambda: Glow(num_scales=2, steps_per_scale=1, mid_channels=4, num_blocks=1),
+     (2, 6, 6, 2), "divisible by 4"),
+    (lambda: RealNVPTabular(num_coupling_layers=2, hidden_dim=4), (2, 1), "D >= 2"),
+    (lambda: SplineTabular(num_coupling_layers=2, hidden_dim=4), (2, 3, 2), r"\[B, D\]"),
+])
+def test_bad_input_shapes_raise_clear_errors(ctor, bad, match):
+  model = ctor()
+  with pytest.raises(ValueError, match=match):
+    model.init(jax.random.PRNGKey(0), jnp.zeros(bad))
+
+
+def test_bad_latent_shapes_raise_clear_errors():
+  model, variables = model_and_variables("realnvp")
+  with pytest.raises(ValueError, match="square"):
+    model.apply(variables, jnp.zeros((2, 2 * 50)), method=model.inverse)  # 50 not square
+  with pytest.raises(ValueError, match="multiple"):
+    model.apply(variables, jnp.zeros((2, 127)), method=model.inverse)
+  with pytest.raises(ValueError, match=r"z: \[B, D\]"):
+    model.apply(variables, jnp.zeros((2, 8, 8, 2)), method=model.inverse)
+  fresh = RealNVP(num_blocks=1, mid_channels=4)
+  with pytest.raises(ValueError, match="no parameters"):
+    fresh.init(jax.random.PRNGKey(0), jnp.zeros((2, 128)), method=fresh.inverse)
+
+
+# ---------------------------------------------------------------- Glow specifics
+
+
+def test_glow_init_is_data_dependent_actnorm():
+  """model.init(rng, x) IS ActNorm's data-dependent init: the first ActNorm (after the
+  first squeeze) maps the init batch to zero mean, unit variance per channel; at init the
+  1x1 convs are orthogonal and the couplings the identity, so the log-det is ActNorm's."""
+  model = Glow(num_scales=1, steps_per_scale=1, mid_channels=4, num_blocks=0)
+  x = jnp.asarray(3.0 + 2.0 * make_inputs("glow", batch=4)[:, :4, :4], jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  log_scale = variables["params"]["actnorms_0"]["log_scale"]
+  squeezed = Squeeze().forward(x)  # [4, 2, 2, 8]
+  normalised = (squeezed - variables["params"]["actnorms_0"]["loc"]) * jnp.exp(-log_scale)
+  np.testing.assert_allclose(normalised.mean((0, 1, 2)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(normalised.var((0, 1, 2)), 1.0, atol=1e-4)
+  assert float(jnp.abs(log_scale).max()) > 0.1
+  _, log_det = model.apply(variables, x)
+  np.testing.assert_allclose(log_det, -4 * jnp.sum(log_scale), rtol=1e-4, atol=1e-3)
