@@ -22,6 +22,8 @@ def apply_smoke(c: ml_collections.ConfigDict, *, image: bool) -> None:
   c.eval_every_steps = 20
   c.checkpoint_every_steps = 20
   c.progress_bar = False
+  if c.data.num_labeled_per_class > 0:  # keep an unlabelled pool in the small subset
+    c.data.num_labeled_per_class = min(c.data.num_labeled_per_class, 5)
   if image:
     c.model.num_blocks = 1
     c.model.mid_channels = 8

@@ -12,6 +12,7 @@ Label `-1` marks an unlabelled example.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -120,7 +121,8 @@ def stratified_prefix(y, n: int) -> np.ndarray:
 def labeled_unlabeled_split(y, *, num_labeled: int | None = None,
                             num_labeled_per_class: int | None = None,
                             seed: SeedLike = 0,
-                            num_classes: int | None = None
+                            num_classes: int | None = None,
+                            allow_fewer: bool = False
                             ) -> tuple[np.ndarray, np.ndarray]:
   """Chooses a class-balanced labelled subset; everything else is unlabelled.
 
@@ -136,6 +138,9 @@ def labeled_unlabeled_split(y, *, num_labeled: int | None = None,
     num_labeled_per_class: labelled examples per class m.
     seed: int (or tuple of ints); same seed, same split.
     num_classes: K; defaults to `max(y) + 1`.
+    allow_fewer: if a class has fewer examples than requested, label all of them (with a
+      warning) instead of raising; for very imbalanced data such as UCI Shuttle, whose
+      rarest classes have about ten rows.
 
   Returns:
     `(labeled_idx, unlabeled_idx)`: sorted, disjoint, together `range(N)`.
@@ -163,7 +168,10 @@ def labeled_unlabeled_split(y, *, num_labeled: int | None = None,
   chosen = []
   for c in range(k):
     members = np.nonzero(y == c)[0]
-    if members.size < per_class[c]:
+    if members.size < per_class[c] and allow_fewer:
+      warnings.warn(f"class {c} has only {members.size} example(s); labelling all of them "
+                    f"instead of the {per_class[c]} requested.", stacklevel=2)
+    elif members.size < per_class[c]:
       raise ValueError(
           f"class {c} has only {members.size} labelled example(s) but "
           f"{per_class[c]} were requested; lower num_labeled(_per_class).")

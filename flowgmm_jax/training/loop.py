@@ -138,7 +138,8 @@ def make_split(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
 
   If the training labels already contain -1, those rows are the unlabelled pool and every
   labelled row is used; otherwise ``num_labeled_per_class`` (or ``num_labeled``) labels are
-  kept per class, chosen with the config's seed, and the rest are unlabelled.
+  kept per class, chosen with the config's seed, and the rest are unlabelled (a class with
+  fewer rows than that is labelled whole, with a warning).
   """
   d = config.data
   if np.any(dataset.y_train < 0):
@@ -148,7 +149,8 @@ def make_split(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
   else:
     kw = {"num_labeled": d.num_labeled}
   return data_lib.labeled_unlabeled_split(dataset.y_train, seed=config.seed,
-                                          num_classes=dataset.num_classes, **kw)
+                                          num_classes=dataset.num_classes, allow_fewer=True,
+                                          **kw)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -169,8 +171,8 @@ def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, mesh, batch_siz
     if n < batch_size:  # pad to the static batch shape; padded rows are dropped below
       xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - n, axis=0)], axis=0)
     clj, ld = eval_step(variables, step_lib.shard_batch(mesh, xb))
-    all_clj.append(np.asarray(clj)[:n])
-    all_ld.append(np.asarray(ld)[:n])
+    all_clj.append(step_lib.to_host(clj)[:n])
+    all_ld.append(step_lib.to_host(ld)[:n])
   sums = evaluation.batch_metric_sums(np.concatenate(all_clj), y, np.concatenate(all_ld),
                                      log_weights=log_weights)
   metrics = evaluation.aggregate_metric_sums([sums], num_dims=num_dims, num_bins=15)
@@ -353,8 +355,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     result = fit(config, dataset, labeled_idx, unlabeled_idx, workdir=workdir)
   except BaseException:
-    if created and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)  # nothing half-written from a failed start
+    # A run that fails before its first checkpoint (bad model config, divergence at step 3,
+    # Ctrl-C during compilation) leaves nothing half-written; one with checkpoints is kept
+    # so that rerunning the command resumes it.
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+    if created and not has_ckpt and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)
     raise
   results = {
       "step": int(jax.device_get(result.state.step)),

@@ -194,12 +194,26 @@ def make_eval_step(model, mesh: Mesh, *, dequantize: bool = False):
 
 
 def shard_batch(mesh: Mesh, batch):
-  """Puts a host batch (dict of numpy arrays, the GLOBAL batch on one host, or this host's
-  slice on several hosts) on the devices, split along the batch axis."""
+  """Puts the GLOBAL host batch (every host builds the same one: batches are a pure function
+  of (seed, step)) on the devices, split along the batch axis. On several hosts each host
+  contributes only the contiguous slice that its own devices hold."""
   sharding = NamedSharding(mesh, P(DATA_AXIS))
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
-  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+  n, i = jax.process_count(), jax.process_index()
+  def local(a):
+    per_host = a.shape[0] // n
+    return jax.make_array_from_process_local_data(sharding, a[i * per_host:(i + 1) * per_host],
+                                                  a.shape)
+  return jax.tree.map(local, batch)
+
+
+def to_host(array) -> np.ndarray:
+  """A (possibly multi-host) sharded array as one numpy array on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(array)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def replicate(mesh: Mesh, tree):

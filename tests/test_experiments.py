@@ -1,0 +1,147 @@
+"""Configs and the command line: every config's smoke run on real data, and clear errors."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowgmm_jax.data import default_data_dir
+from flowgmm_jax.training import train_and_evaluate, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ["toy", "tabular", "text", "mnist", "svhn", "cifar10"]
+HAVE_SHARED = default_data_dir().is_dir()
+
+
+def get_config(name: str, arg: str | None = None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_validate_and_document_their_command(name):
+  module = importlib.import_module(f"configs.{name}")
+  assert f"--config=configs/{name}.py" in module.__doc__
+  for arg in (None, "smoke"):
+    validate_config(module.get_config(arg))
+
+
+def test_config_paper_defaults():
+  assert get_config("text").model.hidden_dim == 1024
+  assert get_config("text").model.num_coupling_layers == 7
+  cifar = get_config("cifar10")
+  assert cifar.augment.flip and cifar.augment.crop_padding == 4
+  assert not get_config("svhn").augment.flip and not get_config("mnist").augment.flip
+  assert get_config("cifar10").data.num_labeled_per_class == 400
+
+
+def shrink(c):
+  """Even smaller than the smoke setting: 2 steps, tiny eval, for the test suite."""
+  c.num_train_steps = 2
+  c.log_every_steps = 1
+  c.eval_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.progress_bar = False
+  if c.data.kind == "image":
+    c.model.num_blocks, c.model.mid_channels = 1, 4
+    if c.data.name != "cifar10":  # one multi-scale run is enough; compiling it costs ~20 s
+      c.model.num_scales = 1
+    c.data.max_train_examples, c.data.max_test_examples = 200, 64
+    c.eval_batch_size = 64
+  return c
+
+
+def check_results(workdir, num_test):
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["step"] == 2
+  assert results["num_test"] == num_test
+  for key in ("eval/accuracy", "eval/ece", "eval/nll", "eval/bpd", "eval/nll_given_label"):
+    assert np.isfinite(results[key]), key
+  assert 0.0 <= results["eval/accuracy"] <= 1.0
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines if "train/loss" in l] == [1, 2]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+  return results
+
+
+@pytest.mark.skipif(not HAVE_SHARED, reason="needs ../shared/data (the offline datasets)")
+@pytest.mark.parametrize("name,arg", [("tabular", "letter,smoke"), ("tabular", "shuttle,smoke"),
+                                      ("text", "smoke"), ("mnist", "smoke"), ("cifar10", "smoke")])
+def test_smoke_run_on_real_data(tmp_path, name, arg):
+  c = shrink(get_config(name, arg))
+  results = train_and_evaluate(c, str(tmp_path))
+  check_results(tmp_path, c.data.max_test_examples)
+  assert results["num_labeled"] > 0 and results["num_unlabeled"] > 0
+
+
+def test_smoke_run_toy(tmp_path):
+  c = shrink(get_config("toy", "pinwheel,smoke"))
+  train_and_evaluate(c, str(tmp_path))
+  check_results(tmp_path, 1000)
+
+
+def test_smoke_run_svhn_on_generated_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  c = shrink(get_config("svhn", "smoke"))
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.data.num_labeled_per_class = 2
+  with tfds.testing.mock_data(num_examples=64):
+    train_and_evaluate(c, str(tmp_path / "run"))
+  check_results(tmp_path / "run", 64)
+
+
+def run_cli(*args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_runs_resumes_and_reports_bad_input(tmp_path):
+  workdir = tmp_path / "toy"
+  common = ["--config=configs/toy.py:smoke", f"--workdir={workdir}",
+            "--config.log_every_steps=1", "--config.num_train_steps=4"]
+  proc = run_cli(*common)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((workdir / "results.json").read_text())["step"] == 4
+  # The same command with more steps resumes from the checkpoint at step 4.
+  proc = run_cli(*common[:-1], "--config.num_train_steps=6")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
+           if "train/loss" in l]
+  assert steps == [1, 2, 3, 4, 5, 6]  # a restart from scratch would log 1..6 again
+  assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
+
+  # A misspelt config key: rejected before anything runs.
+  bad = tmp_path / "bad_key"
+  proc = run_cli("--config=configs/toy.py:smoke", f"--workdir={bad}", "--config.data.nmae=x")
+  assert proc.returncode != 0
+  assert "nmae" in proc.stderr
+  assert not bad.exists()
+
+  # A bad value and a missing file: one line, no traceback, nothing written.
+  bad = tmp_path / "bad_value"
+  proc = run_cli("--config=configs/toy.py:smoke", f"--workdir={bad}", "--config.data.name=moon")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "data.name='moon'" in proc.stderr and not bad.exists()
+  bad = tmp_path / "bad_path"
+  proc = run_cli("--config=configs/tabular.py:file", f"--workdir={bad}",
+                 "--config.data.path=/nonexistent/table.npz")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "/nonexistent/table.npz" in proc.stderr and "does not exist" in proc.stderr
+  assert not bad.exists()
+  proc = run_cli("--config=configs/toy.py:smok", f"--workdir={bad}")
+  assert proc.returncode != 0 and "smok" in proc.stderr
+
+
+def test_incompatible_checkpoint_from_cli(tmp_path):
+  common = ["--config=configs/toy.py:smoke", f"--workdir={tmp_path}",
+            "--config.num_train_steps=2"]
+  assert run_cli(*common).returncode == 0
+  proc = run_cli(*common, "--config.model.hidden_dim=16", "--config.num_train_steps=4")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "different model/data configuration" in proc.stderr and "hidden_dim" in proc.stderr
