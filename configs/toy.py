@@ -30,13 +30,16 @@ def get_config(arg: str | None = None):
   c.data.num_labeled = NUM_LABELED[name]
   c.data.labeled_batch_size = NUM_LABELED[name]
   c.data.unlabeled_batch_size = NUM_LABELED[name]  # as the original notebook: n_l + n_l rows
+  # The original notebook's prior: class means on a circle, radius 3.5 (2 classes) or 5.5.
+  c.prior.means_init = "circle"
+  c.prior.means_scale = 3.5 if name in ("moons", "circles") else 5.5
   c.model.name = "realnvp_tabular"
   c.model.num_coupling_layers = 5
   c.model.hidden_dim = 512
   c.model.num_layers = 1
   c.optim.learning_rate = 1e-3
   c.optim.schedule = "wilson"
-  c.num_train_steps = 2000
+  c.num_train_steps = 2000 if name == "moons" else 5000  # the notebook: 2001 / 5001 iterations
   c.log_every_steps = 100
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 1000

@@ -57,8 +57,9 @@ import numpy as np
 Array = jax.Array
 
 COVARIANCE_TYPES = ("isotropic", "diagonal")
-MEANS_INIT_NAMES = ("image", "tabular_two_class", "multiclass", "tabular")
-DEFAULT_MEANS_SCALE = {"image": 1.0, "multiclass": 0.56, "tabular_two_class": 7.5}
+MEANS_INIT_NAMES = ("image", "tabular_two_class", "multiclass", "tabular", "circle")
+DEFAULT_MEANS_SCALE = {"image": 1.0, "multiclass": 0.56, "tabular_two_class": 7.5,
+                       "circle": 3.5}
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # Full float32 matmuls: on GPUs/TPUs the default precision may use TF32/bf16 passes,
@@ -94,6 +95,17 @@ def tabular_two_class_means(rng: Array, dim: int, distance: float = 7.5,
   direction = direction / jnp.linalg.norm(direction)
   mu_0 = 0.5 * distance * direction
   return jnp.stack([mu_0, -mu_0])
+
+
+def circle_means(num_classes: int, dim: int, r: float = 3.5, dtype: Any = jnp.float32) -> Array:
+  """K means equally spaced on a circle of radius r in the first two latent dimensions
+  (zero elsewhere), ``[K, D]``: the original's 2-D toy experiments (``get_means``; r = 3.5
+  for two classes, 5.5 for 3 and 5). Deterministic."""
+  if dim < 2:
+    raise ValueError(f"means_init='circle' needs dim >= 2, got {dim}.")
+  phis = jnp.linspace(0.0, 2.0 * jnp.pi, num_classes + 1)[:-1]
+  ring = r * jnp.stack([jnp.cos(phis), jnp.sin(phis)], axis=1)
+  return jnp.zeros((num_classes, dim), dtype).at[:, :2].set(ring.astype(dtype))
 
 
 # ----------------------------------------------------------------------------------------
@@ -138,10 +150,11 @@ class GaussianMixturePrior(nn.Module):
     dim: D, the flat latent dimension; every z is [B, D].
     covariance: "isotropic" (sigma_k^2 I) or "diagonal" (diag(sigma_k^2)).
     shared_scale: one scale (vector) shared by all classes instead of one per class.
-    means_init: "image" | "tabular_two_class" | "multiclass" | "tabular" | callable
+    means_init: "image" | "tabular_two_class" | "multiclass" | "tabular" | "circle" | callable
       ``(rng, (K, D), dtype) -> [K, D]`` | a [K, D] array. See the module docstring.
     means_scale: r for "image"/"multiclass" (defaults 1.0 / 0.56); the distance between
-      the two means for "tabular_two_class" (default 7.5). Ignored otherwise.
+      the two means for "tabular_two_class" (default 7.5); the radius for "circle"
+      (default 3.5). Ignored otherwise.
     scale_init: initial sigma (standard deviation) of every component. The original's
       image code uses 1.0; its tabular code passes ``1/cov_std`` through a softplus, i.e.
       sigma = softplus(1.0) = 1.3133 for its default cov_std = 1.
@@ -213,6 +226,8 @@ class GaussianMixturePrior(nn.Module):
           raise ValueError(f"means_init='tabular_two_class' needs num_classes=2, got "
                            f"{self.num_classes}; use 'multiclass' or 'tabular'.")
         return tabular_two_class_means(rng, self.dim, scale, self.param_dtype)
+      if init == "circle":
+        return circle_means(self.num_classes, self.dim, scale, self.param_dtype)
       return scale * jax.random.normal(rng, shape, self.param_dtype)
     if callable(init):
       means = jnp.asarray(init(rng, shape, self.param_dtype), self.param_dtype)

@@ -234,3 +234,15 @@ def test_errors():
     validate_labels(np.array([-1, 0, 2]), 3, allow_unlabeled=False)
   with pytest.raises(ValueError, match="labels must be"):
     validate_labels(np.array([-2]), 3)
+
+
+def test_circle_means_geometry():
+  from flowgmm_jax.prior import circle_means
+  means = np.asarray(circle_means(5, 3, r=5.5))
+  np.testing.assert_allclose(np.linalg.norm(means, axis=1), 5.5, rtol=1e-6)
+  np.testing.assert_allclose(means[:, 2], 0.0)
+  gaps = np.linalg.norm(means - np.roll(means, 1, axis=0), axis=1)
+  np.testing.assert_allclose(gaps, 2 * 5.5 * np.sin(np.pi / 5), rtol=1e-5)  # equally spaced
+  prior = GaussianMixturePrior(num_classes=5, dim=3, means_init="circle", means_scale=5.5)
+  variables = prior.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+  np.testing.assert_allclose(np.asarray(prior.apply(variables, method=prior.means)), means)

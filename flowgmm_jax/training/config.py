@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.prior = ml_collections.ConfigDict()
   c.prior.covariance = "isotropic"    # isotropic | diagonal
-  c.prior.means_init = "auto"         # auto | image | tabular_two_class | multiclass
+  c.prior.means_init = "auto"         # auto | image | tabular_two_class | multiclass | circle
   c.prior.means_scale = -1.0          # <= 0: the paper's value for means_init (image r=1,
                                       # two-class distance 7.5, multiclass 0.56)
   c.prior.learn_means = False
