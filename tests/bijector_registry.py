@@ -1,4 +1,7 @@
-"""One registry of tiny, randomised bijectors for the generic tests (flowjax style).
+"""One registry of tiny, randomised bijectors AND flows for the generic tests (flowjax
+style): whatever is registered here is tested by tests/test_bijectors.py the moment it
+is registered (round trip in float32/float64, log-det vs log|det jax.jacfwd| in float64,
+inverse log-det = -forward, batch independence, jit vs eager).
 
 ``REGISTRY[name](rng, dtype) -> (bijector, example_input)`` with ``rng`` a
 ``numpy.random.Generator`` (numpy draws need no XLA compilation, which keeps the suite
@@ -8,19 +11,27 @@ nonlinear functions of the whole example (so kept positions influence every chan
 one and the Jacobians are dense below the diagonal), and ``scale`` is not 1.
 The constructors build everything in ``dtype`` (call them inside ``jax.enable_x64`` for
 float64). ``ZERO_LOG_DET`` names the entries whose log-det is identically 0.
+
+Flows (the Linen models of ``flowgmm_jax.models``) enter through ``FlowAsBijector``;
+their tiny configurations live in ``TINY_FLOWS`` (one place; tests/test_models.py
+imports them from here for its model-specific tests). Flow entries are named
+``flow_<name>`` and use a batch of 2 (the least that batch independence needs).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
 from flowgmm_jax import bijectors as bij
+from flowgmm_jax.models import Glow, RealNVP, RealNVPTabular, SplineTabular
 
 Constructor = Callable[[np.random.Generator, jnp.dtype], Tuple[bij.Bijector, jax.Array]]
 
@@ -228,6 +239,142 @@ def dequantize_logit(rng, dtype):
   return bij.dequantize_logit(noise, alpha=0.05), x
 
 
+# ----------------------------------------------------------------------------------------
+# Flows (Linen models) as bijectors.
+
+
+class FlowAsBijector(bij.Bijector):
+  """A Linen flow seen through the bijector contract (test code, not library code).
+
+  Forward = data -> latent: ``forward_and_log_det(x) = model.apply(variables, x,
+  train=False)`` with ``x: [B, *input_shape]`` (images [B, H, W, C] or tables [B, D]) and
+  ``z: [B, D]`` flat, ``log_det: [B]`` = log|det dz/dx| (BatchNorm uses its running
+  statistics, dropout is off).
+
+  Inverse = latent -> data: ``x = model.apply(variables, z, method=model.inverse)``. The
+  models return no inverse log-det, so ``inverse_and_log_det(z)`` returns ``(x,
+  -forward log-det at x)``, which is the right value for a bijection (log|det dx/dz| =
+  -log|det dz/dx| at x = f^{-1}(z)). For flows the generic "inverse log-det ==
+  -forward log-det" test is therefore only a consistency check (it can only fail through
+  an inaccurate round trip); the round trip, the jacfwd log-det, batch independence and
+  jit vs eager are real checks of the model.
+  """
+
+  def __init__(self, model: nn.Module, variables: Any):
+    self.model = model
+    self.variables = variables
+
+  def forward_and_log_det(self, x):
+    """Data -> latent: ``x: [B, ...] -> (z: [B, D], log_det: [B])``."""
+    z, log_det = self.model.apply(self.variables, x, train=False)
+    # The model contract: z is flat (checked here so every generic test enforces it).
+    if z.ndim != 2 or z.shape[0] != x.shape[0] or log_det.shape != x.shape[:1]:
+      raise ValueError(f"{type(self.model).__name__} must return z: [B, D] and "
+                       f"log_det: [B], got {z.shape} and {log_det.shape}.")
+    return z, log_det
+
+  def inverse_and_log_det(self, z):
+    """Latent -> data: ``z: [B, D] -> (x: [B, ...], -forward log-det at x)``."""
+    x = self.model.apply(self.variables, z, train=False, method=self.model.inverse)
+    return x, -self.forward_and_log_det(x)[1]
+
+
+# name -> (model constructor, per-example input shape). Tiny: 1 residual block, 4 mid
+# channels, 4x4x2 images (D = 32, so a float64 jacfwd is cheap); tabular D = 5. The
+# 3-scale RealNVP needs 8x8 images for a non-trivial last scale (2x2; one channel keeps
+# D = 64) and has no residual blocks, which halves its compile time (flow_realnvp tests
+# the blocks).
+TINY_FLOWS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
+    "realnvp": (lambda: RealNVP(num_scales=2, num_blocks=1, mid_channels=4), (4, 4, 2)),
+    "realnvp_3scales": (lambda: RealNVP(num_scales=3, num_blocks=0, mid_channels=4),
+                        (8, 8, 1)),
+    "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
+             (4, 4, 2)),
+    "realnvp_tabular": (lambda: RealNVPTabular(num_coupling_layers=4, hidden_dim=8,
+                                               num_layers=1, dropout_rate=0.5), (5,)),
+    "spline_tabular": (lambda: SplineTabular(num_coupling_layers=3, hidden_dim=8,
+                                             num_layers=1, num_bins=4, bound=3.0), (5,)),
+}
+
+
+def tiny_flow_inputs(name: str, rng: np.random.Generator, batch: int) -> np.ndarray:
+  """Standard-normal inputs ``[batch, *input_shape]`` (numpy float64; cast by the
+  caller). Spline inputs are wider so some fall outside [-bound, bound] (identity
+  tails)."""
+  x = rng.standard_normal((batch,) + TINY_FLOWS[name][1])
+  return 4.0 * x if name == "spline_tabular" else x
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_flow_shapes(name: str):
+  """``(model, shapes of model.init's variables)``, traced with jax.eval_shape (no
+  compute)."""
+  model_ctor, shape = TINY_FLOWS[name]
+  model = model_ctor()
+  x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
+  return model, jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+
+
+def tiny_flow_variables(name: str, rng: np.random.Generator, dtype=jnp.float32,
+                        noise: float = 0.2, s_raw_bias: float = 0.0):
+  """``(model, variables)``: the shapes model.init gives, filled with random values
+  around a sensible base in numpy (no XLA compilations): conv / dense weights ~
+  N(0, 1/fan_in), gains, BatchNorm scales and running variances ~ 1, everything else
+  (biases, running means, ActNorm loc / log_scale, 1x1-conv LU factors) ~ 0; plus
+  ``noise`` * N(0, 1) everywhere (multiplicative, exp(noise * N(0, 1)), for running
+  variances so they stay > 0). So no coupling is the identity (unlike at init, where
+  the last layers are zero) and BatchNorm's running statistics are non-trivial.
+
+  ``s_raw_bias`` is added to the s_raw half of every ``out_dense`` bias (for the affine
+  tabular flow, whose MLP outputs ``[s_raw | t]``): with few changed coordinates per
+  coupling, log-scales of random sign can cancel to a log-det near 0, where a wrong
+  log-det could hide."""
+  model, shapes = tiny_flow_shapes(name)
+
+  def sample(path, leaf):
+    key = getattr(path[-1], "key", None)
+    shape = leaf.shape
+    if key == "g" and "out_conv" in jax.tree_util.keystr(path):
+      # Small last layers (a partly trained flow): s_raw, t = O(0.1-1). Gains ~ 1 there
+      # make |z| ~ 1e3 after 10 couplings and float32 round trips lose ~1e-3.
+      base = np.zeros(shape)
+    elif key in ("v", "kernel") and len(shape) >= 2:  # conv / dense weights
+      base = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+    elif key in ("g", "v", "scale", "var"):  # gains, Rescale's v, BatchNorm
+      base = np.ones(shape)
+    else:  # biases, running means, ActNorm loc/log_scale, 1x1-conv LU factors
+      base = np.zeros(shape)
+    eps = noise * rng.standard_normal(shape)
+    value = base * np.exp(eps) if key == "var" else base + eps
+    if s_raw_bias and jax.tree_util.keystr(path).endswith("['out_dense']['bias']"):
+      value[:shape[0] // 2] += s_raw_bias
+    return jnp.asarray(value, dtype)
+
+  return model, jax.tree_util.tree_map_with_path(sample, dict(shapes))
+
+
+def flow(name: str, batch: int = 2, **variable_options) -> Constructor:
+  """Registry constructor for ``TINY_FLOWS[name]`` with random variables
+  (``tiny_flow_variables(name, rng, dtype, **variable_options)``)."""
+  def make(rng, dtype):
+    model, variables = tiny_flow_variables(name, rng, dtype, **variable_options)
+    x = jnp.asarray(tiny_flow_inputs(name, rng, batch), dtype)
+    return FlowAsBijector(model, variables), x
+  return make
+
+
+def flow_with_preprocessing(name: str, batch: int = 2) -> Constructor:
+  """The full FlowGMM image path: ``Chain([dequantize_logit(noise), flow])`` on integer
+  pixel values 0..255 (forward: pixels -> [0, 1) -> logit space -> z: [B, D])."""
+  def make(rng, dtype):
+    model, variables = tiny_flow_variables(name, rng, dtype)
+    x, noise = _pixels(rng, (batch,) + TINY_FLOWS[name][1], dtype)
+    chain = bij.Chain([bij.dequantize_logit(noise, alpha=0.05),
+                       FlowAsBijector(model, variables)])
+    return chain, x
+  return make
+
+
 REGISTRY: Dict[str, Constructor] = {
     "affine_checkerboard_parity0": affine_checkerboard(0),
     "affine_checkerboard_parity1": affine_checkerboard(1),
@@ -252,6 +399,14 @@ REGISTRY: Dict[str, Constructor] = {
     "chain_tabular": chain_tabular,
     "inverse_spline": inverse_spline,
     "inverse_affine_checkerboard": inverse_affine_checkerboard,
+    "flow_realnvp": flow("realnvp"),
+    "flow_glow": flow("glow"),
+    "flow_realnvp_tabular": flow("realnvp_tabular", s_raw_bias=1.0),
+    "flow_spline_tabular": flow("spline_tabular"),
+    # The 3-scale RealNVP is tested inside the full image path only: a separate entry
+    # would compile the same flow again (the suite's run time is mostly XLA compiles).
+    "flow_realnvp_3scales_with_dequantize_logit": flow_with_preprocessing(
+        "realnvp_3scales"),
 }
 
 # Entries whose log-det is identically zero (pure permutations / reshapes).

@@ -1,8 +1,13 @@
-"""Tests for flowgmm_jax.models (Linen flows) and flowgmm_jax.nets (conditioners).
+"""Model-specific tests for flowgmm_jax.models (Linen flows) and flowgmm_jax.nets
+(conditioners).
 
-Forward is data -> latent everywhere. Models are tiny (1 residual block, 4 channels, 8x8x2
-images) except the parameter-count test, which only traces the full-size RealNVP with
-jax.eval_shape (no compute).
+Forward is data -> latent everywhere. The generic flow checks (round trip in float32 and
+float64, log-det vs log|det jax.jacfwd| in float64, batch independence in eval mode, jit
+vs eager) run in tests/test_bijectors.py over every ``flow_*`` entry of
+tests/bijector_registry.py, which also holds the tiny model configurations
+(``TINY_FLOWS``: 1 residual block, 4 channels, 4x4x2 images; tabular D = 5) and their
+randomised variables; this file imports them from there. The parameter-count tests only
+trace the full-size RealNVP with jax.eval_shape (no compute).
 """
 
 from __future__ import annotations
@@ -21,31 +26,21 @@ from flowgmm_jax.models import (Glow, RealNVP, RealNVPTabular, SplineTabular, co
 from flowgmm_jax.models.realnvp import realnvp_plan
 from flowgmm_jax.nets import ResNetConditioner, WNConv
 
-# name -> (constructor, per-example input shape). One place to fold into a shared registry.
-MODELS = {
-    "realnvp": (lambda: RealNVP(num_scales=2, num_blocks=1, mid_channels=4), (8, 8, 2)),
-    "realnvp_3scales": (lambda: RealNVP(num_scales=3, num_blocks=1, mid_channels=4),
-                        (8, 8, 2)),
-    "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
-             (8, 8, 2)),
-    "realnvp_tabular": (lambda: RealNVPTabular(num_coupling_layers=4, hidden_dim=8,
-                                               num_layers=1, dropout_rate=0.5), (5,)),
-    "spline_tabular": (lambda: SplineTabular(num_coupling_layers=3, hidden_dim=8,
-                                             num_layers=1, num_bins=4, bound=3.0), (5,)),
-}
-TABULAR_MODELS = ["realnvp_tabular", "spline_tabular"]
+try:  # tests/ on sys.path (pytest's default rootdir-relative import)
+  import bijector_registry as registry
+except ImportError:  # tests/ imported as a package
+  from tests import bijector_registry as registry
 
 # The original FlowGMM RealNVP (2 scales, 8 blocks, 64 mid channels), counted analytically
 # from flow_ssl/realnvp + flow_ssl/resnet_realnvp (weight norm: v and g; affine BatchNorm).
 ORIGINAL_PARAM_COUNTS = {(32, 32, 3): 19_631_640, (28, 28, 1): 19_552_008}
 
 
-def make_inputs(name, batch=3, seed=0):
-  """Standard-normal inputs (numpy float64; cast by the caller), per-example shape from
-  MODELS. Spline inputs are wider so some fall outside [-bound, bound] (identity tails)."""
-  _, shape = MODELS[name]
-  x = np.random.default_rng(seed).standard_normal((batch,) + shape)
-  return 4.0 * x if name == "spline_tabular" else x
+def make_inputs(name, batch=2, seed=0):
+  """Inputs ``[batch, *input_shape]`` of ``registry.TINY_FLOWS[name]`` (numpy float64;
+  cast by the caller). The default batch of 2 is the registry's: the eager model calls
+  here then reuse the per-op compilations of its generic eager test."""
+  return registry.tiny_flow_inputs(name, np.random.default_rng(seed), batch)
 
 
 def randomize(variables, seed=1, noise=0.2):
@@ -63,65 +58,9 @@ def randomize(variables, seed=1, noise=0.2):
   return jax.tree_util.tree_map_with_path(perturb, dict(variables))
 
 
-@functools.lru_cache(maxsize=None)
-def variable_shapes(name):
-  """Shapes of model.init's variables, traced with jax.eval_shape (no compute)."""
-  model = MODELS[name][0]()
-  x = jax.ShapeDtypeStruct(make_inputs(name).shape, jnp.float32)
-  return model, jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-
-
-def random_variables(name, seed=1, noise=0.2):
-  """Variables with the shapes model.init gives, filled with random values around a
-  sensible base (numpy: no XLA compilations): conv directions ~ N(0, 1/fan_in), gains,
-  BatchNorm scales/variances ~ 1, everything else ~ 0; plus noise everywhere, so no
-  coupling is the identity (unlike at init, where the last layers are zero)."""
-  model, shapes = variable_shapes(name)
-  rng = np.random.default_rng(seed)
-
-  def sample(path, leaf):
-    key = getattr(path[-1], "key", None)
-    shape = leaf.shape
-    if key == "g" and "out_conv" in jax.tree_util.keystr(path):
-      # Small last layers (a partly trained flow): s_raw, t = O(0.1-1). Gains ~ 1 there
-      # make |z| ~ 1e3 after 10 couplings and float32 round trips lose ~1e-3.
-      base = np.zeros(shape)
-    elif key in ("v", "kernel") and len(shape) >= 2:  # conv / dense weights
-      base = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
-    elif key in ("g", "v", "scale", "var"):  # gains, Rescale's v, BatchNorm
-      base = np.ones(shape)
-    else:  # biases, running means, ActNorm loc/log_scale, 1x1-conv LU factors
-      base = np.zeros(shape)
-    eps = noise * rng.standard_normal(shape)
-    value = base * np.exp(eps) if key == "var" else base + eps
-    return value.astype(np.float32)
-
-  return model, jax.tree_util.tree_map_with_path(sample, dict(shapes))
-
-
-def model_and_variables(name, dtype=jnp.float32):
-  """(model, random_variables(name) as jnp arrays of dtype)."""
-  model, variables = random_variables(name)
-  return model, jax.tree.map(lambda a: jnp.asarray(a, dtype), variables)
-
-
-@functools.lru_cache(maxsize=None)
-def jitted_round_trip(name):
-  """One compiled program per model: ``(variables, x) -> (z, log_det, inverse(z))``
-  (jit compiles once where eager mode compiles every op for every new shape)."""
-  model = MODELS[name][0]()
-
-  def round_trip(variables, x):
-    z, log_det = model.apply(variables, x)
-    return z, log_det, model.apply(variables, z, method=model.inverse)
-
-  return jax.jit(round_trip)
-
-
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
+def model_and_variables(name, dtype=jnp.float32, seed=1):
+  """(tiny model, randomised variables of dtype): ``registry.tiny_flow_variables``."""
+  return registry.tiny_flow_variables(name, np.random.default_rng(seed), dtype)
 
 
 # ---------------------------------------------------------------- architecture / counts
@@ -212,7 +151,9 @@ def test_resnet_conditioner_starts_at_zero_output():
 
 def test_resnet_conditioner_batch_norm_averages_over_bn_axis_name():
   """bn_axis_name: batch statistics are averaged over the named (device) axis."""
-  x = jnp.asarray(make_inputs("realnvp", batch=6), jnp.float32).reshape(2, 3, 8, 8, 2)
+  image_shape = registry.TINY_FLOWS["realnvp"][1]
+  x = jnp.asarray(make_inputs("realnvp", batch=6), jnp.float32)
+  x = x.reshape((2, 3) + image_shape)  # 2 "devices" with 3 examples each
   net = ResNetConditioner(mid_channels=4, num_blocks=1, bn_axis_name="data")
   variables = ResNetConditioner(mid_channels=4, num_blocks=1).init(jax.random.PRNGKey(0),
                                                                    x[0])
@@ -222,66 +163,28 @@ def test_resnet_conditioner_batch_norm_averages_over_bn_axis_name():
     return updates["batch_stats"]["in_norm"]["mean"]
 
   means = jax.vmap(running_mean, axis_name="data")(x)  # one row per "device"
-  expected = 0.1 * x.reshape(6, 8, 8, 2).mean((0, 1, 2))
+  expected = 0.1 * x.reshape((6,) + image_shape).mean((0, 1, 2))
   np.testing.assert_allclose(means, np.stack([expected, expected]), rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------- invertibility, log-dets
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_round_trip_float32(name):
-  _, variables = model_and_variables(name)
-  x = jnp.asarray(make_inputs(name), jnp.float32)
-  z, log_det, x_back = jitted_round_trip(name)(variables, x)
-  assert z.shape == (x.shape[0], int(np.prod(x.shape[1:]))) and log_det.shape == x.shape[:1]
-  assert float(jnp.abs(log_det).max()) > 1e-2  # randomised: not the identity
-  assert x_back.shape == x.shape
-  np.testing.assert_allclose(x_back, x, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["realnvp", "glow"] + TABULAR_MODELS)
-def test_log_det_matches_jacobian_and_round_trip_float64(name, x64):
-  """log_det == log|det dz/dx| from jax.jacfwd, per example, in float64; and (tabular)
-  the float64 round trip is exact to 1e-9."""
-  model, variables = model_and_variables(name, jnp.float64)
-  x = jnp.asarray(make_inputs(name, batch=2), jnp.float64)
-
-  tabular = name in TABULAR_MODELS
-
-  @jax.jit
-  def compute(variables, x):
-    z, log_det = model.apply(variables, x)
-    # (Image round trips are checked in float32 above; skipping them here halves the
-    # compile time.)
-    x_back = model.apply(variables, z, method=model.inverse) if tabular else x
-    per_example = lambda xi: model.apply(variables, xi[None])[0][0]
-    return z, log_det, x_back, jax.vmap(jax.jacfwd(per_example))(x)
-
-  z, log_det, x_back, jacobians = compute(variables, x)
-  assert z.dtype == jnp.float64 and log_det.dtype == jnp.float64
-  assert float(jnp.abs(log_det).max()) > 1e-2  # not the identity: the test has teeth
-  np.testing.assert_allclose(x_back, x, atol=1e-9, rtol=1e-9)
-  for i in range(x.shape[0]):
-    sign, expected = np.linalg.slogdet(np.asarray(jacobians[i]).reshape(z.shape[1], -1))
-    assert sign != 0
-    np.testing.assert_allclose(log_det[i], expected, rtol=1e-8, atol=1e-8)
-
-
 def test_public_contract_init_apply_inverse_realnvp_starts_as_identity():
   """model.init -> apply -> inverse. With zero_init_last every coupling starts as the
   identity: z holds exactly x's values (the factored piece of the squeezed image, then the
   rest) and log_det = 0."""
-  model = MODELS["realnvp"][0]()
+  model = registry.TINY_FLOWS["realnvp"][0]()
   x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
   variables = model.init(jax.random.PRNGKey(0), x)
   assert set(variables) == {"params", "batch_stats"}
-  assert count_params(variables) == count_params(variable_shapes("realnvp")[1])
+  assert count_params(variables) == count_params(registry.tiny_flow_shapes("realnvp")[1])
   z, log_det = model.apply(variables, x)
   assert float(jnp.abs(log_det).max()) == 0.0
-  squeezed = Squeeze().forward(x)  # [B, 4, 4, 8]
-  expected = jnp.concatenate([squeezed[..., 4:].reshape(3, -1),
-                              squeezed[..., :4].reshape(3, -1)], axis=1)
+  squeezed = Squeeze().forward(x)  # [B, H/2, W/2, 8]
+  batch = x.shape[0]
+  expected = jnp.concatenate([squeezed[..., 4:].reshape(batch, -1),
+                              squeezed[..., :4].reshape(batch, -1)], axis=1)
   np.testing.assert_array_equal(z, expected)
   np.testing.assert_array_equal(model.apply(variables, z, method=model.inverse), x)
 
@@ -292,7 +195,7 @@ def test_first_coupling_matches_hand_computation():
   model, variables = model_and_variables("realnvp")
   x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
   bound = model.bind(variables)
-  mask = checkerboard_mask(8, 8, 0)
+  mask = checkerboard_mask(x.shape[1], x.shape[2], 0)
   assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 1, 0]) == 1.0
   s_raw, t = bound.conditioners[0](x * mask, False)
   rescale = variables["params"]["rescales_0"]
@@ -304,17 +207,7 @@ def test_first_coupling_matches_hand_computation():
   np.testing.assert_allclose(log_det, ((1 - mask) * s).sum((1, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- BatchNorm, dropout, jit
-
-
-@pytest.mark.parametrize("name", ["realnvp", "glow"])
-def test_eval_mode_is_batch_independent(name):
-  _, variables = model_and_variables(name)
-  x = jnp.asarray(make_inputs(name), jnp.float32)
-  z_all, ld_all, _ = jitted_round_trip(name)(variables, x)
-  z_other, ld_other, _ = jitted_round_trip(name)(variables, x.at[1:].multiply(10.0))
-  np.testing.assert_allclose(z_other[0], z_all[0], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(ld_other[0], ld_all[0], rtol=1e-5, atol=1e-4)
+# ---------------------------------------------------------------- BatchNorm, dropout
 
 
 def test_train_mode_updates_batch_stats():
@@ -326,7 +219,7 @@ def test_train_mode_updates_batch_stats():
   old = variables["batch_stats"]["conditioners_0"]["in_norm"]
   new = updates["batch_stats"]["conditioners_0"]["in_norm"]
   # First BN sees the kept half x * mask: running = 0.9 running + 0.1 batch (PyTorch).
-  kept = x * checkerboard_mask(8, 8, 0)
+  kept = x * checkerboard_mask(x.shape[1], x.shape[2], 0)
   np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * kept.mean((0, 1, 2)),
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * kept.var((0, 1, 2)),
@@ -350,30 +243,22 @@ def test_dropout_only_in_train_mode():
   assert not np.allclose(z_a, z_eval) and not np.allclose(z_a, z_c)
 
 
-@pytest.mark.parametrize("name", ["realnvp", "realnvp_tabular"])
-def test_jit_matches_eager(name):
-  model, variables = model_and_variables(name)
-  x = jnp.asarray(make_inputs(name), jnp.float32)
-  z, log_det = model.apply(variables, x)
-  z_jit, log_det_jit, x_back_jit = jitted_round_trip(name)(variables, x)
-  np.testing.assert_allclose(z_jit, z, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(log_det_jit, log_det, rtol=1e-5, atol=1e-4)
-  np.testing.assert_allclose(x_back_jit, model.apply(variables, z, method=model.inverse),
-                             rtol=1e-4, atol=1e-4)
-
-
 # ---------------------------------------------------------------- inverse-only use, errors
 
 
 @pytest.mark.parametrize("name", ["realnvp", "glow"])
 def test_inverse_needs_no_forward_call(name):
   """Sampling direction on its own: a fresh apply of ``inverse`` on random z (the image
-  shape is inferred from the parameters)."""
+  shape is inferred from the parameters), mapped back to z. Eager, batch of 2: the ops
+  were compiled by the generic eager test of the same flow (the jitted inverse is
+  checked there too)."""
   model, variables = model_and_variables(name)
-  z = jnp.asarray(np.random.default_rng(7).standard_normal((3, 128)), jnp.float32)
-  samples = jax.jit(functools.partial(model.apply, method=model.inverse))(variables, z)
-  assert samples.shape == (3, 8, 8, 2)
-  z_back, _, _ = jitted_round_trip(name)(variables, samples)
+  image_shape = registry.TINY_FLOWS[name][1]
+  z = jnp.asarray(np.random.default_rng(7).standard_normal((2, np.prod(image_shape))),
+                  jnp.float32)
+  samples = model.apply(variables, z, method=model.inverse)  # its own, fresh apply
+  assert samples.shape == (2,) + image_shape
+  z_back, _ = model.apply(variables, samples)
   np.testing.assert_allclose(z_back, z, rtol=1e-4, atol=1e-4)
 
 
@@ -389,7 +274,7 @@ def test_non_square_images_with_image_shape():
   x_back = jax.eval_shape(functools.partial(model.apply, method=model.inverse), variables, z)
   assert x_back.shape == (2, 8, 4, 2)
   # Without image_shape, D = 64 = 32 * C is no square image: a clear error.
-  square = MODELS["realnvp"][0]()
+  square = registry.TINY_FLOWS["realnvp"][0]()
   with pytest.raises(ValueError, match="image_shape"):
     square.apply(variables, jnp.zeros((2, 64)), method=square.inverse)
   # With image_shape known, even initialising through the inverse works.
