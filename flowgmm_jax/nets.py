@@ -267,9 +267,14 @@ class MLPConditioner(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
-    """``x: [B, D_in] -> (s_raw, t)``, each ``[B, out_dim / 2]``."""
-    out_dim = self.out_dim or 2 * x.shape[-1]
+  def __call__(self, x: Array, train: bool = False, out_dim: Optional[int] = None
+               ) -> Tuple[Array, Array]:
+    """``x: [B, D_in] -> (s_raw, t)``, each ``[B, out_dim / 2]``.
+
+    ``out_dim`` given here overrides the attribute (the flow knows the changed width only
+    when it sees the data); it must be the same on every call.
+    """
+    out_dim = out_dim or self.out_dim or 2 * x.shape[-1]
     if out_dim % 2:
       raise ValueError(f"MLPConditioner: out_dim must be even (s_raw and t halves), "
                        f"got {out_dim}.")

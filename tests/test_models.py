@@ -332,3 +332,37 @@ def test_glow_init_is_data_dependent_actnorm():
   assert float(jnp.abs(log_scale).max()) > 0.1
   _, log_det = model.apply(variables, x)
   np.testing.assert_allclose(log_det, -4 * jnp.sum(log_scale), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dim", [6, 7])
+def test_compact_tabular_conditioner_equals_original_full_width_layout(dim):
+  """The default RealNVPTabular drops the original's dead MLP weights (inputs that are always
+  masked to zero, outputs that are discarded); embedding its weights into the full-width
+  layout must give exactly the same flow."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(5, dim)), jnp.float32)
+  compact = RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1)
+  full = RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1,
+                        full_width_conditioner=True)
+  vc = randomize(compact.init(jax.random.PRNGKey(0), x))
+  vf = jax.tree.map(np.array, full.init(jax.random.PRNGKey(1), x))
+  split = dim // 2
+  for i in range(3):
+    keep_first = i % 2 == 0
+    kept = np.arange(split) if keep_first else np.arange(split, dim)
+    changed = np.setdiff1d(np.arange(dim), kept)
+    c = len(changed)
+    pc, pf = vc["params"][f"conditioners_{i}"]["mlp"], vf["params"][f"conditioners_{i}"]["mlp"]
+    pf["in_dense"]["kernel"][:] = 0.0
+    pf["in_dense"]["kernel"][kept] = pc["in_dense"]["kernel"]
+    pf["in_dense"]["bias"][:] = pc["in_dense"]["bias"]
+    pf["hidden0"] = jax.tree.map(np.array, pc["hidden0"])
+    for part, (fo, co) in enumerate([(0, 0), (dim, c)]):  # s_raw columns, then t columns
+      pf["out_dense"]["kernel"][:, fo + changed] = pc["out_dense"]["kernel"][:, co:co + c]
+      pf["out_dense"]["bias"][fo + changed] = pc["out_dense"]["bias"][co:co + c]
+    vf["params"][f"rescales_{i}"] = jax.tree.map(np.array, vc["params"][f"rescales_{i}"])
+  zc, ldc = compact.apply(vc, x)
+  zf, ldf = full.apply(vf, x)
+  assert float(jnp.max(jnp.abs(ldc))) > 0.1  # a non-trivial flow
+  np.testing.assert_allclose(np.asarray(zc), np.asarray(zf), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ldc), np.asarray(ldf), rtol=1e-5, atol=1e-5)
+  assert count_params(vc) < count_params(vf)

@@ -52,6 +52,12 @@ class RealNVPTabular(nn.Module):
       only with ``train=True`` and ``rngs={'dropout': key}``.
     zero_init_last: zero each MLP's last layer so the flow starts as the identity (the
       original's ``init_zeros``, False by default).
+    full_width_conditioner: True reproduces the original's layout, where each MLP reads
+      all D inputs (the changed half zeroed by the mask) and predicts s and t for all D
+      positions (the kept half discarded). Those extra weights only ever multiply zeros or
+      feed discarded outputs, so the default (False) drops them: the MLP reads the kept
+      half and predicts the changed half. Same family of functions, about a third fewer
+      FLOPs at the paper's text sizes (D = 768, k = 1024).
     param_dtype: parameter dtype.
   """
   num_coupling_layers: int = 6
@@ -59,6 +65,7 @@ class RealNVPTabular(nn.Module):
   num_layers: int = 2
   dropout_rate: float = 0.0
   zero_init_last: bool = False
+  full_width_conditioner: bool = False
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -75,8 +82,12 @@ class RealNVPTabular(nn.Module):
 
   def _coupling(self, index: int, dim: int, dtype, train: bool) -> AffineCoupling:
     net = self.conditioners[index]
-    return AffineCoupling(halves_mask(dim, index % 2, dtype), lambda h: net(h, train),
-                          self.rescales[index](dim))
+    mask = halves_mask(dim, index % 2, dtype)
+    if self.full_width_conditioner:
+      conditioner = lambda h: net(h, train)
+    else:
+      conditioner = _compact_conditioner(net, dim, keep_first=index % 2 == 0, train=train)
+    return AffineCoupling(mask, conditioner, self.rescales[index](dim))
 
   def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
     """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``."""
@@ -93,6 +104,24 @@ class RealNVPTabular(nn.Module):
     for i in reversed(range(self.num_coupling_layers)):
       z = self._coupling(i, z.shape[1], z.dtype, train).inverse(z)
     return z
+
+
+def _compact_conditioner(net, dim: int, keep_first: bool, train: bool):
+  """Conditioner for a halves mask that runs ``net`` on the kept half only and returns
+  ``(s_raw, t)`` of full width ``[B, D]``, zero on the kept half (which the coupling
+  ignores anyway)."""
+  split = dim // 2
+
+  def conditioner(h: Array) -> Tuple[Array, Array]:
+    kept = h[:, :split] if keep_first else h[:, split:]
+    changed = dim - kept.shape[1]
+    s_raw, t = net(kept, train, out_dim=2 * changed)
+    zeros = jnp.zeros((h.shape[0], dim - changed), h.dtype)
+    full = ((lambda a: jnp.concatenate([zeros, a], axis=1)) if keep_first
+            else (lambda a: jnp.concatenate([a, zeros], axis=1)))
+    return full(s_raw), full(t)
+
+  return conditioner
 
 
 class SplineTabular(nn.Module):
