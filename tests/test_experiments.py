@@ -83,7 +83,7 @@ def test_smoke_run_on_real_data(tmp_path, name, arg):
 def test_smoke_run_toy(tmp_path):
   c = shrink(get_config("toy", "pinwheel,smoke"))
   train_and_evaluate(c, str(tmp_path))
-  check_results(tmp_path, 1000)
+  check_results(tmp_path, c.data.max_test_examples)
 
 
 def test_smoke_run_svhn_on_generated_data(tmp_path):
