@@ -16,38 +16,9 @@ Data: ../shared/data/cifar10 JPEG tar (decoded once, then cached), or tfds 'cifa
 ARG: smoke (tiny model, 20 steps, a subset of the data).
 """
 
-from configs.common import apply_smoke, parse_args
-from flowgmm_jax.training.config import base_config
+from configs.common import image_config
 
 
 def get_config(arg: str | None = None):
-  words = parse_args(arg, ("smoke",))
-  c = base_config()
-  c.data.kind = "image"
-  c.data.name = "cifar10"
-  c.data.num_labeled_per_class = 400
-  c.data.labeled_batch_size = 32
-  c.data.unlabeled_batch_size = 32
-  c.model.name = "realnvp"
-  c.model.num_scales = 2
-  c.model.num_blocks = 8
-  c.model.mid_channels = 64
-  c.prior.means_init = "image"
-  c.prior.means_scale = 1.0
-  c.loss.unlabeled_weight = 1.0
-  c.loss.consistency_weight = 0.0
-  c.loss.consistency_rampup_steps = 5000
-  c.optim.optimizer = "adam"
-  c.optim.learning_rate = 1e-4
-  c.optim.weight_decay = 5e-5
-  c.optim.grad_clip_norm = 100.0
-  c.augment.crop_padding = 4
-  c.augment.flip = True
-  c.num_train_steps = 200000
-  c.log_every_steps = 100
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 2000
-  c.eval_batch_size = 500
-  if "smoke" in words:
-    apply_smoke(c, image=True)
-  return c
+  return image_config("cifar10", num_labeled_per_class=400, flip=True, learning_rate=1e-4,
+                      num_train_steps=200_000, arg=arg)

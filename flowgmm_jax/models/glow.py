@@ -46,7 +46,7 @@ from flowgmm_jax.bijectors.actnorm import ActNorm, actnorm_init_params
 from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU, conv1x1_lu_init
 from flowgmm_jax.bijectors.coupling import ChannelCoupling
 from flowgmm_jax.bijectors.reshape import Squeeze, flatten_and_join, split_and_unflatten
-from flowgmm_jax.models.realnvp import (check_image_input, image_shape_from_latent_dim,
+from flowgmm_jax.models.realnvp import (check_image_input, resolve_image_shape,
                                         multiscale_latent_shapes)
 from flowgmm_jax.nets import Rescale, ResNetConditioner
 
@@ -189,22 +189,9 @@ class Glow(nn.Module):
     return flatten_and_join(factored + [x]), log_det
 
   def _input_image_shape(self, z: Array) -> Tuple[int, int, int]:
-    if self.image_shape is not None:
-      h, w, c = self.image_shape
-      if h * w * c != z.shape[-1]:
-        raise ValueError(
-            f"Glow.inverse: z has D = {z.shape[-1]} but image_shape={self.image_shape} "
-            f"needs D = {h * w * c}.")
-      return tuple(self.image_shape)
-    try:
-      # The first ActNorm acts after the first squeeze: 4C channels.
-      channels = self.variables["params"]["actnorms_0"]["loc"].shape[0] // 4
-    except KeyError:
-      raise ValueError(
-          "Glow.inverse: cannot infer the image shape: the model has no parameters yet. "
-          "Initialise with model.init(rng, x) on images, or pass image_shape=(H, W, C)."
-      ) from None
-    return image_shape_from_latent_dim(z.shape[-1], channels, "Glow")
+    # The first ActNorm acts after the first squeeze: 4C channels.
+    return resolve_image_shape(self, z, "Glow",
+                               lambda params: params["actnorms_0"]["loc"].shape[0] // 4)
 
   def inverse(self, z: Array, train: bool = False) -> Array:
     """Latent -> data. ``z: [B, D]`` -> ``x: [B, H, W, C]`` (no forward call needed)."""

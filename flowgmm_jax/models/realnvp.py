@@ -111,6 +111,30 @@ def image_shape_from_latent_dim(latent_dim: int, channels: int, owner: str
   return side, side, channels
 
 
+def resolve_image_shape(model, z: Array, owner: str,
+                        channels_from_params) -> Tuple[int, int, int]:
+  """(H, W, C) of the images behind flat latents ``z: [B, D]``, for a flow's inverse.
+
+  Uses ``model.image_shape`` when set (checking H W C = D); otherwise reads C from the
+  initialised parameters with ``channels_from_params(params)`` and assumes square images.
+  """
+  if model.image_shape is not None:
+    h, w, c = model.image_shape
+    if h * w * c != z.shape[-1]:
+      raise ValueError(
+          f"{owner}.inverse: z has D = {z.shape[-1]} but image_shape={model.image_shape} "
+          f"needs D = {h * w * c}.")
+    return tuple(model.image_shape)
+  try:
+    channels = channels_from_params(model.variables["params"])
+  except KeyError:
+    raise ValueError(
+        f"{owner}.inverse: cannot infer the image shape: the model has no parameters yet. "
+        "Initialise with model.init(rng, x) on images, or pass image_shape=(H, W, C)."
+    ) from None
+  return image_shape_from_latent_dim(z.shape[-1], channels, owner)
+
+
 def check_image_input(shape: Sequence[int], owner: str, divisor: int,
                       image_shape: Optional[Sequence[int]]) -> None:
   """ValueError unless ``shape`` is ``[B, H, W, C]`` with H, W divisible by ``divisor``
@@ -212,22 +236,10 @@ class RealNVP(nn.Module):
     return flatten_and_join(factored + [x]), log_det
 
   def _input_image_shape(self, z: Array) -> Tuple[int, int, int]:
-    if self.image_shape is not None:
-      h, w, c = self.image_shape
-      if h * w * c != z.shape[-1]:
-        raise ValueError(
-            f"RealNVP.inverse: z has D = {z.shape[-1]} but image_shape={self.image_shape} "
-            f"needs D = {h * w * c}.")
-      return tuple(self.image_shape)
-    try:
-      # The first conditioner's input conv sees concat[x, -x]: 2C input channels.
-      channels = self.variables["params"]["conditioners_0"]["in_conv"]["v"].shape[2] // 2
-    except KeyError:
-      raise ValueError(
-          "RealNVP.inverse: cannot infer the image shape: the model has no parameters "
-          "yet. Initialise with model.init(rng, x) on images, or pass image_shape=(H, W, C)."
-      ) from None
-    return image_shape_from_latent_dim(z.shape[-1], channels, "RealNVP")
+    # The first conditioner's input conv sees concat[x, -x]: 2C input channels.
+    return resolve_image_shape(
+        self, z, "RealNVP",
+        lambda params: params["conditioners_0"]["in_conv"]["v"].shape[2] // 2)
 
   def inverse(self, z: Array, train: bool = False) -> Array:
     """Latent -> data. ``z: [B, D]`` -> ``x: [B, H, W, C]`` (no forward call needed)."""
