@@ -145,3 +145,57 @@ def test_incompatible_checkpoint_from_cli(tmp_path):
   proc = run_cli(*common, "--config.model.hidden_dim=16", "--config.num_train_steps=4")
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert "different model/data configuration" in proc.stderr and "hidden_dim" in proc.stderr
+
+
+def _blobs(n=240, seed=0):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 3, n)
+  x = rng.normal(size=(n, 4)) + 4.0 * np.eye(3, 4)[y]
+  return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("fmt", ["npz", "csv"])
+@pytest.mark.parametrize("with_unlabeled", [False, True])
+def test_cli_on_user_files(tmp_path, fmt, with_unlabeled):
+  x, y = _blobs()
+  if with_unlabeled:
+    y = y.copy()
+    y[60:] = -1  # rows 60.. are the unlabelled pool; the test split comes from rows 0..59
+  path = tmp_path / f"table.{fmt}"
+  if fmt == "npz":
+    np.savez(path, x=x, y=y)
+    extra = []
+  else:
+    header = "f0,f1,label,f2,f3"  # label column in the middle, chosen by name
+    rows = np.column_stack([x[:, :2], y, x[:, 2:]])
+    np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%.6g")
+    extra = ["--config.data.label_column=label"]
+  workdir = tmp_path / "run"
+  proc = run_cli("--config=configs/tabular.py:file,smoke", f"--workdir={workdir}",
+                 f"--config.data.path={path}", "--config.data.num_labeled_per_class=5",
+                 "--config.num_train_steps=2", *extra)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  if with_unlabeled:
+    # Every labelled training row is used; the test split is 20 % of the 60 labelled rows.
+    assert results["num_test"] == 12
+    assert results["num_labeled"] == 48 and results["num_unlabeled"] == 180
+  else:
+    assert results["num_test"] == 48
+    assert results["num_labeled"] == 15 and results["num_unlabeled"] == 240 - 48 - 15
+
+
+def test_cli_user_file_errors_write_nothing(tmp_path):
+  x, y = _blobs()
+  np.savez(tmp_path / "no_y.npz", x=x)
+  np.savetxt(tmp_path / "t.csv", np.column_stack([x, y]), delimiter=",",
+             header="a,b,c,d,label", comments="")
+  cases = [("no_y.npz", [], "y"), ("t.csv", ["--config.data.label_column=target"], "target"),
+           ("missing.npz", [], "does not exist")]
+  for name, extra, needle in cases:
+    workdir = tmp_path / f"run_{name}"
+    proc = run_cli("--config=configs/tabular.py:file,smoke", f"--workdir={workdir}",
+                   f"--config.data.path={tmp_path / name}", *extra)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert needle in proc.stderr
+    assert not workdir.exists()

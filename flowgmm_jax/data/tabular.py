@@ -114,14 +114,17 @@ def make_split_dataset(name: str, kind: str, x: np.ndarray, y: np.ndarray, num_c
                        test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
                        standardize: bool = True, drop_constant_features: bool = True,
                        info: dict | None = None) -> Dataset:
-  """Splits one labelled table into a stratified train/test `Dataset`.
+  """Splits one table into a stratified train/test `Dataset`.
+
+  Rows with label -1 are unlabelled: they all go to the training split, and the test
+  fraction is held out (stratified) from the labelled rows.
 
   `info["train_indices"]` / `info["test_indices"]` give each split's rows of `x`.
 
   Args:
     name, kind: Dataset name and kind ("tabular" or "text").
     x: `[N, D]` features.
-    y: `[N]` labels in `[0, num_classes)`.
+    y: `[N]` labels in `[0, num_classes)`, or -1 for unlabelled rows.
     num_classes: K.
     class_names: optional K names.
     test_fraction: fraction of each class held out for testing (stratified).
@@ -129,10 +132,18 @@ def make_split_dataset(name: str, kind: str, x: np.ndarray, y: np.ndarray, num_c
     standardize, drop_constant_features: see `build_tabular_dataset`.
     info: extra metadata to store.
   """
-  validate_arrays(x, y, num_classes, f"{name} data", expected_ndim=2)
-  train_idx, test_idx = stratified_train_test_split(y, test_fraction, seed)
+  validate_arrays(x, y, num_classes, f"{name} data", expected_ndim=2, allow_unlabeled=True)
   x = np.asarray(x)
   y = np.asarray(y)
+  # Rows labelled -1 are the unlabelled pool: they all stay in train; the stratified test
+  # fraction is held out of the labelled rows only.
+  labeled = np.nonzero(y >= 0)[0]
+  if labeled.size == 0:
+    raise ValueError(f"{name} data: every label is -1; give some labelled rows (a test "
+                     "split is held out of them).")
+  train_lab, test_idx = stratified_train_test_split(y[labeled], test_fraction, seed)
+  train_idx = np.sort(np.concatenate([labeled[train_lab], np.nonzero(y < 0)[0]]))
+  test_idx = labeled[test_idx]
   info = dict(info or {})
   info.update(test_fraction=test_fraction, split_seed=seed, train_indices=train_idx,
               test_indices=test_idx)
