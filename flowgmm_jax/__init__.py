@@ -6,6 +6,7 @@ Forward is always data -> latent. Public names only; see the submodules for ever
 from flowgmm_jax import bijectors
 from flowgmm_jax import data
 from flowgmm_jax import models
+from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.losses import bits_per_dim, consistency_nll, semi_supervised_nll
 from flowgmm_jax.prior import GaussianMixturePrior
@@ -13,7 +14,7 @@ from flowgmm_jax.prior import GaussianMixturePrior
 __version__ = "0.1.0"
 
 __all__ = [
-    "bijectors", "data", "models", "FlowGMM", "GaussianMixturePrior", "semi_supervised_nll",
+    "bijectors", "data", "models", "FlowGMM", "FlowGMMClassifier", "GaussianMixturePrior", "semi_supervised_nll",
     "consistency_nll", "bits_per_dim", "train_and_evaluate",
 ]
 
