@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flowgmm_jax.bijectors.base import Chain
 from flowgmm_jax.bijectors.coupling import AffineCoupling, halves_mask
 from flowgmm_jax.bijectors.spline import RationalQuadraticSplineCoupling
 from flowgmm_jax.nets import MLPConditioner, MLPSplineConditioner, Rescale
@@ -39,6 +40,12 @@ def check_tabular_input(x: Array, owner: str, what: str = "x") -> None:
   if x.shape[1] < 2:
     raise ValueError(f"{owner} needs D >= 2 features so that both coupling halves are "
                      f"non-empty, got D = {x.shape[1]}.")
+
+
+def _chain_of_couplings(model, x: Array, train: bool) -> Chain:
+  """The model's couplings as one bijector (coupling 0 nearest the data)."""
+  return Chain([model._coupling(i, x.shape[1], x.dtype, train)
+                for i in range(model.num_coupling_layers)])
 
 
 class RealNVPTabular(nn.Module):
@@ -92,18 +99,12 @@ class RealNVPTabular(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
     """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``."""
     check_tabular_input(x, "RealNVPTabular")
-    log_det = jnp.zeros(x.shape[:1], x.dtype)
-    for i in range(self.num_coupling_layers):
-      x, step_log_det = self._coupling(i, x.shape[1], x.dtype, train).forward_and_log_det(x)
-      log_det = log_det + step_log_det
-    return x, log_det
+    return _chain_of_couplings(self, x, train).forward_and_log_det(x)
 
   def inverse(self, z: Array, train: bool = False) -> Array:
     """Latent -> data. ``z: [B, D]`` -> ``x: [B, D]``."""
     check_tabular_input(z, "RealNVPTabular.inverse", "z")
-    for i in reversed(range(self.num_coupling_layers)):
-      z = self._coupling(i, z.shape[1], z.dtype, train).inverse(z)
-    return z
+    return _chain_of_couplings(self, z, train).inverse(z)
 
 
 def _compact_conditioner(net, dim: int, keep_first: bool, train: bool):
@@ -168,15 +169,9 @@ class SplineTabular(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
     """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``."""
     check_tabular_input(x, "SplineTabular")
-    log_det = jnp.zeros(x.shape[:1], x.dtype)
-    for i in range(self.num_coupling_layers):
-      x, step_log_det = self._coupling(i, x.shape[1], x.dtype, train).forward_and_log_det(x)
-      log_det = log_det + step_log_det
-    return x, log_det
+    return _chain_of_couplings(self, x, train).forward_and_log_det(x)
 
   def inverse(self, z: Array, train: bool = False) -> Array:
     """Latent -> data. ``z: [B, D]`` -> ``x: [B, D]``."""
     check_tabular_input(z, "SplineTabular.inverse", "z")
-    for i in reversed(range(self.num_coupling_layers)):
-      z = self._coupling(i, z.shape[1], z.dtype, train).inverse(z)
-    return z
+    return _chain_of_couplings(self, z, train).inverse(z)
