@@ -55,7 +55,8 @@ def build_flow(model_config: ml_collections.ConfigDict, input_shape, *,
   if m.name == "spline_tabular":
     return models.SplineTabular(num_coupling_layers=m.num_coupling_layers,
                                 hidden_dim=m.hidden_dim, num_layers=m.num_layers,
-                                num_bins=m.num_bins, bound=m.bound)
+                                num_bins=m.num_bins, bound=m.bound,
+                                dropout_rate=m.dropout_rate)
   raise ValueError(f"Unknown model {m.name!r} (config.model.name).")
 
 
