@@ -21,7 +21,11 @@ What the original PyTorch code (github.com/izmailovpavel/flowgmm) does, and how 
   consistency term is the class-conditional NLL of the gradient-carrying view x1 at the
   class predicted (without gradient) from the other view x2, log-det included, not
   normalised per dimension. The weight ramps up LINEARLY over epochs.
-  -> ``flowgmm_cons_loss`` reproduces it exactly.
+  -> ``flowgmm_objective(objective="original", log_weights=prior_log_weights)`` reproduces
+  it exactly.
+
+``flowgmm_objective`` is the one objective the train step calls; its "joint" form is the
+generative labelled NLL -log p(x, y) plus the unlabelled mixture NLL (plus consistency).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def labeled_log_likelihood(class_log_joint: Array, labels: Array,
   safe_labels = jnp.where(labels >= 0, labels, 0)
   log_lik = jnp.take_along_axis(class_log_joint, safe_labels[:, None], axis=1)[:, 0]
   if log_weights is not None:
-    log_lik = log_lik - log_weights[safe_labels]
+    log_lik = log_lik - jnp.asarray(log_weights)[safe_labels]
   return log_lik
 
 
@@ -174,60 +178,102 @@ def consistency_nll_per_example(class_log_joint_b: Array, log_det_b: Array,
   return -(log_lik + log_det_b)
 
 
-def labeled_cross_entropy(class_log_joint: Array, labels: Array) -> Tuple[Array, Array]:
-  """Mean softmax cross-entropy -log p(y | x) over labelled rows (labels >= 0).
-
-  Returns (mean, num_labeled); the mean is 0 when the batch has no labelled rows (the
-  original's F.cross_entropy would return NaN there).
-  """
-  class_log_joint = jnp.asarray(class_log_joint)
-  labels = jnp.asarray(labels)
-  _check_batch(class_log_joint, labels)
-  is_labeled = labels >= 0
-  log_probs = jax.nn.log_softmax(class_log_joint, axis=-1)
-  nll_each = -labeled_log_likelihood(log_probs, labels)
-  num_labeled = jnp.sum(is_labeled).astype(class_log_joint.dtype)
-  return _safe_mean(jnp.sum(jnp.where(is_labeled, nll_each, 0.0)), num_labeled), num_labeled
+OBJECTIVES = ("original", "joint")
 
 
-def flowgmm_cons_loss(class_log_joint: Array, log_det: Array, labels: Array,
-                      class_log_joint_teacher: Array,
-                      log_weights: Optional[Array] = None,
+def flowgmm_objective(class_log_joint: Array, log_det: Array, labels: Array, *,
+                      objective: str = "joint",
                       label_weight: float | Array = 1.0,
-                      consistency_weight: float | Array = 1.0,
-                      use_unlabeled: bool = True) -> Tuple[Array, Dict[str, Array]]:
-  """The original image FlowGMM-cons objective (``train_semisup_cons.py``), one batch.
+                      unlabeled_weight: float | Array = 1.0,
+                      consistency_weight: float | Array = 0.0,
+                      class_log_joint_teacher: Optional[Array] = None,
+                      log_weights: Optional[Array] = None,
+                      num_labeled: Optional[Array] = None,
+                      num_unlabeled: Optional[Array] = None,
+                      num_examples: Optional[Array] = None,
+                      ) -> Tuple[Array, Dict[str, Array]]:
+  """The FlowGMM training objective on one mixed batch: the ONE function the train step calls.
 
-      loss = label_weight * CE_labelled(class_log_joint, labels)
-             + mean_all -(logsumexp_k class_log_joint + log_det)        (if use_unlabeled)
-             + consistency_weight * consistency_nll(teacher, class_log_joint, log_det)
+  Two forms (``objective``), with CE = mean_lab -log softmax(class_log_joint)[y] (the
+  discriminative cross-entropy), NLL_gen(x, y) = -(log pi_y + log N(z; mu_y) + log_det) =
+  -log p(x, y), NLL_mix(x) = -(logsumexp_k class_log_joint + log_det) = -log p(x) and
+  CONS = mean_all -(log N(z; mu_{y_hat}) + log_det) at y_hat = argmax of the teacher view:
+
+    "original" (the original image code, ``train_semisup_cons.py``):
+        label_weight * CE + unlabeled_weight * mean_ALL NLL_mix + consistency_weight * CONS
+      The mixture NLL runs over every row, labelled ones included. unlabeled_weight = 1 is
+      the original; 0 is its --supervised_only.
+    "joint" (generative; the original tabular/text ``SemiFlow`` up to the log pi_y term):
+        label_weight * mean_lab NLL_gen + unlabeled_weight * mean_unl NLL_mix
+        + consistency_weight * CONS
+      With label_weight = 1 this is the negative joint log-likelihood of the batch.
+
+  CONS uses -log p(x | y_hat) (no log pi), as the original's ``log_prob(z, y)``; it is
+  computed only when ``class_log_joint_teacher`` is given (else 0), and y_hat carries no
+  gradient.
+
+  Data parallelism: every term is a SUM over this batch's rows divided by a count. The
+  counts default to this batch's own (then every value is the batch mean); a data-parallel
+  step passes the GLOBAL counts, so each device returns its share and the sum over devices
+  (``psum``) is exactly the value of the global batch.
 
   Args:
-    class_log_joint, log_det: [B, K], [B] for the view that carries gradients (x1).
-    labels: [B], -1 = unlabelled.
-    class_log_joint_teacher: [B, K] for the other augmentation (x2); only its argmax is
-      used, under stop_gradient (the original computes it under torch.no_grad()).
-    log_weights: [K] log pi, to drop log pi from the consistency term as the original.
-    label_weight: the original's --label_weight (3 in its README's CIFAR/MNIST runs).
-    consistency_weight: the ramped weight (see ``consistency_weight_ramp``).
-    use_unlabeled: False = the original's --supervised_only (CE only, plus consistency).
+    class_log_joint: [B, K] log pi_k + log N(z_b; mu_k) of the view that carries gradients.
+    log_det: [B] flow log|det| of that view.
+    labels: [B] int, -1 = unlabelled.
+    objective: "original" or "joint".
+    label_weight, unlabeled_weight, consistency_weight: scalars (may be traced).
+    class_log_joint_teacher: optional [B, K] of the second augmentation (only its argmax).
+    log_weights: [K] log pi; needed to drop log pi from CONS (None: CONS keeps log pi_y).
+    num_labeled, num_unlabeled, num_examples: the counts that normalise the labelled,
+      unlabelled and all-row means (default: this batch's).
+
   Returns:
-    (loss, aux) with aux 'cross_entropy', 'nll_unlabeled' (mixture NLL averaged over the
-    whole batch), 'consistency', 'num_labeled'.
+    (loss, terms); terms holds 'cross_entropy', 'nll_labeled', 'nll_unlabeled' (mean over
+    unlabelled rows), 'nll_all' (mean over all rows) and 'consistency', each normalised as
+    above and each reported whatever the form, so logs of the two forms compare.
   """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
   class_log_joint = jnp.asarray(class_log_joint)
   log_det = jnp.asarray(log_det)
-  _check_batch(class_log_joint, log_det, jnp.asarray(labels))
-  cross_entropy, num_labeled = labeled_cross_entropy(class_log_joint, labels)
-  nll_all = jnp.mean(-(jax.nn.logsumexp(class_log_joint, axis=-1) + log_det))
-  consistency = consistency_nll(class_log_joint_teacher, class_log_joint, log_det,
-                                log_weights)
-  loss = label_weight * cross_entropy + consistency_weight * consistency
-  if use_unlabeled:
-    loss = loss + nll_all
-  aux = {"cross_entropy": cross_entropy, "nll_unlabeled": nll_all,
-         "consistency": consistency, "num_labeled": num_labeled}
-  return loss, aux
+  labels = jnp.asarray(labels)
+  per_row = semi_supervised_nll_terms(class_log_joint, log_det, labels)
+  is_labeled = per_row["is_labeled"]
+  dtype = class_log_joint.dtype
+  if num_labeled is None:
+    num_labeled = jnp.sum(is_labeled)
+  if num_unlabeled is None:
+    num_unlabeled = jnp.sum(~is_labeled)
+  if num_examples is None:
+    num_examples = labels.shape[0]
+  count = lambda n: jnp.maximum(jnp.asarray(n, dtype), 1.0)
+
+  log_probs = jax.nn.log_softmax(class_log_joint, axis=-1)
+  ce_each = -labeled_log_likelihood(log_probs, labels)
+  nll_all_each = -(jax.nn.logsumexp(class_log_joint, axis=-1) + log_det)
+  terms = {
+      "cross_entropy": jnp.sum(jnp.where(is_labeled, ce_each, 0.0)) / count(num_labeled),
+      "nll_labeled": jnp.sum(per_row["nll_labeled"]) / count(num_labeled),
+      "nll_unlabeled": jnp.sum(per_row["nll_unlabeled"]) / count(num_unlabeled),
+      "nll_all": jnp.sum(nll_all_each) / count(num_examples),
+      "consistency": jnp.zeros((), dtype),
+  }
+  if class_log_joint_teacher is not None:
+    teacher = jnp.asarray(class_log_joint_teacher)
+    if teacher.shape != class_log_joint.shape:
+      raise ValueError(f"both views need the same [B, K] shape, got {teacher.shape} and "
+                       f"{class_log_joint.shape}.")
+    pseudo_labels = jnp.argmax(jax.lax.stop_gradient(teacher), axis=-1)
+    cons_each = consistency_nll_per_example(class_log_joint, log_det, pseudo_labels,
+                                            log_weights)
+    terms["consistency"] = jnp.sum(cons_each) / count(num_examples)
+  if objective == "original":
+    loss = label_weight * terms["cross_entropy"] + unlabeled_weight * terms["nll_all"]
+  else:
+    loss = label_weight * terms["nll_labeled"] + unlabeled_weight * terms["nll_unlabeled"]
+  loss = loss + consistency_weight * terms["consistency"]
+  return loss, terms
 
 
 def bits_per_dim(nll_nats: Array | float, num_dims: int) -> Array:

@@ -11,8 +11,7 @@ import pytest
 from scipy import special
 
 from flowgmm_jax.losses import (bits_per_dim, consistency_nll, consistency_weight_ramp,
-                                flowgmm_cons_loss, labeled_cross_entropy,
-                                semi_supervised_nll)
+                                flowgmm_objective, semi_supervised_nll)
 
 
 @pytest.fixture
@@ -126,34 +125,74 @@ def test_consistency_gradient_zero_through_inputs_of_view_a(x64):
   np.testing.assert_allclose(grad_w, grad_w_ref, rtol=1e-12)
 
 
-def test_labeled_cross_entropy(x64):
-  joint, _, _, _, labels = _inputs([1, -1, 3, 0])
-  got, count = labeled_cross_entropy(joint, labels)
+def _reference_terms(joint, log_n, log_det, labels, teacher):
+  """Every term of flowgmm_objective, written out row by row."""
   log_p = joint - special.logsumexp(joint, axis=1, keepdims=True)
-  np.testing.assert_allclose(got, -np.mean(log_p[[0, 2, 3], [1, 3, 0]]), rtol=1e-12)
-  assert float(count) == 3
-  got, count = labeled_cross_entropy(joint, np.full(4, -1))
-  assert float(got) == 0.0 and float(count) == 0
-
-
-def test_flowgmm_cons_loss_matches_original_formula(x64):
-  joint, log_n, log_w, log_det, labels = _inputs([2, -1, -1, 0, -1])
-  teacher, _, _, _, _ = _inputs([0] * 5, seed=7)
-  loss, aux = jax.jit(lambda *a: flowgmm_cons_loss(*a, label_weight=3.0,
-                                                   consistency_weight=0.4))(
-      joint, log_det, labels, teacher, log_w)
-  log_p = joint - special.logsumexp(joint, axis=1, keepdims=True)
-  ce = -np.mean(log_p[[0, 3], [2, 0]])
-  unsup = np.mean(-(special.logsumexp(joint, axis=1) + log_det))
+  lab = [b for b, y in enumerate(labels) if y >= 0]
+  unl = [b for b, y in enumerate(labels) if y < 0]
+  mix = -(special.logsumexp(joint, axis=1) + log_det)
+  mean = lambda v: float(np.mean(v)) if len(v) else 0.0
   pseudo = teacher.argmax(1)
-  cons = np.mean(-(log_n[np.arange(5), pseudo] + log_det))
-  np.testing.assert_allclose(loss, 3.0 * ce + unsup + 0.4 * cons, rtol=1e-12)
-  np.testing.assert_allclose(aux["consistency"], cons, rtol=1e-12)
-  np.testing.assert_allclose(aux["cross_entropy"], ce, rtol=1e-12)
-  supervised_only, _ = flowgmm_cons_loss(joint, log_det, labels, teacher, log_w,
-                                         label_weight=3.0, consistency_weight=0.4,
-                                         use_unlabeled=False)
-  np.testing.assert_allclose(supervised_only, 3.0 * ce + 0.4 * cons, rtol=1e-12)
+  return {"cross_entropy": mean([-log_p[b, labels[b]] for b in lab]),
+          "nll_labeled": mean([-(joint[b, labels[b]] + log_det[b]) for b in lab]),
+          "nll_unlabeled": mean(mix[unl]),
+          "nll_all": mean(mix),
+          "consistency": mean(-(log_n[np.arange(len(labels)), pseudo] + log_det))}
+
+
+@pytest.mark.parametrize("labels", [[2, -1, -1, 0, -1], [1, 2, 0, 3], [-1, -1, -1]])
+def test_flowgmm_objective_both_forms_match_the_formulas(x64, labels):
+  joint, log_n, log_w, log_det, labels = _inputs(labels)
+  teacher, _, _, _, _ = _inputs([0] * len(labels), seed=7)
+  ref = _reference_terms(joint, log_n, log_det, labels, teacher)
+  kw = dict(label_weight=3.0, unlabeled_weight=0.7, consistency_weight=0.4,
+            class_log_joint_teacher=teacher, log_weights=log_w)
+  original, terms = jax.jit(lambda *a: flowgmm_objective(*a, objective="original", **kw))(
+      joint, log_det, labels)
+  joint_form, _ = flowgmm_objective(joint, log_det, labels, objective="joint", **kw)
+  for name, value in ref.items():
+    np.testing.assert_allclose(terms[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+  # The original train_semisup_cons.py: label_weight * CE + mixture NLL over ALL rows + cons.
+  np.testing.assert_allclose(original, 3.0 * ref["cross_entropy"] + 0.7 * ref["nll_all"]
+                             + 0.4 * ref["consistency"], rtol=1e-12)
+  np.testing.assert_allclose(joint_form, 3.0 * ref["nll_labeled"] + 0.7 * ref["nll_unlabeled"]
+                             + 0.4 * ref["consistency"], rtol=1e-12)
+
+
+def test_original_with_label_weight_1_puts_the_labelled_rows_in_twice(x64):
+  """CE + -log p(x) = -log p(x, y) on a labelled row: with label_weight = 1 the original
+  form is the labelled joint NLL plus the mixture NLL of every row, labelled ones again."""
+  joint, _, _, log_det, labels = _inputs([1, -1, 3, 0, -1, -1])
+  mix = -(special.logsumexp(joint, axis=1) + log_det)
+  original, t = flowgmm_objective(joint, log_det, labels, objective="original")
+  np.testing.assert_allclose(t["cross_entropy"] + np.mean(mix[[0, 2, 3]]), t["nll_labeled"],
+                             rtol=1e-12)
+  np.testing.assert_allclose(original, t["cross_entropy"] + np.mean(mix), rtol=1e-12)
+
+
+def test_flowgmm_objective_shares_sum_to_the_global_value(x64):
+  """Split a batch in two, normalise each half by the global counts: the halves' values sum
+  to the whole batch's (what the data-parallel step relies on)."""
+  joint, _, log_w, log_det, labels = _inputs([2, -1, -1, 0, -1, 1, 3, -1])
+  teacher, _, _, _, _ = _inputs([0] * 8, seed=3)
+  for objective in ("original", "joint"):
+    kw = dict(objective=objective, label_weight=3.0, consistency_weight=0.5, log_weights=log_w)
+    whole, whole_terms = flowgmm_objective(joint, log_det, labels,
+                                           class_log_joint_teacher=teacher, **kw)
+    counts = dict(num_labeled=4, num_unlabeled=4, num_examples=8)
+    parts = [flowgmm_objective(joint[s], log_det[s], labels[s],
+                               class_log_joint_teacher=teacher[s], **counts, **kw)
+             for s in (slice(0, 3), slice(3, 8))]
+    np.testing.assert_allclose(parts[0][0] + parts[1][0], whole, rtol=1e-12)
+    for name in whole_terms:
+      np.testing.assert_allclose(parts[0][1][name] + parts[1][1][name], whole_terms[name],
+                                 rtol=1e-12, atol=1e-12)
+
+
+def test_flowgmm_objective_rejects_unknown_form():
+  with pytest.raises(ValueError, match="objective"):
+    flowgmm_objective(jnp.zeros((2, 3)), jnp.zeros(2), jnp.zeros(2, jnp.int32),
+                      objective="pi_model")
 
 
 def test_bits_per_dim():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from flowgmm_jax.losses import OBJECTIVES
+
 DATASETS = {
     "toy": ("moons", "circles", "8gaussians", "pinwheel"),
     # "arrays": in-memory data handed to ``fit`` directly (FlowGMMClassifier).
@@ -64,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.prior.learn_weights = False
 
   c.loss = ml_collections.ConfigDict()
+  # losses.flowgmm_objective: "joint" = label_weight * labelled -log p(x, y)
+  #   + unlabeled_weight * unlabelled -log p(x); "original" (the original image code) =
+  #   label_weight * cross-entropy + unlabeled_weight * -log p(x) over ALL rows.
+  c.loss.objective = "joint"
+  c.loss.label_weight = 1.0
   c.loss.unlabeled_weight = 1.0
   c.loss.consistency_weight = 0.0     # > 0: FlowGMM-cons
   c.loss.consistency_rampup_steps = 0
@@ -120,8 +127,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
       _fail(f"{key}={c[key]} must be >= 1.")
   if c.optim.learning_rate <= 0:
     _fail(f"optim.learning_rate={c.optim.learning_rate} must be > 0.")
-  if c.loss.unlabeled_weight < 0 or c.loss.consistency_weight < 0:
-    _fail("loss weights must be >= 0.")
+  if c.loss.objective not in OBJECTIVES:
+    _fail(f"loss.objective={c.loss.objective!r}; choose one of {OBJECTIVES}.")
+  if c.loss.label_weight < 0 or c.loss.unlabeled_weight < 0 or c.loss.consistency_weight < 0:
+    _fail("loss weights (label_weight, unlabeled_weight, consistency_weight) must be >= 0.")
   if c.prior.covariance not in ("isotropic", "diagonal"):
     _fail(f"prior.covariance={c.prior.covariance!r}; choose 'isotropic' or 'diagonal'.")
   if c.augment.crop_padding < 0:

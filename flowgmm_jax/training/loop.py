@@ -90,6 +90,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
     kw = {"data_dir": data_dir}
     if d.name != "svhn":
       kw["source"] = d.source
+    elif d.path:  # the original train_32x32.mat / test_32x32.mat: no TensorFlow needed
+      kw["mat_dir"] = d.path
     if max_train or d.max_test_examples > 0:
       kw["max_examples"] = max(max_train or 0, d.max_test_examples)
     ds = data_lib.load_dataset(d.name, **kw)
@@ -266,6 +268,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
         rampup_steps=config.loss.consistency_rampup_steps)
   train_step = step_lib.make_train_step(
       train_model, tx, mesh, global_batch_size=global_batch,
+      objective=config.loss.objective, label_weight=config.loss.label_weight,
       unlabeled_weight=config.loss.unlabeled_weight, consistency_weight=cons_weight,
       augment=augment, dequantize=image, num_dims=num_dims)
   eval_step = step_lib.make_eval_step(eval_model, mesh)

@@ -49,6 +49,8 @@ def _per_example_uniform(keys, shape, dtype):
 
 def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
                     global_batch_size: int,
+                    objective: str = "joint",
+                    label_weight: float = 1.0,
                     unlabeled_weight: float = 1.0,
                     consistency_weight: Callable[[jax.Array], jax.Array] | float = 0.0,
                     augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
@@ -61,7 +63,9 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
     tx: the optax transformation.
     mesh: 1-D mesh with axis ``data``; ``global_batch_size`` must divide by its size.
     global_batch_size: B, the number of rows of every batch (labelled + unlabelled).
-    unlabeled_weight: weight of the unlabelled mixture NLL.
+    objective, label_weight, unlabeled_weight: the form and weights of
+      ``losses.flowgmm_objective`` ("original": CE + mixture NLL over all rows; "joint":
+      labelled -log p(x, y) + unlabelled mixture NLL).
     consistency_weight: a float, or a function of the step (the ramp-up); 0 disables
       FlowGMM-cons (and its second forward pass).
     augment: ``augment(rng, x[1, ...]) -> x[1, ...]`` applied per example, or None.
@@ -112,7 +116,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
 
     def loss_fn(params):
       batch_stats = state.batch_stats
-      pred_other = None
+      clj2 = None
       if use_cons:
         # FlowGMM-cons: the class predicted on a second augmentation, without gradient.
         x2, noise2 = inputs(keys2, x)
@@ -120,28 +124,26 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
             state.variables(params, batch_stats), x2, noise2, train=True,
             mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
         batch_stats = upd.get("batch_stats", batch_stats)
-        pred_other = jnp.argmax(jax.lax.stop_gradient(clj2), axis=-1)
+        clj2 = jax.lax.stop_gradient(clj2)
       x1, noise1 = inputs(keys1, x)
       (z, log_det, clj), upd = model.apply(
           state.variables(params, batch_stats), x1, noise1, train=True,
           mutable=["batch_stats"], rngs={"dropout": dropout_rng})
       new_batch_stats = upd.get("batch_stats", batch_stats)
-      terms = losses.semi_supervised_nll_terms(clj, log_det, y)
-      sum_l, sum_u = jnp.sum(terms["nll_labeled"]), jnp.sum(terms["nll_unlabeled"])
-      nll_l = jax.lax.psum(sum_l, DATA_AXIS) / jnp.maximum(num_labeled, 1)
-      nll_u = jax.lax.psum(sum_u, DATA_AXIS) / jnp.maximum(num_unlabeled, 1)
-      # This device's share of the global loss, scaled so that pmean(grad) is exact.
-      local = (sum_l / jnp.maximum(num_labeled, 1)
-               + unlabeled_weight * sum_u / jnp.maximum(num_unlabeled, 1))
-      cons = jnp.zeros((), jnp.float32)
-      if use_cons:
-        cons_sum = jnp.sum(losses.consistency_nll_per_example(clj, log_det, pred_other))
-        local = local + cons_w * cons_sum / global_batch_size
-        cons = jax.lax.psum(cons_sum, DATA_AXIS) / global_batch_size
+      log_weights = model.apply(state.variables(params, batch_stats),
+                                method=lambda m: m.prior.log_weights())
+      # Normalised by GLOBAL counts: this device's share, whose psum is the global loss.
+      local, terms = losses.flowgmm_objective(
+          clj, log_det, y, objective=objective, label_weight=label_weight,
+          unlabeled_weight=unlabeled_weight, consistency_weight=cons_w,
+          class_log_joint_teacher=clj2, log_weights=log_weights, num_labeled=num_labeled,
+          num_unlabeled=num_unlabeled, num_examples=global_batch_size)
       correct = jnp.sum((jnp.argmax(clj, -1) == y) & labeled)
-      aux = dict(batch_stats=new_batch_stats, nll_labeled=nll_l, nll_unlabeled=nll_u,
-                 consistency=cons, correct=jax.lax.psum(correct, DATA_AXIS),
+      aux = dict(batch_stats=new_batch_stats, loss=jax.lax.psum(local, DATA_AXIS),
+                 terms=jax.lax.psum(terms, DATA_AXIS),
+                 correct=jax.lax.psum(correct, DATA_AXIS),
                  log_det=jax.lax.pmean(jnp.mean(log_det), DATA_AXIS))
+      # Scaled so that pmean(grad) is the gradient of the global loss.
       return local * num_devices, aux
 
     grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -151,14 +153,12 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
     # Flax BatchNorm with axis_name='data' already pmean-s its batch moments; the running
     # averages are then identical on every device. pmean keeps them provably replicated.
     batch_stats = jax.lax.pmean(aux["batch_stats"], DATA_AXIS)
-    loss = (aux["nll_labeled"] + unlabeled_weight * aux["nll_unlabeled"]
-            + cons_w * aux["consistency"])
+    terms = aux["terms"]
     metrics = {
-        "train/loss": loss,
-        "train/nll_labeled": aux["nll_labeled"],
-        "train/nll_unlabeled": aux["nll_unlabeled"],
-        "train/bpd_unlabeled": aux["nll_unlabeled"] / (num_dims * np.log(2.0)),
-        "train/consistency": aux["consistency"],
+        "train/loss": aux["loss"],
+        **{f"train/{name}": value for name, value in terms.items()},
+        "train/bpd_unlabeled": terms["nll_unlabeled"] / (num_dims * np.log(2.0)),
+        "train/bpd": terms["nll_all"] / (num_dims * np.log(2.0)),
         "train/consistency_weight": cons_w,
         "train/labeled_accuracy": aux["correct"] / jnp.maximum(num_labeled, 1),
         "train/log_det": aux["log_det"],
