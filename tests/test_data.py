@@ -614,3 +614,45 @@ def test_validation_errors():
   ds = fdata.Dataset("d", "tabular", x.astype(np.float64), np.array([0, -1, 2, 1]), x, y, 3)
   assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
   assert ds.input_shape == (3,)
+
+
+# ----------------------------------------------------------------------------- SVHN .mat
+
+def write_svhn_mat(folder: Path, num_train: int = 40, num_test: int = 20, seed: int = 0):
+  """Small files in the real layout: X uint8 [32, 32, 3, N], y [N, 1], label 10 = digit 0."""
+  from scipy.io import savemat
+  rng = np.random.default_rng(seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  written = {}
+  for name, n in (("train_32x32.mat", num_train), ("test_32x32.mat", num_test)):
+    digits = np.arange(n) % 10
+    x = rng.integers(0, 256, (32, 32, 3, n)).astype(np.uint8)
+    savemat(folder / name, {"X": x, "y": np.where(digits == 0, 10, digits)[:, None]})
+    written[name] = (x, digits)
+  return written
+
+
+def test_svhn_mat_files_layout_and_label_10_is_digit_0(tmp_path):
+  written = write_svhn_mat(tmp_path, num_train=40, num_test=20)
+  ds = fdata.load_svhn(mat_dir=tmp_path)
+  x, digits = written["train_32x32.mat"]
+  assert ds.x_train.shape == (40, 32, 32, 3) and ds.x_train.dtype == np.uint8
+  assert ds.x_test.shape == (20, 32, 32, 3) and ds.num_classes == 10
+  np.testing.assert_array_equal(ds.x_train[7], x[:, :, :, 7])  # [H, W, C, N] -> [N, H, W, C]
+  np.testing.assert_array_equal(ds.y_train, digits)             # 10 read as 0
+  assert ds.y_train.dtype == np.int32 and set(ds.y_test) == set(range(10))
+  # A data_dir holding both files is read the same way; a class-balanced subset.
+  small = fdata.load_svhn(data_dir=tmp_path, max_examples=10)
+  assert sorted(small.y_train) == list(range(10))
+
+
+def test_svhn_mat_errors_are_one_clear_line(tmp_path):
+  with pytest.raises(fdata.DataNotFoundError, match="train_32x32.mat"):
+    fdata.load_svhn(mat_dir=tmp_path)
+  from scipy.io import savemat
+  savemat(tmp_path / "bad.mat", {"X": np.zeros((28, 28, 1, 3), np.uint8), "y": np.ones((3, 1))})
+  with pytest.raises(ValueError, match=r"uint8 \[32, 32, 3, N\]"):
+    fimages.read_svhn_mat(tmp_path / "bad.mat")
+  savemat(tmp_path / "bad.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": [[0], [11]]})
+  with pytest.raises(ValueError, match="1..10"):
+    fimages.read_svhn_mat(tmp_path / "bad.mat")

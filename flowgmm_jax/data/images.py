@@ -4,7 +4,8 @@ Sources (nothing here downloads unless asked to with `download=True`):
 
 * files: MNIST's original IDX files (gzip or raw), CIFAR-10 as JPEG files
   (`train/<class>/NNNN.jpg`, `test/<class>/NNNN.jpg`, in a tar archive such as the
-  shared `cifar10_jpeg_yoongikim.tar.xz`, or extracted);
+  shared `cifar10_jpeg_yoongikim.tar.xz`, or extracted), SVHN's original
+  `train_32x32.mat` / `test_32x32.mat` (read with scipy, no TensorFlow);
 * TensorFlow Datasets, read through `tfds.data_source` (ArrayRecord files, random
   access, no TensorFlow needed). Preparing a tfds dataset (download + conversion)
   does need TensorFlow; when a dataset is not prepared the loaders raise
@@ -350,20 +351,92 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, source: str = "auto"
 
 # ----------------------------------------------------------------------------- SVHN
 
+SVHN_MAT_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+SVHN_MAT_URL = "http://ufldl.stanford.edu/housenumbers/"
+# Preparing tfds "svhn_cropped" on a machine WITH TensorFlow, for a training host without it:
+#   python -c "import tensorflow_datasets as tfds; tfds.builder('svhn_cropped', file_format='array_record').download_and_prepare()"
+#   rsync -a ~/tensorflow_datasets/svhn_cropped TRAINING_HOST:~/tensorflow_datasets/
+# (then train with the default data_dir, or --config.data.data_dir=DIR holding svhn_cropped/).
+
+
+def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+  """One of the original SVHN files (``train_32x32.mat`` / ``test_32x32.mat``).
+
+  The files hold ``X: uint8 [32, 32, 3, N]`` and ``y: [N, 1]`` with labels 1..10, where 10
+  means the digit 0 (read with scipy, as the original code and torchvision do).
+
+  Returns:
+    (images ``uint8 [N, 32, 32, 3]``, labels ``int32 [N]`` in 0..9, digit d = label d).
+  """
+  from scipy.io import loadmat
+  try:
+    mat = loadmat(str(path))
+  except (ValueError, NotImplementedError, OSError) as error:
+    raise ValueError(f"{path}: not a readable SVHN .mat file ({error}).") from error
+  if "X" not in mat or "y" not in mat:
+    raise ValueError(f"{path}: expected variables 'X' and 'y', found "
+                     f"{sorted(k for k in mat if not k.startswith('__'))}.")
+  images, labels = mat["X"], np.asarray(mat["y"])
+  if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
+    raise ValueError(f"{path}: 'X' must be uint8 [32, 32, 3, N], got {images.dtype} "
+                     f"{images.shape}.")
+  num = images.shape[3]
+  if labels.size != num:
+    raise ValueError(f"{path}: {labels.size} labels for {num} images.")
+  labels = labels.reshape(num).astype(np.int32)
+  if labels.min(initial=1) < 1 or labels.max(initial=1) > 10:
+    raise ValueError(f"{path}: labels must be 1..10 (10 = digit 0), got "
+                     f"{labels.min()}..{labels.max()}.")
+  labels = np.where(labels == 10, 0, labels).astype(np.int32)
+  return np.ascontiguousarray(np.transpose(images, (3, 0, 1, 2))), labels
+
+
+def _load_svhn_mat(directory: Path, max_examples: int | None) -> Dataset:
+  arrays = {}
+  for split, file_name in SVHN_MAT_FILES.items():
+    images, labels = read_svhn_mat(directory / file_name)
+    if max_examples is not None:
+      keep = stratified_prefix(labels, max_examples)
+      images, labels = images[keep], labels[keep]
+    arrays[split] = (images, labels)
+  return Dataset(
+      name="svhn", kind="image", x_train=arrays["train"][0], y_train=arrays["train"][1],
+      x_test=arrays["test"][0], y_test=arrays["test"][1], num_classes=10,
+      class_names=DIGIT_CLASSES, info={"source": f"mat files in {directory}"})
+
+
 def load_svhn(data_dir: str | os.PathLike | None = None, max_examples: int | None = None,
-              download: bool = False) -> Dataset:
+              download: bool = False, mat_dir: str | os.PathLike | None = None) -> Dataset:
   """SVHN (cropped digits): 73,257 train + 26,032 test, `uint8 [N, 32, 32, 3]`.
 
-  Read from tfds "svhn_cropped" (labels 0-9, digit "0" is label 0; the "extra" split
-  is not used). Not available offline: prepare it once with TensorFlow installed
-  (see the error message of `DataNotFoundError`) or pass `download=True`.
+  Two sources, labels 0-9 in both (digit "0" is label 0; the "extra" split is not used):
+
+  * the original ``train_32x32.mat`` and ``test_32x32.mat`` (from SVHN_MAT_URL), read with
+    scipy: no TensorFlow anywhere. Used when ``mat_dir`` is given (the command line's
+    ``--config.data.path``), or when ``data_dir`` holds both files;
+  * tfds "svhn_cropped" otherwise. Preparing it needs TensorFlow: prepare it once where
+    TensorFlow is installed and copy the folder (the two commands above SVHN_MAT_FILES),
+    or pass `download=True`.
 
   Args:
     data_dir: tfds data_dir (default: tfds's, i.e. $TFDS_DATA_DIR or
-      ~/tensorflow_datasets).
-    max_examples: keep at most the first this many records per split.
-    download: download and prepare first (needs TensorFlow).
+      ~/tensorflow_datasets), or a folder holding the two .mat files.
+    max_examples: keep at most this many examples per split (a class-balanced prefix for
+      the .mat files, the first records for tfds).
+    download: tfds only: download and prepare first (needs TensorFlow).
+    mat_dir: folder holding train_32x32.mat and test_32x32.mat.
   """
+  if mat_dir is not None:
+    directory = Path(mat_dir).expanduser()
+    missing = [n for n in SVHN_MAT_FILES.values() if not (directory / n).is_file()]
+    if missing:
+      raise DataNotFoundError(
+          f"SVHN: {', '.join(missing)} not found in {str(directory)!r} (config.data.path). "
+          f"Download train_32x32.mat and test_32x32.mat from {SVHN_MAT_URL} into it.")
+    return _load_svhn_mat(directory, max_examples)
+  if data_dir is not None and all((Path(data_dir).expanduser() / n).is_file()
+                                  for n in SVHN_MAT_FILES.values()):
+    return _load_svhn_mat(Path(data_dir).expanduser(), max_examples)
   return load_tfds_images("svhn_cropped", name="svhn", data_dir=data_dir,
                           max_examples=max_examples, download=download,
                           class_names=DIGIT_CLASSES)
