@@ -1,0 +1,147 @@
+"""The one FlowGMM objective in the train step, and the image configs that select its form."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flowgmm_jax.data import Dataset
+from flowgmm_jax.losses import flowgmm_objective
+from flowgmm_jax.training import base_config, fit, train_and_evaluate, validate_config
+from flowgmm_jax.training import step as step_lib
+from flowgmm_jax.training.loop import build_model
+from flowgmm_jax.training.state import create_train_state
+
+
+def get_config(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def tabular_config(objective):
+  c = base_config()
+  c.data.kind, c.data.name = "tabular", "arrays"
+  c.model.name = "realnvp_tabular"
+  c.model.num_coupling_layers, c.model.hidden_dim = 2, 16
+  c.loss.objective = objective
+  return c
+
+
+@pytest.mark.parametrize("objective", ["original", "joint"])
+def test_train_step_loss_is_the_objective_function(objective):
+  """One device: the step's train/loss and terms are flowgmm_objective on the same batch."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(12, 3)).astype(np.float32)
+  y = np.array([0, 2, 1, 0, -1, -1, -1, -1, -1, -1, -1, -1], np.int32)
+  c = tabular_config(objective)
+  train_model = build_model(c, (3,), 3, image=False, bn_axis_name=step_lib.DATA_AXIS)
+  model = build_model(c, (3,), 3, image=False)
+  key = jax.random.PRNGKey(0)
+  variables = model.init({"params": key, "dropout": key}, jnp.asarray(x))
+  # The value the step must report, from the function itself (no augmentation, no dropout:
+  # both views are x, so the consistency teacher is the same forward pass).
+  (_, log_det, clj), _ = model.apply(variables, jnp.asarray(x), None, train=True,
+                                     mutable=["batch_stats"], rngs={"dropout": key})
+  log_w = model.apply(variables, method=lambda m: m.prior.log_weights())
+  expected, terms = flowgmm_objective(clj, log_det, y, objective=objective, label_weight=3.0,
+                                      unlabeled_weight=0.7, consistency_weight=0.5,
+                                      class_log_joint_teacher=clj, log_weights=log_w)
+  mesh = step_lib.make_mesh(jax.devices()[:1])
+  tx = optax.adam(1e-3)
+  state = step_lib.replicate(mesh, create_train_state(variables, tx, key))
+  train_step = step_lib.make_train_step(
+      train_model, tx, mesh, global_batch_size=12, objective=objective, label_weight=3.0,
+      unlabeled_weight=0.7, consistency_weight=0.5)
+  batch = {"x": x, "y": y, "position": np.arange(12, dtype=np.int32)}
+  _, metrics = train_step(state, step_lib.shard_batch(mesh, batch),
+                          step_lib.replicate(mesh, np.asarray(key, np.uint32)))
+  np.testing.assert_allclose(metrics["train/loss"], expected, rtol=2e-5)
+  for name, value in terms.items():
+    np.testing.assert_allclose(metrics[f"train/{name}"], value, rtol=2e-5, err_msg=name)
+  assert float(terms["consistency"]) != 0.0
+
+
+def blobs(n=120, seed=0):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 2, n)
+  x = rng.normal(size=(n, 4)).astype(np.float32) + 3.0 * y[:, None]
+  return Dataset(name="blobs", kind="tabular", x_train=x[:80], y_train=y[:80],
+                 x_test=x[80:], y_test=y[80:], num_classes=2)
+
+
+def test_original_objective_trains_a_classifier():
+  ds = blobs()
+  c = tabular_config("original")
+  c.loss.label_weight = 3.0
+  c.data.labeled_batch_size, c.data.unlabeled_batch_size = 8, 16
+  c.optim.learning_rate = 1e-2
+  c.num_train_steps = c.eval_every_steps = 40
+  c.log_every_steps = 10
+  c.progress_bar = False
+  idx = np.arange(80)
+  result = fit(c, ds, idx[:8], idx[8:])
+  assert result.metrics["eval/accuracy"] >= 0.9
+  losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+  assert losses[-1] < losses[0]
+
+
+def test_config_rejects_unknown_objective_and_negative_label_weight():
+  c = base_config()
+  c.loss.objective = "pi_model"
+  with pytest.raises(ValueError, match="loss.objective"):
+    validate_config(c)
+  c = base_config()
+  c.loss.label_weight = -1.0
+  with pytest.raises(ValueError, match="label_weight"):
+    validate_config(c)
+
+
+def test_image_configs_follow_the_original_commands():
+  """The original README's MNIST and CIFAR-10 commands, in steps (epoch = floor(labels/32))."""
+  mnist, cifar, svhn = get_config("mnist"), get_config("cifar10"), get_config("svhn")
+  assert (mnist.optim.learning_rate, cifar.optim.learning_rate) == (1e-5, 1e-4)
+  assert (mnist.loss.consistency_rampup_steps, mnist.num_train_steps) == (1000 * 3, 30001 * 3)
+  assert (cifar.loss.consistency_rampup_steps, cifar.num_train_steps) == (100 * 125, 1501 * 125)
+  for c in (mnist, cifar, svhn):
+    assert c.loss.objective == "original" and c.loss.label_weight == 3.0
+    assert c.loss.consistency_weight == 1.0 and c.loss.unlabeled_weight == 1.0
+    assert c.optim.optimizer == "adam" and c.optim.schedule == "constant"
+    assert c.optim.weight_decay == 5e-5 and c.optim.grad_clip_norm == 100.0
+    assert c.model.dropout_rate == 0.0 and c.model.num_blocks == 8
+    assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (32, 32)
+  for name in ("toy", "tabular", "text"):
+    assert get_config(name).loss.objective == "joint"
+
+
+def test_mnist_cpu_config_states_its_parameter_count():
+  module = importlib.import_module("configs.mnist")
+  c = module.get_config("cpu")
+  validate_config(c)
+  assert c.data.num_labeled_per_class == 100 and c.loss.objective == "original"
+  model = build_model(c, (28, 28, 1), 10, image=True)
+  key = jax.random.PRNGKey(0)
+  shapes = jax.eval_shape(lambda: model.init({"params": key, "dropout": key},
+                                             jnp.zeros((2, 28, 28, 1))))
+  count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"]))
+  stated = re.search(r"([\d,]+) parameters", module.__doc__).group(1)
+  assert count == int(stated.replace(",", "")), (count, stated)
+
+
+def test_svhn_config_reads_mat_files_without_tensorflow(tmp_path):
+  from test_data import write_svhn_mat  # the real .mat layout, written with scipy
+  write_svhn_mat(tmp_path / "svhn", num_train=60, num_test=20)
+  c = get_config("svhn", "smoke")
+  c.data.path = str(tmp_path / "svhn")
+  c.data.num_labeled_per_class = 2
+  c.model.num_scales, c.model.num_blocks, c.model.mid_channels = 1, 1, 4
+  c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
+  c.log_every_steps = 1
+  c.data.max_test_examples = c.eval_batch_size = 20
+  results = train_and_evaluate(c, str(tmp_path / "run"))
+  assert results["num_test"] == 20 and results["num_labeled"] == 20
+  assert np.isfinite(results["eval/bpd"])
