@@ -151,7 +151,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   ``num_steps`` Adam steps on batches of ``labeled_batch_size`` labelled plus
   ``unlabeled_batch_size`` unlabelled rows, minimising
 
-      mean_labelled[-log p(x | y)] + unlabeled_weight * mean_unlabelled[-log p(x)].
+      mean_labelled[-log p(x, y)] + unlabeled_weight * mean_unlabelled[-log p(x)],
+
+  where -log p(x, y) = -log p(x | y) - log pi_y includes the class weight (the "joint"
+  form of ``flowgmm_jax.losses.flowgmm_objective``).
 
   The flow maps data to latent (forward = data -> latent); its prior is a Gaussian
   mixture with one component per class (see the module docstring for the formulas).
