@@ -38,7 +38,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 UNLABELED = -1
-FLOWS = {"realnvp": "realnvp_tabular", "spline": "spline_tabular"}
+from flowgmm_jax.training.config import OBJECTIVES, TABLE_FLOWS as FLOWS, TABLE_RECIPE
+from flowgmm_jax.training.config import apply_table_recipe
+
+_R = TABLE_RECIPE
 COVARIANCES = ("isotropic", "diagonal")
 SCHEDULES = ("cosine", "constant", "wilson")
 # Features whose standard deviation is below this are only centred (scale 1).
@@ -52,10 +55,6 @@ _MIN_BUCKET = 32
 def _bucket(n: int) -> int:
   """The padded row count for a chunk of ``n`` rows: a power of two in [32, 4096]."""
   return min(_MAX_CHUNK, max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length()))
-
-
-def _round_up(value: int, multiple: int) -> int:
-  return -(-value // multiple) * multiple
 
 
 # ----------------------------------------------------------------------------- validation
@@ -233,16 +232,36 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   if it was fitted before: ``fit`` first discards the previous fit.
   """
 
-  def __init__(self, *, flow: str = "realnvp", num_coupling_layers: int = 6,
-               hidden_dim: int = 64, hidden_layers: int = 1, dropout_rate: float = 0.0,
-               num_bins: int = 8, bound: float = 4.0, covariance: str = "isotropic",
-               means_scale: Optional[float] = 0.01, learn_means: bool = True,
-               learn_scales: bool = False, learn_weights: bool = True,
-               unlabeled_weight: float = 2.0, learning_rate: float = 1e-2,
-               lr_schedule: str = "cosine", weight_decay: float = 0.0,
-               num_steps: int = 3000, labeled_batch_size: int = 64,
-               unlabeled_batch_size: int = 256, standardize: bool = True,
-               random_state: Any = None, verbose: int = 0):
+  # Defaults: the shared table recipe (training/config.py TABLE_RECIPE), which
+  # configs/tabular.py and configs/text.py also run.
+  def __init__(self, *,
+               flow: str = _R['flow'],
+               num_coupling_layers: int = _R['num_coupling_layers'],
+               hidden_dim: int = _R['hidden_dim'],
+               hidden_layers: int = _R['hidden_layers'],
+               dropout_rate: float = _R['dropout_rate'],
+               num_bins: int = _R['num_bins'],
+               bound: float = _R['bound'],
+               covariance: str = _R['covariance'],
+               means_init: str = _R['means_init'],
+               means_scale: Optional[float] = _R['means_scale'],
+               learn_means: bool = _R['learn_means'],
+               learn_scales: bool = _R['learn_scales'],
+               learn_weights: bool = _R['learn_weights'],
+               objective: str = _R['objective'],
+               label_weight: float = _R['label_weight'],
+               unlabeled_weight: float = _R['unlabeled_weight'],
+               noise_std: float = _R['noise_std'],
+               learning_rate: float = _R['learning_rate'],
+               lr_schedule: str = _R['lr_schedule'],
+               weight_decay: float = _R['weight_decay'],
+               num_steps: int = _R['num_steps'],
+               labeled_batch_size: int = _R['labeled_batch_size'],
+               unlabeled_batch_size: int = _R['unlabeled_batch_size'],
+               holdout_fraction: float = _R['holdout_fraction'],
+               check_every: int = _R['check_every'],
+               patience: int = _R['patience'],
+               standardize: bool = True, random_state: Any = None, verbose: int = 0):
     self.flow = flow
     self.num_coupling_layers = num_coupling_layers
     self.hidden_dim = hidden_dim
@@ -251,17 +270,24 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.num_bins = num_bins
     self.bound = bound
     self.covariance = covariance
+    self.means_init = means_init
     self.means_scale = means_scale
     self.learn_means = learn_means
     self.learn_scales = learn_scales
     self.learn_weights = learn_weights
+    self.objective = objective
+    self.label_weight = label_weight
     self.unlabeled_weight = unlabeled_weight
+    self.noise_std = noise_std
     self.learning_rate = learning_rate
     self.lr_schedule = lr_schedule
     self.weight_decay = weight_decay
     self.num_steps = num_steps
     self.labeled_batch_size = labeled_batch_size
     self.unlabeled_batch_size = unlabeled_batch_size
+    self.holdout_fraction = holdout_fraction
+    self.check_every = check_every
+    self.patience = patience
     self.standardize = standardize
     self.random_state = random_state
     self.verbose = verbose
@@ -289,8 +315,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     if self.lr_schedule not in SCHEDULES:
       raise ValueError(f"lr_schedule={self.lr_schedule!r}; choose one of {SCHEDULES}.")
     for name in ("num_coupling_layers", "hidden_dim", "hidden_layers", "num_steps",
-                 "labeled_batch_size"):
+                 "labeled_batch_size", "check_every"):
       positive_int(name)
+    positive_int("patience", 0)
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"objective={self.objective!r}; choose one of {OBJECTIVES}.")
+    if self.means_init not in ("labeled", "random"):
+      raise ValueError(f"means_init={self.means_init!r}; choose 'labeled' or 'random'.")
+    for name in ("label_weight", "noise_std", "holdout_fraction"):
+      non_negative(name)
+    if not self.holdout_fraction <= 0.5:
+      raise ValueError(f"holdout_fraction={self.holdout_fraction!r} must be in [0, 0.5].")
     positive_int("num_bins", 2)
     positive_int("unlabeled_batch_size", 0)
     for name in ("bound", "learning_rate"):
@@ -327,30 +362,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     c.seed = seed
     c.data.kind = "tabular"
     c.data.name = "arrays"
-    # Static batch shapes: capped at the pool sizes (the sampler cycles a small pool) and
-    # rounded up to a multiple of the device count so the global batch splits evenly.
-    c.data.labeled_batch_size = _round_up(min(self.labeled_batch_size, num_labeled),
-                                          num_devices)
-    bu = min(self.unlabeled_batch_size, num_unlabeled)
-    c.data.unlabeled_batch_size = _round_up(bu, num_devices) if bu > 0 else 0
-    c.model.name = FLOWS[self.flow]
-    c.model.num_coupling_layers = int(self.num_coupling_layers)
-    c.model.hidden_dim = int(self.hidden_dim)
-    c.model.num_layers = int(self.hidden_layers) - 1  # hidden k -> k layers after the first
-    c.model.dropout_rate = float(self.dropout_rate)
-    c.model.num_bins = int(self.num_bins)
-    c.model.bound = float(self.bound)
-    c.prior.covariance = self.covariance
-    c.prior.means_init = "auto"
-    c.prior.means_scale = -1.0 if self.means_scale is None else float(self.means_scale)
-    c.prior.learn_means = bool(self.learn_means)
-    c.prior.learn_scales = bool(self.learn_scales)
-    c.prior.learn_weights = bool(self.learn_weights)
-    c.loss.unlabeled_weight = float(self.unlabeled_weight)
-    c.optim.optimizer = "adam"
-    c.optim.learning_rate = float(self.learning_rate)
-    c.optim.schedule = self.lr_schedule
-    c.optim.weight_decay = float(self.weight_decay)
+    apply_table_recipe(c, **{name: getattr(self, name) for name in TABLE_RECIPE})
     steps = int(self.num_steps)
     c.num_train_steps = steps
     c.log_every_steps = max(1, min(100, steps // 10))

@@ -135,13 +135,12 @@ def test_any_integer_labels_float_labels_and_no_unlabelled_rows(capsys):
 
 
 def test_batch_sizes_are_capped_and_divisible_by_the_device_count():
+  from flowgmm_jax.training.loop import batch_sizes
   clf = FlowGMMClassifier(labeled_batch_size=64, unlabeled_batch_size=256)
   c = clf._make_config(num_labeled=5, num_unlabeled=13, seed=0, num_devices=8)
-  assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (8, 16)
-  c = clf._make_config(num_labeled=500, num_unlabeled=0, seed=0, num_devices=8)
-  assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (64, 0)
-  c = clf._make_config(num_labeled=20, num_unlabeled=1000, seed=0, num_devices=1)
-  assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (20, 256)
+  assert batch_sizes(c, 5, 13, num_devices=8) == (8, 16)
+  assert batch_sizes(c, 500, 0, num_devices=8) == (64, 0)
+  assert batch_sizes(c, 20, 1000, num_devices=1) == (20, 256)
   assert (c.data.kind, c.data.name, c.model.name) == ("tabular", "arrays", "realnvp_tabular")
 
 
@@ -383,8 +382,9 @@ def test_class_conditional_samples_match_each_class_with_fixed_separated_means(t
   """The paper's prior (fixed means 7.5 apart): p(x | y) is each class's Gaussian."""
   X, y_semi, y_true = table
   params = {**TINY, "num_steps": 400, "learning_rate": 1e-2}
-  clf = FlowGMMClassifier(means_scale=None, learn_means=False, learn_weights=False,
-                          random_state=0, **params).fit(X, y_semi)
+  clf = FlowGMMClassifier(means_init="random", means_scale=None, learn_means=False,
+                          learn_weights=False, objective="joint", label_weight=1.0,
+                          holdout_fraction=0.0, random_state=0, **params).fit(X, y_semi)
   assert clf.score(X, y_true) >= 0.97
   for value in (0, 1):
     xs, ys = clf.sample(2000, y=value, random_state=1)

@@ -11,8 +11,9 @@ a missing dataset raises `DataNotFoundError` saying how to get it.
 
 from __future__ import annotations
 
-from flowgmm_jax.data.augment import (FLIP_BY_DATASET, augment_images, default_augmentation,
-                                      random_crop_with_padding, random_horizontal_flip)
+from flowgmm_jax.data.augment import (FLIP_BY_DATASET, add_feature_noise, augment_images,
+                                      default_augmentation, random_crop_with_padding,
+                                      random_horizontal_flip)
 from flowgmm_jax.data.dataset import (UNLABELED, DataNotFoundError, Dataset, default_cache_dir,
                                       default_data_dir, save_npz_atomic, validate_arrays)
 from flowgmm_jax.data.images import (CIFAR10_CLASSES, load_cifar10, load_mnist, load_svhn,
@@ -56,7 +57,7 @@ def load_dataset(name: str, **kwargs) -> Dataset:
 __all__ = [
     "CIFAR10_CLASSES", "DATASET_NAMES", "DataNotFoundError", "Dataset", "FLIP_BY_DATASET",
     "PAPER_NUM_LABELED", "SemiSupervisedBatches", "TOY_DATASETS", "UNLABELED",
-    "augment_images", "batch_indices", "build_tabular_dataset", "default_augmentation", "default_cache_dir",
+    "add_feature_noise", "augment_images", "batch_indices", "build_tabular_dataset", "default_augmentation", "default_cache_dir",
     "default_data_dir", "labeled_unlabeled_split", "load_agnews_embeddings", "load_cifar10",
     "load_csv_table", "load_dataset", "load_hepmass", "load_miniboone", "load_mnist",
     "load_npz_table", "load_original_text_embeddings", "load_svhn", "load_text_embeddings_npz",

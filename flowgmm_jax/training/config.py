@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.prior = ml_collections.ConfigDict()
   c.prior.covariance = "isotropic"    # isotropic | diagonal
   c.prior.means_init = "auto"         # auto | image | tabular_two_class | multiclass | circle
+                                      # | labeled (the labelled rows' latent centroids)
   c.prior.means_scale = -1.0          # <= 0: the paper's value for means_init (image r=1,
                                       # two-class distance 7.5, multiclass 0.56)
   c.prior.learn_means = False
@@ -86,6 +87,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 0          # images: random crop with this padding (0 = off)
   c.augment.flip = False              # images: random horizontal flip
+  c.augment.noise_std = 0.0           # tables/text: Gaussian input noise, in standardised
+                                      # feature units (0 = off)
+
+  # Early stopping on the marginal NLL of unlabelled rows held out from training.
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.holdout_fraction = 0.0  # of the unlabelled pool (0 = off)
+  c.early_stopping.every_steps = 50
+  c.early_stopping.patience = 5            # checks without improvement (0 = run to the end,
+                                           # then keep the best)
+  c.early_stopping.min_delta = 0.0         # relative improvement that counts
 
   c.num_train_steps = 1000
   c.log_every_steps = 100
@@ -95,6 +106,67 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.progress_bar = True
   c.multihost = False                 # call jax.distributed.initialize() first
+  return c
+
+
+# The recipe for tables and sentence embeddings, in FlowGMMClassifier's parameter names: the
+# estimator's defaults AND the default of configs/tabular.py and configs/text.py, so whatever
+# is settled here reaches both (README "Tables"; benchmarks/ssl_suite.py measures it).
+TABLE_RECIPE = dict(
+    flow="realnvp", num_coupling_layers=6, hidden_dim=64, hidden_layers=1, dropout_rate=0.0,
+    num_bins=8, bound=4.0,
+    covariance="isotropic", means_init="labeled", means_scale=0.01, learn_means=True,
+    learn_scales=False, learn_weights=True,
+    objective="original", label_weight=100.0, unlabeled_weight=1.0, noise_std=0.0,
+    learning_rate=1e-2, lr_schedule="cosine", weight_decay=0.0, num_steps=3000,
+    labeled_batch_size=64, unlabeled_batch_size=256,
+    holdout_fraction=0.1, check_every=25, patience=5,
+)
+TABLE_FLOWS = {"realnvp": "realnvp_tabular", "spline": "spline_tabular"}
+
+
+def apply_table_recipe(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """Sets ``c``'s model, prior, loss, optimiser, early-stopping, batch and step fields from
+  ``TABLE_RECIPE`` (with ``overrides``, in FlowGMMClassifier's parameter names).
+
+  Returns ``c``. Unknown names raise ValueError.
+  """
+  unknown = set(overrides) - set(TABLE_RECIPE)
+  if unknown:
+    raise ValueError(f"unknown table-recipe parameter(s) {sorted(unknown)}; choose from "
+                     f"{sorted(TABLE_RECIPE)}.")
+  r = {**TABLE_RECIPE, **overrides}
+  if r["flow"] not in TABLE_FLOWS:
+    raise ValueError(f"flow={r['flow']!r}; choose one of {tuple(TABLE_FLOWS)}.")
+  if r["means_init"] not in ("labeled", "random"):
+    raise ValueError(f"means_init={r['means_init']!r}; choose 'labeled' or 'random'.")
+  c.model.name = TABLE_FLOWS[r["flow"]]
+  c.model.num_coupling_layers = int(r["num_coupling_layers"])
+  c.model.hidden_dim = int(r["hidden_dim"])
+  c.model.num_layers = int(r["hidden_layers"]) - 1  # k hidden layers: k-1 after the first
+  c.model.dropout_rate = float(r["dropout_rate"])
+  c.model.num_bins = int(r["num_bins"])
+  c.model.bound = float(r["bound"])
+  c.prior.covariance = r["covariance"]
+  c.prior.means_init = "labeled" if r["means_init"] == "labeled" else "auto"
+  c.prior.means_scale = -1.0 if r["means_scale"] is None else float(r["means_scale"])
+  c.prior.learn_means = bool(r["learn_means"])
+  c.prior.learn_scales = bool(r["learn_scales"])
+  c.prior.learn_weights = bool(r["learn_weights"])
+  c.loss.objective = r["objective"]
+  c.loss.label_weight = float(r["label_weight"])
+  c.loss.unlabeled_weight = float(r["unlabeled_weight"])
+  c.augment.noise_std = float(r["noise_std"])
+  c.optim.optimizer = "adam"
+  c.optim.learning_rate = float(r["learning_rate"])
+  c.optim.schedule = r["lr_schedule"]
+  c.optim.weight_decay = float(r["weight_decay"])
+  c.num_train_steps = int(r["num_steps"])
+  c.data.labeled_batch_size = int(r["labeled_batch_size"])
+  c.data.unlabeled_batch_size = int(r["unlabeled_batch_size"])
+  c.early_stopping.holdout_fraction = float(r["holdout_fraction"])
+  c.early_stopping.every_steps = int(r["check_every"])
+  c.early_stopping.patience = int(r["patience"])
   return c
 
 
@@ -133,5 +205,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail("loss weights (label_weight, unlabeled_weight, consistency_weight) must be >= 0.")
   if c.prior.covariance not in ("isotropic", "diagonal"):
     _fail(f"prior.covariance={c.prior.covariance!r}; choose 'isotropic' or 'diagonal'.")
+  if c.augment.noise_std < 0:
+    _fail("augment.noise_std must be >= 0.")
   if c.augment.crop_padding < 0:
     _fail("augment.crop_padding must be >= 0.")

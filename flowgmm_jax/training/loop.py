@@ -7,6 +7,7 @@ line, ``FlowGMMClassifier``, a notebook) runs ``fit`` below; none has a loop of 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -65,6 +66,8 @@ def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int
   """FlowGMM = flow + GaussianMixturePrior (+ dequantisation for 8-bit images)."""
   dim = int(np.prod(input_shape))
   means_init = config.prior.means_init
+  if means_init == "labeled":  # placeholder; fit() moves them to the labelled centroids
+    means_init = "multiclass"
   if means_init == "auto":
     means_init = "image" if image else ("tabular_two_class" if num_classes == 2 else "multiclass")
   prior = GaussianMixturePrior(
@@ -156,15 +159,33 @@ def make_split(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
                                           **kw)
 
 
+def place_means_at_labeled_centroids(model: FlowGMM, variables: dict, x_labeled: np.ndarray,
+                                     y_labeled: np.ndarray) -> dict:
+  """``variables`` with each prior mean mu_k moved to the centroid of f(x) over the
+  labelled rows of class k (``x_labeled: [N, ...]``, ``y_labeled: [N]``), f as initialised.
+
+  At the start of training the classifier is then the nearest-class-mean rule in the
+  latent space, the strongest simple rule with a handful of labels, instead of a random
+  assignment that the few labelled rows must first undo. A class without labelled rows
+  keeps its initial mean.
+  """
+  z = np.asarray(model.apply(variables, jnp.asarray(x_labeled, jnp.float32))[0], np.float64)
+  collection = "params" if "means" in variables.get("params", {}).get("prior", {}) else "prior"
+  means = np.array(variables[collection]["prior"]["means"], np.float64)
+  for k in range(means.shape[0]):
+    rows = z[np.asarray(y_labeled) == k]
+    if len(rows):
+      means[k] = rows.mean(axis=0)
+  prior_vars = dict(variables[collection]["prior"])
+  prior_vars["means"] = jnp.asarray(means, variables[collection]["prior"]["means"].dtype)
+  return {**variables, collection: {**variables[collection], "prior": prior_vars}}
+
+
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, mesh, batch_size: int, *,
-             num_dims: int, log_weights: np.ndarray) -> dict:
-  """Test metrics over the whole set: accuracy, ECE (15 bins), NLL and bits/dim.
-
-  ``eval/nll`` is the marginal -log p(x) and ``eval/nll_given_label`` is -log p(x | y_true)
-  (nats per example); the ``bpd`` versions divide by D log 2.
-  """
+def forward_all(eval_step, variables, x: np.ndarray, mesh, batch_size: int):
+  """(class_log_joint [N, K], log_det [N]) of the eval-mode model over all rows of ``x``,
+  in padded chunks of a static shape."""
   n_dev = mesh.shape[step_lib.DATA_AXIS]
   batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
   all_clj, all_ld = [], []
@@ -176,10 +197,57 @@ def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, mesh, batch_siz
     clj, ld = eval_step(variables, step_lib.shard_batch(mesh, xb))
     all_clj.append(step_lib.to_host(clj)[:n])
     all_ld.append(step_lib.to_host(ld)[:n])
-  sums = evaluation.batch_metric_sums(np.concatenate(all_clj), y, np.concatenate(all_ld),
-                                     log_weights=log_weights)
+  return np.concatenate(all_clj), np.concatenate(all_ld)
+
+
+def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, mesh, batch_size: int, *,
+             num_dims: int, log_weights: np.ndarray) -> dict:
+  """Test metrics over the whole set: accuracy, ECE (15 bins), NLL and bits/dim.
+
+  ``eval/nll`` is the marginal -log p(x) and ``eval/nll_given_label`` is -log p(x | y_true)
+  (nats per example); the ``bpd`` versions divide by D log 2.
+  """
+  clj, log_det = forward_all(eval_step, variables, x, mesh, batch_size)
+  sums = evaluation.batch_metric_sums(clj, y, log_det, log_weights=log_weights)
   metrics = evaluation.aggregate_metric_sums([sums], num_dims=num_dims, num_bins=15)
   return {f"eval/{k}": float(v) for k, v in metrics.items()}
+
+
+def batch_sizes(config: ml_collections.ConfigDict, num_labeled: int, num_unlabeled: int,
+                num_devices: int) -> tuple[int, int]:
+  """(labelled, unlabelled) rows per step: ``config.data``'s sizes, each capped at its pool
+  (a larger batch would only repeat rows) rounded up to a multiple of the device count, so
+  that the global batch still splits evenly; 0 unlabelled rows without a pool."""
+  round_up = lambda n: -(-n // num_devices) * num_devices
+  bl, bu = config.data.labeled_batch_size, config.data.unlabeled_batch_size
+  if bl > num_labeled:
+    bl = round_up(num_labeled)
+  if num_unlabeled == 0:
+    bu = 0
+  elif bu > num_unlabeled:
+    bu = round_up(num_unlabeled)
+  return bl, bu
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+  top = a.max(axis=-1, keepdims=True)
+  return (top + np.log(np.exp(a - top).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def heldout_rows(unlabeled_idx: np.ndarray, fraction: float, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Splits the unlabelled pool into (rows to train on, rows held out for early stopping).
+
+  ``round(fraction * N_u)`` rows, at least 16 (never more than half the pool) and at most
+  4096, chosen with ``seed``; no held-out rows when ``fraction`` is 0 or the pool has
+  fewer than 32 rows.
+  """
+  n = len(unlabeled_idx)
+  if fraction <= 0 or n < 32:
+    return unlabeled_idx, unlabeled_idx[:0]
+  count = int(min(max(round(fraction * n), 16), n // 2, 4096))
+  perm = np.random.default_rng([seed, 7]).permutation(n)
+  return np.sort(unlabeled_idx[perm[count:]]), np.sort(unlabeled_idx[perm[:count]])
 
 
 # ----------------------------------------------------------------------------- training
@@ -221,9 +289,9 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   image = dataset.kind == "image"
   input_shape = tuple(dataset.x_train.shape[1:])
   num_dims = int(np.prod(input_shape))
-  bl, bu = config.data.labeled_batch_size, config.data.unlabeled_batch_size
-  if len(unlabeled_idx) == 0:
-    bu = 0
+  es = config.early_stopping
+  unlabeled_idx, heldout_idx = heldout_rows(unlabeled_idx, es.holdout_fraction, config.seed)
+  bl, bu = batch_sizes(config, len(labeled_idx), len(unlabeled_idx), num_devices)
   global_batch = bl + bu
   if global_batch % num_devices:
     raise ValueError(
@@ -239,6 +307,9 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   init_rows = np.concatenate([labeled_idx[:bl], unlabeled_idx[:max(bu, 1)]])[:max(global_batch, 2)]
   x_init = jnp.asarray(dataset.x_train[init_rows], jnp.float32)
   variables = eval_model.init({"params": init_rng, "dropout": init_rng}, x_init)
+  if config.prior.means_init == "labeled":
+    variables = place_means_at_labeled_centroids(
+        eval_model, variables, dataset.x_train[labeled_idx], dataset.y_train[labeled_idx])
   tx = optim.make_optimizer(
       config.optim.optimizer, config.optim.learning_rate, config.num_train_steps,
       schedule=config.optim.schedule, warmup_steps=config.optim.warmup_steps,
@@ -261,6 +332,8 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   if image and (config.augment.crop_padding > 0 or config.augment.flip):
     augment = lambda k, x: data_lib.augment_images(
         k, x, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
+  elif not image and config.augment.noise_std > 0:
+    augment = functools.partial(data_lib.add_feature_noise, std=config.augment.noise_std)
   cons_weight = 0.0
   if config.loss.consistency_weight > 0:
     cons_weight = functools.partial(
@@ -283,6 +356,26 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     return evaluate(eval_step, state.variables(), dataset.x_test, dataset.y_test, mesh,
                     config.eval_batch_size, num_dims=num_dims, log_weights=prior_lw)
 
+  # Early stopping: the marginal NLL of held-out unlabelled rows, measured every
+  # `es.every_steps`; the best parameters are kept and are what training returns.
+  best = {"nll": math.inf, "step": None, "variables": None, "bad": 0}
+
+  def check_heldout(done: int) -> bool:
+    """Scores the held-out rows; returns True when training should stop."""
+    variables = state.variables()
+    clj, log_det = forward_all(eval_step, variables, dataset.x_train[heldout_idx], mesh,
+                               config.eval_batch_size)
+    nll = float(-np.mean(_logsumexp(clj) + log_det))
+    entry = {"step": done, "early_stopping/heldout_nll": nll}
+    history.append(entry)
+    if writer:
+      writer.write(done, {k: v for k, v in entry.items() if k != "step"})
+    if nll < best["nll"] - es.min_delta * abs(best["nll"]) or best["step"] is None:
+      best.update(nll=nll, step=done, variables=jax.device_get(variables), bad=0)
+    else:  # no better (a NaN counts as worse)
+      best["bad"] += 1
+    return es.patience > 0 and best["bad"] >= es.patience
+
   history = []
   start_step = int(jax.device_get(state.step))
   total = config.num_train_steps
@@ -292,6 +385,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     pbar = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True)
   t0, steps_since = time.perf_counter(), 0
   metrics_acc = []
+  unfinished = collections.deque()  # train/loss of dispatched steps not yet counted
   eval_metrics = {}
   for step in range(start_step, total):
     host_batch = batches.batch(step)
@@ -302,9 +396,17 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     steps_since += 1
     done = step + 1
     if pbar is not None:
-      pbar.update(1)
+      # The bar counts FINISHED steps: dispatch runs ahead of the device, so count the
+      # queued steps whose results are ready (a non-blocking check, no host sync).
+      unfinished.append(metrics["train/loss"])
+      while unfinished and unfinished[0].is_ready():
+        unfinished.popleft()
+        pbar.update(1)
     if done % config.log_every_steps == 0 or done == total:
       fetched = jax.device_get(metrics_acc)
+      if pbar is not None:  # everything dispatched so far has now finished
+        pbar.update(len(unfinished))
+        unfinished.clear()
       summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       if not all(math.isfinite(v) for v in summary.values()):
         raise FloatingPointError(
@@ -327,8 +429,21 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
           writer.write(done, eval_metrics)
         if log_fn:
           log_fn(done, eval_metrics)
-    if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
+    stop = False
+    if len(heldout_idx) and (done % es.every_steps == 0 or done == total):
+      stop = check_heldout(done)
+    if stop or (len(heldout_idx) and done == total):
+      # Continue from the best held-out NLL: its parameters become the final state.
+      v = best["variables"]
+      state = state.replace(params=step_lib.replicate(mesh, v["params"]),
+                            batch_stats=step_lib.replicate(mesh, v.get("batch_stats", {})))
+      history.append({"step": done, "early_stopping/best_step": best["step"],
+                      "early_stopping/stopped": float(stop)})
+      eval_metrics = {}
+    if checkpointer and (stop or done % config.checkpoint_every_steps == 0 or done == total):
       checkpointer.save(state)
+    if stop:
+      break
   if pbar is not None:
     pbar.close()
   if not eval_metrics and len(dataset.x_test):
