@@ -146,28 +146,39 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   ``fit(X, y)`` takes features ``X: [N, D]`` (float, D >= 2) and labels ``y: [N]``
   (integers; ``-1`` marks unlabelled rows, as in ``sklearn.semi_supervised``). Training
-  runs the library's one training loop (``flowgmm_jax.training.loop.fit``) for
+  runs the library's one training loop (``flowgmm_jax.training.loop.fit``) for at most
   ``num_steps`` Adam steps on batches of ``labeled_batch_size`` labelled plus
-  ``unlabeled_batch_size`` unlabelled rows, minimising
+  ``unlabeled_batch_size`` unlabelled rows. With the default ``objective="original"`` it
+  minimises (``flowgmm_jax.losses.flowgmm_objective``)
 
-      mean_labelled[-log p(x, y)] + unlabeled_weight * mean_unlabelled[-log p(x)],
+      label_weight * mean_labelled[-log p(y | x)] + unlabeled_weight * mean_all[-log p(x)],
 
-  where -log p(x, y) = -log p(x | y) - log pi_y includes the class weight (the "joint"
-  form of ``flowgmm_jax.losses.flowgmm_objective``).
+  and with ``objective="joint"`` (the paper's tabular form)
+  ``label_weight * mean_labelled[-log p(x, y)] + unlabeled_weight * mean_unlabelled[-log p(x)]``.
 
   The flow maps data to latent (forward = data -> latent); its prior is a Gaussian
   mixture with one component per class (see the module docstring for the formulas).
 
-  The defaults were chosen by measurement (benchmarks/estimator_table.py --validation: a
-  held-out part of the training pools, never the test sets) on UCI Letter (16 features,
-  26 classes), UCI Shuttle (9 features, 7 very imbalanced classes) and 384-d MiniLM
-  sentence embeddings of AG News (4 classes), with 10 labels per class. They differ from
-  the paper's recipe (a large flow onto fixed, well separated means, lr 3e-4), which on
-  these sets memorised the few labelled rows and put every other row into one or a few
-  classes (6-25% accuracy): a small flow, means that start together and are learnt, learnt
-  class weights (Shuttle is 78% one class) and a short, high learning-rate schedule
-  generalise far better. A fit takes seconds (16 features) to about half a minute
-  (384 features) on a 2-core CPU.
+  The defaults (``TABLE_RECIPE`` in ``flowgmm_jax/training/config.py``; the table and text
+  configs of the command line run the same recipe) rest on three measured points, from
+  ``python -m benchmarks.ssl_suite --validation`` (a split of the training rows, never the
+  test rows; README "Tables" has the numbers):
+
+  * The flow overfits the density of a small table within a few hundred steps (on Breast
+    Cancer the held-out log-likelihood fell from -14 to -4206 nats while accuracy fell
+    from 95% to 90%). So ``holdout_fraction`` of the unlabelled rows are held out, their
+    NLL is measured every ``check_every`` steps, training stops after ``patience`` checks
+    without improvement, and the parameters of the best check are kept. This scales the
+    training length with the data without a per-table setting.
+  * The means start at the labelled rows' latent centroids (``means_init="labeled"``), so
+    training starts from the nearest-class-mean rule, and are learnt, as are the class
+    weights (Shuttle is 78% one class).
+  * The density term is summed over D features while the class term is one number per
+    row, so the class term is weighted up (``label_weight``), making p(y | x) a trained
+    classifier rather than a by-product of the density.
+
+  A fit takes seconds (hundreds of rows) to about half a minute (20,000 rows or 384
+  features) on a 2-core CPU.
 
   Args (keyword only; every one is stored unchanged, so ``get_params``, ``set_params`` and
   ``sklearn.base.clone`` work):
@@ -184,28 +195,46 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       outside it).
     covariance: prior covariance per class, "isotropic" (sigma_k^2 I, default) or
       "diagonal".
-    means_scale: initial spread of the prior means in the latent space. With more than 2
-      classes ``mu_k = means_scale * N(0, I_D)``; with 2 classes the means are antipodal
-      at distance ``means_scale``. Default 0.01: the classes start on top of each other
-      and the labelled rows pull them apart (with ``learn_means``). None uses the
-      paper's values (0.56 and 7.5), meant for fixed means.
+    means_init: "labeled" (default): after the flow's initialisation each mean is put at
+      the centroid of f(x) over that class's labelled rows; "random": the spread below.
+    means_scale: with ``means_init="random"``, the initial spread of the prior means in
+      the latent space: with more than 2 classes ``mu_k = means_scale * N(0, I_D)``; with
+      2 classes the means are antipodal at distance ``means_scale``. Default 0.01; None
+      uses the paper's values (0.56 and 7.5), meant for fixed means.
     learn_means: train the means (default True; the paper kept them fixed).
     learn_scales: train each class's scale sigma_k (default False).
     learn_weights: train the class weights pi (default True: the unlabelled rows then
       estimate the class proportions, which matters for imbalanced data; the paper kept
       them uniform).
-    unlabeled_weight: weight of the unlabelled NLL (default 2.0); 0 trains on the
-      labelled rows only.
+    objective: "original" (default): ``label_weight`` x cross-entropy of p(y | x) on the
+      labelled rows + ``unlabeled_weight`` x -log p(x) over all rows; "joint": the
+      paper's tabular form, ``label_weight`` x -log p(x, y) on the labelled rows +
+      ``unlabeled_weight`` x -log p(x) on the unlabelled ones.
+    label_weight: weight of the labelled term. None (default): ``label_weight_per_feature
+      * D``, since the density term is a sum over the D features.
+    label_weight_per_feature: see ``label_weight`` (default 10).
+    unlabeled_weight: weight of the density term (default 1.0).
+    noise_std: Gaussian noise added to the standardised features of every training row,
+      in units of each feature's standard deviation (default 0: off).
     learning_rate: Adam learning rate (default 1e-2), decayed by ``lr_schedule``.
     lr_schedule: "cosine" (default: cosine decay to 0 over ``num_steps``), "constant" or
       "wilson" (the original code's: constant, then linear decay to 1% from 50% to 90%).
     weight_decay: L2 on the weight-norm gains (the coupling scales) only, as in the
       original (default 0).
-    num_steps: optimiser steps (default 3000).
+    num_steps: the most optimiser steps (default 3000); early stopping usually ends
+      training sooner.
     labeled_batch_size: labelled rows per step (default 64; capped at the number of
       labelled rows, which are cycled through many times).
     unlabeled_batch_size: unlabelled rows per step (default 256; capped at the number of
       unlabelled rows).
+    holdout_fraction: fraction of the unlabelled rows held out of training to measure
+      -log p(x) for early stopping (default 0.1; at least 16 rows, at most half the pool
+      and 4096 rows; none when fewer than 32 rows are unlabelled). 0 turns early
+      stopping off.
+    check_every: steps between two held-out measurements (default 25).
+    patience: measurements without improvement before training stops (default 5); the
+      parameters of the best measurement are kept. 0: train ``num_steps``, then keep the
+      best.
     standardize: standardise the features with the mean and standard deviation of all rows
       given to ``fit`` (default True). The prior assumes unit-scale features; pass False
       only for features that are standardised already (e.g. after a StandardScaler in a
@@ -226,7 +255,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       (D,), K, image=False)`` (a ``FlowGMM`` whose input is the standardised X).
     config_: the training config (``base_config()`` schema) as a plain dict.
     history_: the training log, a list of metric dicts (loss, NLLs, gradient norm).
-    n_iter_: number of optimiser steps taken.
+    n_iter_: number of optimiser steps taken (early stopping may end training before
+      ``num_steps``; the parameters are those of the best held-out check).
 
   A failed ``fit`` (bad input, or diverged training) leaves the estimator unfitted, even
   if it was fitted before: ``fit`` first discards the previous fit.
@@ -249,7 +279,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                learn_scales: bool = _R['learn_scales'],
                learn_weights: bool = _R['learn_weights'],
                objective: str = _R['objective'],
-               label_weight: float = _R['label_weight'],
+               label_weight: Optional[float] = _R['label_weight'],
+               label_weight_per_feature: float = _R['label_weight_per_feature'],
                unlabeled_weight: float = _R['unlabeled_weight'],
                noise_std: float = _R['noise_std'],
                learning_rate: float = _R['learning_rate'],
@@ -277,6 +308,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.learn_weights = learn_weights
     self.objective = objective
     self.label_weight = label_weight
+    self.label_weight_per_feature = label_weight_per_feature
     self.unlabeled_weight = unlabeled_weight
     self.noise_std = noise_std
     self.learning_rate = learning_rate
@@ -322,8 +354,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       raise ValueError(f"objective={self.objective!r}; choose one of {OBJECTIVES}.")
     if self.means_init not in ("labeled", "random"):
       raise ValueError(f"means_init={self.means_init!r}; choose 'labeled' or 'random'.")
-    for name in ("label_weight", "noise_std", "holdout_fraction"):
+    for name in ("label_weight_per_feature", "noise_std", "holdout_fraction"):
       non_negative(name)
+    if self.label_weight is not None:
+      non_negative("label_weight")
     if not self.holdout_fraction <= 0.5:
       raise ValueError(f"holdout_fraction={self.holdout_fraction!r} must be in [0, 0.5].")
     positive_int("num_bins", 2)

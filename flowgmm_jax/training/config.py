@@ -72,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
   #   label_weight * cross-entropy + unlabeled_weight * -log p(x) over ALL rows.
   c.loss.objective = "joint"
   c.loss.label_weight = 1.0
+  c.loss.label_weight_per_feature = 0.0  # > 0: label_weight = this * D (D = features/pixels),
+                                         # so the class term keeps its share of a density
+                                         # term that is a sum over D dimensions
   c.loss.unlabeled_weight = 1.0
   c.loss.consistency_weight = 0.0     # > 0: FlowGMM-cons
   c.loss.consistency_rampup_steps = 0
@@ -117,7 +120,7 @@ TABLE_RECIPE = dict(
     num_bins=8, bound=4.0,
     covariance="isotropic", means_init="labeled", means_scale=0.01, learn_means=True,
     learn_scales=False, learn_weights=True,
-    objective="original", label_weight=100.0, unlabeled_weight=1.0, noise_std=0.0,
+    objective="original", label_weight=None, label_weight_per_feature=10.0, unlabeled_weight=1.0, noise_std=0.0,
     learning_rate=1e-2, lr_schedule="cosine", weight_decay=0.0, num_steps=3000,
     labeled_batch_size=64, unlabeled_batch_size=256,
     holdout_fraction=0.1, check_every=25, patience=5,
@@ -154,7 +157,10 @@ def apply_table_recipe(c: ml_collections.ConfigDict, **overrides) -> ml_collecti
   c.prior.learn_scales = bool(r["learn_scales"])
   c.prior.learn_weights = bool(r["learn_weights"])
   c.loss.objective = r["objective"]
-  c.loss.label_weight = float(r["label_weight"])
+  # label_weight=None: scale with the number of features (label_weight_per_feature * D).
+  c.loss.label_weight = 1.0 if r["label_weight"] is None else float(r["label_weight"])
+  c.loss.label_weight_per_feature = (float(r["label_weight_per_feature"])
+                                     if r["label_weight"] is None else 0.0)
   c.loss.unlabeled_weight = float(r["unlabeled_weight"])
   c.augment.noise_std = float(r["noise_std"])
   c.optim.optimizer = "adam"
@@ -201,6 +207,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail(f"optim.learning_rate={c.optim.learning_rate} must be > 0.")
   if c.loss.objective not in OBJECTIVES:
     _fail(f"loss.objective={c.loss.objective!r}; choose one of {OBJECTIVES}.")
+  if c.loss.label_weight_per_feature < 0:
+    _fail("loss.label_weight_per_feature must be >= 0.")
   if c.loss.label_weight < 0 or c.loss.unlabeled_weight < 0 or c.loss.consistency_weight < 0:
     _fail("loss weights (label_weight, unlabeled_weight, consistency_weight) must be >= 0.")
   if c.prior.covariance not in ("isotropic", "diagonal"):

@@ -339,9 +339,12 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     cons_weight = functools.partial(
         losses.consistency_weight_ramp, max_weight=config.loss.consistency_weight,
         rampup_steps=config.loss.consistency_rampup_steps)
+  label_weight = config.loss.label_weight
+  if config.loss.label_weight_per_feature > 0:
+    label_weight = config.loss.label_weight_per_feature * num_dims
   train_step = step_lib.make_train_step(
       train_model, tx, mesh, global_batch_size=global_batch,
-      objective=config.loss.objective, label_weight=config.loss.label_weight,
+      objective=config.loss.objective, label_weight=label_weight,
       unlabeled_weight=config.loss.unlabeled_weight, consistency_weight=cons_weight,
       augment=augment, dequantize=image, num_dims=num_dims)
   eval_step = step_lib.make_eval_step(eval_model, mesh)
