@@ -80,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.crop_padding = 0          # images: random crop with this padding (0 = off)
   c.augment.flip = False              # images: random horizontal flip
 
+  c.calibration = ml_collections.ConfigDict()
+  c.calibration.validation_fraction = 0.0  # > 0: hold out this fraction of the labelled
+                                           # pool to fit a temperature (flowgmm_jax/calibration.py)
+  c.plots = True                      # write workdir/plots/*.png at the end of the run
+
   c.num_train_steps = 1000
   c.log_every_steps = 100
   c.eval_every_steps = 500
@@ -124,5 +129,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail("loss weights must be >= 0.")
   if c.prior.covariance not in ("isotropic", "diagonal"):
     _fail(f"prior.covariance={c.prior.covariance!r}; choose 'isotropic' or 'diagonal'.")
+  if not 0.0 <= c.calibration.validation_fraction < 1.0:
+    _fail(f"calibration.validation_fraction={c.calibration.validation_fraction} must be in "
+          "[0, 1).")
   if c.augment.crop_padding < 0:
     _fail("augment.crop_padding must be >= 0.")
