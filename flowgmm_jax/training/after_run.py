@@ -36,6 +36,50 @@ def split_validation(config: ml_collections.ConfigDict, dataset, labeled_idx, un
   return labeled, unlabeled_idx, validation
 
 
+CONFIG_FILE = "config.json"
+
+
+def start_run(config: ml_collections.ConfigDict, workdir: str, dataset) -> None:
+  """Writes what a later ``load`` / ``experiments.plot`` needs besides the checkpoint: the
+  feature transform (raw rows -> model rows) and the run's config (``config.json``)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  trained.save_data_transform(workdir, dataset.info)
+  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found; the run was made by an older version, so "
+                            "pass its config: --config=configs/X.py.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def write_plots(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
+                tensorboard: bool = False) -> list:
+  """Rebuilds the run's data and split from ``config`` and writes ``workdir/plots/``."""
+  from flowgmm_jax import plots
+  from flowgmm_jax.training.loop import load_dataset, make_split
+  model = trained.load(workdir, step)
+  dataset = load_dataset(config)
+  labeled_idx, unlabeled_idx = make_split(config, dataset)
+  labeled_idx, _, _ = split_validation(config, dataset, labeled_idx, unlabeled_idx)
+  record = None
+  if model.temperature != 1.0:
+    record = {"temperature": model.temperature}
+  paths = plots.write_run_plots(model, dataset, workdir, labeled_idx=labeled_idx,
+                                calibration=record)
+  if tensorboard:
+    plots.add_to_tensorboard(paths, workdir, model.step)
+  return paths
+
+
 def _flat(prefix: str, d: dict) -> dict:
   return {f"{prefix}{k}": float(v) for k, v in d.items()}
 
@@ -64,6 +108,7 @@ def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, labeled
   if config.plots:
     try:
       from flowgmm_jax import plots
+      os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
       model.temperature = record["temperature"] if record else 1.0
       paths = plots.write_run_plots(model, dataset, workdir, labeled_idx=labeled_idx,
                                     calibration=record)

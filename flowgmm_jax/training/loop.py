@@ -25,7 +25,6 @@ from flowgmm_jax import data as data_lib
 from flowgmm_jax import evaluation
 from flowgmm_jax import losses
 from flowgmm_jax import models
-from flowgmm_jax import trained
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.prior import GaussianMixturePrior
 from flowgmm_jax.training import after_run
@@ -358,8 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config, dataset, labeled_idx, unlabeled_idx)
   created = not os.path.exists(workdir)
   try:
-    if jax.process_index() == 0:  # lets load(workdir) take raw feature rows
-      trained.save_data_transform(workdir, dataset.info)
+    after_run.start_run(config, workdir, dataset)
     result = fit(config, dataset, labeled_idx, unlabeled_idx, workdir=workdir)
   except BaseException:
     # A run that fails before its first checkpoint (bad model config, divergence at step 3,
