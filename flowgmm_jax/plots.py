@@ -210,13 +210,17 @@ def _show_grid(images: np.ndarray, path: str, *, row_labels=None, col_labels=Non
   """``images [P, R, C, H, W, ch]`` (pixel values 0..255): P panels of R x C images."""
   images = np.clip(np.asarray(images, np.float32), 0, 255) / 255.0
   p, r, c, h, w, ch = images.shape
-  cell = max(0.35, min(0.9, 6.0 / max(c * p, 1)))
-  fig, axes = plt.subplots(r, c * p, figsize=(cell * c * p + 0.8, cell * r + 0.6),
+  ncols = c * p + (p - 1)  # one empty spacer column between panels
+  cell = max(0.35, min(0.9, 6.0 / max(ncols, 1)))
+  fig, axes = plt.subplots(r, ncols, figsize=(cell * ncols + 0.8, cell * r + 0.6),
                            squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.05})
+  for ax in axes.ravel():
+    ax.axis("off")
   for pi in range(p):
     for ri in range(r):
       for ci in range(c):
-        ax = axes[ri, pi * c + ci]
+        ax = axes[ri, pi * (c + 1) + ci]
+        ax.axis("on")
         img = images[pi, ri, ci]
         ax.imshow(img[..., 0] if ch == 1 else img, cmap="gray" if ch == 1 else None,
                   vmin=0, vmax=1, interpolation="nearest")
@@ -339,7 +343,7 @@ def feature_vis_figure(model, x_images: np.ndarray, path: str, num_top: int = 3,
     imgs, coords, effects, offsets = feature_visualisation(model, x, num_top, steps)
     blocks.append(imgs)
     kinds = ["top"] * num_top + ["least"]
-    labels += [f"img{n} {kind} z[{c}]\n dp={e:.2f}" for kind, c, e in
+    labels += [f"img{n} {kind} z[{c}]\n Δp={e:.2f}" for kind, c, e in
                zip(kinds, coords, effects)]
   imgs = np.concatenate(blocks)[None]
   return _show_grid(imgs, path, row_labels=labels,
