@@ -292,20 +292,20 @@ def feature_effects(model, z: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   coordinate d by each of ``offsets`` (in units of that class's sigma), ``[D]``.
 
   Uses the prior only (p(y | x) depends on x through z), so it costs no decoding."""
-  import jax
-  import jax.numpy as jnp
   d = z.shape[0]
-  pred = int(np.argmax(model.model.apply(model.variables, jnp.asarray(z[None]),
-                                         method=lambda m, v: m.prior.class_logits(v))))
+  pred = int(np.argmax(model.latent_logits(z[None])[0]))
   sigma = model.scales()[pred]
-  logits_fn = jax.jit(lambda v: jax.nn.softmax(model.model.apply(
-      model.variables, v, method=lambda m, u: m.prior.class_logits(u)), axis=-1)[:, pred])
-  base = float(logits_fn(jnp.asarray(z[None]))[0])
+
+  def prob(v):
+    logits = model.latent_logits(v)
+    return _softmax(logits)[:, pred]
+
+  base = float(prob(z[None])[0])
   effect = np.zeros(d)
   for off in offsets:
     moved = np.repeat(z[None], d, axis=0)
     moved[np.arange(d), np.arange(d)] += off * sigma
-    effect = np.maximum(effect, np.abs(np.asarray(logits_fn(jnp.asarray(moved))) - base))
+    effect = np.maximum(effect, np.abs(prob(moved) - base))
   return effect
 
 

@@ -148,8 +148,12 @@ class TrainedFlowGMM:
     def inverse(variables, z):
       return model.apply(variables, z, method=model.inverse)
 
+    def latent_logits(variables, z):
+      return model.apply(variables, z, method=lambda m, v: m.prior.class_logits(v))
+
     self._forward = jax.jit(forward)
     self._inverse = jax.jit(inverse)
+    self._latent_logits = jax.jit(latent_logits)
 
   # -- inputs ------------------------------------------------------------------------
 
@@ -201,7 +205,9 @@ class TrainedFlowGMM:
     n = len(x)
     if n == 0:
       raise ValueError("got 0 rows; pass at least one example.")
-    size = min(self.batch_size, n)
+    # Chunk sizes are powers of two (at most batch_size), so calls of many different sizes
+    # share a handful of compiled programs.
+    size = min(self.batch_size, 1 << max(3, (n - 1).bit_length()))
     outs = []
     for start in range(0, n, size):
       chunk = x[start:start + size]
@@ -264,6 +270,12 @@ class TrainedFlowGMM:
       raise ValueError(f"z must have shape [N, {self.num_dims}], got {z.shape}.")
     x = self._chunks(self._inverse, z)
     return self.postprocess(x) if raw else x
+
+  def latent_logits(self, z) -> np.ndarray:
+    """Uncalibrated class logits of latents, ``[N, D] -> [N, K]`` (p(y|x) depends on x only
+    through z = f(x))."""
+    z = np.asarray(z, np.float32)
+    return self._chunks(self._latent_logits, z.reshape(-1, self.num_dims))
 
   def means(self) -> np.ndarray:
     """The class means mu_k in latent space, ``[K, D]``."""

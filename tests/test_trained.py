@@ -202,7 +202,7 @@ def test_toy_run_writes_every_figure(toy_run):
 def tiny_image_model():
   """An untrained smoke-size RealNVP FlowGMM on 8x8x1 images (figures need no training)."""
   c = base_config()
-  c.model.name, c.model.num_scales, c.model.num_blocks, c.model.mid_channels = "realnvp", 2, 1, 4
+  c.model.name, c.model.num_scales, c.model.num_blocks, c.model.mid_channels = "realnvp", 1, 1, 4
   c.prior.means_init = "image"
   meta = {"model": c.model.to_dict(), "prior": c.prior.to_dict(),
           "data": {"kind": "image", "name": "tiny", "path": ""},
