@@ -18,7 +18,9 @@ class with the run's seed, keeping at least one training label in every class. T
 rows lose only their labels: their inputs join the unlabelled pool, so the flow still sees
 them. With very few labels (the toy sets have 10-19) this costs real training signal and
 the fitted T rests on a handful of points; it is therefore off by default
-(``config.calibration.validation_fraction = 0``) and a run reports the held-out count.
+(``config.calibration.validation_fraction = 0``) and a run reports the held-out count. When
+every validation row is classified correctly (common with 2-5 rows), the NLL has no finite
+minimiser (it falls as T -> 0) and T = 1 is kept, with a note in ``calibration.json``.
 """
 
 from __future__ import annotations
@@ -117,10 +119,19 @@ def hold_out_validation(labeled_idx: np.ndarray, labels: np.ndarray, fraction: f
 def calibrate(logits_val, labels_val, logits_test=None, labels_test=None) -> dict:
   """Fits T on validation logits; returns {'temperature', 'num_validation', and
   'before'/'after' metric dicts on the test logits (or the validation ones if none)}."""
-  t = fit_temperature(logits_val, labels_val)
-  record = {"temperature": t, "num_validation": int(len(labels_val)),
+  logits_val = np.asarray(logits_val)
+  record = {}
+  if np.all(np.argmax(logits_val, axis=1) == np.asarray(labels_val)):
+    # Every validation row is right, so NLL keeps falling as T -> 0 (ever sharper): the
+    # data carry no evidence for any finite T. Keep the model as trained.
+    t = 1.0
+    record["note"] = ("every validation example is classified correctly; NLL has no finite "
+                      "minimiser (T -> 0), so T = 1 is kept")
+  else:
+    t = fit_temperature(logits_val, labels_val)
+  record.update({"temperature": t, "num_validation": int(len(labels_val)),
             "validation_nll_before": nll_given_x(logits_val, labels_val, 1.0),
-            "validation_nll_after": nll_given_x(logits_val, labels_val, t)}
+            "validation_nll_after": nll_given_x(logits_val, labels_val, t)})
   if logits_test is not None and len(logits_test):
     record["test_before"] = metrics(logits_test, labels_test, 1.0)
     record["test_after"] = metrics(logits_test, labels_test, t)

@@ -173,6 +173,9 @@ def test_temperature_fit_fixes_a_constructed_over_confident_model():
   assert after["nll_y_given_x"] < 0.8 * before["nll_y_given_x"]
   assert after["ece"] < 0.5 * before["ece"]
   assert after["accuracy"] == before["accuracy"]
+  # A validation set the model gets all right carries no evidence for a finite T: keep 1.
+  right = over[val][over[val].argmax(1) == labels[val]][:5]
+  assert calibration.calibrate(right, right.argmax(1))["temperature"] == 1.0
   # An under-confident model gets T < 1.
   assert calibration.fit_temperature(0.25 * true_logits[val], labels[val]) < 0.4
 
