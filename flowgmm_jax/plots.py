@@ -119,11 +119,13 @@ def training_curves(records: list, path: str) -> str:
     if s is None:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     else:
-      ax.plot(s[0], s[1], marker="o" if s.shape[1] < 20 else None, markersize=3)
+      ax.plot(s[0], s[1], marker="o" if s.shape[1] < 20 else None, markersize=3,
+              label=key.split("/")[1])
     extra = {"train/loss": "train/nll_labeled", "eval/bpd": "eval/bpd_given_label"}.get(key)
     se = series(extra) if extra else None
     if se is not None:
       ax.plot(se[0], se[1], linestyle="--", label=extra.split("/")[1])
+    if s is not None:
       ax.legend(fontsize=8)
     ax.set(title=title, xlabel="step")
     ax.grid(alpha=0.3)

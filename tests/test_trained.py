@@ -249,3 +249,20 @@ def test_image_samples_at_temperature_zero_are_the_decoded_means(tiny_image_mode
                              model.decode(model.means()[[2, 0, 1]]), atol=1e-5)
   x = tiny_image_model[1].x_test
   assert model.bits_per_dim(x).shape == (12,)
+
+
+def test_command_lines_plot_and_eval(toy_run, tmp_path):
+  import subprocess
+  import sys
+  _, workdir, _ = toy_run
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  os.remove(os.path.join(workdir, "plots", "latent_plane.png"))
+  out = subprocess.run([sys.executable, "-m", "experiments.plot", f"--workdir={workdir}"],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  _is_png(os.path.join(workdir, "plots", "latent_plane.png"))
+  out = subprocess.run([sys.executable, "-m", "experiments.main", "--config=configs/toy.py",
+                        f"--workdir={tmp_path}", "--mode=eval"],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert out.stderr.strip().startswith("error: no checkpoint") and out.stderr.count("\n") == 1
