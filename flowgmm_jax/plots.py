@@ -81,7 +81,7 @@ def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int
   np.add.at(counts, (np.asarray(labels), np.asarray(predicted)), 1)
   rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
   names = _class_names(num_classes, class_names)
-  size = max(3.5, 0.45 * num_classes + 1.5)
+  size = min(7.5, max(3.5, 0.3 * num_classes + 1.5))
   fig, ax = plt.subplots(figsize=(size + 0.8, size))
   im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
   if num_classes <= 12:
@@ -90,7 +90,7 @@ def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int
         ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                 color="white" if rates[i, j] > 0.5 else "black")
   ticks = np.arange(num_classes)
-  fontsize = 8 if num_classes <= 12 else 5
+  fontsize = 8 if num_classes <= 12 else 7
   ax.set_xticks(ticks, names, rotation=45 if max(map(len, names)) > 2 else 0, ha="right"
                 if max(map(len, names)) > 2 else "center", fontsize=fontsize)
   ax.set_yticks(ticks, names, fontsize=fontsize)
@@ -367,10 +367,7 @@ def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
   written = []
   names = dataset.class_names
   x_test, y_test = dataset.x_test, dataset.y_test
-  if len(x_test) > max_points:
-    keep = np.sort(np.random.default_rng(0).choice(len(x_test), max_points, replace=False))
-    x_test, y_test = x_test[keep], y_test[keep]
-  if len(x_test):
+  if len(x_test):  # all test rows, so the figures show the numbers in results.json
     logits = model.logits(x_test, preprocessed=True)
     probs = {"before calibration": _softmax(logits)}
     if calibration and calibration.get("temperature") is not None:
@@ -390,7 +387,11 @@ def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
     written.append(data_plane(model, dataset.x_train[lab], train_y[lab],
                               dataset.x_train[unl], os.path.join(out, "data_plane.png")))
     if len(x_test):
-      written.append(latent_plane(model, x_test, y_test, os.path.join(out, "latent_plane.png")))
+      keep = np.arange(len(x_test))
+      if len(keep) > max_points:  # a readable scatter
+        keep = np.sort(np.random.default_rng(0).choice(len(keep), max_points, replace=False))
+      written.append(latent_plane(model, x_test[keep], y_test[keep],
+                                  os.path.join(out, "latent_plane.png")))
     written.append(toy_class_samples(model, os.path.join(out, "class_samples.png"),
                                      x_reference=dataset.x_train))
   if dataset.kind == "image":
