@@ -1,8 +1,9 @@
 """Post-hoc calibration of FlowGMM's p(y | x) with one scalar fitted on held-out labels.
 
-The paper reports FlowGMM's predictive distribution as over-confident (its latent classes sit
-far apart relative to the component widths) and corrects it after training with a single
-scalar fitted on held-out labelled data. We fit a temperature T on the class logits,
+As we read the paper, FlowGMM's predictive distribution comes out over-confident (its latent
+classes sit far apart relative to the component widths) and is corrected after training with
+a single scalar on the mixture's variance, fitted on held-out labelled data; we found no code
+for it in the original repository. We fit a temperature T on the class logits,
 
     p_T(y = k | x) = softmax_k( [log pi_k + log N(f(x); mu_k, Sigma_k)] / T ),
 
