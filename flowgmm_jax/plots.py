@@ -290,24 +290,28 @@ def interpolations(model, x, labels, path: str, num_pairs: int = 4, steps: int =
 
 
 def feature_effects(model, z: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-  """For one latent ``z [D]``: the largest change of p(predicted class | z) over moving
-  coordinate d by each of ``offsets`` (in units of that class's sigma), ``[D]``.
+  """For one latent ``z [D]``: the largest change of the log-odds of the predicted class,
+  log p(y|z) - log(1 - p(y|z)), over moving coordinate d by each of ``offsets`` (in units of
+  that class's sigma), ``[D]``. Log-odds rather than p, so confident (saturated)
+  predictions still rank the coordinates.
 
   Uses the prior only (p(y | x) depends on x through z), so it costs no decoding."""
   d = z.shape[0]
   pred = int(np.argmax(model.latent_logits(z[None])[0]))
   sigma = model.scales()[pred]
 
-  def prob(v):
-    logits = model.latent_logits(v)
-    return _softmax(logits)[:, pred]
+  def log_odds(v):
+    logits = model.latent_logits(v).astype(np.float64)
+    others = np.delete(logits, pred, axis=1)
+    m = others.max(axis=1, keepdims=True)
+    return logits[:, pred] - (m[:, 0] + np.log(np.exp(others - m).sum(axis=1)))
 
-  base = float(prob(z[None])[0])
+  base = float(log_odds(z[None])[0])
   effect = np.zeros(d)
   for off in offsets:
     moved = np.repeat(z[None], d, axis=0)
     moved[np.arange(d), np.arange(d)] += off * sigma
-    effect = np.maximum(effect, np.abs(prob(moved) - base))
+    effect = np.maximum(effect, np.abs(log_odds(moved) - base))
   return effect
 
 
@@ -318,7 +322,8 @@ def feature_visualisation(model, x: np.ndarray, num_top: int = 3, steps: int = 7
   z = f(x); for a coordinate d, decode z + v e_d for ``steps`` offsets v in
   [-max_offset, max_offset] sigma (the middle one is 0: the input itself). Returns
   (images [R, steps, *input_shape], coordinates [R], effects [R], offsets [steps]) for the
-  ``num_top`` coordinates with the largest effect on p(y|x) and the one with the smallest.
+  ``num_top`` coordinates with the largest effect on p(y|x) (as log-odds, see
+  ``feature_effects``) and the one with the smallest.
   """
   if steps % 2 == 0:
     raise ValueError("steps must be odd, so the middle column is the unchanged latent.")
@@ -345,7 +350,7 @@ def feature_vis_figure(model, x_images: np.ndarray, path: str, num_top: int = 3,
     imgs, coords, effects, offsets = feature_visualisation(model, x, num_top, steps)
     blocks.append(imgs)
     kinds = ["top"] * num_top + ["least"]
-    labels += [f"img{n} {kind} z[{c}]\n Δp={e:.2f}" for kind, c, e in
+    labels += [f"img{n} {kind} z[{c}]\n Δlog-odds={e:.2g}" for kind, c, e in
                zip(kinds, coords, effects)]
   imgs = np.concatenate(blocks)[None]
   return _show_grid(imgs, path, row_labels=labels,

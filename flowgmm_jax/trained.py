@@ -102,8 +102,23 @@ def _read_checkpoint(workdir: str, step: Optional[int]):
       raise IncompatibleCheckpointError(
           f"checkpoint {ckpt_dir}/{step} lacks {missing} in its metadata; it was written by "
           "an incompatible version of flowgmm_jax.")
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
+    # Restore onto this machine's first device whatever the saving run used (a run trained
+    # on 8 GPUs can be inspected on a laptop): shapes and dtypes come from the checkpoint.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    try:
+      tree = ocp.StandardCheckpointer().metadata(os.path.join(ckpt_dir, str(step), "state"))
+      tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
+      abstract = jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
+    except Exception:  # noqa: BLE001 - fall back to the saved sharding
+      abstract = None
+    try:
+      state = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as e:  # noqa: BLE001 - unreadable state: not our format
+      raise IncompatibleCheckpointError(
+          f"checkpoint {ckpt_dir}/{step} could not be read ({type(e).__name__}); it was "
+          "written by an incompatible version of flowgmm_jax.") from e
     manager.close()
   finally:
     absl_logging.set_verbosity(verbosity)
