@@ -291,3 +291,15 @@ def test_raw_feature_rows_get_the_runs_transform(tmp_path):
   np.testing.assert_allclose(m.logits(raw), m.logits(standardised, preprocessed=True),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(m.decode(m.encode(raw)), raw[:, [0, 2]], atol=1e-4)
+  # --mode=eval on a user's csv: raw columns, an optional last label column, a header row.
+  rows = np.column_stack([raw, np.arange(50) % 3])
+  np.savetxt(tmp_path / "with_y.csv", rows, delimiter=",", header="a,b,c,label", comments="")
+  np.savetxt(tmp_path / "no_y.csv", raw, delimiter=",")
+  np.savetxt(tmp_path / "bad.csv", raw[:, :2], delimiter=",")
+  x, y = after_run._read_user_file(str(tmp_path / "with_y.csv"), m)
+  np.testing.assert_allclose(x, raw, rtol=1e-5)
+  np.testing.assert_array_equal(y, rows[:, 3])
+  x, y = after_run._read_user_file(str(tmp_path / "no_y.csv"), m)
+  assert x.shape == (50, 3) and y is None
+  with pytest.raises(ValueError, match="needs 3 features"):
+    after_run._read_user_file(str(tmp_path / "bad.csv"), m)
