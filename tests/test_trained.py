@@ -199,6 +199,22 @@ def test_toy_run_writes_every_figure(toy_run):
            "class_samples"]
   for name in names:
     _is_png(os.path.join(workdir, "plots", f"{name}.png"))
+  # The same images in TensorBoard: the cheap ones at the evaluation step 2, all at step 4.
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  steps = {}
+  for path in glob.glob(os.path.join(workdir, "tensorboard", "events*")):
+    data, i = open(path, "rb").read(), 0
+    while i < len(data):  # TFRecord framing: length, crc, payload, crc
+      n = struct.unpack("<Q", data[i:i + 8])[0]
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += n + 16
+      for v in event.summary.value:
+        if v.HasField("image"):
+          steps.setdefault(v.tag, set()).add(event.step)
+  assert {f"plots/{n}" for n in names} == set(steps)
+  assert steps["plots/data_plane"] == {2, 4} and steps["plots/confusion"] == {4}
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.calibration = ml_collections.ConfigDict()
   c.calibration.validation_fraction = 0.0  # > 0: hold out this fraction of the labelled
                                            # pool to fit a temperature (flowgmm_jax/calibration.py)
-  c.plots = True                      # write workdir/plots/*.png at the end of the run
+  c.plots = True                      # figures: workdir/plots/*.png at the end, TensorBoard images
 
   c.num_train_steps = 1000
   c.log_every_steps = 100

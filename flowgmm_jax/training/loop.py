@@ -323,6 +323,8 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
         history.append({"step": done, **eval_metrics})
         if writer:
           writer.write(done, eval_metrics)
+          if config.plots and done != total:  # the final step's figures: finish_run
+            after_run.figures_to_tensorboard(meta, state.variables(), dataset, workdir, done)
         if log_fn:
           log_fn(done, eval_metrics)
     if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
