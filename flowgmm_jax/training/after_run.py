@@ -117,7 +117,12 @@ def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, labeled
   """Calibration and plots for the finished run in ``workdir``; returns results entries."""
   if jax.process_index() != 0:
     return {}
-  model = trained.load(workdir, calibrated=False)
+  try:
+    model = trained.load(workdir, calibrated=False)
+  except (ValueError, OSError) as e:  # the run itself succeeded: keep its results
+    print(f"warning: no calibration or figures; the saved run did not load back "
+          f"({type(e).__name__}: {e})", file=sys.stderr)
+    return {}
   results, record = {}, None
   if len(validation_idx):
     logits_val = model.logits(dataset.x_train[validation_idx], preprocessed=True)
