@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "bijectors", "data", "models", "FlowGMM", "FlowGMMClassifier", "GaussianMixturePrior", "semi_supervised_nll",
-    "consistency_nll", "bits_per_dim", "train_and_evaluate",
+    "consistency_nll", "bits_per_dim", "train_and_evaluate", "load",
 ]
 
 
@@ -23,3 +23,9 @@ def train_and_evaluate(config, workdir):
   """Runs the experiment in ``config`` (see configs/); imported lazily to keep import light."""
   from flowgmm_jax.training import train_and_evaluate as _run
   return _run(config, workdir)
+
+
+def load(workdir, step=None, **kwargs):
+  """The trained model of the run in ``workdir`` (see flowgmm_jax/trained.py)."""
+  from flowgmm_jax.trained import load as _load
+  return _load(workdir, step, **kwargs)

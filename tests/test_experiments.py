@@ -48,6 +48,7 @@ def shrink(c):
   c.eval_every_steps = 2
   c.checkpoint_every_steps = 2
   c.progress_bar = False
+  c.plots = False  # the figures are tested in test_trained.py; here they would only cost time
   if c.data.kind == "image":
     c.model.num_blocks, c.model.mid_channels = 1, 4
     if c.data.name != "cifar10":  # one multi-scale run is enough; compiling it costs ~20 s

@@ -101,6 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
                                            # then keep the best)
   c.early_stopping.min_delta = 0.0         # relative improvement that counts
 
+  c.calibration = ml_collections.ConfigDict()
+  c.calibration.validation_fraction = 0.0  # > 0: hold out this fraction of the labelled
+                                           # pool to fit a temperature (flowgmm_jax/calibration.py)
+  c.plots = True                      # figures: workdir/plots/*.png at the end, TensorBoard images
+
   c.num_train_steps = 1000
   c.log_every_steps = 100
   c.eval_every_steps = 500
@@ -215,5 +220,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail(f"prior.covariance={c.prior.covariance!r}; choose 'isotropic' or 'diagonal'.")
   if c.augment.noise_std < 0:
     _fail("augment.noise_std must be >= 0.")
+  if not 0.0 <= c.calibration.validation_fraction < 1.0:
+    _fail(f"calibration.validation_fraction={c.calibration.validation_fraction} must be in "
+          "[0, 1).")
   if c.augment.crop_padding < 0:
     _fail("augment.crop_padding must be >= 0.")

@@ -28,6 +28,7 @@ from flowgmm_jax import losses
 from flowgmm_jax import models
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.prior import GaussianMixturePrior
+from flowgmm_jax.training import after_run
 from flowgmm_jax.training import checkpoint as ckpt_lib
 from flowgmm_jax.training import optim
 from flowgmm_jax.training import step as step_lib
@@ -430,6 +431,8 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
         history.append({"step": done, **eval_metrics})
         if writer:
           writer.write(done, eval_metrics)
+          if config.plots and done != total:  # the final step's figures: finish_run
+            after_run.figures_to_tensorboard(meta, state.variables(), dataset, workdir, done)
         if log_fn:
           log_fn(done, eval_metrics)
     stop = False
@@ -473,8 +476,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # bad file leaves nothing half-written behind.
   dataset = load_dataset(config)
   labeled_idx, unlabeled_idx = make_split(config, dataset)
+  labeled_idx, unlabeled_idx, validation_idx = after_run.split_validation(
+      config, dataset, labeled_idx, unlabeled_idx)
   created = not os.path.exists(workdir)
   try:
+    after_run.start_run(config, workdir, dataset)
     result = fit(config, dataset, labeled_idx, unlabeled_idx, workdir=workdir)
   except BaseException:
     # A run that fails before its first checkpoint (bad model config, divergence at step 3,
@@ -491,8 +497,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "num_labeled": int(len(labeled_idx)),
       "num_unlabeled": int(len(unlabeled_idx)),
       "num_test": int(len(dataset.x_test)),
+      "num_validation": int(len(validation_idx)),
       **result.metrics,
   }
+  results.update(after_run.finish_run(config, workdir, dataset, labeled_idx, validation_idx))
   if jax.process_index() == 0:
     tmp = os.path.join(workdir, "results.json.tmp")
     with open(tmp, "w") as f:
