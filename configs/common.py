@@ -69,6 +69,26 @@ Differences, and why:
 """
 
 
+def apply_paper_table_recipe(c: ml_collections.ConfigDict, *, num_coupling_layers: int,
+                             hidden_dim: int, labeled_batch_size: int,
+                             unlabeled_batch_size: int, unlabeled_weight: float,
+                             num_train_steps: int) -> None:
+  """The paper's tabular/text recipe (``:paper``): RealNVP-tabular with one hidden layer per
+  conditioner, fixed prior, the "joint" objective, AdamW 3e-4 with a cosine schedule."""
+  c.data.labeled_batch_size = labeled_batch_size
+  c.data.unlabeled_batch_size = unlabeled_batch_size
+  c.model.name = "realnvp_tabular"
+  c.model.num_coupling_layers = num_coupling_layers
+  c.model.hidden_dim = hidden_dim
+  c.model.num_layers = 1
+  c.loss.objective = "joint"
+  c.loss.unlabeled_weight = unlabeled_weight
+  c.optim.optimizer = "adamw"
+  c.optim.learning_rate = 3e-4
+  c.optim.schedule = "cosine"
+  c.num_train_steps = num_train_steps
+
+
 def image_config(name: str, *, num_labeled_per_class: int, flip: bool, learning_rate: float,
                  label_weight: float, consistency_rampup_steps: int, num_train_steps: int,
                  arg: str | None, extra_args: tuple[str, ...] = ()) -> ml_collections.ConfigDict:

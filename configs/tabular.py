@@ -21,7 +21,7 @@ ARG: a dataset (letter | shuttle | miniboone | hepmass | file), and optionally p
 smoke.
 """
 
-from configs.common import apply_smoke, parse_args
+from configs.common import apply_paper_table_recipe, apply_smoke, parse_args
 from flowgmm_jax.training.config import apply_table_recipe, base_config
 
 DATASETS = ("letter", "shuttle", "miniboone", "hepmass", "file")
@@ -37,18 +37,10 @@ def get_config(arg: str | None = None):
   c.data.num_labeled_per_class = 10
   c.data.test_fraction = 0.2
   if "paper" in words:
-    c.data.labeled_batch_size = 64
-    c.data.unlabeled_batch_size = 1024
-    c.model.name = "realnvp_tabular"
-    c.model.num_coupling_layers = 10
-    c.model.hidden_dim = 256
-    c.model.num_layers = 1
-    c.loss.objective = "joint"
-    c.loss.unlabeled_weight = UNLABELED_WEIGHT.get(name, 1.0)
-    c.optim.optimizer = "adamw"
-    c.optim.learning_rate = 3e-4
-    c.optim.schedule = "cosine"
-    c.num_train_steps = 3000
+    apply_paper_table_recipe(c, num_coupling_layers=10, hidden_dim=256, labeled_batch_size=64,
+                             unlabeled_batch_size=1024,
+                             unlabeled_weight=UNLABELED_WEIGHT.get(name, 1.0),
+                             num_train_steps=3000)
   else:
     apply_table_recipe(c)
   c.log_every_steps = 100

@@ -24,7 +24,7 @@ split into train/test by seed.
 ARG: a dataset (agnews | yahoo | file), and optionally paper and/or smoke.
 """
 
-from configs.common import apply_smoke, parse_args
+from configs.common import apply_paper_table_recipe, apply_smoke, parse_args
 from flowgmm_jax.training.config import apply_table_recipe, base_config
 
 DATASETS = ("agnews", "yahoo", "file")
@@ -40,18 +40,10 @@ def get_config(arg: str | None = None):
   c.data.num_labeled = 800 if name == "yahoo" else 200
   c.data.test_fraction = 0.2
   if "paper" in words:
-    c.data.labeled_batch_size = c.data.num_labeled
-    c.data.unlabeled_batch_size = 5000
-    c.model.name = "realnvp_tabular"
-    c.model.num_coupling_layers = 7
-    c.model.hidden_dim = 1024
-    c.model.num_layers = 1
-    c.loss.objective = "joint"
-    c.loss.unlabeled_weight = 0.2 if name == "yahoo" else 0.6
-    c.optim.optimizer = "adamw"
-    c.optim.learning_rate = 3e-4
-    c.optim.schedule = "cosine"
-    c.num_train_steps = 1000
+    apply_paper_table_recipe(c, num_coupling_layers=7, hidden_dim=1024,
+                             labeled_batch_size=c.data.num_labeled, unlabeled_batch_size=5000,
+                             unlabeled_weight=0.2 if name == "yahoo" else 0.6,
+                             num_train_steps=1000)
   else:
     apply_table_recipe(c)
   c.log_every_steps = 50

@@ -19,10 +19,11 @@ all rows given to ``fit``, labelled and unlabelled); a normalising flow ``f`` ma
                      + log|det df/du| - sum_d log s_d
     p(y=k | x)     = softmax_k [log pi_k + log N(f(u); mu_k, Sigma_k)]
 
-Training minimises the FlowGMM objective (labelled NLL plus ``unlabeled_weight`` times the
-unlabelled mixture NLL) with the library's one training loop
+Training minimises a FlowGMM objective (``flowgmm_jax.losses.flowgmm_objective``; the
+class docstring gives the default recipe) with the library's one training loop
 (``flowgmm_jax.training.loop.fit``) and its jitted, data-parallel step; this module only turns
-the arrays into a config and a ``Dataset``, and keeps what prediction needs.
+the arrays into a config (``TABLE_RECIPE`` with the estimator's parameters) and a
+``Dataset``, and keeps what prediction needs.
 """
 
 from __future__ import annotations

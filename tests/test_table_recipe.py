@@ -127,7 +127,9 @@ def test_estimator_and_cli_default_share_the_recipe(config_name):
   assert _sections(get_config(config_name)) == _sections(estimator_config)
   # ... and it is the one in TABLE_RECIPE.
   assert estimator_config.model.hidden_dim == TABLE_RECIPE["hidden_dim"]
-  assert estimator_config.loss.label_weight == TABLE_RECIPE["label_weight"]
+  assert (estimator_config.loss.label_weight_per_feature
+          == TABLE_RECIPE["label_weight_per_feature"] > 0)
+  assert estimator_config.augment.noise_std == TABLE_RECIPE["noise_std"]
   assert FlowGMMClassifier().get_params()["num_steps"] == TABLE_RECIPE["num_steps"]
   # The estimator's overrides reach the same fields.
   assert FlowGMMClassifier(hidden_dim=7)._make_config(
@@ -158,6 +160,7 @@ def test_default_config_runs_20_steps_on_the_offline_data(tmp_path, name, arg):
   c = get_config(name, arg)
   c.num_train_steps, c.log_every_steps, c.eval_every_steps = 20, 10, 20
   c.checkpoint_every_steps, c.progress_bar = 20, False
+  c.plots = False  # the figures are tested in test_trained.py
   results = loop.train_and_evaluate(c, str(tmp_path / "run"))
   assert results["step"] == 20 and results["num_labeled"] > 0
   assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/nll"])
