@@ -7,12 +7,17 @@ line, ``FlowGMMClassifier``, a notebook) runs ``fit`` below; none has a loop of 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -182,6 +187,58 @@ def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, mesh, batch_siz
 
 # ----------------------------------------------------------------------------- training
 
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived: the run stopped after a step and saved a checkpoint there."""
+
+  def __init__(self, step: int, signum: int):
+    self.step, self.signum = step, signum
+    super().__init__(f"preempted at step {step}; checkpoint saved; rerun the same command "
+                     "to resume")
+
+
+class _SignalFlag:
+  """Turns SIGTERM/SIGINT into a flag that the loop polls between steps, so a signal never
+  interrupts a step or a checkpoint write (a second signal during the save is absorbed)."""
+
+  def __init__(self):
+    self.signum = None
+
+  def __call__(self, signum, frame):
+    self.signum = signum
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield self  # signal handlers can only be set from the main thread
+      return
+    previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      yield self
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+
+  def agreed(self) -> bool:
+    """Whether any process got a signal; every process must stop at the same step."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if self.signum is None and np.any(flags):
+      self.signum = int(np.max(flags))
+    return bool(np.any(flags))
+
+
+def split_fingerprint(labeled_idx: np.ndarray, unlabeled_idx: np.ndarray) -> str:
+  """A short hash of the labelled/unlabelled split, stored in checkpoints so that a resume
+  on another split (a changed seed, data file or label count) is caught."""
+  h = hashlib.sha256()
+  for a in (labeled_idx, unlabeled_idx):
+    h.update(np.asarray(a, np.int64).tobytes())
+    h.update(b"|")
+  return h.hexdigest()[:16]
+
+
 @dataclasses.dataclass
 class FitResult:
   """What ``fit`` returns: the model, its trained variables and the final metrics."""
@@ -201,6 +258,16 @@ def _interleave(batch: dict, labeled: int, unlabeled: int, num_devices: int) -> 
     ua = a[labeled:].reshape((num_devices, unlabeled // num_devices) + a.shape[1:])
     return np.concatenate([la, ua], axis=1).reshape(a.shape)
   return {k: mix(v) for k, v in batch.items()}
+
+
+def _summarise(fetched: list) -> dict:
+  """Means of the per-step metrics over the steps that were not skipped; the number of
+  skipped steps is summed."""
+  skipped = np.asarray([m["train/skipped_steps"] for m in fetched]) > 0
+  kept = [m for m, s in zip(fetched, skipped) if not s] or fetched
+  summary = {k: float(np.mean([m[k] for m in kept])) for k in fetched[0]}
+  summary["train/skipped_steps"] = float(np.sum(skipped))
+  return summary
 
 
 def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
@@ -248,12 +315,16 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     os.makedirs(workdir, exist_ok=True)
     meta = {"model": config.model.to_dict(), "prior": config.prior.to_dict(),
             "data": {k: config.data[k] for k in ("kind", "name", "path")},
-            "input_shape": list(input_shape), "num_classes": int(dataset.num_classes)}
-    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints, meta=meta)
+            "input_shape": list(input_shape), "num_classes": int(dataset.num_classes),
+            "seed": int(config.seed),
+            "split": {"labeled": int(len(labeled_idx)), "unlabeled": int(len(unlabeled_idx)),
+                      "fingerprint": split_fingerprint(labeled_idx, unlabeled_idx)}}
+    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints, meta=meta,
+                                         soft_meta=config.optim.to_dict())
     restored = checkpointer.restore(state)
     if restored is not None:
       state = restored
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=int(jax.device_get(state.step)))
 
   augment = None
   if image and (config.augment.crop_padding > 0 or config.augment.flip):
@@ -290,42 +361,70 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   t0, steps_since = time.perf_counter(), 0
   metrics_acc = []
   eval_metrics = {}
-  for step in range(start_step, total):
-    host_batch = batches.batch(step)
-    host_batch["position"] = np.arange(global_batch, dtype=np.int32)
-    host_batch = _interleave(host_batch, bl, bu, num_devices)
-    state, metrics = train_step(state, step_lib.shard_batch(mesh, host_batch), rng_arg)
-    metrics_acc.append(metrics)  # stays on device; fetched only at log time
-    steps_since += 1
-    done = step + 1
+  # Non-finite steps are skipped inside the step; the host reads each step's flag one step
+  # late (so the device always has the next step queued) and stops after too many in a row.
+  consecutive_skips, previous_skipped = 0, None
+  signals = _SignalFlag()
+  try:
+    with (signals.installed() if checkpointer else contextlib.nullcontext()):
+      for step in range(start_step, total):
+        host_batch = batches.batch(step)
+        host_batch["position"] = np.arange(global_batch, dtype=np.int32)
+        host_batch = _interleave(host_batch, bl, bu, num_devices)
+        state, metrics = train_step(state, step_lib.shard_batch(mesh, host_batch), rng_arg)
+        metrics_acc.append(metrics)  # stays on device; fetched only at log time
+        steps_since += 1
+        done = step + 1
+        if previous_skipped is not None:
+          consecutive_skips = consecutive_skips + 1 if float(previous_skipped) else 0
+          if consecutive_skips >= config.max_consecutive_skips:
+            raise FloatingPointError(
+                f"Training stopped at step {step}: {consecutive_skips} steps in a row had a "
+                "non-finite loss or gradients and were skipped. Likely causes: a learning "
+                "rate too high (config.optim.learning_rate), no gradient clipping "
+                "(config.optim.grad_clip_norm), or extreme values in the data.")
+        previous_skipped = metrics["train/skipped_steps"]
+        if pbar is not None:
+          pbar.update(1)
+        if done % config.log_every_steps == 0 or done == total:
+          fetched = jax.device_get(metrics_acc)
+          summary = _summarise(fetched)
+          summary["train/steps_per_sec"] = steps_since / (time.perf_counter() - t0)
+          t0, steps_since, metrics_acc = time.perf_counter(), 0, []
+          history.append({"step": done, **summary})
+          if writer:
+            writer.write(done, summary)
+          if log_fn:
+            log_fn(done, summary)
+          if pbar is not None:
+            pbar.set_postfix(loss=f"{summary['train/loss']:.3f}")
+        if done % config.eval_every_steps == 0 or done == total:
+          if len(dataset.x_test):
+            eval_metrics = run_eval()
+            history.append({"step": done, **eval_metrics})
+            if writer:
+              writer.write(done, eval_metrics)
+            if log_fn:
+              log_fn(done, eval_metrics)
+        if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
+          checkpointer.save(state)
+        if checkpointer and done < total and signals.agreed():
+          checkpointer.save(state, force=True)
+          checkpointer.wait()
+          raise Preempted(done, signals.signum)
+  except BaseException:
+    # Whatever stopped the run, pending checkpoint writes finish before anyone (the error
+    # cleanup, the user) looks at the workdir.
     if pbar is not None:
-      pbar.update(1)
-    if done % config.log_every_steps == 0 or done == total:
-      fetched = jax.device_get(metrics_acc)
-      summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      if not all(math.isfinite(v) for v in summary.values()):
-        raise FloatingPointError(
-            f"Training diverged at step {done}: {summary}. Lower config.optim.learning_rate "
-            "or config.optim.grad_clip_norm, or check the data for outliers.")
-      summary["train/steps_per_sec"] = steps_since / (time.perf_counter() - t0)
-      t0, steps_since, metrics_acc = time.perf_counter(), 0, []
-      history.append({"step": done, **summary})
-      if writer:
-        writer.write(done, summary)
-      if log_fn:
-        log_fn(done, summary)
-      if pbar is not None:
-        pbar.set_postfix(loss=f"{summary['train/loss']:.3f}")
-    if done % config.eval_every_steps == 0 or done == total:
-      if len(dataset.x_test):
-        eval_metrics = run_eval()
-        history.append({"step": done, **eval_metrics})
-        if writer:
-          writer.write(done, eval_metrics)
-        if log_fn:
-          log_fn(done, eval_metrics)
-    if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
-      checkpointer.save(state)
+      pbar.close()
+    if checkpointer:
+      try:
+        checkpointer.close()
+      except Exception:  # the original error is the one to report
+        pass
+    if writer:
+      writer.close()
+    raise
   if pbar is not None:
     pbar.close()
   if not eval_metrics and len(dataset.x_test):
@@ -340,29 +439,77 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
                    state=state, metrics=eval_metrics, history=history)
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Starts JAX's multi-process runtime when the config asks for it: with
+  ``config.distributed.*`` set, on any machines; with only ``config.multihost``, by JAX's
+  automatic cluster detection (SLURM, Open MPI, TPU pods). Raises ValueError in one line."""
+  d = config.distributed
+  if not (d.coordinator_address or config.multihost):
+    return
+  if jax.process_count() > 1 or getattr(jax.distributed, "is_initialized", lambda: False)():
+    return  # already started (e.g. by the caller)
+  kw = {}
+  if d.coordinator_address:
+    kw = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+              process_id=d.process_id)
+  try:
+    jax.distributed.initialize(**kw)
+  except (ValueError, RuntimeError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(
+        f"Could not start the multi-process runtime ({first}). Outside SLURM, Open MPI and "
+        "TPU pods give --coordinator_address=HOST:PORT, --num_processes=N and "
+        "--process_id=I (or config.distributed.*) on every process.") from None
+
+
+def check_workdir(workdir: str) -> None:
+  """Rejects a workdir that is a file or cannot be written, before anything is created."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--workdir={workdir} is a file, not a directory; give a directory path.")
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise ValueError(f"--workdir={workdir}: {probe} is a file, not a directory.")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir}: {probe} is not writable; choose a directory you "
+                     "can write to.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the experiment described by ``config``; writes everything under ``workdir``.
 
   Returns the final results (also written to ``workdir/results.json``).
   """
   validate_config(config)
-  if config.multihost:
-    jax.distributed.initialize()
+  initialize_distributed(config)
+  check_workdir(workdir)
   # Load (and validate) the data before creating anything in the workdir, so a bad path or a
   # bad file leaves nothing half-written behind.
   dataset = load_dataset(config)
   labeled_idx, unlabeled_idx = make_split(config, dataset)
   created = not os.path.exists(workdir)
+  existing = set() if created else set(os.listdir(workdir))
   try:
     result = fit(config, dataset, labeled_idx, unlabeled_idx, workdir=workdir)
   except BaseException:
     # A run that fails before its first checkpoint (bad model config, divergence at step 3,
     # Ctrl-C during compilation) leaves nothing half-written; one with checkpoints is kept
-    # so that rerunning the command resumes it.
+    # so that rerunning the command resumes it. ``fit`` has waited for pending checkpoint
+    # writes, and only what this run created is removed.
     ckpt_dir = os.path.join(workdir, "checkpoints")
     has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-    if created and not has_ckpt and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)
+    if not has_ckpt and jax.process_index() == 0:
+      if created:
+        shutil.rmtree(workdir, ignore_errors=True)
+      elif os.path.isdir(workdir):
+        for name in set(os.listdir(workdir)) - existing:
+          path = os.path.join(workdir, name)
+          if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            os.remove(path)
     raise
   results = {
       "step": int(jax.device_get(result.state.step)),
