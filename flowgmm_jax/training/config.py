@@ -34,10 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = "auto"              # images: auto | files | tfds
   c.data.num_labeled_per_class = 10   # labels kept per class (-1: use num_labeled)
   c.data.num_labeled = -1             # total labels (used when num_labeled_per_class = -1)
-  c.data.test_fraction = 0.2          # tabular/text/toy: held-out test fraction
+  c.data.test_fraction = 0.2          # tabular/text: held-out test fraction
   c.data.max_train_examples = -1      # >0: subsample the training pool (smoke runs)
   c.data.max_test_examples = -1       # >0: subsample the test set (smoke runs)
-  c.data.num_points = 1000            # toy: points per dataset
+  c.data.num_points = 1000            # toy: training points, and as many test points
   c.data.labeled_batch_size = 16
   c.data.unlabeled_batch_size = 256
 

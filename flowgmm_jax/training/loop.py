@@ -218,10 +218,13 @@ class _SignalFlag:
       for s, handler in previous.items():
         signal.signal(s, handler)
 
-  def agreed(self) -> bool:
-    """Whether any process got a signal; every process must stop at the same step."""
+  def agreed(self, step: int, every: int = 10) -> bool:
+    """Whether any process got a signal; every process must stop at the same step, so with
+    several processes they compare flags (a host all-gather) every ``every`` steps."""
     if jax.process_count() == 1:
       return self.signum is not None
+    if step % every:
+      return False
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
     if self.signum is None and np.any(flags):
@@ -408,7 +411,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
               log_fn(done, eval_metrics)
         if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
           checkpointer.save(state)
-        if checkpointer and done < total and signals.agreed():
+        if checkpointer and done < total and signals.agreed(done):
           checkpointer.save(state, force=True)
           checkpointer.wait()
           raise Preempted(done, signals.signum)
@@ -446,8 +449,8 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   d = config.distributed
   if not (d.coordinator_address or config.multihost):
     return
-  if jax.process_count() > 1 or getattr(jax.distributed, "is_initialized", lambda: False)():
-    return  # already started (e.g. by the caller)
+  if jax.distributed.is_initialized():
+    return  # already started (e.g. by the caller); process_count() here would start XLA
   kw = {}
   if d.coordinator_address:
     kw = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
