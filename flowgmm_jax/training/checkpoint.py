@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from flowgmm_jax.training.state import TrainState
+from flowgmm_jax.training.step import all_finite
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -94,8 +95,7 @@ def _warn(msg: str) -> None:
 
 def is_finite(tree) -> bool:
   """Whether every floating-point leaf of ``tree`` is finite (one device reduction)."""
-  from flowgmm_jax.training.step import all_finite  # here: step imports this package
-  return bool(jax.device_get(jax.jit(all_finite)(tree)))
+  return bool(jax.device_get(_all_finite_jit(tree)))
 
 
 def _checksum(tree) -> jax.Array:
@@ -114,8 +114,14 @@ def _checksum(tree) -> jax.Array:
   return total
 
 
+_checksum_jit = jax.jit(_checksum)
+
+
+_all_finite_jit = jax.jit(all_finite)
+
+
 def checksum(tree) -> int:
-  return int(jax.device_get(jax.jit(_checksum)(tree)))
+  return int(jax.device_get(_checksum_jit(tree)))
 
 
 class Checkpointer:
