@@ -385,7 +385,10 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
                 f"Training stopped at step {step}: {consecutive_skips} steps in a row had a "
                 "non-finite loss or gradients and were skipped. Likely causes: a learning "
                 "rate too high (config.optim.learning_rate), no gradient clipping "
-                "(config.optim.grad_clip_norm), or extreme values in the data.")
+                "(config.optim.grad_clip_norm), or extreme values in the data."
+                + (f" This run resumed from the checkpoint at step {start_step}; if that "
+                   "state is the problem, start afresh with another --workdir."
+                   if start_step > 0 else ""))
         previous_skipped = metrics["train/skipped_steps"]
         if pbar is not None:
           pbar.update(1)
@@ -410,7 +413,10 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
             if log_fn:
               log_fn(done, eval_metrics)
         if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
-          checkpointer.save(state)
+          # Not in the middle of a run of skipped steps: the state that keeps producing
+          # non-finite steps (say after one huge update) is not one to resume from.
+          if consecutive_skips == 0 and not float(metrics["train/skipped_steps"]):
+            checkpointer.save(state)
         if checkpointer and done < total and signals.agreed(done):
           checkpointer.save(state, force=True)
           checkpointer.wait()
