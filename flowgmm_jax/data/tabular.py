@@ -176,7 +176,24 @@ def load_npz_table(path: str | os.PathLike, x_key: str = "x", y_key: str = "y", 
       raise ValueError(f"{path}: no array(s) {missing}; it has {data.files}. Pass x_key=/y_key=.")
     x, y = data[x_key], data[y_key]
     class_names = [str(c) for c in data[class_key]] if class_key in data.files else None
+  y_arr = np.asarray(y)
+  if y_arr.ndim == 1 and y_arr.size and np.issubdtype(y_arr.dtype, np.integer):
+    if not np.any(y_arr >= 0):
+      raise ValueError(f"{path}: no labelled rows in {y_key!r} (every label is -1); label at "
+                       "least one row of each of two or more classes.")
+    if np.any(y_arr < -1):
+      row = int(np.nonzero(y_arr < -1)[0][0])
+      raise ValueError(f"{path}: label {int(y_arr[row])} in row {row} of {y_key!r}; labels "
+                       "must be 0..K-1, or -1 for an unlabelled row.")
+    if np.unique(y_arr[y_arr >= 0]).size < 2:
+      raise ValueError(f"{path}: every labelled row has the class {int(y_arr[y_arr >= 0][0])}; "
+                       "FlowGMM needs labelled rows of at least 2 classes.")
   num_classes = len(class_names) if class_names is not None else int(np.max(y)) + 1
+  if standardize and np.issubdtype(np.asarray(x).dtype, np.number) and np.all(np.isfinite(x)):
+    outliers = find_outliers(x)
+    if outliers:
+      print("warning: " + outlier_warning(outliers, f"{path} array {x_key!r}"), file=sys.stderr,
+            flush=True)
   return make_split_dataset(name or path.stem, "tabular", x, y, num_classes,
                             class_names=class_names, test_fraction=test_fraction, seed=seed,
                             standardize=standardize, info={"source": str(path)})
