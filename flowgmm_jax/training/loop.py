@@ -7,7 +7,6 @@ line, ``FlowGMMClassifier``, a notebook) runs ``fit`` below; none has a loop of 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -206,17 +205,15 @@ class _SignalFlag:
   def __call__(self, signum, frame):
     self.signum = signum
 
-  @contextlib.contextmanager
-  def installed(self):
+  def install(self) -> Callable[[], None]:
+    """Sets the handlers; returns the function that puts the previous ones back."""
     if threading.current_thread() is not threading.main_thread():
-      yield self  # signal handlers can only be set from the main thread
-      return
+      return lambda: None  # signal handlers can only be set from the main thread
     previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-      yield self
-    finally:
+    def restore():
       for s, handler in previous.items():
         signal.signal(s, handler)
+    return restore
 
   def agreed(self, step: int, every: int = 10) -> bool:
     """Whether any process got a signal; every process must stop at the same step, so with
@@ -368,59 +365,61 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   # late (so the device always has the next step queued) and stops after too many in a row.
   consecutive_skips, previous_skipped = 0, None
   signals = _SignalFlag()
+  # Handlers stay until fit returns: a signal during the final save or the error cleanup
+  # is absorbed too.
+  restore_signals = signals.install() if checkpointer else (lambda: None)
   try:
-    with (signals.installed() if checkpointer else contextlib.nullcontext()):
-      for step in range(start_step, total):
-        host_batch = batches.batch(step)
-        host_batch["position"] = np.arange(global_batch, dtype=np.int32)
-        host_batch = _interleave(host_batch, bl, bu, num_devices)
-        state, metrics = train_step(state, step_lib.shard_batch(mesh, host_batch), rng_arg)
-        metrics_acc.append(metrics)  # stays on device; fetched only at log time
-        steps_since += 1
-        done = step + 1
-        if previous_skipped is not None:
-          consecutive_skips = consecutive_skips + 1 if float(previous_skipped) else 0
-          if consecutive_skips >= config.max_consecutive_skips:
-            raise FloatingPointError(
-                f"Training stopped at step {step}: {consecutive_skips} steps in a row had a "
-                "non-finite loss or gradients and were skipped. Likely causes: a learning "
-                "rate too high (config.optim.learning_rate), no gradient clipping "
-                "(config.optim.grad_clip_norm), or extreme values in the data."
-                + (f" This run resumed from the checkpoint at step {start_step}; if that "
-                   "state is the problem, start afresh with another --workdir."
-                   if start_step > 0 else ""))
-        previous_skipped = metrics["train/skipped_steps"]
+    for step in range(start_step, total):
+      host_batch = batches.batch(step)
+      host_batch["position"] = np.arange(global_batch, dtype=np.int32)
+      host_batch = _interleave(host_batch, bl, bu, num_devices)
+      state, metrics = train_step(state, step_lib.shard_batch(mesh, host_batch), rng_arg)
+      metrics_acc.append(metrics)  # stays on device; fetched only at log time
+      steps_since += 1
+      done = step + 1
+      if previous_skipped is not None:
+        consecutive_skips = consecutive_skips + 1 if float(previous_skipped) else 0
+        if consecutive_skips >= config.max_consecutive_skips:
+          raise FloatingPointError(
+              f"Training stopped at step {step}: {consecutive_skips} steps in a row had a "
+              "non-finite loss or gradients and were skipped. Likely causes: a learning "
+              "rate too high (config.optim.learning_rate), no gradient clipping "
+              "(config.optim.grad_clip_norm), or extreme values in the data."
+              + (f" This run resumed from the checkpoint at step {start_step}; if that "
+                 "state is the problem, start afresh with another --workdir."
+                 if start_step > 0 else ""))
+      previous_skipped = metrics["train/skipped_steps"]
+      if pbar is not None:
+        pbar.update(1)
+      if done % config.log_every_steps == 0 or done == total:
+        fetched = jax.device_get(metrics_acc)
+        summary = _summarise(fetched)
+        summary["train/steps_per_sec"] = steps_since / (time.perf_counter() - t0)
+        t0, steps_since, metrics_acc = time.perf_counter(), 0, []
+        history.append({"step": done, **summary})
+        if writer:
+          writer.write(done, summary)
+        if log_fn:
+          log_fn(done, summary)
         if pbar is not None:
-          pbar.update(1)
-        if done % config.log_every_steps == 0 or done == total:
-          fetched = jax.device_get(metrics_acc)
-          summary = _summarise(fetched)
-          summary["train/steps_per_sec"] = steps_since / (time.perf_counter() - t0)
-          t0, steps_since, metrics_acc = time.perf_counter(), 0, []
-          history.append({"step": done, **summary})
+          pbar.set_postfix(loss=f"{summary['train/loss']:.3f}")
+      if done % config.eval_every_steps == 0 or done == total:
+        if len(dataset.x_test):
+          eval_metrics = run_eval()
+          history.append({"step": done, **eval_metrics})
           if writer:
-            writer.write(done, summary)
+            writer.write(done, eval_metrics)
           if log_fn:
-            log_fn(done, summary)
-          if pbar is not None:
-            pbar.set_postfix(loss=f"{summary['train/loss']:.3f}")
-        if done % config.eval_every_steps == 0 or done == total:
-          if len(dataset.x_test):
-            eval_metrics = run_eval()
-            history.append({"step": done, **eval_metrics})
-            if writer:
-              writer.write(done, eval_metrics)
-            if log_fn:
-              log_fn(done, eval_metrics)
-        if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
-          # Not in the middle of a run of skipped steps: the state that keeps producing
-          # non-finite steps (say after one huge update) is not one to resume from.
-          if consecutive_skips == 0 and not float(metrics["train/skipped_steps"]):
-            checkpointer.save(state)
-        if checkpointer and done < total and signals.agreed(done):
-          checkpointer.save(state, force=True)
-          checkpointer.wait()
-          raise Preempted(done, signals.signum)
+            log_fn(done, eval_metrics)
+      if checkpointer and (done % config.checkpoint_every_steps == 0 or done == total):
+        # Not in the middle of a run of skipped steps: the state that keeps producing
+        # non-finite steps (say after one huge update) is not one to resume from.
+        if consecutive_skips == 0 and not float(metrics["train/skipped_steps"]):
+          checkpointer.save(state)
+      if checkpointer and done < total and signals.agreed(done):
+        checkpointer.save(state, force=True)
+        checkpointer.wait()
+        raise Preempted(done, signals.signum)
   except BaseException:
     # Whatever stopped the run, pending checkpoint writes finish before anyone (the error
     # cleanup, the user) looks at the workdir.
@@ -433,6 +432,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
         pass
     if writer:
       writer.close()
+    restore_signals()
     raise
   if pbar is not None:
     pbar.close()
@@ -444,6 +444,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     checkpointer.close()
   if writer:
     writer.close()
+  restore_signals()
   return FitResult(model=eval_model, variables=jax.device_get(state.variables()),
                    state=state, metrics=eval_metrics, history=history)
 
