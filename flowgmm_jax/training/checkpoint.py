@@ -164,7 +164,11 @@ class Checkpointer:
     saved = dict(saved)
     saved_soft = saved.pop("_soft", None)
     saved.pop("_checksum", None)
-    mismatch = _describe_mismatch(saved, self.meta)
+    expected = dict(self.meta)
+    for key in ("seed", "split"):  # checkpoints written before these were recorded
+      if key not in saved:
+        expected.pop(key, None)
+    mismatch = _describe_mismatch(saved, expected)
     if mismatch:
       key = mismatch.split(":")[0].split(" ")[0]
       if key.startswith(("/seed", "/split")):
