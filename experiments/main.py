@@ -48,7 +48,9 @@ def _parse_flags(argv):
     except (ValueError, SyntaxError):
       pass
     text = " ".join(text.split())
-    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    key = text.split("'")[1] if text.count("'") >= 2 else ""
+    bad = [a for a in given if a.split(".")[-1] == key] or given
     print(f"error: unknown config key {text} (in {' '.join(bad)}); see the config file for "
           "the valid keys.", file=sys.stderr)
     sys.exit(2)
