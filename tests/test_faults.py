@@ -171,7 +171,11 @@ def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
   proc.send_signal(signal.SIGTERM)
   time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)  # a second signal during the save
-  _, err = proc.communicate(timeout=120)
+  try:
+    _, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
   last = err.strip().splitlines()[-1]
   assert last.startswith("preempted at step ") and last.endswith(
@@ -276,9 +280,15 @@ def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path)
            for i in range(2)]
   one = _cli(*common, f"--workdir={tmp_path / 'one'}",
              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-  for p in procs + [one]:
-    _, err = p.communicate(timeout=240)
-    assert p.returncode == 0, err[-3000:]
+  try:
+    for p in procs + [one]:
+      _, err = p.communicate(timeout=600)
+      assert p.returncode == 0, err[-3000:]
+  finally:
+    for p in procs + [one]:  # a process whose partner failed would wait for it
+      if p.poll() is None:
+        p.kill()
+        p.wait()
 
   def records(name):
     out = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").open()]
