@@ -163,7 +163,7 @@ def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
               "--config.log_every_steps=1", "--config.eval_every_steps=100000",
               "--config.checkpoint_every_steps=100000")
   metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + 120
+  deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
       break
