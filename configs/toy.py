@@ -1,7 +1,8 @@
 """FlowGMM on the paper's 2-D toy data (moons, circles, 8 gaussians, pinwheel).
 
-Reproduces the synthetic experiments of Izmailov et al. (2020), Sec. 6.1: 1000 points, a
-handful of labels (the paper uses 10-19), RealNVP-tabular with 5 couplings, width 512.
+Reproduces the synthetic experiments of Izmailov et al. (2020), Sec. 6.1: 1000 training
+points (and 1000 test points drawn afresh), a handful of labels (the paper uses 10-19),
+RealNVP-tabular with 5 couplings, width 512.
 
     python -m experiments.main --config=configs/toy.py --workdir=/tmp/toy
     python -m experiments.main --config=configs/toy.py:circles --workdir=/tmp/circles
@@ -24,8 +25,9 @@ def get_config(arg: str | None = None):
   c = base_config()
   c.data.kind = "toy"
   c.data.name = name
+  # 1000 training points (labelled + unlabelled) and 1000 fresh test points from the same
+  # distribution, as the paper; data.test_fraction does not apply to generated toy data.
   c.data.num_points = 1000
-  c.data.test_fraction = 0.2           # 800 train points (labelled + unlabelled), 200 test
   c.data.num_labeled_per_class = -1
   c.data.num_labeled = NUM_LABELED[name]
   c.data.labeled_batch_size = NUM_LABELED[name]

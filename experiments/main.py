@@ -11,8 +11,15 @@ DIR/eval/predictions.npz), on the config's test split or on a file of your own:
     python -m experiments.main --config=configs/toy.py --workdir=/tmp/toy --mode=eval
     python -m experiments.main --config=configs/tabular.py --workdir=DIR --mode=eval \
         --config.data.path=new_rows.csv [--step=2000]
+
+SIGTERM or Ctrl-C saves a checkpoint after the current step and exits (status 128 + signal
+number); rerunning the command resumes bit-identically.
+
+Several processes (hosts), anywhere: run the same command on every process with
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (see the README).
 """
 
+import ast
 import json
 import sys
 
@@ -22,6 +29,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from flowgmm_jax.training import train_and_evaluate
+from flowgmm_jax.training.loop import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config(), e.g. configs/toy.py.",
@@ -30,7 +38,33 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train (or resume), or eval: evaluate a saved checkpoint only.")
 _STEP = flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0 "
+    "(config.distributed.coordinator_address).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process: the number of processes (config.distributed.num_processes).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-process: this process's index (config.distributed.process_id).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a misspelt ``--config.x.y`` reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    text = str(e)
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+    text = " ".join(text.split())
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    key = text.split("'")[1] if text.count("'") >= 2 else ""
+    bad = [a for a in given if a.split(".")[-1] == key] or given
+    print(f"error: unknown config key {text} (in {' '.join(bad)}); see the config file for "
+          "the valid keys.", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -38,14 +72,22 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   # Orbax logs every checkpoint step at INFO; keep the terminal for the progress bar.
   if not flags.FLAGS.is_parsed() or flags.FLAGS["verbosity"].present == 0:
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
+  config = _CONFIG.value
+  for flag, key in ((_COORDINATOR, "coordinator_address"), (_NUM_PROCESSES, "num_processes"),
+                    (_PROCESS_ID, "process_id")):
+    if flag.value is not None:
+      config.distributed[key] = flag.value
   try:
     if _MODE.value == "eval":
       from flowgmm_jax.training.after_run import evaluate_saved_run
-      results = evaluate_saved_run(_CONFIG.value, _WORKDIR.value, _STEP.value)
+      results = evaluate_saved_run(config, _WORKDIR.value, _STEP.value)
     else:
-      results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+      results = train_and_evaluate(config, _WORKDIR.value)
+  except Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+  except (ValueError, FileNotFoundError, FloatingPointError, PermissionError) as e:
     # Bad configs, bad data, missing files and incompatible checkpoints: one clear message.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -53,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -439,6 +439,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                        "coupling layer transforms one half of the features given the other). "
                        "Add a feature column.")
     seed = self._seed()
+    if self.standardize:
+      from flowgmm_jax.data.tabular import find_outliers, outlier_warning
+      outliers = find_outliers(x)
+      if outliers:
+        warnings.warn(outlier_warning(outliers, "X", row_name=lambda r: f"row {r}",
+                                      column_name=lambda c: f"column {c}"), stacklevel=2)
 
     import jax
     from flowgmm_jax.data.dataset import Dataset

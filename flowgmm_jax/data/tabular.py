@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -175,7 +176,24 @@ def load_npz_table(path: str | os.PathLike, x_key: str = "x", y_key: str = "y", 
       raise ValueError(f"{path}: no array(s) {missing}; it has {data.files}. Pass x_key=/y_key=.")
     x, y = data[x_key], data[y_key]
     class_names = [str(c) for c in data[class_key]] if class_key in data.files else None
+  y_arr = np.asarray(y)
+  if y_arr.ndim == 1 and y_arr.size and np.issubdtype(y_arr.dtype, np.integer):
+    if not np.any(y_arr >= 0):
+      raise ValueError(f"{path}: no labelled rows in {y_key!r} (every label is -1); label at "
+                       "least one row of each of two or more classes.")
+    if np.any(y_arr < -1):
+      row = int(np.nonzero(y_arr < -1)[0][0])
+      raise ValueError(f"{path}: label {int(y_arr[row])} in row {row} of {y_key!r}; labels "
+                       "must be 0..K-1, or -1 for an unlabelled row.")
+    if np.unique(y_arr[y_arr >= 0]).size < 2:
+      raise ValueError(f"{path}: every labelled row has the class {int(y_arr[y_arr >= 0][0])}; "
+                       "FlowGMM needs labelled rows of at least 2 classes.")
   num_classes = len(class_names) if class_names is not None else int(np.max(y)) + 1
+  if standardize and np.issubdtype(np.asarray(x).dtype, np.number) and np.all(np.isfinite(x)):
+    outliers = find_outliers(x)
+    if outliers:
+      print("warning: " + outlier_warning(outliers, f"{path} array {x_key!r}"), file=sys.stderr,
+            flush=True)
   return make_split_dataset(name or path.stem, "tabular", x, y, num_classes,
                             class_names=class_names, test_fraction=test_fraction, seed=seed,
                             standardize=standardize, info={"source": str(path)})
@@ -214,11 +232,48 @@ def load_uci(name: str, data_dir: str | os.PathLike | None = None, *,
 
 def _parse_float(text: str, row: int, column: int, path: Path) -> float:
   try:
-    return float(text)
+    value = float(text)
   except ValueError:
     raise ValueError(
         f"{path}: non-numeric value {text!r} in row {row}, column {column}; feature "
         "columns must be numbers (encode categories first).") from None
+  if not np.isfinite(value):
+    raise ValueError(
+        f"{path}: non-finite value {text.strip()!r} in line {row}, column {column}; remove or "
+        "impute missing values first.")
+  return value
+
+
+def find_outliers(x: np.ndarray, threshold: float = 100.0) -> list[tuple[int, int, float]]:
+  """Entries far outside their column's bulk: ``|x - median| > threshold * 1.4826 * MAD``.
+
+  One such row (say 1e30) makes mean/std standardisation squash every other row to a point.
+  Columns whose MAD is 0 (mostly one value) are not judged.
+
+  Args:
+    x: `[N, D]` features.
+  Returns:
+    `(row, column, value)` of each outlying entry, 0-based, worst first.
+  """
+  x = np.asarray(x, np.float64)
+  if x.ndim != 2 or x.shape[0] < 3:
+    return []
+  median = np.median(x, axis=0)
+  mad = 1.4826 * np.median(np.abs(x - median), axis=0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    score = np.where(mad > 0, np.abs(x - median) / np.where(mad > 0, mad, 1.0), 0.0)
+  rows, cols = np.nonzero(score > threshold)
+  order = np.argsort(-score[rows, cols])
+  return [(int(rows[i]), int(cols[i]), float(x[rows[i], cols[i]])) for i in order]
+
+
+def outlier_warning(outliers: list[tuple[int, int, float]], what: str,
+                    row_name=lambda r: f"row {r}", column_name=lambda c: f"column {c}") -> str:
+  """One line naming the worst outlier and how many there are."""
+  r, c, v = outliers[0]
+  more = f" (and {len(outliers) - 1} more entries)" if len(outliers) > 1 else ""
+  return (f"{what}: {row_name(r)}, {column_name(c)} holds {v:g}, far outside the rest of the "
+          f"column{more}; standardisation will squash the other rows. Check or remove it.")
 
 
 def load_csv_table(path: str | os.PathLike, label_column: int | str | None = None, *,
@@ -244,7 +299,12 @@ def load_csv_table(path: str | os.PathLike, label_column: int | str | None = Non
   """
   path = _require_file(Path(path).expanduser(), "CSV file", "Check the path.")
   with open(path, newline="") as f:
-    rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
+    reader = csv.reader(f, delimiter=delimiter)
+    rows, line_numbers = [], []  # line numbers in the user's file, for error messages
+    for r in reader:
+      if r and any(c.strip() for c in r):
+        rows.append(r)
+        line_numbers.append(reader.line_num)
   if not rows:
     raise ValueError(f"{path}: the file is empty.")
   width = len(rows[0])
@@ -262,21 +322,41 @@ def load_csv_table(path: str | os.PathLike, label_column: int | str | None = Non
     if header is None:  # a header row has a non-number among its feature fields
       header = not all(_is_number(c) for j, c in enumerate(rows[0]) if j != label_index)
   if header:
-    names, rows = [c.strip() for c in rows[0]], rows[1:]
+    names, rows, line_numbers = [c.strip() for c in rows[0]], rows[1:], line_numbers[1:]
+  if not rows:
+    raise ValueError(f"{path}: the file has a header but no data rows; add rows of features "
+                     "and a label.")
   if isinstance(label_column, str):
     if label_column not in names:
       raise ValueError(f"{path}: no column named {label_column!r}; columns: {names}.")
     label_index = names.index(label_column)
   features, raw_labels = [], []
-  for row_number, row in enumerate(rows, start=2 if header else 1):
+  for row_number, row in zip(line_numbers, rows):
     if len(row) != width:
       raise ValueError(f"{path}: row {row_number} has {len(row)} fields, expected {width}.")
     raw_labels.append(row[label_index].strip())
     features.append([_parse_float(c, row_number, j + 1, path)
                      for j, c in enumerate(row) if j != label_index])
   x = np.asarray(features, np.float64)
+  for i, raw in enumerate(raw_labels):
+    if _is_number(raw) and float(raw) < 0 and float(raw) != -1:
+      raise ValueError(f"{path}: label {raw!r} in line {line_numbers[i]}; labels must be class "
+                       "values (names or integers >= 0), or -1 for an unlabelled row.")
   y, class_names = _encode_labels(raw_labels)
   num_classes = len(class_names)
+  if num_classes == 0:
+    raise ValueError(f"{path}: no labelled rows (every label is -1); label at least one row of "
+                     "each of two or more classes.")
+  if num_classes == 1:
+    raise ValueError(f"{path}: every labelled row has the class {class_names[0]!r}; FlowGMM "
+                     "needs labelled rows of at least 2 classes.")
+  outliers = find_outliers(x)
+  if outliers:
+    feature_columns = [j for j in range(width) if j != label_index]
+    print("warning: " + outlier_warning(
+        outliers, str(path), row_name=lambda r: f"line {line_numbers[r]}",
+        column_name=lambda c: f"column {feature_columns[c] + 1}"
+        + (f" ({names[feature_columns[c]]})" if names else "")), file=sys.stderr, flush=True)
   # Unlabelled rows (-1) cannot be stratified; they all go to the training split.
   labeled_rows = np.nonzero(y >= 0)[0]
   unlabeled_rows = np.nonzero(y < 0)[0]

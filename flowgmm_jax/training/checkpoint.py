@@ -4,24 +4,41 @@ Each checkpoint holds two items:
   * ``state``: the TrainState pytree (params incl. learnable prior, optimiser state, batch
     stats, fixed prior variables such as the class means, step and RNG key). The step is
     also the data position: batches are a pure function of (data seed, step).
-  * ``meta``: JSON with the model/data/prior config the state was made with, so that a
-    resume under an incompatible config fails with a clear message instead of a shape error.
+  * ``meta``: JSON with the model/data/prior config the state was made with (and the seed
+    and labelled split, and the optimiser), so that a resume under an incompatible config
+    fails with a clear message instead of a shape error.
+
+A checkpoint that cannot be read, or holds non-finite numbers, is damaged: ``restore`` warns
+in one line and falls back to the newest good one (the damaged ones are moved aside to
+``workdir/checkpoints_damaged``). No checkpoint is ever written from a non-finite state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import shutil
+import sys
+import time
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from flowgmm_jax.training.state import TrainState
+from flowgmm_jax.training.step import all_finite
 
 
 class IncompatibleCheckpointError(ValueError):
   """A checkpoint exists in the workdir but was written by a different model or data setup."""
+
+
+class DamagedCheckpointError(ValueError):
+  """Checkpoints exist in the workdir but none of them can be read."""
 
 
 def _describe_mismatch(saved: Any, expected: Any, path: str = "") -> Optional[str]:
@@ -38,12 +55,89 @@ def _describe_mismatch(saved: Any, expected: Any, path: str = "") -> Optional[st
   return None if saved == expected else f"{path}: checkpoint has {saved!r}, config has {expected!r}"
 
 
-class Checkpointer:
-  """Saves and restores TrainStates with orbax's CheckpointManager."""
+def _one_line(e: BaseException, limit: int = 160) -> str:
+  """``TypeName: first line of the message``, cut to ``limit`` characters."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, meta: Optional[dict] = None):
+
+@contextlib.contextmanager
+def _quiet():
+  """Keeps orbax's (and its event loop's) logging out of the terminal while we probe
+  checkpoints that may be damaged; our own one-line messages say what happened."""
+  loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL + 1)
+  # A failed read leaves tensorstore callbacks that print "Event loop is closed" traces to
+  # sys.stderr shortly afterwards; they are caught here, with a moment for them to arrive.
+  stderr, unraisable = sys.stderr, sys.unraisablehook
+  sys.stderr, sys.unraisablehook = io.StringIO(), (lambda *a: None)
+  failed = False
+  try:
+    yield
+  except BaseException:
+    failed = True
+    raise
+  finally:
+    if failed:
+      time.sleep(0.5)
+    sys.stderr, sys.unraisablehook = stderr, unraisable
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
+def _warn(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def is_finite(tree) -> bool:
+  """Whether every floating-point leaf of ``tree`` is finite (one device reduction)."""
+  return bool(jax.device_get(_all_finite_jit(tree)))
+
+
+def _checksum(tree) -> jax.Array:
+  """A uint32 position-weighted wrapping sum of the bits of every leaf: a flipped block of
+  array bytes changes it, and it costs one device reduction."""
+  total = jnp.zeros((), jnp.uint32)
+  for i, leaf in enumerate(jax.tree.leaves(tree)):
+    x = jnp.ravel(jnp.asarray(leaf))
+    if x.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+      bits = x.astype(jnp.float32 if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.int32)
+      bits = jax.lax.bitcast_convert_type(bits, jnp.uint32)
+    weights = (jnp.arange(x.size, dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(i + 1)
+    total = total + jnp.sum(bits * weights, dtype=jnp.uint32)
+  return total
+
+
+_checksum_jit = jax.jit(_checksum)
+
+
+_all_finite_jit = jax.jit(all_finite)
+
+
+def checksum(tree) -> int:
+  return int(jax.device_get(_checksum_jit(tree)))
+
+
+class Checkpointer:
+  """Saves and restores TrainStates with orbax's CheckpointManager.
+
+  ``meta`` must match on resume (else IncompatibleCheckpointError, naming the key);
+  ``soft_meta`` (the optimiser settings) may change between runs: a change is reported in
+  one line, except ``optimizer`` itself, whose state cannot be carried over.
+  """
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, meta: Optional[dict] = None,
+               soft_meta: Optional[dict] = None):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.damaged_directory = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
     self.meta = json.loads(json.dumps(meta or {}))  # plain JSON types only
+    self.soft_meta = json.loads(json.dumps(soft_meta or {}))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -54,30 +148,116 @@ class Checkpointer:
 
   def save(self, state: TrainState, *, force: bool = False) -> None:
     step = int(jax.device_get(state.step))
+    if not is_finite(state):
+      raise FloatingPointError(
+          f"Not saving a checkpoint at step {step}: the training state is not finite.")
+    if step == self.manager.latest_step():
+      return
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)), force=force)
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({**self.meta, "_soft": self.soft_meta,
+                                "_checksum": checksum(state)})), force=force)
+
+  def _check_meta(self, step: int, saved: dict) -> None:
+    """Raises IncompatibleCheckpointError for a real config mismatch; warns for a changed
+    optimiser setting."""
+    saved = dict(saved)
+    saved_soft = saved.pop("_soft", None)
+    saved.pop("_checksum", None)
+    expected = dict(self.meta)
+    for key in ("seed", "split"):  # checkpoints written before these were recorded
+      if key not in saved:
+        expected.pop(key, None)
+    mismatch = _describe_mismatch(saved, expected)
+    if mismatch:
+      key = mismatch.split(":")[0].split(" ")[0]
+      if key.startswith(("/seed", "/split")):
+        raise IncompatibleCheckpointError(
+            f"The checkpoint at {self.directory} (step {step}) was trained with a different "
+            f"seed or labelled/unlabelled split ({mismatch}); rerun with the checkpoint's "
+            f"value, or start a new run with another --workdir.")
+      raise IncompatibleCheckpointError(
+          f"The checkpoint at {self.directory} (step {step}) does not fit this model: it was "
+          f"written with a different model/data configuration ({mismatch}). Resume with the same config, "
+          f"or start a new run with another --workdir (or delete {self.directory}).")
+    if saved_soft is None or saved_soft == self.soft_meta:
+      return
+    if saved_soft.get("optimizer") != self.soft_meta.get("optimizer"):
+      raise IncompatibleCheckpointError(
+          f"The checkpoint at {self.directory} (step {step}) was trained with "
+          f"optim.optimizer={saved_soft.get('optimizer')!r}, this run uses "
+          f"{self.soft_meta.get('optimizer')!r}, whose state cannot be carried over; keep "
+          f"the optimizer or start a new run with another --workdir.")
+    changed = ", ".join(f"optim.{k}: {saved_soft.get(k)!r} -> {v!r}"
+                        for k, v in sorted(self.soft_meta.items()) if saved_soft.get(k) != v)
+    _warn(f"the optimiser settings changed since the checkpoint at step {step} ({changed}); "
+          "resuming with the new ones.")
 
   def restore(self, template: TrainState) -> Optional[TrainState]:
-    """Restores the latest checkpoint onto ``template``'s structure/sharding, or None."""
-    step = self.manager.latest_step()
-    if step is None:
+    """Restores the newest good checkpoint onto ``template``'s structure/sharding, or None
+    when there is none. Damaged ones (unreadable, or not finite) are skipped with a one-line
+    warning and moved aside; when none is readable, raises DamagedCheckpointError."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
       return None
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    mismatch = _describe_mismatch(meta, self.meta)
-    if mismatch:
-      raise IncompatibleCheckpointError(
-          f"The checkpoint at {self.directory} (step {step}) was written with a different "
-          f"model/data configuration: {mismatch}. Resume with the same config, or start a "
-          f"new run with another --workdir (or delete {self.directory}).")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))["state"]
-    except (ValueError, KeyError, TypeError) as e:
-      raise IncompatibleCheckpointError(
-          f"The checkpoint at {self.directory} (step {step}) does not fit this model: {e}. "
-          f"Start a new run with another --workdir (or delete {self.directory}).") from e
+    damaged = []
+    restored = None
+    for step in steps:
+      try:
+        with _quiet():
+          saved_meta = self.manager.restore(step, args=ocp.args.Composite(
+              meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(saved_meta, dict):
+          raise ValueError("its meta item is not a JSON object")
+      except Exception as e:  # any failure to read is damage
+        damaged.append((step, _one_line(e)))
+        continue
+      self._check_meta(step, saved_meta)
+      try:
+        with _quiet():
+          candidate = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract)))["state"]
+      except Exception as e:
+        damaged.append((step, _one_line(e)))
+        continue
+      if not is_finite(candidate):
+        damaged.append((step, "it holds non-finite numbers"))
+        continue
+      if "_checksum" in saved_meta and checksum(candidate) != saved_meta["_checksum"]:
+        damaged.append((step, "its arrays do not match the checksum written with them"))
+        continue
+      restored = candidate
+      break
+    if restored is None:
+      reasons = "; ".join(f"step {s}: {r}" for s, r in damaged)
+      raise DamagedCheckpointError(
+          f"No checkpoint in {self.directory} can be read ({reasons}). To start afresh, "
+          f"delete {self.directory} or use another --workdir.")
+    good_step = int(jax.device_get(restored.step))
+    for step, reason in damaged:
+      _warn(f"checkpoint step {step} in {self.directory} is damaged ({reason}); resuming "
+            f"from step {good_step} (the damaged one is moved to {self.damaged_directory}).")
+    if damaged:
+      self._move_aside([s for s, _ in damaged])
     return restored
+
+  def _move_aside(self, steps) -> None:
+    """Moves damaged step folders out of the way, so that later saves at those steps (and
+    later resumes) do not meet them again."""
+    if jax.process_index() == 0:
+      os.makedirs(self.damaged_directory, exist_ok=True)
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.damaged_directory, str(step))
+        if os.path.exists(dst):
+          shutil.rmtree(dst, ignore_errors=True)
+        if os.path.exists(src):
+          shutil.move(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("flowgmm_checkpoint_move_aside")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

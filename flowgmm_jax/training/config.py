@@ -36,10 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = "auto"              # images: auto | files | tfds
   c.data.num_labeled_per_class = 10   # labels kept per class (-1: use num_labeled)
   c.data.num_labeled = -1             # total labels (used when num_labeled_per_class = -1)
-  c.data.test_fraction = 0.2          # tabular/text/toy: held-out test fraction
+  c.data.test_fraction = 0.2          # tabular/text: held-out test fraction
   c.data.max_train_examples = -1      # >0: subsample the training pool (smoke runs)
   c.data.max_test_examples = -1       # >0: subsample the test set (smoke runs)
-  c.data.num_points = 1000            # toy: points per dataset
+  c.data.num_points = 1000            # toy: training points, and as many test points
   c.data.labeled_batch_size = 16
   c.data.unlabeled_batch_size = 256
 
@@ -114,6 +114,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.progress_bar = True
   c.multihost = False                 # call jax.distributed.initialize() first
+  # A step whose loss or gradients are not finite is skipped (nothing changes); this many
+  # in a row stop the run.
+  c.max_consecutive_skips = 10
+  # Several processes (hosts): empty values keep JAX's automatic cluster detection (SLURM,
+  # Open MPI, TPU pods); set all three to run anywhere else. Any set value implies multihost.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""   # "host:port" of process 0
+  c.distributed.num_processes = 0          # 0 = detect
+  c.distributed.process_id = -1            # -1 = detect
   return c
 
 
@@ -226,3 +235,15 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
           "[0, 1).")
   if c.augment.crop_padding < 0:
     _fail("augment.crop_padding must be >= 0.")
+  if c.max_consecutive_skips < 1:
+    _fail(f"max_consecutive_skips={c.max_consecutive_skips} must be >= 1.")
+  dist = c.distributed
+  given = [bool(dist.coordinator_address), dist.num_processes > 0, dist.process_id >= 0]
+  if any(given) and not all(given):
+    _fail("distributed.coordinator_address, distributed.num_processes and "
+          "distributed.process_id must be given together (or all left empty for automatic "
+          f"cluster detection); got coordinator_address={dist.coordinator_address!r}, "
+          f"num_processes={dist.num_processes}, process_id={dist.process_id}.")
+  if all(given) and dist.process_id >= dist.num_processes:
+    _fail(f"distributed.process_id={dist.process_id} must be < "
+          f"distributed.num_processes={dist.num_processes}.")

@@ -10,10 +10,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -253,6 +257,59 @@ def heldout_rows(unlabeled_idx: np.ndarray, fraction: float, seed: int
 
 # ----------------------------------------------------------------------------- training
 
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived: the run stopped after a step and saved a checkpoint there."""
+
+  def __init__(self, step: int, signum: int):
+    self.step, self.signum = step, signum
+    super().__init__(f"preempted at step {step}; checkpoint saved; rerun the same command "
+                     "to resume")
+
+
+class _SignalFlag:
+  """Turns SIGTERM/SIGINT into a flag that the loop polls between steps, so a signal never
+  interrupts a step or a checkpoint write (a second signal during the save is absorbed)."""
+
+  def __init__(self):
+    self.signum = None
+
+  def __call__(self, signum, frame):
+    self.signum = signum
+
+  def install(self) -> Callable[[], None]:
+    """Sets the handlers; returns the function that puts the previous ones back."""
+    if threading.current_thread() is not threading.main_thread():
+      return lambda: None  # signal handlers can only be set from the main thread
+    previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+    def restore():
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+    return restore
+
+  def agreed(self, step: int, every: int = 10) -> bool:
+    """Whether any process got a signal; every process must stop at the same step, so with
+    several processes they compare flags (a host all-gather) every ``every`` steps."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if step % every:
+      return False
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if self.signum is None and np.any(flags):
+      self.signum = int(np.max(flags))
+    return bool(np.any(flags))
+
+
+def split_fingerprint(labeled_idx: np.ndarray, unlabeled_idx: np.ndarray) -> str:
+  """A short hash of the labelled/unlabelled split, stored in checkpoints so that a resume
+  on another split (a changed seed, data file or label count) is caught."""
+  h = hashlib.sha256()
+  for a in (labeled_idx, unlabeled_idx):
+    h.update(np.asarray(a, np.int64).tobytes())
+    h.update(b"|")
+  return h.hexdigest()[:16]
+
+
 @dataclasses.dataclass
 class FitResult:
   """What ``fit`` returns: the model, its trained variables and the final metrics."""
@@ -272,6 +329,16 @@ def _interleave(batch: dict, labeled: int, unlabeled: int, num_devices: int) -> 
     ua = a[labeled:].reshape((num_devices, unlabeled // num_devices) + a.shape[1:])
     return np.concatenate([la, ua], axis=1).reshape(a.shape)
   return {k: mix(v) for k, v in batch.items()}
+
+
+def _summarise(fetched: list) -> dict:
+  """Means of the per-step metrics over the steps that were not skipped; the number of
+  skipped steps is summed."""
+  skipped = np.asarray([m["train/skipped_steps"] for m in fetched]) > 0
+  kept = [m for m, s in zip(fetched, skipped) if not s] or fetched
+  summary = {k: float(np.mean([m[k] for m in kept])) for k in fetched[0]}
+  summary["train/skipped_steps"] = float(np.sum(skipped))
+  return summary
 
 
 def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
@@ -322,12 +389,16 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     os.makedirs(workdir, exist_ok=True)
     meta = {"model": config.model.to_dict(), "prior": config.prior.to_dict(),
             "data": {k: config.data[k] for k in ("kind", "name", "path")},
-            "input_shape": list(input_shape), "num_classes": int(dataset.num_classes)}
-    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints, meta=meta)
+            "input_shape": list(input_shape), "num_classes": int(dataset.num_classes),
+            "seed": int(config.seed),
+            "split": {"labeled": int(len(labeled_idx)), "unlabeled": int(len(unlabeled_idx)),
+                      "fingerprint": split_fingerprint(labeled_idx, unlabeled_idx)}}
+    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints, meta=meta,
+                                         soft_meta=config.optim.to_dict())
     restored = checkpointer.restore(state)
     if restored is not None:
       state = restored
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=int(jax.device_get(state.step)))
 
   augment = None
   if image and (config.augment.crop_padding > 0 or config.augment.flip):
@@ -391,65 +462,102 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   metrics_acc = []
   unfinished = collections.deque()  # train/loss of dispatched steps not yet counted
   eval_metrics = {}
-  for step in range(start_step, total):
-    host_batch = batches.batch(step)
-    host_batch["position"] = np.arange(global_batch, dtype=np.int32)
-    host_batch = _interleave(host_batch, bl, bu, num_devices)
-    state, metrics = train_step(state, step_lib.shard_batch(mesh, host_batch), rng_arg)
-    metrics_acc.append(metrics)  # stays on device; fetched only at log time
-    steps_since += 1
-    done = step + 1
-    if pbar is not None:
-      # The bar counts FINISHED steps: dispatch runs ahead of the device, so count the
-      # queued steps whose results are ready (a non-blocking check, no host sync).
-      unfinished.append(metrics["train/loss"])
-      while unfinished and unfinished[0].is_ready():
-        unfinished.popleft()
-        pbar.update(1)
-    if done % config.log_every_steps == 0 or done == total:
-      fetched = jax.device_get(metrics_acc)
-      if pbar is not None:  # everything dispatched so far has now finished
-        pbar.update(len(unfinished))
-        unfinished.clear()
-      summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      if not all(math.isfinite(v) for v in summary.values()):
-        raise FloatingPointError(
-            f"Training diverged at step {done}: {summary}. Lower config.optim.learning_rate "
-            "or config.optim.grad_clip_norm, or check the data for outliers.")
-      summary["train/steps_per_sec"] = steps_since / (time.perf_counter() - t0)
-      t0, steps_since, metrics_acc = time.perf_counter(), 0, []
-      history.append({"step": done, **summary})
-      if writer:
-        writer.write(done, summary)
-      if log_fn:
-        log_fn(done, summary)
+  # Non-finite steps are skipped inside the step; the host reads each step's flag one step
+  # late (so the device always has the next step queued) and stops after too many in a row.
+  consecutive_skips, previous_skipped = 0, None
+  signals = _SignalFlag()
+  # Handlers stay until fit returns: a signal during the final save or the error cleanup
+  # is absorbed too.
+  restore_signals = signals.install() if checkpointer else (lambda: None)
+  try:
+    for step in range(start_step, total):
+      host_batch = batches.batch(step)
+      host_batch["position"] = np.arange(global_batch, dtype=np.int32)
+      host_batch = _interleave(host_batch, bl, bu, num_devices)
+      state, metrics = train_step(state, step_lib.shard_batch(mesh, host_batch), rng_arg)
+      metrics_acc.append(metrics)  # stays on device; fetched only at log time
+      steps_since += 1
+      done = step + 1
+      if previous_skipped is not None:
+        consecutive_skips = consecutive_skips + 1 if float(previous_skipped) else 0
+        if consecutive_skips >= config.max_consecutive_skips:
+          raise FloatingPointError(
+              f"Training stopped at step {step}: {consecutive_skips} steps in a row had a "
+              "non-finite loss or gradients and were skipped. Likely causes: a learning "
+              "rate too high (config.optim.learning_rate), no gradient clipping "
+              "(config.optim.grad_clip_norm), or extreme values in the data."
+              + (f" This run resumed from the checkpoint at step {start_step}; if that "
+                 "state is the problem, start afresh with another --workdir."
+                 if start_step > 0 else ""))
+      previous_skipped = metrics["train/skipped_steps"]
       if pbar is not None:
-        pbar.set_postfix(loss=f"{summary['train/loss']:.3f}")
-    if done % config.eval_every_steps == 0 or done == total:
-      if len(dataset.x_test):
-        eval_metrics = run_eval()
-        history.append({"step": done, **eval_metrics})
+        # The bar counts FINISHED steps: dispatch runs ahead of the device, so count the
+        # queued steps whose results are ready (a non-blocking check, no host sync).
+        unfinished.append(metrics["train/loss"])
+        while unfinished and unfinished[0].is_ready():
+          unfinished.popleft()
+          pbar.update(1)
+      if done % config.log_every_steps == 0 or done == total:
+        fetched = jax.device_get(metrics_acc)
+        if pbar is not None:  # everything dispatched so far has now finished
+          pbar.update(len(unfinished))
+          unfinished.clear()
+        summary = _summarise(fetched)
+        summary["train/steps_per_sec"] = steps_since / (time.perf_counter() - t0)
+        t0, steps_since, metrics_acc = time.perf_counter(), 0, []
+        history.append({"step": done, **summary})
         if writer:
-          writer.write(done, eval_metrics)
-          if config.plots and done != total:  # the final step's figures: finish_run
-            after_run.figures_to_tensorboard(meta, state.variables(), dataset, workdir, done)
+          writer.write(done, summary)
         if log_fn:
-          log_fn(done, eval_metrics)
-    stop = False
-    if len(heldout_idx) and (done % es.every_steps == 0 or done == total):
-      stop = check_heldout(done)
-    if stop or (len(heldout_idx) and done == total):
-      # Continue from the best held-out NLL: its parameters become the final state.
-      v = best["variables"]
-      state = state.replace(params=step_lib.replicate(mesh, v["params"]),
-                            batch_stats=step_lib.replicate(mesh, v.get("batch_stats", {})))
-      history.append({"step": done, "early_stopping/best_step": best["step"],
-                      "early_stopping/stopped": float(stop)})
-      eval_metrics = {}
-    if checkpointer and (stop or done % config.checkpoint_every_steps == 0 or done == total):
-      checkpointer.save(state)
-    if stop:
-      break
+          log_fn(done, summary)
+        if pbar is not None:
+          pbar.set_postfix(loss=f"{summary['train/loss']:.3f}")
+      if done % config.eval_every_steps == 0 or done == total:
+        if len(dataset.x_test):
+          eval_metrics = run_eval()
+          history.append({"step": done, **eval_metrics})
+          if writer:
+            writer.write(done, eval_metrics)
+            if config.plots and done != total:  # the final step's figures: finish_run
+              after_run.figures_to_tensorboard(meta, state.variables(), dataset, workdir, done)
+          if log_fn:
+            log_fn(done, eval_metrics)
+      stop = False
+      if len(heldout_idx) and (done % es.every_steps == 0 or done == total):
+        stop = check_heldout(done)
+      if stop or (len(heldout_idx) and done == total):
+        # Continue from the best held-out NLL: its parameters become the final state.
+        v = best["variables"]
+        state = state.replace(params=step_lib.replicate(mesh, v["params"]),
+                              batch_stats=step_lib.replicate(mesh, v.get("batch_stats", {})))
+        history.append({"step": done, "early_stopping/best_step": best["step"],
+                        "early_stopping/stopped": float(stop)})
+        eval_metrics = {}
+      if checkpointer and (stop or done % config.checkpoint_every_steps == 0 or done == total):
+        # Not in the middle of a run of skipped steps: the state that keeps producing
+        # non-finite steps (say after one huge update) is not one to resume from.
+        if consecutive_skips == 0 and not float(metrics["train/skipped_steps"]):
+          checkpointer.save(state, force=stop)
+      if stop:
+        break
+      if checkpointer and done < total and signals.agreed(done):
+        checkpointer.save(state, force=True)
+        checkpointer.wait()
+        raise Preempted(done, signals.signum)
+  except BaseException:
+    # Whatever stopped the run, pending checkpoint writes finish before anyone (the error
+    # cleanup, the user) looks at the workdir.
+    if pbar is not None:
+      pbar.close()
+    if checkpointer:
+      try:
+        checkpointer.close()
+      except Exception:  # the original error is the one to report
+        pass
+    if writer:
+      writer.close()
+    restore_signals()
+    raise
   if pbar is not None:
     pbar.close()
   if not eval_metrics and len(dataset.x_test):
@@ -460,8 +568,47 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     checkpointer.close()
   if writer:
     writer.close()
+  restore_signals()
   return FitResult(model=eval_model, variables=jax.device_get(state.variables()),
                    state=state, metrics=eval_metrics, history=history)
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Starts JAX's multi-process runtime when the config asks for it: with
+  ``config.distributed.*`` set, on any machines; with only ``config.multihost``, by JAX's
+  automatic cluster detection (SLURM, Open MPI, TPU pods). Raises ValueError in one line."""
+  d = config.distributed
+  if not (d.coordinator_address or config.multihost):
+    return
+  if jax.distributed.is_initialized():
+    return  # already started (e.g. by the caller); process_count() here would start XLA
+  kw = {}
+  if d.coordinator_address:
+    kw = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+              process_id=d.process_id)
+  try:
+    jax.distributed.initialize(**kw)
+  except (ValueError, RuntimeError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(
+        f"Could not start the multi-process runtime ({first}). Outside SLURM, Open MPI and "
+        "TPU pods give --coordinator_address=HOST:PORT, --num_processes=N and "
+        "--process_id=I (or config.distributed.*) on every process.") from None
+
+
+def check_workdir(workdir: str) -> None:
+  """Rejects a workdir that is a file or cannot be written, before anything is created."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--workdir={workdir} is a file, not a directory; give a directory path.")
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise ValueError(f"--workdir={workdir}: {probe} is a file, not a directory.")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir}: {probe} is not writable; choose a directory you "
+                     "can write to.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -470,8 +617,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns the final results (also written to ``workdir/results.json``).
   """
   validate_config(config)
-  if config.multihost:
-    jax.distributed.initialize()
+  initialize_distributed(config)
+  check_workdir(workdir)
   # Load (and validate) the data before creating anything in the workdir, so a bad path or a
   # bad file leaves nothing half-written behind.
   dataset = load_dataset(config)
@@ -479,17 +626,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   labeled_idx, unlabeled_idx, validation_idx = after_run.split_validation(
       config, dataset, labeled_idx, unlabeled_idx)
   created = not os.path.exists(workdir)
+  existing = set() if created else set(os.listdir(workdir))
   try:
     after_run.start_run(config, workdir, dataset)
     result = fit(config, dataset, labeled_idx, unlabeled_idx, workdir=workdir)
   except BaseException:
     # A run that fails before its first checkpoint (bad model config, divergence at step 3,
     # Ctrl-C during compilation) leaves nothing half-written; one with checkpoints is kept
-    # so that rerunning the command resumes it.
+    # so that rerunning the command resumes it. ``fit`` has waited for pending checkpoint
+    # writes, and only what this run created is removed.
     ckpt_dir = os.path.join(workdir, "checkpoints")
     has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-    if created and not has_ckpt and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)
+    if not has_ckpt and jax.process_index() == 0:
+      if created:
+        shutil.rmtree(workdir, ignore_errors=True)
+      elif os.path.isdir(workdir):
+        for name in set(os.listdir(workdir)) - existing:
+          path = os.path.join(workdir, name)
+          if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            os.remove(path)
     raise
   results = {
       "step": int(jax.device_get(result.state.step)),

@@ -47,6 +47,13 @@ def _per_example_uniform(keys, shape, dtype):
   return jax.vmap(lambda k: jax.random.uniform(k, shape, dtype))(keys)
 
 
+def all_finite(tree) -> jax.Array:
+  """A bool scalar: every inexact leaf of ``tree`` is finite (integer leaves always are)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
+
+
 def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
                     global_batch_size: int,
                     objective: str = "joint",
@@ -77,7 +84,8 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
     ``x: [B, ...]``, ``y: [B]`` (int32, -1 = unlabelled) and ``position: [B]`` (int32, each
     row's index in the batch as sampled, before any reordering across devices; it seeds the
     row's noise and augmentation), sharded over ``data``; ``metrics`` is a dict of
-    replicated scalars.
+    replicated scalars. ``metrics['train/skipped_steps']`` is 1.0 when the step was not
+    finite and so changed nothing but the step counter, else 0.0.
   """
   num_devices = mesh.shape[DATA_AXIS]
   if global_batch_size % num_devices:
@@ -154,6 +162,17 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
     # averages are then identical on every device. pmean keeps them provably replicated.
     batch_stats = jax.lax.pmean(aux["batch_stats"], DATA_AXIS)
     terms = aux["terms"]
+    loss = aux["loss"]
+    # Non-finite guard: a step whose loss, gradients or results are not finite leaves the
+    # parameters, optimiser state and BatchNorm statistics as they were (the step counter
+    # still advances, so the next step sees the next batch). Every value compared here is
+    # replicated, so all devices take the same decision.
+    finite = (all_finite(loss) & all_finite(grads) & all_finite(params)
+              & all_finite(opt_state) & all_finite(batch_stats))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params = keep(params, state.params)
+    opt_state = keep(opt_state, state.opt_state)
+    batch_stats = keep(batch_stats, state.batch_stats)
     metrics = {
         "train/loss": aux["loss"],
         **{f"train/{name}": value for name, value in terms.items()},
@@ -163,6 +182,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
         "train/labeled_accuracy": aux["correct"] / jnp.maximum(num_labeled, 1),
         "train/log_det": aux["log_det"],
         "train/grad_norm": optax.tree.norm(grads),
+        "train/skipped_steps": 1.0 - finite.astype(jnp.float32),
     }
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)

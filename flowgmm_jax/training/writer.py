@@ -8,16 +8,40 @@ import os
 import jax
 
 
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the lines of ``path`` whose step is <= ``step`` (a torn last line goes too);
+  rewrites the file atomically."""
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(record, dict) and record.get("step", 0) <= step:
+        kept.append(json.dumps(record) + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Appends ``{"step": s, name: value, ...}`` lines to metrics.jsonl and writes TensorBoard
-  scalars (via tensorboardX, which needs no TensorFlow). Only process 0 writes."""
+  scalars (via tensorboardX, which needs no TensorFlow). Only process 0 writes.
 
-  def __init__(self, workdir: str):
+  ``resume_step``: the step the run resumes from; records of later steps (written by the
+  interrupted run after its last checkpoint) are cut, so the replayed steps appear once.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int | None = None):
     self.active = jax.process_index() == 0
     self._tb = None
     if not self.active:
       return
     self.path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None and os.path.exists(self.path):
+      _truncate_after(self.path, resume_step)
     self._file = open(self.path, "a")
     try:
       from tensorboardX import SummaryWriter
