@@ -33,8 +33,8 @@ def test_configs_validate_and_document_their_command(name):
 
 
 def test_config_paper_defaults():
-  assert get_config("text").model.hidden_dim == 1024
-  assert get_config("text").model.num_coupling_layers == 7
+  assert get_config("text", "agnews,paper").model.hidden_dim == 1024
+  assert get_config("text", "agnews,paper").model.num_coupling_layers == 7
   cifar = get_config("cifar10")
   assert cifar.augment.flip and cifar.augment.crop_padding == 4
   assert not get_config("svhn").augment.flip and not get_config("mnist").augment.flip
