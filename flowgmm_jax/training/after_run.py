@@ -117,6 +117,12 @@ def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, labeled
   """Calibration and plots for the finished run in ``workdir``; returns results entries."""
   if jax.process_index() != 0:
     return {}
+  if jax.process_count() > 1:
+    # Reading the checkpoint back goes through orbax's cross-process barriers, which the
+    # other processes (already done) would never reach: draw and calibrate afterwards.
+    print(f"note: multi-process run; for figures run python -m experiments.plot "
+          f"--workdir={workdir} in one process", file=sys.stderr)
+    return {}
   try:
     model = trained.load(workdir, calibrated=False)
   except (ValueError, OSError) as e:  # the run itself succeeded: keep its results
