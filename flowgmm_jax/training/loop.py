@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import scipy.special
 
 from flowgmm_jax import data as data_lib
 from flowgmm_jax import evaluation
@@ -234,11 +235,6 @@ def batch_sizes(config: ml_collections.ConfigDict, num_labeled: int, num_unlabel
   return bl, bu
 
 
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-  top = a.max(axis=-1, keepdims=True)
-  return (top + np.log(np.exp(a - top).sum(axis=-1, keepdims=True)))[..., 0]
-
-
 def heldout_rows(unlabeled_idx: np.ndarray, fraction: float, seed: int
                  ) -> tuple[np.ndarray, np.ndarray]:
   """Splits the unlabelled pool into (rows to train on, rows held out for early stopping).
@@ -440,7 +436,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     variables = state.variables()
     clj, log_det = forward_all(eval_step, variables, dataset.x_train[heldout_idx], mesh,
                                config.eval_batch_size)
-    nll = float(-np.mean(_logsumexp(clj) + log_det))
+    nll = float(-np.mean(scipy.special.logsumexp(clj, axis=-1) + log_det))
     entry = {"step": done, "early_stopping/heldout_nll": nll}
     history.append(entry)
     if writer:
