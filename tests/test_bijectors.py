@@ -33,13 +33,6 @@ except ImportError:  # tests/ imported as a package
 NAMES = sorted(registry.REGISTRY)
 
 
-@pytest.fixture
-def x64():
-  """Enables float64 for one test and restores the previous setting afterwards."""
-  with jax.enable_x64(True):
-    yield
-
-
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
   if request.param == "float64":

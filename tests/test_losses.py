@@ -14,14 +14,6 @@ from flowgmm_jax.losses import (bits_per_dim, consistency_nll, consistency_weigh
                                 flowgmm_objective, semi_supervised_nll)
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", previous)
-
-
 def _inputs(labels, num_classes=4, seed=0):
   rng = np.random.default_rng(seed)
   batch = len(labels)

@@ -12,14 +12,6 @@ from flowgmm_jax.prior import (GaussianMixturePrior, image_means, multiclass_mea
                                tabular_two_class_means, validate_labels)
 
 
-@pytest.fixture
-def x64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", previous)
-
-
 def _fixed_means(means):
   return lambda rng, shape, dtype: jnp.asarray(means, dtype)
 
