@@ -45,9 +45,8 @@ import numpy as np
 from flowgmm_jax.bijectors.actnorm import ActNorm, actnorm_init_params
 from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU, conv1x1_lu_init
 from flowgmm_jax.bijectors.coupling import ChannelCoupling
-from flowgmm_jax.bijectors.reshape import Squeeze, flatten_and_join, split_and_unflatten
-from flowgmm_jax.models.realnvp import (check_image_input, resolve_image_shape,
-                                        multiscale_latent_shapes)
+from flowgmm_jax.models.multiscale import (check_image_input, multiscale_forward,
+                                           multiscale_inverse, resolve_image_shape)
 from flowgmm_jax.nets import Rescale, ResNetConditioner
 
 Array = jax.Array
@@ -163,6 +162,15 @@ class Glow(nn.Module):
     return ChannelCoupling(lambda h: net(h, train), self.rescales[index](channels // 2),
                            swap=False)
 
+  def _flow_step(self, train: bool):
+    """The scaffold's ``flow_step``: ActNorm -> 1x1 conv -> coupling. Going forward, ActNorm
+    is built from the activations reaching it (its data-dependent init)."""
+    def flow_step(step: _GlowStep, x: Array, inverse: bool):
+      i, c = step.index, x.shape[-1]
+      return [self.actnorms[i](x, data_init=not inverse), self.conv1x1s[i](c),
+              self._coupling(i, c, train)]
+    return flow_step
+
   def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
     """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
 
@@ -170,23 +178,7 @@ class Glow(nn.Module):
     ``mutable=["batch_stats"]``.
     """
     check_image_input(x.shape, "Glow", 2 ** self.num_scales, self.image_shape)
-    log_det = jnp.zeros(x.shape[:1], x.dtype)
-    factored = []
-    for step in self.plan:
-      if step.kind == "squeeze":
-        x, _ = Squeeze().forward_and_log_det(x)
-      elif step.kind == "factor_out":
-        keep = x.shape[-1] // 2
-        factored.append(x[..., keep:])
-        x = x[..., :keep]
-      else:
-        i, c = step.index, x.shape[-1]
-        # ActNorm is built from the activations reaching it (data-dependent init).
-        x, actnorm_log_det = self.actnorms[i](x).forward_and_log_det(x)
-        x, conv_log_det = self.conv1x1s[i](c).forward_and_log_det(x)
-        x, coupling_log_det = self._coupling(i, c, train).forward_and_log_det(x)
-        log_det = log_det + actnorm_log_det + conv_log_det + coupling_log_det
-    return flatten_and_join(factored + [x]), log_det
+    return multiscale_forward(self.plan, x, self._flow_step(train))
 
   def _input_image_shape(self, z: Array) -> Tuple[int, int, int]:
     # The first ActNorm acts after the first squeeze: 4C channels.
@@ -200,17 +192,4 @@ class Glow(nn.Module):
                        f"{tuple(z.shape)}.")
     image_shape = self._input_image_shape(z)
     check_image_input((z.shape[0],) + tuple(image_shape), "Glow", 2 ** self.num_scales, None)
-    # multiscale_latent_shapes only reads the squeeze / factor_out steps.
-    pieces = split_and_unflatten(z, multiscale_latent_shapes(self.plan, image_shape))
-    x, factored = pieces[-1], pieces[:-1]
-    for step in reversed(self.plan):
-      if step.kind == "squeeze":
-        x, _ = Squeeze().inverse_and_log_det(x)
-      elif step.kind == "factor_out":
-        x = jnp.concatenate([x, factored.pop()], axis=-1)
-      else:
-        i, c = step.index, x.shape[-1]
-        x = self._coupling(i, c, train).inverse(x)
-        x = self.conv1x1s[i](c).inverse(x)
-        x = self.actnorms[i](x, data_init=False).inverse(x)
-    return x
+    return multiscale_inverse(self.plan, z, image_shape, self._flow_step(train))

@@ -32,15 +32,15 @@ Spatial size: there are ``num_scales - 1`` squeezes, so H and W must be divisibl
 
 from __future__ import annotations
 
-import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from flowgmm_jax.bijectors.coupling import AffineCoupling, ChannelCoupling, checkerboard_mask
-from flowgmm_jax.bijectors.reshape import Squeeze, flatten_and_join, split_and_unflatten
+from flowgmm_jax.models.multiscale import (check_image_input, multiscale_forward,
+                                           multiscale_inverse, resolve_image_shape)
 from flowgmm_jax.nets import Rescale, ResNetConditioner
 
 Array = jax.Array
@@ -77,81 +77,6 @@ def realnvp_plan(num_scales: int) -> List[_Step]:
         index += 1
       steps.append(_Step("factor_out", scale=scale))
   return steps
-
-
-def multiscale_latent_shapes(plan: Sequence[_Step], image_shape: Tuple[int, int, int]
-                             ) -> List[Tuple[int, int, int]]:
-  """Per-example shapes of the latent pieces, in the order they are joined into z:
-  each factored-out piece, then the final activations."""
-  h, w, c = image_shape
-  shapes = []
-  for step in plan:
-    if step.kind == "squeeze":
-      h, w, c = h // 2, w // 2, 4 * c
-    elif step.kind == "factor_out":
-      shapes.append((h, w, c - c // 2))
-      c = c // 2
-  shapes.append((h, w, c))
-  return shapes
-
-
-def image_shape_from_latent_dim(latent_dim: int, channels: int, owner: str
-                                ) -> Tuple[int, int, int]:
-  """(H, W, C) of a square image with ``H * W * C = latent_dim``; ValueError otherwise."""
-  if channels < 1 or latent_dim % channels:
-    raise ValueError(
-        f"{owner}.inverse: z has D = {latent_dim} dimensions, not a multiple of the "
-        f"{channels} input channels, so it cannot be reshaped to an image; pass "
-        f"image_shape=(H, W, C) to {owner}.")
-  side = math.isqrt(latent_dim // channels)
-  if side * side * channels != latent_dim:
-    raise ValueError(
-        f"{owner}.inverse: D = {latent_dim} is not H * W * C for a square image with "
-        f"C = {channels}; pass image_shape=(H, W, C) to {owner} for non-square images.")
-  return side, side, channels
-
-
-def resolve_image_shape(model, z: Array, owner: str,
-                        channels_from_params) -> Tuple[int, int, int]:
-  """(H, W, C) of the images behind flat latents ``z: [B, D]``, for a flow's inverse.
-
-  Uses ``model.image_shape`` when set (checking H W C = D); otherwise reads C from the
-  initialised parameters with ``channels_from_params(params)`` and assumes square images.
-  """
-  if model.image_shape is not None:
-    h, w, c = model.image_shape
-    if h * w * c != z.shape[-1]:
-      raise ValueError(
-          f"{owner}.inverse: z has D = {z.shape[-1]} but image_shape={model.image_shape} "
-          f"needs D = {h * w * c}.")
-    return tuple(model.image_shape)
-  try:
-    channels = channels_from_params(model.variables["params"])
-  except KeyError:
-    raise ValueError(
-        f"{owner}.inverse: cannot infer the image shape: the model has no parameters yet. "
-        "Initialise with model.init(rng, x) on images, or pass image_shape=(H, W, C)."
-    ) from None
-  return image_shape_from_latent_dim(z.shape[-1], channels, owner)
-
-
-def check_image_input(shape: Sequence[int], owner: str, divisor: int,
-                      image_shape: Optional[Sequence[int]]) -> None:
-  """ValueError unless ``shape`` is ``[B, H, W, C]`` with H, W divisible by ``divisor``
-  (and equal to ``image_shape`` when that is given)."""
-  if len(shape) != 4:
-    raise ValueError(
-        f"{owner} expects images x: [B, H, W, C] (NHWC), got shape {tuple(shape)}; "
-        f"add a channel axis for grey-scale images (x[..., None]).")
-  _, h, w, c = shape
-  if h % divisor or w % divisor:
-    raise ValueError(
-        f"{owner}: height and width must be divisible by {divisor} (one factor 2 per "
-        f"squeeze), got H x W = {h} x {w}; pad/crop the images or use fewer scales.")
-  if image_shape is not None and tuple(image_shape) != (h, w, c):
-    raise ValueError(
-        f"{owner} was built with image_shape={tuple(image_shape)} but got images of shape "
-        f"{(h, w, c)}; pass matching images or fix image_shape.")
 
 
 class RealNVP(nn.Module):
@@ -214,6 +139,10 @@ class RealNVP(nn.Module):
     scale = self.rescales[step.coupling_index](c // 2)
     return ChannelCoupling(conditioner, scale, swap=bool(step.parity))
 
+  def _flow_step(self, train: bool):
+    """The scaffold's ``flow_step``: one coupling per step of the plan."""
+    return lambda step, x, inverse: [self._coupling(step, x.shape, x.dtype, train)]
+
   def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
     """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
 
@@ -221,19 +150,7 @@ class RealNVP(nn.Module):
     needs ``mutable=["batch_stats"]``.
     """
     check_image_input(x.shape, "RealNVP", 2 ** (self.num_scales - 1), self.image_shape)
-    log_det = jnp.zeros(x.shape[:1], x.dtype)
-    factored = []
-    for step in self.plan:
-      if step.kind == "squeeze":
-        x, _ = Squeeze().forward_and_log_det(x)
-      elif step.kind == "factor_out":
-        keep = x.shape[-1] // 2
-        factored.append(x[..., keep:])
-        x = x[..., :keep]
-      else:
-        x, step_log_det = self._coupling(step, x.shape, x.dtype, train).forward_and_log_det(x)
-        log_det = log_det + step_log_det
-    return flatten_and_join(factored + [x]), log_det
+    return multiscale_forward(self.plan, x, self._flow_step(train))
 
   def _input_image_shape(self, z: Array) -> Tuple[int, int, int]:
     # The first conditioner's input conv sees concat[x, -x]: 2C input channels.
@@ -249,13 +166,4 @@ class RealNVP(nn.Module):
     image_shape = self._input_image_shape(z)
     check_image_input((z.shape[0],) + tuple(image_shape), "RealNVP",
                       2 ** (self.num_scales - 1), None)
-    pieces = split_and_unflatten(z, multiscale_latent_shapes(self.plan, image_shape))
-    x, factored = pieces[-1], pieces[:-1]
-    for step in reversed(self.plan):
-      if step.kind == "squeeze":
-        x, _ = Squeeze().inverse_and_log_det(x)
-      elif step.kind == "factor_out":
-        x = jnp.concatenate([x, factored.pop()], axis=-1)
-      else:
-        x = self._coupling(step, x.shape, x.dtype, train).inverse(x)
-    return x
+    return multiscale_inverse(self.plan, z, image_shape, self._flow_step(train))
