@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flowgmm_jax.bijectors import dequantize_logit
+from flowgmm_jax.bijectors import Logit, dequantize_logit
 from flowgmm_jax.prior import GaussianMixturePrior
 
 
@@ -76,8 +76,7 @@ class FlowGMM(nn.Module):
     x = self.flow.inverse(z, train=train)
     if self.dequantize:
       # Undo the logit; the dequantisation noise is unknown, so return (x + u) itself.
-      p = (jax.nn.sigmoid(x) - self.logit_alpha) / (1.0 - 2.0 * self.logit_alpha)
-      x = jnp.clip(p, 0.0, 1.0) * 256.0
+      x = jnp.clip(Logit(self.logit_alpha).inverse(x), 0.0, 1.0) * 256.0
     return x
 
   def sample(self, rng: jax.Array, y: jax.Array) -> jax.Array:
