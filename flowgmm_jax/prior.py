@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowgmm_jax.labels import validate_labels
+
 Array = jax.Array
 
 COVARIANCE_TYPES = ("isotropic", "diagonal")
@@ -106,31 +108,6 @@ def circle_means(num_classes: int, dim: int, r: float = 3.5, dtype: Any = jnp.fl
   phis = jnp.linspace(0.0, 2.0 * jnp.pi, num_classes + 1)[:-1]
   ring = r * jnp.stack([jnp.cos(phis), jnp.sin(phis)], axis=1)
   return jnp.zeros((num_classes, dim), dtype).at[:, :2].set(ring.astype(dtype))
-
-
-# ----------------------------------------------------------------------------------------
-# Host-side validation helpers.
-# ----------------------------------------------------------------------------------------
-
-
-def validate_labels(labels: Any, num_classes: int, allow_unlabeled: bool = True) -> None:
-  """Raises ValueError unless every label is in [0, num_classes) (or -1 if allowed).
-
-  Host-side only (needs concrete values); call it on data before it enters jit.
-  """
-  labels = np.asarray(labels)
-  if labels.ndim != 1:
-    raise ValueError(
-        f"labels must be a 1-D integer array [B], got shape {labels.shape}; flatten it.")
-  if labels.size and not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}; cast with "
-                     ".astype(np.int32).")
-  low = -1 if allow_unlabeled else 0
-  bad = (labels < low) | (labels >= num_classes)
-  if np.any(bad):
-    allowed = f"-1 (unlabelled) or 0..{num_classes - 1}" if allow_unlabeled else (
-        f"0..{num_classes - 1}")
-    raise ValueError(f"labels must be {allowed}; found {np.unique(labels[bad])[:10]}.")
 
 
 def _is_concrete(x: Any) -> bool:
@@ -328,7 +305,8 @@ class GaussianMixturePrior(nn.Module):
     if y.shape != z.shape[:1]:
       raise ValueError(f"y must have shape [B] = {z.shape[:1]}, got {y.shape}.")
     if _is_concrete(y):
-      validate_labels(np.asarray(y), self.num_classes, allow_unlabeled=False)
+      validate_labels(np.asarray(y), self.num_classes, allow_unlabeled=False,
+                      integer_dtype=True)
     means = self.means()
     log_scales = jnp.broadcast_to(self.log_scales(),
                                   (self.num_classes, self.log_scales().shape[-1]))
@@ -363,7 +341,8 @@ class GaussianMixturePrior(nn.Module):
     if y.ndim != 1:
       raise ValueError(f"y must be a 1-D array of class indices [N], got shape {y.shape}.")
     if _is_concrete(y):
-      validate_labels(np.asarray(y), self.num_classes, allow_unlabeled=False)
+      validate_labels(np.asarray(y), self.num_classes, allow_unlabeled=False,
+                      integer_dtype=True)
     means = self.means()
     scales = self.scales()
     noise = jax.random.normal(rng, (y.shape[0], self.dim), means.dtype)

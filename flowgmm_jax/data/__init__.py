@@ -14,7 +14,7 @@ from __future__ import annotations
 from flowgmm_jax.data.augment import (FLIP_BY_DATASET, add_feature_noise, augment_images,
                                       default_augmentation, random_crop_with_padding,
                                       random_horizontal_flip)
-from flowgmm_jax.data.dataset import (UNLABELED, DataNotFoundError, Dataset, default_cache_dir,
+from flowgmm_jax.data.dataset import (DataNotFoundError, Dataset, default_cache_dir,
                                       default_data_dir, save_npz_atomic, validate_arrays)
 from flowgmm_jax.data.images import (CIFAR10_CLASSES, load_cifar10, load_mnist, load_svhn,
                                      load_tfds_images, prepare_tfds_dataset, read_idx,
@@ -27,6 +27,7 @@ from flowgmm_jax.data.tabular import (build_tabular_dataset, load_csv_table, loa
                                       make_split_dataset, read_miniboone, standardize_features)
 from flowgmm_jax.data.text import (load_agnews_embeddings, load_original_text_embeddings,
                                    load_text_embeddings_npz)
+from flowgmm_jax.labels import UNLABELED
 from flowgmm_jax.data.toy import (PAPER_NUM_LABELED, TOY_DATASETS, load_toy, make_8gaussians,
                                   make_circles, make_moons, make_pinwheel)
 

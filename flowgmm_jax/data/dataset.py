@@ -29,8 +29,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from flowgmm_jax.labels import validate_labels
+
 KINDS = ("image", "tabular", "text", "toy")
-UNLABELED = -1  # label value that marks an unlabelled example
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -115,8 +116,7 @@ def validate_arrays(x: Any, y: Any, num_classes: int, name: str, *,
     raise ValueError(
         f"{name}: expected features of shape {layout}, got shape {x.shape} "
         f"(ndim {x.ndim}).")
-  if y.ndim != 1:
-    raise ValueError(f"{name}: labels must be 1-D [N], got shape {y.shape}.")
+  validate_labels(y, num_classes, allow_unlabeled, where=name)
   if x.shape[0] != y.shape[0]:
     raise ValueError(
         f"{name}: {x.shape[0]} feature rows but {y.shape[0]} labels; x and y must "
@@ -130,23 +130,6 @@ def validate_arrays(x: Any, y: Any, num_classes: int, name: str, *,
           f"row {int(bad_rows[0])}); drop or impute those rows before loading.")
   elif not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
     raise ValueError(f"{name}: features must be numeric, got dtype {x.dtype}.")
-  if y.size == 0:
-    return
-  if not np.issubdtype(y.dtype, np.integer):
-    if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-      pass  # integral floats (e.g. labels read from a CSV) are fine
-    else:
-      raise ValueError(
-          f"{name}: labels must be integers, got dtype {y.dtype} with non-integral "
-          "values.")
-  low = UNLABELED if allow_unlabeled else 0
-  bad = (y < low) | (y >= num_classes)
-  if bad.any():
-    first = int(np.nonzero(bad)[0][0])
-    allowed = f"[0, {num_classes})" + (" or -1 (unlabelled)" if allow_unlabeled else "")
-    raise ValueError(
-        f"{name}: {int(bad.sum())} label(s) out of range (first: y[{first}] = "
-        f"{y[first]}); labels must be in {allowed}.")
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from flowgmm_jax.data.dataset import UNLABELED
+from flowgmm_jax.labels import UNLABELED, validate_labels
 
 SeedLike = int | Sequence[int]
 
@@ -31,18 +31,6 @@ def _seed_tuple(seed: SeedLike) -> tuple[int, ...]:
       raise ValueError(f"seeds must be non-negative ints, got {seed!r}.")
     out.append(int(s))
   return tuple(out)
-
-
-def _as_labels(y, name: str = "y") -> np.ndarray:
-  y = np.asarray(y)
-  if y.ndim != 1:
-    raise ValueError(f"{name} must be a 1-D label array, got shape {y.shape}.")
-  if y.size and not np.issubdtype(y.dtype, np.integer):
-    if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
-      y = y.astype(np.int64)
-    else:
-      raise ValueError(f"{name} must hold integer labels, got dtype {y.dtype}.")
-  return y.astype(np.int64, copy=False)
 
 
 def _largest_remainder(quotas: np.ndarray, total: int) -> np.ndarray:
@@ -77,11 +65,9 @@ def stratified_train_test_split(y, test_fraction: float, seed: SeedLike = 0
   Returns:
     `(train_idx, test_idx)`, disjoint, covering `range(N)`.
   """
-  y = _as_labels(y)
+  y = validate_labels(y, allow_unlabeled=False, where="stratified_train_test_split")
   if not 0.0 <= test_fraction < 1.0:
     raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}.")
-  if y.size and y.min() < 0:
-    raise ValueError("stratified_train_test_split needs every example labelled (no -1).")
   rng = np.random.default_rng(_seed_tuple(seed))
   classes, inverse = np.unique(y, return_inverse=True)
   class_counts = np.bincount(inverse, minlength=classes.size)
@@ -107,7 +93,7 @@ def stratified_prefix(y, n: int) -> np.ndarray:
   in the result differ by at most one while every class still has examples left.
   Used to take small, balanced, reproducible subsets for quick runs.
   """
-  y = _as_labels(y)
+  y = validate_labels(y)
   n = int(min(max(n, 0), y.size))
   order = np.argsort(y, kind="stable")  # grouped by class, original order within
   sorted_y = y[order]
@@ -145,16 +131,12 @@ def labeled_unlabeled_split(y, *, num_labeled: int | None = None,
   Returns:
     `(labeled_idx, unlabeled_idx)`: sorted, disjoint, together `range(N)`.
   """
-  y = _as_labels(y)
+  y = validate_labels(y, num_classes)
   if (num_labeled is None) == (num_labeled_per_class is None):
     raise ValueError("Pass exactly one of num_labeled or num_labeled_per_class.")
-  if y.size and y.min() < UNLABELED:
-    raise ValueError(f"labels must be >= -1 (-1 = unlabelled), got min {y.min()}.")
   k = int(num_classes if num_classes is not None else (y.max() + 1 if y.size else 0))
   if k < 1:
     raise ValueError("no labelled examples to choose from (all labels are -1).")
-  if y.size and y.max() >= k:
-    raise ValueError(f"label {y.max()} is out of range for num_classes={k}.")
   rng = np.random.default_rng(_seed_tuple(seed))
   if num_labeled_per_class is not None:
     if num_labeled_per_class < 0:
@@ -191,10 +173,7 @@ def split_with_given_unlabeled(y) -> tuple[np.ndarray, np.ndarray]:
   Returns:
     `(labeled_idx, unlabeled_idx)`, sorted.
   """
-  y = _as_labels(y)
-  if y.size and y.min() < UNLABELED:
-    raise ValueError(
-        f"labels must be >= 0, or -1 for unlabelled, got {int(y.min())}.")
+  y = validate_labels(y)
   return (np.nonzero(y != UNLABELED)[0].astype(np.int64),
           np.nonzero(y == UNLABELED)[0].astype(np.int64))
 
@@ -269,7 +248,7 @@ class SemiSupervisedBatches:
   def __init__(self, x, y, labeled_idx, unlabeled_idx, labeled_batch_size: int,
                unlabeled_batch_size: int, seed: SeedLike = 0):
     self.x = x
-    self.y = _as_labels(y)
+    self.y = validate_labels(y)
     if len(self.x) != self.y.size:
       raise ValueError(f"x has {len(self.x)} rows but y has {self.y.size} labels.")
     self.labeled_idx = np.asarray(labeled_idx, np.int64).reshape(-1)
