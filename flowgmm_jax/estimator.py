@@ -34,17 +34,18 @@ import warnings
 from typing import Any, Optional
 
 import numpy as np
+import scipy.special
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-UNLABELED = -1
+from flowgmm_jax.labels import UNLABELED
+from flowgmm_jax.prior import COVARIANCE_TYPES
 from flowgmm_jax.training.config import OBJECTIVES, TABLE_FLOWS as FLOWS, TABLE_RECIPE
 from flowgmm_jax.training.config import apply_table_recipe
+from flowgmm_jax.training.optim import SCHEDULES
 
 _R = TABLE_RECIPE
-COVARIANCES = ("isotropic", "diagonal")
-SCHEDULES = ("cosine", "constant", "wilson")
 # Features whose standard deviation is below this are only centred (scale 1).
 _MIN_SCALE = 1e-12
 # Rows per jitted call at prediction time; smaller inputs are padded to a power of two
@@ -101,7 +102,11 @@ def _as_feature_matrix(X: Any, *, name: str = "X") -> np.ndarray:
 
 
 def _as_labels(y: Any, num_rows: int) -> np.ndarray:
-  """``y`` as int64 ``[N]`` (values -1 or >= 0), or one ValueError saying how to fix it."""
+  """``y`` as int64 ``[N]`` (values -1 or >= 0), or one ValueError saying how to fix it.
+
+  The scikit-learn side of the label checks: ``y`` is the user's, with any class values,
+  so the messages speak of rows of X and class values. ``fit`` then encodes the classes as
+  0..K-1, and the ``Dataset`` it builds checks those with ``labels.validate_labels``."""
   array = np.asarray(y)
   if array.ndim == 2 and array.shape[1] == 1:
     warnings.warn("y has shape (n_samples, 1); it was flattened to (n_samples,). Pass a "
@@ -343,8 +348,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     if self.flow not in FLOWS:
       raise ValueError(f"flow={self.flow!r}; choose one of {tuple(FLOWS)}.")
-    if self.covariance not in COVARIANCES:
-      raise ValueError(f"covariance={self.covariance!r}; choose one of {COVARIANCES}.")
+    if self.covariance not in COVARIANCE_TYPES:
+      raise ValueError(f"covariance={self.covariance!r}; choose one of {COVARIANCE_TYPES}.")
     if self.lr_schedule not in SCHEDULES:
       raise ValueError(f"lr_schedule={self.lr_schedule!r}; choose one of {SCHEDULES}.")
     for name in ("num_coupling_layers", "hidden_dim", "hidden_layers", "num_steps",
@@ -538,19 +543,13 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     return state
 
   def _chunked(self, fn, rows: np.ndarray):
-    """Applies a jitted ``fn(variables, rows[B, D]) -> pytree of [B, ...]`` in padded chunks."""
+    """Applies a jitted ``fn(variables, rows[B, D]) -> pytree of [B, ...]`` in chunks padded
+    to a bucket size, so that few shapes get compiled."""
     import jax
+    from flowgmm_jax import evaluation
     variables = self._get_runtime()["variables"]
-    outputs = []
-    for start in range(0, rows.shape[0], _MAX_CHUNK):
-      chunk = rows[start:start + _MAX_CHUNK]
-      n = chunk.shape[0]
-      padded = _bucket(n)
-      if padded > n:  # pad to a bucket size so that few shapes get compiled
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], padded - n, axis=0)])
-      out = jax.device_get(fn(variables, chunk))
-      outputs.append(jax.tree.map(lambda a: np.asarray(a)[:n], out))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+    return evaluation.map_in_chunks(lambda chunk: jax.device_get(fn(variables, chunk)), rows,
+                                    _MAX_CHUNK, padded_rows=_bucket)
 
   def _standardized(self, X) -> np.ndarray:
     check_is_fitted(self)
@@ -572,17 +571,15 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   def predict_log_proba(self, X) -> np.ndarray:
     """log p(y = classes_[k] | x), ``[N, K]``."""
     _, class_log_joint = self._forward(X)
-    top = class_log_joint.max(axis=1, keepdims=True)
-    return class_log_joint - (top + np.log(np.exp(class_log_joint - top).sum(axis=1,
-                                                                             keepdims=True)))
+    return scipy.special.log_softmax(class_log_joint, axis=1)
 
   def predict_proba(self, X) -> np.ndarray:
     """p(y = classes_[k] | x) = softmax_k(log pi_k + log N(f(u); mu_k, Sigma_k)), ``[N, K]``.
 
     Rows sum to 1.
     """
-    proba = np.exp(self.predict_log_proba(X))
-    return proba / proba.sum(axis=1, keepdims=True)
+    _, class_log_joint = self._forward(X)
+    return scipy.special.softmax(class_log_joint, axis=1)
 
   def predict(self, X) -> np.ndarray:
     """The most probable class value for each row, ``[N]`` (values from ``classes_``)."""
@@ -619,8 +616,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     the last term being the log-det of the standardisation (0 with ``standardize=False``).
     """
     log_det, class_log_joint = self._forward(X)
-    top = class_log_joint.max(axis=1)
-    log_prior = top + np.log(np.exp(class_log_joint - top[:, None]).sum(axis=1))
+    log_prior = scipy.special.logsumexp(class_log_joint, axis=1)
     return log_prior + log_det - float(np.sum(np.log(self.feature_scale_)))
 
   def sample(self, n_samples: int = 1, y=None, random_state=None

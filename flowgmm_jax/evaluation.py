@@ -9,6 +9,8 @@ Independent of the training code. Two layers:
   ``aggregate_metric_sums`` (host side) adds the sums and concatenates the confidences,
   so every final number equals the one computed on the whole set at once, whatever the
   batch sizes (ECE needs all confidences, not per-batch ECEs).
+* ``map_in_chunks``: a jitted model function over many rows in padded chunks of a few
+  static shapes (the training loop's evaluation, the estimator, ``trained.load``).
 
 Inputs come from the prior: class_log_joint = log pi_k + log N(z; mu_k, Sigma_k) ([B, K],
 softmax = p(y|x)); log_det = log|det df/dx| of the flow (data -> latent).
@@ -17,7 +19,7 @@ softmax = p(y|x)); log_det = log|det df/dx| of the flow (data -> latent).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -189,3 +191,23 @@ def aggregate_metric_sums(batch_sums: Sequence[Dict[str, Any]], num_dims: Option
       metrics["bpd"] = metrics["nll"] / (num_dims * math.log(2.0))
       metrics["bpd_given_label"] = metrics["nll_given_label"] / (num_dims * math.log(2.0))
   return metrics
+
+
+def map_in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray, chunk_rows: int,
+                  padded_rows: Optional[Callable[[int], int]] = None) -> Any:
+  """``fn`` over the rows of ``x`` in chunks of at most ``chunk_rows``; outputs concatenated.
+
+  Each chunk of n rows is padded to ``padded_rows(n)`` rows (default ``chunk_rows``) by
+  repeating its last row, so a jitted ``fn`` sees only a few static shapes; the outputs of
+  the padded rows are dropped. ``fn(chunk [B, ...])`` returns a pytree of host arrays
+  ``[B, ...]``; the result is that pytree with ``[N, ...]`` leaves, N = ``len(x)`` >= 1.
+  """
+  outputs = []
+  for start in range(0, len(x), chunk_rows):
+    chunk = x[start:start + chunk_rows]
+    n = len(chunk)
+    size = chunk_rows if padded_rows is None else padded_rows(n)
+    if size > n:  # padded rows are dropped below
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)], axis=0)
+    outputs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(chunk)))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flowgmm_jax import evaluation
 from flowgmm_jax.training.checkpoint import IncompatibleCheckpointError
 
 DATA_TRANSFORM_FILE = "data_transform.npz"
@@ -223,15 +224,8 @@ class TrainedFlowGMM:
     # Chunk sizes are powers of two (at most batch_size), so calls of many different sizes
     # share a handful of compiled programs.
     size = min(self.batch_size, 1 << max(3, (n - 1).bit_length()))
-    outs = []
-    for start in range(0, n, size):
-      chunk = x[start:start + size]
-      m = len(chunk)
-      if m < size:  # pad to the static shape: one compiled program for every chunk
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - m, axis=0)])
-      out = jax.device_get(fn(self.variables, jnp.asarray(chunk)))
-      outs.append(jax.tree.map(lambda a: np.asarray(a)[:m], out))
-    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+    return evaluation.map_in_chunks(
+        lambda chunk: jax.device_get(fn(self.variables, jnp.asarray(chunk))), x, size)
 
   def _outputs(self, x, preprocessed: bool):
     x = np.asarray(x) if preprocessed else self.preprocess(x)

@@ -194,16 +194,10 @@ def forward_all(eval_step, variables, x: np.ndarray, mesh, batch_size: int):
   in padded chunks of a static shape."""
   n_dev = mesh.shape[step_lib.DATA_AXIS]
   batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
-  all_clj, all_ld = [], []
-  for start in range(0, len(x), batch_size):
-    xb = x[start:start + batch_size]
-    n = len(xb)
-    if n < batch_size:  # pad to the static batch shape; padded rows are dropped below
-      xb = np.concatenate([xb, np.repeat(xb[-1:], batch_size - n, axis=0)], axis=0)
+  def forward(xb):
     clj, ld = eval_step(variables, step_lib.shard_batch(mesh, xb))
-    all_clj.append(step_lib.to_host(clj)[:n])
-    all_ld.append(step_lib.to_host(ld)[:n])
-  return np.concatenate(all_clj), np.concatenate(all_ld)
+    return step_lib.to_host(clj), step_lib.to_host(ld)
+  return evaluation.map_in_chunks(forward, x, batch_size)
 
 
 def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, mesh, batch_size: int, *,
