@@ -257,8 +257,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     feature_mean_, feature_scale_: the standardisation ``u = (x - mean) / scale``, ``[D]``
       (zeros and ones with ``standardize=False``).
     variables_: the trained model variables (NumPy arrays) for ``model.apply``, where
-      ``model = flowgmm_jax.training.loop.build_model(ml_collections.ConfigDict(config_),
-      (D,), K, image=False)`` (a ``FlowGMM`` whose input is the standardised X).
+      ``model = flowgmm_jax.FlowGMM.from_config(ml_collections.ConfigDict(config_), (D,), K,
+      image=False)`` (a ``FlowGMM`` whose input is the standardised X).
     config_: the training config (``base_config()`` schema) as a plain dict.
     history_: the training log, a list of metric dicts (loss, NLLs, gradient norm).
     n_iter_: number of optimiser steps taken (early stopping may end training before
@@ -508,10 +508,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     import jax
     import jax.numpy as jnp
     import ml_collections
-    from flowgmm_jax.training import loop
+    from flowgmm_jax.flowgmm import FlowGMM
 
     config = ml_collections.ConfigDict(self.config_)
-    model = loop.build_model(config, (self.n_features_in_,), len(self.classes_), image=False)
+    model = FlowGMM.from_config(config, (self.n_features_in_,), len(self.classes_), image=False)
     variables = jax.device_put(self.variables_)
 
     @jax.jit

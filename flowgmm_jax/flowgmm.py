@@ -12,12 +12,14 @@ dequantisation noise ``u`` passed in by the caller; the preprocessing log-det, i
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flowgmm_jax import models
 from flowgmm_jax.bijectors import Logit, dequantize_logit
 from flowgmm_jax.prior import GaussianMixturePrior
 
@@ -37,6 +39,18 @@ class FlowGMM(nn.Module):
   prior: GaussianMixturePrior
   dequantize: bool = False
   logit_alpha: float = 0.05
+
+  @classmethod
+  def from_config(cls, config, input_shape: Sequence[int], num_classes: int, *, image: bool,
+                  bn_axis_name: Optional[str] = None) -> "FlowGMM":
+    """FlowGMM from a config's ``model`` and ``prior`` sections: the flow
+    (``models.build``) for inputs of ``input_shape`` (no batch axis), a
+    ``GaussianMixturePrior`` with ``num_classes`` components, and for 8-bit images
+    (``image``) dequantisation. ``bn_axis_name``: see ``models.build``."""
+    dim = int(math.prod(input_shape))
+    prior = GaussianMixturePrior.from_config(config.prior, num_classes, dim, image=image)
+    flow = models.build(config.model, input_shape, bn_axis_name=bn_axis_name)
+    return cls(flow=flow, prior=prior, dequantize=image)
 
   def _preprocess(self, noise, x):
     if noise is None:

@@ -110,6 +110,21 @@ def circle_means(num_classes: int, dim: int, r: float = 3.5, dtype: Any = jnp.fl
   return jnp.zeros((num_classes, dim), dtype).at[:, :2].set(ring.astype(dtype))
 
 
+def resolve_means_init(name: str, *, image: bool) -> str:
+  """The initialiser behind a config's ``prior.means_init``.
+
+  "auto" is the paper's choice for the data: "image" for images, else "tabular" (antipodal
+  means for 2 classes, "multiclass" otherwise). "labeled" starts from "multiclass"; training
+  then moves each mean to its class's labelled latent centroid
+  (``training.loop.place_means_at_labeled_centroids``). Other names are returned as they are.
+  """
+  if name == "labeled":
+    return "multiclass"
+  if name == "auto":
+    return "image" if image else "tabular"
+  return name
+
+
 def _is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
@@ -151,6 +166,18 @@ class GaussianMixturePrior(nn.Module):
   learn_scales: bool = False
   learn_weights: bool = False
   param_dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, prior_config, num_classes: int, dim: int, *,
+                  image: bool) -> "GaussianMixturePrior":
+    """The prior described by a config's ``prior`` section, for ``num_classes`` classes and
+    ``dim``-dimensional latents of image (``image``) or other data. ``means_init`` goes
+    through ``resolve_means_init``; ``means_scale`` None is the paper's value."""
+    p = prior_config
+    return cls(num_classes=num_classes, dim=dim, covariance=p.covariance,
+               means_init=resolve_means_init(p.means_init, image=image),
+               means_scale=p.means_scale, learn_means=p.learn_means,
+               learn_scales=p.learn_scales, learn_weights=p.learn_weights)
 
   # -- variables -------------------------------------------------------------------------
 

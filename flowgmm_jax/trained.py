@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from flowgmm_jax import evaluation
+from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.checkpoint import IncompatibleCheckpointError
 
 DATA_TRANSFORM_FILE = "data_transform.npz"
@@ -323,17 +324,17 @@ class TrainedFlowGMM:
             f"temperature={self.temperature:.3g})")
 
 
-def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"model": meta["model"], "prior": meta["prior"]})
+def _model_from_meta(meta: dict) -> FlowGMM:
+  """The eval-mode model a checkpoint's metadata describes (its config's model and prior)."""
+  config = ml_collections.ConfigDict({"model": meta["model"], "prior": meta["prior"]})
+  return FlowGMM.from_config(config, tuple(meta["input_shape"]), int(meta["num_classes"]),
+                             image=meta["data"]["kind"] == "image")
 
 
 def from_variables(meta: dict, variables: dict, *, step: int = 0, **kwargs) -> TrainedFlowGMM:
   """A ``TrainedFlowGMM`` from a checkpoint-style ``meta`` and ``model.apply`` variables
   (e.g. right after ``fit``, before anything is written)."""
-  from flowgmm_jax.training.loop import build_model
-  model = build_model(_config_from_meta(meta), tuple(meta["input_shape"]),
-                      int(meta["num_classes"]), image=meta["data"]["kind"] == "image")
-  return TrainedFlowGMM(model, variables, meta=meta, step=step, **kwargs)
+  return TrainedFlowGMM(_model_from_meta(meta), variables, meta=meta, step=step, **kwargs)
 
 
 def load(workdir: str, step: Optional[int] = None, *, calibrated: bool = True,
@@ -346,13 +347,10 @@ def load(workdir: str, step: Optional[int] = None, *, calibrated: bool = True,
   Raises ``RunNotFoundError`` (no checkpoint / no such step) or
   ``IncompatibleCheckpointError`` (written by an incompatible version), each one line.
   """
-  from flowgmm_jax.training.loop import build_model
-
   if not os.path.isdir(workdir):
     raise RunNotFoundError(f"workdir {workdir!r} does not exist.")
   step, meta, state = _read_checkpoint(workdir, step)
-  model = build_model(_config_from_meta(meta), tuple(meta["input_shape"]),
-                      int(meta["num_classes"]), image=meta["data"]["kind"] == "image")
+  model = _model_from_meta(meta)
   variables = {"params": state["params"], **(state.get("fixed") or {})}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]

@@ -10,8 +10,9 @@ needed). BatchNorm (image models) uses running statistics unless ``train=True`` 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -19,8 +20,48 @@ from flowgmm_jax.models.glow import Glow
 from flowgmm_jax.models.realnvp import RealNVP
 from flowgmm_jax.models.tabular import RealNVPTabular, SplineTabular
 
-__all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "count_params",
-           "weight_norm_gain_mask"]
+__all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "IMAGE_MODELS",
+           "build", "count_params", "weight_norm_gain_mask"]
+
+
+class _Entry(NamedTuple):
+  image: bool  # an image flow (inputs [H, W, C]) rather than one over flat rows [D]
+  # (config.model, input_shape without the batch axis, bn_axis_name) -> the flow
+  make: Callable[[Any, Sequence[int], Optional[str]], nn.Module]
+
+
+# The one model registry: config.model.name -> its flow, built from the config.model fields
+# it reads. training/config.py takes the names it accepts from here.
+_REGISTRY = {
+    "realnvp_tabular": _Entry(False, lambda m, shape, bn_axis_name: RealNVPTabular(
+        num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
+        num_layers=m.num_layers, dropout_rate=m.dropout_rate)),
+    "spline_tabular": _Entry(False, lambda m, shape, bn_axis_name: SplineTabular(
+        num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
+        num_layers=m.num_layers, num_bins=m.num_bins, bound=m.bound,
+        dropout_rate=m.dropout_rate)),
+    "realnvp": _Entry(True, lambda m, shape, bn_axis_name: RealNVP(
+        num_scales=m.num_scales, num_blocks=m.num_blocks, mid_channels=m.mid_channels,
+        image_shape=tuple(shape), bn_axis_name=bn_axis_name)),
+    "glow": _Entry(True, lambda m, shape, bn_axis_name: Glow(
+        num_scales=m.num_scales, steps_per_scale=m.steps_per_scale,
+        mid_channels=m.mid_channels, image_shape=tuple(shape))),
+}
+MODELS = tuple(_REGISTRY)
+IMAGE_MODELS = tuple(name for name, entry in _REGISTRY.items() if entry.image)
+
+
+def build(model_config, input_shape: Sequence[int], *,
+          bn_axis_name: Optional[str] = None) -> nn.Module:
+  """The flow named by ``model_config.name`` (one of ``MODELS``; ``model_config`` is a
+  config's ``model`` section) for inputs of ``input_shape`` (no batch axis).
+
+  ``bn_axis_name``: the device axis over which BatchNorm averages batch statistics in the
+  data-parallel train step (image flows); None for evaluation.
+  """
+  if model_config.name not in _REGISTRY:
+    raise ValueError(f"Unknown model {model_config.name!r} (config.model.name).")
+  return _REGISTRY[model_config.name].make(model_config, input_shape, bn_axis_name)
 
 
 def count_params(variables: Mapping[str, Any]) -> int:

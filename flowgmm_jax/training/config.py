@@ -9,8 +9,11 @@ before anything is written to the workdir.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from flowgmm_jax.losses import OBJECTIVES
+from flowgmm_jax.models import IMAGE_MODELS, MODELS
+from flowgmm_jax.prior import COVARIANCE_TYPES
 
 DATASETS = {
     "toy": ("moons", "circles", "8gaussians", "pinwheel"),
@@ -19,7 +22,6 @@ DATASETS = {
     "text": ("agnews", "yahoo", "file"),
     "image": ("mnist", "cifar10", "svhn"),
 }
-MODELS = ("realnvp_tabular", "spline_tabular", "realnvp", "glow")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -44,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.unlabeled_batch_size = 256
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "realnvp_tabular"    # see MODELS
+  c.model.name = "realnvp_tabular"    # see flowgmm_jax.models.MODELS
   c.model.num_coupling_layers = 5     # tabular flows
   c.model.hidden_dim = 512            # tabular flows: MLP width k
   c.model.num_layers = 1              # tabular flows: hidden layers per conditioner
@@ -60,8 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.prior.covariance = "isotropic"    # isotropic | diagonal
   c.prior.means_init = "auto"         # auto | image | tabular_two_class | multiclass | circle
                                       # | labeled (the labelled rows' latent centroids)
-  c.prior.means_scale = -1.0          # <= 0: the paper's value for means_init (image r=1,
-                                      # two-class distance 7.5, multiclass 0.56)
+  # None: the paper's value for means_init (image r=1, two-class distance 7.5, multiclass
+  # 0.56; see prior.py); a float (> 0) replaces it.
+  c.prior.means_scale = config_dict.placeholder(float)
   c.prior.learn_means = False
   c.prior.learn_scales = False
   c.prior.learn_weights = False
@@ -167,7 +170,7 @@ def apply_table_recipe(c: ml_collections.ConfigDict, **overrides) -> ml_collecti
   c.model.bound = float(r["bound"])
   c.prior.covariance = r["covariance"]
   c.prior.means_init = "labeled" if r["means_init"] == "labeled" else "auto"
-  c.prior.means_scale = -1.0 if r["means_scale"] is None else float(r["means_scale"])
+  c.prior.means_scale = None if r["means_scale"] is None else float(r["means_scale"])
   c.prior.learn_means = bool(r["learn_means"])
   c.prior.learn_scales = bool(r["learn_scales"])
   c.prior.learn_weights = bool(r["learn_weights"])
@@ -204,10 +207,11 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
           f"{DATASETS[c.data.kind]}.")
   if c.model.name not in MODELS:
     _fail(f"model.name={c.model.name!r}; choose one of {MODELS}.")
-  image_model = c.model.name in ("realnvp", "glow")
+  image_model = c.model.name in IMAGE_MODELS
   if image_model != (c.data.kind == "image"):
+    flat_models = [name for name in MODELS if name not in IMAGE_MODELS]
     _fail(f"model.name={c.model.name!r} does not fit data.kind={c.data.kind!r}: use "
-          "realnvp/glow for images and realnvp_tabular/spline_tabular otherwise.")
+          f"{'/'.join(IMAGE_MODELS)} for images and {'/'.join(flat_models)} otherwise.")
   if c.data.num_labeled_per_class <= 0 and c.data.num_labeled <= 0:
     _fail("set data.num_labeled_per_class > 0 or data.num_labeled > 0.")
   if c.data.labeled_batch_size < 1 or c.data.unlabeled_batch_size < 0:
@@ -226,8 +230,11 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail("loss.label_weight_per_feature must be >= 0.")
   if c.loss.label_weight < 0 or c.loss.unlabeled_weight < 0 or c.loss.consistency_weight < 0:
     _fail("loss weights (label_weight, unlabeled_weight, consistency_weight) must be >= 0.")
-  if c.prior.covariance not in ("isotropic", "diagonal"):
-    _fail(f"prior.covariance={c.prior.covariance!r}; choose 'isotropic' or 'diagonal'.")
+  if c.prior.covariance not in COVARIANCE_TYPES:
+    _fail(f"prior.covariance={c.prior.covariance!r}; choose one of {COVARIANCE_TYPES}.")
+  if c.prior.means_scale is not None and not c.prior.means_scale > 0:
+    _fail(f"prior.means_scale={c.prior.means_scale} must be > 0; leave it unset (None) for "
+          "the paper's value.")
   if c.augment.noise_std < 0:
     _fail("augment.noise_std must be >= 0.")
   if not 0.0 <= c.calibration.validation_fraction < 1.0:
