@@ -33,6 +33,7 @@ CONFIGS = ("tabular:letter", "tabular:shuttle", "text:agnews")
 
 def run_one(config_spec: str, seed: int) -> dict:
   from flowgmm_jax import FlowGMMClassifier
+  from flowgmm_jax import data
   from flowgmm_jax.training import loop
 
   module, arg = config_spec.split(":")
@@ -44,7 +45,7 @@ def run_one(config_spec: str, seed: int) -> dict:
     cli = loop.train_and_evaluate(config, workdir)
   cli_seconds = time.perf_counter() - start
 
-  dataset = loop.load_dataset(config)
+  dataset = data.load_dataset(config)
   labeled_idx, _ = loop.make_split(config, dataset)
   y_semi = np.full(len(dataset.y_train), -1)
   y_semi[labeled_idx] = dataset.y_train[labeled_idx]

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from flowgmm_jax import calibration, data as data_lib, plots, trained
+from flowgmm_jax.data import load_dataset
 from flowgmm_jax.training import after_run, train_and_evaluate
 from flowgmm_jax.training.checkpoint import IncompatibleCheckpointError
 from flowgmm_jax.training.config import base_config
-from flowgmm_jax.training.loop import build_model, load_dataset
+from flowgmm_jax.training.loop import build_model
 
 
 def toy_config(steps=4):

@@ -6,10 +6,19 @@ tests and examples lives in `default_data_dir()` (`$FLOWGMM_DATA_DIR` or
 `<repo>/../shared/data`), tfds datasets are read from prepared ArrayRecord files, and
 a missing dataset raises `DataNotFoundError` saying how to get it.
 
-`load_dataset(name, **kwargs)` dispatches by name to the loaders below.
+`REGISTRY` is the one list of datasets a config can name (`config.data.name`), each with
+the data kinds it serves and its loader; `load_dataset(config)` loads the one a config
+names. The training loop knows no dataset by name, and training/config.py takes the names
+it accepts from here (`names_by_kind`).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
 
 from flowgmm_jax.data.augment import (FLIP_BY_DATASET, add_feature_noise, augment_images,
                                       default_augmentation, random_crop_with_padding,
@@ -27,43 +36,125 @@ from flowgmm_jax.data.tabular import (build_tabular_dataset, load_csv_table, loa
                                       make_split_dataset, read_miniboone, standardize_features)
 from flowgmm_jax.data.text import (load_agnews_embeddings, load_original_text_embeddings,
                                    load_text_embeddings_npz)
-from flowgmm_jax.labels import UNLABELED
 from flowgmm_jax.data.toy import (PAPER_NUM_LABELED, TOY_DATASETS, load_toy, make_8gaussians,
                                   make_circles, make_moons, make_pinwheel)
+from flowgmm_jax.labels import UNLABELED
 
-_LOADERS = {
-    "mnist": load_mnist,
-    "cifar10": load_cifar10,
-    "svhn": load_svhn,
-    "letter": lambda **kw: load_uci("letter", **kw),
-    "shuttle": lambda **kw: load_uci("shuttle", **kw),
-    "miniboone": load_miniboone,
-    "hepmass": load_hepmass,
-    "agnews": load_agnews_embeddings,
-    "ag_news_bert": lambda **kw: load_original_text_embeddings("ag_news", **kw),
-    "yahoo_bert": lambda **kw: load_original_text_embeddings("yahoo", **kw),
-    **TOY_DATASETS,
+
+class Source(NamedTuple):
+  """A dataset a config can name: the data kinds (``config.data.kind``) it serves and
+  ``load(data_config, seed) -> Dataset``, which reads the ``config.data`` fields it needs."""
+  kinds: tuple[str, ...]
+  load: Callable[[Any, int], Dataset]
+
+
+def _read_limit(d) -> dict:
+  """Image loaders' ``max_examples`` for smoke runs: read no more rows than are kept."""
+  if d.max_train_examples > 0 or d.max_test_examples > 0:
+    return {"max_examples": max(d.max_train_examples, d.max_test_examples)}
+  return {}
+
+
+def _images(loader: Callable[..., Dataset]) -> Callable[[Any, int], Dataset]:
+  return lambda d, seed: loader(data_dir=d.data_dir or None, source=d.source, **_read_limit(d))
+
+
+def _svhn(d, seed) -> Dataset:
+  kw = {"data_dir": d.data_dir or None}
+  if d.path:  # the original train_32x32.mat / test_32x32.mat: no TensorFlow needed
+    kw["mat_dir"] = d.path
+  return load_svhn(**kw, **_read_limit(d))
+
+
+def _user_file(d, seed) -> Dataset:
+  path = d.path
+  if not path:
+    raise ValueError("data.name='file' needs --config.data.path=/path/to/data.npz (or .csv).")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data file {path!r} does not exist (config.data.path); give "
+                            "an .npz with arrays 'x' and 'y', or a .csv with a label column.")
+  kw = dict(test_fraction=d.test_fraction, seed=seed)
+  if path.endswith(".csv"):
+    return load_csv_table(path, label_column=d.label_column or None, **kw)
+  if path.endswith(".npz"):
+    return load_npz_table(path, **kw)
+  raise ValueError(f"data file {path!r}: unknown format; use .npz (arrays 'x', 'y') or .csv.")
+
+
+def _in_memory(d, seed) -> Dataset:
+  raise ValueError("data.name='arrays' is for in-memory data given to "
+                   "flowgmm_jax.training.fit or FlowGMMClassifier; from the command line use "
+                   "--config.data.name=file --config.data.path=my.npz (or .csv).")
+
+
+# The one dataset registry. Its order is that of the names in error messages: kinds in
+# order of first appearance, names in order within a kind.
+REGISTRY: dict[str, Source] = {
+    **{name: Source(("toy",), lambda d, seed, name=name: load_toy(
+        name, num_train=d.num_points, num_test=d.num_points, seed=seed))
+       for name in TOY_DATASETS},
+    **{name: Source(("tabular",), lambda d, seed, name=name: load_uci(
+        name, d.data_dir or None, test_fraction=d.test_fraction, seed=seed))
+       for name in ("letter", "shuttle")},
+    "miniboone": Source(("tabular",), lambda d, seed: load_miniboone(
+        d.path or None, test_fraction=d.test_fraction, seed=seed)),
+    "hepmass": Source(("tabular",), lambda d, seed: load_hepmass(d.path or None, seed=seed)),
+    "agnews": Source(("text",), lambda d, seed: load_agnews_embeddings(
+        d.path or None, test_fraction=d.test_fraction, seed=seed)),
+    "yahoo": Source(("text",), lambda d, seed: load_original_text_embeddings(
+        "yahoo", d.path or None)),
+    "file": Source(("tabular", "text"), _user_file),
+    # In-memory data handed to `training.fit` directly (FlowGMMClassifier): nothing to load.
+    "arrays": Source(("tabular",), _in_memory),
+    "mnist": Source(("image",), _images(load_mnist)),
+    "cifar10": Source(("image",), _images(load_cifar10)),
+    "svhn": Source(("image",), _svhn),
 }
-DATASET_NAMES = tuple(sorted(_LOADERS))
+DATASET_NAMES = tuple(sorted(REGISTRY))
 
 
-def load_dataset(name: str, **kwargs) -> Dataset:
-  """Loads a dataset by name (one of `DATASET_NAMES`), passing kwargs to its loader."""
-  key = name.lower()
-  if key not in _LOADERS:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}.")
-  return _LOADERS[key](**kwargs)
+def names_by_kind() -> dict[str, tuple[str, ...]]:
+  """``{kind: (names, ...)}``: the names ``config.data.name`` may take for each
+  ``config.data.kind``."""
+  names = {}
+  for name, source in REGISTRY.items():
+    for kind in source.kinds:
+      names[kind] = names.get(kind, ()) + (name,)
+  return names
+
+
+def load_dataset(config) -> Dataset:
+  """The dataset ``config.data`` names (see ``REGISTRY``), split with ``config.seed`` where
+  the loader splits, and subsampled to ``config.data.max_train_examples`` /
+  ``max_test_examples`` (class-balanced prefixes) when those are > 0 (smoke runs).
+
+  Raises ``DataNotFoundError`` (a FileNotFoundError) or ValueError with one clear message
+  for missing or malformed data.
+  """
+  d = config.data
+  source = REGISTRY.get(d.name)
+  if source is None or d.kind not in source.kinds:
+    raise ValueError(f"Unknown dataset {d.kind}/{d.name} (config.data).")
+  ds = source.load(d, config.seed)
+  if d.max_train_examples > 0 and len(ds.x_train) > d.max_train_examples:
+    keep = np.sort(stratified_prefix(ds.y_train, d.max_train_examples))
+    ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+  if d.max_test_examples > 0 and len(ds.x_test) > d.max_test_examples:
+    keep = np.sort(stratified_prefix(ds.y_test, d.max_test_examples))
+    ds = dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+  return ds
 
 
 __all__ = [
     "CIFAR10_CLASSES", "DATASET_NAMES", "DataNotFoundError", "Dataset", "FLIP_BY_DATASET",
-    "PAPER_NUM_LABELED", "SemiSupervisedBatches", "TOY_DATASETS", "UNLABELED",
+    "PAPER_NUM_LABELED", "REGISTRY", "SemiSupervisedBatches", "Source", "TOY_DATASETS",
+    "UNLABELED",
     "add_feature_noise", "augment_images", "batch_indices", "build_tabular_dataset", "default_augmentation", "default_cache_dir",
     "default_data_dir", "labeled_unlabeled_split", "load_agnews_embeddings", "load_cifar10",
     "load_csv_table", "load_dataset", "load_hepmass", "load_miniboone", "load_mnist",
     "load_npz_table", "load_original_text_embeddings", "load_svhn", "load_text_embeddings_npz",
     "load_tfds_images", "load_toy", "load_uci", "make_8gaussians", "make_circles",
-    "make_moons", "make_pinwheel", "make_split_dataset", "prepare_tfds_dataset",
+    "make_moons", "make_pinwheel", "make_split_dataset", "names_by_kind", "prepare_tfds_dataset",
     "random_crop_with_padding", "random_horizontal_flip", "read_idx", "read_miniboone",
     "save_npz_atomic", "split_with_given_unlabeled", "standardize_features",
     "stratified_prefix", "stratified_train_test_split", "tfds_data_source",

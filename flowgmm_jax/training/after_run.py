@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from flowgmm_jax import calibration as calibration_lib
+from flowgmm_jax import data as data_lib
 from flowgmm_jax import evaluation
 from flowgmm_jax import trained
 
@@ -65,9 +66,9 @@ def write_plots(config: ml_collections.ConfigDict, workdir: str, step: Optional[
                 tensorboard: bool = False) -> list:
   """Rebuilds the run's data and split from ``config`` and writes ``workdir/plots/``."""
   from flowgmm_jax import plots
-  from flowgmm_jax.training.loop import load_dataset, make_split
+  from flowgmm_jax.training.loop import make_split
   model = trained.load(workdir, step)
-  dataset = load_dataset(config)
+  dataset = data_lib.load_dataset(config)
   labeled_idx, unlabeled_idx = make_split(config, dataset)
   labeled_idx, _, _ = split_validation(config, dataset, labeled_idx, unlabeled_idx)
   record = None
@@ -201,8 +202,6 @@ def evaluate_saved_run(config: ml_collections.ConfigDict, workdir: str,
   (calibrated when the run was), predicted [N], labels [N] where known, log_px [N],
   bits_per_dim [N] for images). Returns the metrics.
   """
-  from flowgmm_jax.training.loop import load_dataset
-
   model = trained.load(workdir, step)
   user_path = config.data.path
   if user_path and user_path != model.meta["data"].get("path", "") and os.path.isfile(user_path):
@@ -210,7 +209,7 @@ def evaluate_saved_run(config: ml_collections.ConfigDict, workdir: str,
     out = model.outputs(x)
     source = os.path.abspath(user_path)
   else:
-    dataset = load_dataset(config)
+    dataset = data_lib.load_dataset(config)
     if not len(dataset.x_test):
       raise ValueError("the config's dataset has an empty test split; give a file with "
                        "--config.data.path=FILE.npz")

@@ -11,17 +11,13 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from flowgmm_jax.data import names_by_kind
 from flowgmm_jax.losses import OBJECTIVES
 from flowgmm_jax.models import IMAGE_MODELS, MODELS
 from flowgmm_jax.prior import COVARIANCE_TYPES
 
-DATASETS = {
-    "toy": ("moons", "circles", "8gaussians", "pinwheel"),
-    # "arrays": in-memory data handed to ``fit`` directly (FlowGMMClassifier).
-    "tabular": ("letter", "shuttle", "miniboone", "hepmass", "file", "arrays"),
-    "text": ("agnews", "yahoo", "file"),
-    "image": ("mnist", "cifar10", "svhn"),
-}
+# {data.kind: data.name values}, from the one dataset registry (flowgmm_jax.data.REGISTRY).
+DATASETS = names_by_kind()
 
 
 def base_config() -> ml_collections.ConfigDict:

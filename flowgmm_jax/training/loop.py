@@ -47,65 +47,6 @@ from flowgmm_jax.training.writer import MetricWriter
 build_model = FlowGMM.from_config
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
-  """The dataset named by ``config.data`` (see flowgmm_jax.data), subsampled for smoke runs.
-
-  Raises ``DataNotFoundError`` (a FileNotFoundError) or ValueError with one clear message
-  for missing or malformed data.
-  """
-  d, seed = config.data, config.seed
-  data_dir = d.data_dir or None
-  max_train = d.max_train_examples if d.max_train_examples > 0 else None
-  if d.kind == "image":
-    kw = {"data_dir": data_dir}
-    if d.name != "svhn":
-      kw["source"] = d.source
-    elif d.path:  # the original train_32x32.mat / test_32x32.mat: no TensorFlow needed
-      kw["mat_dir"] = d.path
-    if max_train or d.max_test_examples > 0:
-      kw["max_examples"] = max(max_train or 0, d.max_test_examples)
-    ds = data_lib.load_dataset(d.name, **kw)
-  elif d.kind == "toy":
-    ds = data_lib.load_toy(d.name, num_train=d.num_points, num_test=d.num_points, seed=seed)
-  elif d.name == "file":
-    path = d.path
-    if not path:
-      raise ValueError("data.name='file' needs --config.data.path=/path/to/data.npz (or .csv).")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"data file {path!r} does not exist (config.data.path); give "
-                              "an .npz with arrays 'x' and 'y', or a .csv with a label column.")
-    kw = dict(test_fraction=d.test_fraction, seed=seed)
-    if path.endswith(".csv"):
-      ds = data_lib.load_csv_table(path, label_column=d.label_column or None, **kw)
-    elif path.endswith(".npz"):
-      ds = data_lib.load_npz_table(path, **kw)
-    else:
-      raise ValueError(f"data file {path!r}: unknown format; use .npz (arrays 'x', 'y') or .csv.")
-  elif d.name in ("letter", "shuttle"):
-    ds = data_lib.load_uci(d.name, data_dir, test_fraction=d.test_fraction, seed=seed)
-  elif d.name == "miniboone":
-    ds = data_lib.load_miniboone(d.path or None, test_fraction=d.test_fraction, seed=seed)
-  elif d.name == "hepmass":
-    ds = data_lib.load_hepmass(d.path or None, seed=seed)
-  elif d.name == "agnews":
-    ds = data_lib.load_agnews_embeddings(d.path or None, test_fraction=d.test_fraction, seed=seed)
-  elif d.name == "yahoo":
-    ds = data_lib.load_original_text_embeddings("yahoo", d.path or None)
-  elif d.name == "arrays":
-    raise ValueError("data.name='arrays' is for in-memory data given to "
-                     "flowgmm_jax.training.fit or FlowGMMClassifier; from the command line use "
-                     "--config.data.name=file --config.data.path=my.npz (or .csv).")
-  else:
-    raise ValueError(f"Unknown dataset {d.kind}/{d.name} (config.data).")
-  if max_train and len(ds.x_train) > max_train:
-    keep = np.sort(data_lib.stratified_prefix(ds.y_train, max_train))
-    ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
-  if d.max_test_examples > 0 and len(ds.x_test) > d.max_test_examples:
-    keep = np.sort(data_lib.stratified_prefix(ds.y_test, d.max_test_examples))
-    ds = dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
-  return ds
-
-
 def make_split(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
   """(labeled_idx, unlabeled_idx) into ``dataset.x_train``.
 
@@ -572,7 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_workdir(workdir)
   # Load (and validate) the data before creating anything in the workdir, so a bad path or a
   # bad file leaves nothing half-written behind.
-  dataset = load_dataset(config)
+  dataset = data_lib.load_dataset(config)
   labeled_idx, unlabeled_idx = make_split(config, dataset)
   labeled_idx, unlabeled_idx, validation_idx = after_run.split_validation(
       config, dataset, labeled_idx, unlabeled_idx)
