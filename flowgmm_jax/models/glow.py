@@ -35,7 +35,7 @@ initial values do not depend on the ``rng`` passed to ``init``.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -45,8 +45,7 @@ import numpy as np
 from flowgmm_jax.bijectors.actnorm import ActNorm, actnorm_init_params
 from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU, conv1x1_lu_init
 from flowgmm_jax.bijectors.coupling import ChannelCoupling
-from flowgmm_jax.models.multiscale import (check_image_input, multiscale_forward,
-                                           multiscale_inverse, resolve_image_shape)
+from flowgmm_jax.models.multiscale import MultiScaleFlow
 from flowgmm_jax.nets import Rescale, ResNetConditioner
 
 Array = jax.Array
@@ -117,29 +116,21 @@ def glow_plan(num_scales: int, steps_per_scale: int) -> List[_GlowStep]:
   return steps
 
 
-class Glow(nn.Module):
+class Glow(MultiScaleFlow):
   """Multi-scale Glow for images. Forward = data -> latent.
 
-  Attributes:
+  Attributes (and MultiScaleFlow's: image_shape, bn_axis_name, zero_init_last, param_dtype):
     num_scales: number of scales (one squeeze each; all but the last factor out half).
     steps_per_scale: flow steps (ActNorm, 1x1 conv, coupling) per scale.
     mid_channels: ResNet conditioner width (the same at every scale).
     num_blocks: residual blocks per conditioner.
-    image_shape: optional (H, W, C), needed by ``inverse`` only for non-square images.
-    bn_axis_name: BatchNorm ``axis_name`` for cross-device statistics (or None).
-    zero_init_last: zero each conditioner's last conv (couplings start as the identity).
     conv1x1_seed: seed of the fixed 1x1-convolution permutations/signs and their init.
-    param_dtype: parameter dtype.
   """
   num_scales: int = 3
   steps_per_scale: int = 8
   mid_channels: int = 128
   num_blocks: int = 2
-  image_shape: Optional[Tuple[int, int, int]] = None
-  bn_axis_name: Optional[str] = None
-  zero_init_last: bool = True
   conv1x1_seed: int = 0
-  param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     if self.num_scales < 1 or self.steps_per_scale < 1:
@@ -171,25 +162,6 @@ class Glow(nn.Module):
               self._coupling(i, c, train)]
     return flow_step
 
-  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
-    """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
-
-    ``train=True`` uses batch statistics in the conditioners' BatchNorm and needs
-    ``mutable=["batch_stats"]``.
-    """
-    check_image_input(x.shape, "Glow", 2 ** self.num_scales, self.image_shape)
-    return multiscale_forward(self.plan, x, self._flow_step(train))
-
-  def _input_image_shape(self, z: Array) -> Tuple[int, int, int]:
+  def _input_channels(self, params) -> int:
     # The first ActNorm acts after the first squeeze: 4C channels.
-    return resolve_image_shape(self, z, "Glow",
-                               lambda params: params["actnorms_0"]["loc"].shape[0] // 4)
-
-  def inverse(self, z: Array, train: bool = False) -> Array:
-    """Latent -> data. ``z: [B, D]`` -> ``x: [B, H, W, C]`` (no forward call needed)."""
-    if z.ndim != 2:
-      raise ValueError(f"Glow.inverse expects a flat latent z: [B, D], got shape "
-                       f"{tuple(z.shape)}.")
-    image_shape = self._input_image_shape(z)
-    check_image_input((z.shape[0],) + tuple(image_shape), "Glow", 2 ** self.num_scales, None)
-    return multiscale_inverse(self.plan, z, image_shape, self._flow_step(train))
+    return params["actnorms_0"]["loc"].shape[0] // 4

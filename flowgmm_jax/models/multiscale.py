@@ -10,7 +10,9 @@ A multi-scale flow is a static plan: a list of steps whose ``kind`` is "squeeze"
     z = concat(flatten(factored pieces in order), flatten(final activations))   [B, D]
 
 and the inverse (latent -> data) splits z back into those pieces and walks the plan
-backwards. The models own their layers and say only what a flow step is.
+backwards. ``MultiScaleFlow`` is the Linen base of RealNVP and Glow: it holds their shared
+attributes, ``__call__`` and ``inverse``; each model owns its layers and says only what its
+plan and a flow step are.
 
 Also here: the input checks and the image shape an inverse needs when it is given only z.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -31,6 +34,57 @@ Array = jax.Array
 # activations x reaching it (in the direction being run: Glow's ActNorm initialises from
 # the data only when it is reached going forward).
 FlowStep = Callable[[object, Array, bool], Sequence[Bijector]]
+
+
+class MultiScaleFlow(nn.Module):
+  """An image flow on the multi-scale scaffold. Forward (``__call__``) is data -> latent.
+
+  A subclass sets ``self.plan`` in ``setup`` and defines ``_flow_step(train)`` (a
+  ``FlowStep``) and ``_input_channels(params)``, the input channel count read from its
+  parameters. H and W must be divisible by 2 ** (the number of squeezes in the plan).
+
+  Attributes shared by the image flows:
+    image_shape: optional (H, W, C). Needed by ``inverse`` only for non-square images;
+      otherwise C comes from ``_input_channels`` and H = W = sqrt(D/C).
+    bn_axis_name: BatchNorm ``axis_name`` ("data" to average batch statistics across
+      devices under shard_map/pmap), None on one device.
+    zero_init_last: zero each conditioner's last conv so every coupling starts as the
+      identity (the original used PyTorch's default random init there).
+    param_dtype: parameter dtype.
+  """
+  image_shape: Optional[Tuple[int, int, int]] = None
+  bn_axis_name: Optional[str] = None
+  zero_init_last: bool = True
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _flow_step(self, train: bool) -> FlowStep:
+    raise NotImplementedError(f"{type(self).__name__} must define _flow_step.")
+
+  def _input_channels(self, params) -> int:
+    raise NotImplementedError(f"{type(self).__name__} must define _input_channels.")
+
+  def _divisor(self) -> int:
+    """What H and W must be divisible by: a factor 2 per squeeze."""
+    return 2 ** sum(step.kind == "squeeze" for step in self.plan)
+
+  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
+    """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
+
+    ``log_det = log|det dz/dx|``. ``train=True`` uses batch statistics in BatchNorm and
+    needs ``mutable=["batch_stats"]``.
+    """
+    check_image_input(x.shape, type(self).__name__, self._divisor(), self.image_shape)
+    return multiscale_forward(self.plan, x, self._flow_step(train))
+
+  def inverse(self, z: Array, train: bool = False) -> Array:
+    """Latent -> data. ``z: [B, D]`` -> ``x: [B, H, W, C]`` (no forward call needed)."""
+    owner = type(self).__name__
+    if z.ndim != 2:
+      raise ValueError(f"{owner}.inverse expects a flat latent z: [B, D], got shape "
+                       f"{tuple(z.shape)}.")
+    image_shape = resolve_image_shape(self, z, owner, self._input_channels)
+    check_image_input((z.shape[0],) + tuple(image_shape), owner, self._divisor(), None)
+    return multiscale_inverse(self.plan, z, image_shape, self._flow_step(train))
 
 
 def multiscale_forward(plan: Sequence, x: Array, flow_step: FlowStep) -> Tuple[Array, Array]:

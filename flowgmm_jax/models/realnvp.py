@@ -32,18 +32,11 @@ Spatial size: there are ``num_scales - 1`` squeezes, so H and W must be divisibl
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
-
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
+from typing import List, NamedTuple, Tuple
 
 from flowgmm_jax.bijectors.coupling import AffineCoupling, ChannelCoupling, checkerboard_mask
-from flowgmm_jax.models.multiscale import (check_image_input, multiscale_forward,
-                                           multiscale_inverse, resolve_image_shape)
+from flowgmm_jax.models.multiscale import MultiScaleFlow
 from flowgmm_jax.nets import Rescale, ResNetConditioner
-
-Array = jax.Array
 
 
 class _Step(NamedTuple):
@@ -79,20 +72,13 @@ def realnvp_plan(num_scales: int) -> List[_Step]:
   return steps
 
 
-class RealNVP(nn.Module):
+class RealNVP(MultiScaleFlow):
   """Multi-scale image RealNVP (the FlowGMM paper's flow). Forward = data -> latent.
 
-  Attributes:
+  Attributes (and MultiScaleFlow's: image_shape, bn_axis_name, zero_init_last, param_dtype):
     num_scales: number of scales (2 in the paper); num_scales - 1 squeezes.
     num_blocks: residual blocks per conditioner (8).
     mid_channels: conditioner width at scale 0, doubled at each scale (64).
-    image_shape: optional (H, W, C). Needed by ``inverse`` only for non-square images;
-      otherwise C is read from the first conditioner's parameters and H = W = sqrt(D/C).
-    bn_axis_name: BatchNorm ``axis_name`` ("data" to average batch statistics across
-      devices under shard_map/pmap), None on one device.
-    zero_init_last: zero each conditioner's last conv so every coupling starts as the
-      identity (the original used PyTorch's default random init there).
-    param_dtype: parameter dtype.
 
   Usage::
 
@@ -106,10 +92,6 @@ class RealNVP(nn.Module):
   num_scales: int = 2
   num_blocks: int = 8
   mid_channels: int = 64
-  image_shape: Optional[Tuple[int, int, int]] = None
-  bn_axis_name: Optional[str] = None
-  zero_init_last: bool = True
-  param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     if self.num_scales < 1:
@@ -143,27 +125,6 @@ class RealNVP(nn.Module):
     """The scaffold's ``flow_step``: one coupling per step of the plan."""
     return lambda step, x, inverse: [self._coupling(step, x.shape, x.dtype, train)]
 
-  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
-    """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
-
-    ``log_det = log|det dz/dx|``. ``train=True`` uses batch statistics in BatchNorm and
-    needs ``mutable=["batch_stats"]``.
-    """
-    check_image_input(x.shape, "RealNVP", 2 ** (self.num_scales - 1), self.image_shape)
-    return multiscale_forward(self.plan, x, self._flow_step(train))
-
-  def _input_image_shape(self, z: Array) -> Tuple[int, int, int]:
+  def _input_channels(self, params) -> int:
     # The first conditioner's input conv sees concat[x, -x]: 2C input channels.
-    return resolve_image_shape(
-        self, z, "RealNVP",
-        lambda params: params["conditioners_0"]["in_conv"]["v"].shape[2] // 2)
-
-  def inverse(self, z: Array, train: bool = False) -> Array:
-    """Latent -> data. ``z: [B, D]`` -> ``x: [B, H, W, C]`` (no forward call needed)."""
-    if z.ndim != 2:
-      raise ValueError(f"RealNVP.inverse expects a flat latent z: [B, D], got shape "
-                       f"{tuple(z.shape)}.")
-    image_shape = self._input_image_shape(z)
-    check_image_input((z.shape[0],) + tuple(image_shape), "RealNVP",
-                      2 ** (self.num_scales - 1), None)
-    return multiscale_inverse(self.plan, z, image_shape, self._flow_step(train))
+    return params["conditioners_0"]["in_conv"]["v"].shape[2] // 2
