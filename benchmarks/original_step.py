@@ -42,8 +42,9 @@ What differs from running the scripts, and why (the only differences):
     loaded; metrics, logging and progress bars are left out.
   * ``prior="once"``: ``SSLGaussMixture.gaussians`` builds its list of MultivariateNormal
     once and returns it on every later call (``PriorBuiltOnce``). Shipped, the property
-    rebuilds every Gaussian, with a dense D x D covariance and its Cholesky factor, on every
-    call (4 times per CIFAR step). The means and scales are fixed in these runs, so the
+    rebuilds every Gaussian, with a dense D x D covariance and its Cholesky factor (two, as
+    torch's argument validation factorises it once more), on every call (4 times per CIFAR
+    step). The means and scales are fixed in these runs, so the
     cache changes no number; it is the only change in that variant.
 
 The CIFAR script also turns on ``torch.autograd.set_detect_anomaly(True)`` for the whole
@@ -193,7 +194,8 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.
 
 @dataclasses.dataclass
 class OriginalStep:
-  """``step()`` runs one train step of the original on its fixed batch (returns the loss)."""
+  """``step()`` runs one train step of the original on its fixed batch and returns the loss
+  (a float, or a detached scalar tensor where the script does not sync each step)."""
   name: str
   step: Callable[[], object]
   model: torch.nn.Module
@@ -299,7 +301,7 @@ def _text_step(orig, Prior, x, y, num_classes):
     loss.backward()
     orig.clip_grad_norm(optimizer, 100)
     optimizer.step()
-    return loss
+    return loss.detach()
 
   return OriginalStep("text", step, model, _count(model))
 
@@ -321,7 +323,7 @@ def _toy_step(orig, Prior, x, y):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return loss
+    return loss.detach()
 
   return OriginalStep("toy", step, flow, _count(flow))
 
