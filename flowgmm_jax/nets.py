@@ -89,14 +89,16 @@ class WNConv(nn.Module):
     use_bias: add a per-channel bias.
     zero_init: initialise ``g`` and ``bias`` to zero so the output is exactly 0 at init
       (``v`` stays random: it must be non-zero for the normalisation).
-    param_dtype: dtype of the parameters; the computation uses the promoted dtype of the
-      input and the parameters.
+    param_dtype: dtype of the parameters (the weight norm is computed in it).
+    dtype: compute dtype of the convolution (e.g. bfloat16); None: the promoted dtype of
+      the input and the parameters.
   """
   features: int
   kernel_size: int = 3
   use_bias: bool = True
   zero_init: bool = False
   param_dtype: jnp.dtype = jnp.float32
+  dtype: Optional[jnp.dtype] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -114,7 +116,7 @@ class WNConv(nn.Module):
           "g", lambda _key, _shape, _dtype: jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1, 2))),
           (self.features,), self.param_dtype)
     kernel = _weight_norm(v, g)
-    x, kernel = nn.dtypes.promote_dtype(x, kernel)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     y = jax.lax.conv_general_dilated(
         x, kernel, window_strides=(1, 1), padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -158,6 +160,9 @@ class ResNetConditioner(nn.Module):
     bn_axis_name: passed to BatchNorm's ``axis_name`` so batch statistics are averaged
       over devices (e.g. "data" under shard_map/pmap); None on one device.
     param_dtype: parameter dtype.
+    dtype: compute dtype of the convolutions and BatchNorms (e.g. bfloat16; BatchNorm keeps
+      its statistics in float32); None: float32. The outputs are cast back to the input's
+      dtype, so the coupling's affine map and log-det stay in full precision.
   """
   mid_channels: int = 64
   num_blocks: int = 8
@@ -166,11 +171,12 @@ class ResNetConditioner(nn.Module):
   zero_init_last: bool = True
   bn_axis_name: Optional[str] = None
   param_dtype: jnp.dtype = jnp.float32
+  dtype: Optional[jnp.dtype] = None
 
   def _batch_norm(self, train: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                         epsilon=BN_EPSILON, axis_name=self.bn_axis_name,
-                        param_dtype=self.param_dtype, name=name)
+                        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
@@ -188,7 +194,7 @@ class ResNetConditioner(nn.Module):
                        f"got {out_channels}.")
     mid = self.mid_channels
     wn = lambda features, k, name, **kw: WNConv(
-        features, k, param_dtype=self.param_dtype, name=name, **kw)
+        features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name, **kw)
 
     h = self._batch_norm(train, "in_norm")(x)
     if self.double_after_norm:
@@ -205,7 +211,7 @@ class ResNetConditioner(nn.Module):
       skip = skip + wn(mid, 1, f"skip{i}")(h)
     out = nn.relu(self._batch_norm(train, "out_norm")(skip))
     out = wn(out_channels, 1, "out_conv", zero_init=self.zero_init_last)(out)
-    s_raw, t = jnp.split(out, 2, axis=-1)
+    s_raw, t = jnp.split(out.astype(x.dtype), 2, axis=-1)
     return s_raw, t
 
 
@@ -223,6 +229,8 @@ class MLP(nn.Module):
     out_dim: output width.
     dropout_rate: 0 disables dropout.
     zero_init_last: zero the last layer's kernel and bias.
+    dtype: compute dtype of the dense layers (e.g. bfloat16); None: float32. The output is
+      cast back to the input's dtype.
   """
   hidden_dim: int
   num_layers: int
@@ -230,15 +238,16 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
+  dtype: Optional[jnp.dtype] = None
 
   def _dense(self, features: int, fan_in: int, name: str, zero: bool = False) -> nn.Dense:
     if zero:
       return nn.Dense(features, kernel_init=nn.initializers.zeros,
                       bias_init=nn.initializers.zeros, param_dtype=self.param_dtype,
-                      name=name)
+                      dtype=self.dtype, name=name)
     return nn.Dense(features, kernel_init=torch_default_kernel_init,
                     bias_init=_uniform_bias_init(fan_in), param_dtype=self.param_dtype,
-                    name=name)
+                    dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -248,7 +257,8 @@ class MLP(nn.Module):
       h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     for i in range(self.num_layers):
       h = nn.relu(self._dense(self.hidden_dim, self.hidden_dim, f"hidden{i}")(h))
-    return self._dense(self.out_dim, self.hidden_dim, "out_dense", self.zero_init_last)(h)
+    out = self._dense(self.out_dim, self.hidden_dim, "out_dense", self.zero_init_last)(h)
+    return out.astype(x.dtype)
 
 
 class MLPConditioner(nn.Module):
@@ -265,6 +275,7 @@ class MLPConditioner(nn.Module):
   out_dim: Optional[int] = None
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
+  dtype: Optional[jnp.dtype] = None  # compute dtype of the MLP (see MLP)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, out_dim: Optional[int] = None
@@ -279,7 +290,7 @@ class MLPConditioner(nn.Module):
       raise ValueError(f"MLPConditioner: out_dim must be even (s_raw and t halves), "
                        f"got {out_dim}.")
     out = MLP(self.hidden_dim, self.num_layers, out_dim, self.dropout_rate,
-              self.zero_init_last, self.param_dtype, name="mlp")(x, train)
+              self.zero_init_last, self.param_dtype, self.dtype, name="mlp")(x, train)
     s_raw, t = jnp.split(out, 2, axis=-1)
     return s_raw, t
 
@@ -299,11 +310,13 @@ class MLPSplineConditioner(nn.Module):
   dropout_rate: float = 0.0
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
+  dtype: Optional[jnp.dtype] = None  # compute dtype of the MLP (see MLP)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     """``x: [B, D] -> [B, D, params_per_dim]``."""
     batch, dim = x.shape
     out = MLP(self.hidden_dim, self.num_layers, dim * self.params_per_dim,
-              self.dropout_rate, self.zero_init_last, self.param_dtype, name="mlp")(x, train)
+              self.dropout_rate, self.zero_init_last, self.param_dtype, self.dtype,
+              name="mlp")(x, train)
     return out.reshape(batch, dim, self.params_per_dim)
