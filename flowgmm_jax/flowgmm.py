@@ -49,7 +49,8 @@ class FlowGMM(nn.Module):
     (``image``) dequantisation. ``bn_axis_name``: see ``models.build``."""
     dim = int(math.prod(input_shape))
     prior = GaussianMixturePrior.from_config(config.prior, num_classes, dim, image=image)
-    flow = models.build(config.model, input_shape, bn_axis_name=bn_axis_name)
+    flow = models.build(config.model, input_shape, bn_axis_name=bn_axis_name,
+                        compute_dtype=config.get("compute_dtype", "float32"))
     return cls(flow=flow, prior=prior, dequantize=image)
 
   def _preprocess(self, noise, x):

@@ -14,13 +14,14 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flowgmm_jax.models.glow import Glow
 from flowgmm_jax.models.realnvp import RealNVP
 from flowgmm_jax.models.tabular import RealNVPTabular, SplineTabular
 
-__all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "IMAGE_MODELS",
+__all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "IMAGE_MODELS", "COMPUTE_DTYPES",
            "build", "count_params", "weight_norm_gain_mask"]
 
 
@@ -43,25 +44,33 @@ _REGISTRY = {
     "realnvp": _Entry(True, lambda m, shape, bn_axis_name: RealNVP(
         num_scales=m.num_scales, num_blocks=m.num_blocks, mid_channels=m.mid_channels,
         image_shape=tuple(shape), bn_axis_name=bn_axis_name)),
+    # bn_axis_name: Glow's conditioners have BatchNorm too, averaged over devices like RealNVP's.
     "glow": _Entry(True, lambda m, shape, bn_axis_name: Glow(
         num_scales=m.num_scales, steps_per_scale=m.steps_per_scale,
-        mid_channels=m.mid_channels, image_shape=tuple(shape))),
+        mid_channels=m.mid_channels, image_shape=tuple(shape), bn_axis_name=bn_axis_name)),
 }
 MODELS = tuple(_REGISTRY)
 IMAGE_MODELS = tuple(name for name, entry in _REGISTRY.items() if entry.image)
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def build(model_config, input_shape: Sequence[int], *,
-          bn_axis_name: Optional[str] = None) -> nn.Module:
+          bn_axis_name: Optional[str] = None, compute_dtype: str = "float32") -> nn.Module:
   """The flow named by ``model_config.name`` (one of ``MODELS``; ``model_config`` is a
   config's ``model`` section) for inputs of ``input_shape`` (no batch axis).
 
   ``bn_axis_name``: the device axis over which BatchNorm averages batch statistics in the
   data-parallel train step (image flows); None for evaluation.
+  ``compute_dtype``: "float32" or "bfloat16", the dtype the conditioner networks compute in
+  (a config's ``compute_dtype``); parameters, couplings and log-dets stay float32.
   """
   if model_config.name not in _REGISTRY:
     raise ValueError(f"Unknown model {model_config.name!r} (config.model.name).")
-  return _REGISTRY[model_config.name].make(model_config, input_shape, bn_axis_name)
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"Unknown compute_dtype {compute_dtype!r}; choose one of "
+                     f"{tuple(COMPUTE_DTYPES)} (config.compute_dtype).")
+  flow = _REGISTRY[model_config.name].make(model_config, input_shape, bn_axis_name)
+  return flow.clone(compute_dtype=COMPUTE_DTYPES[compute_dtype])
 
 
 def count_params(variables: Mapping[str, Any]) -> int:

@@ -144,7 +144,8 @@ class Glow(MultiScaleFlow):
     self.conditioners = [
         ResNetConditioner(mid_channels=self.mid_channels, num_blocks=self.num_blocks,
                           double_after_norm=False, zero_init_last=self.zero_init_last,
-                          bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype)
+                          bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
+                          dtype=self.compute_dtype)
         for _ in range(num_steps)]
     self.rescales = [Rescale(param_dtype=self.param_dtype) for _ in range(num_steps)]
 

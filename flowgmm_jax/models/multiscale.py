@@ -51,11 +51,14 @@ class MultiScaleFlow(nn.Module):
     zero_init_last: zero each conditioner's last conv so every coupling starts as the
       identity (the original used PyTorch's default random init there).
     param_dtype: parameter dtype.
+    compute_dtype: dtype of the conditioner networks' convolutions (e.g. bfloat16 on a
+      GPU/TPU); None: float32. Parameters, the coupling maps and the log-dets stay float32.
   """
   image_shape: Optional[Tuple[int, int, int]] = None
   bn_axis_name: Optional[str] = None
   zero_init_last: bool = True
   param_dtype: jnp.dtype = jnp.float32
+  compute_dtype: Optional[jnp.dtype] = None
 
   def _flow_step(self, train: bool) -> FlowStep:
     raise NotImplementedError(f"{type(self).__name__} must define _flow_step.")

@@ -106,7 +106,8 @@ class RealNVP(MultiScaleFlow):
             double_after_norm=s.kind == "checkerboard",
             zero_init_last=self.zero_init_last,
             bn_axis_name=self.bn_axis_name,
-            param_dtype=self.param_dtype)
+            param_dtype=self.param_dtype,
+            dtype=self.compute_dtype)
         for s in couplings]
     self.rescales = [Rescale(param_dtype=self.param_dtype) for _ in couplings]
 

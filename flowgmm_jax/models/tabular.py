@@ -18,7 +18,7 @@ Forward (``__call__``) is data -> latent: ``x: [B, D] -> (z: [B, D], log_det: [B
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -74,6 +74,7 @@ class RealNVPTabular(nn.Module):
   zero_init_last: bool = False
   full_width_conditioner: bool = False
   param_dtype: jnp.dtype = jnp.float32
+  compute_dtype: Optional[jnp.dtype] = None  # the conditioner MLPs' dtype; None: float32
 
   def setup(self):
     if self.num_coupling_layers < 1:
@@ -82,7 +83,7 @@ class RealNVPTabular(nn.Module):
     self.conditioners = [
         MLPConditioner(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                        dropout_rate=self.dropout_rate, zero_init_last=self.zero_init_last,
-                       param_dtype=self.param_dtype)
+                       param_dtype=self.param_dtype, dtype=self.compute_dtype)
         for _ in range(self.num_coupling_layers)]
     self.rescales = [Rescale(param_dtype=self.param_dtype)
                      for _ in range(self.num_coupling_layers)]
@@ -147,6 +148,7 @@ class SplineTabular(nn.Module):
   dropout_rate: float = 0.0
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
+  compute_dtype: Optional[jnp.dtype] = None  # the conditioner MLPs' dtype; None: float32
 
   def setup(self):
     if self.num_coupling_layers < 1:
@@ -157,7 +159,7 @@ class SplineTabular(nn.Module):
                              hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                              dropout_rate=self.dropout_rate,
                              zero_init_last=self.zero_init_last,
-                             param_dtype=self.param_dtype)
+                             param_dtype=self.param_dtype, dtype=self.compute_dtype)
         for _ in range(self.num_coupling_layers)]
 
   def _coupling(self, index: int, dim: int, dtype, train: bool):

@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 from flowgmm_jax.data import names_by_kind
 from flowgmm_jax.losses import OBJECTIVES
-from flowgmm_jax.models import IMAGE_MODELS, MODELS
+from flowgmm_jax.models import COMPUTE_DTYPES, IMAGE_MODELS, MODELS
 from flowgmm_jax.prior import COVARIANCE_TYPES
 
 # {data.kind: data.name values}, from the one dataset registry (flowgmm_jax.data.REGISTRY).
@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   """All keys with neutral defaults; experiment configs override them."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # The conditioner networks' compute dtype: "float32" | "bfloat16" (GPU/TPU speed);
+  # parameters, the prior and every log-det stay float32 either way.
+  c.compute_dtype = "float32"
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "toy"                 # toy | tabular | text | image
@@ -203,6 +206,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
           f"{DATASETS[c.data.kind]}.")
   if c.model.name not in MODELS:
     _fail(f"model.name={c.model.name!r}; choose one of {MODELS}.")
+  if c.get("compute_dtype", "float32") not in COMPUTE_DTYPES:
+    _fail(f"compute_dtype={c.compute_dtype!r}; choose one of {tuple(COMPUTE_DTYPES)}.")
   image_model = c.model.name in IMAGE_MODELS
   if image_model != (c.data.kind == "image"):
     flat_models = [name for name in MODELS if name not in IMAGE_MODELS]
