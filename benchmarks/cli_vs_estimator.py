@@ -46,7 +46,7 @@ def run_one(config_spec: str, seed: int) -> dict:
   cli_seconds = time.perf_counter() - start
 
   dataset = data.load_dataset(config)
-  labeled_idx, _ = loop.make_split(config, dataset)
+  labeled_idx, _ = data.make_split(config, dataset)
   y_semi = np.full(len(dataset.y_train), -1)
   y_semi[labeled_idx] = dataset.y_train[labeled_idx]
   start = time.perf_counter()

@@ -145,6 +145,26 @@ def load_dataset(config) -> Dataset:
   return ds
 
 
+
+def make_split(config, dataset: Dataset):
+  """(labeled_idx, unlabeled_idx) into ``dataset.x_train`` for a config's ``data`` section.
+
+  If the training labels already contain -1, those rows are the unlabelled pool and every
+  labelled row is used; otherwise ``num_labeled_per_class`` (or ``num_labeled``) labels are
+  kept per class, chosen with the config's seed, and the rest are unlabelled (a class with
+  fewer rows than that is labelled whole, with a warning).
+  """
+  d = config.data
+  if np.any(dataset.y_train < 0):
+    return split_with_given_unlabeled(dataset.y_train)
+  if d.num_labeled_per_class > 0:
+    kw = {"num_labeled_per_class": d.num_labeled_per_class}
+  else:
+    kw = {"num_labeled": d.num_labeled}
+  return labeled_unlabeled_split(dataset.y_train, seed=config.seed,
+                                 num_classes=dataset.num_classes, allow_fewer=True, **kw)
+
+
 __all__ = [
     "CIFAR10_CLASSES", "DATASET_NAMES", "DataNotFoundError", "Dataset", "FLIP_BY_DATASET",
     "PAPER_NUM_LABELED", "REGISTRY", "SemiSupervisedBatches", "Source", "TOY_DATASETS",
@@ -154,7 +174,7 @@ __all__ = [
     "load_csv_table", "load_dataset", "load_hepmass", "load_miniboone", "load_mnist",
     "load_npz_table", "load_original_text_embeddings", "load_svhn", "load_text_embeddings_npz",
     "load_tfds_images", "load_toy", "load_uci", "make_8gaussians", "make_circles",
-    "make_moons", "make_pinwheel", "make_split_dataset", "names_by_kind", "prepare_tfds_dataset",
+    "make_moons", "make_pinwheel", "make_split", "make_split_dataset", "names_by_kind", "prepare_tfds_dataset",
     "random_crop_with_padding", "random_horizontal_flip", "read_idx", "read_miniboone",
     "save_npz_atomic", "split_with_given_unlabeled", "standardize_features",
     "stratified_prefix", "stratified_train_test_split", "tfds_data_source",

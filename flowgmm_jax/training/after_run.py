@@ -66,10 +66,9 @@ def write_plots(config: ml_collections.ConfigDict, workdir: str, step: Optional[
                 tensorboard: bool = False) -> list:
   """Rebuilds the run's data and split from ``config`` and writes ``workdir/plots/``."""
   from flowgmm_jax import plots
-  from flowgmm_jax.training.loop import make_split
   model = trained.load(workdir, step)
   dataset = data_lib.load_dataset(config)
-  labeled_idx, unlabeled_idx = make_split(config, dataset)
+  labeled_idx, unlabeled_idx = data_lib.make_split(config, dataset)
   labeled_idx, _, _ = split_validation(config, dataset, labeled_idx, unlabeled_idx)
   record = None
   if model.temperature != 1.0:

@@ -47,26 +47,6 @@ from flowgmm_jax.training.writer import MetricWriter
 build_model = FlowGMM.from_config
 
 
-def make_split(config: ml_collections.ConfigDict, dataset: data_lib.Dataset):
-  """(labeled_idx, unlabeled_idx) into ``dataset.x_train``.
-
-  If the training labels already contain -1, those rows are the unlabelled pool and every
-  labelled row is used; otherwise ``num_labeled_per_class`` (or ``num_labeled``) labels are
-  kept per class, chosen with the config's seed, and the rest are unlabelled (a class with
-  fewer rows than that is labelled whole, with a warning).
-  """
-  d = config.data
-  if np.any(dataset.y_train < 0):
-    return data_lib.split_with_given_unlabeled(dataset.y_train)
-  if d.num_labeled_per_class > 0:
-    kw = {"num_labeled_per_class": d.num_labeled_per_class}
-  else:
-    kw = {"num_labeled": d.num_labeled}
-  return data_lib.labeled_unlabeled_split(dataset.y_train, seed=config.seed,
-                                          num_classes=dataset.num_classes, allow_fewer=True,
-                                          **kw)
-
-
 def place_means_at_labeled_centroids(model: FlowGMM, variables: dict, x_labeled: np.ndarray,
                                      y_labeled: np.ndarray) -> dict:
   """``variables`` with each prior mean mu_k moved to the centroid of f(x) over the
@@ -514,7 +494,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Load (and validate) the data before creating anything in the workdir, so a bad path or a
   # bad file leaves nothing half-written behind.
   dataset = data_lib.load_dataset(config)
-  labeled_idx, unlabeled_idx = make_split(config, dataset)
+  labeled_idx, unlabeled_idx = data_lib.make_split(config, dataset)
   labeled_idx, unlabeled_idx, validation_idx = after_run.split_validation(
       config, dataset, labeled_idx, unlabeled_idx)
   created = not os.path.exists(workdir)
