@@ -1,9 +1,22 @@
-"""Fixtures shared by the test files."""
+"""Fixtures and settings shared by the test files."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import jax
 import pytest
+
+# One XLA compilation cache for the session, shared with the subprocesses the tests start
+# (CLI runs and their resumes, SIGTERM reruns, two-process runs): a rerun of the same
+# program loads its executable instead of compiling it again, which is most of the suite's
+# time on a 2-core CI machine. The cache holds the same executables, so no result changes.
+_CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                   tempfile.mkdtemp(prefix="flowgmm-test-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 @pytest.fixture
