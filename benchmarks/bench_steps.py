@@ -50,7 +50,7 @@ from flowgmm_jax.training import base_config
 from flowgmm_jax.training import optim
 from flowgmm_jax.training import step as step_lib
 # The one place the model builder is imported from (it may move to flowgmm_jax.models).
-from flowgmm_jax.training.loop import build_model
+from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
 # Seconds per step we aim for (ours), and for the first CIFAR step (compile included).
@@ -109,8 +109,8 @@ def _ours(name: str, original_layout: bool = False):
   c, x, y, shape, k = workload(name)
   image = c.data.kind == "image"
   mesh = step_lib.make_mesh()
-  model = build_model(c, shape, k, image=image, bn_axis_name=step_lib.DATA_AXIS)
-  eval_model = build_model(c, shape, k, image=image)
+  model = FlowGMM.from_config(c, shape, k, image=image, bn_axis_name=step_lib.DATA_AXIS)
+  eval_model = FlowGMM.from_config(c, shape, k, image=image)
   if original_layout:
     model, eval_model = _original_layout(model), _original_layout(eval_model)
   variables = eval_model.init(jax.random.PRNGKey(0), x[:8].astype(np.float32))

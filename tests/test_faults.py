@@ -25,7 +25,7 @@ from flowgmm_jax.training import base_config, fit, train_and_evaluate
 from flowgmm_jax.training import checkpoint as ckpt_lib
 from flowgmm_jax.training import optim
 from flowgmm_jax.training import step as step_lib
-from flowgmm_jax.training.loop import build_model
+from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +79,8 @@ def test_non_finite_step_changes_nothing_but_the_step():
   ds = blobs()
   c = tiny_config()
   mesh = step_lib.make_mesh(jax.devices()[:1])
-  model = build_model(c, (4,), 2, image=False, bn_axis_name=step_lib.DATA_AXIS)
-  variables = build_model(c, (4,), 2, image=False).init(jax.random.PRNGKey(0),
+  model = FlowGMM.from_config(c, (4,), 2, image=False, bn_axis_name=step_lib.DATA_AXIS)
+  variables = FlowGMM.from_config(c, (4,), 2, image=False).init(jax.random.PRNGKey(0),
                                                          jnp.asarray(ds.x_train[:24]))
   tx = optim.make_optimizer("adam", 1e-2, 10)
   state = step_lib.replicate(mesh, create_train_state(variables, tx, jax.random.PRNGKey(1)))

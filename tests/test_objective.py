@@ -15,7 +15,7 @@ from flowgmm_jax.data import Dataset
 from flowgmm_jax.losses import flowgmm_objective
 from flowgmm_jax.training import base_config, fit, train_and_evaluate, validate_config
 from flowgmm_jax.training import step as step_lib
-from flowgmm_jax.training.loop import build_model
+from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
 
@@ -39,8 +39,8 @@ def test_train_step_loss_is_the_objective_function(objective):
   x = rng.normal(size=(12, 3)).astype(np.float32)
   y = np.array([0, 2, 1, 0, -1, -1, -1, -1, -1, -1, -1, -1], np.int32)
   c = tabular_config(objective)
-  train_model = build_model(c, (3,), 3, image=False, bn_axis_name=step_lib.DATA_AXIS)
-  model = build_model(c, (3,), 3, image=False)
+  train_model = FlowGMM.from_config(c, (3,), 3, image=False, bn_axis_name=step_lib.DATA_AXIS)
+  model = FlowGMM.from_config(c, (3,), 3, image=False)
   key = jax.random.PRNGKey(0)
   variables = model.init({"params": key, "dropout": key}, jnp.asarray(x))
   # The value the step must report, from the function itself (no augmentation, no dropout:
@@ -127,7 +127,7 @@ def test_mnist_cpu_config_states_its_parameter_count():
   c = module.get_config("cpu")
   validate_config(c)
   assert c.data.num_labeled_per_class == 100 and c.loss.objective == "original"
-  model = build_model(c, (28, 28, 1), 10, image=True)
+  model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
   key = jax.random.PRNGKey(0)
   shapes = jax.eval_shape(lambda: model.init({"params": key, "dropout": key},
                                              jnp.zeros((2, 28, 28, 1))))

@@ -16,7 +16,7 @@ from flowgmm_jax.data import load_dataset
 from flowgmm_jax.training import after_run, train_and_evaluate
 from flowgmm_jax.training.checkpoint import IncompatibleCheckpointError
 from flowgmm_jax.training.config import base_config
-from flowgmm_jax.training.loop import build_model
+from flowgmm_jax.flowgmm import FlowGMM
 
 
 def toy_config(steps=4):
@@ -227,7 +227,7 @@ def tiny_image_model():
   meta = {"model": c.model.to_dict(), "prior": c.prior.to_dict(),
           "data": {"kind": "image", "name": "tiny", "path": ""},
           "input_shape": [8, 8, 1], "num_classes": 3}
-  model = build_model(c, (8, 8, 1), 3, image=True)
+  model = FlowGMM.from_config(c, (8, 8, 1), 3, image=True)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, size=(30, 8, 8, 1)).astype(np.uint8)
   variables = model.init({"params": jax.random.PRNGKey(0)}, jnp.asarray(x[:4], jnp.float32))
@@ -299,7 +299,7 @@ def test_raw_feature_rows_get_the_runs_transform(tmp_path):
   trained.save_data_transform(str(tmp_path), info)
   with np.load(tmp_path / trained.DATA_TRANSFORM_FILE) as f:
     transform = {k: f[k] for k in f.files}
-  model = build_model(c, (2,), 3, image=False)
+  model = FlowGMM.from_config(c, (2,), 3, image=False)
   variables = model.init({"params": jax.random.PRNGKey(1)}, jnp.zeros((4, 2)))
   m = trained.TrainedFlowGMM(model, variables, meta=meta, step=0, data_transform=transform)
   assert m.num_raw_features == 3

@@ -145,7 +145,6 @@ def load_dataset(config) -> Dataset:
   return ds
 
 
-
 def make_split(config, dataset: Dataset):
   """(labeled_idx, unlabeled_idx) into ``dataset.x_train`` for a config's ``data`` section.
 

@@ -1,7 +1,7 @@
 """Training: config schema, state, optimiser, the data-parallel step, checkpoints, the loop."""
 
 from flowgmm_jax.training.config import base_config, validate_config
-from flowgmm_jax.training.loop import FitResult, build_model, fit, train_and_evaluate
+from flowgmm_jax.training.loop import FitResult, fit, train_and_evaluate
 
-__all__ = ["base_config", "validate_config", "FitResult", "build_model", "fit",
+__all__ = ["base_config", "validate_config", "FitResult", "fit",
            "train_and_evaluate"]

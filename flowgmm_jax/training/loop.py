@@ -16,10 +16,9 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +40,6 @@ from flowgmm_jax.training.writer import MetricWriter
 
 
 # ----------------------------------------------------------------------------- building
-
-# The model registry is models.build, with the prior in FlowGMM.from_config; the old name
-# stays for callers such as benchmarks/bench_steps.py.
-build_model = FlowGMM.from_config
-
 
 def place_means_at_labeled_centroids(model: FlowGMM, variables: dict, x_labeled: np.ndarray,
                                      y_labeled: np.ndarray) -> dict:
