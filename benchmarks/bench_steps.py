@@ -104,7 +104,7 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
-def _ours(name: str, original_layout: bool = False):
+def _ours(name: str, original_layout: bool = False, flat_optimizer: bool = False):
   """Our train step, its initial state and inputs, and the parameter count."""
   c, x, y, shape, k = workload(name)
   image = c.data.kind == "image"
@@ -116,7 +116,7 @@ def _ours(name: str, original_layout: bool = False):
   variables = eval_model.init(jax.random.PRNGKey(0), x[:8].astype(np.float32))
   tx = optim.make_optimizer(c.optim.optimizer, c.optim.learning_rate, 1000,
                             weight_decay=c.optim.weight_decay,
-                            grad_clip_norm=c.optim.grad_clip_norm)
+                            grad_clip_norm=c.optim.grad_clip_norm, flat=flat_optimizer)
   state = step_lib.replicate(mesh, create_train_state(variables, tx, jax.random.PRNGKey(1)))
   augment = None
   if image:
@@ -134,9 +134,9 @@ def _ours(name: str, original_layout: bool = False):
   return train_step, state, batch, rng, count_params(variables)
 
 
-def time_step(name: str, repeats: int) -> dict:
+def time_step(name: str, repeats: int, flat_optimizer: bool = False) -> dict:
   """Ours: compile (timed with the first step), then ``repeats`` timed steps."""
-  train_step, state, batch, rng, num_params = _ours(name)
+  train_step, state, batch, rng, num_params = _ours(name, flat_optimizer=flat_optimizer)
   t0 = time.perf_counter()
   compiled = train_step.lower(state, batch, rng).compile()
   state, metrics = compiled(state, batch, rng)
@@ -263,6 +263,8 @@ def main():
                            "train_semisup_cons.py")
   parser.add_argument("--peak-gflops", type=float, default=550.0,
                       help="this CPU's float32 peak, for the fraction column")
+  parser.add_argument("--flat-optimizer", action="store_true",
+                      help="ours with make_optimizer(flat=True): Adam on one flat vector")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
   args = parser.parse_args()
   names = [n for n in args.only.split(",") if n]
@@ -287,7 +289,7 @@ def main():
     repeats = args.repeats
     if n == "cifar":
       repeats = args.cifar_repeats or max(3, args.repeats // 3)
-    row = time_step(n, repeats)
+    row = time_step(n, repeats, flat_optimizer=args.flat_optimizer)
     if orig is not None:
       row.update(time_original(orig, n, repeats, anomaly=args.original_anomaly == "on"))
       if n != "cifar":
