@@ -18,6 +18,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
+# The suite's models are tiny, so compiling them, not running them, is most of its time:
+# XLA's backend at optimisation level 0 compiles faster. It changes how fast the code runs,
+# not what it computes to the tolerances asserted; FLOWGMM_TEST_XLA_OPT=default keeps XLA's
+# own level. Subprocesses inherit it (the 8-device test adds it to the XLA_FLAGS it sets).
+TEST_XLA_FLAGS = ("" if os.environ.get("FLOWGMM_TEST_XLA_OPT") == "default"
+                  else "--xla_backend_optimization_level=0")
+if TEST_XLA_FLAGS and TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
+
 
 @pytest.fixture
 def x64():

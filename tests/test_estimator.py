@@ -162,7 +162,7 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_fits_on_eight_devices_with_batch_sizes_not_divisible_by_eight():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_SCRIPT.format(repo=str(REPO))],
                         env=env, capture_output=True, text=True, timeout=300)

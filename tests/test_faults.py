@@ -225,6 +225,36 @@ def test_damaged_latest_checkpoints_fall_back_to_the_newest_good_one(tmp_path, c
   assert sorted(os.listdir(workdir / "checkpoints_damaged")) == ["4", "6"]
 
 
+def _checksum_as_first_written(tree) -> int:
+  """The checksum's first (jitted jnp) form, which older checkpoints were written with."""
+  total = jnp.zeros((), jnp.uint32)
+  for i, leaf in enumerate(jax.tree.leaves(tree)):
+    x = jnp.ravel(jnp.asarray(leaf))
+    if x.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+      bits = x.astype(jnp.float32 if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.int32)
+      bits = jax.lax.bitcast_convert_type(bits, jnp.uint32)
+    weights = (jnp.arange(x.size, dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(i + 1)
+    total = total + jnp.sum(bits * weights, dtype=jnp.uint32)
+  return int(total)
+
+
+def test_checksum_matches_older_checkpoints_and_sees_one_flipped_bit():
+  rng = np.random.default_rng(0)
+  tree = {"a": jnp.asarray(rng.normal(size=(300, 500)), jnp.float32),  # > 65521 elements
+          "b": jnp.asarray(rng.normal(size=(7,)), jnp.bfloat16),
+          "c": jnp.asarray(rng.integers(0, 2**31, size=(5,)), jnp.uint32),
+          "d": jnp.asarray([True, False]), "e": jnp.asarray(3, jnp.int32)}
+  value = ckpt_lib.checksum(tree)
+  assert value == _checksum_as_first_written(tree)
+  flipped = np.asarray(tree["a"]).copy()
+  flipped.view(np.uint32)[123, 45] ^= 1 << 7
+  assert ckpt_lib.checksum({**tree, "a": jnp.asarray(flipped)}) != value
+  assert ckpt_lib.is_finite(tree)
+  assert not ckpt_lib.is_finite({**tree, "b": tree["b"].at[3].set(jnp.inf)})
+
+
 def test_no_readable_checkpoint_is_one_line_naming_the_directory(tmp_path, capfd):
   ds = blobs()
   workdir = tmp_path / "run"

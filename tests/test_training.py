@@ -193,7 +193,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 
 
 def test_data_parallel_8_devices_equals_1_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT.format(repo=str(REPO))],
                         env=env, capture_output=True, text=True, timeout=600)

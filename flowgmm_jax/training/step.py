@@ -16,7 +16,6 @@ masks are drawn per device and are the one exception.)
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional
 
 import jax
@@ -45,13 +44,6 @@ def _example_keys(rng, position):
 
 def _per_example_uniform(keys, shape, dtype):
   return jax.vmap(lambda k: jax.random.uniform(k, shape, dtype))(keys)
-
-
-def all_finite(tree) -> jax.Array:
-  """A bool scalar: every inexact leaf of ``tree`` is finite (integer leaves always are)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
 def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
