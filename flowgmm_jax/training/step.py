@@ -148,27 +148,33 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
 
     grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     # Flax BatchNorm with axis_name='data' already pmean-s its batch moments; the running
     # averages are then identical on every device. pmean keeps them provably replicated.
     batch_stats = jax.lax.pmean(aux["batch_stats"], DATA_AXIS)
     terms = aux["terms"]
     loss = aux["loss"]
-    # Non-finite guard: a step whose loss, gradients or results are not finite leaves the
-    # parameters, optimiser state and BatchNorm statistics as they were (the step counter
-    # still advances, so the next step sees the next batch). Every value compared here is
-    # replicated, so all devices take the same decision.
+    # Non-finite guard: a step whose loss, gradients or BatchNorm statistics are not finite
+    # leaves the parameters, optimiser state and BatchNorm statistics as they were (the step
+    # counter still advances, so the next step sees the next batch). Every value compared
+    # here is replicated, so all devices take the same decision.
     # One norm per tree, not a check per leaf: a chain of hundreds of per-leaf reductions
     # that every update waits on made the image step take minutes to compile. An overflowing
-    # norm (inf) counts as not finite, which a step that large deserves.
+    # norm (inf) counts as not finite, which a step that large deserves. The update runs
+    # inside a cond rather than being computed and then discarded with a `where` over every
+    # leaf: that `where` read and wrote the whole state once more per step, which costs
+    # a memory-bound step (the toy one, README "Speed") about a millisecond.
     grad_norm = optax.tree.norm(grads)
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.tree.norm(batch_stats)))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params = keep(params, state.params)
-    opt_state = keep(opt_state, state.opt_state)
-    batch_stats = keep(batch_stats, state.batch_stats)
+
+    def apply_update(_):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state, batch_stats
+
+    def keep_state(_):
+      return state.params, state.opt_state, state.batch_stats
+
+    params, opt_state, batch_stats = jax.lax.cond(finite, apply_update, keep_state, None)
     metrics = {
         "train/loss": aux["loss"],
         **{f"train/{name}": value for name, value in terms.items()},
