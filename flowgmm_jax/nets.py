@@ -117,9 +117,15 @@ class WNConv(nn.Module):
           (self.features,), self.param_dtype)
     kernel = _weight_norm(v, g)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if k == 1:
+      # A 1x1 convolution is a matrix product over the channel axis. Written as one, XLA:CPU
+      # runs it as a GEMM: 2.4x faster forward and ~2x faster filter gradient than its
+      # convolution kernel (python -m benchmarks.bench_kernels).
+      y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding="SAME",
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       bias_init = nn.initializers.zeros if self.zero_init else _uniform_bias_init(fan_in)
       bias = self.param("bias", bias_init, (self.features,), self.param_dtype)

@@ -46,6 +46,24 @@ def test_bench_steps_toy_runs_without_torch(tmp_path):
   assert row["workload"] == "toy" and row["median_s"] > 0
   assert row["flops"] > 0 and row["gflops_per_s"] > 0
   assert row["params"] == 1_323_550  # the compact conditioners (models/tabular.py)
+  assert row["xla_compile_s"] > 0 and row["hlo_fusions"] > 0
+
+
+def test_bench_kernels_reports_every_kernel(tmp_path):
+  """The kernel benchmark at a tiny scale: every row timed, FLOP rates where FLOPs are
+  counted, bandwidths where bytes are; the 1x1 convolution both ways (the rates themselves
+  are the benchmark's job, not a test's)."""
+  from benchmarks import bench_kernels
+  out = tmp_path / "kernels.json"
+  rows = bench_kernels.main(["--scale=0.01", "--repeats=1", f"--json={out}"])
+  groups = {r["group"] for r in rows}
+  assert groups == {"stream", "dispatch", "matmul", "text dots", "conv3x3", "conv1x1"}
+  assert all(r["seconds"] > 0 for r in rows)
+  assert all(r["gflops_per_s"] > 0 for r in rows if r["group"] in ("matmul", "conv3x3"))
+  assert all(r["gb_per_s"] > 0 for r in rows if r["group"] == "stream")
+  names = [r["kernel"] for r in rows if r["group"] == "conv1x1"]
+  assert any("lax conv" in n for n in names) and any("matrix product" in n for n in names)
+  assert json.loads(out.read_text())["rows"] == rows
 
 
 def _original():

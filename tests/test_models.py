@@ -115,24 +115,38 @@ def test_weight_norm_gain_mask_selects_g_leaves():
   assert all(s.endswith("['g']") for s in selected)
 
 
-def test_wnconv_matches_explicit_weight_norm_conv():
+@pytest.mark.parametrize("k", [1, 3])
+def test_wnconv_matches_explicit_weight_norm_conv(k):
+  """Both kernel sizes of the flows (the 1x1 one runs as a matrix product), against an
+  explicit float64 zero-padded convolution."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 3)), jnp.float32)
-  conv = WNConv(4, kernel_size=3)
+  conv = WNConv(4, kernel_size=k)
   init = conv.init(jax.random.PRNGKey(1), x)
   # Initial gain g = ||v|| (PyTorch weight_norm init): the initial kernel equals v.
   np.testing.assert_allclose(
       init["params"]["g"], np.sqrt((np.asarray(init["params"]["v"]) ** 2).sum((0, 1, 2))),
       rtol=1e-6)
   variables = randomize(init)
-  v, g, b = (np.asarray(variables["params"][k], np.float64) for k in ("v", "g", "bias"))
+  v, g, b = (np.asarray(variables["params"][n], np.float64) for n in ("v", "g", "bias"))
   kernel = v * (g / np.sqrt((v ** 2).sum((0, 1, 2))))
-  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  pad = k // 2
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   expected = np.zeros((2, 5, 5, 4))
   for i in range(5):
     for j in range(5):
-      expected[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, i:i + 3, j:j + 3], kernel)
+      expected[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, i:i + k, j:j + k], kernel)
   expected += b
   np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-4, atol=1e-4)
+  # And its gradients, against the same convolution by lax (XLA's own transpose rules).
+  ref = lambda v, x: jax.lax.conv_general_dilated(
+      x, v, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+  mine = lambda v, x: conv.apply({"params": {**variables["params"], "v": v}}, x).sum()
+  vv = variables["params"]["v"]
+  gv, gx = jax.grad(mine, (0, 1))(vv, x)
+  kern = jnp.asarray(kernel, jnp.float32)
+  # d/dx of sum(conv(x, kernel)) is the same for both; compare the input gradients.
+  np.testing.assert_allclose(gx, jax.grad(ref, 1)(kern, x), rtol=1e-4, atol=1e-4)
+  assert np.all(np.isfinite(np.asarray(gv)))
 
 
 def test_resnet_conditioner_starts_at_zero_output():
