@@ -16,7 +16,7 @@ one jitted kernel on random float32 data (median of ``--repeats`` calls, each en
     (the toy step is ~500 kernels: 254 fusions and 19 dots, and ~240 fusions for Adam).
   * ``matmul``: a 4096^3 product, float32 and bfloat16: the best dense rate XLA reaches here.
   * ``text dots``: the text step's three dense shapes (5200 rows), the forward product and
-    the two backward ones (``dX = dY W^T``, ``dW = X^T dY``).
+    the two backward ones (``dX = dY W^T``, ``dW = X^T dY``), and its dropout masks.
   * ``conv3x3``: the CIFAR conditioners' 3x3 convolution at 64 channels (32x32 and 16x16,
     batch 64) and at 128 channels: forward, input gradient and filter gradient (JAX's own
     transpose rules), and the forward in NCHW and in bfloat16.
@@ -99,6 +99,12 @@ def rows(scale: float = 1.0):
     out.append(("text dots", f"{shape} forward X W", lambda x, w: x @ w, (x, w), f, 0))
     out.append(("text dots", f"{shape} dX = dY W^T", lambda dy, w: dy @ w.T, (dy, w), f, 0))
     out.append(("text dots", f"{shape} dW = X^T dY", lambda x, dy: x.T @ dy, (x, dy), f, 0))
+  # The text step's dropout masks (rate 0.5 after the first layer of each of 7 couplings):
+  # one 32-bit random word per element.
+  masks = lambda key: [jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, (rows_text, 1024))
+                       for i in range(7)]
+  out.append(("text dots", f"dropout masks 7 x [{rows_text},1024]", masks,
+              (jax.random.PRNGKey(0),), 0, 0))
   for batch, hw, c in [(64, 32, 64), (64, 16, 64), (64, 16, 128)]:
     batch = s(batch)
     x, w, dy = _normal((batch, hw, hw, c), 6), _normal((3, 3, c, c), 7) * 0.05, \
