@@ -5,8 +5,8 @@
     python -m benchmarks.bench_kernels --scale=0.125         # a quick look (batch dims x 1/8)
 
 ``bench_steps`` says how fast a whole step is; this says how fast it could be. Each row is
-one jitted kernel on random float32 data (median of ``--repeats`` calls, each ended by
-``block_until_ready``), with its FLOP rate, so a step's time can be read against:
+one jitted kernel on random float32 data (median of ``--repeats`` calls, 20x as many for
+kernels under 10 ms, each ended by ``block_until_ready``), with its FLOP rate, so a step's time can be read against:
   * ``stream``: ``2 * x + 1`` over 64 MiB and over the toy's 1.32M parameters (5.3 MB,
     cache-resident), the memory bandwidth (GB/s, bytes read + written); and one Adam
     update of 1.32M parameters. The toy step is bound by these: its parameters are read
@@ -19,7 +19,8 @@ one jitted kernel on random float32 data (median of ``--repeats`` calls, each en
     the two backward ones (``dX = dY W^T``, ``dW = X^T dY``), and its dropout masks.
   * ``conv3x3``: the CIFAR conditioners' 3x3 convolution at 64 channels (32x32 and 16x16,
     batch 64) and at 128 channels: forward, input gradient and filter gradient (JAX's own
-    transpose rules), and the forward in NCHW and in bfloat16.
+    transpose rules), two other ways to compute the filter gradient, and the forward in
+    NCHW and in bfloat16.
   * ``conv1x1``: the conditioners' 1x1 convolution as XLA's convolution and as the matrix
     product ``WNConv`` now uses, forward and filter gradient.
 """
@@ -45,6 +46,10 @@ TOY_PARAMS = 1_323_550  # bench_steps' toy workload
 def _median_seconds(fn, *args, repeats: int) -> float:
   fn = jax.jit(fn)
   jax.block_until_ready(fn(*args))  # compile + warm up
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  if time.perf_counter() - start < 0.01:
+    repeats *= 20  # short kernels are noisy here: a longer median
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -55,6 +60,24 @@ def _median_seconds(fn, *args, repeats: int) -> float:
 
 def _conv(x, w, dn=NHWC):
   return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+
+def _filter_grad_taps(x, dy):
+  """The 3x3 filter gradient ``[3, 3, C, O]`` as one product per tap: sum over rows of
+  shifted(x)^T dy (``x: [N, H, W, C]``, ``dy: [N, H, W, O]``)."""
+  h, w = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jnp.stack([jnp.einsum("nhwc,nhwo->co", xp[:, i:i + h, j:j + w], dy)
+                    for i in range(3) for j in range(3)]).reshape(3, 3, x.shape[-1], -1)
+
+
+def _filter_grad_batch_conv(x, dy):
+  """The 3x3 filter gradient as a forward convolution in the canonical layout, the batch
+  axis taking the place of the input channels: x as [C, H, W, N], dy as an [H, W, N, O]
+  kernel."""
+  out = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3),
+                                     (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+  return out.transpose(1, 2, 0, 3)
 
 
 def _normal(shape, seed, dtype=jnp.float32):
@@ -117,6 +140,10 @@ def rows(scale: float = 1.0):
     out.append(("conv3x3", f"{name} filter grad",
                 lambda dy, x, w: jax.vjp(_conv, x, w)[1](dy)[1], (dy, x, w), f, 0))
     if hw == 32:
+      out.append(("conv3x3", f"{name} filter grad as 9 shifted GEMMs", _filter_grad_taps,
+                  (x, dy), f, 0))
+      out.append(("conv3x3", f"{name} filter grad as a convolution over the batch axis",
+                  _filter_grad_batch_conv, (x, dy), f, 0))
       out.append(("conv3x3", f"{name} forward NCHW",
                   lambda x, w: _conv(x, w, ("NCHW", "OIHW", "NCHW")),
                   (x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)), f, 0))

@@ -113,3 +113,17 @@ def test_crop_flip_is_a_padded_crop_and_a_mirror():
   for b in range(2):
     windows = [padded[b, :, i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
     assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(-1)) for w in windows)
+
+
+def test_bench_kernels_filter_gradient_rewrites_equal_jax_vjp():
+  """The two filter-gradient rewrites the kernel benchmark times compute the real thing."""
+  import jax
+  import jax.numpy as jnp
+  from benchmarks import bench_kernels as bk
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(2, 6, 5, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+  expected = jax.vjp(bk._conv, x, w)[1](dy)[1]
+  np.testing.assert_allclose(bk._filter_grad_taps(x, dy), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(bk._filter_grad_batch_conv(x, dy), expected, rtol=1e-5, atol=1e-5)
