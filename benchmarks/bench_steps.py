@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import time
 
@@ -145,8 +146,13 @@ def time_step(name: str, repeats: int, flat_optimizer: bool = False) -> dict:
   state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
   first_s = time.perf_counter() - t0
-  # What XLA compiles: its time grows faster than the number of fused kernels.
-  num_fusions = compiled.as_text().count(" fusion(")
+  # What XLA compiles: its time grows faster than the number of fused kernels. And what
+  # surrounds the products: transposes or float copies of arrays would be layout changes.
+  hlo = compiled.as_text()
+  num_fusions = hlo.count(" fusion(")
+  hlo_counts = {"dots": hlo.count(" dot("), "convolutions": hlo.count(" convolution("),
+                "transposes": hlo.count(" transpose("),
+                "float_array_copies": len(re.findall(r"= [fb]f?\d+\[\d[^\]]*\]\S* copy\(", hlo))}
   flops = _flops(compiled)
   times = []
   for _ in range(repeats):
@@ -164,6 +170,7 @@ def time_step(name: str, repeats: int, flat_optimizer: bool = False) -> dict:
   row = {"workload": name, "repeats": repeats, "median_s": med, "min_s": min(times),
          "max_s": max(times), "pipelined_s": pipelined, "first_step_s": first_s,
          "trace_and_lower_s": lower_s, "xla_compile_s": compile_s, "hlo_fusions": num_fusions,
+         **{f"hlo_{k}": v for k, v in hlo_counts.items()},
          "params": num_params, "flops": flops, "gflops_per_s": flops / med / 1e9,
          "target_s": TARGET_S[name], "meets_target": med <= TARGET_S[name]}
   if name == "cifar":
@@ -322,6 +329,9 @@ def main():
     else:
       print(f"{r['workload']} first step: trace + lower {_g(r['trace_and_lower_s'])} s, XLA "
             f"compile {_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels")
+    print(f"{r['workload']} compiled step: {r['hlo_dots']} dots, {r['hlo_convolutions']} "
+          f"convolutions, {r['hlo_transposes']} transposes, {r['hlo_float_array_copies']} "
+          f"copies of float arrays")
     if r["workload"] == "cifar" and "original_flops" in r:
       # XLA skips the convolution taps on the zero padding; FlopCounterMode counts them.
       print(f"cifar: {_g(r['flops'] / 1e9)} GFLOP/step by XLA, original "

@@ -47,6 +47,7 @@ def test_bench_steps_toy_runs_without_torch(tmp_path):
   assert row["flops"] > 0 and row["gflops_per_s"] > 0
   assert row["params"] == 1_323_550  # the compact conditioners (models/tabular.py)
   assert row["xla_compile_s"] > 0 and row["hlo_fusions"] > 0
+  assert row["hlo_dots"] > 0 and row["hlo_convolutions"] == 0  # a tabular flow: dense only
 
 
 def test_bench_kernels_reports_every_kernel(tmp_path):
