@@ -144,6 +144,7 @@ def test_svhn_config_reads_mat_files_without_tensorflow(tmp_path):
   c.data.num_labeled_per_class = 2
   c.model.num_scales, c.model.num_blocks, c.model.mid_channels = 1, 1, 4
   c.loss.consistency_weight = 0.0  # the data path is under test here; one forward pass
+  c.plots = False  # the figures are tested in test_trained.py
   c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
   c.log_every_steps = 1
   c.data.max_test_examples = c.eval_batch_size = 20
