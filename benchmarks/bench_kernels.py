@@ -6,14 +6,14 @@
 
 ``bench_steps`` says how fast a whole step is; this says how fast it could be. Each row is
 one jitted kernel on random float32 data (median of ``--repeats`` calls, 20x as many for
-kernels under 10 ms, each ended by ``block_until_ready``), with its FLOP rate, so a step's time can be read against:
+kernels under 10 ms, each ended by ``block_until_ready``), with its FLOP rate, so a step's
+time can be read against:
   * ``stream``: ``2 * x + 1`` over 64 MiB and over the toy's 1.32M parameters (5.3 MB,
     cache-resident), the memory bandwidth (GB/s, bytes read + written); and one Adam
-    update of 1.32M parameters. The toy step is bound by these: its parameters are read
-    and written about a dozen times per step (forward, backward, clipping, the guard's norm,
-    Adam's moments), not by its 0.19 GFLOP.
-  * ``dispatch``: 500 dependent tiny kernels, the fixed cost each kernel of a step pays
-    (the toy step is ~500 kernels: 254 fusions and 19 dots, and ~240 fusions for Adam).
+    update of 1.32M parameters, the part of the toy step no model change removes.
+  * ``dispatch``: 500 dependent tiny kernels, the fixed cost each kernel of a step pays.
+    The toy step (0.19 GFLOP) is bound by this and the Adam update: ``bench_steps``
+    counts ~500 kernels in it, the optimiser's update a set of them per parameter array.
   * ``matmul``: a 4096^3 product, float32 and bfloat16: the best dense rate XLA reaches here.
   * ``text dots``: the text step's three dense shapes (5200 rows), the forward product and
     the two backward ones (``dX = dY W^T``, ``dW = X^T dY``), and its dropout masks.
