@@ -155,7 +155,9 @@ class Checkpointer:
 
   def save(self, state: TrainState, *, force: bool = False) -> None:
     step = int(jax.device_get(state.step))
-    if not is_finite(state):
+    # One host copy for both checks (each would otherwise fetch the whole state again).
+    host = jax.tree.unflatten(jax.tree.structure(state), _host_leaves(state))
+    if not is_finite(host):
       raise FloatingPointError(
           f"Not saving a checkpoint at step {step}: the training state is not finite.")
     if step == self.manager.latest_step():
@@ -163,7 +165,7 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({**self.meta, "_soft": self.soft_meta,
-                                "_checksum": checksum(state)})), force=force)
+                                "_checksum": checksum(host)})), force=force)
 
   def _check_meta(self, step: int, saved: dict) -> None:
     """Raises IncompatibleCheckpointError for a real config mismatch; warns for a changed
