@@ -53,6 +53,11 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
+  unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
+  if unknown:
+    parser.error(f"unknown --datasets {unknown}; choose from {', '.join(DATASETS)}")
+  if args.repeats < 1:
+    parser.error("--repeats must be at least 1")
   header = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, jax {jax.__version__}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
   print(header)
