@@ -109,6 +109,7 @@ def image_config(name: str, *, num_labeled_per_class: int, flip: bool, learning_
   c.model.num_blocks = 8
   c.model.mid_channels = 64
   c.model.dropout_rate = 0.0
+  c.model.zero_init_last = True
   c.prior.means_init = "image"
   c.prior.means_scale = 1.0
   c.loss.objective = "original"

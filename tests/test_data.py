@@ -656,3 +656,22 @@ def test_svhn_mat_errors_are_one_clear_line(tmp_path):
   savemat(tmp_path / "bad.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": [[0], [11]]})
   with pytest.raises(ValueError, match="1..10"):
     fimages.read_svhn_mat(tmp_path / "bad.mat")
+
+
+def test_validation_examples_replace_the_test_split_with_held_out_training_rows():
+  from flowgmm_jax.training import base_config
+  c = base_config()
+  c.data.kind, c.data.name, c.data.num_points = "toy", "pinwheel", 1000
+  full = fdata.load_dataset(c)
+  c.data.validation_examples = 200
+  ds = fdata.load_dataset(c)
+  assert len(ds.x_test) == 200 and len(ds.x_train) == 800
+  # The evaluation rows are training rows, none of them still in the training pool, and
+  # the classes keep their proportions (5 classes of 200 -> 40 each).
+  train_rows = {tuple(r) for r in full.x_train.tolist()}
+  assert all(tuple(r) in train_rows for r in ds.x_test.tolist())
+  assert not {tuple(r) for r in ds.x_train.tolist()} & {tuple(r) for r in ds.x_test.tolist()}
+  np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=5), [40] * 5)
+  c.data.validation_examples = 1000
+  with pytest.raises(ValueError, match="validation_examples=1000"):
+    fdata.load_dataset(c)

@@ -136,6 +136,8 @@ def load_dataset(config) -> Dataset:
   if source is None or d.kind not in source.kinds:
     raise ValueError(f"Unknown dataset {d.kind}/{d.name} (config.data).")
   ds = source.load(d, config.seed)
+  if d.get("validation_examples", 0) > 0:
+    ds = hold_out_validation_set(ds, d.validation_examples)
   if d.max_train_examples > 0 and len(ds.x_train) > d.max_train_examples:
     keep = np.sort(stratified_prefix(ds.y_train, d.max_train_examples))
     ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
@@ -143,6 +145,27 @@ def load_dataset(config) -> Dataset:
     keep = np.sort(stratified_prefix(ds.y_test, d.max_test_examples))
     ds = dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
   return ds
+
+
+VALIDATION_SEED = 20_201  # fixed: the same validation rows whatever config.seed is
+
+
+def hold_out_validation_set(ds: Dataset, num_examples: int) -> Dataset:
+  """``ds`` with ``num_examples`` of its training rows (class-stratified, chosen with a fixed
+  seed) moved into the evaluation split, which replaces the test split: tuning then never
+  sees the test labels. The test rows are dropped."""
+  if not 0 < num_examples < len(ds.x_train):
+    raise ValueError(f"data.validation_examples={num_examples} must be between 1 and the "
+                     f"{len(ds.x_train)} training examples of {ds.name}.")
+  if np.any(ds.y_train < 0):
+    raise ValueError("data.validation_examples needs a fully labelled training split; "
+                     f"{ds.name} has unlabelled (-1) training rows.")
+  train, val = stratified_train_test_split(ds.y_train, num_examples / len(ds.y_train),
+                                           seed=VALIDATION_SEED)
+  train, val = np.sort(train), np.sort(val)
+  info = {**ds.info, "evaluation_split": f"validation ({len(val)} training examples)"}
+  return dataclasses.replace(ds, x_train=ds.x_train[train], y_train=ds.y_train[train],
+                             x_test=ds.x_train[val], y_test=ds.y_train[val], info=info)
 
 
 def make_split(config, dataset: Dataset):
@@ -169,7 +192,7 @@ __all__ = [
     "PAPER_NUM_LABELED", "REGISTRY", "SemiSupervisedBatches", "Source", "TOY_DATASETS",
     "UNLABELED",
     "add_feature_noise", "augment_images", "batch_indices", "build_tabular_dataset", "default_augmentation", "default_cache_dir",
-    "default_data_dir", "labeled_unlabeled_split", "load_agnews_embeddings", "load_cifar10",
+    "default_data_dir", "hold_out_validation_set", "labeled_unlabeled_split", "load_agnews_embeddings", "load_cifar10",
     "load_csv_table", "load_dataset", "load_hepmass", "load_miniboone", "load_mnist",
     "load_npz_table", "load_original_text_embeddings", "load_svhn", "load_text_embeddings_npz",
     "load_tfds_images", "load_toy", "load_uci", "make_8gaussians", "make_circles",

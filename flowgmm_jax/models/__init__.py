@@ -36,18 +36,21 @@ class _Entry(NamedTuple):
 _REGISTRY = {
     "realnvp_tabular": _Entry(False, lambda m, shape, bn_axis_name: RealNVPTabular(
         num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
-        num_layers=m.num_layers, dropout_rate=m.dropout_rate)),
+        num_layers=m.num_layers, dropout_rate=m.dropout_rate,
+        zero_init_last=m.get("zero_init_last", False))),
     "spline_tabular": _Entry(False, lambda m, shape, bn_axis_name: SplineTabular(
         num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
         num_layers=m.num_layers, num_bins=m.num_bins, bound=m.bound,
-        dropout_rate=m.dropout_rate)),
+        dropout_rate=m.dropout_rate, zero_init_last=m.get("zero_init_last", False))),
     "realnvp": _Entry(True, lambda m, shape, bn_axis_name: RealNVP(
         num_scales=m.num_scales, num_blocks=m.num_blocks, mid_channels=m.mid_channels,
-        image_shape=tuple(shape), bn_axis_name=bn_axis_name)),
+        image_shape=tuple(shape), bn_axis_name=bn_axis_name,
+        zero_init_last=m.get("zero_init_last", True))),
     # bn_axis_name: Glow's conditioners have BatchNorm too, averaged over devices like RealNVP's.
     "glow": _Entry(True, lambda m, shape, bn_axis_name: Glow(
         num_scales=m.num_scales, steps_per_scale=m.steps_per_scale,
-        mid_channels=m.mid_channels, image_shape=tuple(shape), bn_axis_name=bn_axis_name)),
+        mid_channels=m.mid_channels, image_shape=tuple(shape), bn_axis_name=bn_axis_name,
+        zero_init_last=m.get("zero_init_last", True))),
 }
 MODELS = tuple(_REGISTRY)
 IMAGE_MODELS = tuple(name for name, entry in _REGISTRY.items() if entry.image)

@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_test_examples = -1       # >0: subsample the test set (smoke runs)
   c.data.num_points = 1000            # toy: training points, and as many test points
   c.data.labeled_batch_size = 16
+  # > 0: evaluate on this many TRAINING examples held out (class-stratified, fixed seed),
+  # instead of the test split: for choosing hyper-parameters without the test labels.
+  # The held-out rows are removed from the training pool.
+  c.data.validation_examples = 0
   c.data.unlabeled_batch_size = 256
 
   c.model = ml_collections.ConfigDict()
@@ -56,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_blocks = 8              # image flows: ResNet blocks per conditioner
   c.model.mid_channels = 64           # image flows
   c.model.steps_per_scale = 8         # glow
+  # Zero each coupling's last conditioner layer, so every coupling starts as the identity.
+  # False: PyTorch's default random init there, as the original (image and tabular code).
+  c.model.zero_init_last = False
 
   c.prior = ml_collections.ConfigDict()
   c.prior.covariance = "isotropic"    # isotropic | diagonal
@@ -217,6 +224,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail("set data.num_labeled_per_class > 0 or data.num_labeled > 0.")
   if c.data.labeled_batch_size < 1 or c.data.unlabeled_batch_size < 0:
     _fail("data.labeled_batch_size must be >= 1 and data.unlabeled_batch_size >= 0.")
+  if c.data.validation_examples < 0:
+    _fail(f"data.validation_examples={c.data.validation_examples} must be >= 0.")
   if not 0.0 < c.data.test_fraction < 1.0:
     _fail(f"data.test_fraction={c.data.test_fraction} must be in (0, 1).")
   for key in ("num_train_steps", "log_every_steps", "eval_every_steps",
