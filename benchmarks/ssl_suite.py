@@ -203,6 +203,18 @@ def summarise(results: dict, tables, methods) -> tuple[str, dict]:
   return text, summary
 
 
+def markdown(report: dict) -> str:
+  """The table of a results file written by ``main`` (``benchmarks.report`` renders it)."""
+  results = report["results"]
+  tables = [t for t in TABLES if t in results]
+  methods = [m for m in METHODS if any(m in results[t] for t in tables)]
+  text, _ = summarise(results, tables, methods)
+  seeds = ",".join(map(str, report["seeds"]))
+  return (f"{report['split'].capitalize()} accuracy (%), mean ± std (population std) over seeds "
+          f"{seeds}, {report['labels_per_class']} labels per class; mean fit seconds in "
+          f"brackets.\n\n{text}")
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tables", default=",".join(TABLES))
@@ -250,7 +262,8 @@ def main(argv=None) -> dict:
         f"{args.labels_per_class} labels per class; mean fit seconds in brackets\n")
   print(text)
   import jax
-  report = {"split": split_name, "labels_per_class": args.labels_per_class, "seeds": seeds,
+  from benchmarks.provenance import provenance
+  report = {"provenance": provenance(argv), "split": split_name, "labels_per_class": args.labels_per_class, "seeds": seeds,
             "flowgmm_params": flowgmm_params, "summary": summary, "results": results,
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "jax_backend": jax.default_backend(), "jax_version": jax.__version__},

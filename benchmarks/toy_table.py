@@ -23,12 +23,26 @@ from flowgmm_jax.training import train_and_evaluate
 DATASETS = ("moons", "circles", "8gaussians", "pinwheel")
 
 
-def main():
+def markdown(results) -> str:
+  """The README table of a results file written by ``main`` (``benchmarks.report``)."""
+  rows = results["rows"] if isinstance(results, dict) else results
+  lines = ["| dataset | labels | test accuracy, mean ± std | per seed | seconds per run |",
+           "|---|---|---|---|---|"]
+  for r in rows:
+    a = np.asarray(r["accuracy"]) * 100
+    seeds = ", ".join(map(str, r["seeds"]))
+    lines.append(f"| {r['dataset']} | {r['num_labeled']} | {a.mean():.1f} ± {a.std():.1f} % "
+                 f"| {', '.join(f'{v:.1f}' for v in a)} (seeds {seeds}) | "
+                 f"{np.mean(r['seconds']):.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--datasets", default=",".join(DATASETS))
   parser.add_argument("--json", default="")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   rows = []
   for name in args.datasets.split(","):
@@ -45,16 +59,13 @@ def main():
       print(f"{name} seed {seed}: accuracy {accs[-1]:.4f} ({secs[-1]:.0f} s)", flush=True)
     rows.append({"dataset": name, "num_labeled": results["num_labeled"], "seeds": seeds,
                  "accuracy": accs, "seconds": secs})
-  print("\n| dataset | labels | test accuracy (mean ± std) | per seed | seconds per run |")
-  print("|---|---|---|---|---|")
-  for r in rows:
-    a = np.asarray(r["accuracy"]) * 100
-    print(f"| {r['dataset']} | {r['num_labeled']} | {a.mean():.1f} ± {a.std():.1f} % | "
-          f"{', '.join(f'{v:.1f}' for v in a)} | {np.mean(r['seconds']):.0f} |")
+  from benchmarks.provenance import provenance
+  results = {"provenance": provenance(argv), "rows": rows}
+  print("\n" + markdown(results))
   if args.json:
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+      json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

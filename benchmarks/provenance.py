@@ -1,0 +1,72 @@
+"""Where a results file came from: the command, the commit, the date and the machine.
+
+Every benchmark that writes ``benchmarks/results/*.json`` stores ``provenance()`` under the
+key ``"provenance"``, so a number in the README can be traced to the run that made it
+(``python -m benchmarks.report`` renders the README's tables from those files).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+  """The checkout's HEAD (short hash), with ``+dirty`` when tracked files have uncommitted
+  changes; '' outside a git checkout."""
+  def git(*args):
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                          timeout=10)
+  try:
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode:
+      return ""
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def cpu_model() -> str:
+  """The processor's model name (Linux: /proc/cpuinfo), else ``platform.processor()``."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+  """The machine a run used: CPU, cores, load at the start, JAX version and devices."""
+  info = {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
+          "python": platform.python_version()}
+  try:
+    info["load_average_1min"] = round(os.getloadavg()[0], 2)
+  except OSError:
+    pass
+  if "jax" in sys.modules:
+    import jax
+    info["jax"] = jax.__version__
+    info["devices"] = [str(d.device_kind) for d in jax.devices()]
+  return info
+
+
+def provenance(argv=None) -> dict:
+  """``{"command", "commit", "date", "machine"}`` for a run started as
+  ``python -m <module> <argv>`` (``argv`` defaults to ``sys.argv[1:]``)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  main = sys.modules.get("__main__")
+  module = getattr(getattr(main, "__spec__", None), "name", None) or os.path.basename(sys.argv[0])
+  return {"command": " ".join(["python -m", module, *argv]).strip(),
+          "commit": git_commit(),
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "machine": machine()}

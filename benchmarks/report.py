@@ -1,0 +1,117 @@
+"""The README's and docs' results tables, written from ``benchmarks/results/*.json``.
+
+    python -m benchmarks.report            # rewrite every table from its results file
+    python -m benchmarks.report --check    # exit 1 if a table differs from its results file
+
+A table lives in a markdown file between two markers naming its report::
+
+    <!-- results: ssl_suite -->
+    ...generated; do not edit by hand...
+    <!-- /results -->
+
+``REPORTS`` maps each name to the results file and the benchmark module that made it; the
+module's ``markdown(results) -> str`` renders the table from the raw numbers in the file
+(never from numbers typed into the markdown), followed by a line with the command, commit,
+date and machine of the run. ``tests/test_report.py`` runs ``--check``, so a table that
+disagrees with its results file fails the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+# The markdown files that may hold generated tables.
+DOCUMENTS = ("README.md", "docs/*.md", "benchmarks/README.md")
+_REGION = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
+                     re.S)
+
+
+class Report(NamedTuple):
+  results: str   # path of the results JSON, relative to the repository
+  module: str    # the benchmark module whose markdown(results) renders it
+
+
+REPORTS: Dict[str, Report] = {
+    "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
+    "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
+    "toy_table": Report("benchmarks/results/toy_table.json", "benchmarks.toy_table"),
+}
+
+
+def provenance_line(results: dict) -> str:
+  """One line saying how the numbers were made, from the file's ``provenance``."""
+  p = results.get("provenance")
+  if not p:
+    return "_Made before results files recorded their command, commit and machine._"
+  m = p.get("machine", {})
+  where = ", ".join(str(v) for v in (m.get("cpu"), f"{m.get('cores')} cores" if m.get("cores")
+                                      else None) if v)
+  load = m.get("load_average_1min")
+  load = f", load {load} at the start" if load is not None else ""
+  return (f"_`{p.get('command', '?')}` at commit `{p.get('commit') or '?'}`, "
+          f"{p.get('date', '?')}, {where}{load}._")
+
+
+def render(name: str) -> str:
+  """The markdown of report ``name`` (the table, then the provenance line)."""
+  if name not in REPORTS:
+    raise KeyError(f"no report named {name!r}; known: {', '.join(REPORTS)}")
+  report = REPORTS[name]
+  results = json.loads((REPO / report.results).read_text())
+  markdown: Callable[[dict], str] = importlib.import_module(report.module).markdown
+  return markdown(results).rstrip() + "\n\n" + provenance_line(results) + "\n"
+
+
+def documents() -> List[Path]:
+  paths = []
+  for pattern in DOCUMENTS:
+    paths.extend(sorted(REPO.glob(pattern)))
+  return [p for p in paths if p.is_file()]
+
+
+def update(path: Path, write: bool) -> List[str]:
+  """Re-renders every region of ``path``; returns the names of the regions that changed
+  (and rewrites the file when ``write``)."""
+  text = path.read_text()
+  changed = []
+
+  def replace(match):
+    name = match.group("name")
+    body = render(name)
+    if body != match.group("body"):
+      changed.append(name)
+    return match.group(1) + body + match.group(4)
+
+  new = _REGION.sub(replace, text)
+  if write and new != text:
+    path.write_text(new)
+  return changed
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--check", action="store_true",
+                      help="only report tables that differ from their results files")
+  args = parser.parse_args(argv)
+  stale = []
+  for path in documents():
+    for name in update(path, write=not args.check):
+      stale.append(f"{path.relative_to(REPO)}: {name}")
+  if args.check and stale:
+    print("tables out of date with their results files (run python -m benchmarks.report): "
+          + "; ".join(stale), file=sys.stderr)
+    return 1
+  for entry in stale:
+    print(f"rewrote {entry}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
