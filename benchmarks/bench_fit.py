@@ -97,7 +97,9 @@ def main(argv=None):
           f"{row['ms_per_step']:.2f} |", flush=True)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"header": header, "load_average": load, "command": " ".join(sys.argv),
+      command = " ".join(["python -m benchmarks.bench_fit",
+                          *(sys.argv[1:] if argv is None else argv)])
+      json.dump({"header": header, "load_average": load, "command": command,
                  "repeats": args.repeats, "rows": rows}, f, indent=1)
   return rows
 
