@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from flowgmm_jax.training.config import base_config
+from flowgmm_jax.training.config import base_config, model_config
 
 
 def parse_args(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
@@ -27,9 +27,9 @@ def apply_smoke(c: ml_collections.ConfigDict, *, image: bool) -> None:
   if c.data.num_labeled_per_class > 0:  # keep an unlabelled pool in the small subset
     c.data.num_labeled_per_class = min(c.data.num_labeled_per_class, 5)
   if image:
-    c.model.num_blocks = 1
-    c.model.mid_channels = 8
-    c.model.steps_per_scale = 2
+    for key, value in (("num_blocks", 1), ("mid_channels", 8), ("steps_per_scale", 2)):
+      if key in c.model:  # each image model has its own fields
+        c.model[key] = value
     c.data.max_train_examples = 512
     c.data.max_test_examples = 256
     c.data.labeled_batch_size = 8
@@ -73,19 +73,18 @@ def apply_paper_table_recipe(c: ml_collections.ConfigDict, *, num_coupling_layer
                              hidden_dim: int, labeled_batch_size: int,
                              unlabeled_batch_size: int, unlabeled_weight: float,
                              num_train_steps: int) -> None:
-  """The paper's tabular/text recipe (``:paper``): RealNVP-tabular with one hidden layer per
-  conditioner, fixed prior, the "joint" objective, AdamW 3e-4 with a cosine schedule."""
+  """The paper's tabular/text recipe (``:paper``): RealNVP-tabular with two hidden layers per
+  conditioner (the original's ``num_layers=1``), fixed prior, the "joint" objective, AdamW
+  3e-4 with a cosine schedule."""
   c.data.labeled_batch_size = labeled_batch_size
   c.data.unlabeled_batch_size = unlabeled_batch_size
-  c.model.name = "realnvp_tabular"
-  c.model.num_coupling_layers = num_coupling_layers
-  c.model.hidden_dim = hidden_dim
-  c.model.num_layers = 1
+  c.model = model_config("realnvp_tabular", num_coupling_layers=num_coupling_layers,
+                         hidden_dim=hidden_dim, hidden_layers=2)
   c.loss.objective = "joint"
   c.loss.unlabeled_weight = unlabeled_weight
   c.optim.optimizer = "adamw"
   c.optim.learning_rate = 3e-4
-  c.optim.schedule = "cosine"
+  c.optim.lr_schedule = "cosine"
   c.num_train_steps = num_train_steps
 
 
@@ -95,21 +94,22 @@ def image_config(name: str, *, num_labeled_per_class: int, flip: bool, learning_
   """The original image recipe (see IMAGE_RECIPE_NOTES): RealNVP (2 scales, 8 blocks, 64
   channels); 32 labelled + 32 unlabelled images per step; objective 'original' with
   ``label_weight``; consistency weight 1 ramped over ``consistency_rampup_steps``; Adam,
-  clipping 100, decay 5e-5 on weight-norm gains; crop 4. ``extra_args`` are further words
-  the calling config handles itself (e.g. mnist's 'cpu')."""
-  words = parse_args(arg, ("smoke",) + tuple(extra_args))
+  clipping 100, decay 5e-5 on weight-norm gains; crop 4. The word 'glow' gives Glow (2
+  scales, 8 steps per scale, 64 channels) instead of RealNVP. ``extra_args`` are further
+  words the calling config handles itself (e.g. mnist's 'cpu')."""
+  words = parse_args(arg, ("smoke", "glow") + tuple(extra_args))
   c = base_config()
   c.data.kind = "image"
   c.data.name = name
   c.data.num_labeled_per_class = num_labeled_per_class
   c.data.labeled_batch_size = 32
   c.data.unlabeled_batch_size = 32
-  c.model.name = "realnvp"
-  c.model.num_scales = 2
-  c.model.num_blocks = 8
-  c.model.mid_channels = 64
-  c.model.dropout_rate = 0.0
-  c.model.zero_init_last = True
+  if "glow" in words:
+    c.model = model_config("glow", num_scales=2, steps_per_scale=8, mid_channels=64,
+                           zero_init_last=True)
+  else:
+    c.model = model_config("realnvp", num_scales=2, num_blocks=8, mid_channels=64,
+                           zero_init_last=True)
   c.prior.means_init = "image"
   c.prior.means_scale = 1.0
   c.loss.objective = "original"
@@ -119,7 +119,7 @@ def image_config(name: str, *, num_labeled_per_class: int, flip: bool, learning_
   c.loss.consistency_rampup_steps = consistency_rampup_steps
   c.optim.optimizer = "adam"
   c.optim.learning_rate = learning_rate
-  c.optim.schedule = "constant"
+  c.optim.lr_schedule = "constant"
   c.optim.weight_decay = 5e-5
   c.optim.grad_clip_norm = 100.0
   c.augment.crop_padding = 4

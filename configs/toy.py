@@ -7,21 +7,23 @@ RealNVP-tabular with 5 couplings, width 512.
     python -m experiments.main --config=configs/toy.py --workdir=/tmp/toy
     python -m experiments.main --config=configs/toy.py:circles --workdir=/tmp/circles
     python -m experiments.main --config=configs/toy.py:smoke --workdir=/tmp/toy_smoke
+    python -m experiments.main --config=configs/toy.py:moons,spline --workdir=/tmp/toy_spline
     # FlowGMM-cons: --config.loss.consistency_weight=1.0 (tabular "augmentation" is dropout
     # in the original; here the term uses a second pass with its own dropout mask)
 
-ARG: comma-separated words: a dataset (moons | circles | 8gaussians | pinwheel) and/or smoke.
+ARG: comma-separated words: a dataset (moons | circles | 8gaussians | pinwheel), spline
+(rational-quadratic spline couplings instead of affine ones, same layout) and/or smoke.
 """
 
 from configs.common import apply_smoke, parse_args
-from flowgmm_jax.training.config import base_config
+from flowgmm_jax.training.config import base_config, model_config
 
 from flowgmm_jax.data import PAPER_NUM_LABELED as NUM_LABELED
 
 
 def get_config(arg: str | None = None):
-  words = parse_args(arg, ("moons", "circles", "8gaussians", "pinwheel", "smoke"))
-  name = next((w for w in words if w != "smoke"), "moons")
+  words = parse_args(arg, ("moons", "circles", "8gaussians", "pinwheel", "spline", "smoke"))
+  name = next((w for w in words if w not in ("smoke", "spline")), "moons")
   c = base_config()
   c.data.kind = "toy"
   c.data.name = name
@@ -35,12 +37,12 @@ def get_config(arg: str | None = None):
   # The original notebook's prior: class means on a circle, radius 3.5 (2 classes) or 5.5.
   c.prior.means_init = "circle"
   c.prior.means_scale = 3.5 if name in ("moons", "circles") else 5.5
-  c.model.name = "realnvp_tabular"
-  c.model.num_coupling_layers = 5
-  c.model.hidden_dim = 512
-  c.model.num_layers = 1
+  # The notebook's RealNVPTabular(num_coupling_layers=5, hidden_dim=512, num_layers=1): two
+  # hidden layers per conditioner.
+  c.model = model_config("spline_tabular" if "spline" in words else "realnvp_tabular",
+                         num_coupling_layers=5, hidden_dim=512, hidden_layers=2)
   c.optim.learning_rate = 1e-3
-  c.optim.schedule = "wilson"
+  c.optim.lr_schedule = "wilson"
   c.num_train_steps = 2000 if name == "moons" else 5000  # the notebook: 2001 / 5001 iterations
   c.log_every_steps = 100
   c.eval_every_steps = 500

@@ -3,7 +3,9 @@
     python -m experiments.main --config=configs/toy.py --workdir=/tmp/toy
     python -m experiments.main --config=configs/svhn.py --workdir=DIR --config.data.num_labeled=1000
 
-Rerunning the same command resumes from the latest checkpoint in ``DIR/checkpoints``.
+Rerunning the same command resumes from the latest checkpoint in ``DIR/checkpoints``. One run
+writes a workdir at a time: a second one on the same DIR stops with one line naming the
+first (its host and pid; see flowgmm_jax/training/lock.py).
 
 Evaluate a saved run without training (read-only; writes DIR/eval/metrics.json and
 DIR/eval/predictions.npz), on the config's test split or on a file of your own:
@@ -29,6 +31,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from flowgmm_jax.training import train_and_evaluate
+from flowgmm_jax.training.lock import WorkdirBusyError
 from flowgmm_jax.training.loop import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -80,15 +83,17 @@ def main(argv):
       config.distributed[key] = flag.value
   try:
     if _MODE.value == "eval":
-      from flowgmm_jax.training.after_run import evaluate_saved_run
+      from flowgmm_jax.training.evaluate_run import evaluate_saved_run
       results = evaluate_saved_run(config, _WORKDIR.value, _STEP.value)
     else:
       results = train_and_evaluate(config, _WORKDIR.value)
   except Preempted as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
-  except (ValueError, FileNotFoundError, FloatingPointError, PermissionError) as e:
-    # Bad configs, bad data, missing files and incompatible checkpoints: one clear message.
+  except (ValueError, FileNotFoundError, FloatingPointError, PermissionError,
+          WorkdirBusyError) as e:
+    # Bad configs, bad data, missing files, incompatible checkpoints and a workdir that
+    # another run is writing: one clear message.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(json.dumps(results, indent=2, sort_keys=True))

@@ -14,7 +14,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from flowgmm_jax.training.after_run import read_run_config, write_plots
+from flowgmm_jax.run_files import read_config
+from flowgmm_jax.training.finish_run import write_plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -28,7 +29,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
-    config = _CONFIG.value if _CONFIG.value is not None else read_run_config(_WORKDIR.value)
+    config = _CONFIG.value if _CONFIG.value is not None else read_config(_WORKDIR.value)
     paths = write_plots(config, _WORKDIR.value, _STEP.value, tensorboard=True)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

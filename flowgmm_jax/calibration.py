@@ -117,6 +117,18 @@ def hold_out_validation(labeled_idx: np.ndarray, labels: np.ndarray, fraction: f
   return train, val
 
 
+def split_validation(labeled_idx: np.ndarray, unlabeled_idx: np.ndarray, labels: np.ndarray,
+                     fraction: float, seed: int
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(labeled_idx, unlabeled_idx, validation_idx) before training: ``fraction`` of the
+  labelled pool is held out (``hold_out_validation``); those rows' inputs join the
+  unlabelled pool, so only their labels are withheld from training."""
+  labeled, validation = hold_out_validation(labeled_idx, labels, fraction, seed)
+  if len(validation):
+    unlabeled_idx = np.concatenate([np.asarray(unlabeled_idx), validation])
+  return labeled, unlabeled_idx, validation
+
+
 def calibrate(logits_val, labels_val, logits_test=None, labels_test=None) -> dict:
   """Fits T on validation logits; returns {'temperature', 'num_validation', and
   'before'/'after' metric dicts on the test logits (or the validation ones if none)}."""

@@ -9,7 +9,7 @@ convention of ``sklearn.semi_supervised``)::
     clf.score_samples(X_new)                               # log p(x), nats, in X's units
     X_fake, y_fake = clf.sample(100)                       # rows in X's units
 
-The model (forward is ALWAYS data -> latent): with ``standardize=True`` the features are first
+The model (forward is always data -> latent): with ``standardize=True`` the features are first
 standardised, ``u = (x - m) / s`` (``m``, ``s``: per-feature mean and standard deviation of
 all rows given to ``fit``, labelled and unlabelled); a normalising flow ``f`` maps ``u`` to
 ``z = f(u)``, and the latent prior is a Gaussian mixture with one component per class:
@@ -28,7 +28,6 @@ the arrays into a config (``TABLE_RECIPE`` with the estimator's parameters) and 
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from typing import Any, Optional
@@ -39,27 +38,43 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from flowgmm_jax.flowgmm import log_px
 from flowgmm_jax.labels import UNLABELED
-from flowgmm_jax.prior import COVARIANCE_TYPES
-from flowgmm_jax.training.config import OBJECTIVES, TABLE_FLOWS as FLOWS, TABLE_RECIPE
-from flowgmm_jax.training.config import apply_table_recipe
-from flowgmm_jax.training.optim import SCHEDULES
+from flowgmm_jax.training.config import (RECIPE_PARAMETERS, base_config, recipe_defaults,
+                                         table_recipe, validate_config)
 
-_R = TABLE_RECIPE
+_R = recipe_defaults()
 # Features whose standard deviation is below this are only centred (scale 1).
 _MIN_SCALE = 1e-12
-# Rows per jitted call at prediction time; smaller inputs are padded to a power of two
-# (at least _MIN_BUCKET rows) so that only a handful of shapes are ever compiled.
+# Rows per chunk of the inference programs (trained.TrainedFlowGMM pads smaller chunks).
 _MAX_CHUNK = 4096
-_MIN_BUCKET = 32
-
-
-def _bucket(n: int) -> int:
-  """The padded row count for a chunk of ``n`` rows: a power of two in [32, 4096]."""
-  return min(_MAX_CHUNK, max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length()))
 
 
 # ----------------------------------------------------------------------------- validation
+
+def _parameter_name(path: str) -> str:
+  """A config field as the estimator's parameter: its own name (``model`` for
+  ``model.name``)."""
+  return "model" if path == "model.name" else path.rpartition(".")[2]
+
+
+def _same(value: Any, default: Any) -> bool:
+  """Whether a parameter is at its default (same type and value)."""
+  return type(value) is type(default) and value == default
+
+
+def _plain(tree: Any) -> Any:
+  """Nested dicts with numpy scalars turned into Python ones (for JSON and ConfigDict)."""
+  if isinstance(tree, dict):
+    return {k: _plain(v) for k, v in tree.items()}
+  if isinstance(tree, (bool, np.bool_)):
+    return bool(tree)
+  if isinstance(tree, numbers.Integral):
+    return int(tree)
+  if isinstance(tree, numbers.Real):
+    return float(tree)
+  return tree
+
 
 def _as_feature_matrix(X: Any, *, name: str = "X") -> np.ndarray:
   """``X`` as a finite float64 ``[N, D]`` array, or one ValueError saying how to fix it."""
@@ -153,7 +168,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   ``fit(X, y)`` takes features ``X: [N, D]`` (float, D >= 2) and labels ``y: [N]``
   (integers; ``-1`` marks unlabelled rows, as in ``sklearn.semi_supervised``). Training
   runs the library's one training loop (``flowgmm_jax.training.loop.fit``) for at most
-  ``num_steps`` Adam steps on batches of ``labeled_batch_size`` labelled plus
+  ``num_train_steps`` optimiser steps on batches of ``labeled_batch_size`` labelled plus
   ``unlabeled_batch_size`` unlabelled rows. With the default ``objective="original"`` it
   minimises (``flowgmm_jax.losses.flowgmm_objective``)
 
@@ -168,13 +183,13 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   The defaults (``TABLE_RECIPE`` in ``flowgmm_jax/training/config.py``; the table and text
   configs of the command line run the same recipe) rest on three measured points, from
   ``python -m benchmarks.ssl_suite --validation`` (a split of the training rows, never the
-  test rows; README "Tables" has the numbers):
+  test rows):
 
   * The flow overfits the density of a small table within a few hundred steps (on Breast
     Cancer the held-out log-likelihood fell from -14 to -4206 nats while accuracy fell
     from 95% to 90%). So ``holdout_fraction`` of the unlabelled rows are held out, their
-    NLL is measured every ``check_every`` steps, training stops after ``patience`` checks
-    without improvement, and the parameters of the best check are kept. This scales the
+    NLL is measured every ``check_every_steps`` steps, training stops after ``patience``
+    checks without improvement, and the parameters of the best check are kept. This scales the
     training length with the data without a per-table setting.
   * The means start at the labelled rows' latent centroids (``means_init="labeled"``), so
     training starts from the nearest-class-mean rule, and are learnt, as are the class
@@ -187,26 +202,30 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   features) on a 2-core CPU.
 
   Args (keyword only; every one is stored unchanged, so ``get_params``, ``set_params`` and
-  ``sklearn.base.clone`` work):
-    flow: "realnvp" (default): affine coupling layers (RealNVP-tabular, as in the paper);
-      "spline": rational-quadratic spline couplings (Durkan et al. 2019).
+  ``sklearn.base.clone`` work). Each recipe parameter is the field of the same name in the
+  training config (``flowgmm_jax/training/config.py``; ``model`` is ``config.model.name``),
+  and the defaults are ``TABLE_RECIPE`` there:
+    model: "realnvp_tabular" (default): affine coupling layers (RealNVP-tabular, as in the
+      paper); "spline_tabular": rational-quadratic spline couplings (Durkan et al. 2019).
     num_coupling_layers: number of coupling layers (default 6); alternate layers transform
       the first and the second half of the features.
     hidden_dim: width of each coupling's MLP conditioner (default 64).
     hidden_layers: hidden layers of width ``hidden_dim`` in each conditioner (default 1).
     dropout_rate: dropout after each conditioner's first layer while training (default 0;
       the paper used 0.5 with its larger flows).
-    num_bins, bound: spline flows only: bins per spline (default 8) and the half-width of
-      the interval on which the splines act (default 4.0 standardised units; identity
-      outside it).
+    zero_init_last: start every coupling as the identity (default False).
+    num_bins, bound: ``model="spline_tabular"`` only: bins per spline (default 8) and the
+      half-width of the interval on which the splines act (default 4.0 standardised units;
+      identity outside it).
     covariance: prior covariance per class, "isotropic" (sigma_k^2 I, default) or
       "diagonal".
     means_init: "labeled" (default): after the flow's initialisation each mean is put at
-      the centroid of f(x) over that class's labelled rows; "random": the spread below.
-    means_scale: with ``means_init="random"``, the initial spread of the prior means in
-      the latent space: with more than 2 classes ``mu_k = means_scale * N(0, I_D)``; with
-      2 classes the means are antipodal at distance ``means_scale``. Default 0.01; None
-      uses the paper's values (0.56 and 7.5), meant for fixed means.
+      the centroid of f(x) over that class's labelled rows; "auto": the paper's random
+      means, spread by ``means_scale``.
+    means_scale: with ``means_init="auto"``, the initial spread of the prior means in the
+      latent space: with more than 2 classes ``mu_k = means_scale * N(0, I_D)``; with 2
+      classes the means are antipodal at distance ``means_scale``. Default 0.01; None uses
+      the paper's values (0.56 and 7.5), meant for fixed means.
     learn_means: train the means (default True; the paper kept them fixed).
     learn_scales: train each class's scale sigma_k (default False).
     learn_weights: train the class weights pi (default True: the unlabelled rows then
@@ -221,30 +240,36 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     label_weight_per_feature: see ``label_weight`` (default 10).
     unlabeled_weight: weight of the density term (default 1.0).
     noise_std: Gaussian noise added to the standardised features of every training row,
-      in units of each feature's standard deviation (default 0: off).
-    learning_rate: Adam learning rate (default 1e-2), decayed by ``lr_schedule``.
-    lr_schedule: "cosine" (default: cosine decay to 0 over ``num_steps``), "constant" or
-      "wilson" (the original code's: constant, then linear decay to 1% from 50% to 90%).
+      in units of each feature's standard deviation (default 0.1).
+    optimizer: "adam" (default), "adamw" or "sgd".
+    learning_rate: learning rate (default 1e-2), decayed by ``lr_schedule``.
+    lr_schedule: "cosine" (default: cosine decay to 0 over ``num_train_steps``),
+      "constant" or "wilson" (the original code's: constant, then linear decay to 1% from
+      50% to 90%).
     weight_decay: L2 on the weight-norm gains (the coupling scales) only, as in the
       original (default 0).
-    num_steps: the most optimiser steps (default 3000); early stopping usually ends
+    num_train_steps: the most optimiser steps (default 3000); early stopping usually ends
       training sooner.
-    labeled_batch_size: labelled rows per step (default 64; capped at the number of
-      labelled rows, which are cycled through many times).
-    unlabeled_batch_size: unlabelled rows per step (default 256; capped at the number of
-      unlabelled rows).
+    labeled_batch_size: labelled rows per step (default 64; a smaller labelled pool gives
+      each of its rows once per step).
+    unlabeled_batch_size: unlabelled rows per step (default 256; likewise for a smaller
+      unlabelled pool).
     holdout_fraction: fraction of the unlabelled rows held out of training to measure
-      -log p(x) for early stopping (default 0.1; at least 16 rows, at most half the pool
-      and 4096 rows; none when fewer than 32 rows are unlabelled). 0 turns early
-      stopping off.
-    check_every: steps between two held-out measurements (default 25).
+      -log p(x) for early stopping (default 0.1, at most 0.5; at least 16 rows, at most
+      half the pool and 4096 rows; none when fewer than 32 rows are unlabelled). 0 turns
+      early stopping off.
+    check_every_steps: steps between two held-out measurements (default 25).
     patience: measurements without improvement before training stops (default 5); the
-      parameters of the best measurement are kept. 0: train ``num_steps``, then keep the
-      best.
+      parameters of the best measurement are kept. 0: train ``num_train_steps``, then keep
+      the best.
     standardize: standardise the features with the mean and standard deviation of all rows
       given to ``fit`` (default True). The prior assumes unit-scale features; pass False
       only for features that are standardised already (e.g. after a StandardScaler in a
       Pipeline). ``score_samples`` and ``sample`` are in ``X``'s own units either way.
+    compilation_cache_dir: a directory for JAX's persistent compilation cache (default
+      None: off), so that fits in later processes load their compiled programs instead of
+      compiling them (process-wide once set). Within one process a second fit of the same
+      shapes and settings compiles nothing either way.
     random_state: None (default: a fresh seed for every fit), an int, or a
       ``numpy.random.RandomState``. The same data and the same int give the same model and
       the same predictions (on the same machine and JAX version).
@@ -256,26 +281,27 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_: D.
     feature_mean_, feature_scale_: the standardisation ``u = (x - mean) / scale``, ``[D]``
       (zeros and ones with ``standardize=False``).
-    variables_: the trained model variables (NumPy arrays) for ``model.apply``, where
-      ``model = flowgmm_jax.FlowGMM.from_config(ml_collections.ConfigDict(config_), (D,), K,
-      image=False)`` (a ``FlowGMM`` whose input is the standardised X).
+    model_: the trained model, a ``flowgmm_jax.trained.TrainedFlowGMM`` whose input is the
+      standardised X: every prediction goes through it (the library's one inference path).
+    variables_: its variables (NumPy arrays) for ``model_.model.apply``.
     config_: the training config (``base_config()`` schema) as a plain dict.
     history_: the training log, a list of metric dicts (loss, NLLs, gradient norm).
     n_iter_: number of optimiser steps taken (early stopping may end training before
-      ``num_steps``; the parameters are those of the best held-out check).
+      ``num_train_steps``; the parameters are those of the best held-out check).
 
   A failed ``fit`` (bad input, or diverged training) leaves the estimator unfitted, even
   if it was fitted before: ``fit`` first discards the previous fit.
   """
 
-  # Defaults: the shared table recipe (training/config.py TABLE_RECIPE), which
-  # configs/tabular.py and configs/text.py also run.
+  # Defaults: TABLE_RECIPE (training/config.py), which configs/tabular.py and
+  # configs/text.py also run.
   def __init__(self, *,
-               flow: str = _R['flow'],
+               model: str = _R['model'],
                num_coupling_layers: int = _R['num_coupling_layers'],
                hidden_dim: int = _R['hidden_dim'],
                hidden_layers: int = _R['hidden_layers'],
                dropout_rate: float = _R['dropout_rate'],
+               zero_init_last: bool = _R['zero_init_last'],
                num_bins: int = _R['num_bins'],
                bound: float = _R['bound'],
                covariance: str = _R['covariance'],
@@ -289,21 +315,24 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                label_weight_per_feature: float = _R['label_weight_per_feature'],
                unlabeled_weight: float = _R['unlabeled_weight'],
                noise_std: float = _R['noise_std'],
+               optimizer: str = _R['optimizer'],
                learning_rate: float = _R['learning_rate'],
                lr_schedule: str = _R['lr_schedule'],
                weight_decay: float = _R['weight_decay'],
-               num_steps: int = _R['num_steps'],
+               num_train_steps: int = _R['num_train_steps'],
                labeled_batch_size: int = _R['labeled_batch_size'],
                unlabeled_batch_size: int = _R['unlabeled_batch_size'],
                holdout_fraction: float = _R['holdout_fraction'],
-               check_every: int = _R['check_every'],
+               check_every_steps: int = _R['check_every_steps'],
                patience: int = _R['patience'],
-               standardize: bool = True, random_state: Any = None, verbose: int = 0):
-    self.flow = flow
+               standardize: bool = True, compilation_cache_dir: Optional[str] = None,
+               random_state: Any = None, verbose: int = 0):
+    self.model = model
     self.num_coupling_layers = num_coupling_layers
     self.hidden_dim = hidden_dim
     self.hidden_layers = hidden_layers
     self.dropout_rate = dropout_rate
+    self.zero_init_last = zero_init_last
     self.num_bins = num_bins
     self.bound = bound
     self.covariance = covariance
@@ -317,68 +346,22 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.label_weight_per_feature = label_weight_per_feature
     self.unlabeled_weight = unlabeled_weight
     self.noise_std = noise_std
+    self.optimizer = optimizer
     self.learning_rate = learning_rate
     self.lr_schedule = lr_schedule
     self.weight_decay = weight_decay
-    self.num_steps = num_steps
+    self.num_train_steps = num_train_steps
     self.labeled_batch_size = labeled_batch_size
     self.unlabeled_batch_size = unlabeled_batch_size
     self.holdout_fraction = holdout_fraction
-    self.check_every = check_every
+    self.check_every_steps = check_every_steps
     self.patience = patience
     self.standardize = standardize
+    self.compilation_cache_dir = compilation_cache_dir
     self.random_state = random_state
     self.verbose = verbose
 
   # --------------------------------------------------------------------------- params
-
-  def _check_params(self) -> None:
-    """ValueError for a hyper-parameter out of range (checked at fit, not in __init__)."""
-    def positive_int(name, minimum=1):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
-
-    def non_negative(name, strict=False):
-      value = getattr(self, name)
-      if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-          or not math.isfinite(value) or value < 0 or (strict and value == 0)):
-        raise ValueError(f"{name}={value!r} must be a finite number "
-                         f"{'> 0' if strict else '>= 0'}.")
-
-    if self.flow not in FLOWS:
-      raise ValueError(f"flow={self.flow!r}; choose one of {tuple(FLOWS)}.")
-    if self.covariance not in COVARIANCE_TYPES:
-      raise ValueError(f"covariance={self.covariance!r}; choose one of {COVARIANCE_TYPES}.")
-    if self.lr_schedule not in SCHEDULES:
-      raise ValueError(f"lr_schedule={self.lr_schedule!r}; choose one of {SCHEDULES}.")
-    for name in ("num_coupling_layers", "hidden_dim", "hidden_layers", "num_steps",
-                 "labeled_batch_size", "check_every"):
-      positive_int(name)
-    positive_int("patience", 0)
-    if self.objective not in OBJECTIVES:
-      raise ValueError(f"objective={self.objective!r}; choose one of {OBJECTIVES}.")
-    if self.means_init not in ("labeled", "random"):
-      raise ValueError(f"means_init={self.means_init!r}; choose 'labeled' or 'random'.")
-    for name in ("label_weight_per_feature", "noise_std", "holdout_fraction"):
-      non_negative(name)
-    if self.label_weight is not None:
-      non_negative("label_weight")
-    if not self.holdout_fraction <= 0.5:
-      raise ValueError(f"holdout_fraction={self.holdout_fraction!r} must be in [0, 0.5].")
-    positive_int("num_bins", 2)
-    positive_int("unlabeled_batch_size", 0)
-    for name in ("bound", "learning_rate"):
-      non_negative(name, strict=True)
-    for name in ("unlabeled_weight", "weight_decay"):
-      non_negative(name)
-    non_negative("dropout_rate")
-    if not self.dropout_rate < 1:
-      raise ValueError(f"dropout_rate={self.dropout_rate!r} must be in [0, 1).")
-    if self.means_scale is not None:
-      non_negative("means_scale", strict=True)
-    if not isinstance(self.verbose, numbers.Integral):  # bools are fine: True means 1
-      raise ValueError(f"verbose={self.verbose!r} must be 0, 1 or 2.")
 
   def _seed(self) -> int:
     """The training seed: ``random_state`` itself when it is an int."""
@@ -393,30 +376,36 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       raise ValueError(f"random_state={rs!r} must be None, an int or a "
                        "numpy.random.RandomState.") from None
 
-  def _make_config(self, *, num_labeled: int, num_unlabeled: int, seed: int,
-                   num_devices: int):
-    """The ``base_config()`` for this fit (data.kind='tabular', data.name='arrays')."""
-    from flowgmm_jax.training.config import base_config
-
-    c = base_config()
-    c.seed = seed
-    c.data.kind = "tabular"
-    c.data.name = "arrays"
-    apply_table_recipe(c, **{name: getattr(self, name) for name in TABLE_RECIPE})
-    steps = int(self.num_steps)
-    c.num_train_steps = steps
-    c.log_every_steps = max(1, min(100, steps // 10))
-    c.eval_every_steps = steps
-    c.checkpoint_every_steps = steps
-    c.progress_bar = self.verbose >= 1
-    return c
+  def _make_config(self, seed: int):
+    """The training config of this fit (``base_config()`` schema, data.kind='tabular',
+    data.name='arrays'): the table recipe with this estimator's parameters, checked by the
+    one validator (``validate_config``) in the parameters' own names."""
+    if not isinstance(self.verbose, numbers.Integral):  # bools are fine: True means 1
+      raise ValueError(f"verbose={self.verbose!r} must be 0, 1 or 2.")
+    overrides = {name: getattr(self, name) for name in RECIPE_PARAMETERS
+                 if not _same(getattr(self, name), _R[name])}
+    recipe = table_recipe(**overrides)
+    c = base_config().to_dict()
+    c["model"] = recipe.pop("model")
+    for section, fields in recipe.items():
+      (c[section] if section else c).update(fields)
+    c["seed"] = seed
+    c["data"].update(kind="tabular", name="arrays")
+    validate_config(c, field_name=_parameter_name)
+    c = _plain(c)
+    steps = c["num_train_steps"]
+    c.update(log_every_steps=max(1, min(100, steps // 10)), eval_every_steps=steps,
+             checkpoint_every_steps=steps, progress_bar=self.verbose >= 1,
+             compilation_cache_dir=str(self.compilation_cache_dir or ""))
+    import ml_collections
+    return ml_collections.ConfigDict(c)
 
   # --------------------------------------------------------------------------- fit
 
   def _reset(self) -> None:
     """Forgets a previous fit (fitted attributes end in '_'; caches start with '_')."""
     for name in list(vars(self)):
-      if (name.endswith("_") and not name.startswith("__")) or name == "_runtime":
+      if name.endswith("_") and not name.startswith("__"):
         delattr(self, name)
 
   def fit(self, X, y) -> "FlowGMMClassifier":
@@ -427,7 +416,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     input; see the class docstring.
     """
     self._reset()
-    self._check_params()
+    config = self._make_config(self._seed())
     x = _as_feature_matrix(X)
     labels = _as_labels(y, x.shape[0])
     labeled = labels != UNLABELED
@@ -443,7 +432,6 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       raise ValueError(f"X has {x.shape[1]} feature; FlowGMMClassifier needs at least 2 (each "
                        "coupling layer transforms one half of the features given the other). "
                        "Add a feature column.")
-    seed = self._seed()
     if self.standardize:
       from flowgmm_jax.data.tabular import find_outliers, outlier_warning
       outliers = find_outliers(x)
@@ -470,8 +458,6 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         x_test=np.zeros((0, x.shape[1]), np.float32), y_test=np.zeros(0, np.int32),
         num_classes=int(classes.size))
     mesh = step_lib.make_mesh()
-    config = self._make_config(num_labeled=labeled_idx.size, num_unlabeled=unlabeled_idx.size,
-                               seed=seed, num_devices=mesh.shape[step_lib.DATA_AXIS])
     log_fn = None
     if self.verbose >= 2:
       every = max(1, config.num_train_steps // 10)
@@ -488,68 +474,24 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
           "keep standardize=True, or remove extreme outliers from X.") from e
 
     # Only now, with training done, does the estimator become fitted.
-    self.variables_ = jax.tree.map(np.asarray, jax.device_get(result.variables))
+    from flowgmm_jax import checkpoint, trained
+    meta = checkpoint.make_meta(config, input_shape=(x.shape[1],), num_classes=classes.size)
+    self.model_ = trained.from_variables(
+        meta, jax.tree.map(np.asarray, jax.device_get(result.variables)),
+        step=int(jax.device_get(result.state.step)), batch_size=_MAX_CHUNK, mesh=mesh)
     self.config_ = config.to_dict()
     self.classes_ = classes
     self.n_features_in_ = int(x.shape[1])
     self.feature_mean_ = mean.astype(np.float64)
     self.feature_scale_ = scale.astype(np.float64)
     self.history_ = [dict(h) for h in result.history]
-    self.n_iter_ = int(jax.device_get(result.state.step))
+    self.n_iter_ = self.model_.step
     return self
 
-  # --------------------------------------------------------------------------- runtime
-
-  def _get_runtime(self) -> dict:
-    """The Flax model and jitted functions, built on first use (never pickled)."""
-    runtime = self.__dict__.get("_runtime")
-    if runtime is not None:
-      return runtime
-    import jax
-    import jax.numpy as jnp
-    import ml_collections
-    from flowgmm_jax.flowgmm import FlowGMM
-
-    config = ml_collections.ConfigDict(self.config_)
-    model = FlowGMM.from_config(config, (self.n_features_in_,), len(self.classes_), image=False)
-    variables = jax.device_put(self.variables_)
-
-    @jax.jit
-    def forward(variables, u):
-      """u: [B, D] standardised -> (log_det [B], class_log_joint [B, K])."""
-      _, log_det, class_log_joint = model.apply(variables, u)
-      return log_det, class_log_joint
-
-    @jax.jit
-    def inverse(variables, z):
-      """z: [B, D] latent -> u: [B, D] standardised data (latent -> data)."""
-      return model.apply(variables, z, method=model.inverse)
-
-    def sample_latent(variables, key, class_index):
-      return model.apply(variables, key, jnp.asarray(class_index),
-                         method=lambda m, k, y: m.prior.sample(k, y))
-
-    log_weights = np.asarray(model.apply(variables, method=lambda m: m.prior.log_weights()),
-                             np.float64)
-    runtime = {"model": model, "variables": variables, "forward": forward,
-               "inverse": inverse, "sample_latent": sample_latent, "log_weights": log_weights}
-    self._runtime = runtime
-    return runtime
-
-  def __getstate__(self):
-    # Jitted functions and the Flax module are rebuilt lazily after unpickling.
-    state = dict(super().__getstate__())
-    state.pop("_runtime", None)
-    return state
-
-  def _chunked(self, fn, rows: np.ndarray):
-    """Applies a jitted ``fn(variables, rows[B, D]) -> pytree of [B, ...]`` in chunks padded
-    to a bucket size, so that few shapes get compiled."""
-    import jax
-    from flowgmm_jax import evaluation
-    variables = self._get_runtime()["variables"]
-    return evaluation.map_in_chunks(lambda chunk: jax.device_get(fn(variables, chunk)), rows,
-                                    _MAX_CHUNK, padded_rows=_bucket)
+  @property
+  def variables_(self) -> dict:
+    check_is_fitted(self)
+    return self.model_.variables
 
   def _standardized(self, X) -> np.ndarray:
     check_is_fitted(self)
@@ -562,9 +504,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
     """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""
-    u = self._standardized(X)
-    log_det, class_log_joint = self._chunked(self._get_runtime()["forward"], u)
-    return log_det.astype(np.float64), class_log_joint.astype(np.float64)
+    u = self._standardized(X)  # checks that the estimator is fitted
+    out = self.model_.outputs(u, preprocessed=True)
+    return out["log_det"].astype(np.float64), out["logits"].astype(np.float64)
 
   # --------------------------------------------------------------------------- predict
 
@@ -616,8 +558,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     the last term being the log-det of the standardisation (0 with ``standardize=False``).
     """
     log_det, class_log_joint = self._forward(X)
-    log_prior = scipy.special.logsumexp(class_log_joint, axis=1)
-    return log_prior + log_det - float(np.sum(np.log(self.feature_scale_)))
+    return log_px(class_log_joint, log_det) - float(np.sum(np.log(self.feature_scale_)))
 
   def sample(self, n_samples: int = 1, y=None, random_state=None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -640,9 +581,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       raise ValueError(f"n_samples={n_samples!r} must be an integer >= 1.")
     n = int(n_samples)
     rng = check_random_state(random_state)
-    runtime = self._get_runtime()
     if y is None:
-      weights = np.exp(runtime["log_weights"])
+      weights = np.exp(self.model_.log_weights().astype(np.float64))
       class_index = rng.choice(len(self.classes_), size=n, p=weights / weights.sum())
     else:
       values = np.asarray(y)
@@ -656,9 +596,6 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         raise ValueError(f"y contains {values[unknown][0]!r}, which is not a class; choose "
                          f"from classes_ = {self.classes_.tolist()}.")
       class_index = np.searchsorted(self.classes_, values)
-    import jax
-    key = jax.random.PRNGKey(int(rng.randint(np.iinfo(np.int32).max)))
-    z = np.asarray(runtime["sample_latent"](runtime["variables"], key, class_index),
-                   np.float32)
-    u = self._chunked(runtime["inverse"], z).astype(np.float64)
+    u = self.model_.sample(n, y=class_index, seed=int(rng.randint(np.iinfo(np.int32).max)),
+                           raw=False).astype(np.float64)
     return u * self.feature_scale_ + self.feature_mean_, self.classes_[class_index]

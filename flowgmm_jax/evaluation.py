@@ -5,12 +5,13 @@ Independent of the training code. Two layers:
 * One-shot metrics on full arrays (numpy in, Python float out): ``accuracy``,
   ``expected_calibration_error`` (and ``calibration_bins`` behind it).
 * Exact evaluation over many batches: ``batch_metric_sums`` (jnp, jit-able, one batch,
-  optional padding mask) returns SUMS plus the per-example confidences; then
+  optional padding mask) returns sums plus the per-example confidences; then
   ``aggregate_metric_sums`` (host side) adds the sums and concatenates the confidences,
   so every final number equals the one computed on the whole set at once, whatever the
   batch sizes (ECE needs all confidences, not per-batch ECEs).
-* ``map_in_chunks``: a jitted model function over many rows in padded chunks of a few
-  static shapes (the training loop's evaluation, the estimator, ``trained.load``).
+* ``metrics_from_outputs``: the evaluation metrics of a model's outputs on a whole set (the
+  training loop's evaluation and ``--mode=eval``; the outputs come from
+  ``trained.TrainedFlowGMM``, the one inference path).
 
 Inputs come from the prior: class_log_joint = log pi_k + log N(z; mu_k, Sigma_k) ([B, K],
 softmax = p(y|x)); log_det = log|det df/dx| of the flow (data -> latent).
@@ -18,12 +19,13 @@ softmax = p(y|x)); log_det = log|det df/dx| of the flow (data -> latent).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from flowgmm_jax.flowgmm import bits_per_dim, log_px
 
 Array = jax.Array
 
@@ -151,7 +153,7 @@ def batch_metric_sums(class_log_joint: Array, labels: Array,
     log_lik_y = jnp.take_along_axis(class_log_joint, safe_labels[:, None], axis=1)[:, 0]
     if log_weights is not None:
       log_lik_y = log_lik_y - jnp.asarray(log_weights)[safe_labels]
-    sums["sum_nll"] = masked_sum(-(jax.nn.logsumexp(class_log_joint, axis=-1) + log_det))
+    sums["sum_nll"] = masked_sum(-log_px(class_log_joint, log_det))
     sums["sum_nll_given_label"] = masked_sum(-(log_lik_y + log_det))
   return sums
 
@@ -188,26 +190,18 @@ def aggregate_metric_sums(batch_sums: Sequence[Dict[str, Any]], num_dims: Option
     metrics["nll"] = total["sum_nll"] / count
     metrics["nll_given_label"] = total["sum_nll_given_label"] / count
     if num_dims is not None:
-      metrics["bpd"] = metrics["nll"] / (num_dims * math.log(2.0))
-      metrics["bpd_given_label"] = metrics["nll_given_label"] / (num_dims * math.log(2.0))
+      metrics["bpd"] = float(bits_per_dim(metrics["nll"], num_dims))
+      metrics["bpd_given_label"] = float(bits_per_dim(metrics["nll_given_label"], num_dims))
   return metrics
 
 
-def map_in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray, chunk_rows: int,
-                  padded_rows: Optional[Callable[[int], int]] = None) -> Any:
-  """``fn`` over the rows of ``x`` in chunks of at most ``chunk_rows``; outputs concatenated.
-
-  Each chunk of n rows is padded to ``padded_rows(n)`` rows (default ``chunk_rows``) by
-  repeating its last row, so a jitted ``fn`` sees only a few static shapes; the outputs of
-  the padded rows are dropped. ``fn(chunk [B, ...])`` returns a pytree of host arrays
-  ``[B, ...]``; the result is that pytree with ``[N, ...]`` leaves, N = ``len(x)`` >= 1.
-  """
-  outputs = []
-  for start in range(0, len(x), chunk_rows):
-    chunk = x[start:start + chunk_rows]
-    n = len(chunk)
-    size = chunk_rows if padded_rows is None else padded_rows(n)
-    if size > n:  # padded rows are dropped below
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)], axis=0)
-    outputs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(chunk)))
-  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+def metrics_from_outputs(class_log_joint: Any, log_det: Any, labels: Any, *,
+                         log_weights: Any, num_dims: int, num_bins: int = 15
+                         ) -> Dict[str, float]:
+  """The evaluation metrics of a whole set from the model's outputs on it
+  (``class_log_joint [N, K]``, ``log_det [N]``, ``labels [N]``, the prior's ``log_weights
+  [K]``): accuracy, ECE, nll_y_given_x, nll / nll_given_label (nats per example) and their
+  bits/dim (see ``aggregate_metric_sums``)."""
+  sums = batch_metric_sums(class_log_joint, np.asarray(labels), log_det,
+                           log_weights=log_weights)
+  return aggregate_metric_sums([sums], num_dims=num_dims, num_bins=num_bins)

@@ -18,10 +18,45 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flowgmm_jax import models
 from flowgmm_jax.bijectors import Logit, dequantize_logit
 from flowgmm_jax.prior import GaussianMixturePrior
+
+Array = jax.Array
+
+
+def _on_host(*arrays) -> bool:
+  """Whether every input is a host value (numpy or Python), computed in numpy at its own
+  precision (jnp would round float64 to float32 unless x64 is on)."""
+  return not any(isinstance(a, (jax.Array, jax.core.Tracer)) for a in arrays)
+
+
+def log_px(class_log_joint: Array, log_det: Array) -> Array:
+  """log p(x) = logsumexp_k [log pi_k + log N(f(x); mu_k, Sigma_k)] + log|det J_f(x)|,
+  ``[B, K], [B] -> [B]``: the one place this formula is written. Numpy inputs give numpy
+  (at their own precision), jax inputs jax."""
+  if _on_host(class_log_joint, log_det):
+    import scipy.special
+    return scipy.special.logsumexp(np.asarray(class_log_joint), axis=-1) + np.asarray(log_det)
+  return jax.nn.logsumexp(class_log_joint, axis=-1) + log_det
+
+
+def bits_per_dim(nll_nats: Array | float, num_dims: int) -> Array:
+  """nll / (D log 2): nats per example -> bits per dimension (any shape, elementwise).
+
+  The NLL must be of the data in the space whose density it measures. For 8-bit images
+  the flow starts with the Dequantize bijector (x -> (x + u) / 256), whose log-det
+  contributes -D log 256 per example; so -(log p(z) + log_det) is already the NLL of the
+  integer-valued pixels in [0, 256)^D (up to the dequantisation bound) and this function
+  gives the standard bits/dim with no further correction. (The original added that
+  -D log k term in ``FlowLoss`` instead, because its flows started at x / 256.)
+  """
+  if int(num_dims) <= 0:
+    raise ValueError(f"num_dims must be a positive integer, got {num_dims}.")
+  scale = int(num_dims) * math.log(2.0)
+  return np.asarray(nll_nats) / scale if _on_host(nll_nats) else jnp.asarray(nll_nats) / scale
 
 
 class FlowGMM(nn.Module):
@@ -79,8 +114,8 @@ class FlowGMM(nn.Module):
 
   def log_prob(self, x, noise=None):
     """log p(x) [B] (eval mode)."""
-    z, log_det, class_log_joint = self(x, noise)
-    return jax.nn.logsumexp(class_log_joint, axis=-1) + log_det
+    _, log_det, class_log_joint = self(x, noise)
+    return log_px(class_log_joint, log_det)
 
   def class_probs(self, x, noise=None):
     """p(y | x) [B, K] (eval mode)."""

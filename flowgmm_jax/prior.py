@@ -27,7 +27,7 @@ Mean initialisers, as in the original code (github.com/izmailovpavel/flowgmm):
     "image"             mu_k = r * N(0, I), r = means_scale (default 1.0): the original
                         images script's ``--means random --means_r 1``.
     "tabular_two_class" v ~ N(0, I_D); mu_0 = (d/2) v / ||v||, mu_1 = -mu_0, so the two
-                        means are antipodal along a random direction using ALL D dims and
+                        means are antipodal along a random direction using all D dims and
                         ||mu_0 - mu_1|| = d, d = means_scale (default 7.5)
                         (RealNVPTabularWPrior with 2 classes).
     "multiclass"        mu_k = r * N(0, I), r = means_scale (default 0.56 = 0.8 * 0.7,
@@ -60,6 +60,9 @@ Array = jax.Array
 
 COVARIANCE_TYPES = ("isotropic", "diagonal")
 MEANS_INIT_NAMES = ("image", "tabular_two_class", "multiclass", "tabular", "circle")
+# The values a config's prior.means_init may take: the initialisers above, and "auto" / "labeled"
+# (resolve_means_init).
+MEANS_INIT_CHOICES = ("auto", "labeled") + MEANS_INIT_NAMES
 DEFAULT_MEANS_SCALE = {"image": 1.0, "multiclass": 0.56, "tabular_two_class": 7.5,
                        "circle": 3.5}
 
@@ -72,18 +75,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # ----------------------------------------------------------------------------------------
 # Mean initialisers (plain functions, usable without the module).
 # ----------------------------------------------------------------------------------------
-
-
-def image_means(rng: Array, num_classes: int, dim: int, r: float = 1.0,
-                dtype: Any = jnp.float32) -> Array:
-  """``r * N(0, I)`` means, ``[K, D]``; the original image default uses r = 1."""
-  return r * jax.random.normal(rng, (num_classes, dim), dtype)
-
-
-def multiclass_means(rng: Array, num_classes: int, dim: int, r: float = 0.56,
-                     dtype: Any = jnp.float32) -> Array:
-  """``r * N(0, I)`` means, ``[K, D]``; the original tabular code uses r = 0.8 * 0.7."""
-  return r * jax.random.normal(rng, (num_classes, dim), dtype)
 
 
 def tabular_two_class_means(rng: Array, dim: int, distance: float = 7.5,

@@ -6,8 +6,9 @@
     x_new = model.sample(16, y=3, temperature=0.7)
 
 The model is rebuilt from the checkpoint's own metadata (model, prior, data kind, input
-shape, number of classes), so no config file is needed; only the variables are read (the
-optimiser state is left on disk, and nothing in the workdir is written).
+shape, number of classes; ``checkpoint.make_meta``), so no config file is needed; only the
+variables are read (the optimiser state is left on disk, and nothing in the workdir is
+written).
 
 Inputs are raw rows of the run's data kind: 8-bit images ``[N, H, W, C]`` (uint8 or floats
 in 0..255), or feature rows ``[N, D_raw]`` in the units of the original file. Tabular and
@@ -15,125 +16,62 @@ text runs drop constant columns and standardise with the training statistics; th
 stored with the run (``data_transform.npz``) and applied here. Pass ``preprocessed=True`` to
 give rows that are already transformed (e.g. ``Dataset.x_test``).
 
-Every method is jitted and runs in fixed-size chunks (the last one padded), so a
-10,000-row call needs one compiled program and the memory of one chunk.
+This is the one inference path: the training loop's evaluation and early stopping,
+``--mode=eval``, ``load`` and ``FlowGMMClassifier`` all predict through a
+``TrainedFlowGMM``. Every method runs a jitted program, data-parallel over the ``data`` mesh
+(``flowgmm_jax.mesh``; by default this process's devices), in chunks of at most
+``batch_size`` rows padded by ``mesh.padded_rows``, so a 10,000-row call needs the memory of
+one chunk and calls of many sizes share a handful of compiled programs (one per padded size,
+cached per model and mesh).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
+import functools
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flowgmm_jax import evaluation
-from flowgmm_jax.flowgmm import FlowGMM
-from flowgmm_jax.training.checkpoint import IncompatibleCheckpointError
-
-DATA_TRANSFORM_FILE = "data_transform.npz"
-CALIBRATION_FILE = "calibration.json"
-_META_KEYS = ("model", "prior", "data", "input_shape", "num_classes")
-
-
-class RunNotFoundError(FileNotFoundError):
-  """The workdir has no checkpoint, or not the requested step."""
+from flowgmm_jax import checkpoint as ckpt
+from flowgmm_jax import mesh as mesh_lib
+from flowgmm_jax import run_files
+from flowgmm_jax.checkpoint import IncompatibleCheckpointError, RunNotFoundError  # noqa: F401
+from flowgmm_jax.flowgmm import FlowGMM, bits_per_dim, log_px
 
 
-# ----------------------------------------------------------------------------- run files
+@functools.lru_cache(maxsize=64)
+def _programs(model: FlowGMM, mesh) -> tuple:
+  """The jitted, data-parallel programs of ``model`` on ``mesh``: (forward, inverse,
+  latent_logits), each ``fn(variables, rows [B, ...])`` with the variables replicated and
+  the rows split over ``data``. Cached, so every TrainedFlowGMM of an equal model on the
+  same mesh (the loop's evaluations, refitted estimators) reuses their compilations."""
+  def sharded(fn):
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(mesh_lib.DATA_AXIS)),
+                                 out_specs=P(mesh_lib.DATA_AXIS), check_vma=False))
 
-def save_data_transform(workdir: str, info: dict) -> None:
-  """Writes the feature transform of a tabular/text run (from ``Dataset.info``): the kept
-  columns and the standardisation statistics, so raw rows can be mapped like the training
-  rows. Nothing is written for runs without one (images, toy data)."""
-  arrays = {k: np.asarray(info[k]) for k in ("kept_feature_columns", "feature_mean",
-                                             "feature_std") if k in info}
-  if not arrays:
-    return
-  if "kept_feature_columns" in arrays:
-    arrays["num_raw_features"] = np.asarray(
-        len(arrays["kept_feature_columns"]) + len(info.get("dropped_feature_columns", ())))
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, DATA_TRANSFORM_FILE + ".tmp.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, os.path.join(workdir, DATA_TRANSFORM_FILE))
+  def forward(variables, x):  # z [B, D], log_det [B], logits [B, K]
+    return model.apply(variables, x.astype(jnp.float32))
 
+  def inverse(variables, z):
+    return model.apply(variables, z, method=model.inverse)
 
-def save_calibration(workdir: str, record: dict) -> None:
-  """Writes ``calibration.json`` ({'step', 'temperature', ...}) atomically."""
-  tmp = os.path.join(workdir, CALIBRATION_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(workdir, CALIBRATION_FILE))
+  def latent_logits(variables, z):
+    return model.apply(variables, z, method=lambda m, v: m.prior.class_logits(v))
 
+  return sharded(forward), sharded(inverse), sharded(latent_logits)
 
-def _read_checkpoint(workdir: str, step: Optional[int]):
-  import orbax.checkpoint as ocp
-  from absl import logging as absl_logging
-
-  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(ckpt_dir) or not any(n.isdigit() for n in os.listdir(ckpt_dir)):
-    raise RunNotFoundError(f"no checkpoint in {ckpt_dir}; train first with python -m "
-                           f"experiments.main --config=... --workdir={workdir}.")
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about read-only mode
-  try:
-    manager = ocp.CheckpointManager(
-        ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_names=("state", "meta"))
-    steps = sorted(manager.all_steps())
-    if not steps:
-      raise RunNotFoundError(f"no complete checkpoint in {ckpt_dir}.")
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise RunNotFoundError(f"no checkpoint for step {step} in {ckpt_dir}; available "
-                             f"steps: {steps}.")
-    try:
-      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # noqa: BLE001 - any failure here means "not our format"
-      raise IncompatibleCheckpointError(
-          f"checkpoint {ckpt_dir}/{step} has no readable metadata ({type(e).__name__}); it "
-          "was written by an incompatible version of flowgmm_jax.") from e
-    missing = [k for k in _META_KEYS if not meta or k not in meta]
-    if missing:
-      raise IncompatibleCheckpointError(
-          f"checkpoint {ckpt_dir}/{step} lacks {missing} in its metadata; it was written by "
-          "an incompatible version of flowgmm_jax.")
-    # Restore onto this machine's first device whatever the saving run used (a run trained
-    # on 8 GPUs can be inspected on a laptop): shapes and dtypes come from the checkpoint.
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    try:
-      tree = ocp.StandardCheckpointer().metadata(os.path.join(ckpt_dir, str(step), "state"))
-      tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
-      abstract = jax.tree.map(
-          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
-    except Exception:  # noqa: BLE001 - fall back to the saved sharding
-      abstract = None
-    try:
-      state = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))["state"]
-    except Exception as e:  # noqa: BLE001 - unreadable state: not our format
-      raise IncompatibleCheckpointError(
-          f"checkpoint {ckpt_dir}/{step} could not be read ({type(e).__name__}); it was "
-          "written by an incompatible version of flowgmm_jax.") from e
-    manager.close()
-  finally:
-    absl_logging.set_verbosity(verbosity)
-  return step, meta, state
-
-
-# ----------------------------------------------------------------------------- the model
 
 class TrainedFlowGMM:
   """A trained FlowGMM with numpy in, numpy out methods. Build it with ``load``.
 
   Attributes:
     model: the ``FlowGMM`` Linen module (eval mode); ``variables`` its variables.
+    meta: the checkpoint metadata that describes the model (``checkpoint.make_meta``).
+    mesh: the 1-D ``data`` mesh the programs run on (default: this process's devices).
     step: the checkpoint's training step.
     kind: the data kind ("image" | "tabular" | "text" | "toy"); ``input_shape`` (no batch)
       the shape of the model's input rows; ``num_classes`` K; ``num_dims`` D.
@@ -143,7 +81,7 @@ class TrainedFlowGMM:
 
   def __init__(self, model, variables: dict, *, meta: dict, step: int,
                data_transform: Optional[dict] = None, temperature: float = 1.0,
-               batch_size: Optional[int] = None, workdir: Optional[str] = None):
+               batch_size: Optional[int] = None, workdir: Optional[str] = None, mesh=None):
     self.model = model
     self.variables = variables
     self.meta = meta
@@ -158,19 +96,35 @@ class TrainedFlowGMM:
     if batch_size is None:  # keep one chunk's activations small: ~0.5 GB for 32x32x3
       batch_size = 256 if self.kind == "image" else 2048
     self.batch_size = int(batch_size)
+    self._mesh = mesh
+    self._placed = None  # (variables, the same replicated on the mesh)
 
-    def forward(variables, x):
-      return model.apply(variables, x)           # z [B, D], log_det [B], logits [B, K]
+  @property
+  def mesh(self):
+    if self._mesh is None:
+      self._mesh = mesh_lib.make_mesh(jax.local_devices())
+    return self._mesh
 
-    def inverse(variables, z):
-      return model.apply(variables, z, method=model.inverse)
+  def __getstate__(self):
+    # A pickle holds the variables on the host and the metadata; the mesh, the module and
+    # the device copies are rebuilt where it is loaded.
+    state = dict(vars(self))
+    state["variables"] = jax.tree.map(np.asarray, jax.device_get(self.variables))
+    state.update(_mesh=None, _placed=None, model=None)
+    return state
 
-    def latent_logits(variables, z):
-      return model.apply(variables, z, method=lambda m, v: m.prior.class_logits(v))
+  def __setstate__(self, state):
+    vars(self).update(state)
+    if self.model is None:
+      self.model = model_from_meta(self.meta)
 
-    self._forward = jax.jit(forward)
-    self._inverse = jax.jit(inverse)
-    self._latent_logits = jax.jit(latent_logits)
+  def _device_variables(self):
+    """The variables replicated on the mesh (a copy is made once, unless they are already)."""
+    if mesh_lib.is_replicated_on(self.variables, self.mesh):
+      return self.variables
+    if self._placed is None or self._placed[0] is not self.variables:
+      self._placed = (self.variables, mesh_lib.replicate(self.mesh, self.variables))
+    return self._placed[1]
 
   # -- inputs ------------------------------------------------------------------------
 
@@ -217,20 +171,30 @@ class TrainedFlowGMM:
                        f"after preprocessing, got {x.shape}.")
     return x
 
-  def _chunks(self, fn, x: np.ndarray):
-    """Applies ``fn(variables, chunk)`` over fixed-size chunks; concatenates outputs."""
-    n = len(x)
-    if n == 0:
+  def _chunks(self, program: int, x: np.ndarray):
+    """Runs program ``program`` (0 forward, 1 inverse, 2 latent logits) over the rows of
+    ``x``: chunks of at most ``batch_size`` rows (rounded up to the device count), each
+    padded to ``mesh.padded_rows`` by repeating its last row; the padding's outputs are
+    dropped and the chunks' outputs concatenated."""
+    if len(x) == 0:
       raise ValueError("got 0 rows; pass at least one example.")
-    # Chunk sizes are powers of two (at most batch_size), so calls of many different sizes
-    # share a handful of compiled programs.
-    size = min(self.batch_size, 1 << max(3, (n - 1).bit_length()))
-    return evaluation.map_in_chunks(
-        lambda chunk: jax.device_get(fn(self.variables, jnp.asarray(chunk))), x, size)
+    fn = _programs(self.model, self.mesh)[program]
+    variables = self._device_variables()
+    devices = mesh_lib.num_devices(self.mesh)
+    cap = mesh_lib.round_up(self.batch_size, devices)
+    outputs = []
+    for start in range(0, len(x), cap):
+      chunk = np.asarray(x[start:start + cap], np.float32)
+      n = len(chunk)
+      size = mesh_lib.padded_rows(n, cap, devices)
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+      out = fn(variables, mesh_lib.shard_batch(self.mesh, chunk))
+      outputs.append(jax.tree.map(lambda a: mesh_lib.to_host(a)[:n], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
   def _outputs(self, x, preprocessed: bool):
     x = np.asarray(x) if preprocessed else self.preprocess(x)
-    return self._chunks(self._forward, self._check_rows(x.astype(np.float32)))
+    return self._chunks(0, self._check_rows(x.astype(np.float32)))
 
   def outputs(self, x, preprocessed: bool = False) -> dict:
     """One pass over ``x``: {'z' [N, D], 'log_det' [N], 'logits' [N, K] (uncalibrated)}."""
@@ -258,11 +222,11 @@ class TrainedFlowGMM:
     model's input space (images: of the 8-bit data, midpoint-dequantised; features: of the
     standardised rows)."""
     _, log_det, logits = self._outputs(x, preprocessed)
-    return np.asarray(jax.nn.logsumexp(logits, axis=-1)) + log_det
+    return log_px(logits, log_det)
 
   def bits_per_dim(self, x, preprocessed: bool = False) -> np.ndarray:
     """-log p(x) / (D log 2), ``[N]``."""
-    return -self.log_prob(x, preprocessed) / (self.num_dims * math.log(2.0))
+    return bits_per_dim(-self.log_prob(x, preprocessed), self.num_dims)
 
   # -- latent space ------------------------------------------------------------------
 
@@ -278,14 +242,14 @@ class TrainedFlowGMM:
       z = z[None]
     if z.shape[1:] != (self.num_dims,):
       raise ValueError(f"z must have shape [N, {self.num_dims}], got {z.shape}.")
-    x = self._chunks(self._inverse, z)
+    x = self._chunks(1, z)
     return self.postprocess(x) if raw else x
 
   def latent_logits(self, z) -> np.ndarray:
     """Uncalibrated class logits of latents, ``[N, D] -> [N, K]`` (p(y|x) depends on x only
     through z = f(x))."""
     z = np.asarray(z, np.float32)
-    return self._chunks(self._latent_logits, z.reshape(-1, self.num_dims))
+    return self._chunks(2, z.reshape(-1, self.num_dims))
 
   def means(self) -> np.ndarray:
     """The class means mu_k in latent space, ``[K, D]``."""
@@ -324,7 +288,7 @@ class TrainedFlowGMM:
             f"temperature={self.temperature:.3g})")
 
 
-def _model_from_meta(meta: dict) -> FlowGMM:
+def model_from_meta(meta: dict) -> FlowGMM:
   """The eval-mode model a checkpoint's metadata describes (its config's model and prior)."""
   config = ml_collections.ConfigDict({"model": meta["model"], "prior": meta["prior"]})
   return FlowGMM.from_config(config, tuple(meta["input_shape"]), int(meta["num_classes"]),
@@ -332,25 +296,30 @@ def _model_from_meta(meta: dict) -> FlowGMM:
 
 
 def from_variables(meta: dict, variables: dict, *, step: int = 0, **kwargs) -> TrainedFlowGMM:
-  """A ``TrainedFlowGMM`` from a checkpoint-style ``meta`` and ``model.apply`` variables
-  (e.g. right after ``fit``, before anything is written)."""
-  return TrainedFlowGMM(_model_from_meta(meta), variables, meta=meta, step=step, **kwargs)
+  """A ``TrainedFlowGMM`` from ``checkpoint.make_meta``-style metadata and ``model.apply``
+  variables (e.g. during or right after training, before anything is written)."""
+  meta = ckpt.upgrade_meta(meta)
+  return TrainedFlowGMM(model_from_meta(meta), variables, meta=meta, step=step, **kwargs)
 
 
 def load(workdir: str, step: Optional[int] = None, *, calibrated: bool = True,
-         batch_size: Optional[int] = None) -> TrainedFlowGMM:
+         batch_size: Optional[int] = None, mesh=None) -> TrainedFlowGMM:
   """The model of the run in ``workdir`` at ``step`` (default: the latest checkpoint).
 
   ``calibrated``: apply the temperature fitted for this step (``calibration.json``) in
-  ``predict_proba``; without one, T = 1.
+  ``predict_proba``; without one, T = 1. ``mesh``: where to run (default: this process's
+  devices); the variables are read onto it, whatever devices the run was trained on.
 
   Raises ``RunNotFoundError`` (no checkpoint / no such step) or
   ``IncompatibleCheckpointError`` (written by an incompatible version), each one line.
   """
+  import os
   if not os.path.isdir(workdir):
     raise RunNotFoundError(f"workdir {workdir!r} does not exist.")
-  step, meta, state = _read_checkpoint(workdir, step)
-  model = _model_from_meta(meta)
+  mesh = mesh_lib.make_mesh(jax.local_devices()) if mesh is None else mesh
+  step, meta, state = ckpt.read_checkpoint(workdir, step,
+                                           sharding=NamedSharding(mesh, P()))
+  model = model_from_meta(meta)
   variables = {"params": state["params"], **(state.get("fixed") or {})}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
@@ -364,18 +333,11 @@ def load(workdir: str, step: Optional[int] = None, *, calibrated: bool = True,
         f"checkpoint {workdir}/checkpoints/{step} holds variables that this version of "
         f"flowgmm_jax does not build for model {meta['model'].get('name')!r}; it was written "
         "by an incompatible version.")
-  variables = jax.tree.map(jnp.asarray, variables)
-  transform = {}
-  path = os.path.join(workdir, DATA_TRANSFORM_FILE)
-  if os.path.isfile(path):
-    with np.load(path) as f:
-      transform = {k: f[k] for k in f.files}
   temperature = 1.0
-  cal_path = os.path.join(workdir, CALIBRATION_FILE)
-  if calibrated and os.path.isfile(cal_path):
-    with open(cal_path) as f:
-      cal = json.load(f)
-    if int(cal.get("step", -1)) == step:
-      temperature = float(cal["temperature"])
-  return TrainedFlowGMM(model, variables, meta=meta, step=step, data_transform=transform,
-                        temperature=temperature, batch_size=batch_size, workdir=workdir)
+  cal = run_files.read_calibration(workdir) if calibrated else None
+  if cal and int(cal.get("step", -1)) == step:
+    temperature = float(cal["temperature"])
+  return TrainedFlowGMM(model, variables, meta=meta, step=step,
+                        data_transform=run_files.read_data_transform(workdir),
+                        temperature=temperature, batch_size=batch_size, workdir=workdir,
+                        mesh=mesh)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import jax
 import pytest
+
+from flowgmm_jax.data.dataset import use_data_dir_if_unset
+
+# The offline datasets: ../shared/data next to the repository unless FLOWGMM_DATA_DIR says
+# otherwise (the subprocesses the tests start inherit it).
+use_data_dir_if_unset(Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 # One XLA compilation cache for the session, shared with the subprocesses the tests start
 # (CLI runs and their resumes, SIGTERM reruns, two-process runs): a rerun of the same

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A tiny flow: every fit below compiles in a few seconds and trains in well under one.
 # labeled_batch_size 4 keeps batch shapes equal across cross-validation folds.
-TINY = dict(num_coupling_layers=2, hidden_dim=16, hidden_layers=1, num_steps=80,
+TINY = dict(num_coupling_layers=2, hidden_dim=16, hidden_layers=1, num_train_steps=80,
             labeled_batch_size=4, unlabeled_batch_size=32, learning_rate=3e-3)
 OFFSET = np.array([5.0, -3.0, 100.0])
 UNITS = np.array([10.0, 0.1, 3.0])
@@ -85,7 +85,7 @@ def test_two_moons_with_10_labels_reaches_99_percent():
   clf = FlowGMMClassifier(
       num_coupling_layers=5, hidden_dim=128, hidden_layers=2, means_scale=None,
       learn_means=False, learn_weights=False, unlabeled_weight=1.0, learning_rate=2e-3,
-      lr_schedule="wilson", num_steps=1000, labeled_batch_size=10, unlabeled_batch_size=64,
+      lr_schedule="wilson", num_train_steps=1000, labeled_batch_size=10, unlabeled_batch_size=64,
       random_state=0).fit(ds.x_train, y)
   assert (y != -1).sum() == 10
   assert clf.score(ds.x_test, ds.y_test) >= 0.99
@@ -95,7 +95,7 @@ def test_fit_predict_basics(fitted, table):
   X, y_semi, y_true = table
   np.testing.assert_array_equal(fitted.classes_, [0, 1])
   assert fitted.n_features_in_ == 3
-  assert fitted.n_iter_ == TINY["num_steps"]
+  assert fitted.n_iter_ == TINY["num_train_steps"]
   np.testing.assert_allclose(fitted.feature_mean_, X.mean(axis=0))
   np.testing.assert_allclose(fitted.feature_scale_, X.std(axis=0))
   proba = fitted.predict_proba(X)
@@ -112,13 +112,53 @@ def test_fit_predict_basics(fitted, table):
   np.testing.assert_allclose(fitted.predict_proba(X[::-1][:7]), proba[::-1][:7], atol=1e-6)
 
 
+class _Compilations:
+  """Counts XLA compilations (and traces) while active: JAX's monitoring events, which fire
+  for every program handed to the compiler (persistent-cache hits included) and never for
+  a call that reuses a compiled program."""
+
+  def __init__(self):
+    self.events, self.active = [], False
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, name, seconds, **kwargs):
+    if self.active and name in ("/jax/core/compile/backend_compile_duration",
+                                "/jax/core/compile/jaxpr_trace_duration"):
+      self.events.append(name)
+
+  def __enter__(self):
+    self.events, self.active = [], True
+    return self
+
+  def __exit__(self, *exc):
+    self.active = False
+
+
 def test_same_random_state_same_model_other_state_other_model(fitted, table):
+  """And a second fit of the same shapes and settings compiles nothing: the programs are
+  cached on the settings, the seed is an argument, and near pool sizes share one padded
+  batch shape."""
   X, y_semi, _ = table
-  again = FlowGMMClassifier(random_state=0, **TINY).fit(X, y_semi)
+  compilations = _Compilations()
+  with compilations:
+    again = FlowGMMClassifier(random_state=0, **TINY).fit(X, y_semi)
+  assert compilations.events == []
   np.testing.assert_array_equal(again.predict_proba(X), fitted.predict_proba(X))
   np.testing.assert_array_equal(again.predict(X), fitted.predict(X))
-  other = FlowGMMClassifier(random_state=1, **TINY).fit(X, y_semi)
+  with compilations:
+    other = FlowGMMClassifier(random_state=1, **TINY).fit(X, y_semi)
+    more_labels = y_semi.copy()
+    more_labels[10:13] = (np.arange(10, 13) % 2)  # 13 labelled rows: the same padded batch
+    FlowGMMClassifier(random_state=0, **{**TINY, "labeled_batch_size": 16}).fit(
+        X, more_labels)
   assert np.abs(other.predict_proba(X) - fitted.predict_proba(X)).max() > 1e-3
+  # The batch size is a setting: the third fit compiled its own step, the others nothing.
+  assert 0 < len(compilations.events)
+  with compilations:
+    fewer = more_labels.copy()
+    fewer[12] = -1  # 12 labelled rows, padded to 16 like 13
+    FlowGMMClassifier(random_state=2, **{**TINY, "labeled_batch_size": 16}).fit(X, fewer)
+  assert compilations.events == []
 
 
 def test_any_integer_labels_float_labels_and_no_unlabelled_rows(capsys):
@@ -134,13 +174,18 @@ def test_any_integer_labels_float_labels_and_no_unlabelled_rows(capsys):
   assert "FlowGMMClassifier step 80" in capsys.readouterr().out  # verbose=2 logs the loss
 
 
-def test_batch_sizes_are_capped_and_divisible_by_the_device_count():
-  from flowgmm_jax.training.loop import batch_sizes
+def test_batch_sizes_are_capped_bucketed_and_divisible_by_the_device_count():
+  from flowgmm_jax.training.build import BatchLayout, batch_layout
   clf = FlowGMMClassifier(labeled_batch_size=64, unlabeled_batch_size=256)
-  c = clf._make_config(num_labeled=5, num_unlabeled=13, seed=0, num_devices=8)
-  assert batch_sizes(c, 5, 13, num_devices=8) == (8, 16)
-  assert batch_sizes(c, 500, 0, num_devices=8) == (64, 0)
-  assert batch_sizes(c, 20, 1000, num_devices=1) == (20, 256)
+  c = clf._make_config(seed=0)
+  # A pool smaller than its batch: each of its rows once, padded to the next power of two
+  # (at least 8) and to a multiple of the device count.
+  assert batch_layout(c, 5, 13, num_devices=8) == BatchLayout(5, 13, 8, 16)
+  assert batch_layout(c, 500, 0, num_devices=8) == BatchLayout(64, 0, 64, 0)
+  assert batch_layout(c, 20, 1000, num_devices=1) == BatchLayout(20, 256, 32, 256)
+  # Near pool sizes share one padded shape, so one compiled step.
+  assert {batch_layout(c, n, 1000, 1).labeled_padded for n in (17, 20, 29, 32)} == {32}
+  assert batch_layout(c, 40, 300, num_devices=6) == BatchLayout(40, 256, 66, 258)
   assert (c.data.kind, c.data.name, c.model.name) == ("tabular", "arrays", "realnvp_tabular")
 
 
@@ -154,7 +199,7 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
     y = np.full(45, -1)
     y[:5] = [0, 1, 0, 1, 0]
     X = rng.normal(size=(45, 2)) + 4.0 * (np.arange(45) % 2)[:, None]
-    clf = FlowGMMClassifier(num_coupling_layers=2, hidden_dim=8, num_steps=3,
+    clf = FlowGMMClassifier(num_coupling_layers=2, hidden_dim=8, num_train_steps=3,
                             random_state=0).fit(X, y)
     assert clf.predict(X).shape == (45,)
     print("ok")
@@ -174,19 +219,19 @@ def test_fits_on_eight_devices_with_batch_sizes_not_divisible_by_eight():
 
 def test_params_clone_and_set_params(fitted):
   rs = np.random.RandomState(3)
-  params = dict(flow="spline", num_coupling_layers=3, hidden_dim=32, means_scale=None,
+  params = dict(model="spline_tabular", num_coupling_layers=3, hidden_dim=32, means_scale=None,
                 unlabeled_weight=0.5, random_state=rs, verbose=1)
   est = FlowGMMClassifier(**params)
   got = est.get_params()
   for name, value in params.items():
     assert got[name] is value  # stored unchanged
   twin = clone(est)  # sklearn's clone checks that __init__ stores every param unchanged
-  assert twin.get_params()["num_coupling_layers"] == 3 and twin.flow == "spline"
-  assert est.set_params(num_steps=7) is est and est.num_steps == 7
+  assert twin.get_params()["num_coupling_layers"] == 3 and twin.model == "spline_tabular"
+  assert est.set_params(num_train_steps=7) is est and est.num_train_steps == 7
   with pytest.raises(ValueError):
     est.set_params(no_such_param=1)
   with pytest.raises(TypeError):
-    FlowGMMClassifier("spline")  # keyword arguments only
+    FlowGMMClassifier("spline_tabular")  # keyword arguments only
   unfitted = clone(fitted)
   assert unfitted.get_params() == fitted.get_params()
   assert_unfitted(unfitted)
@@ -210,11 +255,11 @@ def test_pipeline_cross_val_score_and_grid_search(table):
 
 def test_pickle_and_joblib_round_trips_give_identical_predictions(fitted, table, tmp_path):
   X, _, _ = table
-  proba = fitted.predict_proba(X)  # builds the jitted functions, which must not be pickled
+  proba = fitted.predict_proba(X)  # places the variables on the devices, which is not pickled
   density = fitted.score_samples(X)
   samples = fitted.sample(20, random_state=5)
   restored = pickle.loads(pickle.dumps(fitted))
-  assert "_runtime" in vars(fitted) and "_runtime" not in vars(restored)
+  assert fitted.model_._placed is not None and restored.model_._placed is None
   path = tmp_path / "clf.joblib"
   joblib.dump(fitted, path)
   for other in (restored, joblib.load(path)):
@@ -288,9 +333,12 @@ def test_failed_refit_of_a_fitted_estimator_leaves_it_unfitted(fitted, table):
 
 def test_bad_hyperparameters_are_clear_value_errors(table):
   X, y_semi, _ = table
-  for params, message in [({"flow": "glow"}, r"flow='glow'; choose one of"),
-                          ({"num_steps": 0}, r"num_steps=0 must be an integer >= 1"),
+  for params, message in [({"model": "spline"}, r"model='spline'; choose one of"),
+                          ({"num_train_steps": 0}, r"num_train_steps=0 must be an integer >= 1"),
                           ({"learning_rate": -1.0}, r"learning_rate=-1.0 must be .*> 0"),
+                          ({"hidden_dim": 2.5}, r"hidden_dim=2.5 must be an integer"),
+                          ({"bound": 5.0}, r"bound does not apply to model='realnvp_tabular'"),
+                          ({"means_init": "random"}, r"means_init='random'; choose one of"),
                           ({"random_state": -3}, r"random_state=-3")]:
     est = FlowGMMClassifier(**params)
     with pytest.raises(ValueError, match=message):
@@ -381,8 +429,8 @@ def test_sample_returns_rows_in_user_units(fitted, table):
 def test_class_conditional_samples_match_each_class_with_fixed_separated_means(table):
   """The paper's prior (fixed means 7.5 apart): p(x | y) is each class's Gaussian."""
   X, y_semi, y_true = table
-  params = {**TINY, "num_steps": 400, "learning_rate": 1e-2}
-  clf = FlowGMMClassifier(means_init="random", means_scale=None, learn_means=False,
+  params = {**TINY, "num_train_steps": 400, "learning_rate": 1e-2}
+  clf = FlowGMMClassifier(means_init="auto", means_scale=None, learn_means=False,
                           learn_weights=False, objective="joint", label_weight=1.0,
                           holdout_fraction=0.0, random_state=0, **params).fit(X, y_semi)
   assert clf.score(X, y_true) >= 0.97

@@ -32,6 +32,25 @@ def test_configs_validate_and_document_their_command(name):
     validate_config(module.get_config(arg))
 
 
+def test_model_sections_hold_only_their_models_fields():
+  c = get_config("tabular", "letter")
+  assert set(c.model) == {"name", "num_coupling_layers", "hidden_dim", "hidden_layers",
+                          "dropout_rate", "zero_init_last"}
+  assert set(get_config("tabular", "letter,spline").model) == set(c.model) | {"num_bins",
+                                                                              "bound"}
+  c.lock()  # as the command line locks it: a field the model lacks is an unknown key
+  with pytest.raises(AttributeError, match="num_bins"):
+    c.model.num_bins = 4
+  c.model.name = "spline_tabular"
+  with pytest.raises(ValueError, match=r"holds the fields of model 'realnvp_tabular'.*"
+                     r"--config=configs/tabular.py:spline\), not by --config.model.name") as e:
+    validate_config(c)
+  assert "\n" not in str(e.value)
+  cifar = get_config("cifar10", "glow")
+  assert cifar.model.name == "glow" and "num_blocks" not in cifar.model
+  validate_config(cifar)
+
+
 def test_config_paper_defaults():
   assert get_config("text", "agnews,paper").model.hidden_dim == 1024
   assert get_config("text", "agnews,paper").model.num_coupling_layers == 7

@@ -18,14 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flowgmm_jax import losses
 from flowgmm_jax.data import Dataset
 from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.data.tabular import load_csv_table
 from flowgmm_jax.training import base_config, fit, train_and_evaluate
-from flowgmm_jax.training import checkpoint as ckpt_lib
+from flowgmm_jax import checkpoint as ckpt_lib
 from flowgmm_jax.training import optim
 from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.flowgmm import FlowGMM
+from flowgmm_jax.training.lock import STALE_SECONDS, WorkdirBusyError
 from flowgmm_jax.training.state import create_train_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +85,8 @@ def test_non_finite_step_changes_nothing_but_the_step():
   variables = FlowGMM.from_config(c, (4,), 2, image=False).init(jax.random.PRNGKey(0),
                                                          jnp.asarray(ds.x_train[:24]))
   tx = optim.make_optimizer("adam", 1e-2, 10)
-  state = step_lib.replicate(mesh, create_train_state(variables, tx, jax.random.PRNGKey(1)))
-  train_step = step_lib.make_train_step(model, tx, mesh, global_batch_size=24)
+  state = step_lib.replicate(mesh, create_train_state(variables, tx))
+  train_step = step_lib.make_train_step(model, tx, mesh, loss=losses.FlowGMMLoss())
   rng = jnp.asarray(jax.random.PRNGKey(2), jnp.uint32)
   good = {"x": ds.x_train[:24], "y": np.where(np.arange(24) < 8, ds.y_train[:24], -1),
           "position": np.arange(24, dtype=np.int32)}
@@ -148,7 +150,7 @@ def _toy_config(steps):
   sys.path.insert(0, str(REPO))
   from configs.toy import get_config
   c = get_config("smoke")
-  c.optim.schedule = "constant"  # the wilson schedule depends on num_train_steps
+  c.optim.lr_schedule = "constant"  # the wilson schedule depends on num_train_steps
   c.num_train_steps = steps
   c.log_every_steps = 1
   c.eval_every_steps = 100000
@@ -159,7 +161,7 @@ def _toy_config(steps):
 def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
   workdir = tmp_path / "preempted"
   proc = _cli("--config=configs/toy.py:smoke", f"--workdir={workdir}",
-              "--config.optim.schedule=constant", "--config.num_train_steps=100000",
+              "--config.optim.lr_schedule=constant", "--config.num_train_steps=100000",
               "--config.log_every_steps=1", "--config.eval_every_steps=100000",
               "--config.checkpoint_every_steps=100000")
   metrics = workdir / "metrics.jsonl"
@@ -168,6 +170,15 @@ def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
     if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
       break
     time.sleep(0.2)
+  # A second run of the same command on the busy workdir stops at once, in one line that
+  # names the first run's host and pid, and touches nothing.
+  second = _cli("--config=configs/toy.py:smoke", f"--workdir={workdir}")
+  _, second_err = second.communicate(timeout=300)
+  assert second.returncode == 1, second_err[-2000:]
+  lines = second_err.strip().splitlines()
+  assert len(lines) == 1 and "is in use by another run" in lines[0], second_err[-2000:]
+  assert f"pid {proc.pid} on host {socket.gethostname()}" in lines[0]
+  assert proc.poll() is None  # the first run goes on
   proc.send_signal(signal.SIGTERM)
   time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)  # a second signal during the save
@@ -298,6 +309,84 @@ def test_changed_seed_split_or_optimiser_on_an_existing_workdir(tmp_path, capfd)
   assert len(err) == 1 and "optim.learning_rate: 0.01 -> 0.001" in err[0]
 
 
+# ----------------------------------------------------------------------------- one writer
+
+def _foreign_lock(workdir, *, host="another-host", pid=4242, age=0.0):
+  path = Path(workdir) / ".lock"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"host": host, "pid": pid, "token": "theirs"}))
+  t = time.time() - age
+  os.utime(path, (t, t))
+  return path
+
+
+def test_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd):
+  ds = blobs()
+  workdir = tmp_path / "run"
+  lock = _foreign_lock(workdir)  # a live holder elsewhere: fresh heartbeat
+  with pytest.raises(WorkdirBusyError) as e:
+    fit(tiny_config(steps=2), ds, LAB, UNLAB, workdir=str(workdir))
+  assert "\n" not in str(e.value) and "pid 4242 on host another-host" in str(e.value)
+  assert os.listdir(workdir) == [".lock"] and json.loads(lock.read_text())["pid"] == 4242
+  # No heartbeat for longer than the timeout: the holder is gone; the run takes over.
+  _foreign_lock(workdir, age=STALE_SECONDS + 5)
+  capfd.readouterr()
+  assert int(fit(tiny_config(steps=2), ds, LAB, UNLAB, workdir=str(workdir)).state.step) == 2
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "took over the lock" in err[0] and "another-host" in err[0]
+  assert not lock.exists()  # released at the end
+  # A holder on this host whose process has ended is taken over at once.
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  _foreign_lock(workdir, host=socket.gethostname(), pid=dead.pid)
+  assert int(fit(tiny_config(steps=4), ds, LAB, UNLAB, workdir=str(workdir)).state.step) == 4
+  assert not lock.exists()
+
+
+def test_a_checkpoint_of_the_previous_format_loads_and_resumes(tmp_path):
+  """Checkpoints written before the metadata schema had a version (every model's fields,
+  ``num_layers`` hidden layers after the first, ``optim.schedule``, and an RNG key in the
+  state) still load, and a resume from one equals an uninterrupted run."""
+  import flax
+  from flowgmm_jax import trained
+
+  @flax.struct.dataclass
+  class PreviousState:  # the state those versions saved: the key last
+    step: jax.Array
+    params: object
+    batch_stats: object
+    fixed: object
+    opt_state: object
+    rng: jax.Array
+
+  ds = blobs()
+  straight = fit(tiny_config(steps=4), ds, LAB, UNLAB)
+  first = fit(tiny_config(steps=2), ds, LAB, UNLAB)
+  c = tiny_config(steps=2)
+  meta = ckpt_lib.make_meta(c, input_shape=(4,), num_classes=2, labeled_idx=LAB,
+                            unlabeled_idx=UNLAB)
+  del meta["meta_version"]
+  meta["model"] = {"name": "realnvp_tabular", "num_coupling_layers": 2, "hidden_dim": 16,
+                   "num_layers": 1, "dropout_rate": 0.0, "num_bins": 8, "bound": 3.0,
+                   "num_scales": 2, "num_blocks": 8, "mid_channels": 64, "steps_per_scale": 8}
+  soft = c.optim.to_dict()
+  soft["schedule"] = soft.pop("lr_schedule")
+  old = PreviousState(**{f: getattr(first.state, f) for f in
+                         ("step", "params", "batch_stats", "fixed", "opt_state")},
+                      rng=jnp.asarray([7, 9], jnp.uint32))
+  workdir = tmp_path / "old"
+  writer = ckpt_lib.Checkpointer(str(workdir), meta=meta, soft_meta=soft)
+  writer.save(old)
+  writer.close()
+  model = trained.load(str(workdir))
+  assert model.step == 2 and model.meta["model"]["hidden_layers"] == 2
+  np.testing.assert_allclose(model.logits(ds.x_test, preprocessed=True),
+                             trained.from_variables(meta, first.variables).logits(
+                                 ds.x_test, preprocessed=True), rtol=1e-6)
+  resumed = fit(tiny_config(steps=4), ds, LAB, UNLAB, workdir=str(workdir))
+  np.testing.assert_array_equal(vec(resumed.variables), vec(straight.variables))
+
+
 # ----------------------------------------------------------------------------- multi-process
 
 def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path):
@@ -401,7 +490,7 @@ def test_outlier_row_is_named_by_csv_loader_and_estimator(tmp_path, capsys):
   x[5, 1] = 1e30
   y = np.where(np.arange(40) < 10, np.arange(40) % 2, -1)
   with pytest.warns(UserWarning, match="row 5, column 1 holds 1e\\+30"):
-    FlowGMMClassifier(num_steps=2, hidden_dim=8, num_coupling_layers=2, labeled_batch_size=4,
+    FlowGMMClassifier(num_train_steps=2, hidden_dim=8, num_coupling_layers=2, labeled_batch_size=4,
                       unlabeled_batch_size=4).fit(x, y)
 
 

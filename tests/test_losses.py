@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import special
 
-from flowgmm_jax.losses import (bits_per_dim, consistency_nll, consistency_weight_ramp,
-                                flowgmm_objective, semi_supervised_nll)
+from flowgmm_jax.losses import (FlowGMMLoss, bits_per_dim, consistency_weight_ramp,
+                                flowgmm_objective)
 
 
 def _inputs(labels, num_classes=4, seed=0):
@@ -23,98 +23,106 @@ def _inputs(labels, num_classes=4, seed=0):
   return log_n + log_w, log_n, log_w, log_det, np.asarray(labels)
 
 
-def _reference_ssl(log_n, log_w, log_det, labels, unlabeled_weight, conditional):
-  lab_terms, unl_terms = [], []
-  for b, y in enumerate(labels):
-    if y >= 0:
-      log_lik = log_n[b, y] + (0.0 if conditional else log_w[y])
-      lab_terms.append(-(log_lik + log_det[b]))
-    else:
-      unl_terms.append(-(special.logsumexp(log_n[b] + log_w) + log_det[b]))
-  lab = np.mean(lab_terms) if lab_terms else 0.0
-  unl = np.mean(unl_terms) if unl_terms else 0.0
-  return lab + unlabeled_weight * unl, lab, unl, len(lab_terms), len(unl_terms)
-
-
 @pytest.mark.parametrize("labels", [[0, -1, 3, -1, 2, 1, -1],   # mixed
                                     [1, 2, 0, 3],               # no unlabelled rows
                                     [-1, -1, -1]])              # no labelled rows
-@pytest.mark.parametrize("conditional", [False, True])
-def test_semi_supervised_nll_matches_numpy(x64, labels, conditional):
+def test_joint_form_is_the_generative_nll(x64, labels):
+  """"joint": labelled -log p(x, y) = -(log pi_y + log N + log_det), unlabelled -log p(x);
+  a mean over an empty set is 0."""
   joint, log_n, log_w, log_det, labels = _inputs(labels)
-  fn = jax.jit(lambda j, d, y, w: semi_supervised_nll(
-      j, d, y, unlabeled_weight=0.7, log_weights=w if conditional else None))
-  loss, aux = fn(joint, log_det, labels, log_w)
-  expected, lab, unl, n_lab, n_unl = _reference_ssl(log_n, log_w, log_det, labels, 0.7,
-                                                    conditional)
-  np.testing.assert_allclose(loss, expected, rtol=1e-12)
-  np.testing.assert_allclose(aux["nll_labeled"], lab, rtol=1e-12)
-  np.testing.assert_allclose(aux["nll_unlabeled"], unl, rtol=1e-12)
-  assert float(aux["num_labeled"]) == n_lab and float(aux["num_unlabeled"]) == n_unl
+  loss, terms = jax.jit(lambda j, d, y: flowgmm_objective(
+      j, d, y, objective="joint", unlabeled_weight=0.7))(joint, log_det, labels)
+  lab = [-(log_n[b, y] + log_w[y] + log_det[b]) for b, y in enumerate(labels) if y >= 0]
+  unl = [-(special.logsumexp(log_n[b] + log_w) + log_det[b])
+         for b, y in enumerate(labels) if y < 0]
+  mean = lambda v: np.mean(v) if v else 0.0
+  np.testing.assert_allclose(terms["nll_labeled"], mean(lab), rtol=1e-12)
+  np.testing.assert_allclose(terms["nll_unlabeled"], mean(unl), rtol=1e-12)
+  np.testing.assert_allclose(loss, mean(lab) + 0.7 * mean(unl), rtol=1e-12)
 
 
-def test_conditional_and_joint_differ_by_log_k_for_uniform_weights(x64):
-  joint, log_n, _, log_det, labels = _inputs([0, 1, 2, -1])
-  log_w = np.full(4, -np.log(4.0))
-  joint = log_n + log_w
-  with_pi, _ = semi_supervised_nll(joint, log_det, labels)
-  without_pi, _ = semi_supervised_nll(joint, log_det, labels, log_weights=log_w)
-  np.testing.assert_allclose(with_pi - without_pi, np.log(4.0), rtol=1e-12)
-
-
-def test_semi_supervised_gradients_are_finite_and_masked(x64):
+def test_objective_gradients_are_finite_and_masked(x64):
   joint, _, _, log_det, _ = _inputs([0] * 3)
   labels = np.array([-1, -1, -1])
-  grads = jax.grad(lambda j, d: semi_supervised_nll(j, d, labels)[0], argnums=(0, 1))(
-      joint, log_det)
+  objective = lambda j, d, y: flowgmm_objective(j, d, y, objective="joint")[0]
+  grads = jax.grad(objective, argnums=(0, 1))(joint, log_det, labels)
   assert all(np.all(np.isfinite(g)) for g in grads)
   # d/d log_det of the unlabelled mean is -1/3 per row.
   np.testing.assert_allclose(grads[1], -np.ones(3) / 3, rtol=1e-12)
   # All-labelled batch: gradient w.r.t. class_log_joint is -1/B at the label only.
   labels = np.array([2, 0, 1])
-  g = jax.grad(lambda j: semi_supervised_nll(j, log_det, labels)[0])(joint)
+  g = jax.grad(lambda j: objective(j, log_det, labels))(joint)
   expected = np.zeros_like(joint)
   expected[np.arange(3), labels] = -1 / 3
   np.testing.assert_allclose(g, expected, atol=1e-15)
 
 
-def test_consistency_nll_matches_numpy_and_stops_gradient(x64):
-  joint_a, _, log_w, _, _ = _inputs([0] * 6, seed=1)
-  joint_b, log_n_b, _, log_det_b, _ = _inputs([0] * 6, seed=2)
-  joint_b = log_n_b + log_w
-  pseudo = joint_a.argmax(1)
-  log_n_pseudo = log_n_b[np.arange(6), pseudo]
-  # Without log_weights: joint log p(z_b, y_hat); with them: log N(z_b; mu_y_hat).
-  for weights, log_lik in ((None, log_n_pseudo + log_w[pseudo]), (log_w, log_n_pseudo)):
-    got = consistency_nll(joint_a, joint_b, log_det_b, log_weights=weights)
-    np.testing.assert_allclose(got, np.mean(-(log_lik + log_det_b)), rtol=1e-12)
-
-  grad_a, grad_b, grad_det = jax.grad(consistency_nll, argnums=(0, 1, 2))(
-      jnp.asarray(joint_a), jnp.asarray(joint_b), jnp.asarray(log_det_b))
-  np.testing.assert_array_equal(grad_a, 0.0)
-  expected_b = np.zeros_like(joint_b)
-  expected_b[np.arange(6), pseudo] = -1 / 6
-  np.testing.assert_allclose(grad_b, expected_b, atol=1e-15)
-  np.testing.assert_allclose(grad_det, -np.ones(6) / 6, rtol=1e-12)
-
-
-def test_consistency_gradient_zero_through_inputs_of_view_a(x64):
-  """Zero gradient w.r.t. the INPUT of view a even when a and b share parameters."""
+def test_consistency_term_stops_the_teachers_gradient(x64):
+  """Zero gradient through the teacher view even when both views share parameters; the
+  term is -(log N(z_b; mu_y_hat) + log_det_b) with log_weights (the original's), the joint
+  log p(z_b, y_hat) without."""
   rng = np.random.default_rng(3)
   weight = jnp.asarray(rng.normal(size=(3, 4)))
   x_a = jnp.asarray(rng.normal(size=(5, 3)))
   x_b = jnp.asarray(rng.normal(size=(5, 3)))
+  log_w = jnp.log(jnp.asarray([0.1, 0.2, 0.3, 0.4]))
+  labels = jnp.full(5, -1)
 
-  def loss(w, xa, xb):
-    return consistency_nll(xa @ w, xb @ w, jnp.sum(xb, axis=1))
+  def cons(w, xa, xb, weights=None):
+    return flowgmm_objective(xb @ w, jnp.sum(xb, axis=1), labels, class_log_joint_teacher=xa @ w,
+                             log_weights=weights)[1]["consistency"]
 
-  grad_w, grad_xa = jax.grad(loss, argnums=(0, 1))(weight, x_a, x_b)
+  grad_w, grad_xa = jax.grad(cons, argnums=(0, 1))(weight, x_a, x_b)
   np.testing.assert_array_equal(grad_xa, 0.0)
+  pseudo = np.asarray(x_a @ weight).argmax(1)
+  student = np.asarray(x_b @ weight)
+  log_det = np.asarray(jnp.sum(x_b, axis=1))
+  picked = student[np.arange(5), pseudo]
+  np.testing.assert_allclose(cons(weight, x_a, x_b), np.mean(-(picked + log_det)), rtol=1e-12)
+  np.testing.assert_allclose(cons(weight, x_a, x_b, log_w),
+                             np.mean(-(picked - np.asarray(log_w)[pseudo] + log_det)), rtol=1e-12)
   # The weight gradient comes only from view b: same as with a constant teacher.
-  pseudo_logits = np.asarray(x_a @ weight)
-  grad_w_ref = jax.grad(lambda w: consistency_nll(pseudo_logits, x_b @ w,
-                                                  jnp.sum(x_b, axis=1)))(weight)
+  grad_w_ref = jax.grad(lambda w: flowgmm_objective(
+      x_b @ w, jnp.sum(x_b, axis=1), labels, class_log_joint_teacher=np.asarray(x_a @ weight)
+  )[1]["consistency"])(weight)
   np.testing.assert_allclose(grad_w, grad_w_ref, rtol=1e-12)
+
+
+def test_padding_rows_count_for_nothing(x64):
+  """Rows with mask False change no term, however extreme their values."""
+  joint, _, log_w, log_det, labels = _inputs([2, -1, -1, 0, -1, 1])
+  teacher, _, _, _, _ = _inputs([0] * 6, seed=4)
+  kw = dict(label_weight=3.0, consistency_weight=0.5, log_weights=log_w)
+  for objective in ("original", "joint"):
+    real, real_terms = flowgmm_objective(joint, log_det, labels, objective=objective,
+                                         class_log_joint_teacher=teacher, **kw)
+    pad = lambda a, v: np.concatenate([a, np.full((3,) + a.shape[1:], v, a.dtype)])
+    padded, padded_terms = flowgmm_objective(
+        pad(joint, np.inf), pad(log_det, -1e30), pad(labels, 1), objective=objective,
+        class_log_joint_teacher=pad(teacher, 0.0), mask=pad(np.ones(6, bool), False), **kw)
+    np.testing.assert_allclose(padded, real, rtol=1e-12)
+    for name in real_terms:
+      np.testing.assert_allclose(padded_terms[name], real_terms[name], rtol=1e-12)
+
+
+def test_loss_object_resolves_the_label_weight_and_ramps_the_consistency_weight():
+  import ml_collections
+  section = ml_collections.ConfigDict(dict(
+      objective="original", label_weight=None, label_weight_per_feature=10.0,
+      unlabeled_weight=0.5, consistency_weight=2.0, consistency_rampup_steps=4))
+  loss = FlowGMMLoss.from_config(section, num_dims=13)
+  assert loss.label_weight == 130.0 and loss.uses_consistency
+  assert hash(loss) == hash(FlowGMMLoss.from_config(section, num_dims=13))
+  np.testing.assert_allclose(loss.consistency_weight_at(jnp.arange(6)),
+                             [0.5, 1.0, 1.5, 2.0, 2.0, 2.0], rtol=1e-6)
+  section.label_weight = 3.0
+  assert FlowGMMLoss.from_config(section, num_dims=13).label_weight == 3.0
+  joint, _, _, log_det, labels = _inputs([1, -1, 0])
+  value, _ = loss(joint, log_det, labels, step=jnp.int32(1))
+  expected, _ = flowgmm_objective(joint, log_det, labels, objective="original",
+                                  label_weight=130.0, unlabeled_weight=0.5,
+                                  consistency_weight=1.0)
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
 
 
 def _reference_terms(joint, log_n, log_det, labels, teacher):
@@ -202,20 +210,16 @@ def test_consistency_weight_ramp():
   steps = jnp.arange(6)
   np.testing.assert_allclose(consistency_weight_ramp(steps, 2.0, 4),
                              [0.5, 1.0, 1.5, 2.0, 2.0, 2.0], rtol=1e-6)
-  t = np.clip(np.arange(6) / 4, 0, 1)
-  np.testing.assert_allclose(consistency_weight_ramp(steps, 2.0, 4, schedule="sigmoid"),
-                             2.0 * np.exp(-5 * (1 - t) ** 2), rtol=1e-6)
   np.testing.assert_allclose(consistency_weight_ramp(3, 1.5, 0), 1.5)
-  jitted = jax.jit(lambda s: consistency_weight_ramp(s, 1.0, 10, "sigmoid"))
-  np.testing.assert_allclose(jitted(jnp.int32(10)), 1.0, rtol=1e-6)
-  with pytest.raises(ValueError, match="schedule"):
-    consistency_weight_ramp(0, 1.0, 10, schedule="cosine")
+  jitted = jax.jit(lambda s: consistency_weight_ramp(s, 1.0, 10))
+  np.testing.assert_allclose(jitted(jnp.int32(4)), 0.5, rtol=1e-6)
 
 
 def test_shape_errors():
   with pytest.raises(ValueError, match=r"\[B\]"):
-    semi_supervised_nll(jnp.zeros((3, 2)), jnp.zeros((4,)), jnp.zeros((3,), jnp.int32))
+    flowgmm_objective(jnp.zeros((3, 2)), jnp.zeros((4,)), jnp.zeros((3,), jnp.int32))
   with pytest.raises(ValueError, match=r"\[B, K\]"):
-    semi_supervised_nll(jnp.zeros((3,)), jnp.zeros((3,)), jnp.zeros((3,), jnp.int32))
+    flowgmm_objective(jnp.zeros((3,)), jnp.zeros((3,)), jnp.zeros((3,), jnp.int32))
   with pytest.raises(ValueError, match="same"):
-    consistency_nll(jnp.zeros((3, 2)), jnp.zeros((3, 4)), jnp.zeros((3,)))
+    flowgmm_objective(jnp.zeros((3, 4)), jnp.zeros((3,)), jnp.zeros((3,), jnp.int32),
+                      class_log_joint_teacher=jnp.zeros((3, 2)))

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from flowgmm_jax.data import Dataset
-from flowgmm_jax.losses import flowgmm_objective
+from flowgmm_jax.losses import FlowGMMLoss, flowgmm_objective
 from flowgmm_jax.training import base_config, fit, train_and_evaluate, validate_config
 from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.flowgmm import FlowGMM
@@ -34,7 +34,8 @@ def tabular_config(objective):
 
 @pytest.mark.parametrize("objective", ["original", "joint"])
 def test_train_step_loss_is_the_objective_function(objective):
-  """One device: the step's train/loss and terms are flowgmm_objective on the same batch."""
+  """One device: the step's train/loss and terms are flowgmm_objective on the same batch,
+  padding rows counting for nothing."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(12, 3)).astype(np.float32)
   y = np.array([0, 2, 1, 0, -1, -1, -1, -1, -1, -1, -1, -1], np.int32)
@@ -53,11 +54,15 @@ def test_train_step_loss_is_the_objective_function(objective):
                                       class_log_joint_teacher=clj, log_weights=log_w)
   mesh = step_lib.make_mesh(jax.devices()[:1])
   tx = optax.adam(1e-3)
-  state = step_lib.replicate(mesh, create_train_state(variables, tx, key))
+  state = step_lib.replicate(mesh, create_train_state(variables, tx))
   train_step = step_lib.make_train_step(
-      train_model, tx, mesh, global_batch_size=12, objective=objective, label_weight=3.0,
-      unlabeled_weight=0.7, consistency_weight=0.5)
-  batch = {"x": x, "y": y, "position": np.arange(12, dtype=np.int32)}
+      train_model, tx, mesh, loss=FlowGMMLoss(objective=objective, label_weight=3.0,
+                                              unlabeled_weight=0.7, consistency_weight=0.5))
+  # Four padding rows (as a pool smaller than its batch gets): copies of labelled rows with
+  # other labels, masked out, so they change no term if they count for nothing.
+  batch = {"x": np.concatenate([x, x[:4]]), "y": np.concatenate([y, [1, 1, 2, 2]]),
+           "position": np.arange(16, dtype=np.int32),
+           "mask": np.arange(16) < 12}
   _, metrics = train_step(state, step_lib.shard_batch(mesh, batch),
                           step_lib.replicate(mesh, np.asarray(key, np.uint32)))
   np.testing.assert_allclose(metrics["train/loss"], expected, rtol=2e-5)
@@ -110,9 +115,10 @@ def test_image_configs_follow_the_original_commands():
   for c in (mnist, cifar, svhn):
     assert c.loss.objective == "original" and c.loss.label_weight == 3.0
     assert c.loss.consistency_weight == 1.0 and c.loss.unlabeled_weight == 1.0
-    assert c.optim.optimizer == "adam" and c.optim.schedule == "constant"
+    assert c.optim.optimizer == "adam" and c.optim.lr_schedule == "constant"
     assert c.optim.weight_decay == 5e-5 and c.optim.grad_clip_norm == 100.0
-    assert c.model.dropout_rate == 0.0 and c.model.num_blocks == 8
+    assert c.model.name == "realnvp" and c.model.num_blocks == 8
+    assert "dropout_rate" not in c.model  # the image RealNVP has no dropout
     assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (32, 32)
   # Toy and the paper's table/text recipes use the joint form; the table recipe (the
   # tabular/text default, README "Tables") uses the original form.

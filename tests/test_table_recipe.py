@@ -11,16 +11,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from flowgmm_jax import FlowGMM, GaussianMixturePrior
 from flowgmm_jax.data import Dataset, add_feature_noise, default_data_dir
 from flowgmm_jax.estimator import FlowGMMClassifier
-from flowgmm_jax.models import RealNVPTabular
-from flowgmm_jax.training import loop
-from flowgmm_jax.training.config import TABLE_RECIPE, apply_table_recipe, base_config
+from flowgmm_jax.models import RealNVPTabular, count_params
+from flowgmm_jax.training import build, loop
+from flowgmm_jax.training.config import (RECIPE_PARAMETERS, TABLE_RECIPE, apply_table_recipe,
+                                         base_config)
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_SHARED = default_data_dir().is_dir()
@@ -50,8 +50,8 @@ def test_means_move_to_the_latent_centroids_of_the_labelled_rows():
   variables = model.init(jax.random.PRNGKey(1), jnp.asarray(x))
   # Make the flow far from the identity, so centroids of f(x) differ from those of x.
   variables = jax.tree.map(lambda a: a + 0.3 * jnp.ones_like(a), variables)
-  moved = loop.place_means_at_labeled_centroids(model, variables, x, y)
   z = np.asarray(model.apply(variables, jnp.asarray(x))[0])
+  moved = build.place_means_at_labeled_centroids(variables, z, y)
   means = np.asarray(moved["params"]["prior"]["means"])
   np.testing.assert_allclose(means[0], z[y == 0].mean(axis=0), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(means[1], z[y == 1].mean(axis=0), rtol=1e-5, atol=1e-5)
@@ -65,15 +65,15 @@ def test_means_move_to_the_latent_centroids_of_the_labelled_rows():
 
 def test_heldout_rows_split_the_unlabelled_pool():
   pool = np.arange(1000, 2000)
-  train, held = loop.heldout_rows(pool, 0.1, seed=3)
+  train, held = build.heldout_rows(pool, 0.1, seed=3)
   assert len(held) == 100 and len(train) == 900
   assert not set(train) & set(held) and set(train) | set(held) == set(pool)
-  np.testing.assert_array_equal(held, loop.heldout_rows(pool, 0.1, seed=3)[1])
-  assert not np.array_equal(held, loop.heldout_rows(pool, 0.1, seed=4)[1])
-  assert len(loop.heldout_rows(pool[:100], 0.05, seed=0)[1]) == 16  # at least 16
-  assert len(loop.heldout_rows(pool[:40], 0.9, seed=0)[1]) == 20   # at most half
-  assert len(loop.heldout_rows(pool[:31], 0.1, seed=0)[1]) == 0    # too small a pool
-  assert len(loop.heldout_rows(pool, 0.0, seed=0)[1]) == 0         # off
+  np.testing.assert_array_equal(held, build.heldout_rows(pool, 0.1, seed=3)[1])
+  assert not np.array_equal(held, build.heldout_rows(pool, 0.1, seed=4)[1])
+  assert len(build.heldout_rows(pool[:100], 0.05, seed=0)[1]) == 16  # at least 16
+  assert len(build.heldout_rows(pool[:40], 0.9, seed=0)[1]) == 20   # at most half
+  assert len(build.heldout_rows(pool[:31], 0.1, seed=0)[1]) == 0    # too small a pool
+  assert len(build.heldout_rows(pool, 0.0, seed=0)[1]) == 0         # off
 
 
 def _discrete_table(seed=0, n=160):
@@ -92,9 +92,9 @@ def test_early_stopping_returns_the_parameters_of_the_best_heldout_nll():
                     x_test=x[:0], y_test=y[:0].astype(np.int32), num_classes=2)
   c = base_config()
   c.data.kind, c.data.name = "tabular", "arrays"
-  apply_table_recipe(c, num_coupling_layers=6, hidden_dim=128, num_steps=400,
+  apply_table_recipe(c, num_coupling_layers=6, hidden_dim=128, num_train_steps=400,
                      learning_rate=3e-2, lr_schedule="constant", holdout_fraction=0.25,
-                     check_every=10, patience=3)
+                     check_every_steps=10, patience=3)
   c.progress_bar = False
   result = loop.fit(c, dataset, labeled, unlabeled)
   curve = [(h["step"], h["early_stopping/heldout_nll"]) for h in result.history
@@ -102,10 +102,10 @@ def test_early_stopping_returns_the_parameters_of_the_best_heldout_nll():
   best_step, best_nll = min(curve, key=lambda s_n: s_n[1])
   # The held-out NLL got worse after its best (the density overfits) and training stopped
   # `patience` checks later, well before num_steps.
-  assert curve[-1][1] > best_nll + 0.1
+  assert max(nll for step, nll in curve if step > best_step) > best_nll + 0.1
   assert int(result.state.step) == best_step + 3 * 10 < 400
   # The returned parameters are those of the best check, not the last step's.
-  _, held = loop.heldout_rows(unlabeled, 0.25, c.seed)
+  _, held = build.heldout_rows(unlabeled, 0.25, c.seed)
   _, log_det, clj = result.model.apply(result.variables, jnp.asarray(x[held]))
   nll = -float(jnp.mean(jax.nn.logsumexp(clj, axis=-1) + log_det))
   assert nll == pytest.approx(best_nll, abs=1e-3)
@@ -122,18 +122,46 @@ def _sections(c):
 
 @pytest.mark.parametrize("config_name", ["tabular", "text"])
 def test_estimator_and_cli_default_share_the_recipe(config_name):
-  estimator_config = FlowGMMClassifier()._make_config(num_labeled=20, num_unlabeled=1000,
-                                                      seed=0, num_devices=1)
+  estimator_config = FlowGMMClassifier()._make_config(seed=0)
   assert _sections(get_config(config_name)) == _sections(estimator_config)
   # ... and it is the one in TABLE_RECIPE.
-  assert estimator_config.model.hidden_dim == TABLE_RECIPE["hidden_dim"]
+  assert estimator_config.model.hidden_dim == TABLE_RECIPE["model"]["hidden_dim"]
+  assert estimator_config.loss.label_weight is None
   assert (estimator_config.loss.label_weight_per_feature
-          == TABLE_RECIPE["label_weight_per_feature"] > 0)
-  assert estimator_config.augment.noise_std == TABLE_RECIPE["noise_std"]
-  assert FlowGMMClassifier().get_params()["num_steps"] == TABLE_RECIPE["num_steps"]
-  # The estimator's overrides reach the same fields.
-  assert FlowGMMClassifier(hidden_dim=7)._make_config(
-      num_labeled=20, num_unlabeled=10, seed=0, num_devices=1).model.hidden_dim == 7
+          == TABLE_RECIPE["loss"]["label_weight_per_feature"] > 0)
+  assert estimator_config.augment.noise_std == TABLE_RECIPE["augment"]["noise_std"]
+  assert FlowGMMClassifier().get_params()["num_train_steps"] == TABLE_RECIPE[""]["num_train_steps"]
+  # The estimator's overrides reach the same fields, under the same names.
+  assert FlowGMMClassifier(hidden_dim=7)._make_config(seed=0).model.hidden_dim == 7
+  spline = FlowGMMClassifier(model="spline_tabular")._make_config(seed=0)
+  assert _sections(get_config(config_name, "spline")) == _sections(spline)
+  assert spline.model.bound == 4.0
+
+
+def test_estimator_parameters_are_the_config_fields():
+  """Every recipe parameter names a config field of the same name (``model`` is
+  model.name), and the estimator takes exactly those plus its own four."""
+  params = set(FlowGMMClassifier().get_params())
+  assert params == set(RECIPE_PARAMETERS) | {"standardize", "compilation_cache_dir",
+                                             "random_state", "verbose"}
+  c = base_config()
+  for name, path in RECIPE_PARAMETERS.items():
+    assert path.split(".")[-1] == ("name" if name == "model" else name)
+    section = path.rpartition(".")[0]
+    if section and section != "model":
+      assert name in c[section], path
+  # The hidden-layer count means what it says. One coupling on D = 4 features: the MLP reads
+  # the 2 kept features and predicts (s, t) for the other 2, so with hidden_layers=1 it is
+  # Dense(2 -> 5), ReLU, Dense(5 -> 4): 15 + 24 weights, plus the Rescale's 4 + 4; each
+  # further hidden layer adds a Dense(5 -> 5).
+  def count(hidden_layers):
+    c = FlowGMMClassifier(hidden_layers=hidden_layers, hidden_dim=5,
+                          num_coupling_layers=1)._make_config(0)
+    model = FlowGMM.from_config(c, (4,), 2, image=False)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((2, 4)))
+    return count_params(shapes["params"]["flow"])
+  assert count(1) == 15 + 24 + 8
+  assert count(3) == count(1) + 2 * (5 * 5 + 5)
 
 
 def test_paper_forms_differ_from_the_defaults_as_documented():
@@ -146,10 +174,12 @@ def test_paper_forms_differ_from_the_defaults_as_documented():
   assert (tab.model.num_coupling_layers, tab.model.hidden_dim) == (10, 256)
   assert tab.optim.learning_rate == 3e-4 and tab.early_stopping.holdout_fraction == 0.0
   for c in (get_config("text"), get_config("tabular", "shuttle")):
-    assert c.model.hidden_dim == TABLE_RECIPE["hidden_dim"]
+    assert c.model.hidden_dim == TABLE_RECIPE["model"]["hidden_dim"]
     assert c.prior.means_init == "labeled" and c.early_stopping.holdout_fraction > 0
   # The data side is unchanged by :paper.
   assert get_config("text").data.num_labeled == paper.data.num_labeled == 200
+  # The paper's layout is the original's num_layers=1: two hidden layers per conditioner.
+  assert paper.model.hidden_layers == tab.model.hidden_layers == 2
   with pytest.raises(ValueError, match="Unknown config argument"):
     get_config("text", "agnews,papr")
 

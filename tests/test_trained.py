@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flowgmm_jax import calibration, data as data_lib, plots, trained
+from flowgmm_jax import calibration, data as data_lib, plots, run_files, trained
 from flowgmm_jax.data import load_dataset
-from flowgmm_jax.training import after_run, train_and_evaluate
-from flowgmm_jax.training.checkpoint import IncompatibleCheckpointError
-from flowgmm_jax.training.config import base_config
+from flowgmm_jax.training import evaluate_run, train_and_evaluate
+from flowgmm_jax.checkpoint import (META_KEYS, MODEL_META_KEYS, IncompatibleCheckpointError,
+                                    make_meta)
+from flowgmm_jax.training.config import base_config, model_config
 from flowgmm_jax.flowgmm import FlowGMM
 
 
@@ -123,6 +124,10 @@ def test_load_fails_in_one_line(toy_run, tmp_path):
   json.dump(meta, open(meta_file, "w"))
   with pytest.raises(IncompatibleCheckpointError, match=r"lacks \['input_shape'\]"):
     trained.load(copy)
+  # A run writes the schema's keys (and the optimiser settings and checksum); load needs
+  # its model part.
+  saved = json.load(open(os.path.join(workdir, "checkpoints", "4", "meta", "metadata")))
+  assert set(saved) - {"_soft", "_checksum"} == set(META_KEYS) > set(MODEL_META_KEYS)
 
 
 # ----------------------------------------------------------------------------- --mode=eval
@@ -135,7 +140,14 @@ def _snapshot(directory):
 def test_eval_mode_writes_metrics_and_predictions_without_touching_the_run(toy_run, tmp_path):
   config, workdir, results = toy_run
   before = _snapshot(os.path.join(workdir, "checkpoints"))
-  metrics = after_run.evaluate_saved_run(config, workdir)
+  # Read-only: it needs no lock, so a run training in the workdir does not stop it.
+  lock = os.path.join(workdir, run_files.LOCK_FILE)
+  with open(lock, "w") as f:
+    json.dump({"host": "another-host", "pid": 1, "token": "theirs"}, f)
+  try:
+    metrics = evaluate_run.evaluate_saved_run(config, workdir)
+  finally:
+    os.remove(lock)
   assert _snapshot(os.path.join(workdir, "checkpoints")) == before
   assert metrics["accuracy"] == pytest.approx(results["eval/accuracy"])
   assert metrics["nll"] == pytest.approx(results["eval/nll"], rel=1e-5)
@@ -152,7 +164,7 @@ def test_eval_mode_writes_metrics_and_predictions_without_touching_the_run(toy_r
   np.savez(user, x=np.zeros((5, 2), np.float32))
   config = toy_config()
   config.data.path = user
-  metrics = after_run.evaluate_saved_run(config, workdir, step=2)
+  metrics = evaluate_run.evaluate_saved_run(config, workdir, step=2)
   assert metrics["num_examples"] == 5 and metrics["step"] == 2 and "accuracy" not in metrics
   with np.load(os.path.join(workdir, "eval", "predictions.npz")) as f:
     assert f["probs"].shape == (5, 2) and "labels" not in f.files
@@ -222,11 +234,10 @@ def test_toy_run_writes_every_figure(toy_run):
 def tiny_image_model():
   """An untrained smoke-size RealNVP FlowGMM on 8x8x1 images (figures need no training)."""
   c = base_config()
-  c.model.name, c.model.num_scales, c.model.num_blocks, c.model.mid_channels = "realnvp", 1, 1, 4
+  c.model = model_config("realnvp", num_scales=1, num_blocks=1, mid_channels=4)
   c.prior.means_init = "image"
-  meta = {"model": c.model.to_dict(), "prior": c.prior.to_dict(),
-          "data": {"kind": "image", "name": "tiny", "path": ""},
-          "input_shape": [8, 8, 1], "num_classes": 3}
+  c.data.kind, c.data.name = "image", "tiny"
+  meta = make_meta(c, input_shape=(8, 8, 1), num_classes=3)
   model = FlowGMM.from_config(c, (8, 8, 1), 3, image=True)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, size=(30, 8, 8, 1)).astype(np.uint8)
@@ -290,14 +301,13 @@ def test_raw_feature_rows_get_the_runs_transform(tmp_path):
   c = base_config()
   c.model.num_coupling_layers, c.model.hidden_dim = 2, 8
   c.prior.means_init = "multiclass"
-  meta = {"model": c.model.to_dict(), "prior": c.prior.to_dict(),
-          "data": {"kind": "tabular", "name": "file", "path": ""},
-          "input_shape": [2], "num_classes": 3}
+  c.data.kind, c.data.name = "tabular", "file"
+  meta = make_meta(c, input_shape=(2,), num_classes=3)
   info = {"kept_feature_columns": np.array([0, 2]), "dropped_feature_columns": np.array([1]),
           "feature_mean": np.array([10.0, -5.0], np.float32),
           "feature_std": np.array([2.0, 0.5], np.float32)}
-  trained.save_data_transform(str(tmp_path), info)
-  with np.load(tmp_path / trained.DATA_TRANSFORM_FILE) as f:
+  run_files.write_data_transform(str(tmp_path), info)
+  with np.load(tmp_path / run_files.DATA_TRANSFORM_FILE) as f:
     transform = {k: f[k] for k in f.files}
   model = FlowGMM.from_config(c, (2,), 3, image=False)
   variables = model.init({"params": jax.random.PRNGKey(1)}, jnp.zeros((4, 2)))
@@ -313,10 +323,10 @@ def test_raw_feature_rows_get_the_runs_transform(tmp_path):
   np.savetxt(tmp_path / "with_y.csv", rows, delimiter=",", header="a,b,c,label", comments="")
   np.savetxt(tmp_path / "no_y.csv", raw, delimiter=",")
   np.savetxt(tmp_path / "bad.csv", raw[:, :2], delimiter=",")
-  x, y = after_run._read_user_file(str(tmp_path / "with_y.csv"), m)
+  x, y = evaluate_run.read_user_file(str(tmp_path / "with_y.csv"), m)
   np.testing.assert_allclose(x, raw, rtol=1e-5)
   np.testing.assert_array_equal(y, rows[:, 3])
-  x, y = after_run._read_user_file(str(tmp_path / "no_y.csv"), m)
+  x, y = evaluate_run.read_user_file(str(tmp_path / "no_y.csv"), m)
   assert x.shape == (50, 3) and y is None
   with pytest.raises(ValueError, match="needs 3 features"):
-    after_run._read_user_file(str(tmp_path / "bad.csv"), m)
+    evaluate_run.read_user_file(str(tmp_path / "bad.csv"), m)

@@ -12,12 +12,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from flowgmm_jax.data import Dataset
 from flowgmm_jax.training import base_config, fit, optim
-from flowgmm_jax.training.checkpoint import IncompatibleCheckpointError
+from flowgmm_jax.checkpoint import IncompatibleCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,31 +76,6 @@ def test_weight_decay_only_on_weight_norm_gains():
   assert np.all(np.asarray(updates["bias"]) == 0)
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
-def test_flat_optimizer_update_equals_the_per_leaf_one(name):
-  """The flat-vector update (the default, for speed) does the same arithmetic per element
-  as the leaf-by-leaf one, decay mask and clipping included."""
-  rng = np.random.default_rng(0)
-  params = {"conv": {"g": jnp.asarray(rng.normal(size=5), jnp.float32),
-                     "v": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)},
-            "bias": jnp.asarray(rng.normal(size=7), jnp.float32)}
-  finals = []
-  for flat in (False, True):
-    tx = optim.make_optimizer(name, 1e-2, 100, schedule="cosine", weight_decay=0.1,
-                              grad_clip_norm=1.0, flat=flat)
-    p, opt_state = params, tx.init(params)
-    for i in range(5):
-      grads = jax.tree.map(lambda x: 3.0 * jnp.sin(x * (i + 1)), p)
-      updates, opt_state = tx.update(grads, opt_state, p)
-      p = optax.apply_updates(p, updates)
-    finals.append(p)
-  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in
-              zip(jax.tree.leaves(finals[1]), jax.tree.leaves(params)))
-  assert moved > 1e-3
-  for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
-
-
 def test_fit_learns_and_is_deterministic():
   ds = gaussian_blobs()
   c = tiny_tabular_config(steps=40)
@@ -147,6 +121,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from flowgmm_jax.data import Dataset
     from flowgmm_jax.training import base_config, fit
+    from flowgmm_jax.training.config import model_config
     from flowgmm_jax.training.step import make_mesh
     assert jax.device_count() == 8, jax.devices()
 
@@ -158,7 +133,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     # Image flow: BatchNorm statistics, dequantisation noise and augmentation all cross devices.
     c = base_config()
     c.data.kind, c.data.name = "image", "mnist"
-    c.model.name, c.model.num_scales, c.model.num_blocks, c.model.mid_channels = "realnvp", 1, 1, 4
+    c.model = model_config("realnvp", num_scales=1, num_blocks=1, mid_channels=4)
     c.data.labeled_batch_size, c.data.unlabeled_batch_size = 8, 8
     c.augment.crop_padding, c.augment.flip = 2, True
     c.loss.consistency_weight = 1.0

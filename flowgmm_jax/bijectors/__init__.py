@@ -1,4 +1,4 @@
-"""Pure-maths bijectors for flowgmm_jax. Forward is ALWAYS data -> latent.
+"""Pure-maths bijectors for flowgmm_jax. Forward is always data -> latent.
 
 See ``flowgmm_jax.bijectors.base`` for the contract (shapes, log-dets, purity).
 """

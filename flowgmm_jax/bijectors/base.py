@@ -2,8 +2,8 @@
 
 A bijector is an invertible map f between the data space and the latent space.
 
-    Direction:  ``forward`` is ALWAYS data -> latent (the normalising direction used
-                for training), ``inverse`` is ALWAYS latent -> data (the generative
+    Direction:  ``forward`` is always data -> latent (the normalising direction used
+                for training), ``inverse`` is always latent -> data (the generative
                 direction used for sampling). This is the opposite of the convention in
                 some flow libraries (e.g. distrax, where forward is latent -> data).
 
@@ -11,7 +11,7 @@ A bijector is an invertible map f between the data space and the latent space.
                 ``inverse_and_log_det(y)`` returns ``(x, log|det df^{-1}/dy|)``, so for
                 a round trip the two log-dets are negatives of each other.
 
-    Shapes:     every input has ONE leading batch axis, ``x: [B, *event_shape]``; the
+    Shapes:     every input has one leading batch axis, ``x: [B, *event_shape]``; the
                 remaining axes are the event axes. The log-det is per example and summed
                 over all event axes: ``log_det: [B]``. A bijector may change the event
                 shape (``Squeeze`` maps [B, H, W, C] to [B, H/2, W/2, 4C]) but never the

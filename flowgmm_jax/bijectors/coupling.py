@@ -9,7 +9,7 @@ and fed to the conditioner) and a *changed* part ``x_ch``:
     s = scale * tanh(s_raw)                      (bounded log-scale, as in the original)
     forward:  y_ch = (x_ch + t) * exp(s),        y_id = x_id
     inverse:  x_ch = y_ch * exp(-s) - t,         x_id = y_id
-    log|det dy/dx| = sum of s over the CHANGED positions only.
+    log|det dy/dx| = sum of s over the changed positions only.
 
 The Jacobian is triangular (the kept part does not depend on the changed part) with
 diagonal exp(s) on the changed positions and 1 on the kept ones, so anything the
@@ -39,7 +39,7 @@ def checkerboard_mask(height: int, width: int, parity: int,
   ``mask[i, j] = (i + j + parity) % 2``; 1 = kept, 0 = changed.
 
   parity 0 matches the original ``checkerboard_mask(h, w, reverse=False)``: the top-left
-  pixel (i + j even) is CHANGED and pixels with i + j odd are kept. parity 1 is the
+  pixel (i + j even) is changed and pixels with i + j odd are kept. parity 1 is the
   complement (the original's ``reverse_mask=True``): top-left kept.
   """
   if parity not in (0, 1):

@@ -21,7 +21,7 @@ class Squeeze(Bijector):
 
       y[b, i, j, 4 * c + 2 * di + dj] = x[b, 2 * i + di, 2 * j + dj, c]
 
-  i.e. the four pixels of each 2x2 block of input channel c become four CONSECUTIVE
+  i.e. the four pixels of each 2x2 block of input channel c become four consecutive
   output channels (row-major within the block). Note this differs from
   ``tf.nn.space_to_depth``, which puts the channel index innermost. A following
   ``ChannelCoupling`` therefore splits whole input channels (for even C) into halves.

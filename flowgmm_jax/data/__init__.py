@@ -2,8 +2,8 @@
 
 Loaders return a `Dataset` (NumPy arrays: images `uint8 [N, H, W, C]`, everything else
 `float32 [N, D]`; labels `int32 [N]`). Nothing downloads implicitly: real data for
-tests and examples lives in `default_data_dir()` (`$FLOWGMM_DATA_DIR` or
-`<repo>/../shared/data`), tfds datasets are read from prepared ArrayRecord files, and
+tests and examples lives in `default_data_dir()` (`$FLOWGMM_DATA_DIR`, else
+`~/flowgmm_data`), tfds datasets are read from prepared ArrayRecord files, and
 a missing dataset raises `DataNotFoundError` saying how to get it.
 
 `REGISTRY` is the one list of datasets a config can name (`config.data.name`), each with

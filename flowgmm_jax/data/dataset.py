@@ -13,8 +13,9 @@ train and test splits plus a little metadata. Conventions (checked on constructi
 
 Locations:
 
-* shared data: `$FLOWGMM_DATA_DIR` if set, else `../shared/data` relative to the
-  repository root (`default_data_dir()`);
+* offline data: `$FLOWGMM_DATA_DIR` if set, else `~/flowgmm_data` (`default_data_dir()`);
+  the command line, tests and benchmarks set `$FLOWGMM_DATA_DIR` to `../shared/data` next
+  to the repository when it is unset and that folder exists;
 * caches (decoded CIFAR-10 arrays): `$FLOWGMM_CACHE_DIR` if set, else
   `$XDG_CACHE_HOME/flowgmm_jax`, else `~/.cache/flowgmm_jax` (`default_cache_dir()`).
 """
@@ -42,13 +43,24 @@ class DataNotFoundError(FileNotFoundError):
   """
 
 
+DATA_DIR_VARIABLE = "FLOWGMM_DATA_DIR"
+
+
 def default_data_dir() -> Path:
-  """Root of the offline shared data: `$FLOWGMM_DATA_DIR` or `<repo>/../shared/data`."""
-  env = os.environ.get("FLOWGMM_DATA_DIR")
+  """Root of the offline data (mnist/, cifar10/, tabular/, text/): `$FLOWGMM_DATA_DIR`,
+  else `~/flowgmm_data`."""
+  env = os.environ.get(DATA_DIR_VARIABLE)
   if env:
     return Path(env).expanduser()
-  # This file is <repo>/flowgmm_jax/data/dataset.py, so parents[2] is the repo root.
-  return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+  return Path.home() / "flowgmm_data"
+
+
+def use_data_dir_if_unset(path: str | os.PathLike) -> None:
+  """Sets `$FLOWGMM_DATA_DIR` to `path` when it is unset and `path` is a directory (the
+  command line, tests and benchmarks point it at `../shared/data` next to the
+  repository)."""
+  if not os.environ.get(DATA_DIR_VARIABLE) and Path(path).is_dir():
+    os.environ[DATA_DIR_VARIABLE] = str(Path(path).resolve())
 
 
 def default_cache_dir() -> Path:

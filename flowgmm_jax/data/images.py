@@ -353,7 +353,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, source: str = "auto"
 
 SVHN_MAT_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 SVHN_MAT_URL = "http://ufldl.stanford.edu/housenumbers/"
-# Preparing tfds "svhn_cropped" on a machine WITH TensorFlow, for a training host without it:
+# Preparing tfds "svhn_cropped" on a machine with TensorFlow, for a training host without it:
 #   python -c "import tensorflow_datasets as tfds; tfds.builder('svhn_cropped', file_format='array_record').download_and_prepare()"
 #   rsync -a ~/tensorflow_datasets/svhn_cropped TRAINING_HOST:~/tensorflow_datasets/
 # (then train with the default data_dir, or --config.data.data_dir=DIR holding svhn_cropped/).

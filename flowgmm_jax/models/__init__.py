@@ -21,8 +21,8 @@ from flowgmm_jax.models.glow import Glow
 from flowgmm_jax.models.realnvp import RealNVP
 from flowgmm_jax.models.tabular import RealNVPTabular, SplineTabular
 
-__all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "IMAGE_MODELS", "COMPUTE_DTYPES",
-           "build", "count_params", "weight_norm_gain_mask"]
+__all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "MODEL_FIELDS",
+           "IMAGE_MODELS", "COMPUTE_DTYPES", "build", "count_params", "weight_norm_gain_mask"]
 
 
 class _Entry(NamedTuple):
@@ -31,26 +31,43 @@ class _Entry(NamedTuple):
   make: Callable[[Any, Sequence[int], Optional[str]], nn.Module]
 
 
-# The one model registry: config.model.name -> its flow, built from the config.model fields
-# it reads. training/config.py takes the names it accepts from here.
+# The fields of each model's config section (config.model holds ``name`` and exactly these)
+# with their defaults; ``training.config.model_config`` builds a section from this table.
+#   hidden_layers: hidden layers of width hidden_dim in each coupling's MLP conditioner
+#     (Dense(k) + ReLU each), so the MLP is hidden_layers + 1 dense layers. The original's
+#     RealNVPTabular(num_layers=n) has n + 1 hidden layers: its toy, UCI and text runs
+#     (num_layers=1) are hidden_layers=2.
+#   zero_init_last: zero each coupling's last conditioner layer, so every coupling starts
+#     as the identity (False: PyTorch's default init there, as the original).
+_TABULAR_FIELDS = dict(num_coupling_layers=5, hidden_dim=512, hidden_layers=2,
+                       dropout_rate=0.0, zero_init_last=False)
+MODEL_FIELDS = {
+    "realnvp_tabular": dict(_TABULAR_FIELDS),
+    "spline_tabular": dict(_TABULAR_FIELDS, num_bins=8, bound=3.0),
+    "realnvp": dict(num_scales=2, num_blocks=8, mid_channels=64, zero_init_last=True),
+    "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=True),
+}
+
+# The one model registry: config.model.name -> its flow, built from the section's fields.
+# training/config.py takes the names it accepts from here.
 _REGISTRY = {
     "realnvp_tabular": _Entry(False, lambda m, shape, bn_axis_name: RealNVPTabular(
         num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
-        num_layers=m.num_layers, dropout_rate=m.dropout_rate,
-        zero_init_last=m.get("zero_init_last", False))),
+        num_layers=m.hidden_layers - 1, dropout_rate=m.dropout_rate,
+        zero_init_last=m.zero_init_last)),
     "spline_tabular": _Entry(False, lambda m, shape, bn_axis_name: SplineTabular(
         num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
-        num_layers=m.num_layers, num_bins=m.num_bins, bound=m.bound,
-        dropout_rate=m.dropout_rate, zero_init_last=m.get("zero_init_last", False))),
+        num_layers=m.hidden_layers - 1, num_bins=m.num_bins, bound=m.bound,
+        dropout_rate=m.dropout_rate, zero_init_last=m.zero_init_last)),
     "realnvp": _Entry(True, lambda m, shape, bn_axis_name: RealNVP(
         num_scales=m.num_scales, num_blocks=m.num_blocks, mid_channels=m.mid_channels,
         image_shape=tuple(shape), bn_axis_name=bn_axis_name,
-        zero_init_last=m.get("zero_init_last", True))),
+        zero_init_last=m.zero_init_last)),
     # bn_axis_name: Glow's conditioners have BatchNorm too, averaged over devices like RealNVP's.
     "glow": _Entry(True, lambda m, shape, bn_axis_name: Glow(
         num_scales=m.num_scales, steps_per_scale=m.steps_per_scale,
         mid_channels=m.mid_channels, image_shape=tuple(shape), bn_axis_name=bn_axis_name,
-        zero_init_last=m.get("zero_init_last", True))),
+        zero_init_last=m.zero_init_last)),
 }
 MODELS = tuple(_REGISTRY)
 IMAGE_MODELS = tuple(name for name, entry in _REGISTRY.items() if entry.image)

@@ -1,23 +1,54 @@
-"""The configuration schema shared by every experiment, and its validation.
+"""The configuration schema shared by every experiment, the table recipe, and the one validator.
 
-Each file in ``configs/`` starts from ``base_config()`` and overrides fields. The returned
-ConfigDict is locked, so a misspelt override (``--config.num_labled=...``) is rejected by
-ml_collections with the list of valid keys, and ``validate_config`` checks values once,
-before anything is written to the workdir.
+Each file in ``configs/`` starts from ``base_config()`` and overrides fields. The command
+line locks the ConfigDict, so a misspelt override (``--config.data.num_labled=...``) is
+rejected by ml_collections with the list of valid keys; ``validate_config`` checks the
+values once, before anything is written to the workdir.
+
+``config.model`` holds ``name`` and exactly the fields of that model
+(``models.MODEL_FIELDS``), so a field that a model does not read cannot be set: a config
+file chooses its model with ``model_config(name)`` (its ARG picks it: ``:spline``,
+``:glow``).
+
+The words are the same everywhere: ``FlowGMMClassifier``'s parameters are these fields'
+names (``model`` is ``config.model.name``), and ``TABLE_RECIPE`` is written in them.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 from ml_collections import config_dict
 
 from flowgmm_jax.data import names_by_kind
 from flowgmm_jax.losses import OBJECTIVES
-from flowgmm_jax.models import COMPUTE_DTYPES, IMAGE_MODELS, MODELS
-from flowgmm_jax.prior import COVARIANCE_TYPES
+from flowgmm_jax.models import COMPUTE_DTYPES, IMAGE_MODELS, MODEL_FIELDS, MODELS
+from flowgmm_jax.prior import COVARIANCE_TYPES, MEANS_INIT_CHOICES
+from flowgmm_jax.training.optim import OPTIMIZERS, SCHEDULES
 
 # {data.kind: data.name values}, from the one dataset registry (flowgmm_jax.data.REGISTRY).
 DATASETS = names_by_kind()
+# The config ARG that builds each model's section (the message for a model chosen by
+# --config.model.name names it).
+MODEL_ARGS = {"realnvp_tabular": "configs/tabular.py (the default)",
+              "spline_tabular": "configs/tabular.py:spline",
+              "realnvp": "configs/cifar10.py (the default)",
+              "glow": "configs/cifar10.py:glow"}
+
+
+def model_config(name: str, **fields) -> ml_collections.ConfigDict:
+  """``config.model`` for model ``name``: ``name`` and that model's fields, at their
+  defaults (``models.MODEL_FIELDS``) unless given in ``fields``."""
+  if name not in MODEL_FIELDS:
+    raise ValueError(f"model {name!r}; choose one of {MODELS}.")
+  unknown = sorted(set(fields) - set(MODEL_FIELDS[name]))
+  if unknown:
+    raise ValueError(f"{unknown} are not fields of model {name!r}; its fields are "
+                     f"{sorted(MODEL_FIELDS[name])}.")
+  return ml_collections.ConfigDict({"name": name, **MODEL_FIELDS[name], **fields})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,13 +58,16 @@ def base_config() -> ml_collections.ConfigDict:
   # The conditioner networks' compute dtype: "float32" | "bfloat16" (GPU/TPU speed);
   # parameters, the prior and every log-det stay float32 either way.
   c.compute_dtype = "float32"
+  # A directory for JAX's persistent compilation cache ('' = off): a later process that
+  # runs the same programs loads them from there instead of compiling them.
+  c.compilation_cache_dir = ""
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "toy"                 # toy | tabular | text | image
   c.data.name = "moons"               # see DATASETS
   c.data.path = ""                    # user file (npz or csv) for name='file', or a data dir
   c.data.label_column = ""            # csv: label column name ('' = last column)
-  c.data.data_dir = ""                # tfds data_dir / shared data dir ('' = default)
+  c.data.data_dir = ""                # tfds data_dir / offline data dir ('' = default)
   c.data.source = "auto"              # images: auto | files | tfds
   c.data.num_labeled_per_class = 10   # labels kept per class (-1: use num_labeled)
   c.data.num_labeled = -1             # total labels (used when num_labeled_per_class = -1)
@@ -41,28 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_train_examples = -1      # >0: subsample the training pool (smoke runs)
   c.data.max_test_examples = -1       # >0: subsample the test set (smoke runs)
   c.data.num_points = 1000            # toy: training points, and as many test points
+  # Rows per step; a pool smaller than its batch gives one row per pool row (the rest of
+  # the batch is padding that counts for nothing).
   c.data.labeled_batch_size = 16
-  # > 0: evaluate on this many TRAINING examples held out (class-stratified, fixed seed),
+  c.data.unlabeled_batch_size = 256
+  # > 0: evaluate on this many training examples held out (class-stratified, fixed seed),
   # instead of the test split: for choosing hyper-parameters without the test labels.
   # The held-out rows are removed from the training pool.
   c.data.validation_examples = 0
-  c.data.unlabeled_batch_size = 256
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "realnvp_tabular"    # see flowgmm_jax.models.MODELS
-  c.model.num_coupling_layers = 5     # tabular flows
-  c.model.hidden_dim = 512            # tabular flows: MLP width k
-  c.model.num_layers = 1              # tabular flows: hidden layers per conditioner
-  c.model.dropout_rate = 0.0
-  c.model.num_bins = 8                # spline flows
-  c.model.bound = 3.0                 # spline flows
-  c.model.num_scales = 2              # image flows
-  c.model.num_blocks = 8              # image flows: ResNet blocks per conditioner
-  c.model.mid_channels = 64           # image flows
-  c.model.steps_per_scale = 8         # glow
-  # Zero each coupling's last conditioner layer, so every coupling starts as the identity.
-  # False: PyTorch's default random init there, as the original (image and tabular code).
-  c.model.zero_init_last = False
+  c.model = model_config("realnvp_tabular")  # fields: models.MODEL_FIELDS
 
   c.prior = ml_collections.ConfigDict()
   c.prior.covariance = "isotropic"    # isotropic | diagonal
@@ -78,12 +100,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   # losses.flowgmm_objective: "joint" = label_weight * labelled -log p(x, y)
   #   + unlabeled_weight * unlabelled -log p(x); "original" (the original image code) =
-  #   label_weight * cross-entropy + unlabeled_weight * -log p(x) over ALL rows.
+  #   label_weight * cross-entropy + unlabeled_weight * -log p(x) over all rows.
   c.loss.objective = "joint"
+  # None: label_weight_per_feature * D (D = features or pixels), so the class term keeps
+  # its share of a density term that is a sum over D dimensions (losses.FlowGMMLoss).
+  c.loss.label_weight = config_dict.placeholder(float)
   c.loss.label_weight = 1.0
-  c.loss.label_weight_per_feature = 0.0  # > 0: label_weight = this * D (D = features/pixels),
-                                         # so the class term keeps its share of a density
-                                         # term that is a sum over D dimensions
+  c.loss.label_weight_per_feature = 10.0
   c.loss.unlabeled_weight = 1.0
   c.loss.consistency_weight = 0.0     # > 0: FlowGMM-cons
   c.loss.consistency_rampup_steps = 0
@@ -91,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = "adam"          # adam | adamw | sgd
   c.optim.learning_rate = 1e-3
-  c.optim.schedule = "constant"       # constant | cosine | wilson
+  c.optim.lr_schedule = "constant"    # constant | cosine | wilson
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.0          # on weight-norm gains only, as in the original
   c.optim.grad_clip_norm = 100.0
@@ -104,8 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Early stopping on the marginal NLL of unlabelled rows held out from training.
   c.early_stopping = ml_collections.ConfigDict()
-  c.early_stopping.holdout_fraction = 0.0  # of the unlabelled pool (0 = off)
-  c.early_stopping.every_steps = 50
+  c.early_stopping.holdout_fraction = 0.0  # of the unlabelled pool, in [0, 0.5] (0 = off)
+  c.early_stopping.check_every_steps = 50
   c.early_stopping.patience = 5            # checks without improvement (0 = run to the end,
                                            # then keep the best)
   c.early_stopping.min_delta = 0.0         # relative improvement that counts
@@ -135,132 +158,264 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# The recipe for tables and sentence embeddings, in FlowGMMClassifier's parameter names: the
-# estimator's defaults AND the default of configs/tabular.py and configs/text.py, so whatever
-# is settled here reaches both (README "Tables"; benchmarks/ssl_suite.py measures it).
-TABLE_RECIPE = dict(
-    flow="realnvp", num_coupling_layers=6, hidden_dim=64, hidden_layers=1, dropout_rate=0.0,
-    num_bins=8, bound=4.0,
-    covariance="isotropic", means_init="labeled", means_scale=0.01, learn_means=True,
-    learn_scales=False, learn_weights=True,
-    objective="original", label_weight=None, label_weight_per_feature=10.0,
-    unlabeled_weight=1.0, noise_std=0.1,
-    learning_rate=1e-2, lr_schedule="cosine", weight_decay=0.0, num_steps=3000,
-    labeled_batch_size=64, unlabeled_batch_size=256,
-    holdout_fraction=0.1, check_every=25, patience=5,
-)
-TABLE_FLOWS = {"realnvp": "realnvp_tabular", "spline": "spline_tabular"}
+# ----------------------------------------------------------------------------- the recipe
+
+# The recipe for tables and sentence embeddings, in the config's own fields: the default of
+# FlowGMMClassifier() and of configs/tabular.py and configs/text.py, so whatever is settled
+# here reaches both (benchmarks/ssl_suite.py measures it).
+TABLE_RECIPE = {
+    "model": dict(name="realnvp_tabular", num_coupling_layers=6, hidden_dim=64,
+                  hidden_layers=1, dropout_rate=0.0),
+    "prior": dict(covariance="isotropic", means_init="labeled", means_scale=0.01,
+                  learn_means=True, learn_scales=False, learn_weights=True),
+    "loss": dict(objective="original", label_weight=None, label_weight_per_feature=10.0,
+                 unlabeled_weight=1.0),
+    "augment": dict(noise_std=0.1),
+    "optim": dict(optimizer="adam", learning_rate=1e-2, lr_schedule="cosine",
+                  weight_decay=0.0),
+    "data": dict(labeled_batch_size=64, unlabeled_batch_size=256),
+    "early_stopping": dict(holdout_fraction=0.1, check_every_steps=25, patience=5),
+    "": dict(num_train_steps=3000),
+}
+# The recipe's fields that only some of its models have.
+TABLE_RECIPE_MODEL_FIELDS = {"spline_tabular": dict(num_bins=8, bound=4.0)}
+
+
+def _parameter_paths() -> dict:
+  """{parameter name: config path} for every field of the table recipe's models and
+  sections: the field's own name, and ``model`` for ``model.name``."""
+  paths = {"model": "model.name"}
+  for section, fields in TABLE_RECIPE.items():
+    for key in fields:
+      if section != "model":
+        paths[key] = f"{section}.{key}" if section else key
+  for name in TABLE_RECIPE_MODEL_FIELDS.keys() | {TABLE_RECIPE["model"]["name"]}:
+    for key in MODEL_FIELDS[name]:
+      paths[key] = f"model.{key}"
+  return paths
+
+
+# FlowGMMClassifier's recipe parameters -> the config field each one is.
+RECIPE_PARAMETERS = _parameter_paths()
+
+
+def recipe_defaults() -> dict:
+  """{parameter: default}: the table recipe, flat (fields of a model other than the
+  recipe's own take the recipe's value for that model, else the model's default)."""
+  recipe = table_recipe()
+  out = {}
+  for key, path in RECIPE_PARAMETERS.items():
+    section, _, leaf = path.rpartition(".")
+    if section == "model" and leaf not in recipe["model"]:
+      owner = next(m for m in TABLE_RECIPE_MODEL_FIELDS if leaf in MODEL_FIELDS[m])
+      out[key] = TABLE_RECIPE_MODEL_FIELDS[owner].get(leaf, MODEL_FIELDS[owner][leaf])
+    else:
+      out[key] = recipe[section][leaf]
+  return out
+
+
+def table_recipe(**overrides) -> dict:
+  """The table recipe with ``overrides`` (parameter names, see ``RECIPE_PARAMETERS``) as
+  ``{section: {field: value}}`` (top-level fields under ""). The model section holds the
+  chosen model's fields plus any override given for it; ``validate_config`` then rejects an
+  override the model does not take. Raises ValueError for a name that is no parameter."""
+  unknown = sorted(set(overrides) - set(RECIPE_PARAMETERS))
+  if unknown:
+    raise ValueError(f"unknown table-recipe parameter(s) {unknown}; choose from "
+                     f"{sorted(RECIPE_PARAMETERS)}.")
+  name = overrides.get("model", TABLE_RECIPE["model"]["name"])
+  sections = {s: dict(f) for s, f in TABLE_RECIPE.items() if s != "model"}
+  model = dict(MODEL_FIELDS.get(name, {}))
+  model.update({k: v for k, v in TABLE_RECIPE["model"].items() if k in model})
+  model.update(TABLE_RECIPE_MODEL_FIELDS.get(name, {}))
+  for key, value in overrides.items():
+    section, _, leaf = RECIPE_PARAMETERS[key].rpartition(".")
+    if section == "model":
+      model[leaf] = value
+    else:
+      sections[section][leaf] = value
+  model["name"] = name
+  return {"model": model, **sections}
 
 
 def apply_table_recipe(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
-  """Sets ``c``'s model, prior, loss, optimiser, early-stopping, batch and step fields from
-  ``TABLE_RECIPE`` (with ``overrides``, in FlowGMMClassifier's parameter names).
-
-  Returns ``c``. Unknown names raise ValueError.
-  """
-  unknown = set(overrides) - set(TABLE_RECIPE)
-  if unknown:
-    raise ValueError(f"unknown table-recipe parameter(s) {sorted(unknown)}; choose from "
-                     f"{sorted(TABLE_RECIPE)}.")
-  r = {**TABLE_RECIPE, **overrides}
-  if r["flow"] not in TABLE_FLOWS:
-    raise ValueError(f"flow={r['flow']!r}; choose one of {tuple(TABLE_FLOWS)}.")
-  if r["means_init"] not in ("labeled", "random"):
-    raise ValueError(f"means_init={r['means_init']!r}; choose 'labeled' or 'random'.")
-  c.model.name = TABLE_FLOWS[r["flow"]]
-  c.model.num_coupling_layers = int(r["num_coupling_layers"])
-  c.model.hidden_dim = int(r["hidden_dim"])
-  c.model.num_layers = int(r["hidden_layers"]) - 1  # k hidden layers: k-1 after the first
-  c.model.dropout_rate = float(r["dropout_rate"])
-  c.model.num_bins = int(r["num_bins"])
-  c.model.bound = float(r["bound"])
-  c.prior.covariance = r["covariance"]
-  c.prior.means_init = "labeled" if r["means_init"] == "labeled" else "auto"
-  c.prior.means_scale = None if r["means_scale"] is None else float(r["means_scale"])
-  c.prior.learn_means = bool(r["learn_means"])
-  c.prior.learn_scales = bool(r["learn_scales"])
-  c.prior.learn_weights = bool(r["learn_weights"])
-  c.loss.objective = r["objective"]
-  # label_weight=None: scale with the number of features (label_weight_per_feature * D).
-  c.loss.label_weight = 1.0 if r["label_weight"] is None else float(r["label_weight"])
-  c.loss.label_weight_per_feature = (float(r["label_weight_per_feature"])
-                                     if r["label_weight"] is None else 0.0)
-  c.loss.unlabeled_weight = float(r["unlabeled_weight"])
-  c.augment.noise_std = float(r["noise_std"])
-  c.optim.optimizer = "adam"
-  c.optim.learning_rate = float(r["learning_rate"])
-  c.optim.schedule = r["lr_schedule"]
-  c.optim.weight_decay = float(r["weight_decay"])
-  c.num_train_steps = int(r["num_steps"])
-  c.data.labeled_batch_size = int(r["labeled_batch_size"])
-  c.data.unlabeled_batch_size = int(r["unlabeled_batch_size"])
-  c.early_stopping.holdout_fraction = float(r["holdout_fraction"])
-  c.early_stopping.every_steps = int(r["check_every"])
-  c.early_stopping.patience = int(r["patience"])
+  """Sets ``c``'s model, prior, loss, optimiser, augmentation, early-stopping, batch and
+  step fields from ``TABLE_RECIPE`` with ``overrides`` (see ``table_recipe``); returns c."""
+  recipe = table_recipe(**overrides)
+  c.model = ml_collections.ConfigDict(recipe.pop("model"))
+  for section, fields in recipe.items():
+    target = c[section] if section else c
+    for key, value in fields.items():
+      target[key] = value
   return c
 
 
-def _fail(msg: str):
-  raise ValueError(f"Invalid config: {msg}")
+# ----------------------------------------------------------------------------- validation
+
+def config_field_name(path: str) -> str:
+  """How a config field is named in messages: ``config.model.hidden_dim``."""
+  return f"config.{path}"
 
 
-def validate_config(c: ml_collections.ConfigDict) -> None:
-  """Checks values (keys are checked by the locked ConfigDict). Raises ValueError."""
-  if c.data.kind not in DATASETS:
-    _fail(f"data.kind={c.data.kind!r}; choose one of {tuple(DATASETS)}.")
-  if c.data.name not in DATASETS[c.data.kind]:
-    _fail(f"data.name={c.data.name!r} is not a {c.data.kind} dataset; choose one of "
-          f"{DATASETS[c.data.kind]}.")
-  if c.model.name not in MODELS:
-    _fail(f"model.name={c.model.name!r}; choose one of {MODELS}.")
-  if c.get("compute_dtype", "float32") not in COMPUTE_DTYPES:
-    _fail(f"compute_dtype={c.compute_dtype!r}; choose one of {tuple(COMPUTE_DTYPES)}.")
-  image_model = c.model.name in IMAGE_MODELS
-  if image_model != (c.data.kind == "image"):
+def _get(c: Mapping, path: str) -> Any:
+  for key in path.split("."):
+    c = c[key]
+  return c
+
+
+def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_field_name
+                    ) -> None:
+  """Checks the values of a config (a ConfigDict or the same nested dict); raises one
+  ValueError naming the field by ``field_name(path)`` and saying what would be valid.
+
+  Keys are checked by the locked ConfigDict, except the model section's, which must be
+  exactly those of ``model.name`` (``models.MODEL_FIELDS``). ``FlowGMMClassifier`` calls
+  this with its own parameter names.
+  """
+  def fail(msg: str):
+    prefix = "Invalid config: " if field_name is config_field_name else ""
+    raise ValueError(prefix + msg)
+
+  def shown(path):
+    return f"{field_name(path)}={_get(c, path)!r}"
+
+  def integer(path, minimum):
+    v = _get(c, path)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+      fail(f"{shown(path)} must be an integer >= {minimum}.")
+
+  def number(path, low=0.0, high=math.inf, *, strict_low=False, strict_high=False,
+             allow_none=False):
+    v = _get(c, path)
+    if v is None and allow_none:
+      return
+    ok = (not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+          and (v > low if strict_low else v >= low)
+          and (v < high if strict_high else v <= high))
+    if not ok:
+      lo, hi = "(" if strict_low else "[", ")" if strict_high else "]"
+      where = (f"> {low}" if strict_low else f">= {low}") if high == math.inf else (
+          f"in {lo}{low}, {high}{hi}")
+      fail(f"{shown(path)} must be a finite number {where}"
+           + (" or None" if allow_none else "") + ".")
+
+  def boolean(path):
+    if not isinstance(_get(c, path), bool):
+      fail(f"{shown(path)} must be True or False.")
+
+  def choice(path, choices):
+    if _get(c, path) not in choices:
+      fail(f"{shown(path)}; choose one of {tuple(choices)}.")
+
+  if c["data"]["kind"] not in DATASETS:
+    fail(f"{shown('data.kind')}; choose one of {tuple(DATASETS)}.")
+  if c["data"]["name"] not in DATASETS[c["data"]["kind"]]:
+    fail(f"{shown('data.name')} is not a {c['data']['kind']} dataset; choose one of "
+         f"{DATASETS[c['data']['kind']]}.")
+  _validate_model(c, fail, field_name)
+  model = c["model"]
+  for key in model:
+    path = f"model.{key}"
+    if key == "zero_init_last":
+      boolean(path)
+    elif key == "dropout_rate":
+      number(path, 0.0, 1.0, strict_high=True)
+    elif key == "bound":
+      number(path, strict_low=True)
+    elif key == "num_bins":
+      integer(path, 2)
+    elif key != "name":
+      integer(path, 1)
+  choice("compute_dtype", COMPUTE_DTYPES)
+  image_model = model["name"] in IMAGE_MODELS
+  if image_model != (c["data"]["kind"] == "image"):
     flat_models = [name for name in MODELS if name not in IMAGE_MODELS]
-    _fail(f"model.name={c.model.name!r} does not fit data.kind={c.data.kind!r}: use "
-          f"{'/'.join(IMAGE_MODELS)} for images and {'/'.join(flat_models)} otherwise.")
-  if c.data.num_labeled_per_class <= 0 and c.data.num_labeled <= 0:
-    _fail("set data.num_labeled_per_class > 0 or data.num_labeled > 0.")
-  if c.data.labeled_batch_size < 1 or c.data.unlabeled_batch_size < 0:
-    _fail("data.labeled_batch_size must be >= 1 and data.unlabeled_batch_size >= 0.")
-  if c.data.validation_examples < 0:
-    _fail(f"data.validation_examples={c.data.validation_examples} must be >= 0.")
-  if not 0.0 < c.data.test_fraction < 1.0:
-    _fail(f"data.test_fraction={c.data.test_fraction} must be in (0, 1).")
+    fail(f"{shown('model.name')} does not fit {shown('data.kind')}: use "
+         f"{'/'.join(IMAGE_MODELS)} for images and {'/'.join(flat_models)} otherwise.")
+  d = c["data"]
+  if d["num_labeled_per_class"] <= 0 and d["num_labeled"] <= 0:
+    fail(f"set {field_name('data.num_labeled_per_class')} > 0 or "
+         f"{field_name('data.num_labeled')} > 0.")
+  integer("data.labeled_batch_size", 1)
+  integer("data.unlabeled_batch_size", 0)
+  integer("data.validation_examples", 0)
+  number("data.test_fraction", 0.0, 1.0, strict_low=True, strict_high=True)
   for key in ("num_train_steps", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "eval_batch_size", "keep_checkpoints"):
-    if c[key] < 1:
-      _fail(f"{key}={c[key]} must be >= 1.")
-  if c.optim.learning_rate <= 0:
-    _fail(f"optim.learning_rate={c.optim.learning_rate} must be > 0.")
-  if c.loss.objective not in OBJECTIVES:
-    _fail(f"loss.objective={c.loss.objective!r}; choose one of {OBJECTIVES}.")
-  if c.loss.label_weight_per_feature < 0:
-    _fail("loss.label_weight_per_feature must be >= 0.")
-  if c.loss.label_weight < 0 or c.loss.unlabeled_weight < 0 or c.loss.consistency_weight < 0:
-    _fail("loss weights (label_weight, unlabeled_weight, consistency_weight) must be >= 0.")
-  if c.prior.covariance not in COVARIANCE_TYPES:
-    _fail(f"prior.covariance={c.prior.covariance!r}; choose one of {COVARIANCE_TYPES}.")
-  if c.prior.means_scale is not None and not c.prior.means_scale > 0:
-    _fail(f"prior.means_scale={c.prior.means_scale} must be > 0; leave it unset (None) for "
-          "the paper's value.")
-  if c.augment.noise_std < 0:
-    _fail("augment.noise_std must be >= 0.")
-  if not 0.0 <= c.calibration.validation_fraction < 1.0:
-    _fail(f"calibration.validation_fraction={c.calibration.validation_fraction} must be in "
-          "[0, 1).")
-  if c.augment.crop_padding < 0:
-    _fail("augment.crop_padding must be >= 0.")
-  if c.max_consecutive_skips < 1:
-    _fail(f"max_consecutive_skips={c.max_consecutive_skips} must be >= 1.")
-  dist = c.distributed
-  given = [bool(dist.coordinator_address), dist.num_processes > 0, dist.process_id >= 0]
+              "checkpoint_every_steps", "eval_batch_size", "keep_checkpoints",
+              "max_consecutive_skips"):
+    integer(key, 1)
+  choice("optim.optimizer", OPTIMIZERS)
+  number("optim.learning_rate", strict_low=True)
+  choice("optim.lr_schedule", SCHEDULES)
+  integer("optim.warmup_steps", 0)
+  number("optim.weight_decay")
+  number("optim.grad_clip_norm")
+  choice("loss.objective", OBJECTIVES)
+  number("loss.label_weight", allow_none=True)
+  number("loss.label_weight_per_feature", strict_low=c["loss"]["label_weight"] is None)
+  number("loss.unlabeled_weight")
+  number("loss.consistency_weight")
+  integer("loss.consistency_rampup_steps", 0)
+  choice("prior.covariance", COVARIANCE_TYPES)
+  choice("prior.means_init", MEANS_INIT_CHOICES)
+  if c["prior"]["means_scale"] is not None:
+    v = c["prior"]["means_scale"]
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+      fail(f"{shown('prior.means_scale')} must be > 0; leave it unset (None) for the "
+           "paper's value.")
+  for key in ("learn_means", "learn_scales", "learn_weights"):
+    boolean(f"prior.{key}")
+  integer("augment.crop_padding", 0)
+  boolean("augment.flip")
+  number("augment.noise_std")
+  number("early_stopping.holdout_fraction", 0.0, 0.5)
+  integer("early_stopping.check_every_steps", 1)
+  integer("early_stopping.patience", 0)
+  number("early_stopping.min_delta")
+  number("calibration.validation_fraction", 0.0, 1.0, strict_high=True)
+  dist = c["distributed"]
+  given = [bool(dist["coordinator_address"]), dist["num_processes"] > 0,
+           dist["process_id"] >= 0]
   if any(given) and not all(given):
-    _fail("distributed.coordinator_address, distributed.num_processes and "
-          "distributed.process_id must be given together (or all left empty for automatic "
-          f"cluster detection); got coordinator_address={dist.coordinator_address!r}, "
-          f"num_processes={dist.num_processes}, process_id={dist.process_id}.")
-  if all(given) and dist.process_id >= dist.num_processes:
-    _fail(f"distributed.process_id={dist.process_id} must be < "
-          f"distributed.num_processes={dist.num_processes}.")
+    fail("distributed.coordinator_address, distributed.num_processes and "
+         "distributed.process_id must be given together (or all left empty for automatic "
+         f"cluster detection); got coordinator_address={dist['coordinator_address']!r}, "
+         f"num_processes={dist['num_processes']}, process_id={dist['process_id']}.")
+  if all(given) and dist["process_id"] >= dist["num_processes"]:
+    fail(f"distributed.process_id={dist['process_id']} must be < "
+         f"distributed.num_processes={dist['num_processes']}.")
+
+
+def _validate_model(c: Mapping, fail, field_name) -> None:
+  """The model section holds ``name`` and exactly that model's fields."""
+  model = c["model"]
+  name = model["name"]
+  if name not in MODEL_FIELDS:
+    fail(f"{field_name('model.name')}={name!r}; choose one of {MODELS}.")
+  keys = set(model) - {"name"}
+  expected = set(MODEL_FIELDS[name])
+  if keys == expected:
+    return
+  extra, missing = sorted(keys - expected), sorted(expected - keys)
+  if field_name is not config_field_name:  # the estimator: its parameters, by name
+    fail(f"{', '.join(field_name('model.' + k) for k in extra)} "
+         f"{'does' if len(extra) == 1 else 'do'} not apply to "
+         f"{field_name('model.name')}={name!r}; leave "
+         f"{'it' if len(extra) == 1 else 'them'} at the default.")
+  owner = next((m for m, f in MODEL_FIELDS.items() if set(f) == keys), None)
+  what = (f"the fields of model {owner!r}" if owner else
+          f"fields that model {name!r} does not take ({', '.join(extra)})" if extra else
+          f"not all of model {name!r}'s fields (missing {', '.join(missing)})")
+  fail(f"config.model.name={name!r} but config.model holds {what}: a config's model is "
+       f"chosen by its ARG, which builds the model's section (for {name!r}: "
+       f"--config={MODEL_ARGS[name]}), not by --config.model.name.")
+
+
+def enable_compilation_cache(directory: Optional[str]) -> None:
+  """JAX's persistent compilation cache in ``directory`` (None or '' leaves it as it is).
+
+  Process-wide: compiled programs are written there and loaded by any later process that
+  compiles the same program (the same model, shapes and settings)."""
+  if directory:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", str(directory))

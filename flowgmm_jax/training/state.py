@@ -21,14 +21,15 @@ class TrainState:
     fixed: the other variable collections (e.g. {'prior': fixed means and scales}); saved,
       never updated by the optimiser.
     opt_state: the optax state.
-    rng: uint32[2] base key; step ``s`` uses ``fold_in(rng, s)``.
+
+  The training key is not part of the state: it is a pure function of ``config.seed``, and
+  step ``s`` folds ``s`` into it, so a resumed run draws what the uninterrupted one would.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   fixed: Any
   opt_state: Any
-  rng: jax.Array
 
   def variables(self, params=None, batch_stats=None):
     """Variables dict for ``model.apply``."""
@@ -40,11 +41,11 @@ class TrainState:
     return out
 
 
-def create_train_state(variables: dict, tx, rng: jax.Array) -> TrainState:
+def create_train_state(variables: dict, tx) -> TrainState:
   """Splits ``model.init`` output into a TrainState and initialises the optimiser."""
   variables = dict(variables)
   params = variables.pop("params")
   batch_stats = variables.pop("batch_stats", {})
   return TrainState(
       step=jnp.asarray(0, jnp.int32), params=params, batch_stats=batch_stats,
-      fixed=variables, opt_state=tx.init(params), rng=jnp.asarray(rng, jnp.uint32))
+      fixed=variables, opt_state=tx.init(params))

@@ -1,0 +1,122 @@
+"""After a run's last step: calibration and figures; and figures of a run at any step.
+
+* ``finish_run``: called by ``train_and_evaluate`` once the final checkpoint is written.
+  Reloads the run with ``trained.load`` (so every run also checks the load path), fits the
+  calibration temperature on the held-out labelled rows, writes ``calibration.json`` and
+  the figures in ``plots/`` (also added to TensorBoard), and returns the entries it adds to
+  ``results.json``.
+* ``figures_to_tensorboard``: the cheap figures at an evaluation step during training.
+* ``write_plots``: ``python -m experiments.plot``, the figures of any saved step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import jax
+import ml_collections
+
+from flowgmm_jax import calibration as calibration_lib
+from flowgmm_jax import data as data_lib
+from flowgmm_jax import run_files
+from flowgmm_jax import trained
+
+
+def write_plots(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
+                tensorboard: bool = False) -> list:
+  """Rebuilds the run's data and split from ``config`` and writes ``workdir/plots/``."""
+  from flowgmm_jax import plots
+  model = trained.load(workdir, step)
+  dataset = data_lib.load_dataset(config)
+  labeled_idx, unlabeled_idx = data_lib.make_split(config, dataset)
+  labeled_idx, _, _ = calibration_lib.split_validation(
+      labeled_idx, unlabeled_idx, dataset.y_train, config.calibration.validation_fraction,
+      config.seed)
+  record = None
+  if model.temperature != 1.0:
+    record = {"temperature": model.temperature}
+  paths = plots.write_run_plots(model, dataset, workdir, labeled_idx=labeled_idx,
+                                calibration=record)
+  if tensorboard:
+    plots.add_to_tensorboard(paths, workdir, model.step)
+  return paths
+
+
+def figures_to_tensorboard(meta: dict, variables, dataset, workdir: str, step: int) -> None:
+  """The cheap figures of the model at an evaluation step, as TensorBoard images only (toy:
+  data and latent planes; images: samples and class means). Never raises."""
+  if jax.process_index() != 0:
+    return
+  import tempfile
+  try:
+    from flowgmm_jax import plots
+    model = trained.from_variables(meta, jax.device_get(variables), step=step)
+    with tempfile.TemporaryDirectory() as tmp:
+      paths = []
+      if model.image:
+        paths.append(plots.sample_grid(model, os.path.join(tmp, "samples.png"),
+                                       class_names=dataset.class_names))
+        paths.append(plots.class_means(model, os.path.join(tmp, "class_means.png"),
+                                       dataset.class_names))
+      elif model.num_dims == 2 and dataset.kind == "toy" and len(dataset.x_test):
+        # Decision regions with the test points (faint); the labels are in the final figure.
+        paths.append(plots.data_plane(model, dataset.x_test[:0], dataset.y_test[:0],
+                                      dataset.x_test, os.path.join(tmp, "data_plane.png")))
+        paths.append(plots.latent_plane(model, dataset.x_test, dataset.y_test,
+                                        os.path.join(tmp, "latent_plane.png")))
+      plots.add_to_tensorboard(paths, workdir, step)
+  except Exception as e:  # noqa: BLE001 - a figure must never stop training
+    print(f"warning: step {step} figures not written to TensorBoard "
+          f"({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _flat(prefix: str, d: dict) -> dict:
+  return {f"{prefix}{k}": float(v) for k, v in d.items()}
+
+
+def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, labeled_idx,
+               validation_idx) -> dict:
+  """Calibration and plots for the finished run in ``workdir``; returns results entries."""
+  if jax.process_index() != 0:
+    return {}
+  if jax.process_count() > 1:
+    # Reading the checkpoint back goes through orbax's cross-process barriers, which the
+    # other processes (already done) would never reach: draw and calibrate afterwards.
+    print(f"note: multi-process run; for figures run python -m experiments.plot "
+          f"--workdir={workdir} in one process", file=sys.stderr)
+    return {}
+  try:
+    model = trained.load(workdir, calibrated=False)
+  except (ValueError, OSError) as e:  # the run itself succeeded: keep its results
+    print(f"warning: no calibration or figures; the saved run did not load back "
+          f"({type(e).__name__}: {e})", file=sys.stderr)
+    return {}
+  results, record = {}, None
+  if len(validation_idx):
+    logits_val = model.logits(dataset.x_train[validation_idx], preprocessed=True)
+    logits_test = model.logits(dataset.x_test, preprocessed=True) if len(dataset.x_test) else None
+    record = calibration_lib.calibrate(logits_val, dataset.y_train[validation_idx],
+                                       logits_test, dataset.y_test)
+    record.update(step=model.step,
+                  validation_fraction=float(config.calibration.validation_fraction),
+                  validation_rows=[int(i) for i in validation_idx])
+    run_files.write_calibration(workdir, record)
+    results["calibration/temperature"] = record["temperature"]
+    results["calibration/num_validation"] = record["num_validation"]
+    for when in ("before", "after"):
+      if f"test_{when}" in record:
+        results.update(_flat(f"calibration/{when}/", record[f"test_{when}"]))
+  if config.plots:
+    try:
+      from flowgmm_jax import plots
+      os.makedirs(os.path.join(workdir, run_files.PLOTS_DIR), exist_ok=True)
+      model.temperature = record["temperature"] if record else 1.0
+      paths = plots.write_run_plots(model, dataset, workdir, labeled_idx=labeled_idx,
+                                    calibration=record)
+      plots.add_to_tensorboard(paths, workdir, model.step)
+    except Exception as e:  # noqa: BLE001 - a figure must never cost the run its results
+      print(f"warning: plots not written ({type(e).__name__}: {e}); retry with "
+            f"python -m experiments.plot --workdir={workdir}", file=sys.stderr)
+  return results
