@@ -573,6 +573,7 @@ def main(argv=None) -> dict:
       a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--original")),
             "labels": args.labels, "test_examples": args.test_examples,
             "eval_every": args.eval_every}
+  commit = git_commit()  # the code that runs (a later edit of the tree is not it)
   results = None
   for name in names:
     r = recipe(name)
@@ -586,7 +587,7 @@ def main(argv=None) -> dict:
         run = run_ours(r, **kw) if side == "ours" else run_original(orig, r, **kw)
         run.update(recipe=name, side=side, seed=seed, labels=args.labels,
                    settings={k: v for k, v in r.items() if k not in ("sides",)},
-                   command=header["command"], git_commit=git_commit(),
+                   command=header["command"], git_commit=commit,
                    date=datetime.datetime.now().isoformat(timespec="seconds"),
                    machine=machine())
         first = run["first_step"]
