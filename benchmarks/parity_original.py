@@ -31,6 +31,7 @@ Recipes (read from configs/mnist.py, so they follow it):
   cpu                 as original but at the ``:cpu`` config's learning rate (1e-3), label
                       weight (100) and ramp (1,000 steps); both sides, the first seed only.
   cpu_zero_init       cpu, ours only, zero init; the first seed only.
+  cpu_label_weight_3  cpu at the README's label weight 3; both sides, the first seed only.
 
 Data, both sides: the real MNIST from ../shared/data (``flowgmm_jax.data.load_mnist``).
 The labelled images of seed s are the original's own split file
@@ -84,7 +85,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
-RECIPES = ("original", "original_zero_init", "cpu", "cpu_zero_init")
+RECIPES = ("original", "original_zero_init", "cpu", "cpu_zero_init", "cpu_label_weight_3")
 # The original's RealNVP for 1-channel images, sized as configs/mnist.py's CPU_MODEL.
 TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
               "labeled_accuracy", "log_det")
@@ -106,6 +107,8 @@ def recipe(name: str) -> dict:
   else:
     r = dict(learning_rate=mnist.CPU_LR, label_weight=mnist.CPU_LABEL_WEIGHT,
              consistency_rampup_steps=mnist.CPU_RAMP)
+    if name == "cpu_label_weight_3":
+      r["label_weight"] = full.loss.label_weight
   r.update(consistency_weight=full.loss.consistency_weight,
            weight_decay=full.optim.weight_decay, grad_clip_norm=full.optim.grad_clip_norm,
            labeled_batch_size=full.data.labeled_batch_size,
@@ -457,7 +460,9 @@ STYLES = {("original", "original"): ("original (PyTorch)", "k", "-"),
           ("original_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
           ("cpu", "original"): ("original (PyTorch)", "k", "-"),
           ("cpu", "ours"): ("ours, random init", "tab:blue", "-"),
-          ("cpu_zero_init", "ours"): ("ours, zero init", "tab:orange", "--")}
+          ("cpu_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
+          ("cpu_label_weight_3", "original"): ("original (PyTorch)", "k", "-"),
+          ("cpu_label_weight_3", "ours"): ("ours, random init", "tab:blue", "-")}
 PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
           ("test", "bpd_given_label", "test bits/dim, -log p(x | y)", 1.0, "bits/dim"),
           ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, "%"),
@@ -473,7 +478,7 @@ def plot(results: dict, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   groups = [("original", ("original", "original_zero_init")),
-            ("cpu", ("cpu", "cpu_zero_init"))]
+            ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",))]
   groups = [(g, names) for g, names in groups
             if any(r["recipe"] in names for r in results["runs"].values())]
   if not groups:
@@ -484,7 +489,8 @@ def plot(results: dict, path: str) -> None:
     r = recipe(group)
     seeds = sorted({run["seed"] for run in results["runs"].values() if run["recipe"] == group})
     subfig.suptitle(
-        f"{'README MNIST recipe' if group == 'original' else 'the :cpu recipe'}: lr "
+        f"{'README MNIST recipe' if group == 'original' else 'the :cpu recipe'}"
+        f"{' at the README label weight' if group == 'cpu_label_weight_3' else ''}: lr "
         f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
         f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
         f"{','.join(map(str, seeds))}", fontsize=12, fontweight="bold")
@@ -548,7 +554,7 @@ def main(argv=None) -> dict:
     results = load_results(args.json)
     if args.figure:
       plot(results, args.figure)
-    for name in ("original", "cpu"):
+    for name in ("original", "cpu", "cpu_label_weight_3"):
       print(parity_table(results, name))
     return results
   seeds = _seeds(args.seeds)
@@ -614,7 +620,7 @@ def main(argv=None) -> dict:
           results = results or {"runs": {}}
           results["runs"][key] = run
   if results:
-    for name in ("original", "cpu"):
+    for name in ("original", "cpu", "cpu_label_weight_3"):
       if any(r["recipe"] == name for r in results["runs"].values()):
         print(parity_table(results, name))
   return results
