@@ -14,7 +14,8 @@ then one device run carrying [".whl", ".gpu_data"], timeout 600 s:
         .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \\
       FLOWGMM_DATA_DIR=.gpu_data python3 -m benchmarks.gpu_check --budget-s=540
 
-and on a CPU, tiny shapes and a few steps (what the test runs):
+and on a CPU, what the test runs: tiny shapes (``shrink``), plain FlowGMM, a few steps, two
+of the four timed rows (CIFAR float32, MNIST bfloat16):
 
     python -m benchmarks.gpu_check --tiny --out=/tmp/gpu_check.json
 
@@ -107,15 +108,19 @@ def cifar_spec(tiny: bool):
 
 
 TINY_MODEL = dict(num_scales=1, num_blocks=0, mid_channels=4)
+# --tiny times two of the four rows: both workloads and both dtypes, half the compiles.
+TINY_ROWS = (("cifar", "float32"), ("mnist", "bfloat16"))
 
 
 def shrink(spec):
   """--tiny: 8x8 crops, 4 + 4 images, ``TINY_MODEL`` (a RealNVP of 4 checkerboard
-  couplings with one-convolution conditioners: the least XLA has to compile)."""
+  couplings with one-convolution conditioners) and plain FlowGMM (no second view): the
+  same code paths, the least XLA has to compile."""
   c, x, y, shape, k = spec
   c = copy.deepcopy(c)
   for key, value in TINY_MODEL.items():
     c.model[key] = value
+  c.loss.consistency_weight = 0.0  # one forward pass: the same code, a smaller compile
   rows = np.r_[0:4, BATCH[0]:BATCH[0] + 4]
   x = np.ascontiguousarray(x[rows, :8, :8])
   return c, x, y[rows], (8, 8, shape[-1]), k
@@ -132,26 +137,26 @@ def time_steps(tiny: bool, repeats: int, device_kind: str, peak_override) -> lis
   """Part 1: one row per (workload, dtype), from bench_steps.time_step."""
   from benchmarks import bench_steps
   rows = []
-  for name, make in (("cifar", cifar_spec), ("mnist", mnist_spec)):
-    for dtype in DTYPES:
-      spec = with_dtype(make(tiny), dtype)
-      t0 = time.perf_counter()
-      row = bench_steps.time_step(name, repeats, spec=spec)
-      row["wall_s"] = time.perf_counter() - t0
-      images = len(spec[1])
-      peak = peak_tflops(device_kind, dtype, peak_override)
-      row.update(workload=name, compute_dtype=dtype, images_per_step=images,
-                 images_per_s=images / row["median_s"],
-                 images_per_s_pipelined=images / row["pipelined_s"],
-                 tflops_per_s=row["flops"] / row["median_s"] / 1e12, peak_tflops=peak,
-                 mfu=(row["flops"] / row["median_s"] / (peak * 1e12)) if peak else None)
-      rows.append(row)
-      print(f"[gpu_check] {name} {dtype}: {row['median_s'] * 1e3:.2f} ms/step, "
-            f"{row['images_per_s']:.0f} images/s, {row['tflops_per_s']:.2f} TFLOP/s"
-            + (f", MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else "")
-            + f"; first step {row['first_step_s']:.1f} s (trace+lower "
-            f"{row['trace_and_lower_s']:.1f}, compile {row['xla_compile_s']:.1f})",
-            flush=True)
+  makers = {"cifar": cifar_spec, "mnist": mnist_spec}
+  for name, dtype in (TINY_ROWS if tiny else [(w, d) for w in makers for d in DTYPES]):
+    spec = with_dtype(makers[name](tiny), dtype)
+    t0 = time.perf_counter()
+    row = bench_steps.time_step(name, repeats, spec=spec)
+    row["wall_s"] = time.perf_counter() - t0
+    images = len(spec[1])
+    peak = peak_tflops(device_kind, dtype, peak_override)
+    row.update(workload=name, compute_dtype=dtype, images_per_step=images,
+               images_per_s=images / row["median_s"],
+               images_per_s_pipelined=images / row["pipelined_s"],
+               tflops_per_s=row["flops"] / row["median_s"] / 1e12, peak_tflops=peak,
+               mfu=(row["flops"] / row["median_s"] / (peak * 1e12)) if peak else None)
+    rows.append(row)
+    print(f"[gpu_check] {name} {dtype}: {row['median_s'] * 1e3:.2f} ms/step, "
+          f"{row['images_per_s']:.0f} images/s, {row['tflops_per_s']:.2f} TFLOP/s"
+          + (f", MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else "")
+          + f"; first step {row['first_step_s']:.1f} s (trace+lower "
+          f"{row['trace_and_lower_s']:.1f}, compile {row['xla_compile_s']:.1f})",
+          flush=True)
   return rows
 
 
@@ -165,6 +170,7 @@ def train_mnist(seconds: float, step_s: float, compile_s: float, tiny: bool) -> 
   if tiny:
     for key, value in TINY_MODEL.items():
       c.model[key] = value
+    c.loss.consistency_weight = 0.0
   try:
     dataset = data_lib.load_dataset(c)
   except data_lib.DataNotFoundError as e:
@@ -216,7 +222,7 @@ def main(argv=None) -> dict:
   p.add_argument("--out", default="gpu_check.json")
   args = p.parse_args(argv)
   t_start = time.perf_counter()
-  repeats = args.repeats or (2 if args.tiny else 20)
+  repeats = args.repeats or (1 if args.tiny else 20)
   device = jax.devices()[0]
   report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": "python -m benchmarks.gpu_check " + " ".join(
@@ -228,8 +234,8 @@ def main(argv=None) -> dict:
   print(f"[gpu_check] {report['backend']}: {jax.device_count()} x {device.device_kind}, "
         f"jax {jax.__version__}", flush=True)
   report["steps"] = time_steps(args.tiny, repeats, device.device_kind, args.peak_tflops)
-  mnist_f32 = next(r for r in report["steps"]
-                   if r["workload"] == "mnist" and r["compute_dtype"] == "float32")
+  mnist_f32 = next(r for r in report["steps"] if r["workload"] == "mnist"
+                   and (args.tiny or r["compute_dtype"] == "float32"))
   left = args.budget_s - (time.perf_counter() - t_start)
   report["mnist_training"] = train_mnist(left, mnist_f32["pipelined_s"],
                                          mnist_f32["first_step_s"], args.tiny)

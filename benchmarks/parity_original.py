@@ -64,6 +64,13 @@ that difference. The training values of step 1 (the initial parameters) are reco
 
 Parity criterion (the table): at every evaluation |mean ours - mean original| <= sd ours +
 sd original (the two sides' seed spreads).
+
+``--init-seeds=N`` (with ``--recipes=`` to run nothing else) compares the two sides'
+initial parameters as distributions: the train-mode NLL, log-det and ||z||^2 of one fixed
+batch over N random inits per side, with Mann-Whitney and Kolmogorov-Smirnov p-values
+(stored as 'init_distribution'). The initial NLL is heavy-tailed (a factor ~3 between its
+10% and 90% quantiles), and at lr 1e-5 a run keeps the lead or lag its init gave it for
+its first thousand steps; so three seeds per side can differ by their draws alone.
 """
 
 from __future__ import annotations
@@ -332,6 +339,75 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   return rec
 
 
+# ----------------------------------------------------------------------------- init
+
+def init_distribution(orig, num_seeds: int, data) -> dict:
+  """The initial-parameter distribution of both sides, measured: over ``num_seeds`` random
+  inits each (seeds 1000, 1001, ...), the train-mode mixture NLL, log-det and ||z||^2 of one
+  fixed batch of 64 training images (fresh dequantisation noise per init), as quantiles,
+  with two-sample Mann-Whitney and Kolmogorov-Smirnov p-values per quantity."""
+  import jax
+  import jax.numpy as jnp
+  import scipy.stats
+  import torch
+  from benchmarks import original_step as os_
+  from flowgmm_jax.flowgmm import FlowGMM
+  torch.set_num_threads(1)
+  ds = data[0]
+  x = ds.x_train[np.random.default_rng(0).choice(len(ds.x_train), 64, replace=False)]
+  r = recipe("original")
+  model = FlowGMM.from_config(our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1,
+                                         num_test=1), (28, 28, 1), 10, image=True)
+
+  @jax.jit
+  def ours(key):
+    k_init, k_noise = jax.random.split(key)
+    variables = model.init(k_init, jnp.zeros((2, 28, 28, 1)))
+    noise = jax.random.uniform(k_noise, x.shape)
+    (z, log_det, clj), _ = model.apply(variables, jnp.asarray(x, jnp.float32), noise,
+                                       train=True, mutable=["batch_stats"])
+    nll = -(jax.nn.logsumexp(clj, -1) + log_det)
+    return jnp.stack([nll.mean(), log_det.mean(), jnp.sum(z ** 2, -1).mean()])
+
+  images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.
+
+  def theirs(seed):
+    torch.manual_seed(seed)
+    m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
+                                num_classes=10, lr=0.0, **r["model"])
+    m.net.train()
+    with torch.no_grad():
+      z = m.net(images)
+      sldj = m.net.logdet()
+      return [float(m.loss_fn(z, sldj=sldj)),
+              float(sldj.mean()) - NUM_DIMS * math.log(256.0),
+              float((z.reshape(len(z), -1) ** 2).sum(-1).mean())]
+
+  seeds = range(1000, 1000 + num_seeds)
+  a = np.asarray([np.asarray(ours(jax.random.PRNGKey(s))) for s in seeds], np.float64)
+  b = np.asarray([theirs(s) for s in seeds], np.float64)
+  out = {"num_seeds": num_seeds, "batch": "64 fixed training images", "quantities": {}}
+  for i, name in enumerate(("nll", "log_det", "z_squared_norm")):
+    q = lambda v: {f"q{int(100 * p)}": float(np.quantile(v, p)) for p in (0.1, 0.5, 0.9)}
+    out["quantities"][name] = {
+        "ours": {**q(a[:, i]), "mean": float(a[:, i].mean())},
+        "original": {**q(b[:, i]), "mean": float(b[:, i].mean())},
+        "mann_whitney_p": float(scipy.stats.mannwhitneyu(a[:, i], b[:, i]).pvalue),
+        "ks_p": float(scipy.stats.ks_2samp(a[:, i], b[:, i]).pvalue)}
+  return out
+
+
+def init_table(dist: dict) -> str:
+  lines = [f"initial values over {dist['num_seeds']} random inits per side "
+           f"({dist['batch']}): median [10%, 90%]",
+           "| quantity | ours | original | Mann-Whitney p | KS p |", "|---|---|---|---|---|"]
+  for name, v in dist["quantities"].items():
+    cell = lambda d: f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
+    lines.append(f"| {name} | {cell(v['ours'])} | {cell(v['original'])} | "
+                 f"{v['mann_whitney_p']:.2f} | {v['ks_p']:.2f} |")
+  return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- records
 
 def _affinity() -> int:
@@ -379,9 +455,10 @@ def locked(path: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def merge(path: str, key: str, run: dict, header: dict) -> dict:
-  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing) and
-  returns the whole file's content. The caller holds ``locked(path)``."""
+def merge(path: str, key, run: dict, header: dict) -> dict:
+  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing; key None:
+  as 'init_distribution') and returns the whole file's content. The caller holds
+  ``locked(path)``."""
   results = {"runs": {}}
   if os.path.exists(path):
     with open(path) as f:
@@ -390,7 +467,10 @@ def merge(path: str, key: str, run: dict, header: dict) -> dict:
   results.setdefault("commands", [])
   if header["command"] not in results["commands"]:
     results["commands"].append(header["command"])
-  results["runs"][key] = run
+  if key is None:
+    results["init_distribution"] = run
+  else:
+    results["runs"][key] = run
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(results, f, indent=1, sort_keys=True)
@@ -547,6 +627,9 @@ def main(argv=None) -> dict:
   p.add_argument("--test-examples", type=int, default=2000)
   p.add_argument("--json", default=DEFAULT_JSON)
   p.add_argument("--figure", default=DEFAULT_FIGURE, help="'' for none")
+  p.add_argument("--init-seeds", type=int, default=0,
+                 help="> 0: also compare the initial NLL / log-det / |z|^2 of this many random "
+                      "inits per side (needs --original), stored as 'init_distribution'")
   p.add_argument("--plot-only", action="store_true",
                  help="redraw the figure and print the table from --json; run nothing")
   args = p.parse_args(argv)
@@ -556,6 +639,8 @@ def main(argv=None) -> dict:
       plot(results, args.figure)
     for name in ("original", "cpu", "cpu_label_weight_3"):
       print(parity_table(results, name))
+    if "init_distribution" in results:
+      print(init_table(results["init_distribution"]))
     return results
   seeds = _seeds(args.seeds)
   names = [n for n in args.recipes.split(",") if n]
@@ -568,7 +653,8 @@ def main(argv=None) -> dict:
     p.error("--labels must be a multiple of 10 between 40 and 60000 (a labelled batch is 32)")
   sides = ("ours", "original") if args.side == "both" else (args.side,)
   orig = None
-  if "original" in sides and any("original" in recipe(n)["sides"] for n in names):
+  if args.init_seeds > 0 or ("original" in sides
+                             and any("original" in recipe(n)["sides"] for n in names)):
     if not args.original:
       p.error("the original side needs --original=PATH (a clone of "
               "github.com/izmailovpavel/flowgmm), or run --side=ours")
@@ -585,7 +671,18 @@ def main(argv=None) -> dict:
             "labels": args.labels, "test_examples": args.test_examples,
             "eval_every": args.eval_every}
   commit = git_commit()  # the code that runs (a later edit of the tree is not it)
+  header.update(updated=datetime.datetime.now().isoformat(timespec="seconds"),
+                updated_by_commit=commit, machine=machine())
   results = None
+  if args.init_seeds > 0:
+    if orig is None:
+      p.error("--init-seeds needs --original=PATH")
+    dist = init_distribution(orig, args.init_seeds, data)
+    dist.update(command=header["command"], git_commit=commit, machine=machine())
+    print(init_table(dist), flush=True)
+    if args.json:
+      with locked(args.json):
+        results = merge(args.json, None, dist, header)
   for name in names:
     r = recipe(name)
     for seed in (seeds[:1] if r["first_seed_only"] else seeds):
