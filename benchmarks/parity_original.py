@@ -30,6 +30,10 @@ Recipes (read from configs/mnist.py, so they follow it):
                       coupling starts as the identity): decides the image configs' init.
   cpu                 as original but at the ``:cpu`` config's learning rate (1e-3), label
                       weight (100) and ramp (1,000 steps); both sides, the first seed only.
+  original_same_init  the README recipe, ours only, starting from the original's own initial
+                      tensors for the same seed (``original_initial_variables``; the loop is
+                      given them instead of drawing its own): with the init's draw shared,
+                      what is left between the sides is data order, noise and crops.
   cpu_zero_init       cpu, ours only, zero init; the first seed only.
   cpu_label_weight_3  cpu at the README's label weight 3; both sides, the first seed only.
 
@@ -92,7 +96,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
-RECIPES = ("original", "original_zero_init", "cpu", "cpu_zero_init", "cpu_label_weight_3")
+RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_zero_init",
+           "cpu_label_weight_3")
 # The original's RealNVP for 1-channel images, sized as configs/mnist.py's CPU_MODEL.
 TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
               "labeled_accuracy", "log_det")
@@ -122,7 +127,9 @@ def recipe(name: str) -> dict:
            unlabeled_batch_size=full.data.unlabeled_batch_size,
            crop_padding=full.augment.crop_padding, model=dict(mnist.CPU_MODEL),
            zero_init_last=name.endswith("zero_init"),
-           sides=("ours",) if name.endswith("zero_init") else ("ours", "original"),
+           same_init=name.endswith("same_init"),
+           sides=(("ours",) if name.endswith(("zero_init", "same_init"))
+                  else ("ours", "original")),
            first_seed_only=name.startswith("cpu"))
   return r
 
@@ -177,9 +184,52 @@ def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: i
   return c
 
 
+def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
+  """Our variables holding the original's initial tensors for ``seed`` (exactly those its
+  side of the parity run starts from: ``torch.manual_seed(seed)``, then its model set-up),
+  prior means included, in our layout (``original_step.to_our_variables``)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from benchmarks import original_step as os_
+  from flowgmm_jax.flowgmm import FlowGMM
+  from flowgmm_jax.models.multiscale import multiscale_latent_shapes
+  from flowgmm_jax.models.realnvp import realnvp_plan
+  torch.manual_seed(seed)
+  m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
+                              num_classes=10, lr=r["learning_rate"],
+                              weight_decay=r["weight_decay"], **r["model"])
+  model = FlowGMM.from_config(config, (28, 28, 1), 10, image=True)
+  template = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+  pieces = multiscale_latent_shapes(realnvp_plan(config.model.num_scales), (28, 28, 1))
+  given = os_.to_our_variables(template, m.net, m.prior.means, pieces)
+  return jax.tree_util.tree_map(jnp.asarray, given)
+
+
+@contextlib.contextmanager
+def loop_starting_from(variables: dict):
+  """Within the block ``training.loop.fit`` starts from ``variables`` instead of drawing
+  its own initialisation: the loop's FlowGMM is a subclass whose ``init`` returns them.
+  Everything after the initialisation is the loop as it is."""
+  from flowgmm_jax.flowgmm import FlowGMM
+  from flowgmm_jax.training import loop
+
+  class GivenInit(FlowGMM):
+    def init(self, *args, **kwargs):
+      return variables
+
+  saved = loop.FlowGMM
+  loop.FlowGMM = GivenInit
+  try:
+    yield
+  finally:
+    loop.FlowGMM = saved
+
+
 def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
-             num_test: int, data) -> dict:
-  """One run of our side through ``flowgmm_jax.training.loop.fit``."""
+             num_test: int, data, orig=None) -> dict:
+  """One run of our side through ``flowgmm_jax.training.loop.fit`` (with ``r['same_init']``
+  from the original's initial tensors for ``seed``, which needs ``orig``)."""
   import jax
   from flowgmm_jax.data import Dataset
   from flowgmm_jax.models import count_params
@@ -187,6 +237,9 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
   ds, x_test, y_test = data
   c = our_config(r, seed=seed, steps=steps, num_labels=num_labels, eval_every=eval_every,
                  num_test=num_test)
+  start = contextlib.nullcontext()
+  if r["same_init"]:
+    start = loop_starting_from(original_initial_variables(orig, r, seed, c))
   dataset = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
                     x_test=x_test, y_test=y_test, num_classes=10)
   labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
@@ -206,7 +259,8 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
                      "bpd": float(metrics["eval/bpd"])}
 
   t0 = time.perf_counter()
-  result = fit(c, dataset, labeled, unlabeled, log_fn=log_fn)
+  with start:
+    result = fit(c, dataset, labeled, unlabeled, log_fn=log_fn)
   wall = time.perf_counter() - t0
   intervals = [b[1] - a[1] for a, b in zip(times, times[1:]) if a[0] % eval_every]
   return _record(per_step, tests, eval_every, steps,
@@ -502,7 +556,9 @@ def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
 
 
 TABLE_ROWS = (("test", "accuracy", "test accuracy", 100.0, 1),
+              ("test", "accuracy_midpoint", "test accuracy", 100.0, 1),
               ("test", "bpd_given_label", "test bits/dim", 1.0, 3),
+              ("test", "bpd_given_label_midpoint", "test bits/dim", 1.0, 3),
               ("train", "cross_entropy", "cross-entropy", 1.0, 3),
               ("train", "nll", "NLL (bits/dim)", 1.0 / (NUM_DIMS * math.log(2.0)), 3),
               ("train", "consistency", "consistency (bits/dim)",
@@ -513,31 +569,74 @@ TABLE_ROWS = (("test", "accuracy", "test accuracy", 100.0, 1),
 def parity_table(results: dict, recipe_name: str = "original",
                  ours_recipe: str | None = None) -> str:
   """Markdown: per evaluation step and quantity, ours mean ± sd vs original mean ± sd and
-  whether the gap is within the two seed spreads."""
+  whether the gap is within the two seed spreads. Test rows come twice: against the
+  original's own evaluation (fresh dequantisation noise) and against the original
+  evaluated at the bin midpoint, as ours is (like for like)."""
   ours_recipe = ours_recipe or recipe_name
   lines = [f"ours ({ours_recipe}) vs original ({recipe_name}), mean ± sd over seeds",
            "| step | quantity | ours | original | gap within spreads |", "|---|---|---|---|---|"]
   for group, key, label, scale, digits in TABLE_ROWS:
-    o = curves(results, ours_recipe, "ours", group, key)
+    midpoint = key.endswith("_midpoint")
+    o = curves(results, ours_recipe, "ours", group, key[:-len("_midpoint")] if midpoint
+               else key)
     t = curves(results, recipe_name, "original", group, key)
     if o is None or t is None:
       continue
+    if group == "test":
+      label += (" (original at the midpoint, as ours)" if midpoint
+                else " (original with fresh noise, its own)")
     for i, s in enumerate(o[0]):
       j = np.nonzero(t[0] == s)[0]
-      if not len(j):
+      if not len(j) or not t[3][j[0]]:
         continue
       j = j[0]
       mo, so, mt, st = o[1][i] * scale, o[2][i] * scale, t[1][j] * scale, t[2][j] * scale
-      ok = abs(mo - mt) <= so + st
+      verdict = ("n/a (one seed)" if min(o[3][i], t[3][j]) < 2
+                 else "yes" if abs(mo - mt) <= so + st else "NO")
       lines.append(f"| {s} | {label} | {mo:.{digits}f} ± {so:.{digits}f} (n={o[3][i]}) | "
-                   f"{mt:.{digits}f} ± {st:.{digits}f} (n={t[3][j]}) | "
-                   f"{'yes' if ok else 'NO'} |")
+                   f"{mt:.{digits}f} ± {st:.{digits}f} (n={t[3][j]}) | {verdict} |")
+  return "\n".join(lines)
+
+
+def init_adjusted_gaps(results: dict, recipe_name: str = "original") -> str:
+  """Markdown: the ours-minus-original gap of each quantity at each evaluation, raw and
+  adjusted for each run's initial NLL (its first-step training NLL) by least squares over
+  all runs of both sides, ``value = a + b log(initial NLL) + gap [ours]``, with the
+  adjusted gap's standard error. The initial NLL is heavy-tailed and the same distribution
+  on both sides (``init_distribution``), so a gap that the adjustment removes came from
+  the seeds' draws."""
+  runs = [r for r in results["runs"].values() if r["recipe"] == recipe_name]
+  if len({r["side"] for r in runs}) < 2 or len(runs) < 4:
+    return ""
+  lines = [f"gap ours - original ({recipe_name}), raw and adjusted for each run's initial "
+           f"NLL ({len(runs)} runs)", "| step | quantity | raw gap | adjusted gap ± s.e. |",
+           "|---|---|---|---|"]
+  for group, key, label, scale, digits in TABLE_ROWS:
+    if key.endswith("_midpoint"):
+      continue
+    for s in sorted({e["step"] for r in runs for e in r["evals"]}):
+      rows = [(r["side"] == "ours", math.log(r["first_step"]["nll"]), e[group][key] * scale)
+              for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
+      if len(rows) < 4:
+        continue
+      ours, log_nll, y = (np.asarray(v, np.float64) for v in zip(*rows))
+      design = np.stack([np.ones_like(y), log_nll, ours], axis=1)
+      coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+      dof = len(y) - 3
+      resid = y - design @ coef
+      se = (math.sqrt(float(resid @ resid) / dof * np.linalg.inv(design.T @ design)[2, 2])
+            if dof > 0 else float("nan"))
+      raw = y[ours == 1].mean() - y[ours == 0].mean()
+      lines.append(f"| {s} | {label} | {raw:+.{digits}f} | {coef[2]:+.{digits}f} ± "
+                   f"{se:.{digits}f} |")
   return "\n".join(lines)
 
 
 STYLES = {("original", "original"): ("original (PyTorch)", "k", "-"),
           ("original", "ours"): ("ours, random init", "tab:blue", "-"),
           ("original_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
+          ("original_same_init", "ours"): ("ours from the original's initial tensors",
+                                           "tab:purple", "-."),
           ("cpu", "original"): ("original (PyTorch)", "k", "-"),
           ("cpu", "ours"): ("ours, random init", "tab:blue", "-"),
           ("cpu_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
@@ -557,7 +656,7 @@ def plot(results: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  groups = [("original", ("original", "original_zero_init")),
+  groups = [("original", ("original", "original_zero_init", "original_same_init")),
             ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",))]
   groups = [(g, names) for g, names in groups
             if any(r["recipe"] in names for r in results["runs"].values())]
@@ -582,18 +681,24 @@ def plot(results: dict, path: str) -> None:
           cv = curves(results, name, side, grp, key)
           if cv is None or (name, side) not in STYLES:
             continue
-          steps, mean, std, n = cv
           lab, color, ls = STYLES[(name, side)]
-          ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
-                  label=f"{lab} (n={max(n)})")
-          if max(n) > 1:
-            ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
-                            alpha=0.2)
+          variants = [(cv, lab, ls, color)]
+          if side == "original" and grp == "test":
+            mid = curves(results, name, side, grp, key + "_midpoint")
+            if mid is not None:
+              variants.append((mid, "original, midpoint dequantisation as ours", ":",
+                               "tab:green"))
+          for (steps, mean, std, n), lab, ls, color in variants:
+            ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
+                    label=f"{lab} (n={max(n)})")
+            if max(n) > 1:
+              ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale,
+                              color=color, alpha=0.2)
       ax.set_title(label, fontsize=10)
       ax.set_xlabel("training step")
       ax.set_ylabel(unit)
       ax.grid(alpha=0.3)
-      if pi == 0:
+      if pi in (0, 2):
         ax.legend(fontsize=8)
   fig.suptitle("FlowGMM-cons on MNIST, 1,000 labels: the original PyTorch code vs ours, "
                "RealNVP 2 scales x 1 block x 16 channels\nmean ± sd over seeds; training "
@@ -639,6 +744,8 @@ def main(argv=None) -> dict:
       plot(results, args.figure)
     for name in ("original", "cpu", "cpu_label_weight_3"):
       print(parity_table(results, name))
+    print(parity_table(results, "original", ours_recipe="original_same_init"))
+    print(init_adjusted_gaps(results, "original"))
     if "init_distribution" in results:
       print(init_table(results["init_distribution"]))
     return results
@@ -653,8 +760,8 @@ def main(argv=None) -> dict:
     p.error("--labels must be a multiple of 10 between 40 and 60000 (a labelled batch is 32)")
   sides = ("ours", "original") if args.side == "both" else (args.side,)
   orig = None
-  if args.init_seeds > 0 or ("original" in sides
-                             and any("original" in recipe(n)["sides"] for n in names)):
+  if args.init_seeds > 0 or any(recipe(n)["same_init"] for n in names) or (
+      "original" in sides and any("original" in recipe(n)["sides"] for n in names)):
     if not args.original:
       p.error("the original side needs --original=PATH (a clone of "
               "github.com/izmailovpavel/flowgmm), or run --side=ours")
@@ -692,7 +799,8 @@ def main(argv=None) -> dict:
         kw = dict(seed=seed, steps=args.steps, num_labels=args.labels,
                   eval_every=args.eval_every, num_test=args.test_examples, data=data)
         print(f"[parity] {name} / {side} / seed {seed}: {args.steps} steps", flush=True)
-        run = run_ours(r, **kw) if side == "ours" else run_original(orig, r, **kw)
+        run = (run_ours(r, orig=orig, **kw) if side == "ours"
+               else run_original(orig, r, **kw))
         run.update(recipe=name, side=side, seed=seed, labels=args.labels,
                    settings={k: v for k, v in r.items() if k not in ("sides",)},
                    command=header["command"], git_commit=commit,
