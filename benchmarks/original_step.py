@@ -1,5 +1,6 @@
-"""One train step of the ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), run
-from a clone the user gives, for the side-by-side benchmark (benchmarks/bench_steps.py).
+"""The ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), run from a clone the user
+gives: one train step for the speed benchmark (benchmarks/bench_steps.py) and the pieces of
+its image script for the side-by-side training run (benchmarks/parity_original.py).
 
 Nothing of the original is copied here: ``load_original(path)`` imports its modules from
 ``path/flow_ssl`` and ``path/experiments/train_flows/utils``, and ``build_step`` rebuilds
@@ -50,6 +51,13 @@ What differs from running the scripts, and why (the only differences):
 The CIFAR script also turns on ``torch.autograd.set_detect_anomaly(True)`` for the whole
 run; ``build_step`` keeps it for cifar by default (``anomaly=None``), ``anomaly=False``
 switches it off.
+
+For the parity run, train_semisup_cons.py's pieces: ``build_image_flowgmm`` (its model,
+prior, loss and two optimisers), ``image_train_step`` (one iteration of its train loop),
+``evaluate_image`` (its test loop; ``midpoint_dequantization`` swaps the noise of its
+iLogits for 0.5 as ours); and the map between its tensors and our variables
+(``realnvp_correspondence``, ``to_our_variables``, ``latent_nchw_to_ours``), with which the
+tests run our flow on the original's weights.
 """
 
 from __future__ import annotations
