@@ -1,5 +1,6 @@
-"""One train step of the ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), run
-from a clone the user gives, for the side-by-side benchmark (benchmarks/bench_steps.py).
+"""The ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), run from a clone the user
+gives: one train step for the speed benchmark (benchmarks/bench_steps.py) and the pieces of
+its image script for the side-by-side training run (benchmarks/parity_original.py).
 
 Nothing of the original is copied here: ``load_original(path)`` imports its modules from
 ``path/flow_ssl`` and ``path/experiments/train_flows/utils``, and ``build_step`` rebuilds
@@ -50,10 +51,18 @@ What differs from running the scripts, and why (the only differences):
 The CIFAR script also turns on ``torch.autograd.set_detect_anomaly(True)`` for the whole
 run; ``build_step`` keeps it for cifar by default (``anomaly=None``), ``anomaly=False``
 switches it off.
+
+For the parity run, train_semisup_cons.py's pieces: ``build_image_flowgmm`` (its model,
+prior, loss and two optimisers), ``image_train_step`` (one iteration of its train loop),
+``evaluate_image`` (its test loop; ``midpoint_dequantization`` swaps the noise of its
+iLogits for 0.5 as ours); and the map between its tensors and our variables
+(``realnvp_correspondence``, ``to_our_variables``, ``latent_nchw_to_ours``), with which the
+tests run our flow on the original's weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -171,25 +180,171 @@ def prior_built_once(orig) -> type:
   return PriorBuiltOnce
 
 
-def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
-  """torchvision's RandomCrop(H, padding) + RandomHorizontalFlip(), per image, on a batch.
+def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4,
+              flip: bool = True) -> torch.Tensor:
+  """torchvision's RandomCrop(H, padding) (+ RandomHorizontalFlip() if ``flip``), per
+  image, on a batch.
 
   ``x: [B, C, H, W]`` -> ``[B, C, H, W]``: each image is zero-padded by ``padding``, a
-  window at an offset uniform in {0..2*padding}^2 is kept, and it is mirrored left-right
-  with probability 1/2. (torchvision is not needed, and the loader's per-image work
-  becomes part of the step, as it is in ours.)
+  window at an offset uniform in {0..2*padding}^2 is kept, and (``flip``) it is mirrored
+  left-right with probability 1/2. (torchvision is not needed, and the loader's per-image
+  work becomes part of the step, as it is in ours.) The random draws are made whether or
+  not ``flip`` is set, so ``flip`` changes no crop offset.
   """
   b, _, h, w = x.shape
   xp = F.pad(x, (padding,) * 4)
   oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
   ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
-  flip = torch.rand(b, generator=gen) < 0.5
+  mirror = torch.rand(b, generator=gen) < 0.5
+  if not flip:
+    mirror = torch.zeros_like(mirror)
   rows = oy[:, None] + torch.arange(h)
   cols = ox[:, None] + torch.arange(w)
-  cols = torch.where(flip[:, None], cols.flip(1), cols)
+  cols = torch.where(mirror[:, None], cols.flip(1), cols)
   # Advanced indices around a slice put the channel axis last: [B, H, W, C].
   out = xp[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
   return out.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclasses.dataclass
+class ImageFlowGMM:
+  """The objects train_semisup_cons.py builds: the flow, its GMM prior, the loss and the
+  two optimisers (``opt_gmm`` over the prior's tensors, as the script has it)."""
+  net: torch.nn.Module
+  prior: object
+  loss_fn: torch.nn.Module
+  optimizer: torch.optim.Optimizer
+  opt_gmm: torch.optim.Optimizer
+
+
+def build_image_flowgmm(orig, Prior, *, image_shape, num_classes: int, lr: float,
+                        weight_decay: float = 5e-5, lr_gmm: float = 1e-2,
+                        means_r: float = 1.0, **realnvp_kwargs) -> ImageFlowGMM:
+  """The script's model set-up with its defaults (``--means random --means_r 1
+  --cov_std 1 --optimizer Adam``; no ``--gmm_trainable`` / ``--*_trainable`` flags).
+
+  ``image_shape``: (C, H, W). ``realnvp_kwargs``: RealNVP's num_scales, mid_channels,
+  num_blocks (its defaults 2, 64, 8 otherwise).
+
+  As in the script, ``opt_gmm`` is an Adam over ``prior.means``, ``prior.weights`` and
+  ``prior.inv_cov_stds``; none of them requires grad without those flags (the means come
+  from ``get_means``, a plain tensor filled in place; ``weights`` and ``inv_cov_stds`` get
+  ``requires_grad = False``), so their ``.grad`` stays None and ``opt_gmm.step()`` changes
+  nothing: the prior is fixed.
+  """
+  net = orig.RealNVP(in_channels=image_shape[0], **realnvp_kwargs)
+  d = int(np.prod(image_shape))
+  means = means_r * torch.randn(num_classes, d)  # get_means('random', r=means_r)
+  prior = Prior(means, device="cpu")
+  prior.weights.requires_grad = False      # args.weights_trainable
+  prior.inv_cov_stds.requires_grad = False  # args.covs_trainable
+  loss_fn = orig.FlowLoss(prior)
+  param_groups = orig.get_param_groups(net, weight_decay, norm_suffix="weight_g")
+  optimizer = torch.optim.Adam(param_groups, lr=lr)
+  opt_gmm = torch.optim.Adam([prior.means, prior.weights, prior.inv_cov_stds], lr=lr_gmm,
+                             weight_decay=0.)
+  return ImageFlowGMM(net, prior, loss_fn, optimizer, opt_gmm)
+
+
+def image_train_step(orig, m: ImageFlowGMM, x1: torch.Tensor, x2: torch.Tensor,
+                     y: torch.Tensor, *, label_weight: float, consistency_weight: float,
+                     max_grad_norm: float = 100.0) -> dict:
+  """One iteration of train_semisup_cons.py's ``train`` loop body (``use_unlab=True``).
+
+  ``x1``, ``x2``: the two augmented views ``[B, C, H, W]`` in [0, 1] (ToTensor);
+  ``y``: int64 ``[B]``, -1 = unlabelled. Returns the script's per-step quantities as
+  detached tensors: 'loss', 'cross_entropy' (its ``loss_nll``), 'nll' (its
+  ``loss_unsup``: the mixture NLL over all rows, nats per image), 'consistency',
+  'labeled_accuracy' and 'log_det' (its ``jaclogdet``).
+  """
+  net, loss_fn = m.net, m.loss_fn
+  net.train()
+  labeled_mask = (y != -1)
+  m.optimizer.zero_grad()
+  m.opt_gmm.zero_grad()
+  with torch.no_grad():
+    z2 = net(x2)
+    z2 = z2.detach()
+    pred2 = loss_fn.prior.classify(z2.reshape((len(z2), -1)))
+  z1 = net(x1)
+  sldj = net.logdet()  # the script: net.module.logdet() (DataParallel on CUDA)
+  z_all = z1.reshape((len(z1), -1))
+  y_labeled = y[labeled_mask]
+  logits_all = loss_fn.prior.class_logits(z_all)
+  logits_labeled = logits_all[labeled_mask]
+  loss_nll = F.cross_entropy(logits_labeled, y_labeled)
+  loss_unsup = loss_fn(z1, sldj=sldj)
+  loss = loss_nll * label_weight + loss_unsup
+  loss_consistency = loss_fn(z1, sldj=sldj, y=pred2)
+  loss = loss + loss_consistency * consistency_weight
+  loss.backward()
+  orig.clip_grad_norm(m.optimizer, max_grad_norm)
+  m.optimizer.step()
+  m.opt_gmm.step()
+  preds = torch.argmax(logits_all, dim=1)[labeled_mask]
+  return {"loss": loss.detach(), "cross_entropy": loss_nll.detach(),
+          "nll": loss_unsup.detach(), "consistency": loss_consistency.detach(),
+          "labeled_accuracy": (preds == y_labeled).float().mean(),
+          "log_det": sldj.detach().mean()}
+
+
+@contextlib.contextmanager
+def midpoint_dequantization():
+  """Within the block the original's ``iLogits`` dequantises at the bin midpoint (noise
+  0.5, as our evaluation does) instead of drawing uniform noise: ``torch.rand_like``, the
+  only draw it makes, returns 0.5 there. Nothing else in a RealNVP forward calls it."""
+  rand_like = torch.rand_like
+  torch.rand_like = lambda t, *args, **kwargs: torch.full_like(t, 0.5)
+  try:
+    yield
+  finally:
+    torch.rand_like = rand_like
+
+
+def evaluate_image(m: ImageFlowGMM, x: np.ndarray, y: np.ndarray, *, batch_size: int = 64,
+                   dequantization: str = "noise") -> dict:
+  """The script's evaluation (``utils.test_classifier``) on ``x``: uint8 NHWC images,
+  ``y``: int labels.
+
+  As there: ``net.eval()`` (BatchNorm running statistics), batches of ``batch_size`` (the
+  script's labelled + unlabelled batch size), ToTensor, ``z = net(x)``, test loss
+  ``loss_fn(z, y=y, sldj)`` = -log p(x | y_true) (the class density without log pi, minus
+  D log 256), accuracy of ``prior.classify(z)``, averaged over images; bits/dim = loss /
+  (D log 2) (``utils.bits_per_dim``). Also the marginal ``loss_fn(z, sldj)`` = -log p(x).
+
+  ``dequantization="noise"`` is the script's: ``iLogits`` draws fresh uniform noise on
+  every call, eval mode included. ``"midpoint"`` replaces that noise by 0.5 (as our
+  evaluation does), by swapping ``torch.rand_like`` for the call.
+
+  Returns 'accuracy', 'bpd_given_label', 'bpd', 'nll_given_label', 'nll' (nats per image).
+  """
+  if dequantization not in ("noise", "midpoint"):
+    raise ValueError(f"dequantization must be 'noise' or 'midpoint', got {dequantization!r}")
+  net, loss_fn = m.net, m.loss_fn
+  net.eval()
+  d = int(np.prod(x.shape[1:]))
+  sums = {"correct": 0.0, "nll_given_label": 0.0, "nll": 0.0}
+  midpoint = midpoint_dequantization() if dequantization == "midpoint" else (
+      contextlib.nullcontext())
+  with midpoint:
+    with torch.no_grad():
+      for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).permute(
+            0, 3, 1, 2).float() / 255.
+        yb = torch.from_numpy(np.asarray(y[start:start + batch_size], np.int64))
+        z = net(xb)
+        sldj = net.logdet()
+        n = len(yb)
+        sums["nll_given_label"] += float(loss_fn(z, y=yb, sldj=sldj)) * n
+        sums["nll"] += float(loss_fn(z, sldj=sldj)) * n
+        preds = loss_fn.prior.classify(z.reshape((len(z), -1)))
+        sums["correct"] += float((preds == yb).float().sum())
+  n = len(x)
+  out = {"accuracy": sums["correct"] / n, "nll_given_label": sums["nll_given_label"] / n,
+         "nll": sums["nll"] / n}
+  out["bpd_given_label"] = out["nll_given_label"] / (d * np.log(2.0))
+  out["bpd"] = out["nll"] / (d * np.log(2.0))
+  return out
 
 
 @dataclasses.dataclass
@@ -235,17 +390,9 @@ def _count(model: torch.nn.Module) -> int:
 
 
 def _cifar_step(orig, Prior, x, y, num_classes, *, anomaly, seed):
-  net = orig.RealNVP(in_channels=3)  # the script: model_cfg(in_channels=img_shape[0])
-  net.train()
-  d = int(np.prod(x.shape[1:]))
-  means = 1.0 * torch.randn(num_classes, d)  # get_means('random', r=1)
-  prior = Prior(means, device="cpu")
-  loss_fn = orig.FlowLoss(prior)
-  param_groups = orig.get_param_groups(net, 5e-5, norm_suffix="weight_g")
-  optimizer = torch.optim.Adam(param_groups, lr=1e-4)
-  opt_gmm = torch.optim.Adam([prior.means, prior.weights, prior.inv_cov_stds], lr=1e-2,
-                             weight_decay=0.)
-  label_weight, consistency_weight, max_grad_norm = 3.0, 1.0, 100.0
+  # The script: model_cfg(in_channels=img_shape[0]) with RealNVP's defaults.
+  m = build_image_flowgmm(orig, Prior, image_shape=(3, 32, 32), num_classes=num_classes,
+                          lr=1e-4)
   images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.  # ToTensor
   y = torch.from_numpy(y.astype(np.int64))
   gen = torch.Generator().manual_seed(seed)
@@ -253,31 +400,11 @@ def _cifar_step(orig, Prior, x, y, num_classes, *, anomaly, seed):
   def step():
     with torch.autograd.set_detect_anomaly(anomaly):
       x1, x2 = crop_flip(images, gen), crop_flip(images, gen)  # TransformTwice
-      labeled_mask = (y != -1)
-      optimizer.zero_grad()
-      opt_gmm.zero_grad()
-      with torch.no_grad():
-        z2 = net(x2)
-        z2 = z2.detach()
-        pred2 = loss_fn.prior.classify(z2.reshape((len(z2), -1)))
-      z1 = net(x1)
-      sldj = net.logdet()
-      z_all = z1.reshape((len(z1), -1))
-      y_labeled = y[labeled_mask]
-      logits_all = loss_fn.prior.class_logits(z_all)
-      logits_labeled = logits_all[labeled_mask]
-      loss_nll = F.cross_entropy(logits_labeled, y_labeled)
-      loss_unsup = loss_fn(z1, sldj=sldj)
-      loss = loss_nll * label_weight + loss_unsup
-      loss_consistency = loss_fn(z1, sldj=sldj, y=pred2)
-      loss = loss + loss_consistency * consistency_weight
-      loss.backward()
-      orig.clip_grad_norm(optimizer, max_grad_norm)
-      optimizer.step()
-      opt_gmm.step()
-      return loss.item()
+      out = image_train_step(orig, m, x1, x2, y, label_weight=3.0, consistency_weight=1.0,
+                             max_grad_norm=100.0)
+      return out["loss"].item()
 
-  return OriginalStep("cifar", step, net, _count(net))
+  return OriginalStep("cifar", step, m.net, _count(m.net))
 
 
 def _text_step(orig, Prior, x, y, num_classes):
@@ -336,3 +463,104 @@ def count_flops(step: Callable[[], object]) -> int:
   with FlopCounterMode(display=False) as counter:
     step()
   return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- weights
+
+def _wn_conv(prefix: str, wn_conv2d, bias: bool = True):
+  """(our path, torch tensor, to_ours) for a WNConv2d: v [out, in, kh, kw] -> HWIO,
+  g [out, 1, 1, 1] -> [out]."""
+  conv = wn_conv2d.conv
+  rows = [(("params",) + prefix + ("v",), conv.weight_v, lambda t: t.permute(2, 3, 1, 0)),
+          (("params",) + prefix + ("g",), conv.weight_g, lambda t: t.reshape(-1))]
+  if bias:
+    rows.append((("params",) + prefix + ("bias",), conv.bias, lambda t: t))
+  return rows
+
+
+def _batch_norm(prefix: str, bn):
+  same = lambda t: t
+  return [(("params",) + prefix + ("scale",), bn.weight, same),
+          (("params",) + prefix + ("bias",), bn.bias, same),
+          (("batch_stats",) + prefix + ("mean",), bn.running_mean, same),
+          (("batch_stats",) + prefix + ("var",), bn.running_var, same)]
+
+
+def realnvp_correspondence(net) -> list:
+  """Every tensor of the original image ``RealNVP`` with its place in OUR FlowGMM's
+  variables: a list of ``(path, tensor, to_ours)`` where ``path`` is a tuple of keys into
+  our variables (``('params', 'flow', 'conditioners_3', 'in_conv', 'v')``), ``tensor`` the
+  original's parameter or buffer and ``to_ours`` its layout change (NCHW kernels to HWIO,
+  weight-norm gains to one per channel).
+
+  The original's couplings, in the order its modules are registered (the forward order),
+  are our ``conditioners_k`` / ``rescales_k`` (models/realnvp.py ``realnvp_plan``).
+  """
+  coupling_cls = sys.modules["flow_ssl.realnvp.coupling_layer"].CouplingLayer
+  layers = [m for m in net.modules() if isinstance(m, coupling_cls)]
+  rows = []
+  for k, layer in enumerate(layers):
+    base = ("flow", f"conditioners_{k}")
+    st = layer.st_net
+    rows += _batch_norm(base + ("in_norm",), st.in_norm)
+    rows += _wn_conv(base + ("in_conv",), st.in_conv)
+    rows += _wn_conv(base + ("in_skip",), st.in_skip)
+    for i, (block, skip) in enumerate(zip(st.blocks, st.skips)):
+      rows += _batch_norm(base + (f"block{i}_in_norm",), block.in_norm)
+      rows += _wn_conv(base + (f"block{i}_in_conv",), block.in_conv, bias=False)
+      rows += _batch_norm(base + (f"block{i}_out_norm",), block.out_norm)
+      rows += _wn_conv(base + (f"block{i}_out_conv",), block.out_conv)
+      rows += _wn_conv(base + (f"skip{i}",), skip)
+    rows += _batch_norm(base + ("out_norm",), st.out_norm)
+    rows += _wn_conv(base + ("out_conv",), st.out_conv)
+    rescale = layer.rescale
+    rows += [(("params", "flow", f"rescales_{k}", "g"), rescale.weight_g,
+              lambda t: t.reshape(-1)),
+             (("params", "flow", f"rescales_{k}", "v"), rescale.weight_v,
+              lambda t: t.reshape(-1))]
+  return rows
+
+
+def latent_nchw_to_ours(z: np.ndarray, piece_shapes) -> np.ndarray:
+  """A flat latent of the original (each multi-scale piece flattened in C, H, W order,
+  pieces joined in order) in our order (each piece flattened in H, W, C order).
+
+  ``z: [N, D]``; ``piece_shapes``: our pieces' (h, w, c), e.g. from
+  ``flowgmm_jax.models.multiscale.multiscale_latent_shapes``.
+  """
+  out, start = [], 0
+  for h, w, c in piece_shapes:
+    size = h * w * c
+    piece = z[:, start:start + size].reshape(-1, c, h, w).transpose(0, 2, 3, 1)
+    out.append(piece.reshape(len(z), size))
+    start += size
+  return np.concatenate(out, axis=1)
+
+
+def to_our_variables(variables: dict, net, means=None, piece_shapes=None) -> dict:
+  """Our FlowGMM ``variables`` with every flow parameter and BatchNorm statistic replaced
+  by the original ``net``'s (``realnvp_correspondence``) and, if ``means`` [K, D] (the
+  original's prior means) is given, the prior's means in our latent order
+  (``latent_nchw_to_ours`` with ``piece_shapes``). Shapes must match exactly."""
+  import copy
+  out = copy.deepcopy(jax_tree_to_dict(variables))
+  for path, tensor, to_ours in realnvp_correspondence(net):
+    node = out
+    for key in path[:-1]:
+      node = node[key]
+    value = to_ours(tensor.detach()).numpy()
+    if tuple(node[path[-1]].shape) != value.shape:
+      raise ValueError(f"{'/'.join(path)}: ours {tuple(node[path[-1]].shape)}, original "
+                       f"{value.shape}")
+    node[path[-1]] = value.astype(np.float32)
+  if means is not None:
+    ours = latent_nchw_to_ours(means.detach().numpy(), piece_shapes)
+    out["prior"]["prior"]["means"] = ours.astype(np.float32)
+  return out
+
+
+def jax_tree_to_dict(tree) -> dict:
+  """Nested mappings (Flax FrozenDicts included) as plain dicts of numpy arrays."""
+  if hasattr(tree, "items"):
+    return {k: jax_tree_to_dict(v) for k, v in tree.items()}
+  return np.asarray(tree)

@@ -23,11 +23,37 @@ part. The conditioners never need to be invertible.
 * ``Rescale``: the learnable per-channel factor ``scale`` of ``s = scale * tanh(s_raw)``,
   weight-normalised like the original (``weight_norm(Rescale(C))``).
 
-Initialisation follows PyTorch's defaults used by the original (kernel and bias
-``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, weight-norm gain ``g = ||v||`` so the initial
-kernel equals ``v``), except that ``zero_init_last=True`` zeroes the last layer so
-``s_raw = t = 0`` and a coupling layer starts as the identity (the original's image
-ResNet did not do this; its tabular MLP has the same ``init_zeros`` switch, off by default).
+Initialisation, line by line against the original (``flow_ssl/resnet_realnvp/resnet.py``
+and ``resnet_util.py``, ``flow_ssl/realnvp/coupling_layer.py``, under PyTorch's defaults),
+with ``zero_init_last=False``:
+
+  original                                    here
+  BatchNorm2d: weight 1, bias 0, running      nn.BatchNorm: scale 1, bias 0, mean 0, var 1,
+    mean 0, var 1; momentum 0.1, eps 1e-5       momentum 0.9 (Flax names the kept share),
+                                                epsilon 1e-5
+  weight_norm(Conv2d(C_in, C_out, k)): the    WNConv: v ~ U(-b, b) [k, k, C_in, C_out],
+    weight ~ U(-b, b) (kaiming_uniform,         g = ||v|| per output channel, bias ~
+    a = sqrt 5), bias ~ U(-b, b), then          U(-b, b); b = 1 / sqrt(k k C_in)
+    g = ||weight|| per output channel
+    (in_conv, in_skip, the blocks' convs,
+    skips, out_conv alike)
+  weight_norm(Rescale(C)): weight 1 [C,1,1]   Rescale: g = 1, v = 1
+  nn.Linear (tabular): U(-b, b) kernel and    MLP's Dense: the same
+    bias, b = 1 / sqrt(fan_in)
+
+so the initial kernel of every convolution equals ``v``. Measured, not only read: every
+tensor of ``configs/mnist.py:cpu``'s flow has the original's shape, constants and uniform
+bounds, and given the original's tensors our flow computes its latent, log-det, loss terms
+and gradient to float32 round-off (tests/test_benchmarks.py, which need a clone of the
+original). In use BatchNorm differs in one way: its running variance averages the biased
+batch variance here and the unbiased one in torch (a relative 1 / (B H W - 1); evaluation
+only).
+
+``zero_init_last=True`` instead sets the last layer's gain ``g`` and bias to 0 (``v``
+stays random: the norm needs it non-zero), so ``s_raw = t = 0`` and each coupling starts as
+the identity; until ``g`` moves away from 0 no gradient reaches the layers before it. The
+original's image ResNet has no such option; its tabular MLP has the same ``init_zeros``
+switch, off by default.
 
 Parameter naming: weight-norm direction ``v`` and gain ``g``; a weight-decay mask over the
 gains (the original applies weight decay ONLY to the ``weight_g`` gains) is

@@ -128,3 +128,234 @@ def test_bench_kernels_filter_gradient_rewrites_equal_jax_vjp():
   expected = jax.vjp(bk._conv, x, w)[1](dy)[1]
   np.testing.assert_allclose(bk._filter_grad_taps(x, dy), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(bk._filter_grad_batch_conv(x, dy), expected, rtol=1e-5, atol=1e-5)
+
+
+def _mnist_model_pair(orig, seed: int):
+  """The original's small MNIST RealNVP FlowGMM (seed ``seed``) and our ``:cpu`` model with
+  its random init (zero_init_last=False), initialised (our variables from key 0)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from benchmarks import original_step
+  from configs import mnist
+  from flowgmm_jax.flowgmm import FlowGMM
+  torch.manual_seed(seed)
+  theirs = original_step.build_image_flowgmm(
+      orig, orig.SSLGaussMixture, image_shape=(1, 28, 28), num_classes=10, lr=0.0,
+      **mnist.CPU_MODEL)
+  c = mnist.get_config("cpu")
+  c.model.zero_init_last = False
+  ours = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
+  variables = jax.jit(lambda k: ours.init(k, jnp.zeros((2, 28, 28, 1))))(jax.random.PRNGKey(0))
+  return theirs, ours, variables
+
+
+def test_original_realnvp_with_its_weights_is_our_function():
+  """Our ``:cpu`` RealNVP FlowGMM given the original's tensors (original_step.to_our_variables)
+  computes the original's function: the same latent (up to the NCHW/NHWC order), log-det,
+  BatchNorm running statistics, eval-mode outputs, the FlowGMM-cons loss terms and the
+  gradient of the loss; so the architecture, the objective and backward agree and only the
+  random draws differ between the sides."""
+  orig = _original()
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from benchmarks import original_step
+  from flowgmm_jax import losses
+  from flowgmm_jax.models.multiscale import multiscale_latent_shapes
+  from flowgmm_jax.models.realnvp import realnvp_plan
+  theirs, ours, v0 = _mnist_model_pair(orig, seed=1)
+  pieces = multiscale_latent_shapes(realnvp_plan(2), (28, 28, 1))
+  variables = original_step.to_our_variables(v0, theirs.net, theirs.prior.means, pieces)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (8, 28, 28, 1)).astype(np.uint8)
+  y = np.array([3, 1, -1, 7, -1, 0, -1, -1])
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.
+  d_log_256 = 28 * 28 * np.log(256.0)
+
+  # One train step of the original at lr 0 (so the tensors stay as given) leaves the
+  # gradients in .grad; both views are the same images, both at the bin midpoint.
+  with original_step.midpoint_dequantization():
+    out = original_step.image_train_step(orig, theirs, xt, xt, torch.from_numpy(y),
+                                         label_weight=3.0, consistency_weight=0.5,
+                                         max_grad_norm=float("inf"))
+    theirs.net.train()
+    with torch.no_grad():
+      z_t = theirs.net(xt).reshape(8, -1).numpy()
+      log_det_t = theirs.net.logdet().numpy() - d_log_256
+
+  def loss_fn(params):
+    (z, log_det, clj), updates = ours.apply({**variables, "params": params},
+                                            jnp.asarray(x, jnp.float32), None, train=True,
+                                            mutable=["batch_stats"])
+    loss, terms = losses.flowgmm_objective(
+        clj, log_det, jnp.asarray(y), objective="original", label_weight=3.0,
+        consistency_weight=0.5, class_log_joint_teacher=clj,
+        log_weights=jnp.full((10,), -np.log(10.0)))
+    return loss, (terms, z, log_det, updates["batch_stats"])
+
+  (loss, (terms, z, log_det, stats)), grads = jax.jit(
+      jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+  z_ours = np.asarray(z)
+  np.testing.assert_allclose(z_ours, original_step.latent_nchw_to_ours(z_t, pieces),
+                             atol=1e-5 * np.abs(z_t).max())
+  np.testing.assert_allclose(np.asarray(log_det), log_det_t, rtol=1e-5)
+  assert float(loss) == pytest.approx(float(out["loss"]), rel=1e-5)
+  assert float(terms["cross_entropy"]) == pytest.approx(float(out["cross_entropy"]), rel=1e-4)
+  assert float(terms["nll_all"]) == pytest.approx(float(out["nll"]), rel=1e-5)
+  assert float(terms["consistency"]) == pytest.approx(float(out["consistency"]), rel=1e-5)
+  # Gradients: the global relative error (parameters right before a BatchNorm have a zero
+  # gradient, which both sides compute only to round-off).
+  num = den = 0.0
+  for path, tensor, to_ours in original_step.realnvp_correspondence(theirs.net):
+    if path[0] != "params":
+      continue
+    node = grads
+    for key in path[1:]:
+      node = node[key]
+    g_t = to_ours(tensor.grad).numpy()
+    num += float(np.sum((np.asarray(node) - g_t) ** 2))
+    den += float(np.sum(g_t ** 2))
+  assert den > 0 and (num / den) ** 0.5 < 1e-3
+  # Running statistics after the forward passes: torch updated them three times (two views
+  # in the step, one forward above), ours once; compare ours after one update with the
+  # update rule applied to the same batch moments, via a fresh original and one forward.
+  fresh, _, _ = _mnist_model_pair(orig, seed=1)
+  fresh.net.train()
+  with original_step.midpoint_dequantization(), torch.no_grad():
+    fresh.net(xt)
+  expected = original_step.to_our_variables(v0, fresh.net)["batch_stats"]
+  # torch keeps the UNBIASED batch variance in its running average, Flax the biased one:
+  # a relative difference below 1 / (B H W - 1) = 1/1567 (the 14 x 14 couplings) here.
+  for a, b in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-3, atol=1e-5)
+  # Eval mode with those statistics.
+  fresh.net.eval()
+  with original_step.midpoint_dequantization(), torch.no_grad():
+    z_e = fresh.net(xt).reshape(8, -1).numpy()
+    log_det_e = fresh.net.logdet().numpy() - d_log_256
+  eval_vars = original_step.to_our_variables(v0, fresh.net, fresh.prior.means, pieces)
+  z2, log_det2, _ = jax.jit(lambda v, xx: ours.apply(v, xx, None, train=False))(
+      eval_vars, jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(np.asarray(z2), original_step.latent_nchw_to_ours(z_e, pieces),
+                             atol=1e-5 * np.abs(z_e).max())
+  np.testing.assert_allclose(np.asarray(log_det2), log_det_e, rtol=1e-5)
+
+
+def test_original_and_our_random_init_draw_from_one_distribution():
+  """With zero_init_last=False every parameter and statistic of our ``:cpu`` model starts
+  from the original's distribution: the same constants (BatchNorm 1/0, running 0/1,
+  Rescale 1), uniform kernels and biases with the original's bound 1/sqrt(fan_in) (the
+  largest |value| of each large tensor within 3% of it, the RMS within 10% of the
+  original's), weight-norm gains g = ||v|| (their RMS within 10%), N(0, 1) prior means."""
+  orig = _original()
+  from benchmarks import original_step
+  theirs, _, variables = _mnist_model_pair(orig, seed=0)
+  checked = 0
+  for path, tensor, to_ours in original_step.realnvp_correspondence(theirs.net):
+    node = variables
+    for key in path:
+      node = node[key]
+    a, b = np.asarray(node).ravel(), to_ours(tensor.detach()).numpy().ravel()
+    assert a.shape == b.shape, path
+    if np.all(b == b[0]):  # a constant in the original: the same constant
+      np.testing.assert_array_equal(a, b, err_msg="/".join(path))
+      continue
+    if a.size < 100:
+      continue
+    rms_a, rms_b = np.sqrt(np.mean(a ** 2)), np.sqrt(np.mean(b ** 2))
+    assert 0.9 < rms_a / rms_b < 1.1, (path, rms_a, rms_b)
+    if path[-1] in ("v", "bias"):
+      assert 0.97 < np.abs(a).max() / np.abs(b).max() < 1.03, path
+    checked += 1
+  assert checked >= 40
+  means = np.asarray(variables["prior"]["prior"]["means"])
+  assert abs(means.std() - 1.0) < 0.02 and abs(theirs.prior.means.numpy().std() - 1.0) < 0.02
+
+
+def test_parity_label_split_is_the_original_label_file():
+  """The labelled images of the parity run are the original's own split files
+  (data/labels/mnist/1000_balanced_labels/<seed>.npz), recomputed from our MNIST."""
+  if not ORIGINAL or not os.path.isdir(os.path.join(ORIGINAL, "flow_ssl")):
+    pytest.skip("set FLOWGMM_ORIGINAL to a clone of github.com/izmailovpavel/flowgmm")
+  from benchmarks.parity_original import original_label_split
+  from flowgmm_jax.data import DataNotFoundError, load_mnist
+  try:
+    y = load_mnist(source="files").y_train
+  except DataNotFoundError:
+    pytest.skip("MNIST IDX files not found")
+  for seed in (0, 1):
+    path = os.path.join(ORIGINAL, "data", "labels", "mnist", "1000_balanced_labels",
+                        f"{seed}.npz")
+    if not os.path.isfile(path):
+      pytest.skip(f"{path} is not in the clone")
+    shipped = np.load(path)
+    labeled, unlabeled = original_label_split(y, 1000, seed)
+    np.testing.assert_array_equal(labeled, np.sort(shipped["labeled_indices"]))
+    np.testing.assert_array_equal(unlabeled, np.sort(shipped["unlabeled_indices"]))
+    assert np.all(np.bincount(y[labeled], minlength=10) == 100)
+
+
+def test_parity_original_20_steps(tmp_path):
+  """The parity benchmark at 20 steps, one seed, the README recipe: both sides run their own
+  loops on real MNIST, have 172,856 parameters, report finite terms, and start from the same
+  distribution: first-step mixture NLLs within a factor 3 of each other (random inits; over
+  seeds 0-7 each side's spread is about 2-5x) and first-step log-dets within 10%."""
+  orig = _original()
+  from benchmarks import parity_original
+  from flowgmm_jax.data import DataNotFoundError, load_mnist
+  try:
+    load_mnist(source="files", max_examples=10)
+  except DataNotFoundError:
+    pytest.skip("MNIST IDX files not found")
+  out = tmp_path / "parity.json"
+  results = parity_original.main([f"--original={orig.path}", "--steps=20", "--seeds=0",
+                                  "--eval-every=20", "--test-examples=100",
+                                  "--recipes=original", f"--json={out}", "--figure="])
+  runs = {r["side"]: r for r in json.loads(out.read_text())["runs"].values()}
+  assert set(runs) == {"ours", "original"} and results["runs"]
+  assert runs["ours"]["num_params"] == runs["original"]["num_params"] == 172_856
+  for side, run in runs.items():
+    (e,) = run["evals"]
+    assert e["step"] == 20
+    values = [*run["first_step"].values(), *e["train"].values(), *e["test"].values()]
+    assert all(np.isfinite(values)), (side, run)
+    assert 0.0 <= e["test"]["accuracy"] <= 1.0
+  first = {s: r["first_step"] for s, r in runs.items()}
+  assert 1 / 3 < first["ours"]["nll"] / first["original"]["nll"] < 3, first
+  assert abs(first["ours"]["log_det"] / first["original"]["log_det"] - 1) < 0.1, first
+  assert runs["original"]["prior_changed"] is False
+
+
+def test_gpu_check_tiny_writes_every_field(tmp_path):
+  """benchmarks/gpu_check.py --tiny on the CPU: timed steps of both workloads and both
+  dtypes (CIFAR float32, MNIST bfloat16) with positive, finite speeds, FLOPs, MFU (against a
+  given peak) and compile times, and a short configs/mnist.py training curve, in one JSON
+  (also under $OUT)."""
+  from benchmarks import gpu_check
+  from flowgmm_jax.data import DataNotFoundError, load_mnist
+  try:
+    load_mnist(source="files", max_examples=10)
+  except DataNotFoundError:
+    pytest.skip("MNIST IDX files not found")
+  out = tmp_path / "gpu.json"
+  os.environ["OUT"] = str(tmp_path / "out")
+  try:
+    gpu_check.main(["--tiny", f"--out={out}", "--peak-tflops=1"])
+  finally:
+    del os.environ["OUT"]
+  report = json.loads(out.read_text())
+  assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == report
+  assert report["tiny"] and report["device_kind"] and report["total_s"] > 0
+  rows = {(r["workload"], r["compute_dtype"]): r for r in report["steps"]}
+  assert set(rows) == {("cifar", "float32"), ("mnist", "bfloat16")}
+  for row in rows.values():
+    for key in ("median_s", "pipelined_s", "images_per_s", "flops", "tflops_per_s", "mfu",
+                "first_step_s", "trace_and_lower_s", "xla_compile_s", "params"):
+      assert np.isfinite(row[key]) and row[key] > 0, (row["workload"], key, row[key])
+    assert row["images_per_step"] == 8
+    assert row["mfu"] == pytest.approx(row["tflops_per_s"] / 1.0)
+  training = report["mnist_training"]
+  assert training["steps"] == 4 and training["eval"], training
+  for e in training["eval"]:
+    assert 0.0 <= e["eval/accuracy"] <= 1.0 and np.isfinite(e["eval/bpd"]) and e["eval/bpd"] > 0

@@ -233,18 +233,47 @@ def place_means_at_labeled_centroids(variables: dict, z_labeled: np.ndarray,
   return {**variables, collection: {**variables[collection], "prior": prior_vars}}
 
 
+def check_same_structure(given: dict, expected: dict) -> None:
+  """Raises ValueError naming the first variable whose path, shape or dtype differs."""
+  flat_given = dict(jax.tree_util.tree_flatten_with_path(given)[0])
+  flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+  name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
+  missing = sorted(name(p) for p in flat_expected.keys() - flat_given.keys())
+  extra = sorted(name(p) for p in flat_given.keys() - flat_expected.keys())
+  if missing or extra:
+    raise ValueError(f"initial_variables do not fit the config's model: missing "
+                     f"{missing[:3]}, unexpected {extra[:3]}; build them with the same "
+                     "config.model (and layout).")
+  for path, want in flat_expected.items():
+    got = flat_given[path]
+    if tuple(np.shape(got)) != tuple(want.shape) or np.dtype(got.dtype) != want.dtype:
+      raise ValueError(f"initial_variables[{name(path)!r}] is {np.dtype(got.dtype)}"
+                       f"{list(np.shape(got))}; the config's model needs "
+                       f"{want.dtype}{list(want.shape)}.")
+
+
 def initial_state(config: ml_collections.ConfigDict, progs: Programs, dataset,
                   labeled_idx: np.ndarray, unlabeled_idx: np.ndarray, layout: BatchLayout,
-                  init_rng, encode: Callable[[dict, np.ndarray], np.ndarray]) -> TrainState:
+                  init_rng, encode: Callable[[dict, np.ndarray], np.ndarray],
+                  initial_variables: Optional[dict] = None) -> TrainState:
   """The state before step 0 (on the host): ``model.init`` on the first rows of each pool,
   padded like a batch (data-dependent initialisation such as ActNorm's sees real rows), the
   means at the labelled centroids when ``prior.means_init`` is "labeled" (``encode(variables,
-  x) -> z`` maps the labelled rows), and the optimiser state."""
+  x) -> z`` maps the labelled rows), and the optimiser state.
+
+  ``initial_variables``: start from these instead (a warm start, or another implementation's
+  initial tensors); they must have the model's structure, shapes and dtypes, and are used as
+  given (no means placement)."""
   rows = np.concatenate([_pad(labeled_idx[:layout.labeled], layout.labeled_padded),
                          _pad(unlabeled_idx[:layout.unlabeled], layout.unlabeled_padded)])
   if len(rows) < 2:
     rows = _pad(rows, 2)
-  variables = progs.init(init_rng, jnp.asarray(dataset.x_train[rows], jnp.float32))
+  x_init = jnp.asarray(dataset.x_train[rows], jnp.float32)
+  if initial_variables is not None:
+    expected = jax.eval_shape(progs.init, init_rng, x_init)
+    check_same_structure(initial_variables, expected)
+    return progs.new_state(jax.tree_util.tree_map(jnp.asarray, initial_variables))
+  variables = progs.init(init_rng, x_init)
   if config.prior.means_init == "labeled":
     variables = place_means_at_labeled_centroids(
         variables, encode(variables, dataset.x_train[labeled_idx]),

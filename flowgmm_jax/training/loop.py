@@ -236,13 +236,15 @@ class FitResult:
 def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
         labeled_idx: np.ndarray, unlabeled_idx: np.ndarray, *,
         workdir: Optional[str] = None, mesh=None,
-        log_fn: Optional[Callable[[int, dict], None]] = None) -> FitResult:
+        log_fn: Optional[Callable[[int, dict], None]] = None,
+        initial_variables: Optional[dict] = None) -> FitResult:
   """Trains FlowGMM on ``dataset.x_train[labeled_idx]`` (with labels) and
   ``dataset.x_train[unlabeled_idx]`` (labels hidden); evaluates on the test split.
 
   With a ``workdir``, writes metrics.jsonl, TensorBoard events, checkpoints (and resumes
   from the latest one) under the workdir's lock (``training/lock.py``); without one,
-  nothing is written.
+  nothing is written. ``initial_variables``: start from these instead of the model's own
+  initialisation (``build.initial_state``); a checkpoint in the workdir still wins.
   """
   validate_config(config)
   enable_compilation_cache(config.get("compilation_cache_dir", ""))
@@ -266,7 +268,8 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = build.initial_state(
       config, progs, dataset, labeled_idx, unlabeled_idx, layout, init_rng,
-      encode=lambda v, x: inference(v).encode(x, preprocessed=True))
+      encode=lambda v, x: inference(v).encode(x, preprocessed=True),
+      initial_variables=initial_variables)
   state = mesh_lib.replicate(mesh, state)
   rng = mesh_lib.replicate(mesh, jnp.asarray(train_rng, jnp.uint32))
   batches = data_lib.SemiSupervisedBatches(

@@ -1,0 +1,812 @@
+"""A side-by-side training run on MNIST: the original PyTorch FlowGMM and ours, same small
+model, same recipe, same data, curves and raw numbers.
+
+    python -m benchmarks.parity_original --original=PATH [--steps N] [--seeds 0,1,2] \\
+        [--labels 1000] [--side=both|ours|original] \\
+        [--recipes=original,original_zero_init,cpu,cpu_zero_init]
+    python -m benchmarks.parity_original --plot-only     # figure + table from the JSON
+
+PATH is the root of a clone of github.com/izmailovpavel/flowgmm (the original side needs
+PyTorch, the 'bench' extra; ``--side=ours`` needs neither). Each finished run is merged into
+``--json`` (default benchmarks/results/parity_original.json, under a file lock), so sides,
+recipes and seeds can run as separate processes and be resumed; the figure
+(``--figure``, default docs/parity_original.png) and the parity table are redrawn from all
+runs in that file.
+
+Model, both sides: the original's ``RealNVP(num_scales=2, in_channels=1, mid_channels=16,
+num_blocks=1)`` and ``configs/mnist.py:cpu``'s flow (``CPU_MODEL``); the parameter counts
+are printed and must be equal.
+
+Recipes (read from configs/mnist.py, so they follow it):
+  original            the original README's MNIST command: objective "original" with
+                      label_weight 3, consistency weight 1 ramped up linearly over 3,000
+                      steps (its 1000 epochs of floor(100 / 32) = 3 steps, as
+                      configs/mnist.py converts them), Adam lr 1e-5, weight decay 5e-5 on
+                      the weight-norm gains, gradient clipping 100, 32 labelled + 32
+                      unlabelled images per step, random crops with zero padding 4. Our
+                      side with the original's random initialisation
+                      (``zero_init_last=False``). Both sides, every seed.
+  original_zero_init  the same recipe, ours only, with ``zero_init_last=True`` (every
+                      coupling starts as the identity): decides the image configs' init.
+  cpu                 as original but at the ``:cpu`` config's learning rate (1e-3), label
+                      weight (100) and ramp (1,000 steps); both sides, the first seed only.
+  original_same_init  the README recipe, ours only, starting from the original's own initial
+                      tensors for the same seed (``original_initial_variables``; the loop is
+                      given them instead of drawing its own): with the init's draw shared,
+                      what is left between the sides is data order, noise and crops.
+  cpu_zero_init       cpu, ours only, zero init; the first seed only.
+  cpu_label_weight_3  cpu at the README's label weight 3; both sides, the first seed only.
+
+Data, both sides: the real MNIST from ../shared/data (``flowgmm_jax.data.load_mnist``).
+The labelled images of seed s are the original's own split file
+``data/labels/mnist/<labels>_balanced_labels/<s>.npz`` as its ``unpack_mnist.py`` draws it
+(``np.random.seed(s)``, shuffle, the first labels/10 of each class; recomputed here, equal
+to the shipped files), handed to both sides; every other training image is unlabelled.
+Evaluation: the same 2,000 test images on both sides, a fixed class-balanced subset (the
+first 200 of each class in file order, ``stratified_prefix``).
+
+Our side runs the library's one training loop (``flowgmm_jax.training.loop.fit`` with a
+``log_fn``), logging every step. The original side is a loop around the original's own
+modules (``benchmarks/original_step.py``: ``build_image_flowgmm``, ``image_train_step``,
+``evaluate_image``), as train_semisup_cons.py runs them: its batch sampler (one epoch = one
+pass over the labelled images in batches of 32, the last partial batch dropped; the
+unlabelled images drawn from fresh permutations), TransformTwice(RandomCrop(28, padding=4)
++ ToTensor) as ``crop_flip(..., flip=False)`` on the batch, its per-epoch consistency ramp
+(``linear_rampup``; the ramp in epochs is the steps above / steps per epoch, rounded), its
+test loop. Left out: the script's logging, checkpoints and figures, and
+``torch.autograd.set_detect_anomaly(True)``, which checks every backward op for NaNs and
+changes no number.
+
+Every ``--eval-every`` (250) steps, both sides: the mean over those steps of each training
+term (cross-entropy, mixture NLL over all rows, consistency NLL, the total, labelled-batch
+accuracy) and test accuracy and bits/dim on the 2,000 images. Test bits/dim is the
+original's test loss, -log p(x | y_true) / (D log 2) (ours: ``eval/bpd_given_label``); the
+marginal -log p(x) is recorded too. Ours dequantises evaluation images at the bin midpoint,
+the original draws fresh noise; the original side is evaluated both ways, which measures
+that difference. The training values of step 1 (the initial parameters) are recorded as
+``first_step``.
+
+Parity criterion (the table): at every evaluation |mean ours - mean original| <= sd ours +
+sd original (the two sides' seed spreads).
+
+``--init-seeds=N`` (with ``--recipes=`` to run nothing else) compares the two sides'
+initial parameters as distributions: the train-mode NLL, log-det and ||z||^2 of one fixed
+batch over N random inits per side, with Mann-Whitney and Kolmogorov-Smirnov p-values
+(stored as 'init_distribution'). The initial NLL is heavy-tailed (a factor ~3 between its
+10% and 90% quantiles), and at lr 1e-5 a run keeps the lead or lag its init gave it for
+its first thousand steps; so three seeds per side can differ by their draws alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
+DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
+RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_zero_init",
+           "cpu_label_weight_3")
+# The original's RealNVP for 1-channel images, sized as configs/mnist.py's CPU_MODEL.
+TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
+              "labeled_accuracy", "log_det")
+TEST_KEYS = ("accuracy", "bpd_given_label", "bpd")
+NUM_DIMS = 28 * 28
+
+
+# ----------------------------------------------------------------------------- settings
+
+def recipe(name: str) -> dict:
+  """The settings of recipe ``name`` (see the module docstring), from configs/mnist.py."""
+  from configs import mnist
+  if name not in RECIPES:
+    raise ValueError(f"unknown recipe {name!r}; choose from {RECIPES}")
+  full = mnist.get_config()
+  if name.startswith("original"):
+    r = dict(learning_rate=full.optim.learning_rate, label_weight=full.loss.label_weight,
+             consistency_rampup_steps=full.loss.consistency_rampup_steps)
+  else:
+    r = dict(learning_rate=mnist.CPU_LR, label_weight=mnist.CPU_LABEL_WEIGHT,
+             consistency_rampup_steps=mnist.CPU_RAMP)
+    if name == "cpu_label_weight_3":
+      r["label_weight"] = full.loss.label_weight
+  r.update(consistency_weight=full.loss.consistency_weight,
+           weight_decay=full.optim.weight_decay, grad_clip_norm=full.optim.grad_clip_norm,
+           labeled_batch_size=full.data.labeled_batch_size,
+           unlabeled_batch_size=full.data.unlabeled_batch_size,
+           crop_padding=full.augment.crop_padding, model=dict(mnist.CPU_MODEL),
+           zero_init_last=name.endswith("zero_init"),
+           same_init=name.endswith("same_init"),
+           sides=(("ours",) if name.endswith(("zero_init", "same_init"))
+                  else ("ours", "original")),
+           first_seed_only=name.startswith("cpu"))
+  return r
+
+
+def original_label_split(y: np.ndarray, num_labels: int, split: int):
+  """The original's MNIST label file ``<num_labels>_balanced_labels/<split>.npz``
+  (data/bin/unpack_mnist.py): (labeled_idx, unlabeled_idx), both sorted."""
+  rs = np.random.RandomState(split)  # np.random.seed(i); np.random.shuffle(indices)
+  indices = np.arange(len(y))
+  rs.shuffle(indices)
+  mask = np.zeros(len(y), bool)
+  for j in range(10):
+    mask[np.where(y[indices] == j)[0][:num_labels // 10]] = True
+  return np.sort(indices[mask]), np.sort(indices[~mask])
+
+
+def load_data(num_test: int):
+  """MNIST train (all 60,000) and the fixed class-balanced test subset."""
+  from flowgmm_jax.data import load_mnist, stratified_prefix
+  ds = load_mnist()
+  test = np.sort(stratified_prefix(ds.y_test, num_test))
+  return ds, ds.x_test[test], ds.y_test[test]
+
+
+# ----------------------------------------------------------------------------- ours
+
+def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
+               num_test: int):
+  from configs import mnist
+  c = mnist.get_config("cpu")
+  for k, v in r["model"].items():
+    c.model[k] = v
+  c.model.zero_init_last = r["zero_init_last"]
+  c.seed = seed
+  c.data.num_labeled_per_class = num_labels // 10
+  c.data.labeled_batch_size = r["labeled_batch_size"]
+  c.data.unlabeled_batch_size = r["unlabeled_batch_size"]
+  c.optim.learning_rate = r["learning_rate"]
+  c.optim.weight_decay = r["weight_decay"]
+  c.optim.grad_clip_norm = r["grad_clip_norm"]
+  c.loss.label_weight = r["label_weight"]
+  c.loss.consistency_weight = r["consistency_weight"]
+  c.loss.consistency_rampup_steps = r["consistency_rampup_steps"]
+  c.augment.crop_padding = r["crop_padding"]
+  c.num_train_steps = steps
+  c.log_every_steps = 1
+  c.eval_every_steps = eval_every
+  c.checkpoint_every_steps = steps
+  c.eval_batch_size = min(500, num_test)
+  c.progress_bar = False
+  c.plots = False
+  return c
+
+
+def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
+  """Our variables holding the original's initial tensors for ``seed`` (exactly those its
+  side of the parity run starts from: ``torch.manual_seed(seed)``, then its model set-up),
+  prior means included, in our layout (``original_step.to_our_variables``)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from benchmarks import original_step as os_
+  from flowgmm_jax.flowgmm import FlowGMM
+  from flowgmm_jax.models.multiscale import multiscale_latent_shapes
+  from flowgmm_jax.models.realnvp import realnvp_plan
+  torch.manual_seed(seed)
+  m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
+                              num_classes=10, lr=r["learning_rate"],
+                              weight_decay=r["weight_decay"], **r["model"])
+  model = FlowGMM.from_config(config, (28, 28, 1), 10, image=True)
+  template = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+  pieces = multiscale_latent_shapes(realnvp_plan(config.model.num_scales), (28, 28, 1))
+  given = os_.to_our_variables(template, m.net, m.prior.means, pieces)
+  return jax.tree_util.tree_map(jnp.asarray, given)
+
+
+def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
+             num_test: int, data, orig=None) -> dict:
+  """One run of our side through ``flowgmm_jax.training.loop.fit`` (with ``r['same_init']``
+  from the original's initial tensors for ``seed``, which needs ``orig``)."""
+  import jax
+  from flowgmm_jax.data import Dataset
+  from flowgmm_jax.models import count_params
+  from flowgmm_jax.training.loop import fit
+  ds, x_test, y_test = data
+  c = our_config(r, seed=seed, steps=steps, num_labels=num_labels, eval_every=eval_every,
+                 num_test=num_test)
+  given = original_initial_variables(orig, r, seed, c) if r["same_init"] else None
+  dataset = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
+                    x_test=x_test, y_test=y_test, num_classes=10)
+  labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
+  per_step, tests, times = {}, {}, []
+  names = {"loss": "train/loss", "cross_entropy": "train/cross_entropy",
+           "nll": "train/nll_all", "consistency": "train/consistency",
+           "consistency_weight": "train/consistency_weight",
+           "labeled_accuracy": "train/labeled_accuracy", "log_det": "train/log_det"}
+
+  def log_fn(step, metrics):
+    if "train/loss" in metrics:
+      times.append((step, time.perf_counter()))
+      per_step[step] = {k: float(metrics[v]) for k, v in names.items()}
+    else:
+      tests[step] = {"accuracy": float(metrics["eval/accuracy"]),
+                     "bpd_given_label": float(metrics["eval/bpd_given_label"]),
+                     "bpd": float(metrics["eval/bpd"])}
+
+  t0 = time.perf_counter()
+  result = fit(c, dataset, labeled, unlabeled, log_fn=log_fn, initial_variables=given)
+  wall = time.perf_counter() - t0
+  intervals = [b[1] - a[1] for a, b in zip(times, times[1:]) if a[0] % eval_every]
+  return _record(per_step, tests, eval_every, steps,
+                 num_params=count_params(result.variables), wall_s=wall,
+                 first_step_s=times[0][1] - t0,
+                 step_s=float(np.median(intervals)) if intervals else float("nan"),
+                 threads=f"XLA CPU, {_affinity()} core(s)", jax=jax.__version__)
+
+
+def parameter_counts(orig=None) -> dict:
+  """Parameters of our ``:cpu`` flow (from shapes, nothing compiled) and, given the
+  original, of its ``RealNVP(num_scales=2, in_channels=1, mid_channels=16, num_blocks=1)``."""
+  import jax
+  import jax.numpy as jnp
+  from flowgmm_jax.flowgmm import FlowGMM
+  from flowgmm_jax.models import count_params
+  r = recipe("original")
+  c = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
+  model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1))))
+  counts = {"ours": count_params(shapes)}
+  if orig is not None:
+    net = orig.RealNVP(in_channels=1, **r["model"])
+    counts["original"] = sum(p.numel() for p in net.parameters())
+  return counts
+
+
+# ----------------------------------------------------------------------------- original
+
+class OriginalBatches:
+  """train_semisup_cons.py's LabeledUnlabeledBatchSampler (ssl_data_utils.py), with a
+  seeded RandomState in place of the global one: an epoch is one permutation of the
+  labelled indices cut into batches of ``bl`` (the partial last one dropped), each paired
+  with a batch of ``bu`` from permutations of the unlabelled indices restarted every
+  epoch."""
+
+  def __init__(self, labeled, unlabeled, bl: int, bu: int, seed: int):
+    self.labeled, self.unlabeled, self.bl, self.bu = labeled, unlabeled, bl, bu
+    self.rs = np.random.RandomState(seed)
+    self.steps_per_epoch = len(labeled) // bl
+    self._epoch = iter(())
+
+  def _new_epoch(self):
+    lab = self.rs.permutation(self.labeled)
+    unl = np.concatenate([self.rs.permutation(self.unlabeled)
+                          for _ in range(-(-self.steps_per_epoch * self.bu
+                                           // len(self.unlabeled)))])
+    return iter([(lab[i * self.bl:(i + 1) * self.bl], unl[i * self.bu:(i + 1) * self.bu])
+                 for i in range(self.steps_per_epoch)])
+
+  def next(self):
+    try:
+      return next(self._epoch)
+    except StopIteration:
+      self._epoch = self._new_epoch()
+      return next(self._epoch)
+
+
+def linear_rampup(final_value: float, epoch: int, num_epochs: int, start_epoch: int = 0):
+  """train_semisup_cons.py's ``linear_rampup`` (the script defines it; it is not
+  importable without running the script)."""
+  t = (epoch - start_epoch + 1) / num_epochs
+  if t > 1:
+    t = 1.
+  return t * final_value
+
+
+def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
+                 num_test: int, data) -> dict:
+  """One run of the original side: its modules in a loop shaped like its script."""
+  import torch
+  from benchmarks import original_step as os_
+  torch.set_num_threads(1)
+  ds, x_test, y_test = data
+  labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
+  torch.manual_seed(seed)
+  m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
+                              num_classes=10, lr=r["learning_rate"],
+                              weight_decay=r["weight_decay"], **r["model"])
+  prior_before = [t.detach().clone() for t in (m.prior.means, m.prior.weights,
+                                               m.prior.inv_cov_stds)]
+  batches = OriginalBatches(labeled, unlabeled, r["labeled_batch_size"],
+                            r["unlabeled_batch_size"], seed)
+  rampup_epochs = max(1, round(r["consistency_rampup_steps"] / batches.steps_per_epoch))
+  gen = torch.Generator().manual_seed(seed)
+  x_all = torch.from_numpy(ds.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
+  y_all = torch.from_numpy(ds.y_train.astype(np.int64))
+  per_step, tests, times = {}, {}, []
+  t0 = time.perf_counter()
+  first_step_s = None
+  for step in range(steps):
+    ts = time.perf_counter()
+    epoch = step // batches.steps_per_epoch
+    cons_w = linear_rampup(r["consistency_weight"], epoch, rampup_epochs)
+    lab, unl = batches.next()
+    rows = torch.from_numpy(np.concatenate([lab, unl]))
+    images = x_all[rows].float() / 255.  # ToTensor
+    y = torch.cat([y_all[torch.from_numpy(lab)], torch.full((len(unl),), -1)])
+    x1 = os_.crop_flip(images, gen, r["crop_padding"], flip=False)  # TransformTwice
+    x2 = os_.crop_flip(images, gen, r["crop_padding"], flip=False)
+    out = os_.image_train_step(orig, m, x1, x2, y, label_weight=r["label_weight"],
+                               consistency_weight=cons_w, max_grad_norm=r["grad_clip_norm"])
+    values = {k: float(v) for k, v in out.items() if k in TRAIN_KEYS}
+    values["consistency_weight"] = cons_w
+    # Our convention: the log-det of the whole map from 8-bit pixels, -D log 256 included
+    # (the original adds that term in FlowLoss instead).
+    values["log_det"] -= NUM_DIMS * math.log(256.0)
+    per_step[step + 1] = values
+    elapsed = time.perf_counter() - ts
+    if step == 0:
+      first_step_s = time.perf_counter() - t0
+    else:
+      times.append(elapsed)
+    if (step + 1) % eval_every == 0 or step + 1 == steps:
+      noise = os_.evaluate_image(m, x_test, y_test, batch_size=64, dequantization="noise")
+      mid = os_.evaluate_image(m, x_test, y_test, batch_size=64, dequantization="midpoint")
+      tests[step + 1] = {**{k: noise[k] for k in TEST_KEYS},
+                         **{f"{k}_midpoint": mid[k] for k in TEST_KEYS}}
+  wall = time.perf_counter() - t0
+  prior_after = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
+  rec = _record(per_step, tests, eval_every, steps,
+                num_params=sum(p.numel() for p in m.net.parameters()), wall_s=wall,
+                first_step_s=first_step_s, step_s=float(np.median(times)) if times else
+                float("nan"), threads="torch, 1 thread", torch=torch.__version__,
+                original_commit=orig.commit)
+  rec["prior_changed"] = any(not torch.equal(a, b) for a, b in zip(prior_before, prior_after))
+  rec["prior_requires_grad"] = [bool(t.requires_grad) for t in prior_after]
+  rec["consistency_rampup_epochs"] = rampup_epochs
+  rec["steps_per_epoch"] = batches.steps_per_epoch
+  return rec
+
+
+# ----------------------------------------------------------------------------- init
+
+def init_distribution(orig, num_seeds: int, data) -> dict:
+  """The initial-parameter distribution of both sides, measured: over ``num_seeds`` random
+  inits each (seeds 1000, 1001, ...), the train-mode mixture NLL, log-det and ||z||^2 of one
+  fixed batch of 64 training images (fresh dequantisation noise per init), as quantiles,
+  with two-sample Mann-Whitney and Kolmogorov-Smirnov p-values per quantity."""
+  import jax
+  import jax.numpy as jnp
+  import scipy.stats
+  import torch
+  from benchmarks import original_step as os_
+  from flowgmm_jax.flowgmm import FlowGMM
+  torch.set_num_threads(1)
+  ds = data[0]
+  x = ds.x_train[np.random.default_rng(0).choice(len(ds.x_train), 64, replace=False)]
+  r = recipe("original")
+  model = FlowGMM.from_config(our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1,
+                                         num_test=1), (28, 28, 1), 10, image=True)
+
+  @jax.jit
+  def ours(key):
+    k_init, k_noise = jax.random.split(key)
+    variables = model.init(k_init, jnp.zeros((2, 28, 28, 1)))
+    noise = jax.random.uniform(k_noise, x.shape)
+    (z, log_det, clj), _ = model.apply(variables, jnp.asarray(x, jnp.float32), noise,
+                                       train=True, mutable=["batch_stats"])
+    nll = -(jax.nn.logsumexp(clj, -1) + log_det)
+    return jnp.stack([nll.mean(), log_det.mean(), jnp.sum(z ** 2, -1).mean()])
+
+  images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.
+
+  def theirs(seed):
+    torch.manual_seed(seed)
+    m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
+                                num_classes=10, lr=0.0, **r["model"])
+    m.net.train()
+    with torch.no_grad():
+      z = m.net(images)
+      sldj = m.net.logdet()
+      return [float(m.loss_fn(z, sldj=sldj)),
+              float(sldj.mean()) - NUM_DIMS * math.log(256.0),
+              float((z.reshape(len(z), -1) ** 2).sum(-1).mean())]
+
+  seeds = range(1000, 1000 + num_seeds)
+  a = np.asarray([np.asarray(ours(jax.random.PRNGKey(s))) for s in seeds], np.float64)
+  b = np.asarray([theirs(s) for s in seeds], np.float64)
+  out = {"num_seeds": num_seeds, "batch": "64 fixed training images", "quantities": {}}
+  for i, name in enumerate(("nll", "log_det", "z_squared_norm")):
+    q = lambda v: {f"q{int(100 * p)}": float(np.quantile(v, p)) for p in (0.1, 0.5, 0.9)}
+    out["quantities"][name] = {
+        "ours": {**q(a[:, i]), "mean": float(a[:, i].mean())},
+        "original": {**q(b[:, i]), "mean": float(b[:, i].mean())},
+        "mann_whitney_p": float(scipy.stats.mannwhitneyu(a[:, i], b[:, i]).pvalue),
+        "ks_p": float(scipy.stats.ks_2samp(a[:, i], b[:, i]).pvalue)}
+  return out
+
+
+def init_table(dist: dict) -> str:
+  lines = [f"initial values over {dist['num_seeds']} random inits per side "
+           f"({dist['batch']}): median [10%, 90%]",
+           "| quantity | ours | original | Mann-Whitney p | KS p |", "|---|---|---|---|---|"]
+  for name, v in dist["quantities"].items():
+    cell = lambda d: f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
+    lines.append(f"| {name} | {cell(v['ours'])} | {cell(v['original'])} | "
+                 f"{v['mann_whitney_p']:.2f} | {v['ks_p']:.2f} |")
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- records
+
+def _affinity() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -> dict:
+  """Window means of the per-step training values at each evaluation, and the tests."""
+  evals = []
+  for s in sorted(tests):
+    window = [per_step[t] for t in range(max(1, s - eval_every + 1), s + 1) if t in per_step]
+    train = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+    evals.append({"step": int(s), "train": train, "test": tests[s]})
+  return {"first_step": per_step.get(1, {}), "evals": evals, "steps": steps, **extra}
+
+
+def git_commit() -> str:
+  try:
+    out = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, timeout=10)
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("+uncommitted" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def machine() -> dict:
+  from benchmarks.bench_steps import cpu_model
+  return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+          "affinity": _affinity(), "load_average": list(os.getloadavg())}
+
+
+@contextlib.contextmanager
+def locked(path: str):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def merge(path: str, key, run: dict, header: dict) -> dict:
+  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing; key None:
+  as 'init_distribution') and returns the whole file's content. The caller holds
+  ``locked(path)``."""
+  results = {"runs": {}}
+  if os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+  results.update({k: v for k, v in header.items() if k != "command"})
+  results.setdefault("commands", [])
+  if header["command"] not in results["commands"]:
+    results["commands"].append(header["command"])
+  if key is None:
+    results["init_distribution"] = run
+  else:
+    results["runs"][key] = run
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return results
+
+
+def load_results(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------------- summary
+
+def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
+  """(steps, mean, std, n) over the seeds of (recipe, side) for ``evals[*][group][key]``."""
+  runs = [r for r in results["runs"].values()
+          if r["recipe"] == recipe_name and r["side"] == side]
+  if not runs:
+    return None
+  steps = sorted({e["step"] for r in runs for e in r["evals"]})
+  mean, std, n = [], [], []
+  for s in steps:
+    vals = [e[group][key] for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
+    mean.append(float(np.mean(vals)) if vals else float("nan"))
+    std.append(float(np.std(vals)) if vals else float("nan"))
+    n.append(len(vals))
+  return np.asarray(steps), np.asarray(mean), np.asarray(std), n
+
+
+TABLE_ROWS = (("test", "accuracy", "test accuracy", 100.0, 1),
+              ("test", "accuracy_midpoint", "test accuracy", 100.0, 1),
+              ("test", "bpd_given_label", "test bits/dim", 1.0, 3),
+              ("test", "bpd_given_label_midpoint", "test bits/dim", 1.0, 3),
+              ("train", "cross_entropy", "cross-entropy", 1.0, 3),
+              ("train", "nll", "NLL (bits/dim)", 1.0 / (NUM_DIMS * math.log(2.0)), 3),
+              ("train", "consistency", "consistency (bits/dim)",
+               1.0 / (NUM_DIMS * math.log(2.0)), 3),
+              ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, 1))
+
+
+def parity_table(results: dict, recipe_name: str = "original",
+                 ours_recipe: str | None = None) -> str:
+  """Markdown: per evaluation step and quantity, ours mean ± sd vs original mean ± sd and
+  whether the gap is within the two seed spreads. Test rows come twice: against the
+  original's own evaluation (fresh dequantisation noise) and against the original
+  evaluated at the bin midpoint, as ours is (like for like)."""
+  ours_recipe = ours_recipe or recipe_name
+  lines = [f"ours ({ours_recipe}) vs original ({recipe_name}), mean ± sd over seeds",
+           "| step | quantity | ours | original | gap within spreads |", "|---|---|---|---|---|"]
+  for group, key, label, scale, digits in TABLE_ROWS:
+    midpoint = key.endswith("_midpoint")
+    o = curves(results, ours_recipe, "ours", group, key[:-len("_midpoint")] if midpoint
+               else key)
+    t = curves(results, recipe_name, "original", group, key)
+    if o is None or t is None:
+      continue
+    if group == "test":
+      label += (" (original at the midpoint, as ours)" if midpoint
+                else " (original with fresh noise, its own)")
+    for i, s in enumerate(o[0]):
+      j = np.nonzero(t[0] == s)[0]
+      if not len(j) or not t[3][j[0]]:
+        continue
+      j = j[0]
+      mo, so, mt, st = o[1][i] * scale, o[2][i] * scale, t[1][j] * scale, t[2][j] * scale
+      verdict = ("n/a (one seed)" if min(o[3][i], t[3][j]) < 2
+                 else "yes" if abs(mo - mt) <= so + st else "NO")
+      lines.append(f"| {s} | {label} | {mo:.{digits}f} ± {so:.{digits}f} (n={o[3][i]}) | "
+                   f"{mt:.{digits}f} ± {st:.{digits}f} (n={t[3][j]}) | {verdict} |")
+  return "\n".join(lines)
+
+
+def init_adjusted_gaps(results: dict, recipe_name: str = "original") -> str:
+  """Markdown: the ours-minus-original gap of each quantity at each evaluation, raw and
+  adjusted for each run's initial NLL (its first-step training NLL) by least squares over
+  all runs of both sides, ``value = a + b log(initial NLL) + gap [ours]``, with the
+  adjusted gap's standard error. The initial NLL is heavy-tailed and the same distribution
+  on both sides (``init_distribution``), so a gap that the adjustment removes came from
+  the seeds' draws."""
+  runs = [r for r in results["runs"].values() if r["recipe"] == recipe_name]
+  if len({r["side"] for r in runs}) < 2 or len(runs) < 4:
+    return ""
+  lines = [f"gap ours - original ({recipe_name}), raw and adjusted for each run's initial "
+           f"NLL ({len(runs)} runs)", "| step | quantity | raw gap | adjusted gap ± s.e. |",
+           "|---|---|---|---|"]
+  for group, key, label, scale, digits in TABLE_ROWS:
+    if key.endswith("_midpoint"):
+      continue
+    for s in sorted({e["step"] for r in runs for e in r["evals"]}):
+      rows = [(r["side"] == "ours", math.log(r["first_step"]["nll"]), e[group][key] * scale)
+              for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
+      if len(rows) < 4:
+        continue
+      ours, log_nll, y = (np.asarray(v, np.float64) for v in zip(*rows))
+      design = np.stack([np.ones_like(y), log_nll, ours], axis=1)
+      coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+      dof = len(y) - 3
+      resid = y - design @ coef
+      se = (math.sqrt(float(resid @ resid) / dof * np.linalg.inv(design.T @ design)[2, 2])
+            if dof > 0 else float("nan"))
+      raw = y[ours == 1].mean() - y[ours == 0].mean()
+      lines.append(f"| {s} | {label} | {raw:+.{digits}f} | {coef[2]:+.{digits}f} ± "
+                   f"{se:.{digits}f} |")
+  return "\n".join(lines)
+
+
+STYLES = {("original", "original"): ("original (PyTorch)", "k", "-"),
+          ("original", "ours"): ("ours, random init", "tab:blue", "-"),
+          ("original_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
+          ("original_same_init", "ours"): ("ours from the original's initial tensors",
+                                           "tab:purple", "-."),
+          ("cpu", "original"): ("original (PyTorch)", "k", "-"),
+          ("cpu", "ours"): ("ours, random init", "tab:blue", "-"),
+          ("cpu_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
+          ("cpu_label_weight_3", "original"): ("original (PyTorch)", "k", "-"),
+          ("cpu_label_weight_3", "ours"): ("ours, random init", "tab:blue", "-")}
+PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
+          ("test", "bpd_given_label", "test bits/dim, -log p(x | y)", 1.0, "bits/dim"),
+          ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, "%"),
+          ("train", "cross_entropy", "cross-entropy (labelled)", 1.0, "nats"),
+          ("train", "nll", "mixture NLL (all rows)", 1.0 / (NUM_DIMS * math.log(2.0)),
+           "bits/dim"),
+          ("train", "consistency", "consistency NLL", 1.0 / (NUM_DIMS * math.log(2.0)),
+           "bits/dim"))
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  groups = [("original", ("original", "original_zero_init", "original_same_init")),
+            ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",))]
+  groups = [(g, names) for g, names in groups
+            if any(r["recipe"] in names for r in results["runs"].values())]
+  if not groups:
+    return
+  fig = plt.figure(figsize=(15, 7.5 * len(groups)), layout="constrained")
+  subfigs = fig.subfigures(len(groups), 1, squeeze=False)[:, 0]
+  for subfig, (group, names) in zip(subfigs, groups):
+    r = recipe(group)
+    seeds = sorted({run["seed"] for run in results["runs"].values() if run["recipe"] == group})
+    subfig.suptitle(
+        f"{'README MNIST recipe' if group == 'original' else 'the :cpu recipe'}"
+        f"{' at the README label weight' if group == 'cpu_label_weight_3' else ''}: lr "
+        f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
+        f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
+        f"{','.join(map(str, seeds))}", fontsize=12, fontweight="bold")
+    axes = subfig.subplots(2, 3)
+    for pi, (grp, key, label, scale, unit) in enumerate(PANELS):
+      ax = axes[pi // 3, pi % 3]
+      for name in names:
+        for side in ("original", "ours"):
+          cv = curves(results, name, side, grp, key)
+          if cv is None or (name, side) not in STYLES:
+            continue
+          lab, color, ls = STYLES[(name, side)]
+          variants = [(cv, lab, ls, color)]
+          if side == "original" and grp == "test":
+            mid = curves(results, name, side, grp, key + "_midpoint")
+            if mid is not None:
+              variants.append((mid, "original, midpoint dequantisation as ours", ":",
+                               "tab:green"))
+          for (steps, mean, std, n), lab, ls, color in variants:
+            ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
+                    label=f"{lab} (n={max(n)})")
+            if max(n) > 1:
+              ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale,
+                              color=color, alpha=0.2)
+      ax.set_title(label, fontsize=10)
+      ax.set_xlabel("training step")
+      ax.set_ylabel(unit)
+      ax.grid(alpha=0.3)
+      if pi in (0, 2):
+        ax.legend(fontsize=8)
+  fig.suptitle("FlowGMM-cons on MNIST, 1,000 labels: the original PyTorch code vs ours, "
+               "RealNVP 2 scales x 1 block x 16 channels\nmean ± sd over seeds; training "
+               "terms are means over the steps since the previous point", fontsize=11)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def _seeds(text: str):
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    seeds = []
+  if not seeds or min(seeds) < 0:
+    raise SystemExit(f"--seeds={text!r}: give non-negative integers, e.g. --seeds=0,1,2")
+  return seeds
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--original", default="", help="root of a clone of the original repository")
+  p.add_argument("--steps", type=int, default=1500)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--labels", type=int, default=1000)
+  p.add_argument("--side", choices=("both", "ours", "original"), default="both")
+  p.add_argument("--recipes", default=",".join(RECIPES))
+  p.add_argument("--eval-every", type=int, default=250)
+  p.add_argument("--test-examples", type=int, default=2000)
+  p.add_argument("--json", default=DEFAULT_JSON)
+  p.add_argument("--figure", default=DEFAULT_FIGURE, help="'' for none")
+  p.add_argument("--init-seeds", type=int, default=0,
+                 help="> 0: also compare the initial NLL / log-det / |z|^2 of this many random "
+                      "inits per side (needs --original), stored as 'init_distribution'")
+  p.add_argument("--plot-only", action="store_true",
+                 help="redraw the figure and print the table from --json; run nothing")
+  args = p.parse_args(argv)
+  if args.plot_only:
+    results = load_results(args.json)
+    if args.figure:
+      plot(results, args.figure)
+    for name in ("original", "cpu", "cpu_label_weight_3"):
+      print(parity_table(results, name))
+    print(parity_table(results, "original", ours_recipe="original_same_init"))
+    print(init_adjusted_gaps(results, "original"))
+    if "init_distribution" in results:
+      print(init_table(results["init_distribution"]))
+    return results
+  seeds = _seeds(args.seeds)
+  names = [n for n in args.recipes.split(",") if n]
+  for n in names:
+    if n not in RECIPES:
+      p.error(f"--recipes: unknown recipe {n!r}; choose from {RECIPES}")
+  if args.steps < 1 or args.eval_every < 1:
+    p.error("--steps and --eval-every must be >= 1")
+  if args.labels % 10 or not 32 <= args.labels <= 60000:
+    p.error("--labels must be a multiple of 10 between 40 and 60000 (a labelled batch is 32)")
+  sides = ("ours", "original") if args.side == "both" else (args.side,)
+  orig = None
+  if args.init_seeds > 0 or any(recipe(n)["same_init"] for n in names) or (
+      "original" in sides and any("original" in recipe(n)["sides"] for n in names)):
+    if not args.original:
+      p.error("the original side needs --original=PATH (a clone of "
+              "github.com/izmailovpavel/flowgmm), or run --side=ours")
+    from benchmarks import original_step
+    orig = original_step.load_original(args.original)
+  counts = parameter_counts(orig)
+  print("[parity] parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+        flush=True)
+  if len(set(counts.values())) > 1:
+    raise SystemExit(f"the two models differ: {counts} parameters")
+  data = load_data(args.test_examples)
+  header = {"command": "python -m benchmarks.parity_original " + " ".join(
+      a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--original")),
+            "labels": args.labels, "test_examples": args.test_examples,
+            "eval_every": args.eval_every}
+  commit = git_commit()  # the code that runs (a later edit of the tree is not it)
+  header.update(updated=datetime.datetime.now().isoformat(timespec="seconds"),
+                updated_by_commit=commit, machine=machine())
+  results = None
+  if args.init_seeds > 0:
+    if orig is None:
+      p.error("--init-seeds needs --original=PATH")
+    dist = init_distribution(orig, args.init_seeds, data)
+    dist.update(command=header["command"], git_commit=commit, machine=machine())
+    print(init_table(dist), flush=True)
+    if args.json:
+      with locked(args.json):
+        results = merge(args.json, None, dist, header)
+  for name in names:
+    r = recipe(name)
+    for seed in (seeds[:1] if r["first_seed_only"] else seeds):
+      for side in sides:
+        if side not in r["sides"]:
+          continue
+        kw = dict(seed=seed, steps=args.steps, num_labels=args.labels,
+                  eval_every=args.eval_every, num_test=args.test_examples, data=data)
+        print(f"[parity] {name} / {side} / seed {seed}: {args.steps} steps", flush=True)
+        run = (run_ours(r, orig=orig, **kw) if side == "ours"
+               else run_original(orig, r, **kw))
+        run.update(recipe=name, side=side, seed=seed, labels=args.labels,
+                   settings={k: v for k, v in r.items() if k not in ("sides",)},
+                   command=header["command"], git_commit=commit,
+                   date=datetime.datetime.now().isoformat(timespec="seconds"),
+                   machine=machine())
+        first = run["first_step"]
+        print(f"[parity] {name} / {side} / seed {seed}: {run['num_params']:,} parameters, "
+              f"first-step NLL {first.get('nll', float('nan')):.1f} nats, "
+              f"{run['step_s']:.3f} s/step, wall {run['wall_s']:.0f} s", flush=True)
+        for e in run["evals"]:
+          print(f"  step {e['step']}: test acc {100 * e['test']['accuracy']:.1f}%, "
+                f"test bpd {e['test']['bpd_given_label']:.3f}, train CE "
+                f"{e['train']['cross_entropy']:.3f}, train NLL "
+                f"{e['train']['nll'] / (NUM_DIMS * math.log(2)):.3f} bpd", flush=True)
+        key = f"{name}/{side}/seed{seed}/steps{args.steps}"
+        if args.json:
+          with locked(args.json):
+            results = merge(args.json, key, run, header)
+            if args.figure:
+              plot(results, args.figure)
+        else:
+          results = results or {"runs": {}}
+          results["runs"][key] = run
+  if results:
+    for name in ("original", "cpu", "cpu_label_weight_3"):
+      if any(r["recipe"] == name for r in results["runs"].values()):
+        print(parity_table(results, name))
+  return results
+
+
+if __name__ == "__main__":
+  main()
