@@ -3,6 +3,7 @@
     python -m benchmarks.bench_steps                                # ours only
     python -m benchmarks.bench_steps --original=/path/to/flowgmm    # + the original, ratios
     python -m benchmarks.bench_steps --only=toy,text --repeats=20 --json out.json
+    python -m benchmarks.bench_steps --only=cifar --layout=unrolled      # flows unrolled
 
 Ours: the library's real jitted, data-parallel train step
 (``flowgmm_jax.training.step.make_train_step``) on random data of the paper's shapes, compiled
@@ -105,7 +106,13 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
-def _ours(name: str, original_layout: bool = False, flat_optimizer: bool = False):
+def _unrolled(model):
+  """``model`` with its flow's identical layers unrolled (parameter layout 1), not scanned."""
+  return model.clone(flow=model.flow.clone(scan=False))
+
+
+def _ours(name: str, original_layout: bool = False, flat_optimizer: bool = False,
+          unrolled: bool = False):
   """Our train step, its initial state and inputs, and the parameter count."""
   c, x, y, shape, k = workload(name)
   image = c.data.kind == "image"
@@ -114,6 +121,8 @@ def _ours(name: str, original_layout: bool = False, flat_optimizer: bool = False
   eval_model = FlowGMM.from_config(c, shape, k, image=image)
   if original_layout:
     model, eval_model = _original_layout(model), _original_layout(eval_model)
+  if unrolled:
+    model, eval_model = _unrolled(model), _unrolled(eval_model)
   variables = eval_model.init(jax.random.PRNGKey(0), x[:8].astype(np.float32))
   tx = optim.make_optimizer(c.optim.optimizer, c.optim.learning_rate, 1000,
                             weight_decay=c.optim.weight_decay,
@@ -135,14 +144,19 @@ def _ours(name: str, original_layout: bool = False, flat_optimizer: bool = False
   return train_step, state, batch, rng, count_params(variables)
 
 
-def time_step(name: str, repeats: int, flat_optimizer: bool = False) -> dict:
-  """Ours: compile (timed with the first step), then ``repeats`` timed steps."""
-  train_step, state, batch, rng, num_params = _ours(name, flat_optimizer=flat_optimizer)
-  t0 = time.perf_counter()
+def time_step(name: str, repeats: int, flat_optimizer: bool = False,
+              unrolled: bool = False) -> dict:
+  """Ours: compile (timed with the first step), then ``repeats`` timed steps. Tracing and
+  compiling are also timed in process CPU seconds, which another load on the machine
+  changes far less than the wall clock."""
+  train_step, state, batch, rng, num_params = _ours(name, flat_optimizer=flat_optimizer,
+                                                    unrolled=unrolled)
+  t0, c0 = time.perf_counter(), time.process_time()
   lowered = train_step.lower(state, batch, rng)
-  lower_s = time.perf_counter() - t0
+  lower_s, lower_cpu_s = time.perf_counter() - t0, time.process_time() - c0
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0 - lower_s
+  compile_cpu_s = time.process_time() - c0 - lower_cpu_s
   state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
   first_s = time.perf_counter() - t0
@@ -169,7 +183,9 @@ def time_step(name: str, repeats: int, flat_optimizer: bool = False) -> dict:
   med = statistics.median(times)
   row = {"workload": name, "repeats": repeats, "median_s": med, "min_s": min(times),
          "max_s": max(times), "pipelined_s": pipelined, "first_step_s": first_s,
-         "trace_and_lower_s": lower_s, "xla_compile_s": compile_s, "hlo_fusions": num_fusions,
+         "trace_and_lower_s": lower_s, "xla_compile_s": compile_s,
+         "trace_and_lower_cpu_s": lower_cpu_s, "xla_compile_cpu_s": compile_cpu_s,
+         "layout": "unrolled" if unrolled else "scanned", "hlo_fusions": num_fusions,
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
          "params": num_params, "flops": flops, "gflops_per_s": flops / med / 1e9,
          "target_s": TARGET_S[name], "meets_target": med <= TARGET_S[name]}
@@ -278,6 +294,9 @@ def main():
                       help="this CPU's float32 peak, for the fraction column")
   parser.add_argument("--flat-optimizer", action="store_true",
                       help="ours with make_optimizer(flat=True): Adam on one flat vector")
+  parser.add_argument("--layout", choices=("scanned", "unrolled"), default="scanned",
+                      help="our flows as shipped (identical layers scanned) or unrolled "
+                           "(parameter layout 1), to measure what the scan changes")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
   args = parser.parse_args()
   names = [n for n in args.only.split(",") if n]
@@ -302,7 +321,8 @@ def main():
     repeats = args.repeats
     if n == "cifar":
       repeats = args.cifar_repeats or max(3, args.repeats // 3)
-    row = time_step(n, repeats, flat_optimizer=args.flat_optimizer)
+    row = time_step(n, repeats, flat_optimizer=args.flat_optimizer,
+                    unrolled=args.layout == "unrolled")
     if orig is not None:
       row.update(time_original(orig, n, repeats, anomaly=args.original_anomaly == "on"))
       if n != "cifar":
@@ -311,7 +331,8 @@ def main():
         row["ours_original_layout_flops"] = layout["flops"]
     rows.append(row)
 
-  line = (f"{header['date']}, jax {header['jax']}"
+  header["layout"] = args.layout
+  line = (f"{header['date']}, jax {header['jax']}, flows {args.layout}"
           + (f", torch {header['torch']}" if orig is not None else "")
           + f", {header['cpu']}, {cores} cores: XLA {cores} threads"
           + (f", torch {header['torch_threads']} threads" if orig is not None else ""))
@@ -325,10 +346,12 @@ def main():
       print(f"cifar first step (compile + one step): {_g(r['first_step_s'])} s, target "
             f"<= {TARGET_FIRST_CIFAR_S:g} s: {'met' if r['first_step_meets_target'] else 'NOT met'}"
             f" (trace + lower {_g(r['trace_and_lower_s'])} s, XLA compile "
-            f"{_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels)")
+            f"{_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels; CPU "
+            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
     else:
       print(f"{r['workload']} first step: trace + lower {_g(r['trace_and_lower_s'])} s, XLA "
-            f"compile {_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels")
+            f"compile {_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels (CPU "
+            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
     print(f"{r['workload']} compiled step: {r['hlo_dots']} dots, {r['hlo_convolutions']} "
           f"convolutions, {r['hlo_transposes']} transposes, {r['hlo_float_array_copies']} "
           f"copies of float arrays")
