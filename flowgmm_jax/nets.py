@@ -70,6 +70,50 @@ def _uniform_bias_init(fan_in: int):
   return init
 
 
+# NHWC images, HWIO kernels: the layout XLA:CPU's fast convolution kernels take.
+_NHWC_HWIO = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                          out_spec=(0, 3, 1, 2))
+
+
+@jax.custom_jvp
+def conv2d_same(x: Array, kernel: Array) -> Array:
+  """Stride-1 'SAME' (zero-padded) convolution, ``x: [B, H, W, C_in]``, ``kernel: [k, k,
+  C_in, C_out]`` (k odd) -> ``[B, H, W, C_out]``, whose gradients are convolutions in that
+  same fast layout.
+
+  Why: JAX's transpose rules express the input and filter gradients of a convolution as
+  convolutions with permuted dimension numbers and leave it to XLA to make them canonical.
+  XLA:CPU does that outside loops but not inside a loop body (jax-ml/jax#12868), where such
+  a convolution runs as a naive loop nest, 30x slower: the backward pass of the scanned
+  residual blocks. So the JVP below is written with the permutations as explicit
+  transposes, chosen so that what JAX transposes it into (the backward pass) are canonical
+  NHWC x HWIO convolutions: the input gradient a convolution with the flipped kernel, the
+  filter gradient a convolution over the batch axis, as XLA itself builds them outside
+  loops. Forward mode (``jax.jvp``, ``jax.jacfwd``) computes the same tangents, in that
+  unusual layout. The same numbers as ``lax.conv_general_dilated`` either way.
+  """
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                      dimension_numbers=_NHWC_HWIO)
+
+
+@conv2d_same.defjvp
+def _conv2d_same_jvp(primals, tangents):
+  x, kernel = primals
+  dx, dkernel = tangents
+  # conv(dx, kernel) with the kernel stored [k, k, C_out, C_in]: its transpose (w.r.t. dx)
+  # is a conv of the cotangent with the flipped kernel in HWIO, canonical.
+  input_part = jax.lax.conv_general_dilated(
+      dx, jnp.swapaxes(kernel, 2, 3), (1, 1), "SAME",
+      dimension_numbers=jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (2, 3, 0, 1), (0, 3, 1, 2)))
+  # conv(x, dkernel) with x stored [C_in, H, W, B], dkernel [C_in, k, k, C_out] and the
+  # output [H, W, B, C_out]: its transpose (w.r.t. dkernel) is the canonical conv of x
+  # (batch axis as features) with the cotangent (batch axis as input features).
+  kernel_part = jax.lax.conv_general_dilated(
+      jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dkernel, (2, 0, 1, 3)), (1, 1), "SAME",
+      dimension_numbers=jax.lax.ConvDimensionNumbers((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)))
+  return conv2d_same(x, kernel), input_part + jnp.transpose(kernel_part, (2, 0, 1, 3))
+
+
 def _weight_norm(v: Array, g: Array) -> Array:
   """Weight-normalised kernel ``g * v / ||v||`` with the norm over all axes but the last
   (output-channel) axis. ``v: [..., out]``, ``g: [out]``."""
@@ -125,9 +169,7 @@ class WNConv(nn.Module):
       # convolution kernel (python -m benchmarks.bench_kernels, README "Speed").
       y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
     else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=(1, 1), padding="SAME",
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = conv2d_same(x, kernel)
     if self.use_bias:
       bias_init = nn.initializers.zeros if self.zero_init else _uniform_bias_init(fan_in)
       bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
