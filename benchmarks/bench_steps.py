@@ -3,6 +3,7 @@
     python -m benchmarks.bench_steps                                # ours only
     python -m benchmarks.bench_steps --original=/path/to/flowgmm    # + the original, ratios
     python -m benchmarks.bench_steps --only=toy,text --repeats=20 --json out.json
+    python -m benchmarks.bench_steps --only=cifar --layout=unrolled      # flows unrolled
 
 Ours: the library's real jitted, data-parallel train step
 (``flowgmm_jax.training.step.make_train_step``) on random data of the paper's shapes, compiled
@@ -101,14 +102,28 @@ def _original_layout(model):
   return model.clone(flow=model.flow.clone(full_width_conditioner=True))
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
+def _flops(stage) -> float:
+  """XLA's FLOP count of a lowered or compiled step."""
+  cost = stage.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
     cost = cost[0]
   return float(cost.get("flops", 0.0))
 
 
-def _ours(name: str, original_layout: bool = False, spec=None):
+def step_flops(name: str, **options) -> float:
+  """FLOPs of our step, counted by XLA on the step with the flows unrolled, lowered, not
+  compiled. XLA's cost analysis counts the body of a loop once, not once per iteration, so
+  the scanned step's own count is too low; unrolling changes no arithmetic."""
+  train_step, state, batch, rng, _ = _ours(name, unrolled=True, **options)
+  return _flops(train_step.lower(state, batch, rng))
+
+
+def _unrolled(model):
+  """``model`` with its flow's identical layers unrolled (parameter layout 1), not scanned."""
+  return model.clone(flow=model.flow.clone(scan=False))
+
+
+def _ours(name: str, original_layout: bool = False, unrolled: bool = False, spec=None):
   """Our train step, its initial state and inputs, and the parameter count. ``spec``: a
   ``(config, x, y, input_shape, num_classes)`` tuple to use instead of ``workload(name)``
   (benchmarks/gpu_check.py: other dtypes and shapes)."""
@@ -119,6 +134,8 @@ def _ours(name: str, original_layout: bool = False, spec=None):
   eval_model = FlowGMM.from_config(c, shape, k, image=image)
   if original_layout:
     model, eval_model = _original_layout(model), _original_layout(eval_model)
+  if unrolled:
+    model, eval_model = _unrolled(model), _unrolled(eval_model)
   # Jitted: one compile instead of one per operation (seconds for an image model).
   variables = jax.jit(eval_model.init)(jax.random.PRNGKey(0), x[:8].astype(np.float32))
   tx = optim.make_optimizer(c.optim.optimizer, c.optim.learning_rate, 1000,
@@ -141,15 +158,17 @@ def _ours(name: str, original_layout: bool = False, spec=None):
   return train_step, state, batch, rng, count_params(variables)
 
 
-def time_step(name: str, repeats: int, spec=None) -> dict:
-  """Ours: compile (timed with the first step), then ``repeats`` timed steps. ``spec``: see
-  ``_ours``."""
-  train_step, state, batch, rng, num_params = _ours(name, spec=spec)
-  t0 = time.perf_counter()
+def time_step(name: str, repeats: int, unrolled: bool = False, spec=None) -> dict:
+  """Ours: compile (timed with the first step), then ``repeats`` timed steps. Tracing and
+  compiling are also timed in process CPU seconds, which another load on the machine
+  changes far less than the wall clock. ``spec``: see ``_ours``."""
+  train_step, state, batch, rng, num_params = _ours(name, unrolled=unrolled, spec=spec)
+  t0, c0 = time.perf_counter(), time.process_time()
   lowered = train_step.lower(state, batch, rng)
-  lower_s = time.perf_counter() - t0
+  lower_s, lower_cpu_s = time.perf_counter() - t0, time.process_time() - c0
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0 - lower_s
+  compile_cpu_s = time.process_time() - c0 - lower_cpu_s
   state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
   first_s = time.perf_counter() - t0
@@ -160,7 +179,8 @@ def time_step(name: str, repeats: int, spec=None) -> dict:
   hlo_counts = {"dots": hlo.count(" dot("), "convolutions": hlo.count(" convolution("),
                 "transposes": hlo.count(" transpose("),
                 "float_array_copies": len(re.findall(r"= [fb]f?\d+\[\d[^\]]*\]\S* copy\(", hlo))}
-  flops = _flops(compiled)
+  compiled_flops = _flops(compiled)  # loops' bodies counted once (see step_flops)
+  flops = compiled_flops if unrolled else step_flops(name, spec=spec)
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -176,9 +196,12 @@ def time_step(name: str, repeats: int, spec=None) -> dict:
   med = statistics.median(times)
   row = {"workload": name, "repeats": repeats, "median_s": med, "min_s": min(times),
          "max_s": max(times), "pipelined_s": pipelined, "first_step_s": first_s,
-         "trace_and_lower_s": lower_s, "xla_compile_s": compile_s, "hlo_fusions": num_fusions,
+         "trace_and_lower_s": lower_s, "xla_compile_s": compile_s,
+         "trace_and_lower_cpu_s": lower_cpu_s, "xla_compile_cpu_s": compile_cpu_s,
+         "layout": "unrolled" if unrolled else "scanned", "hlo_fusions": num_fusions,
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
-         "params": num_params, "flops": flops, "gflops_per_s": flops / med / 1e9,
+         "params": num_params, "flops": flops, "xla_compiled_step_flops": compiled_flops,
+         "gflops_per_s": flops / med / 1e9,
          "target_s": TARGET_S.get(name), "meets_target": med <= TARGET_S.get(name, math.inf)}
   if name == "cifar":
     row["first_step_target_s"] = TARGET_FIRST_CIFAR_S
@@ -188,10 +211,9 @@ def time_step(name: str, repeats: int, spec=None) -> dict:
 
 def original_layout_counts(name: str) -> dict:
   """Toy/text: parameters and XLA FLOPs of our step with the original's full-width
-  conditioners (compiled, not run), to set against the original's counts."""
-  train_step, state, batch, rng, num_params = _ours(name, original_layout=True)
-  compiled = train_step.lower(state, batch, rng).compile()
-  return {"params": num_params, "flops": _flops(compiled)}
+  conditioners (lowered, unrolled: see step_flops), to set against the original's counts."""
+  train_step, state, batch, rng, num_params = _ours(name, original_layout=True, unrolled=True)
+  return {"params": num_params, "flops": _flops(train_step.lower(state, batch, rng))}
 
 
 def time_original(orig, name: str, repeats: int, *, anomaly) -> dict:
@@ -283,6 +305,9 @@ def main():
                            "train_semisup_cons.py")
   parser.add_argument("--peak-gflops", type=float, default=550.0,
                       help="this CPU's float32 peak, for the fraction column")
+  parser.add_argument("--layout", choices=("scanned", "unrolled"), default="scanned",
+                      help="our flows as shipped (identical layers scanned) or unrolled "
+                           "(parameter layout 1), to measure what the scan changes")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
   args = parser.parse_args()
   names = [n for n in args.only.split(",") if n]
@@ -307,7 +332,7 @@ def main():
     repeats = args.repeats
     if n == "cifar":
       repeats = args.cifar_repeats or max(3, args.repeats // 3)
-    row = time_step(n, repeats)
+    row = time_step(n, repeats, unrolled=args.layout == "unrolled")
     if orig is not None:
       row.update(time_original(orig, n, repeats, anomaly=args.original_anomaly == "on"))
       if n != "cifar":
@@ -316,7 +341,8 @@ def main():
         row["ours_original_layout_flops"] = layout["flops"]
     rows.append(row)
 
-  line = (f"{header['date']}, jax {header['jax']}"
+  header["layout"] = args.layout
+  line = (f"{header['date']}, jax {header['jax']}, flows {args.layout}"
           + (f", torch {header['torch']}" if orig is not None else "")
           + f", {header['cpu']}, {cores} cores: XLA {cores} threads"
           + (f", torch {header['torch_threads']} threads" if orig is not None else ""))
@@ -330,10 +356,12 @@ def main():
       print(f"cifar first step (compile + one step): {_g(r['first_step_s'])} s, target "
             f"<= {TARGET_FIRST_CIFAR_S:g} s: {'met' if r['first_step_meets_target'] else 'NOT met'}"
             f" (trace + lower {_g(r['trace_and_lower_s'])} s, XLA compile "
-            f"{_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels)")
+            f"{_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels; CPU "
+            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
     else:
       print(f"{r['workload']} first step: trace + lower {_g(r['trace_and_lower_s'])} s, XLA "
-            f"compile {_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels")
+            f"compile {_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels (CPU "
+            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
     print(f"{r['workload']} compiled step: {r['hlo_dots']} dots, {r['hlo_convolutions']} "
           f"convolutions, {r['hlo_transposes']} transposes, {r['hlo_float_array_copies']} "
           f"copies of float arrays")

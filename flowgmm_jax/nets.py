@@ -17,6 +17,8 @@ part. The conditioners never need to be invertible.
       out = WNConv1x1(relu(BN(skip))) -> out_channels = [s_raw | t]
 
   All convolutions are weight-normalised (``WNConv``), every BatchNorm is affine.
+  The ``num_blocks`` identical residual blocks run as one ``nn.scan`` (``scan=True``, the
+  default): XLA compiles one block, not ``num_blocks`` copies.
 * ``MLP`` / ``MLPConditioner``: the tabular s/t network of the original
   (``CouplingLayerTabular``): Dense(k), ReLU, [Dropout], num_layers x (Dense(k), ReLU),
   Dense(out).
@@ -94,6 +96,50 @@ def _uniform_bias_init(fan_in: int):
   return init
 
 
+# NHWC images, HWIO kernels: the layout XLA:CPU's fast convolution kernels take.
+_NHWC_HWIO = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                          out_spec=(0, 3, 1, 2))
+
+
+@jax.custom_jvp
+def conv2d_same(x: Array, kernel: Array) -> Array:
+  """Stride-1 'SAME' (zero-padded) convolution, ``x: [B, H, W, C_in]``, ``kernel: [k, k,
+  C_in, C_out]`` (k odd) -> ``[B, H, W, C_out]``, whose gradients are convolutions in that
+  same fast layout.
+
+  Why: JAX's transpose rules express the input and filter gradients of a convolution as
+  convolutions with permuted dimension numbers and leave it to XLA to make them canonical.
+  XLA:CPU does that outside loops but not inside a loop body (jax-ml/jax#12868), where such
+  a convolution runs as a naive loop nest, 30x slower: the backward pass of the scanned
+  residual blocks. So the JVP below is written with the permutations as explicit
+  transposes, chosen so that what JAX transposes it into (the backward pass) are canonical
+  NHWC x HWIO convolutions: the input gradient a convolution with the flipped kernel, the
+  filter gradient a convolution over the batch axis, as XLA itself builds them outside
+  loops. Forward mode (``jax.jvp``, ``jax.jacfwd``) computes the same tangents, in that
+  unusual layout. The same numbers as ``lax.conv_general_dilated`` either way.
+  """
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                      dimension_numbers=_NHWC_HWIO)
+
+
+@conv2d_same.defjvp
+def _conv2d_same_jvp(primals, tangents):
+  x, kernel = primals
+  dx, dkernel = tangents
+  # conv(dx, kernel) with the kernel stored [k, k, C_out, C_in]: its transpose (w.r.t. dx)
+  # is a conv of the cotangent with the flipped kernel in HWIO, canonical.
+  input_part = jax.lax.conv_general_dilated(
+      dx, jnp.swapaxes(kernel, 2, 3), (1, 1), "SAME",
+      dimension_numbers=jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (2, 3, 0, 1), (0, 3, 1, 2)))
+  # conv(x, dkernel) with x stored [C_in, H, W, B], dkernel [C_in, k, k, C_out] and the
+  # output [H, W, B, C_out]: its transpose (w.r.t. dkernel) is the canonical conv of x
+  # (batch axis as features) with the cotangent (batch axis as input features).
+  kernel_part = jax.lax.conv_general_dilated(
+      jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dkernel, (2, 0, 1, 3)), (1, 1), "SAME",
+      dimension_numbers=jax.lax.ConvDimensionNumbers((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)))
+  return conv2d_same(x, kernel), input_part + jnp.transpose(kernel_part, (2, 0, 1, 3))
+
+
 def _weight_norm(v: Array, g: Array) -> Array:
   """Weight-normalised kernel ``g * v / ||v||`` with the norm over all axes but the last
   (output-channel) axis. ``v: [..., out]``, ``g: [out]``."""
@@ -149,9 +195,7 @@ class WNConv(nn.Module):
       # convolution kernel (python -m benchmarks.bench_kernels, README "Speed").
       y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
     else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=(1, 1), padding="SAME",
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = conv2d_same(x, kernel)
     if self.use_bias:
       bias_init = nn.initializers.zeros if self.zero_init else _uniform_bias_init(fan_in)
       bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
@@ -177,6 +221,71 @@ class Rescale(nn.Module):
     return g * v / jnp.abs(v)
 
 
+def _residual_block(h: Array, skip: Array, mid: int, batch_norm, conv, names) -> Tuple[Array, Array]:
+  """One residual block of ``ResNetConditioner`` on ``h, skip: [B, H, W, mid]``:
+
+      h = h + WNConv3x3(relu(BN(WNConv3x3_nobias(relu(BN(h))))));  skip = skip + WNConv1x1(h)
+
+  ``batch_norm(name)`` and ``conv(features, k, name, **kw)`` build the layers; ``names`` maps
+  the five layer roles (in_norm, in_conv, out_norm, out_conv, skip) to module names. The one
+  definition behind both layouts (unrolled names ``block{i}_in_norm``..., or one scanned
+  block whose layers are named by their roles)."""
+  r = nn.relu(batch_norm(names["in_norm"])(h))
+  r = conv(mid, 3, names["in_conv"], use_bias=False)(r)
+  r = nn.relu(batch_norm(names["out_norm"])(r))
+  r = conv(mid, 3, names["out_conv"])(r)
+  h = h + r
+  return h, skip + conv(mid, 1, names["skip"])(h)
+
+
+BLOCK_LAYERS = ("in_norm", "in_conv", "out_norm", "out_conv", "skip")
+
+
+def unrolled_block_names(index: int):
+  """Module names of residual block ``index`` in the unrolled layout (``scan=False``):
+  ``{"in_norm": "block{index}_in_norm", ..., "skip": "skip{index}"}``."""
+  return {role: (f"skip{index}" if role == "skip" else f"block{index}_{role}")
+          for role in BLOCK_LAYERS}
+
+
+def resnet_conditioner_layout(num_blocks: int):
+  """Where ``ResNetConditioner``'s modules sit in the scanned layout and in the unrolled one,
+  relative to the conditioner: ``[(scanned path, unrolled path or per-block list of
+  paths)]`` (the layout map of ``flowgmm_jax.models.layout``)."""
+  entries = [((name,), (name,)) for name in ("in_norm", "in_conv", "in_skip", "out_norm",
+                                             "out_conv")]
+  if num_blocks > 0:
+    entries += [(("blocks", role), [(unrolled_block_names(i)[role],) for i in range(num_blocks)])
+                for role in BLOCK_LAYERS]
+  return entries
+
+
+class _ResidualBlock(nn.Module):
+  """One residual block as the body of ``ResNetConditioner``'s scan: carry ``(h, skip)``."""
+  mid_channels: int
+  train: bool
+  bn_axis_name: Optional[str]
+  param_dtype: jnp.dtype
+  dtype: Optional[jnp.dtype]
+
+  @nn.compact
+  def __call__(self, carry: Tuple[Array, Array], _) -> Tuple[Tuple[Array, Array], None]:
+    h, skip = carry
+    batch_norm = lambda name: _batch_norm(self.train, self.bn_axis_name, self.dtype,
+                                          self.param_dtype, name)
+    conv = lambda features, k, name, **kw: WNConv(
+        features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name, **kw)
+    names = {role: role for role in BLOCK_LAYERS}
+    return _residual_block(h, skip, self.mid_channels, batch_norm, conv, names), None
+
+
+def _batch_norm(train: bool, axis_name: Optional[str], dtype, param_dtype, name: str
+                ) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                      epsilon=BN_EPSILON, axis_name=axis_name, dtype=dtype,
+                      param_dtype=param_dtype, name=name)
+
+
 class ResNetConditioner(nn.Module):
   """The original RealNVP/FlowGMM ResNet s/t network (NHWC); see the module docstring.
 
@@ -195,6 +304,13 @@ class ResNetConditioner(nn.Module):
     dtype: compute dtype of the convolutions and BatchNorms (e.g. bfloat16; BatchNorm keeps
       its statistics in float32); None: float32. The outputs are cast back to the input's
       dtype, so the coupling's affine map and log-det stay in full precision.
+    scan: run the ``num_blocks`` identical residual blocks as one ``nn.scan`` (XLA compiles
+      one block instead of ``num_blocks`` copies). Their parameters and BatchNorm
+      statistics are then stacked on a leading axis of size ``num_blocks`` under the one
+      module ``blocks`` (``blocks/in_conv/v: [num_blocks, 3, 3, mid, mid]``); False keeps
+      one module per layer (``block{i}_in_conv/v: [3, 3, mid, mid]``, ``skip{i}``). The
+      same function of the same numbers either way (``flowgmm_jax.models.layout``
+      converts between them).
   """
   mid_channels: int = 64
   num_blocks: int = 8
@@ -204,11 +320,10 @@ class ResNetConditioner(nn.Module):
   bn_axis_name: Optional[str] = None
   param_dtype: jnp.dtype = jnp.float32
   dtype: Optional[jnp.dtype] = None
+  scan: bool = True
 
   def _batch_norm(self, train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                        epsilon=BN_EPSILON, axis_name=self.bn_axis_name,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype, name)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
@@ -234,13 +349,16 @@ class ResNetConditioner(nn.Module):
     h = nn.relu(jnp.concatenate([h, -h], axis=-1))  # concat-ReLU keeps sign information
     h = wn(mid, 3, "in_conv")(h)
     skip = wn(mid, 1, "in_skip")(h)
-    for i in range(self.num_blocks):
-      r = nn.relu(self._batch_norm(train, f"block{i}_in_norm")(h))
-      r = wn(mid, 3, f"block{i}_in_conv", use_bias=False)(r)
-      r = nn.relu(self._batch_norm(train, f"block{i}_out_norm")(r))
-      r = wn(mid, 3, f"block{i}_out_conv")(r)
-      h = h + r
-      skip = skip + wn(mid, 1, f"skip{i}")(h)
+    if self.scan and self.num_blocks > 0:
+      blocks = nn.scan(_ResidualBlock, variable_axes={"params": 0, "batch_stats": 0},
+                       split_rngs={"params": True}, length=self.num_blocks,
+                       check_constancy_invariants=False)
+      (h, skip), _ = blocks(mid, train, self.bn_axis_name, self.param_dtype, self.dtype,
+                            name="blocks")((h, skip), None)
+    else:
+      for i in range(self.num_blocks):
+        h, skip = _residual_block(h, skip, mid, lambda name: self._batch_norm(train, name),
+                                  wn, unrolled_block_names(i))
     out = nn.relu(self._batch_norm(train, "out_norm")(skip))
     out = wn(out_channels, 1, "out_conv", zero_init=self.zero_init_last)(out)
     s_raw, t = jnp.split(out.astype(x.dtype), 2, axis=-1)

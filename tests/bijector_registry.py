@@ -12,9 +12,10 @@ one and the Jacobians are dense below the diagonal), and ``scale`` is not 1.
 The constructors build everything in ``dtype`` (call them inside ``jax.enable_x64`` for
 float64). ``ZERO_LOG_DET`` names the entries whose log-det is identically 0.
 
-Flows (the Linen models of ``flowgmm_jax.models``) enter through ``FlowAsBijector``;
-their tiny configurations live in ``TINY_FLOWS`` (one place; tests/test_models.py
-imports them from here for its model-specific tests). Flow entries are named
+Flows (the Linen models of ``flowgmm_jax.models``, in their default scanned layout) enter
+through ``FlowAsBijector``; their tiny configurations live in ``TINY_FLOWS`` (one place;
+tests/test_models.py imports them from here for its model-specific tests, and tests there
+that the scanned layout equals the unrolled one). Flow entries are named
 ``flow_<name>`` and use a batch of 2 (the least that batch independence needs).
 """
 
@@ -333,13 +334,18 @@ def tiny_flow_variables(name: str, rng: np.random.Generator, dtype=jnp.float32,
 
   def sample(path, leaf):
     key = getattr(path[-1], "key", None)
+    where = jax.tree_util.keystr(path)
     shape = leaf.shape
-    if key == "g" and "out_conv" in jax.tree_util.keystr(path):
+    # Scanned flows stack layers on leading axes: fan-ins are read from the trailing
+    # kernel axes ([..., k, k, C_in, C_out] convs, [..., D_in, D_out] dense kernels).
+    if key == "g" and "out_conv" in where:
       # Small last layers (a partly trained flow): s_raw, t = O(0.1-1). Gains ~ 1 there
       # make |z| ~ 1e3 after 10 couplings and float32 round trips lose ~1e-3.
       base = np.zeros(shape)
-    elif key in ("v", "kernel") and len(shape) >= 2:  # conv / dense weights
-      base = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+    elif key == "v" and "rescale" not in where:  # conv weights
+      base = rng.standard_normal(shape) / np.sqrt(np.prod(shape[-4:-1]))
+    elif key == "kernel":  # dense weights
+      base = rng.standard_normal(shape) / np.sqrt(shape[-2])
     elif key in ("g", "v", "scale", "var"):  # gains, Rescale's v, BatchNorm
       base = np.ones(shape)
     else:  # biases, running means, ActNorm loc/log_scale, 1x1-conv LU factors

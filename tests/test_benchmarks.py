@@ -146,6 +146,9 @@ def _mnist_model_pair(orig, seed: int):
   c = mnist.get_config("cpu")
   c.model.zero_init_last = False
   ours = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
+  # Unrolled (layout 1): the original's modules map one to one onto ours; the scanned layout
+  # is the same function (tests/test_models.py).
+  ours = ours.clone(flow=ours.flow.clone(scan=False))
   variables = jax.jit(lambda k: ours.init(k, jnp.zeros((2, 28, 28, 1))))(jax.random.PRNGKey(0))
   return theirs, ours, variables
 

@@ -13,16 +13,21 @@ trace the full-size RealNVP with jax.eval_shape (no compute).
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flowgmm_jax import models
+from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU
 from flowgmm_jax.bijectors.coupling import checkerboard_mask
 from flowgmm_jax.bijectors.reshape import Squeeze
 from flowgmm_jax.models import (Glow, RealNVP, RealNVPTabular, SplineTabular, count_params,
                                 weight_norm_gain_mask)
+from flowgmm_jax.models import glow as glow_lib
+from flowgmm_jax.models.layout import LayoutVersionError, convert_flow_variables
 from flowgmm_jax.models.realnvp import realnvp_plan
 from flowgmm_jax.nets import ResNetConditioner, WNConv
 
@@ -63,6 +68,20 @@ def model_and_variables(name, dtype=jnp.float32, seed=1):
   return registry.tiny_flow_variables(name, np.random.default_rng(seed), dtype)
 
 
+def convert_bare(variables, flow, from_version, to_version):
+  """A bare flow's variables (``{'params': {...}, 'batch_stats': {...}}``, no FlowGMM around
+  it) moved between layouts: the converter works on the flow's entry of each collection."""
+  wrapped = {name: {"flow": tree} for name, tree in variables.items()}
+  converted = convert_flow_variables(wrapped, flow, from_version=from_version,
+                                     to_version=to_version)
+  return {name: tree["flow"] for name, tree in converted.items()}
+
+
+def unrolled(model, variables):
+  """``(model with scan=False, its variables)``: the same flow in the unrolled layout."""
+  return model.clone(scan=False), convert_bare(variables, model, 2, 1)
+
+
 # ---------------------------------------------------------------- architecture / counts
 
 
@@ -86,21 +105,23 @@ def test_realnvp_param_count_matches_original(shape):
 def test_realnvp_default_architecture_shapes():
   """Layout of the paper's flow: 3 checkerboard, squeeze, 3 channel-wise, factor out; then
   4 checkerboard at the last scale; conditioner width doubles per scale and for the
-  channel-wise couplings; 8 residual blocks."""
+  channel-wise couplings; 8 residual blocks. Scanned: each stack's arrays lead with the
+  coupling axis, the blocks' with (coupling, block)."""
   params = full_size_realnvp_shapes((32, 32, 3))["params"]
-  conditioners = sorted(k for k in params if k.startswith("conditioners_"))
-  assert len(conditioners) == 10
-  # in_conv sees concat[x, -x]: (3, 3, 2 * C_in, mid).
-  expected_in = {0: (3, 3, 6, 64), 2: (3, 3, 6, 64), 3: (3, 3, 12, 128),
-                 5: (3, 3, 12, 128), 6: (3, 3, 12, 128), 9: (3, 3, 12, 128)}
-  for i, shape in expected_in.items():
-    assert params[f"conditioners_{i}"]["in_conv"]["v"].shape == shape, i
-  assert params["conditioners_0"]["out_conv"]["v"].shape == (1, 1, 64, 6)
-  assert params["conditioners_3"]["out_conv"]["v"].shape == (1, 1, 128, 12)
-  assert params["rescales_3"]["g"].shape == (6,)
-  blocks = {k for k in params["conditioners_0"] if k.startswith("block")}
-  assert len(blocks) == 8 * 4  # in_norm, in_conv, out_norm, out_conv per block
-  assert "bias" not in params["conditioners_0"]["block0_in_conv"]
+  assert set(params) == {"checkerboards_0", "channels_0", "checkerboards_1"}
+  # in_conv sees concat[x, -x]: (3, 3, 2 * C_in, mid), one per coupling of the stack.
+  expected_in = {"checkerboards_0": (3, 3, 3, 6, 64), "channels_0": (3, 3, 3, 12, 128),
+                 "checkerboards_1": (4, 3, 3, 12, 128)}
+  for name, shape in expected_in.items():
+    assert params[name]["conditioner"]["in_conv"]["v"].shape == shape, name
+  assert params["checkerboards_0"]["conditioner"]["out_conv"]["v"].shape == (3, 1, 1, 64, 6)
+  assert params["channels_0"]["conditioner"]["out_conv"]["v"].shape == (3, 1, 1, 128, 12)
+  assert params["channels_0"]["rescale"]["g"].shape == (3, 6)
+  blocks = params["checkerboards_0"]["conditioner"]["blocks"]
+  assert set(blocks) == {"in_norm", "in_conv", "out_norm", "out_conv", "skip"}
+  assert blocks["in_conv"]["v"].shape == (3, 8, 3, 3, 64, 64)
+  assert blocks["skip"]["v"].shape == (3, 8, 1, 1, 64, 64)
+  assert "bias" not in blocks["in_conv"]
 
 
 def test_weight_norm_gain_mask_selects_g_leaves():
@@ -110,9 +131,13 @@ def test_weight_norm_gain_mask_selects_g_leaves():
   mask = weight_norm_gain_mask(variables["params"])
   flat = jax.tree_util.tree_flatten_with_path(mask)[0]
   selected = [jax.tree_util.keystr(p) for p, m in flat if m]
-  # Per coupling: in_conv, in_skip, 2 block convs, 1 skip, out_conv, Rescale -> 7 gains.
-  assert len(selected) == 10 * 7
+  # Per stack of couplings: in_conv, in_skip, 2 block convs, 1 skip, out_conv, Rescale ->
+  # 7 stacked gains; 3 stacks of 3, 3 and 4 couplings.
+  assert len(selected) == 3 * 7
   assert all(s.endswith("['g']") for s in selected)
+  gains = [leaf for leaf, m in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(mask))
+           if m]
+  assert sorted({g.shape[0] for g in gains}) == [3, 4]
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -164,21 +189,28 @@ def test_resnet_conditioner_starts_at_zero_output():
 
 
 def test_resnet_conditioner_batch_norm_averages_over_bn_axis_name():
-  """bn_axis_name: batch statistics are averaged over the named (device) axis."""
+  """bn_axis_name: batch statistics are averaged over the named (device) axis, inside the
+  scanned residual blocks too: every "device" ends with the statistics of the whole batch."""
   image_shape = registry.TINY_FLOWS["realnvp"][1]
   x = jnp.asarray(make_inputs("realnvp", batch=6), jnp.float32)
-  x = x.reshape((2, 3) + image_shape)  # 2 "devices" with 3 examples each
-  net = ResNetConditioner(mid_channels=4, num_blocks=1, bn_axis_name="data")
-  variables = ResNetConditioner(mid_channels=4, num_blocks=1).init(jax.random.PRNGKey(0),
-                                                                   x[0])
+  shards = x.reshape((2, 3) + image_shape)  # 2 "devices" with 3 examples each
+  net = ResNetConditioner(mid_channels=4, num_blocks=2, bn_axis_name="data")
+  one_device = ResNetConditioner(mid_channels=4, num_blocks=2)
+  variables = one_device.init(jax.random.PRNGKey(0), x)
 
-  def running_mean(shard):
+  def updated_stats(shard):
     _, updates = net.apply(variables, shard, train=True, mutable=["batch_stats"])
-    return updates["batch_stats"]["in_norm"]["mean"]
+    return updates["batch_stats"]
 
-  means = jax.vmap(running_mean, axis_name="data")(x)  # one row per "device"
-  expected = 0.1 * x.reshape((6,) + image_shape).mean((0, 1, 2))
-  np.testing.assert_allclose(means, np.stack([expected, expected]), rtol=1e-5, atol=1e-7)
+  per_device = jax.jit(jax.vmap(updated_stats, axis_name="data"))(shards)  # row per "device"
+  whole = jax.jit(lambda x: one_device.apply(variables, x, train=True, mutable=["batch_stats"])
+                  )(x)[1]["batch_stats"]
+  expected = 0.1 * x.mean((0, 1, 2))
+  np.testing.assert_allclose(per_device["in_norm"]["mean"], np.stack([expected, expected]),
+                             rtol=1e-5, atol=1e-7)
+  assert per_device["blocks"]["in_norm"]["mean"].shape == (2, 2, 4)  # device, block, C
+  for got, want in zip(jax.tree.leaves(per_device), jax.tree.leaves(whole)):
+    np.testing.assert_allclose(got, np.stack([want, want]), rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------- invertibility, log-dets
@@ -206,7 +238,7 @@ def test_public_contract_init_apply_inverse_realnvp_starts_as_identity():
 def test_first_coupling_matches_hand_computation():
   """Parity 0 (the original's reverse_mask=False) changes pixels with i + j even;
   y = mask x + (1 - mask)(x + t) exp(scale * tanh(s_raw)), scale = g * sign(v)."""
-  model, variables = model_and_variables("realnvp")
+  model, variables = unrolled(*model_and_variables("realnvp"))
   x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
   bound = model.bind(variables)
   mask = checkerboard_mask(x.shape[1], x.shape[2], 0)
@@ -230,13 +262,16 @@ def test_train_mode_updates_batch_stats():
   (z_train, _), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
   z_eval, _ = model.apply(variables, x)
   assert not np.allclose(z_train, z_eval)  # batch statistics, not running ones
-  old = variables["batch_stats"]["conditioners_0"]["in_norm"]
-  new = updates["batch_stats"]["conditioners_0"]["in_norm"]
-  # First BN sees the kept half x * mask: running = 0.9 running + 0.1 batch (PyTorch).
+  # The first coupling's input BN (index 0 of the first stack) sees the kept half x * mask:
+  # running = 0.9 running + 0.1 batch (PyTorch).
+  old = jax.tree.map(lambda a: a[0], variables["batch_stats"]["checkerboards_0"]["conditioner"])
+  new = jax.tree.map(lambda a: a[0], updates["batch_stats"]["checkerboards_0"]["conditioner"])
   kept = x * checkerboard_mask(x.shape[1], x.shape[2], 0)
-  np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * kept.mean((0, 1, 2)),
+  np.testing.assert_allclose(new["in_norm"]["mean"],
+                             0.9 * old["in_norm"]["mean"] + 0.1 * kept.mean((0, 1, 2)),
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * kept.var((0, 1, 2)),
+  np.testing.assert_allclose(new["in_norm"]["var"],
+                             0.9 * old["in_norm"]["var"] + 0.1 * kept.var((0, 1, 2)),
                              rtol=1e-5, atol=1e-6)
   # Every BatchNorm of every conditioner moved.
   changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
@@ -332,20 +367,30 @@ def test_bad_latent_shapes_raise_clear_errors():
 
 
 def test_glow_init_is_data_dependent_actnorm():
-  """model.init(rng, x) IS ActNorm's data-dependent init: the first ActNorm (after the
-  first squeeze) maps the init batch to zero mean, unit variance per channel; at init the
-  1x1 convs are orthogonal and the couplings the identity, so the log-det is ActNorm's."""
-  model = Glow(num_scales=1, steps_per_scale=1, mid_channels=4, num_blocks=0)
+  """model.init(rng, x) IS ActNorm's data-dependent init, inside the scan over a scale's
+  steps too: each step's ActNorm maps the activations reaching it (the first after the
+  first squeeze, the second after the first step) to zero mean, unit variance per channel;
+  each 1x1 conv starts from the LU factors of its own seed. At init the 1x1 convs are
+  orthogonal and the couplings the identity, so the log-det is the ActNorms'."""
+  model = Glow(num_scales=1, steps_per_scale=2, mid_channels=4, num_blocks=0)
   x = jnp.asarray(3.0 + 2.0 * make_inputs("glow", batch=4)[:, :4, :4], jnp.float32)
   variables = model.init(jax.random.PRNGKey(0), x)
-  log_scale = variables["params"]["actnorms_0"]["log_scale"]
-  squeezed = Squeeze().forward(x)  # [4, 2, 2, 8]
-  normalised = (squeezed - variables["params"]["actnorms_0"]["loc"]) * jnp.exp(-log_scale)
-  np.testing.assert_allclose(normalised.mean((0, 1, 2)), 0.0, atol=1e-5)
-  np.testing.assert_allclose(normalised.var((0, 1, 2)), 1.0, atol=1e-4)
-  assert float(jnp.abs(log_scale).max()) > 0.1
-  _, log_det = model.apply(variables, x)
-  np.testing.assert_allclose(log_det, -4 * jnp.sum(log_scale), rtol=1e-4, atol=1e-3)
+  params = variables["params"]["scales_0"]
+  h = Squeeze().forward(x)  # [4, 2, 2, 8]: what reaches step 0
+  log_det = 0.0
+  for step in range(2):
+    loc, log_scale = params["actnorm"]["loc"][step], params["actnorm"]["log_scale"][step]
+    normalised = (h - loc) * jnp.exp(-log_scale)
+    np.testing.assert_allclose(normalised.mean((0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(normalised.var((0, 1, 2)), 1.0, atol=1e-4)
+    assert float(jnp.abs(log_scale).max()) > 0.1
+    lu_init = glow_lib._fixed_conv1x1_lu_init(model._conv1x1_seed(step), 8)
+    for name in ("lower", "upper", "log_s"):
+      np.testing.assert_array_equal(params["conv1x1"][name][step], lu_init[name])
+    h = normalised @ Conv1x1LU(**lu_init).weight()  # the coupling is the identity at init
+    log_det = log_det - 4 * jnp.sum(log_scale)
+  _, got = model.apply(variables, x)
+  np.testing.assert_allclose(got, jnp.broadcast_to(log_det, got.shape), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("dim", [6, 7])
@@ -354,9 +399,9 @@ def test_compact_tabular_conditioner_equals_original_full_width_layout(dim):
   masked to zero, outputs that are discarded); embedding its weights into the full-width
   layout must give exactly the same flow."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(5, dim)), jnp.float32)
-  compact = RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1)
+  compact = RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1, scan=False)
   full = RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1,
-                        full_width_conditioner=True)
+                        full_width_conditioner=True, scan=False)
   vc = randomize(compact.init(jax.random.PRNGKey(0), x))
   vf = jax.tree.map(np.array, full.init(jax.random.PRNGKey(1), x))
   split = dim // 2
@@ -420,3 +465,234 @@ def test_compute_dtype_reaches_the_flow_from_the_config_and_bad_values_are_refus
   c.compute_dtype = "float16"
   with pytest.raises(ValueError, match="compute_dtype='float16'; choose one of"):
     validate_config(c)
+
+
+# ---------------------------------------------------------------- scanned = unrolled
+
+# Tiny flows with stacks longer than 1 (2 residual blocks, 2 Glow steps per scale; Glow's
+# conditioners are RealNVP's, so their blocks are tested there), odd D and odd coupling
+# counts (one unpaired tabular coupling).
+EQUIVALENCE_FLOWS = {
+    "realnvp": (lambda: RealNVP(num_scales=2, num_blocks=2, mid_channels=4), (4, 4, 2)),
+    "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
+             (4, 4, 2)),
+    "realnvp_tabular_odd_d_even_count": (
+        lambda: RealNVPTabular(num_coupling_layers=4, hidden_dim=8, num_layers=1), (5,)),
+    "realnvp_tabular_odd_d_odd_count": (
+        lambda: RealNVPTabular(num_coupling_layers=5, hidden_dim=8, num_layers=1), (7,)),
+    "realnvp_tabular_full_width": (
+        lambda: RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1,
+                               full_width_conditioner=True), (6,)),
+    "spline_tabular_odd_count": (
+        lambda: SplineTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1, num_bins=4),
+        (5,)),
+}
+
+
+def _random_like(shapes, rng):
+  """Random float64 values for variables of ``shapes``: weights ~ N(0, 1/fan_in), gains,
+  BatchNorm scales and running variances ~ 1 (times exp(0.2 N(0, 1))), the rest 0.2 N(0, 1)."""
+  def sample(path, leaf):
+    key = getattr(path[-1], "key", None)
+    if key in ("v", "kernel") and len(leaf.shape) >= 2:
+      fan_in = np.prod(leaf.shape[-4:-1] if key == "v" else leaf.shape[-2:-1])
+      return rng.standard_normal(leaf.shape) / np.sqrt(fan_in)
+    if key in ("g", "v", "scale", "var"):
+      return np.exp(0.2 * rng.standard_normal(leaf.shape))
+    return 0.2 * rng.standard_normal(leaf.shape)
+  return jax.tree_util.tree_map_with_path(sample, shapes)
+
+
+@pytest.mark.parametrize("name", sorted(EQUIVALENCE_FLOWS))
+def test_scanned_flow_equals_unrolled_flow_float64(name, x64):
+  """The scanned layout is the same function of the same numbers: the unrolled flow's
+  random variables, moved into the stacked layout by the layout conversion, give the same
+  z, log-det and inverse in float64, in eval mode and (BatchNorm flows) in train mode,
+  where the updated batch_stats must also agree."""
+  ctor, shape = EQUIVALENCE_FLOWS[name]
+  scanned_model = ctor()
+  unrolled_model = scanned_model.clone(scan=False)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3,) + shape) * (3.0 if "spline" in name else 1.0))
+  shapes = jax.eval_shape(unrolled_model.init, jax.random.PRNGKey(0), x)
+  v_unrolled = _random_like(shapes, rng)
+  v_scanned = convert_bare(v_unrolled, scanned_model, 1, 2)
+  # The conversion fills exactly the tree the scanned model creates.
+  assert (jax.tree.structure(v_scanned) ==
+          jax.tree.structure(jax.eval_shape(scanned_model.init, jax.random.PRNGKey(0), x)))
+
+  z = jnp.asarray(rng.standard_normal((3, int(np.prod(shape)))))
+  batch_norm = "batch_stats" in v_unrolled
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def everything(model, variables):
+    """One compilation per model: eval forward and inverse, and with BatchNorm the train-mode
+    forward and its updated batch_stats."""
+    out = {"eval": model.apply(variables, x), "inverse": model.apply(variables, z,
+                                                                     method=model.inverse)}
+    if batch_norm:
+      out["train"], out["updates"] = model.apply(variables, x, train=True,
+                                                 mutable=("batch_stats",))
+    return out
+
+  got, want = everything(scanned_model, v_scanned), everything(unrolled_model, v_unrolled)
+  assert float(jnp.abs(want["eval"][1]).max()) > 0.5  # far from the identity
+  if batch_norm:
+    assert not np.allclose(want["train"][0], want["eval"][0])  # batch statistics ran
+    want["updates"] = convert_bare(dict(want["updates"]), scanned_model, 1, 2)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+# ---------------------------------------------------------------- layout versions
+
+
+def _tiny_config(name):
+  from flowgmm_jax.training.config import base_config
+  c = base_config()
+  c.model.name = name
+  c.model.num_scales, c.model.num_blocks, c.model.mid_channels = 2, 2, 4
+  c.model.steps_per_scale = 2
+  c.model.num_coupling_layers, c.model.hidden_dim, c.model.num_bins = 3, 8, 4
+  return c
+
+
+@pytest.mark.parametrize("name, shape", [("realnvp", (4, 4, 2)), ("glow", (4, 4, 2)),
+                                         ("realnvp_tabular", (5,)), ("spline_tabular", (5,))])
+def test_convert_variables_moves_every_value_and_round_trips(name, shape):
+  """convert_variables on a FlowGMM's variables (config.model and the input shape): layout
+  1 -> 2 gives the tree the scanned FlowGMM creates, every value kept (as many numbers, the
+  same multiset), and 2 -> 1 gives back exactly the layout-1 variables; the prior's
+  entries pass through; abstract (ShapeDtypeStruct) trees convert too."""
+  from flowgmm_jax.flowgmm import FlowGMM
+  c = _tiny_config(name)
+  image = name in models.IMAGE_MODELS
+  model = FlowGMM.from_config(c, shape, 3, image=image)
+  unrolled_model = model.clone(flow=model.flow.clone(scan=False))
+  x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
+  v1 = _random_like(jax.eval_shape(unrolled_model.init, jax.random.PRNGKey(0), x),
+                    np.random.default_rng(0))
+  v2 = models.convert_variables(v1, c.model, shape, from_version=1)
+  shapes2 = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(v2) == jax.tree.structure(shapes2)
+  assert [a.shape for a in jax.tree.leaves(v2)] == [a.shape for a in jax.tree.leaves(shapes2)]
+  assert count_params(v2) == count_params(v1)
+  for collection in v1:
+    flat = lambda v: np.sort(np.concatenate([np.ravel(a) for a in jax.tree.leaves(v)]))
+    np.testing.assert_array_equal(flat(v2[collection]), flat(v1[collection]))
+  for key in v1["params"]:
+    if key != "flow":  # the prior, untouched
+      assert v2["params"][key] is v1["params"][key]
+  back = models.convert_variables(v2, c.model, shape, from_version=2, to_version=1)
+  assert jax.tree.structure(back) == jax.tree.structure(v1)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(v1)):
+    np.testing.assert_array_equal(a, b)
+  abstract = models.convert_variables(
+      jax.eval_shape(unrolled_model.init, jax.random.PRNGKey(0), x), c.model, shape,
+      from_version=1)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == \
+      jax.tree.map(lambda a: (a.shape, a.dtype), shapes2)
+  assert models.convert_variables(v2, c.model, shape, from_version=2) is v2
+
+
+def test_convert_variables_puts_each_layer_where_the_layout_says():
+  """Named values land at their documented places: RealNVP coupling 4 (the second channel
+  coupling of scale 0), block 1 -> channels_0 index [1, 1]; the unpaired last tabular
+  coupling -> last; tabular coupling 3 -> pairs/odd index 1. Also through a train-state-
+  like tree (optimiser moments shaped like params inside a tuple)."""
+  c = _tiny_config("realnvp")
+  flow = models.build(c.model, (4, 4, 2)).clone(scan=False)
+  x = jax.ShapeDtypeStruct((2, 4, 4, 2), jnp.float32)
+  v1 = _random_like(jax.eval_shape(flow.init, jax.random.PRNGKey(0), x), np.random.default_rng(1))
+  state = {"params": {"flow": v1["params"]}, "opt_state": ({"mu": {"flow": v1["params"]}},)}
+  converted = models.convert_variables(state, c.model, (4, 4, 2), from_version=1)
+  for tree in (converted["params"], converted["opt_state"][0]["mu"]):
+    np.testing.assert_array_equal(
+        tree["flow"]["channels_0"]["conditioner"]["blocks"]["in_conv"]["v"][1, 1],
+        v1["params"]["conditioners_4"]["block1_in_conv"]["v"])
+    np.testing.assert_array_equal(tree["flow"]["checkerboards_1"]["rescale"]["g"][3],
+                                  v1["params"]["rescales_9"]["g"])
+  c = _tiny_config("realnvp_tabular")
+  c.model.num_coupling_layers = 5
+  flow = models.build(c.model, (5,)).clone(scan=False)
+  v1 = _random_like(jax.eval_shape(flow.init, jax.random.PRNGKey(0),
+                                   jax.ShapeDtypeStruct((2, 5), jnp.float32)),
+                    np.random.default_rng(2))
+  v2 = models.convert_variables({"params": {"flow": v1["params"]}}, c.model, (5,),
+                                from_version=1)["params"]["flow"]
+  assert set(v2) == {"pairs", "last"}
+  np.testing.assert_array_equal(v2["last"]["conditioner"]["mlp"]["in_dense"]["kernel"],
+                                v1["params"]["conditioners_4"]["mlp"]["in_dense"]["kernel"])
+  np.testing.assert_array_equal(v2["pairs"]["odd"]["rescale"]["v"][1],
+                                v1["params"]["rescales_3"]["v"])
+
+
+def test_layout_versions_refused_in_one_line_that_says_what_to_do():
+  assert models.PARAM_LAYOUT_VERSION == 2
+  models.check_layout_version(2)
+  models.check_layout_version(1)  # convertible
+  messages = {}
+  for version, kwargs in [(1, {"convert": False}), (3, {}), (0, {}), ("2", {}), (None, {})]:
+    with pytest.raises(LayoutVersionError) as info:
+      models.check_layout_version(version, where="checkpoint /tmp/run", **kwargs)
+    messages[version] = str(info.value)
+    assert "\n" not in messages[version] and messages[version].startswith("checkpoint /tmp/run")
+  assert ("convert the variables with flowgmm_jax.models.convert_variables(variables, "
+          "config.model, input_shape, from_version=1)") in messages[1]
+  assert "upgrade flowgmm_jax" in messages[3]
+  assert "unknown parameter layout 0" in messages[0] and "retrain" in messages[0]
+  assert "unknown parameter layout '2'" in messages["2"]
+  c = _tiny_config("realnvp_tabular")
+  with pytest.raises(LayoutVersionError, match="layout 7"):
+    models.convert_variables({}, c.model, (5,), from_version=7)
+
+
+def test_convert_variables_refuses_variables_of_another_model():
+  """Variables that do not match the config (another coupling count, or already in the
+  scanned layout) are one clear error, not a half-converted tree."""
+  c = _tiny_config("realnvp_tabular")
+  flow = models.build(c.model, (5,)).clone(scan=False)
+  x = jax.ShapeDtypeStruct((2, 5), jnp.float32)
+  v1 = {"params": {"flow": jax.eval_shape(flow.init, jax.random.PRNGKey(0), x)["params"]}}
+  c.model.num_coupling_layers = 2
+  with pytest.raises(ValueError, match="conditioners_2.*not part of this model's unrolled "
+                                       "layout.*do not match the model config"):
+    models.convert_variables(v1, c.model, (5,), from_version=1)
+  c.model.num_coupling_layers = 4
+  with pytest.raises(ValueError, match="conditioners_3.* is missing"):
+    models.convert_variables(v1, c.model, (5,), from_version=1)
+  c.model.num_coupling_layers = 3
+  v2 = models.convert_variables(v1, c.model, (5,), from_version=1)
+  with pytest.raises(ValueError, match="already in the other layout"):
+    models.convert_variables(v2, c.model, (5,), from_version=1)
+
+
+def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
+  """nets.conv2d_same: the same values, JVP and VJP as lax's convolution (float64), and
+  its backward pass inside a loop holds only convolutions in the NHWC x HWIO layout
+  (b01f_01io->b01f) that XLA:CPU runs fast; lax's own transpose rules leave permuted ones
+  there (jax-ml/jax#12868), which ran the scanned blocks' backward 30x slower."""
+  from flowgmm_jax.nets import conv2d_same
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)))
+  k = jnp.asarray(rng.standard_normal((3, 3, 3, 2)))
+  dx, dk = jnp.asarray(rng.standard_normal(x.shape)), jnp.asarray(rng.standard_normal(k.shape))
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for got, want in zip(jax.jvp(conv2d_same, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk))):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  g = jnp.asarray(rng.standard_normal((2, 5, 4, 2)))
+  for got, want in zip(jax.vjp(conv2d_same, x, k)[1](g), jax.vjp(ref, x, k)[1](g)):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+  def scanned(conv):
+    def loss(kernels, x):
+      h, _ = jax.lax.scan(lambda h, kk: (jnp.tanh(conv(h, kk)), None), x, kernels)
+      return jnp.sum(h ** 2)
+    return jax.jit(jax.grad(loss, (0, 1))).lower(jnp.zeros((2, 3, 3, 3, 3)), x)
+
+  labels = lambda conv: set(re.findall(r"dim_labels=(\S+?),", scanned(conv).compile().as_text()))
+  assert labels(conv2d_same) == {"b01f_01io->b01f"}
+  assert labels(ref) != {"b01f_01io->b01f"}  # what the custom JVP is there for

@@ -6,6 +6,11 @@ Every model: ``z, log_det = model.apply(variables, x, train=False)`` with ``z: [
 needed). BatchNorm (image models) uses running statistics unless ``train=True`` with
 ``mutable=["batch_stats"]``; dropout (tabular models) needs ``rngs={"dropout": key}`` when
 ``train=True``.
+
+The flows store identical layers stacked and run them with ``nn.scan`` (parameter layout
+``PARAM_LAYOUT_VERSION`` = 2); ``scan=False`` on a flow gives the unrolled layout 1.
+``convert_variables`` moves saved variables from one layout to the other, and
+``check_layout_version`` refuses, in one line that says what to do, a layout it cannot.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowgmm_jax.models.glow import Glow
+from flowgmm_jax.models.layout import (PARAM_LAYOUT_VERSION, LayoutVersionError,
+                                       check_layout_version, convert_flow_variables)
 from flowgmm_jax.models.realnvp import RealNVP
 from flowgmm_jax.models.tabular import RealNVPTabular, SplineTabular
 
 __all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "MODEL_FIELDS",
-           "IMAGE_MODELS", "COMPUTE_DTYPES", "build", "count_params", "weight_norm_gain_mask"]
+           "IMAGE_MODELS", "COMPUTE_DTYPES", "build", "count_params", "weight_norm_gain_mask",
+           "PARAM_LAYOUT_VERSION", "LayoutVersionError", "check_layout_version",
+           "convert_variables"]
 
 
 class _Entry(NamedTuple):
@@ -91,6 +100,24 @@ def build(model_config, input_shape: Sequence[int], *,
                      f"{tuple(COMPUTE_DTYPES)} (config.compute_dtype).")
   flow = _REGISTRY[model_config.name].make(model_config, input_shape, bn_axis_name)
   return flow.clone(compute_dtype=COMPUTE_DTYPES[compute_dtype])
+
+
+def convert_variables(variables: Any, model_config, input_shape: Sequence[int], *,
+                      from_version: int, to_version: int = PARAM_LAYOUT_VERSION) -> Any:
+  """Saved variables of the flow ``build(model_config, input_shape)`` describes, moved from
+  parameter layout ``from_version`` to ``to_version`` (1: unrolled flows, 2: scanned
+  flows, ``PARAM_LAYOUT_VERSION``); the same numbers, so the model computes the same.
+
+  ``variables``: a FlowGMM's variables (``{'params': {'flow': ..., 'prior': ...},
+  'batch_stats': {'flow': ...}}``) or any pytree holding such collections, e.g. a train
+  state whose optimiser moments are shaped like ``params``: every mapping with a ``flow``
+  entry has that entry converted (see ``layout.convert_flow_variables``); all else is kept.
+  Raises ``LayoutVersionError`` for a version it cannot convert and ValueError when the
+  variables do not match the config.
+  """
+  flow = build(model_config, input_shape)
+  return convert_flow_variables(variables, flow, from_version=from_version,
+                                to_version=to_version)
 
 
 def count_params(variables: Mapping[str, Any]) -> int:

@@ -28,15 +28,42 @@ on 32x32x3 and 19,552,008 on 28x28x1, exactly the original's counts.
 
 Spatial size: there are ``num_scales - 1`` squeezes, so H and W must be divisible by
 ``2 ** (num_scales - 1)``.
+
+Scanned layout (``scan=True``, the default): the couplings of one kind within one scale have
+conditioners of equal shapes, so each such stack runs as one ``nn.scan``
+(``flowgmm_jax.models.scan``), and so do the residual blocks inside every conditioner:
+
+    checkerboards_{s}   the checkerboard couplings of scale s, the mask per coupling as the
+                        scanned input (parities 0, 1, 0 or 0, 1, 0, 1)
+    channels_{s}        the channel-wise couplings of scale s (not the last), each run as a
+                        swap=False coupling followed by a swap of the channel halves
+                        (swap = 0, 1, 0 alternates, so this is the same map; a stack of odd
+                        length ends with one more swap of the halves)
+
+each holding ``conditioner`` (a ``ResNetConditioner``, its blocks under ``blocks``) and
+``rescale``, every array with the coupling as a leading axis, e.g.
+``checkerboards_0/conditioner/blocks/in_conv/v: [3, 8, 3, 3, 64, 64]`` (coupling, block,
+kernel). ``scan=False`` is the unrolled layout, one module per coupling:
+``conditioners_{k}/block{i}_in_conv/v: [3, 3, 64, 64]``, ``rescales_{k}``, with k the
+coupling's position in ``realnvp_plan``. Both compute the same function of the same numbers;
+``flowgmm_jax.models.layout`` converts the variables between them.
 """
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from flowgmm_jax.bijectors.coupling import AffineCoupling, ChannelCoupling, checkerboard_mask
+from flowgmm_jax.models.layout import LayoutMap, nest, stack
 from flowgmm_jax.models.multiscale import MultiScaleFlow
-from flowgmm_jax.nets import Rescale, ResNetConditioner
+from flowgmm_jax.models.scan import ScannedStack
+from flowgmm_jax.nets import Rescale, ResNetConditioner, resnet_conditioner_layout
+
+Array = jax.Array
 
 
 class _Step(NamedTuple):
@@ -72,6 +99,88 @@ def realnvp_plan(num_scales: int) -> List[_Step]:
   return steps
 
 
+class _Stack(NamedTuple):
+  """Consecutive couplings of one kind within one scale: one scanned stack.
+
+  kind: "checkerboard" | "channel"; parities: each coupling's parity / swap, in order;
+  first_index: ``realnvp_plan``'s coupling index of its first coupling; scale: its scale.
+  """
+  kind: str
+  parities: Tuple[int, ...]
+  first_index: int
+  scale: int
+
+  @property
+  def module_name(self) -> str:
+    """The stack's module in the scanned layout: checkerboards_{scale} or channels_{scale}."""
+    return f"{'checkerboards' if self.kind == 'checkerboard' else 'channels'}_{self.scale}"
+
+
+def realnvp_scanned_plan(num_scales: int) -> List[Union[_Step, _Stack]]:
+  """``realnvp_plan`` with each run of couplings of one kind and scale as one ``_Stack``."""
+  plan: List[Union[_Step, _Stack]] = []
+  for step in realnvp_plan(num_scales):
+    last = plan[-1] if plan else None
+    if step.coupling_index < 0:
+      plan.append(step)
+    elif isinstance(last, _Stack) and (last.kind, last.scale) == (step.kind, step.scale):
+      plan[-1] = last._replace(parities=last.parities + (step.parity,))
+    else:
+      plan.append(_Stack(step.kind, (step.parity,), step.coupling_index, step.scale))
+  return plan
+
+
+def swap_channel_halves(x: Array) -> Array:
+  """``[x_a | x_b] -> [x_b | x_a]`` on the last axis (C even): a permutation, its own
+  inverse."""
+  half = x.shape[-1] // 2
+  return jnp.concatenate([x[..., half:], x[..., :half]], axis=-1)
+
+
+class RealNVPCoupling(nn.Module):
+  """One coupling of a scanned stack of RealNVP couplings (the body of ``scan_layers``).
+
+  ``kind="checkerboard"``: ``AffineCoupling`` with the mask given as the scanned input
+  ``[H, W, 1]``; ``kind="channel"``: ``ChannelCoupling(swap=False)`` then
+  ``swap_channel_halves`` (so alternating swaps need no per-layer code). Its modules:
+  ``conditioner`` (``ResNetConditioner``) and ``rescale``.
+  """
+  kind: str
+  mid_channels: int
+  num_blocks: int
+  zero_init_last: bool = True
+  bn_axis_name: Optional[str] = None
+  param_dtype: jnp.dtype = jnp.float32
+  compute_dtype: Optional[jnp.dtype] = None
+
+  @nn.compact
+  def __call__(self, carry: Tuple[Array, Array], mask: Optional[Array], *, inverse: bool,
+               train: bool) -> Tuple[Array, Array]:
+    """``carry = (x: [B, H, W, C], log_det: [B])`` -> the same after this coupling."""
+    x, log_det = carry
+    net = ResNetConditioner(
+        mid_channels=self.mid_channels, num_blocks=self.num_blocks,
+        double_after_norm=self.kind == "checkerboard", zero_init_last=self.zero_init_last,
+        bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
+        dtype=self.compute_dtype, name="conditioner")
+    conditioner = lambda h: net(h, train)
+    channels = x.shape[-1]
+    if self.kind == "checkerboard":
+      scale = Rescale(param_dtype=self.param_dtype, name="rescale")(channels)
+      coupling = AffineCoupling(mask, conditioner, scale)
+      y, step_log_det = (coupling.inverse_and_log_det(x) if inverse
+                         else coupling.forward_and_log_det(x))
+    else:
+      scale = Rescale(param_dtype=self.param_dtype, name="rescale")(channels // 2)
+      coupling = ChannelCoupling(conditioner, scale, swap=False)
+      if inverse:
+        y, step_log_det = coupling.inverse_and_log_det(swap_channel_halves(x))
+      else:
+        y, step_log_det = coupling.forward_and_log_det(x)
+        y = swap_channel_halves(y)
+    return y, log_det + step_log_det
+
+
 class RealNVP(MultiScaleFlow):
   """Multi-scale image RealNVP (the FlowGMM paper's flow). Forward = data -> latent.
 
@@ -79,6 +188,7 @@ class RealNVP(MultiScaleFlow):
     num_scales: number of scales (2 in the paper); num_scales - 1 squeezes.
     num_blocks: residual blocks per conditioner (8).
     mid_channels: conditioner width at scale 0, doubled at each scale (64).
+    scan: the scanned layout (default) or, False, the unrolled one (module docstring).
 
   Usage::
 
@@ -92,24 +202,63 @@ class RealNVP(MultiScaleFlow):
   num_scales: int = 2
   num_blocks: int = 8
   mid_channels: int = 64
+  scan: bool = True
+
+  def _conditioner_width(self, kind: str, scale: int) -> int:
+    # Channel-wise couplings run after the squeeze at twice the width (as the original).
+    return self.mid_channels * 2 ** scale * (2 if kind == "channel" else 1)
 
   def setup(self):
     if self.num_scales < 1:
       raise ValueError(f"RealNVP: num_scales must be >= 1, got {self.num_scales}.")
+    if self.scan:
+      self.plan = realnvp_scanned_plan(self.num_scales)
+      make_stack = lambda kind, scale: RealNVPCoupling(
+          kind, self._conditioner_width(kind, scale), self.num_blocks,
+          zero_init_last=self.zero_init_last, bn_axis_name=self.bn_axis_name,
+          param_dtype=self.param_dtype, compute_dtype=self.compute_dtype)
+      self.checkerboards = [make_stack("checkerboard", s) for s in range(self.num_scales)]
+      self.channels = [make_stack("channel", s) for s in range(self.num_scales - 1)]
+      return
     self.plan = realnvp_plan(self.num_scales)
     couplings = [s for s in self.plan if s.coupling_index >= 0]
-    # Channel-wise couplings run after the squeeze at twice the width (as the original).
     self.conditioners = [
         ResNetConditioner(
-            mid_channels=self.mid_channels * 2 ** s.scale * (2 if s.kind == "channel" else 1),
+            mid_channels=self._conditioner_width(s.kind, s.scale),
             num_blocks=self.num_blocks,
             double_after_norm=s.kind == "checkerboard",
             zero_init_last=self.zero_init_last,
             bn_axis_name=self.bn_axis_name,
             param_dtype=self.param_dtype,
-            dtype=self.compute_dtype)
+            dtype=self.compute_dtype,
+            scan=False)
         for s in couplings]
     self.rescales = [Rescale(param_dtype=self.param_dtype) for _ in couplings]
+
+  def layout_map(self) -> LayoutMap:
+    """Where each coupling's modules sit in the scanned and the unrolled layout
+    (``flowgmm_jax.models.layout``)."""
+    conditioner = resnet_conditioner_layout(self.num_blocks)
+    entries = []
+    for group in realnvp_scanned_plan(self.num_scales):
+      if isinstance(group, _Stack):
+        indices = range(group.first_index, group.first_index + len(group.parities))
+        entries += stack((group.module_name,), [
+            nest(("conditioner",), (f"conditioners_{k}",), conditioner)
+            + [(("rescale",), (f"rescales_{k}",))] for k in indices])
+    return entries
+
+  def _stack(self, group: _Stack, shape: Tuple[int, ...], dtype, train: bool) -> ScannedStack:
+    """The scanned stack of couplings ``group`` for activations of ``shape`` [B, H, W, C]."""
+    n = len(group.parities)
+    if group.kind == "checkerboard":
+      _, h, w, _ = shape
+      masks = jnp.stack([checkerboard_mask(h, w, p, dtype) for p in group.parities])
+      return ScannedStack(self.checkerboards[group.scale], masks, n, train)
+    # Alternating swaps 0, 1, 0, ... (realnvp_plan) are what swap_channel_halves reproduces.
+    assert group.parities == tuple(i % 2 for i in range(n)), group.parities
+    return ScannedStack(self.channels[group.scale], None, n, train,
+                        after=swap_channel_halves if n % 2 else None)
 
   def _coupling(self, step: _Step, shape: Tuple[int, ...], dtype, train: bool):
     """The coupling bijector of ``step`` for activations of ``shape`` [B, H, W, C]."""
@@ -123,9 +272,14 @@ class RealNVP(MultiScaleFlow):
     return ChannelCoupling(conditioner, scale, swap=bool(step.parity))
 
   def _flow_step(self, train: bool):
-    """The scaffold's ``flow_step``: one coupling per step of the plan."""
+    """The scaffold's ``flow_step``: one scanned stack, or one coupling, per step of the
+    plan."""
+    if self.scan:
+      return lambda group, x, inverse: [self._stack(group, x.shape, x.dtype, train)]
     return lambda step, x, inverse: [self._coupling(step, x.shape, x.dtype, train)]
 
   def _input_channels(self, params) -> int:
     # The first conditioner's input conv sees concat[x, -x]: 2C input channels.
-    return params["conditioners_0"]["in_conv"]["v"].shape[2] // 2
+    first = (params["checkerboards_0"]["conditioner"] if self.scan
+             else params["conditioners_0"])
+    return first["in_conv"]["v"].shape[-2] // 2
