@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flowgmm_jax.models import MODEL_FIELDS
+from flowgmm_jax.models import MODEL_FIELDS, PARAM_LAYOUT_VERSION, check_layout_version
+from flowgmm_jax.models.layout import LAYOUT_NAMES
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
@@ -51,13 +52,15 @@ DAMAGED_DIR = "checkpoints_damaged"
 #   num_classes   K
 #   seed          config.seed
 #   split         {"labeled", "unlabeled": row counts, "fingerprint": split_fingerprint}
+#   param_layout  models.PARAM_LAYOUT_VERSION: where the flow's parameters are stored
+#                 (1 unrolled, 2 scanned); older checkpoints (no key) hold layout 1
 # Checkpointer adds "_soft" (config.optim: may change on resume) and "_checksum".
-META_VERSION = 2
+META_VERSION = 3
 META_KEYS = ("meta_version", "model", "prior", "data", "input_shape", "num_classes", "seed",
-             "split")
+             "split", "param_layout")
 # What load needs to rebuild the model (a meta without a run's seed and split, e.g. a
 # fitted estimator's, has only these).
-MODEL_META_KEYS = ("model", "prior", "data", "input_shape", "num_classes")
+MODEL_META_KEYS = ("model", "prior", "data", "input_shape", "num_classes", "param_layout")
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -91,7 +94,8 @@ def make_meta(config, *, input_shape: Sequence[int], num_classes: int,
   meta = {"meta_version": META_VERSION, "model": config.model.to_dict(),
           "prior": config.prior.to_dict(),
           "data": {k: config.data[k] for k in ("kind", "name", "path")},
-          "input_shape": [int(s) for s in input_shape], "num_classes": int(num_classes)}
+          "input_shape": [int(s) for s in input_shape], "num_classes": int(num_classes),
+          "param_layout": PARAM_LAYOUT_VERSION}
   if labeled_idx is not None:
     meta["seed"] = int(config.seed)
     meta["split"] = {"labeled": int(len(labeled_idx)), "unlabeled": int(len(unlabeled_idx)),
@@ -103,9 +107,16 @@ def upgrade_meta(meta: dict) -> dict:
   """``meta`` in the current schema. Version 1 (no ``meta_version``) stored every model's
   fields in ``model`` and counted ``num_layers`` hidden layers after the first; the model
   section keeps its own model's fields, ``hidden_layers = num_layers + 1``, and
-  ``zero_init_last`` takes the value those versions built with when absent."""
+  ``zero_init_last`` takes the value those versions built with when absent. Versions 1
+  and 2 stored the flows unrolled: ``param_layout`` 1 (``trained.in_current_layout``
+  converts such variables)."""
   meta = dict(meta)
-  if meta.get("meta_version", 1) >= META_VERSION:
+  version = meta.get("meta_version", 1)
+  if version >= META_VERSION:
+    return meta
+  meta.setdefault("param_layout", 1)  # versions 1 and 2 stored the flows unrolled
+  if version >= 2:
+    meta["meta_version"] = META_VERSION
     return meta
   model = dict(meta.get("model") or {})
   name = model.get("name")
@@ -364,6 +375,15 @@ class Checkpointer:
     saved_soft = saved.pop("_soft", None)
     saved.pop("_checksum", None)
     expected = dict(self.meta)
+    layout = saved.get("param_layout")
+    if layout != expected.get("param_layout", layout):
+      check_layout_version(layout, where=f"The checkpoint at {self.directory} (step {step})")
+      raise IncompatibleCheckpointError(
+          f"The checkpoint at {self.directory} (step {step}) stores parameter layout "
+          f"{layout} ({LAYOUT_NAMES.get(layout)}) and training resumes only in the layout it "
+          f"was written in. Its model loads as is (flowgmm_jax.trained.load and "
+          f"--mode=eval convert it); to train on, start a new --workdir from it: "
+          f"loop.fit(..., initial_variables=trained.load(WORKDIR).variables).")
     for key in ("seed", "split"):  # checkpoints written before these were recorded
       if key not in saved:
         expected.pop(key, None)

@@ -270,6 +270,36 @@ def test_pickle_and_joblib_round_trips_give_identical_predictions(fitted, table,
     assert other.get_params() == fitted.get_params()
 
 
+def test_a_pickle_of_the_unrolled_layout_loads_converted(fitted, table):
+  """An estimator pickled before the flows were scanned (metadata without
+  ``param_layout``, the flow's variables unrolled: layout 1) unpickles into today's layout
+  with the same predictions; a pickle of an unknown layout is refused in one line."""
+  import copy
+  from flowgmm_jax.models import LayoutVersionError, convert_variables
+  X, _, _ = table
+  old = copy.deepcopy(fitted)
+  meta = old.model_.meta
+  old.model_.variables = convert_variables(old.model_.variables, _model_config(meta),
+                                           tuple(meta["input_shape"]),
+                                           from_version=2, to_version=1)
+  meta.pop("param_layout")
+  meta["meta_version"] = 2
+  restored = pickle.loads(pickle.dumps(old))
+  assert restored.model_.meta["param_layout"] == 2
+  np.testing.assert_allclose(restored.predict_proba(X), fitted.predict_proba(X), rtol=1e-6,
+                             atol=1e-7)
+  bad = copy.deepcopy(fitted)
+  bad.model_.meta["param_layout"] = 7
+  with pytest.raises(LayoutVersionError, match="newer than this flowgmm_jax") as e:
+    pickle.loads(pickle.dumps(bad))
+  assert "\n" not in str(e.value)
+
+
+def _model_config(meta):
+  import ml_collections
+  return ml_collections.ConfigDict({"model": meta["model"]}).model
+
+
 @pytest.mark.parametrize("method, args", [
     ("predict", ()), ("predict_proba", ()), ("predict_log_proba", ()),
     ("score_samples", ()), ("score", (np.zeros(3),)), ("sample", None)])
