@@ -128,3 +128,21 @@ def test_bench_kernels_filter_gradient_rewrites_equal_jax_vjp():
   expected = jax.vjp(bk._conv, x, w)[1](dy)[1]
   np.testing.assert_allclose(bk._filter_grad_taps(x, dy), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(bk._filter_grad_batch_conv(x, dy), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
+  """--rows: one child process per method; its fit time, accuracy and memory (peak >= the
+  data's resident set), and a method past --timeout reported as stopped, not a crash."""
+  from benchmarks import bench_fit
+  x, y, x_test, y_test = bench_fit.synthetic_table(3000, 4, classes=3, seed=1)
+  assert x.shape == (3000, 4) and x_test.shape == (bench_fit.TEST_ROWS, 4)
+  assert np.bincount(y[y >= 0]).tolist() == [10, 10, 10] and set(y_test) == {0, 1, 2}
+  out = tmp_path / "big.json"
+  bench_fit.main(["--rows=3000", "--features=4", "--methods=selftraining", f"--json={out}"])
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["fit_s"] > 0 and row["accuracy"] > 0.8
+  assert row["peak_mib"] >= row["data_mib"] > 0 and row["fit_mib"] == pytest.approx(
+      row["peak_mib"] - row["data_mib"])
+  (row,) = bench_fit.main(["--rows=3000", "--features=4", "--methods=labelspreading",
+                           "--timeout=0.01"])
+  assert row["failed"] == "stopped after 0.01 s (--timeout)"
