@@ -171,7 +171,9 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
                                                     num_folds=calibration_folds, seed=seed)
       t = record["temperature"]
       extra = {"temperature": t,
-               "ece_calibrated": _ece(_softmax(log_probs / t), classes, y_eval)}
+               "ece_calibrated": _ece(_softmax(log_probs / t), classes, y_eval),
+               "out_of_fold_accuracy": record["out_of_fold_accuracy"],
+               "num_out_of_fold": record["num_out_of_fold"]}
     probs = _softmax(log_probs)
   else:
     scaler = StandardScaler().fit(x_train)
