@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_fit                      # all three tables, 3 refits each
     python -m benchmarks.bench_fit --datasets=table20 --repeats=5 --json out.json
+    python -m benchmarks.bench_fit --rows=1000000 --features=50 \
+        --methods=flowgmm,selftraining,labelspreading --json big.json   # a large table
 
 Each fit is timed end to end, as a user sees it. The first fit of a process compiles the
 model's programs; later fits of the same shapes and settings in the same process reuse
@@ -13,6 +15,20 @@ average when the run started (other work on the machine makes every time longer)
     10 labels per class (the rest -1), seed 0.
   * moons: ``make_moons`` 1,000 rows, 5 labels per class (the rest -1), seed 0.
   * letter: the offline UCI letter table (``$FLOWGMM_DATA_DIR``), 10 labels per class.
+
+``--rows=N --features=D`` times one fit per method instead, on a synthetic table
+(``synthetic_table``: ``--classes`` Gaussian classes, 10 labels per class, every other row
+unlabelled), each in a child process of its own so that its memory is its own:
+  * wall time of ``fit`` (data generation excluded), and accuracy on 10,000 fresh rows;
+  * memory: the child's resident set after the data exist (``data MiB``), its peak
+    (``resource.getrusage``'s ru_maxrss) and their difference, the memory the fit itself
+    needed beyond the data (``fit MiB``);
+  * methods: ``flowgmm`` (``FlowGMMClassifier()``), and the suite's baselines
+    ``selftraining`` (SelfTraining(LogisticRegression(), threshold=0.9)) and
+    ``labelspreading`` (LabelSpreading(knn, k=10)) on standardised rows. A child that runs
+    past ``--timeout`` seconds is stopped, and one that fails (the baselines run under a
+    ``--baseline-memory-gb`` address-space limit, so that a baseline that would exhaust
+    the machine fails alone) is reported with its last error line.
 """
 
 from __future__ import annotations
@@ -22,21 +38,26 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 
-from flowgmm_jax import FlowGMMClassifier
-from flowgmm_jax import data as data_lib
+# JAX and the library are imported where a FlowGMM fit needs them: the baselines' child
+# processes of --rows never load them.
 
 DATASETS = ("table20", "moons", "letter")
+METHODS = ("flowgmm", "selftraining", "labelspreading")
+LABELS_PER_CLASS = 10
+TEST_ROWS = 10_000
 
 
 def dataset(name: str):
   """``(X, y)`` with -1 for the unlabelled rows."""
+  from flowgmm_jax import data as data_lib
   if name == "table20":
     rng = np.random.default_rng(0)
     y_true = np.arange(1000) % 2
@@ -59,18 +80,146 @@ def dataset(name: str):
   return np.asarray(ds.x_train, np.float64), y
 
 
+def synthetic_table(rows: int, features: int, classes: int = 2, seed: int = 0):
+  """``(X [rows, D] float64, y [rows] with -1 on all but 10 rows per class, X_test, y_test)``:
+  class k's rows are ``N(c_k, I)`` with centres ``c_k ~ N(0, I) * 3 / sqrt(D)`` (the
+  classes overlap a little, whatever D), ``TEST_ROWS`` fresh test rows."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, features)) * 3.0 / np.sqrt(features)
+  y_all = rng.integers(0, classes, rows + TEST_ROWS)
+  x_all = rng.standard_normal((rows + TEST_ROWS, features))
+  x_all += centres[y_all]
+  y = np.full(rows, -1)
+  for k in range(classes):
+    y[rng.permutation(np.flatnonzero(y_all[:rows] == k))[:LABELS_PER_CLASS]] = k
+  return x_all[:rows], y, x_all[rows:], y_all[rows:]
+
+
+def _resident_mib() -> float:
+  """The current resident set (Linux /proc), else the peak so far, in MiB."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(method: str, rows: int, features: int, classes: int, memory_gb: float) -> dict:
+  """One fit in this (child) process; returns its numbers."""
+  if method != "flowgmm" and memory_gb > 0:  # JAX reserves address space: never for it
+    limit = int(memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+  x, y, x_test, y_test = synthetic_table(rows, features, classes)
+  data_mib = _resident_mib()
+  start = time.perf_counter()
+  if method == "flowgmm":
+    from flowgmm_jax import FlowGMMClassifier
+    model = FlowGMMClassifier(random_state=0).fit(x, y)
+    predict, steps = model.predict, int(model.n_iter_)
+  else:
+    import warnings
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      if method == "selftraining":
+        model = SelfTrainingClassifier(LogisticRegression(max_iter=1000), threshold=0.9)
+      else:
+        model = LabelSpreading(kernel="knn", n_neighbors=10)
+      model.fit(xs, y)
+    predict, steps = (lambda a: model.predict(scaler.transform(a))), None
+  seconds = time.perf_counter() - start
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return {"method": method, "rows": rows, "features": features, "classes": classes,
+          "fit_s": seconds, "steps": steps, "accuracy": float(np.mean(predict(x_test) == y_test)),
+          "data_mib": data_mib, "peak_mib": peak_mib, "fit_mib": peak_mib - data_mib}
+
+
+def large_table(args) -> list:
+  """Each method's one fit on the synthetic table, each in its own child process."""
+  print(f"{args.rows:,} rows x {args.features} features, {args.classes} classes, "
+        f"{LABELS_PER_CLASS} labels per class; one fit per method, each in its own process")
+  print("| method | fit (s) | steps | test accuracy | data MiB | peak MiB | fit MiB |")
+  print("|---|---|---|---|---|---|---|")
+  rows = []
+  for method in args.methods.split(","):
+    cmd = [sys.executable, "-m", "benchmarks.bench_fit", "--child", method,
+           f"--rows={args.rows}", f"--features={args.features}", f"--classes={args.classes}",
+           f"--baseline-memory-gb={args.baseline_memory_gb}"]
+    start = time.perf_counter()
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      lines = proc.stdout.strip().splitlines()
+      if proc.returncode == 0 and lines:
+        row = json.loads(lines[-1])
+      else:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        row = {"method": method, "failed": f"exit {proc.returncode}: {err}"}
+    except subprocess.TimeoutExpired:
+      row = {"method": method, "failed": f"stopped after {args.timeout} s (--timeout)"}
+    row["wall_s"] = time.perf_counter() - start
+    rows.append(row)
+    if "failed" in row:
+      print(f"| {method} | {row['failed']} | | | | | |", flush=True)
+    else:
+      print(f"| {method} | {row['fit_s']:.1f} | {row['steps'] or ''} | "
+            f"{100 * row['accuracy']:.1f}% | {row['data_mib']:.0f} | {row['peak_mib']:.0f} | "
+            f"{row['fit_mib']:.0f} |", flush=True)
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--datasets", default=",".join(DATASETS))
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--json", default=None)
+  parser.add_argument("--rows", type=int, default=0,
+                      help="> 0: one fit per method on a synthetic table of this many rows")
+  parser.add_argument("--features", type=int, default=50)
+  parser.add_argument("--classes", type=int, default=2)
+  parser.add_argument("--methods", default="flowgmm",
+                      help=f"with --rows: comma-separated, from {', '.join(METHODS)}")
+  parser.add_argument("--timeout", type=float, default=900.0,
+                      help="with --rows: seconds before a method's child process is stopped")
+  parser.add_argument("--baseline-memory-gb", type=float, default=8.0,
+                      help="with --rows: address-space limit of the baselines' processes "
+                           "(0 = none)")
+  parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.child:
+    print(json.dumps(_child(args.child, args.rows, args.features, args.classes,
+                            args.baseline_memory_gb)))
+    return None
+  if args.rows:
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+      parser.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.features < 2 or args.classes < 2:
+      parser.error("--features and --classes must be at least 2")
+    rows = large_table(args)
+    import jax
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump({"machine": f"{platform.processor() or platform.machine()}, "
+                              f"{os.cpu_count()} cores, jax {jax.__version__}",
+                   "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                   "rows": rows}, f, indent=1)
+    return rows
   unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
   if unknown:
     parser.error(f"unknown --datasets {unknown}; choose from {', '.join(DATASETS)}")
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
   load = os.getloadavg()[0]
+  import jax
+  from flowgmm_jax import FlowGMMClassifier
   header = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, jax {jax.__version__}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"load average {load:.2f}")

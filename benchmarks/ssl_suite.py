@@ -24,8 +24,16 @@ offline UCI-style tables, AG News as 384-d MiniLM sentence embeddings, and sciki
 
 Output: one markdown table (mean ± std over seeds, population std, and mean fit seconds),
 each method's mean over the tables, FlowGMM's wins / ties / losses against the best
-baseline of each table (a tie: within one standard deviation, the larger of the two), and
-the per-seed numbers as JSON in ``benchmarks/results/`` (``--output``).
+baseline of each table (a tie: within one standard deviation, the larger of the two), a
+second table of each method's expected calibration error (ECE, 15 equal-width confidence
+bins, on the same evaluation rows), and the per-seed numbers as JSON in
+``benchmarks/results/`` (``--output``).
+
+``--calibration-folds=F`` (F >= 2) also calibrates FlowGMM without spending a label: a
+temperature T fitted on out-of-fold logits of F extra fits, each with one fold of the
+labelled rows hidden (``flowgmm_jax.calibration.cross_fitted_temperature``), then applied
+to the model fitted on every label; the ECE table shows FlowGMM's ECE before -> after, and
+the fit seconds include the F extra fits.
 """
 
 from __future__ import annotations
@@ -121,16 +129,52 @@ def make_split(x, y, seed: int, per_class: int, validation: bool):
   return x_train, semi_supervised_labels(y_train, seed, per_class), y_train, x_eval, y_eval
 
 
+def _ece(probs: np.ndarray, classes: np.ndarray, y_eval: np.ndarray) -> float:
+  """ECE of ``probs [N, K]`` (columns: ``classes``) against the true ``y_eval [N]``."""
+  from flowgmm_jax import evaluation
+  correct = classes[np.argmax(probs, axis=1)] == y_eval
+  return evaluation.ece_from_confidences(probs.max(axis=1), correct)
+
+
+def _softmax(log_probs: np.ndarray) -> np.ndarray:
+  z = log_probs - log_probs.max(axis=1, keepdims=True)
+  p = np.exp(z)
+  return p / p.sum(axis=1, keepdims=True)
+
+
 def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
-               flowgmm_params: dict) -> dict:
-  """Fits one method on one split; returns its accuracy and fit seconds."""
+               flowgmm_params: dict, calibration_folds: int = 0) -> dict:
+  """Fits one method on one split; returns its accuracy, ECE and fit seconds (and, for
+  FlowGMM with ``calibration_folds >= 2``, the cross-fitted temperature and the ECE after
+  it; the seconds then include the extra fits)."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.preprocessing import StandardScaler
   start = time.perf_counter()
+  extra = {}
   if method == "flowgmm":
     from flowgmm_jax import FlowGMMClassifier
     model = FlowGMMClassifier(random_state=seed, **flowgmm_params).fit(x_train, y_semi)
     predict = model.predict
+    log_probs = model.predict_log_proba(x_eval)
+    if calibration_folds >= 2:
+      from flowgmm_jax import calibration
+      classes = model.classes_
+      encoded = np.where(y_semi == -1, -1, np.searchsorted(classes, y_semi))
+
+      def fit_logits(train_labels, fold):
+        y_fold = np.where(train_labels == -1, -1, classes[np.maximum(train_labels, 0)])
+        fold_model = FlowGMMClassifier(random_state=seed, **flowgmm_params).fit(
+            x_train, y_fold)
+        return fold_model.predict_log_proba(x_train[fold])
+
+      record = calibration.cross_fitted_temperature(fit_logits, encoded,
+                                                    num_folds=calibration_folds, seed=seed)
+      t = record["temperature"]
+      extra = {"temperature": t,
+               "ece_calibrated": _ece(_softmax(log_probs / t), classes, y_eval),
+               "out_of_fold_accuracy": record["out_of_fold_accuracy"],
+               "num_out_of_fold": record["num_out_of_fold"]}
+    probs = _softmax(log_probs)
   else:
     scaler = StandardScaler().fit(x_train)
     xs = scaler.transform(x_train)
@@ -153,10 +197,14 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
         model = LogisticRegression(max_iter=1000).fit(xs, y_true)
       else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}.")
+      probs = model.predict_proba(scaler.transform(x_eval))
+    # LabelSpreading leaves rows that no label reaches at 0/0 = NaN: no confidence.
+    probs = np.nan_to_num(probs, nan=0.0)
     predict = lambda x: model.predict(scaler.transform(x))
   seconds = time.perf_counter() - start
   accuracy = float(np.mean(predict(x_eval) == y_eval))
-  return {"accuracy": accuracy, "seconds": seconds}
+  return {"accuracy": accuracy, "ece": _ece(probs, model.classes_, y_eval),
+          "seconds": seconds, **extra}
 
 
 def summarise(results: dict, tables, methods) -> tuple[str, dict]:
@@ -215,6 +263,40 @@ def markdown(report: dict) -> str:
           f"brackets.\n\n{text}")
 
 
+def summarise_ece(results: dict, tables, methods) -> str:
+  """The markdown table of ECE (mean ± std over seeds; FlowGMM's before -> after when the
+  runs were calibrated) and each method's mean over the tables."""
+  def mean_std(runs, key):
+    v = np.array([r[key] for r in runs])
+    return v.mean(), v.std()
+
+  lines = ["| table | " + " | ".join(METHODS[m] for m in methods) + " |",
+           "|---|" + "---|" * len(methods)]
+  means = {m: [] for m in methods}
+  calibrated = []
+  for table in tables:
+    cells = []
+    for m in methods:
+      runs = results[table][m]
+      mean, std = mean_std(runs, "ece")
+      means[m].append(mean)
+      cell = f"{mean:.3f} ± {std:.3f}"
+      if all("ece_calibrated" in r for r in runs):
+        after, after_std = mean_std(runs, "ece_calibrated")
+        calibrated.append(after)
+        cell += f" → {after:.3f} ± {after_std:.3f}"
+      cells.append(cell)
+    lines.append(f"| {TABLES[table][2]} | " + " | ".join(cells) + " |")
+  row = []
+  for m in methods:
+    cell = f"**{np.mean(means[m]):.3f}**"
+    if m == "flowgmm" and len(calibrated) == len(tables):
+      cell += f" → **{np.mean(calibrated):.3f}**"
+    row.append(cell)
+  lines.append("| **mean over tables** | " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tables", default=",".join(TABLES))
@@ -223,6 +305,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--labels-per-class", type=int, default=LABELS_PER_CLASS)
   parser.add_argument("--validation", action="store_true",
                       help="score on a split of the train rows, never on the test rows")
+  parser.add_argument("--calibration-folds", type=int, default=0,
+                      help="F >= 2: also fit FlowGMM's temperature by F-fold cross-fitting "
+                           "over the labelled rows and report its ECE after (F extra fits)")
   parser.add_argument("--flowgmm-params", default="{}",
                       help="JSON dict of FlowGMMClassifier overrides (for tuning)")
   parser.add_argument("--output", default=None,
@@ -238,6 +323,8 @@ def main(argv=None) -> dict:
       parser.error(f"unknown {kind}(s) {unknown}; choose from {', '.join(allowed)}.")
   if args.labels_per_class < 1:
     parser.error("--labels-per-class must be >= 1.")
+  if args.calibration_folds == 1 or args.calibration_folds < 0:
+    parser.error("--calibration-folds must be 0 (off) or >= 2.")
   flowgmm_params = json.loads(args.flowgmm_params)
 
   results = {}
@@ -250,24 +337,34 @@ def main(argv=None) -> dict:
     for seed in seeds:
       split = make_split(x, y, seed, args.labels_per_class, args.validation)
       for m in methods:
-        run = run_method(m, *split, seed, flowgmm_params)
+        run = run_method(m, *split, seed, flowgmm_params, args.calibration_folds)
         run["seed"] = seed
         results[table][m].append(run)
-        print(f"{table} {m} seed {seed}: {100 * run['accuracy']:.1f}% "
+        calibrated = (f", ECE {run['ece']:.3f} -> {run['ece_calibrated']:.3f} at T = "
+                      f"{run['temperature']:.2f}" if "temperature" in run else
+                      f", ECE {run['ece']:.3f}")
+        print(f"{table} {m} seed {seed}: {100 * run['accuracy']:.1f}%{calibrated} "
               f"({run['seconds']:.1f} s)", file=sys.stderr, flush=True)
 
   text, summary = summarise(results, tables, methods)
+  ece_text = summarise_ece(results, tables, methods)
   split_name = "validation" if args.validation else "test"
   print(f"{split_name} accuracy (%), mean ± std over seeds {','.join(map(str, seeds))}, "
         f"{args.labels_per_class} labels per class; mean fit seconds in brackets\n")
   print(text)
+  print(f"\n{split_name} ECE (15 bins)" + (
+      f", FlowGMM before -> after a temperature cross-fitted over {args.calibration_folds} "
+      "folds of the labelled rows" if args.calibration_folds else "") + "\n")
+  print(ece_text)
   import jax
   from benchmarks.provenance import provenance
-  report = {"provenance": provenance(argv), "split": split_name, "labels_per_class": args.labels_per_class, "seeds": seeds,
-            "flowgmm_params": flowgmm_params, "summary": summary, "results": results,
+  report = {"provenance": provenance(argv), "split": split_name,
+            "labels_per_class": args.labels_per_class, "seeds": seeds,
+            "flowgmm_params": flowgmm_params, "calibration_folds": args.calibration_folds,
+            "summary": summary, "results": results,
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "jax_backend": jax.default_backend(), "jax_version": jax.__version__},
-            "markdown": text}
+            "markdown": text, "markdown_ece": ece_text}
   output = args.output
   if output is None:
     suffix = ("_validation" if args.validation else "") + (

@@ -362,3 +362,21 @@ def test_gpu_check_tiny_writes_every_field(tmp_path):
   assert training["steps"] == 4 and training["eval"], training
   for e in training["eval"]:
     assert 0.0 <= e["eval/accuracy"] <= 1.0 and np.isfinite(e["eval/bpd"]) and e["eval/bpd"] > 0
+
+
+def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
+  """--rows: one child process per method; its fit time, accuracy and memory (peak >= the
+  data's resident set), and a method past --timeout reported as stopped, not a crash."""
+  from benchmarks import bench_fit
+  x, y, x_test, y_test = bench_fit.synthetic_table(3000, 4, classes=3, seed=1)
+  assert x.shape == (3000, 4) and x_test.shape == (bench_fit.TEST_ROWS, 4)
+  assert np.bincount(y[y >= 0]).tolist() == [10, 10, 10] and set(y_test) == {0, 1, 2}
+  out = tmp_path / "big.json"
+  bench_fit.main(["--rows=3000", "--features=4", "--methods=selftraining", f"--json={out}"])
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["fit_s"] > 0 and row["accuracy"] > 0.8
+  assert row["peak_mib"] >= row["data_mib"] > 0 and row["fit_mib"] == pytest.approx(
+      row["peak_mib"] - row["data_mib"])
+  (row,) = bench_fit.main(["--rows=3000", "--features=4", "--methods=labelspreading",
+                           "--timeout=0.01"])
+  assert row["failed"] == "stopped after 0.01 s (--timeout)"

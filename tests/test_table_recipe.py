@@ -226,5 +226,7 @@ def test_suite_command_runs_one_table(tmp_path):
   for method, seeds in runs.items():
     if method != "info":
       assert 0.0 <= seeds[0]["accuracy"] <= 1.0
+      assert 0.0 <= seeds[0]["ece"] <= 1.0
+  assert "ECE" in proc.stdout and report["markdown_ece"].count("\n") == 3  # head, rule, wine, mean
   assert runs["flowgmm"][0]["accuracy"] >= 0.85
   assert runs["supervised"][0]["accuracy"] >= 0.9

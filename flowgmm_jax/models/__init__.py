@@ -53,8 +53,8 @@ _TABULAR_FIELDS = dict(num_coupling_layers=5, hidden_dim=512, hidden_layers=2,
 MODEL_FIELDS = {
     "realnvp_tabular": dict(_TABULAR_FIELDS),
     "spline_tabular": dict(_TABULAR_FIELDS, num_bins=8, bound=3.0),
-    "realnvp": dict(num_scales=2, num_blocks=8, mid_channels=64, zero_init_last=True),
-    "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=True),
+    "realnvp": dict(num_scales=2, num_blocks=8, mid_channels=64, zero_init_last=False),
+    "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=False),
 }
 
 # The one model registry: config.model.name -> its flow, built from the section's fields.

@@ -1,0 +1,76 @@
+"""Column kinds, resolutions, dequantisation and one-hot groups (flowgmm_jax/features.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowgmm_jax import features
+
+
+def test_column_kinds_and_resolutions():
+  rng = np.random.default_rng(0)
+  n = 500
+  cols = {
+      "constant": np.full(n, 3.0),
+      "binary": rng.integers(0, 2, n) * 1.0,
+      "codes": rng.integers(1, 11, n) * 1.0,                   # Breast Cancer's 1..10
+      "half_steps": rng.choice([0.0, 0.5, 1.5, 3.0], n),        # lattice of step 0.5
+      "tenths": rng.choice([0.1, 0.2, 0.3, 0.7], n),            # inexact in binary floats
+      "irregular": rng.choice([0.0, 1.0, 2.7], n),              # 1.7 / 1.0 is no integer
+      "counts": rng.integers(0, 500, n) * 1.0,                  # a lattice, too many levels
+      "gaussian": rng.normal(size=n),
+  }
+  kinds = {name: features.describe_column(v) for name, v in cols.items()}
+  assert {k: v.kind for k, v in kinds.items()} == {
+      "constant": "constant", "binary": "binary", "codes": "lattice",
+      "half_steps": "lattice", "tenths": "lattice", "irregular": "continuous",
+      "counts": "continuous", "gaussian": "continuous"}
+  assert kinds["binary"].resolution == 1.0 and kinds["binary"].levels == 2
+  assert kinds["codes"].resolution == 1.0 and kinds["codes"].levels == 10
+  assert kinds["half_steps"].resolution == 0.5 and kinds["half_steps"].levels == 7
+  assert kinds["tenths"].resolution == pytest.approx(0.1) and kinds["tenths"].levels == 7
+  assert kinds["counts"].lattice and kinds["counts"].resolution == 1.0
+  assert not kinds["irregular"].lattice
+  assert kinds["constant"].resolution == 0.0 and not kinds["constant"].discrete
+  # max_levels decides when a lattice counts as discrete.
+  assert features.describe_column(cols["counts"], max_levels=1000).kind == "lattice"
+  table = np.stack(list(cols.values()), axis=1)
+  assert [k.kind for k in features.describe_columns(table)] == [k.kind for k in kinds.values()]
+
+
+def test_dequantized_values_fill_their_cells_and_round_back():
+  """Each value spreads uniformly over [v - r/2, v + r/2): neighbouring cells touch, the
+  noise has the uniform's variance r^2 / 12, and rounding to the lattice gives x back."""
+  rng = np.random.default_rng(1)
+  x = np.stack([rng.integers(0, 2, 20000) * 1.0,               # binary, r = 1
+                rng.choice([0.0, 0.5, 1.5], 20000),             # r = 0.5
+                rng.normal(size=20000)], axis=1)                # continuous: unchanged
+  widths = features.dequantization_widths(x)
+  np.testing.assert_array_equal(widths, [1.0, 0.5, 0.0])
+  noisy = features.dequantize(x, widths, np.random.default_rng(2))
+  delta = noisy - x
+  for j, r in enumerate(widths[:2]):
+    assert delta[:, j].min() >= -r / 2 and delta[:, j].max() < r / 2
+    assert delta[:, j].var() == pytest.approx(r ** 2 / 12, rel=0.03)
+    lo = x[:, j].min()
+    np.testing.assert_array_equal(np.round((noisy[:, j] - lo) / r) * r + lo, x[:, j])
+  np.testing.assert_array_equal(noisy[:, 2], x[:, 2])
+  # In standardised units the widths scale with 1 / std.
+  scale = np.array([2.0, 0.25, 1.0])
+  np.testing.assert_allclose(features.dequantization_widths(x, scale), [0.5, 2.0, 0.0])
+  with pytest.raises(ValueError, match="widths"):
+    features.dequantize(x, widths[:2])
+
+
+def test_one_hot_groups_are_found_as_encoded():
+  from sklearn.preprocessing import OneHotEncoder
+  rng = np.random.default_rng(3)
+  cats = np.stack([rng.integers(0, 3, 300), rng.integers(0, 4, 300)], axis=1)
+  onehot = OneHotEncoder().fit_transform(cats).toarray()              # 3 + 4 columns
+  binary = rng.integers(0, 2, (300, 1)) * 1.0                          # a lone 0/1 column
+  x = np.concatenate([rng.normal(size=(300, 1)), onehot, binary, rng.normal(size=(300, 1))],
+                     axis=1)
+  assert features.one_hot_groups(x) == [(1, 4), (4, 8)]
+  # Independent 0/1 columns (House Votes) are no group: some rows have two 1s or none.
+  assert features.one_hot_groups(rng.integers(0, 2, (300, 6)) * 1.0) == []
