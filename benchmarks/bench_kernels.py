@@ -86,7 +86,8 @@ def _normal(shape, seed, dtype=jnp.float32):
 
 def rows(scale: float = 1.0):
   """``(group, name, fn, args, flops, bytes)`` for every kernel; batch-like dims x scale."""
-  s = lambda n: max(1, int(round(n * scale)))
+  def s(n):
+    return max(1, int(round(n * scale)))
   out = []
   for n, label in [(s(16 * 2**20), f"{s(16 * 2**20) * 4 / 2**20:.0f} MiB"),
                    (TOY_PARAMS, "the toy's 1.32M parameters")]:
@@ -124,8 +125,9 @@ def rows(scale: float = 1.0):
     out.append(("text dots", f"{shape} dW = X^T dY", lambda x, dy: x.T @ dy, (x, dy), f, 0))
   # The text step's dropout masks (rate 0.5 after the first layer of each of 7 couplings):
   # one 32-bit random word per element.
-  masks = lambda key: [jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, (rows_text, 1024))
-                       for i in range(7)]
+  def masks(key):
+    return [jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, (rows_text, 1024))
+            for i in range(7)]
   out.append(("text dots", f"dropout masks 7 x [{rows_text},1024]", masks,
               (jax.random.PRNGKey(0),), 0, 0))
   for batch, hw, c in [(64, 32, 64), (64, 16, 64), (64, 16, 128)]:
@@ -157,7 +159,8 @@ def rows(scale: float = 1.0):
       _normal((batch, 32, 32, 64), 11)
   f = 2 * batch * 32 * 32 * 64 * 64
   name = f"N{batch} 32x32 64->64"
-  dot = lambda x, w: jnp.einsum("bhwc,co->bhwo", x, w[0, 0])
+  def dot(x, w):
+    return jnp.einsum("bhwc,co->bhwo", x, w[0, 0])
   for label, fn in [("lax conv", _conv), ("matrix product", dot)]:
     out.append(("conv1x1", f"{name} {label} forward", fn, (x, w), f, 0))
     out.append(("conv1x1", f"{name} {label} filter grad",

@@ -479,7 +479,8 @@ def _wn_conv(prefix: str, wn_conv2d, bias: bool = True):
 
 
 def _batch_norm(prefix: str, bn):
-  same = lambda t: t
+  def same(t):
+    return t
   return [(("params",) + prefix + ("scale",), bn.weight, same),
           (("params",) + prefix + ("bias",), bn.bias, same),
           (("batch_stats",) + prefix + ("mean",), bn.running_mean, same),

@@ -424,7 +424,8 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
   b = np.asarray([theirs(s) for s in seeds], np.float64)
   out = {"num_seeds": num_seeds, "batch": "64 fixed training images", "quantities": {}}
   for i, name in enumerate(("nll", "log_det", "z_squared_norm")):
-    q = lambda v: {f"q{int(100 * p)}": float(np.quantile(v, p)) for p in (0.1, 0.5, 0.9)}
+    def q(v):
+      return {f"q{int(100 * p)}": float(np.quantile(v, p)) for p in (0.1, 0.5, 0.9)}
     out["quantities"][name] = {
         "ours": {**q(a[:, i]), "mean": float(a[:, i].mean())},
         "original": {**q(b[:, i]), "mean": float(b[:, i].mean())},
@@ -438,7 +439,8 @@ def init_table(dist: dict) -> str:
            f"({dist['batch']}): median [10%, 90%]",
            "| quantity | ours | original | Mann-Whitney p | KS p |", "|---|---|---|---|---|"]
   for name, v in dist["quantities"].items():
-    cell = lambda d: f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
+    def cell(d):
+      return f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
     lines.append(f"| {name} | {cell(v['ours'])} | {cell(v['original'])} | "
                  f"{v['mann_whitney_p']:.2f} | {v['ks_p']:.2f} |")
   return "\n".join(lines)

@@ -200,7 +200,8 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
       probs = model.predict_proba(scaler.transform(x_eval))
     # LabelSpreading leaves rows that no label reaches at 0/0 = NaN: no confidence.
     probs = np.nan_to_num(probs, nan=0.0)
-    predict = lambda x: model.predict(scaler.transform(x))
+    def predict(x):
+      return model.predict(scaler.transform(x))
   seconds = time.perf_counter() - start
   accuracy = float(np.mean(predict(x_eval) == y_eval))
   return {"accuracy": accuracy, "ece": _ece(probs, model.classes_, y_eval),

@@ -144,10 +144,13 @@ def flowgmm_objective(class_log_joint: Array, log_det: Array, labels: Array, *,
     num_unlabeled = jnp.sum(is_unlabeled)
   if num_examples is None:
     num_examples = jnp.sum(mask)
-  count = lambda n: jnp.maximum(jnp.asarray(n, dtype), 1.0)
+  def count(n):
+    return jnp.maximum(jnp.asarray(n, dtype), 1.0)
+
   # where(), not multiplication by a mask, so a non-finite value in a row outside a term
   # cannot leak into its sum.
-  total = lambda rows, values: jnp.sum(jnp.where(rows, values, 0.0))
+  def total(rows, values):
+    return jnp.sum(jnp.where(rows, values, 0.0))
 
   nll_mix = -log_px(class_log_joint, log_det)
   nll_gen = -(labeled_log_likelihood(class_log_joint, labels) + log_det)

@@ -271,10 +271,13 @@ class _ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, carry: Tuple[Array, Array], _) -> Tuple[Tuple[Array, Array], None]:
     h, skip = carry
-    batch_norm = lambda name: _batch_norm(self.train, self.bn_axis_name, self.dtype,
-                                          self.param_dtype, name)
-    conv = lambda features, k, name, **kw: WNConv(
-        features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name, **kw)
+    def batch_norm(name):
+      return _batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype, name)
+
+    def conv(features, k, name, **kw):
+      return WNConv(features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name,
+                    **kw)
+
     names = {role: role for role in BLOCK_LAYERS}
     return _residual_block(h, skip, self.mid_channels, batch_norm, conv, names), None
 
@@ -340,8 +343,9 @@ class ResNetConditioner(nn.Module):
       raise ValueError(f"ResNetConditioner: out_channels must be even (s_raw and t halves), "
                        f"got {out_channels}.")
     mid = self.mid_channels
-    wn = lambda features, k, name, **kw: WNConv(
-        features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name, **kw)
+    def wn(features, k, name, **kw):
+      return WNConv(features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name,
+                    **kw)
 
     h = self._batch_norm(train, "in_norm")(x)
     if self.double_after_norm:

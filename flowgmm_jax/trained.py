@@ -349,7 +349,8 @@ def load(workdir: str, step: Optional[int] = None, *, calibrated: bool = True,
   x0 = jnp.zeros((2,) + tuple(meta["input_shape"]), jnp.float32)
   expected = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0),
                                                 "dropout": jax.random.PRNGKey(0)}, x0))
-  shape_of = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
+  def shape_of(t):
+    return jax.tree.map(lambda a: tuple(a.shape), t)
   if shape_of(dict(expected)) != shape_of(variables):
     raise IncompatibleCheckpointError(
         f"checkpoint {workdir}/checkpoints/{step} holds variables that this version of "

@@ -72,8 +72,8 @@ class Conv1x1LU(Bijector):
   def weight(self, dtype=None) -> Array:
     """The assembled ``W = P @ L @ U``, ``[C, C]`` (forward is ``x @ W``); ``dtype``
     defaults to that of ``log_s``."""
-    p, l, u = self._factors(jnp.asarray(self.log_s).dtype if dtype is None else dtype)
-    return p @ l @ u
+    p, lower, upper = self._factors(jnp.asarray(self.log_s).dtype if dtype is None else dtype)
+    return p @ lower @ upper
 
   def _check_channels(self, x: Array) -> None:
     channels = jnp.shape(self.log_s)[0]
@@ -95,10 +95,10 @@ class Conv1x1LU(Bijector):
   def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
     """Latent -> data: ``y: [B, ..., C]`` -> ``(x: [B, ..., C], log_det: [B])``."""
     self._check_channels(y)
-    p, l, u = self._factors(y.dtype)
+    p, lower, upper = self._factors(y.dtype)
     # W^{-1} = U^{-1} L^{-1} P^T, built from triangular solves (no general inverse).
-    l_inv_pt = solve_triangular(l, p.T, lower=True, unit_diagonal=True)
-    w_inv = solve_triangular(u, l_inv_pt, lower=False)
+    l_inv_pt = solve_triangular(lower, p.T, lower=True, unit_diagonal=True)
+    w_inv = solve_triangular(upper, l_inv_pt, lower=False)
     return y @ w_inv, self._log_det(y, -1.0)
 
 
@@ -116,12 +116,12 @@ def conv1x1_lu_init(rng: Array, channels: int, dtype=jnp.float32) -> Dict[str, A
   q, r = jnp.linalg.qr(gaussian)
   # Fix the signs so that Q is Haar-distributed (and the QR convention does not matter).
   q = q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)[None, :]
-  p, l, u = lu(q)  # q = p @ l @ u
-  diag = jnp.diagonal(u)
+  p, lower, upper = lu(q)  # q = p @ lower @ upper
+  diag = jnp.diagonal(upper)
   return {
       "perm": p.astype(dtype),
-      "lower": jnp.tril(l, -1),
-      "upper": jnp.triu(u, 1),
+      "lower": jnp.tril(lower, -1),
+      "upper": jnp.triu(upper, 1),
       "log_s": jnp.log(jnp.abs(diag)),
       "sign_s": jnp.sign(diag),
   }

@@ -95,8 +95,8 @@ def _fixed_conv1x1_lu_init(seed: int, channels: int) -> Dict[str, np.ndarray]:
 def _conv1x1_layer(module: nn.Module, lu_init) -> Conv1x1LU:
   """``Conv1x1LU`` with ``module``'s trained factors ``lower``, ``upper``, ``log_s``
   (initialised from ``lu_init``) and the fixed ``lu_init['perm']`` and ``lu_init['sign_s']``."""
-  param = lambda name: module.param(
-      name, lambda _key: jnp.asarray(lu_init[name], module.param_dtype))
+  def param(name):
+    return module.param(name, lambda _key: jnp.asarray(lu_init[name], module.param_dtype))
   return Conv1x1LU(lu_init["perm"], param("lower"), param("upper"), param("log_s"),
                    lu_init["sign_s"])
 

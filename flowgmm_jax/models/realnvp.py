@@ -163,7 +163,8 @@ class RealNVPCoupling(nn.Module):
         double_after_norm=self.kind == "checkerboard", zero_init_last=self.zero_init_last,
         bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
         dtype=self.compute_dtype, name="conditioner")
-    conditioner = lambda h: net(h, train)
+    def conditioner(h):
+      return net(h, train)
     channels = x.shape[-1]
     if self.kind == "checkerboard":
       scale = Rescale(param_dtype=self.param_dtype, name="rescale")(channels)
@@ -213,10 +214,12 @@ class RealNVP(MultiScaleFlow):
       raise ValueError(f"RealNVP: num_scales must be >= 1, got {self.num_scales}.")
     if self.scan:
       self.plan = realnvp_scanned_plan(self.num_scales)
-      make_stack = lambda kind, scale: RealNVPCoupling(
-          kind, self._conditioner_width(kind, scale), self.num_blocks,
-          zero_init_last=self.zero_init_last, bn_axis_name=self.bn_axis_name,
-          param_dtype=self.param_dtype, compute_dtype=self.compute_dtype)
+      def make_stack(kind, scale):
+        return RealNVPCoupling(
+            kind, self._conditioner_width(kind, scale), self.num_blocks,
+            zero_init_last=self.zero_init_last, bn_axis_name=self.bn_axis_name,
+            param_dtype=self.param_dtype, compute_dtype=self.compute_dtype)
+
       self.checkerboards = [make_stack("checkerboard", s) for s in range(self.num_scales)]
       self.channels = [make_stack("channel", s) for s in range(self.num_scales - 1)]
       return
@@ -263,7 +266,8 @@ class RealNVP(MultiScaleFlow):
   def _coupling(self, step: _Step, shape: Tuple[int, ...], dtype, train: bool):
     """The coupling bijector of ``step`` for activations of ``shape`` [B, H, W, C]."""
     net = self.conditioners[step.coupling_index]
-    conditioner = lambda h: net(h, train)
+    def conditioner(h):
+      return net(h, train)
     _, h, w, c = shape
     if step.kind == "checkerboard":
       scale = self.rescales[step.coupling_index](c)

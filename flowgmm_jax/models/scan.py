@@ -36,7 +36,8 @@ def scan_layers(body: nn.Module, carry: Any, xs: Any, *, length: int, inverse: b
                 train: bool) -> Any:
   """Runs ``body`` ``length`` times over ``carry`` (see the module docstring); layer order
   0 .. length-1 when going forward, length-1 .. 0 when ``inverse``. Returns the carry."""
-  fn = lambda module, c, x: (module(c, x, inverse=inverse, train=train), None)
+  def fn(module, c, x):
+    return (module(c, x, inverse=inverse, train=train), None)
   scanned = nn.scan(fn, variable_axes=_STACKED, split_rngs=_SPLIT_RNGS, length=length,
                     reverse=inverse, check_constancy_invariants=False)
   carry, _ = scanned(body, carry, xs)

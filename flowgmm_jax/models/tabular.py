@@ -85,7 +85,8 @@ class AffineHalvesCoupling(nn.Module):
                          param_dtype=self.param_dtype, dtype=self.compute_dtype,
                          name="conditioner")
     if self.full_width_conditioner:
-      conditioner = lambda h: net(h, train)
+      def conditioner(h):
+        return net(h, train)
     else:
       conditioner = _compact_conditioner(net, dim, keep_first=self.parity == 0, train=train)
     scale = Rescale(param_dtype=self.param_dtype, name="rescale")(dim)
@@ -146,9 +147,11 @@ def _run_scanned(model, x: Array, inverse: bool, train: bool) -> Tuple[Array, Ar
   count, ``last``): forward pairs then last, inverse last then the pairs in reverse."""
   carry = (x, jnp.zeros(x.shape[:1], x.dtype))
   num_pairs = model.num_coupling_layers // 2
-  run_pairs = lambda c: scan_layers(model.pairs, c, None, length=num_pairs,
-                                    inverse=inverse, train=train)
-  run_last = lambda c: model.last(c, inverse, train)
+  def run_pairs(c):
+    return scan_layers(model.pairs, c, None, length=num_pairs, inverse=inverse, train=train)
+
+  def run_last(c):
+    return model.last(c, inverse, train)
   stages = []
   if num_pairs:
     stages.append(run_pairs)
@@ -242,7 +245,8 @@ class RealNVPTabular(nn.Module):
     net = self.conditioners[index]
     mask = halves_mask(dim, index % 2, dtype)
     if self.full_width_conditioner:
-      conditioner = lambda h: net(h, train)
+      def conditioner(h):
+        return net(h, train)
     else:
       conditioner = _compact_conditioner(net, dim, keep_first=index % 2 == 0, train=train)
     return AffineCoupling(mask, conditioner, self.rescales[index](dim))

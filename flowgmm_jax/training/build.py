@@ -237,7 +237,8 @@ def check_same_structure(given: dict, expected: dict) -> None:
   """Raises ValueError naming the first variable whose path, shape or dtype differs."""
   flat_given = dict(jax.tree_util.tree_flatten_with_path(given)[0])
   flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-  name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
+  def name(path):
+    return "/".join(str(getattr(k, "key", k)) for k in path)
   missing = sorted(name(p) for p in flat_expected.keys() - flat_given.keys())
   extra = sorted(name(p) for p in flat_given.keys() - flat_expected.keys())
   if missing or extra:

@@ -67,7 +67,8 @@ def make_optimizer(optimizer: str, learning_rate: float, total_steps: int, *,
     raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS} "
                      "(config.optim.optimizer).")
   lr = make_schedule(schedule, learning_rate, total_steps, warmup_steps)
-  decay = lambda: optax.masked(optax.add_decayed_weights(weight_decay), weight_norm_gain_mask)
+  def decay():
+    return optax.masked(optax.add_decayed_weights(weight_decay), weight_norm_gain_mask)
   parts = []
   if grad_clip_norm and grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(grad_clip_norm))
