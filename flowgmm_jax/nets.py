@@ -1,6 +1,6 @@
 """Conditioner networks (Flax Linen) for coupling layers.
 
-A conditioner maps the KEPT part of a coupling layer's input to ``(s_raw, t)``; the
+A conditioner maps the kept (unchanged) part of a coupling layer's input to ``(s_raw, t)``; the
 coupling bijector (``flowgmm_jax.bijectors.coupling``) turns ``s_raw`` into a bounded
 log-scale ``s = scale * tanh(s_raw)`` and applies ``y = (x + t) * exp(s)`` to the changed
 part. The conditioners never need to be invertible.
@@ -58,7 +58,7 @@ original's image ResNet has no such option; its tabular MLP has the same ``init_
 switch, off by default.
 
 Parameter naming: weight-norm direction ``v`` and gain ``g``; a weight-decay mask over the
-gains (the original applies weight decay ONLY to the ``weight_g`` gains) is
+gains (the original applies weight decay to the ``weight_g`` gains and nothing else) is
 ``flowgmm_jax.models.weight_norm_gain_mask``.
 """
 
@@ -192,7 +192,7 @@ class WNConv(nn.Module):
     if k == 1:
       # A 1x1 convolution is a matrix product over the channel axis. Written as one, XLA:CPU
       # runs it as a GEMM: about 2x faster forward and 2-3x faster filter gradient than its
-      # convolution kernel (python -m benchmarks.bench_kernels, README "Speed").
+      # convolution kernel (measured by python -m benchmarks.bench_kernels).
       y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
     else:
       y = conv2d_same(x, kernel)
@@ -221,7 +221,8 @@ class Rescale(nn.Module):
     return g * v / jnp.abs(v)
 
 
-def _residual_block(h: Array, skip: Array, mid: int, batch_norm, conv, names) -> Tuple[Array, Array]:
+def _residual_block(h: Array, skip: Array, mid: int, batch_norm, conv,
+                    names) -> Tuple[Array, Array]:
   """One residual block of ``ResNetConditioner`` on ``h, skip: [B, H, W, mid]``:
 
       h = h + WNConv3x3(relu(BN(WNConv3x3_nobias(relu(BN(h))))));  skip = skip + WNConv1x1(h)

@@ -1,4 +1,4 @@
-"""Normalizing flows (Flax Linen). Forward is ALWAYS data -> latent.
+"""Normalizing flows (Flax Linen). Forward is data -> latent, in every model.
 
 Every model: ``z, log_det = model.apply(variables, x, train=False)`` with ``z: [B, D]``
 (flat) and ``log_det: [B]`` = log|det dz/dx|, and
@@ -132,7 +132,7 @@ def weight_norm_gain_mask(params: Any) -> Any:
   """Pytree of bools like ``params``: True for the weight-norm gains (leaves named
   ``g``: the conv gains and the coupling ``Rescale`` gains), False elsewhere.
 
-  The original FlowGMM applies weight decay (5e-5) ONLY to these gains (its
+  The original FlowGMM applies weight decay (5e-5) to these gains and nothing else (its
   ``get_param_groups(net, wd, norm_suffix='weight_g')``); use this as the ``mask`` of
   ``optax.add_decayed_weights``. It also keeps decay off ``Rescale``'s sign-only ``v``.
   """

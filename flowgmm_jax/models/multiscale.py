@@ -11,9 +11,11 @@ A multi-scale flow is a static plan: a list of steps whose ``kind`` is "squeeze"
 
 and the inverse (latent -> data) splits z back into those pieces and walks the plan
 backwards. A flow step may stand for many layers: the scanned flows make each stack of
-identical layers one step whose one bijector runs them all (``models.scan.ScannedStack``). ``MultiScaleFlow`` is the Linen base of RealNVP and Glow: it holds their shared
-attributes, ``__call__`` and ``inverse``; each model owns its layers and says only what its
-plan and a flow step are.
+identical layers one step whose one bijector runs them all (``models.scan.ScannedStack``).
+
+``MultiScaleFlow`` is the Linen base of RealNVP and Glow: it holds their shared attributes,
+``__call__`` and ``inverse``; each model owns its layers and says only what its plan and a
+flow step are.
 
 Also here: the input checks and the image shape an inverse needs when it is given only z.
 """

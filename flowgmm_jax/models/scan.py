@@ -2,7 +2,7 @@
 per copy.
 
 A stack is a Linen module (the *body*) whose compact ``__call__(carry, xs, *, inverse,
-train)`` applies ONE layer; ``scan_layers`` runs it ``length`` times, in order going forward
+train)`` applies one layer; ``scan_layers`` runs it ``length`` times, in order going forward
 (data -> latent) and in reverse order going back (latent -> data). Every variable the body
 creates (``params``, BatchNorm's ``batch_stats``) is stacked on a new leading axis of size
 ``length``, layer ``i`` at index ``i``; ``xs`` (per-layer constants such as masks, a pytree of
