@@ -60,6 +60,22 @@ def run_one(config_spec: str, seed: int) -> dict:
           "num_test": int(len(dataset.y_test))}
 
 
+def markdown(results: dict) -> str:
+  """The table of a results file written by ``main``: per config, test accuracy of the
+  command line and of the estimator, mean ± std over the seeds (population std), and the
+  command line's mean wall time (``python -m benchmarks.report`` renders it)."""
+  lines = ["| config | labels | CLI test accuracy (%) | estimator test accuracy (%) | "
+           "CLI wall time (s) |", "|---|---|---|---|---|"]
+  for spec, runs in results["results"].items():
+    cli = 100 * np.array([r["cli_accuracy"] for r in runs])
+    est = 100 * np.array([r["estimator_accuracy"] for r in runs])
+    secs = np.mean([r["cli_seconds"] for r in runs])
+    lines.append(f"| `configs/{spec.replace(':', '.py:')}` | {runs[0]['num_labeled']} | "
+                 f"{cli.mean():.1f} ± {cli.std():.1f} | {est.mean():.1f} ± {est.std():.1f} | "
+                 f"{secs:.0f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--configs", default=",".join(CONFIGS))
@@ -77,21 +93,14 @@ def main(argv=None) -> dict:
       print(f"{spec} seed {seed}: CLI {100 * run['cli_accuracy']:.1f}% "
             f"({run['cli_seconds']:.0f} s), estimator {100 * run['estimator_accuracy']:.1f}% "
             f"({run['estimator_seconds']:.0f} s)", file=sys.stderr, flush=True)
-  lines = ["| config | labels | CLI test accuracy (%) | estimator test accuracy (%) | "
-           "CLI wall time (s) |", "|---|---|---|---|---|"]
-  for spec, runs in results.items():
-    cli = 100 * np.array([r["cli_accuracy"] for r in runs])
-    est = 100 * np.array([r["estimator_accuracy"] for r in runs])
-    secs = np.mean([r["cli_seconds"] for r in runs])
-    lines.append(f"| `configs/{spec.replace(':', '.py:')}` | {runs[0]['num_labeled']} | "
-                 f"{cli.mean():.1f} ± {cli.std():.1f} | {est.mean():.1f} ± {est.std():.1f} | "
-                 f"{secs:.0f} |")
-  table = "\n".join(lines)
+  table = markdown({"results": results})
   print(f"seeds {','.join(map(str, seeds))}\n\n{table}")
   output = Path(args.output)
   output.parent.mkdir(parents=True, exist_ok=True)
-  output.write_text(json.dumps({"seeds": seeds, "results": results, "markdown": table},
-                               indent=2, sort_keys=True) + "\n")
+  from benchmarks.provenance import provenance
+  output.write_text(json.dumps({"seeds": seeds, "results": results, "markdown": table,
+                                "provenance": provenance(argv)}, indent=2, sort_keys=True)
+                    + "\n")
   return results
 
 

@@ -42,14 +42,23 @@ REPORTS: Dict[str, Report] = {
     "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
     "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
     "toy_table": Report("benchmarks/results/toy_table.json", "benchmarks.toy_table"),
+    "mnist_cpu": Report("benchmarks/results/mnist_cpu.json", "benchmarks.mnist_cpu"),
+    "cli_vs_estimator": Report("benchmarks/results/cli_vs_estimator.json",
+                               "benchmarks.cli_vs_estimator"),
+    "calibration": Report("benchmarks/results/calibration.json",
+                          "benchmarks.calibration_table"),
+    "headline": Report("benchmarks/results/headline.json", "benchmarks.headline"),
 }
 
 
 def provenance_line(results: dict) -> str:
   """One line saying how the numbers were made, from the file's ``provenance``."""
-  p = results.get("provenance")
+  p = results.get("provenance") if isinstance(results, dict) else None  # old files: a list
   if not p:
-    return "_Made before results files recorded their command, commit and machine._"
+    # A file made by hand says so in its "note" (where its numbers come from).
+    note = results.get("note") if isinstance(results, dict) else None
+    return f"_{note}_" if note else (
+        "_Made before results files recorded their command, commit and machine._")
   m = p.get("machine", {})
   where = ", ".join(str(v) for v in (m.get("cpu"), f"{m.get('cores')} cores" if m.get("cores")
                                       else None) if v)

@@ -34,3 +34,40 @@ def test_a_table_is_computed_from_the_raw_numbers(tmp_path, monkeypatch):
   text = doc.read_text()
   assert text.startswith("before\n") and text.endswith("<!-- /results -->\nafter\n")
   assert f"{100 * np.mean([r['accuracy'] for r in wine]):.1f} ± " in text
+
+
+def _halve_accuracies(obj, under_accuracy=False):
+  """``obj`` with every number under a key naming an accuracy halved."""
+  if isinstance(obj, dict):
+    return {k: _halve_accuracies(v, "accuracy" in k) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_halve_accuracies(v, under_accuracy) for v in obj]
+  if under_accuracy and isinstance(obj, (int, float)) and not isinstance(obj, bool):
+    return obj / 2
+  return obj
+
+
+def test_every_report_renders_from_its_file_and_changes_with_it(tmp_path, monkeypatch):
+  """Each report's table is made from its results file: halving the accuracies in the file
+  changes the table (no number of it is typed into the code)."""
+  for name, entry in report.REPORTS.items():
+    if name == "headline":  # rows read other files; checked below
+      continue
+    before = report.render(name)
+    results = json.loads((report.REPO / entry.results).read_text())
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(_halve_accuracies(results)))
+    monkeypatch.setitem(report.REPORTS, name, report.Report(str(path), entry.module))
+    assert report.render(name) != before, name
+
+
+def test_headline_rows_are_the_detailed_tables_numbers():
+  toy = json.loads((report.REPO / report.REPORTS["toy_table"].results).read_text())
+  rows = toy["rows"] if isinstance(toy, dict) else toy
+  moons = 100 * np.asarray(next(r for r in rows if r["dataset"] == "moons")["accuracy"])
+  suite = json.loads((report.REPO / report.REPORTS["ssl_suite"].results).read_text())
+  flowgmm = 100 * np.mean([np.mean([r["accuracy"] for r in t["flowgmm"]])
+                           for t in suite["results"].values()])
+  text = report.render("headline")
+  assert f"{moons.mean():.1f} ± {moons.std():.1f}%" in text
+  assert f"FlowGMM {flowgmm:.1f}%" in text

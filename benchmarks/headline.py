@@ -1,0 +1,73 @@
+"""The README's one results table: a row per kind of data, each computed from its own results
+file (``benchmarks/results/headline.json`` lists the rows; ``benchmarks.report`` renders it).
+
+A row names its results file, what it picks from it and the docs section with the full table,
+the command, the commit and the machine:
+
+* ``toy``: a dataset of ``toy_table.json``: mean ± std of its test accuracy over the seeds;
+* ``ssl_suite``: an ``ssl_suite*.json``: FlowGMMClassifier's and the best baseline's test
+  accuracy, averaged over seeds and then over the file's tables (``table``: one table only);
+* ``mnist_cpu``: ``mnist_cpu.json``: the final test accuracy of a run over its seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+_BASELINES = {"labelspreading": "LabelSpreading k=10", "labelspreading_k30": "LabelSpreading k=30",
+              "logreg": "LogisticRegression", "selftraining": "SelfTraining"}
+
+
+def _mean_std(values) -> str:
+  v = 100 * np.asarray(values, np.float64)
+  return f"{v.mean():.1f} ± {v.std():.1f}"
+
+
+def _toy(results, row) -> str:
+  rows = results["rows"] if isinstance(results, dict) else results
+  r = next(r for r in rows if r["dataset"] == row["dataset"])
+  return f"{_mean_std(r['accuracy'])}% (seeds {', '.join(map(str, r['seeds']))})"
+
+
+def _ssl_suite(results, row) -> str:
+  per_table = results["results"]
+  tables = [row["table"]] if "table" in row else sorted(per_table)
+
+  def mean(method):
+    return 100 * np.mean([np.mean([r["accuracy"] for r in per_table[t][method]])
+                          for t in tables])
+
+  def spread(method):
+    return "" if len(tables) > 1 else " ± " + _mean_std(
+        [r["accuracy"] for r in per_table[tables[0]][method]]).split(" ± ")[1]
+
+  best = max(_BASELINES, key=mean)
+  seeds = ", ".join(map(str, results["seeds"]))
+  over = f"mean over {len(tables)} tables: " if len(tables) > 1 else ""
+  return (f"{over}FlowGMM {mean('flowgmm'):.1f}{spread('flowgmm')}%, best baseline "
+          f"({_BASELINES[best]}) {mean(best):.1f}{spread(best)}% (seeds {seeds})")
+
+
+def _mnist_cpu(results, row) -> str:
+  finals = [results["runs"][row["run"]][-1]["eval/accuracy"]]
+  extra = results.get(row.get("more_seeds", ""), {}).get("runs", {})
+  finals += [evals[-1]["eval/accuracy"] for evals in extra.values()]
+  v = 100 * np.asarray(finals)
+  return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}% ({len(v)} seeds, std ddof 1)"
+
+
+_KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_cpu": _mnist_cpu}
+
+
+def markdown(headline: dict) -> str:
+  lines = ["| data | labels | test accuracy, mean ± std | details |", "|---|---|---|---|"]
+  for row in headline["rows"]:
+    results = json.loads((REPO / row["results"]).read_text())
+    cell = _KINDS[row["kind"]](results, row)
+    lines.append(f"| {row['data']} | {row['labels']} | {cell} | [{row['section']}]"
+                 f"({row['link']}) |")
+  return "\n".join(lines)
