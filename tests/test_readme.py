@@ -1,19 +1,58 @@
-"""The README's library example runs and does what it says."""
+"""The README's and docs' code examples run and do what they say; their links resolve."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+LIBRARY = REPO / "docs" / "library.md"
 
 
-def test_readme_library_example_runs(capsys):
-  blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-  example = next(b for b in blocks if "flowgmm_jax.FlowGMM(" in b)
-  exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
-  out = capsys.readouterr().out
+def _python_block(path: Path, marker: str) -> str:
+  blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+  return next(b for b in blocks if marker in b)
+
+
+def _run(example: str, path: Path, capsys) -> str:
+  exec(compile(example, str(path.relative_to(REPO)), "exec"), {"__name__": "readme_example"})
+  return capsys.readouterr().out
+
+
+def test_readme_estimator_example_runs(capsys):
+  out = _run(_python_block(README, "FlowGMMClassifier("), README, capsys)
+  accuracy = float(re.search(r"accuracy: ([0-9.]+)", out).group(1))
+  assert accuracy >= 0.97
+
+
+def test_library_example_runs(capsys):
+  out = _run(_python_block(LIBRARY, "flowgmm_jax.FlowGMM("), LIBRARY, capsys)
   accuracy = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
   round_trip = float(re.search(r"round trip error: ([0-9.e+-]+)", out).group(1))
   assert accuracy >= 0.97
   assert round_trip < 1e-4
+
+
+def _anchors(path: Path) -> set:
+  """GitHub's anchors of the headings of ``path``: lower case, punctuation but '-' dropped,
+  spaces as '-'."""
+  text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+  return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+          for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+  broken = []
+  for doc in [README, *sorted((REPO / "docs").glob("*.md"))]:
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+      if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+        continue
+      file, _, anchor = target.partition("#")
+      path = (doc.parent / file).resolve() if file else doc
+      if not path.exists():
+        broken.append(f"{doc.name}: {target} (no such file)")
+      elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+        broken.append(f"{doc.name}: {target} (no such heading)")
+  assert not broken, broken
