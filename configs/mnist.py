@@ -46,7 +46,7 @@ ARG: smoke (tiny model, 20 steps, a subset of the data) | cpu (see above).
 
 from configs.common import image_config, parse_args
 
-# The CPU-budget run (ARG cpu); sizes chosen by measuring seconds per step (see README).
+# The CPU-budget run (ARG cpu); sizes chosen by measuring seconds per step (docs/results.md).
 CPU_MODEL = dict(num_scales=2, num_blocks=1, mid_channels=16)
 CPU_LR = 1e-3
 CPU_STEPS = 3000

@@ -25,7 +25,7 @@ with SemiFlow's default unlabelled weight 1 (train_semisup_flowgmm_tabular.py:59
 labels per class, all of them in every step (as the original's loader would), and the same
 4200 steps. Measured with the previous ``:paper`` values (no dropout, 64 + 1024 rows per
 step, 3000 steps), the paper recipe at 10 labels per class on Letter memorised the labelled
-rows and sent the rest to a few classes (README "Experiments").
+rows and sent the rest to a few classes (docs/results.md).
 
     python -m experiments.main --config=configs/tabular.py:letter --workdir=/tmp/letter
     python -m experiments.main --config=configs/tabular.py:shuttle --workdir=/tmp/shuttle

@@ -23,7 +23,7 @@ train split (its YAHOO class keeps every training row; the file is not available
 The offline AG News has 6,080 training rows, so 2400 steps of 5000 rows are about 2,000
 passes over them, not the original's 100 over 120,000 rows. Measured with the previous
 ``:paper`` values (no dropout, 1000 steps), the recipe on the offline data memorised the
-labelled rows and ended at chance (README "Experiments"): the offline embeddings are 384-d
+labelled rows and ended at chance (docs/results.md): the offline embeddings are 384-d
 MiniLM, not the paper's 768-d BERT, and far fewer rows exist offline.
 
     python -m experiments.main --config=configs/text.py --workdir=/tmp/agnews
