@@ -69,6 +69,8 @@ def main(argv=None) -> List[dict]:
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
   from flowgmm_jax.training import train_and_evaluate
+  from benchmarks.provenance import provenance
+  made = provenance(argv)  # before the runs, so its load average is the load they started in
   rows = []
   for name in args.runs.split(","):
     run = RUNS[name]
@@ -87,8 +89,7 @@ def main(argv=None) -> List[dict]:
                  "nll_before": float(res["calibration/before/nll_y_given_x"]),
                  "nll_after": float(res["calibration/after/nll_y_given_x"]), "seconds": seconds})
     print(f"{name}: {rows[-1]}", flush=True)
-  from benchmarks.provenance import provenance
-  results = {"provenance": provenance(argv), "rows": rows}
+  results = {"provenance": made, "rows": rows}
   print("\n" + markdown(results))
   if args.json:
     with open(args.json, "w") as f:

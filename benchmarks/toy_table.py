@@ -44,6 +44,8 @@ def main(argv=None):
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
+  from benchmarks.provenance import provenance
+  made = provenance(argv)  # before the runs, so its load average is the load they started in
   rows = []
   for name in args.datasets.split(","):
     accs, secs = [], []
@@ -59,8 +61,7 @@ def main(argv=None):
       print(f"{name} seed {seed}: accuracy {accs[-1]:.4f} ({secs[-1]:.0f} s)", flush=True)
     rows.append({"dataset": name, "num_labeled": results["num_labeled"], "seeds": seeds,
                  "accuracy": accs, "seconds": secs})
-  from benchmarks.provenance import provenance
-  results = {"provenance": provenance(argv), "rows": rows}
+  results = {"provenance": made, "rows": rows}
   print("\n" + markdown(results))
   if args.json:
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
