@@ -42,6 +42,8 @@ REPORTS: Dict[str, Report] = {
     "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
     "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
     "toy_table": Report("benchmarks/results/toy_table.json", "benchmarks.toy_table"),
+    "toy_table_2026-11-25": Report("benchmarks/results/toy_table_2026-11-25.json",
+                                   "benchmarks.toy_table"),
     "mnist_cpu": Report("benchmarks/results/mnist_cpu.json", "benchmarks.mnist_cpu"),
     "cli_vs_estimator": Report("benchmarks/results/cli_vs_estimator.json",
                                "benchmarks.cli_vs_estimator"),
