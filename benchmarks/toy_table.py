@@ -24,15 +24,16 @@ DATASETS = ("moons", "circles", "8gaussians", "pinwheel")
 
 
 def markdown(results) -> str:
-  """The README table of a results file written by ``main`` (``benchmarks.report``)."""
+  """The table of a results file written by ``main`` (``benchmarks.report`` renders it)."""
   rows = results["rows"] if isinstance(results, dict) else results
   lines = ["| dataset | labels | test accuracy, mean ± std | per seed | seconds per run |",
            "|---|---|---|---|---|"]
   for r in rows:
     a = np.asarray(r["accuracy"]) * 100
-    seeds = ", ".join(map(str, r["seeds"]))
-    lines.append(f"| {r['dataset']} | {r['num_labeled']} | {a.mean():.1f} ± {a.std():.1f} % "
-                 f"| {', '.join(f'{v:.1f}' for v in a)} (seeds {seeds}) | "
+    seeds = ("seeds " if len(a) > 1 else "seed ") + ", ".join(map(str, r["seeds"]))
+    value = f"{a.mean():.1f} ± {a.std():.1f} %" if len(a) > 1 else f"{a[0]:.1f} % (one seed)"
+    lines.append(f"| {r['dataset']} | {r['num_labeled']} | {value} "
+                 f"| {', '.join(f'{v:.1f}' for v in a)} ({seeds}) | "
                  f"{np.mean(r['seconds']):.0f} |")
   return "\n".join(lines)
 
