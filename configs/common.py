@@ -82,7 +82,10 @@ parameters on both sides, the same 2,000 test images, one CPU core per run):
     in 1,000 steps at this learning rate). Test bits/dim trail by 0.50 at step 1,000
     (6.57 +- 0.24 against 6.07 +- 0.24), outside the spreads from step 500 on; adjusted for
     each run's initial NLL (the init distribution has a heavy tail: our seed 1 was
-    2.5 bits/dim above the other runs at step 250) the gap is 0.19 +- 0.12 (s.e.). PARITY_SAME_INIT;
+    2.5 bits/dim above the other runs at step 250) the gap is 0.19 +- 0.12 (s.e.). Our side started from the
+    original's own initial tensors (--recipes=original_same_init), which takes the init
+    draw out of the comparison, runs (tested for 4 steps) but has not been run to 1,000
+    steps yet;
   - zero initialisation (every coupling starting as the identity) learns the density far
     more slowly at that recipe: seed 0, test bits/dim 11.14 -> 10.23 over steps 250-1,000,
     against 8.26 -> 6.28 from the random init. Hence the original's random init is the
