@@ -22,6 +22,13 @@ path learns on real MNIST; not the paper's model. Changes from the recipe above,
   - a smaller RealNVP: 2 scales, 1 ResNet block, 16 channels (CPU_MODEL), 172,856
     parameters against 19,552,008 for the full recipe, because a step of the full model
     takes several seconds here (0.42 s per FlowGMM-cons step of this one on the idle CPU);
+  - zero init of each coupling's last layer (model.zero_init_last = True), not the
+    original's random init that the full recipe uses: the 3,000-step results in the
+    README were measured with it. The parity run (configs.common.IMAGE_RECIPE_NOTES) shows
+    the random init learning the density faster; at these settings it reached 74.8% test
+    accuracy and 3.63 bits/dim after 1,000 steps (one seed, 2,000 test images) against
+    68-87% and 3.9-4.1 for zero init (seeds 0-2); --config.model.zero_init_last=False
+    gives it;
   - learning rate 1e-3 (the original script's default) instead of the README's 1e-5,
     which needs ~90k steps; we have 3,000;
   - label_weight 100 instead of 3. With 3, the cross-entropy's gradient is swamped by the
@@ -64,6 +71,7 @@ def get_config(arg: str | None = None):
     c.data.num_labeled_per_class = 100
     for key, value in CPU_MODEL.items():
       c.model[key] = value
+    c.model.zero_init_last = True  # the init these settings were measured with (above)
     c.optim.learning_rate = CPU_LR
     c.loss.label_weight = CPU_LABEL_WEIGHT
     c.loss.consistency_rampup_steps = CPU_RAMP
