@@ -23,8 +23,8 @@ path learns on real MNIST; not the paper's model. Changes from the recipe above,
     parameters against 19,552,008 for the full recipe, because a step of the full model
     takes several seconds here (0.42 s per FlowGMM-cons step of this one on the idle CPU);
   - zero init of each coupling's last layer (model.zero_init_last = True), not the
-    original's random init that the full recipe uses: the 3,000-step results in the
-    README were measured with it. The parity run (configs.common.IMAGE_RECIPE_NOTES) shows
+    original's random init that the full recipe uses: the 3,000-step results in
+    docs/results.md were measured with it. The parity run (configs.common.IMAGE_RECIPE_NOTES) shows
     the random init learning the density faster; at these settings it reached 74.8% test
     accuracy and 3.63 bits/dim after 1,000 steps (one seed, 2,000 test images) against
     68-87% and 3.9-4.1 for zero init (seeds 0-2); --config.model.zero_init_last=False
