@@ -636,6 +636,26 @@ PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
            "bits/dim"))
 
 
+def markdown(results: dict) -> str:
+  """The tables docs/results.md shows (``benchmarks.report``): the initial-value
+  distributions, then test accuracy and bits/dim per evaluation at the README recipe (ours
+  with the random and the zero init) and at the :cpu settings, against the original
+  evaluated at the bin midpoint, as ours is."""
+  def test_rows(recipe_name: str, ours_recipe: str | None = None) -> list:
+    lines = parity_table(results, recipe_name, ours_recipe).splitlines()
+    keep = [l for l in lines[3:] if "(original at the midpoint, as ours)" in l]
+    return lines[:3] + [l.replace(" (original at the midpoint, as ours)", "") for l in keep]
+  parts = []
+  if "init_distribution" in results:
+    parts.append(init_table(results["init_distribution"]))
+  runs = results.get("runs", {})
+  for recipe_name, ours_recipe in (("original", None), ("original", "original_zero_init"),
+                                   ("cpu", None)):
+    if any(k.startswith(f"{ours_recipe or recipe_name}/ours/") for k in runs):
+      parts.append("\n".join(test_rows(recipe_name, ours_recipe)))
+  return "\n\n".join(parts)
+
+
 def plot(results: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")

@@ -50,6 +50,8 @@ REPORTS: Dict[str, Report] = {
     "calibration": Report("benchmarks/results/calibration.json",
                           "benchmarks.calibration_table"),
     "headline": Report("benchmarks/results/headline.json", "benchmarks.headline"),
+    "parity_original": Report("benchmarks/results/parity_original.json",
+                              "benchmarks.parity_original"),
 }
 
 
