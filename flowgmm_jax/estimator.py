@@ -281,6 +281,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     unlabeled_weight: weight of the density term (default 1.0).
     noise_std: Gaussian noise added to the standardised features of every training row,
       in units of each feature's standard deviation (default 0.1).
+    dequantize: "auto" (default): each discrete column of X (binary, or integer-like codes
+      on a lattice of at most 64 levels, found by ``flowgmm_jax.features``) gets uniform
+      noise of its own resolution r, U(-r/2, r/2), every training step instead of the
+      Gaussian noise, so the flow models the mass of each value's cell rather than spikes
+      on the values (prediction uses the values themselves); "off": Gaussian noise on every
+      column.
     optimizer: "adam" (default), "adamw" or "sgd".
     learning_rate: learning rate (default 1e-2), decayed by ``lr_schedule``.
     lr_schedule: "cosine" (default: cosine decay to 0 over ``num_train_steps``),
@@ -325,6 +331,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       standardised X: every prediction goes through it (the library's one inference path).
     variables_: its variables (NumPy arrays) for ``model_.model.apply``.
     config_: the training config (``base_config()`` schema) as a plain dict.
+    dequantize_widths_: ``[D]``, the uniform-noise width of each feature in X's units (the
+      resolution of each discrete column; 0 for the others and with ``dequantize="off"``).
+      ``score_samples(x) + sum_d log w_d`` over the discrete columns is the log of the
+      model's mass of x's cell (a density in the continuous columns).
     history_: the training log, a list of metric dicts (loss, NLLs, gradient norm).
     n_iter_: number of optimiser steps taken (early stopping may end training before
       ``num_train_steps``; the parameters are those of the best held-out check).
@@ -355,6 +365,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                label_weight_per_feature: float = _R['label_weight_per_feature'],
                unlabeled_weight: float = _R['unlabeled_weight'],
                noise_std: float = _R['noise_std'],
+               dequantize: str = _R['dequantize'],
                optimizer: str = _R['optimizer'],
                learning_rate: float = _R['learning_rate'],
                lr_schedule: str = _R['lr_schedule'],
@@ -386,6 +397,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.label_weight_per_feature = label_weight_per_feature
     self.unlabeled_weight = unlabeled_weight
     self.noise_std = noise_std
+    self.dequantize = dequantize
     self.optimizer = optimizer
     self.learning_rate = learning_rate
     self.lr_schedule = lr_schedule
@@ -528,6 +540,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.classes_ = classes
     self.feature_mean_ = mean.astype(np.float64)
     self.feature_scale_ = scale.astype(np.float64)
+    widths = np.asarray(result.dequantize_widths or np.zeros(x.shape[1]), np.float64)
+    self.dequantize_widths_ = widths * scale
     self.history_ = [dict(h) for h in result.history]
     self.n_iter_ = self.model_.step
     return self
