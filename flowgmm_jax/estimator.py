@@ -49,6 +49,12 @@ _R = recipe_defaults()
 _MIN_SCALE = 1e-12
 # Rows per chunk of the inference programs (trained.TrainedFlowGMM pads smaller chunks).
 _MAX_CHUNK = 4096
+# calibrate=True: the bracket's top for the cross-fitted temperature and the pseudo-rows
+# (per class) of belief in T = 1 it is shrunk with (calibration.cross_fitted_temperature).
+# These are the measured setting (docs/tables.md); the safeguards (a lower top, shrinking)
+# are implemented and tested there but not yet measured, so they are off.
+CALIBRATION_MAX_TEMPERATURE = 100.0
+CALIBRATION_PRIOR_ROWS_PER_CLASS = 0.0
 # Rows per chunk of the standardisation (float64 temporaries of [chunk, D]).
 _STANDARDIZE_CHUNK = 65_536
 
@@ -314,6 +320,15 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       given to ``fit`` (default True). The prior assumes unit-scale features; pass False
       only for features that are standardised already (e.g. after a StandardScaler in a
       Pipeline). ``score_samples`` and ``sample`` are in ``X``'s own units either way.
+    calibrate: fit a temperature T for ``predict_proba``, p(y | x) = softmax(logits / T),
+      without holding labels back (default False): ``calibration_folds`` extra fits, each
+      with one fold of the labelled rows unlabelled, give out-of-fold logits on which T is
+      fitted (``flowgmm_jax.calibration.cross_fitted_temperature``, T in [0.1,
+      ``CALIBRATION_MAX_TEMPERATURE``]); the final model trains on every label. ``predict``
+      is unchanged. It costs ``calibration_folds`` more fits, and at 10 labels per class
+      it helps only where the model is very over-confident (docs/tables.md).
+    calibration_folds: folds of the cross-fitting (default 3, the measured setting; at
+      least 2).
     compilation_cache_dir: a directory for JAX's persistent compilation cache (default
       None: off), so that fits in later processes load their compiled programs instead of
       compiling them (process-wide once set). Within one process a second fit of the same
@@ -337,6 +352,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       resolution of each discrete column; 0 for the others and with ``dequantize="off"``).
       ``score_samples(x) + sum_d log w_d`` over the discrete columns is the log of the
       model's mass of x's cell (a density in the continuous columns).
+    temperature_: T of ``predict_proba`` (1.0 unless ``calibrate``); ``calibration_``
+      the cross-fitting's record (None unless ``calibrate``).
     history_: the training log, a list of metric dicts (loss, NLLs, gradient norm).
     n_iter_: number of optimiser steps taken (early stopping may end training before
       ``num_train_steps``; the parameters are those of the best held-out check).
@@ -378,7 +395,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                holdout_fraction: float = _R['holdout_fraction'],
                check_every_steps: int = _R['check_every_steps'],
                patience: int = _R['patience'],
-               standardize: bool = True, compilation_cache_dir: Optional[str] = None,
+               standardize: bool = True, calibrate: bool = False, calibration_folds: int = 3,
+               compilation_cache_dir: Optional[str] = None,
                random_state: Any = None, verbose: int = 0):
     self.model = model
     self.num_coupling_layers = num_coupling_layers
@@ -411,6 +429,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.check_every_steps = check_every_steps
     self.patience = patience
     self.standardize = standardize
+    self.calibrate = calibrate
+    self.calibration_folds = calibration_folds
     self.compilation_cache_dir = compilation_cache_dir
     self.random_state = random_state
     self.verbose = verbose
@@ -429,6 +449,13 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     except ValueError:
       raise ValueError(f"random_state={rs!r} must be None, an int or a "
                        "numpy.random.RandomState.") from None
+
+  def _check_calibration_params(self) -> None:
+    if not isinstance(self.calibrate, (bool, np.bool_)):
+      raise ValueError(f"calibrate={self.calibrate!r} must be True or False.")
+    folds = self.calibration_folds
+    if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 2:
+      raise ValueError(f"calibration_folds={folds!r} must be an integer >= 2.")
 
   def _make_config(self, seed: int):
     """The training config of this fit (``base_config()`` schema, data.kind='tabular',
@@ -478,6 +505,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   def _fit(self, X, y) -> "FlowGMMClassifier":
     config = self._make_config(self._seed())
+    self._check_calibration_params()
     try:
       x, y = validate_data(self, X, y, dtype=np.float64, ensure_min_features=2)
     except ValueError as e:
@@ -510,12 +538,6 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     x_std = _standardized_float32(x, mean, scale)
     class_index = np.full(x.shape[0], UNLABELED, np.int64)
     class_index[labeled] = np.searchsorted(classes, y[labeled])
-    labeled_idx = np.nonzero(labeled)[0]
-    unlabeled_idx = np.nonzero(~labeled)[0]
-    dataset = Dataset(
-        name="arrays", kind="tabular", x_train=x_std, y_train=class_index.astype(np.int32),
-        x_test=np.zeros((0, x.shape[1]), np.float32), y_test=np.zeros(0, np.int32),
-        num_classes=int(classes.size))
     mesh = step_lib.make_mesh()
     log_fn = None
     if self.verbose >= 2:
@@ -525,19 +547,43 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
           print(f"FlowGMMClassifier step {step}: loss {metrics['train/loss']:.4f} "
                 f"(labelled NLL {metrics['train/nll_labeled']:.4f}, unlabelled NLL "
                 f"{metrics['train/nll_unlabeled']:.4f})", flush=True)
-    try:
-      result = loop.fit(config, dataset, labeled_idx, unlabeled_idx, mesh=mesh, log_fn=log_fn)
-    except FloatingPointError as e:
-      raise FloatingPointError(
-          f"{e} For FlowGMMClassifier: lower learning_rate (now {self.learning_rate}), "
-          "keep standardize=True, or remove extreme outliers from X.") from e
-
-    # Only now, with training done, does the estimator become fitted.
     from flowgmm_jax import checkpoint, trained
     meta = checkpoint.make_meta(config, input_shape=(x.shape[1],), num_classes=classes.size)
-    self.model_ = trained.from_variables(
-        meta, jax.tree.map(np.asarray, jax.device_get(result.variables)),
-        step=int(jax.device_get(result.state.step)), batch_size=_MAX_CHUNK, mesh=mesh)
+
+    def train(class_index, log_fn=None):
+      """The loop on x_std with ``class_index [N]`` (-1 = unlabelled): (FitResult,
+      TrainedFlowGMM)."""
+      dataset = Dataset(
+          name="arrays", kind="tabular", x_train=x_std, y_train=class_index.astype(np.int32),
+          x_test=np.zeros((0, x.shape[1]), np.float32), y_test=np.zeros(0, np.int32),
+          num_classes=int(classes.size))
+      is_labeled = class_index != UNLABELED
+      try:
+        result = loop.fit(config, dataset, np.nonzero(is_labeled)[0],
+                          np.nonzero(~is_labeled)[0], mesh=mesh, log_fn=log_fn)
+      except FloatingPointError as e:
+        raise FloatingPointError(
+            f"{e} For FlowGMMClassifier: lower learning_rate (now {self.learning_rate}), "
+            "keep standardize=True, or remove extreme outliers from X.") from e
+      return result, trained.from_variables(
+          meta, jax.tree.map(np.asarray, jax.device_get(result.variables)),
+          step=int(jax.device_get(result.state.step)), batch_size=_MAX_CHUNK, mesh=mesh)
+
+    calibration = None
+    if self.calibrate:
+      from flowgmm_jax import calibration as calibration_lib
+      def fold_logits(train_labels, fold):
+        return train(train_labels)[1].outputs(x_std[fold], preprocessed=True)["logits"]
+      calibration = calibration_lib.cross_fitted_temperature(
+          fold_logits, class_index, num_folds=self.calibration_folds, seed=config.seed,
+          max_temperature=CALIBRATION_MAX_TEMPERATURE,
+          prior_rows=CALIBRATION_PRIOR_ROWS_PER_CLASS * classes.size)
+    result, model = train(class_index, log_fn)
+
+    # Only now, with training done, does the estimator become fitted.
+    self.model_ = model
+    self.temperature_ = float(calibration["temperature"]) if calibration else 1.0
+    self.calibration_ = calibration
     self.config_ = config.to_dict()
     self.classes_ = classes
     self.feature_mean_ = mean.astype(np.float64)
@@ -569,15 +615,16 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   def predict_log_proba(self, X) -> np.ndarray:
     """log p(y = classes_[k] | x), ``[N, K]``."""
     _, class_log_joint = self._forward(X)
-    return scipy.special.log_softmax(class_log_joint, axis=1)
+    return scipy.special.log_softmax(class_log_joint / self.__dict__.get("temperature_", 1.0), axis=1)
 
   def predict_proba(self, X) -> np.ndarray:
-    """p(y = classes_[k] | x) = softmax_k(log pi_k + log N(f(u); mu_k, Sigma_k)), ``[N, K]``.
+    """p(y = classes_[k] | x) = softmax_k([log pi_k + log N(f(u); mu_k, Sigma_k)] / T),
+    ``[N, K]`` (T = ``temperature_``, 1 unless ``calibrate``).
 
     Rows sum to 1.
     """
     _, class_log_joint = self._forward(X)
-    return scipy.special.softmax(class_log_joint, axis=1)
+    return scipy.special.softmax(class_log_joint / self.__dict__.get("temperature_", 1.0), axis=1)
 
   def predict(self, X) -> np.ndarray:
     """The most probable class value for each row, ``[N]`` (values from ``classes_``)."""

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import joblib
 import numpy as np
 import pytest
+import scipy.special
 from scipy import stats
 from scipy.special import logsumexp
 from sklearn.base import clone
@@ -188,6 +189,23 @@ def test_string_and_object_class_labels_give_the_same_model(fitted, table):
   # A numeric class value below -1 is a class like any other (only -1 means unlabelled).
   y_neg = np.where(y_semi == 0, -2, y_semi)
   assert FlowGMMClassifier(random_state=0, **TINY).fit(X, y_neg).classes_.tolist() == [-2, 1]
+
+
+def test_calibrate_cross_fits_a_temperature_and_keeps_the_final_model(fitted, table):
+  """calibrate=True: 2 fold fits (same shapes as ``fitted``: nothing compiles) give the
+  out-of-fold logits of all 10 labels; the final model is the uncalibrated one (same seed,
+  all labels), predict is unchanged and predict_proba is softmax(logits / T)."""
+  X, y_semi, _ = table
+  clf = FlowGMMClassifier(random_state=0, calibrate=True, calibration_folds=2,
+                          **TINY).fit(X, y_semi)
+  record = clf.calibration_
+  assert record["num_folds"] == 2 and record["num_out_of_fold"] == 10
+  assert clf.temperature_ == record["temperature"] and 0.1 <= clf.temperature_ <= 100.0
+  np.testing.assert_array_equal(clf.predict(X), fitted.predict(X))
+  expected = scipy.special.softmax(np.log(fitted.predict_proba(X)) / clf.temperature_, axis=1)
+  np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-5, atol=1e-9)
+  with pytest.raises(ValueError, match=r"calibration_folds=1 must be an integer >= 2"):
+    FlowGMMClassifier(calibrate=True, calibration_folds=1).fit(X, y_semi)
 
 
 def test_batch_sizes_are_capped_bucketed_and_divisible_by_the_device_count():
