@@ -244,8 +244,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     row, so the class term is weighted up (``label_weight``), making p(y | x) a trained
     classifier rather than a by-product of the density.
 
-  A fit takes seconds (hundreds of rows) to about half a minute (20,000 rows or 384
-  features) on a 2-core CPU.
+  A fit takes seconds (hundreds of rows) to minutes (20,000 x 400: 167 s, 2600 steps, on
+  a loaded 2-core CPU, since early stopping's patience of 500 steps restarts with every small
+  gain of the held-out NLL; docs/tables.md).
 
   Args (keyword only; every one is stored unchanged, so ``get_params``, ``set_params`` and
   ``sklearn.base.clone`` work). Each recipe parameter is the field of the same name in the
