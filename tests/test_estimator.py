@@ -200,7 +200,7 @@ def test_calibrate_cross_fits_a_temperature_and_keeps_the_final_model(fitted, ta
                           **TINY).fit(X, y_semi)
   record = clf.calibration_
   assert record["num_folds"] == 2 and record["num_out_of_fold"] == 10
-  assert clf.temperature_ == record["temperature"] and 0.1 <= clf.temperature_ <= 100.0
+  assert clf.temperature_ == record["temperature"] and 0.1 <= clf.temperature_ <= 10.0
   np.testing.assert_array_equal(clf.predict(X), fitted.predict(X))
   expected = scipy.special.softmax(np.log(fitted.predict_proba(X)) / clf.temperature_, axis=1)
   np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-5, atol=1e-9)
