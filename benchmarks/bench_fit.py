@@ -203,13 +203,18 @@ def main(argv=None):
       parser.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
     if args.features < 2 or args.classes < 2:
       parser.error("--features and --classes must be at least 2")
+    load_before = os.getloadavg()
     rows = large_table(args)
     import jax
     if args.json:
+      from benchmarks.provenance import provenance
       with open(args.json, "w") as f:
-        json.dump({"machine": f"{platform.processor() or platform.machine()}, "
+        json.dump({"provenance": provenance(argv),
+                   "machine": f"{platform.processor() or platform.machine()}, "
                               f"{os.cpu_count()} cores, jax {jax.__version__}",
                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                   "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                   "timeout_s": args.timeout, "baseline_memory_gb": args.baseline_memory_gb,
                    "rows": rows}, f, indent=1)
     return rows
   unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))

@@ -250,6 +250,7 @@ def apply_paper_table_recipe(c: ml_collections.ConfigDict, *, num_coupling_layer
   c.loss.unlabeled_weight = unlabeled_weight
   c.loss.consistency_weight = 0.0
   c.augment.noise_std = 0.0
+  c.augment.dequantize = "off"  # the original models the raw values
   c.optim.optimizer = "adamw"
   c.optim.learning_rate = learning_rate
   c.optim.lr_schedule = "cosine"

@@ -186,8 +186,21 @@ def cross_fit_folds(labels, num_folds: int = 5, seed: int = 0) -> List[np.ndarra
   return [np.sort(np.asarray(f, np.int64)) for f in folds if f]
 
 
+def shrunk_temperature(temperature: float, num_rows: int, prior_rows: float) -> float:
+  """``T ** (n / (n + n0))``: the fitted T pulled toward 1 in log space, the more the
+  fewer rows it was fitted on (``n = num_rows``; ``n0 = prior_rows`` rows' worth of belief
+  in T = 1; ``n0 = 0`` keeps T)."""
+  if prior_rows < 0 or num_rows < 0:
+    raise ValueError(f"num_rows={num_rows} and prior_rows={prior_rows} must be >= 0.")
+  if prior_rows == 0:
+    return float(temperature)
+  return float(math.exp(math.log(temperature) * num_rows / (num_rows + prior_rows)))
+
+
 def cross_fitted_temperature(fit_logits: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                             labels, *, num_folds: int = 5, seed: int = 0) -> dict:
+                             labels, *, num_folds: int = 5, seed: int = 0,
+                             max_temperature: float = MAX_TEMPERATURE,
+                             prior_rows: float = 0.0) -> dict:
   """A temperature fitted on out-of-fold logits, so that no label is held back from the
   final model.
 
@@ -203,8 +216,14 @@ def cross_fitted_temperature(fit_logits: Callable[[np.ndarray, np.ndarray], np.n
   one (k - 1 of k folds), so T is fitted on models slightly less accurate than the one it is
   applied to.
 
-  Returns ``{"temperature", "num_folds", "num_out_of_fold", "out_of_fold_nll_before",
-  "out_of_fold_nll_after", "out_of_fold_accuracy"}`` (and "note" when T = 1 is kept).
+  Safeguards: T is searched in ``[MIN_TEMPERATURE, max_temperature]``, and then shrunk
+  toward 1 (``shrunk_temperature`` with ``prior_rows``), since a few dozen out-of-fold rows
+  of weaker fold models can push T to the bracket's end (docs/tables.md).
+
+  Returns ``{"temperature" (shrunk), "fitted_temperature", "num_folds",
+  "num_out_of_fold", "out_of_fold_nll_before", "out_of_fold_nll_after" (at the shrunk T),
+  "out_of_fold_accuracy", "out_of_fold_logits" [n, K], "out_of_fold_labels" [n]}`` (and
+  "note" when T = 1 is kept).
   """
   labels = np.asarray(labels)
   folds = cross_fit_folds(labels, num_folds, seed)
@@ -229,7 +248,10 @@ def cross_fitted_temperature(fit_logits: Callable[[np.ndarray, np.ndarray], np.n
     record["note"] = ("every out-of-fold row is classified correctly; NLL has no finite "
                       "minimiser (T -> 0), so T = 1 is kept")
   else:
-    t = fit_temperature(logits, truth)
-  record.update(temperature=t, out_of_fold_nll_before=nll_given_x(logits, truth, 1.0),
-                out_of_fold_nll_after=nll_given_x(logits, truth, t))
+    t = fit_temperature(logits, truth, max_temperature=max_temperature)
+  shrunk = shrunk_temperature(t, truth.size, prior_rows)
+  record.update(temperature=shrunk, fitted_temperature=t,
+                out_of_fold_nll_before=nll_given_x(logits, truth, 1.0),
+                out_of_fold_nll_after=nll_given_x(logits, truth, shrunk),
+                out_of_fold_logits=logits, out_of_fold_labels=truth)
   return record

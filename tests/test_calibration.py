@@ -62,6 +62,18 @@ def test_cross_fitted_temperature_recovers_a_known_over_confidence():
   assert record["num_folds"] == len(calls) == 4
   assert record["num_out_of_fold"] == sum(calls) == int(np.sum(labels >= 0))
   assert record["out_of_fold_nll_after"] < record["out_of_fold_nll_before"]
+  # The safeguards: a bracket capped below the truth stops at its end; shrinking toward 1
+  # with n0 pseudo-rows gives T ** (n / (n + n0)).
+  capped = calibration.cross_fitted_temperature(fit_logits, labels, num_folds=4, seed=0,
+                                                max_temperature=2.0)
+  assert capped["temperature"] == pytest.approx(2.0, rel=1e-3)
+  n = record["num_out_of_fold"]
+  shrunk = calibration.cross_fitted_temperature(fit_logits, labels, num_folds=4, seed=0,
+                                                prior_rows=n)
+  assert shrunk["fitted_temperature"] == pytest.approx(record["temperature"])
+  assert shrunk["temperature"] == pytest.approx(np.sqrt(record["temperature"]), rel=1e-9)
+  assert calibration.shrunk_temperature(8.0, 10, 20) == pytest.approx(2.0)
+  assert calibration.shrunk_temperature(0.5, 10, 0) == 0.5
 
 
 def test_cross_fitted_temperature_keeps_one_when_every_held_out_row_is_right():

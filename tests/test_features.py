@@ -74,3 +74,46 @@ def test_one_hot_groups_are_found_as_encoded():
   assert features.one_hot_groups(x) == [(1, 4), (4, 8)]
   # Independent 0/1 columns (House Votes) are no group: some rows have two 1s or none.
   assert features.one_hot_groups(rng.integers(0, 2, (300, 6)) * 1.0) == []
+
+
+def test_training_noise_dequantizes_discrete_columns_and_keeps_gaussian_elsewhere():
+  """The train step's augmentation with ``augment.dequantize="auto"``: the widths are each
+  discrete column's resolution in the (standardised, float32) training rows, found through
+  the quick screen; in a batch, those columns move by U(-w/2, w/2) (range, variance
+  w^2 / 12, rounding back), the others by N(0, noise_std^2); "off" gives ()."""
+  import jax
+  import ml_collections
+  from flowgmm_jax.data import add_feature_noise
+  from flowgmm_jax.data.dataset import Dataset
+  from flowgmm_jax.training import build
+
+  rng = np.random.default_rng(4)
+  n = 6000  # more than the screen's 4096 rows: the discrete columns are described on all
+  raw = np.stack([rng.integers(0, 2, n) * 1.0, rng.integers(1, 11, n) * 1.0,
+                  rng.normal(size=n), rng.integers(0, 500, n) * 1.0], axis=1)
+  mean, std = raw.mean(0), raw.std(0)
+  x = ((raw - mean) / std).astype(np.float32)
+  dataset = Dataset(name="t", kind="tabular", x_train=x, y_train=np.full(n, -1, np.int32),
+                    x_test=x[:0], y_test=np.zeros(0, np.int32), num_classes=2)
+  config = ml_collections.ConfigDict({"augment": {"dequantize": "auto"}})
+  widths = np.array(build.dequantize_widths(config, dataset))
+  np.testing.assert_allclose(widths, [1 / std[0], 1 / std[1], 0.0, 0.0], rtol=1e-5)
+  config.augment.dequantize = "off"
+  assert build.dequantize_widths(config, dataset) == ()
+  assert build.dequantize_widths(ml_collections.ConfigDict({"augment": {}}), dataset) == ()
+
+  batch = np.repeat(x[:1], 20000, axis=0)
+  noisy = np.asarray(add_feature_noise(jax.random.PRNGKey(0), batch, 0.1,
+                                       tuple(float(w) for w in widths)))
+  delta = (noisy - batch).astype(np.float64)
+  for j in (0, 1):
+    w = widths[j]
+    assert delta[:, j].min() >= -w / 2 - 1e-6 and delta[:, j].max() <= w / 2 + 1e-6
+    assert delta[:, j].var() == pytest.approx(w ** 2 / 12, rel=0.03)
+    np.testing.assert_array_equal(np.round((noisy[:, j] - x[0, j]) / w), 0.0)  # own cell
+  for j in (2, 3):  # continuous (and a lattice of too many levels): Gaussian noise_std
+    assert abs(delta[:, j].mean()) < 0.005 and delta[:, j].std() == pytest.approx(0.1, rel=0.03)
+  # Without widths the noise is Gaussian everywhere, drawn as before (same key, same draw).
+  plain = np.asarray(add_feature_noise(jax.random.PRNGKey(0), batch, 0.1))
+  np.testing.assert_allclose(plain - batch, 0.1 * np.asarray(
+      jax.random.normal(jax.random.PRNGKey(0), batch.shape, batch.dtype)), atol=1e-6)

@@ -54,6 +54,7 @@ SHARED = [
     ("loss.label_weight", 1.0, f"{PRIOR}:69 (label_weight=1. in log_prob)"),
     ("loss.consistency_weight", 0.0, f"the cons_loss is commented out: {PRIOR}:70-73"),
     ("augment.noise_std", 0.0, "no input noise in SemiFlow"),
+    ("augment.dequantize", "off", "SemiFlow models the raw feature values"),
     ("optim.optimizer", "adamw", f"optim=AdamW: {TRAINER}:48"),
     ("optim.weight_decay", 1e-5, f"opt_config={{'weight_decay':1e-5}}: {TRAINER}:49"),
     ("optim.lr_schedule", "cosine", f"cosLr(num_epochs): {TRAINER}:66"),

@@ -130,6 +130,8 @@ def test_estimator_and_cli_default_share_the_recipe(config_name):
   assert (estimator_config.loss.label_weight_per_feature
           == TABLE_RECIPE["loss"]["label_weight_per_feature"] > 0)
   assert estimator_config.augment.noise_std == TABLE_RECIPE["augment"]["noise_std"]
+  assert estimator_config.augment.dequantize == "auto"
+  assert FlowGMMClassifier(dequantize="off")._make_config(seed=0).augment.dequantize == "off"
   assert FlowGMMClassifier().get_params()["num_train_steps"] == TABLE_RECIPE[""]["num_train_steps"]
   # The estimator's overrides reach the same fields, under the same names.
   assert FlowGMMClassifier(hidden_dim=7)._make_config(seed=0).model.hidden_dim == 7

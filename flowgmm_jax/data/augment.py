@@ -101,22 +101,37 @@ def augment_images(rng: jax.Array, x: jax.Array, crop_padding: int = 4, flip: bo
   return x
 
 
-def add_feature_noise(rng: jax.Array, x: jax.Array, std: float) -> jax.Array:
-  """Gaussian input noise for tables and embeddings: ``x + std * N(0, I)``.
+def add_feature_noise(rng: jax.Array, x: jax.Array, std: float,
+                      dequantize_widths: tuple = ()) -> jax.Array:
+  """Input noise for tables and embeddings: ``x + std * N(0, I)``, and with
+  ``dequantize_widths`` (``w [D]``) uniform dequantisation ``x_d + w_d * (U(0, 1) - 1/2)``
+  on the columns whose ``w_d > 0`` in place of the Gaussian noise there.
 
-  Meant for standardised features, so ``std`` is in units of each feature's standard
-  deviation; it smooths the density the flow can fit around the few labelled rows (and is
-  the augmentation of FlowGMM-cons on tables).
+  Meant for standardised features, so ``std`` and ``w`` are in units of each feature's
+  standard deviation. The Gaussian noise smooths the density the flow can fit around the
+  few labelled rows (and is the augmentation of FlowGMM-cons on tables); the uniform noise
+  spreads each value of a discrete column (0/1, integer codes; ``w_d`` its resolution,
+  ``flowgmm_jax.features``) over its own cell ``[v - w/2, v + w/2)``, so the flow fits a
+  density whose cell masses are the discrete probabilities instead of spikes (see
+  ``flowgmm_jax/features.py``).
 
   Args:
     rng: PRNG key.
     x: ``[B, D]`` float batch.
     std: static float >= 0.
+    dequantize_widths: static tuple of D floats >= 0 (0: Gaussian noise on that column), or
+      () for Gaussian noise everywhere.
 
   Returns:
     ``[B, D]``, same dtype as x.
   """
-  return x + std * jax.random.normal(rng, x.shape, x.dtype)
+  if not dequantize_widths:
+    return x + std * jax.random.normal(rng, x.shape, x.dtype)
+  widths = jnp.asarray(dequantize_widths, x.dtype)
+  gauss_key, uniform_key = jax.random.split(rng)
+  gaussian = std * jax.random.normal(gauss_key, x.shape, x.dtype)
+  uniform = (jax.random.uniform(uniform_key, x.shape, x.dtype) - 0.5) * widths
+  return x + jnp.where(widths > 0, uniform, gaussian)
 
 
 def default_augmentation(dataset_name: str) -> dict:

@@ -244,27 +244,45 @@ def _parse_float(text: str, row: int, column: int, path: Path) -> float:
   return value
 
 
+# Rows from which find_outliers estimates each column's median and MAD (all rows when fewer).
+OUTLIER_STATISTICS_ROWS = 65_536
+# Rows per chunk of find_outliers' scan (float64 temporaries of [chunk, D]).
+OUTLIER_SCAN_CHUNK = 65_536
+
+
 def find_outliers(x: np.ndarray, threshold: float = 100.0) -> list[tuple[int, int, float]]:
   """Entries far outside their column's bulk: ``|x - median| > threshold * 1.4826 * MAD``.
 
   One such row (say 1e30) makes mean/std standardisation squash every other row to a point.
-  Columns whose MAD is 0 (mostly one value) are not judged.
+  Columns whose MAD is 0 (mostly one value) are not judged. The median and MAD come from
+  ``OUTLIER_STATISTICS_ROWS`` evenly spaced rows (every row of a smaller table; a robust
+  statistic of 65,536 rows is within a few percent of the full one, and the threshold is
+  100 MADs), and the rows are scanned in chunks, so the memory beyond ``x`` is that of one
+  chunk whatever N.
 
   Args:
     x: `[N, D]` features.
   Returns:
     `(row, column, value)` of each outlying entry, 0-based, worst first.
   """
-  x = np.asarray(x, np.float64)
+  x = np.asarray(x)
   if x.ndim != 2 or x.shape[0] < 3:
     return []
-  median = np.median(x, axis=0)
-  mad = 1.4826 * np.median(np.abs(x - median), axis=0)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    score = np.where(mad > 0, np.abs(x - median) / np.where(mad > 0, mad, 1.0), 0.0)
-  rows, cols = np.nonzero(score > threshold)
-  order = np.argsort(-score[rows, cols])
-  return [(int(rows[i]), int(cols[i]), float(x[rows[i], cols[i]])) for i in order]
+  n = x.shape[0]
+  sample = x if n <= OUTLIER_STATISTICS_ROWS else x[
+      np.linspace(0, n - 1, OUTLIER_STATISTICS_ROWS).astype(np.int64)]
+  sample = np.asarray(sample, np.float64)
+  median = np.median(sample, axis=0)
+  mad = 1.4826 * np.median(np.abs(sample - median), axis=0)
+  judged = mad > 0
+  limit = np.where(judged, threshold * mad, np.inf)
+  found = []  # (row, column, score)
+  for start in range(0, n, OUTLIER_SCAN_CHUNK):
+    deviation = np.abs(np.asarray(x[start:start + OUTLIER_SCAN_CHUNK], np.float64) - median)
+    rows, cols = np.nonzero(deviation > limit)
+    found.extend(zip(rows + start, cols, deviation[rows, cols] / mad[cols]))
+  found.sort(key=lambda entry: -entry[2])
+  return [(int(r), int(c), float(x[r, c])) for r, c, _ in found]
 
 
 def outlier_warning(outliers: list[tuple[int, int, float]], what: str,

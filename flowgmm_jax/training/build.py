@@ -40,6 +40,25 @@ def _thawed(frozen: tuple) -> dict:
   return {k: json.loads(v) for k, v in frozen}
 
 
+# Relative tolerance of the lattice test on a dataset's rows: they are float32 and usually
+# standardised, so integer codes sit on a lattice only up to float32 rounding.
+_LATTICE_TOL = 1e-4
+
+
+def dequantize_widths(config: ml_collections.ConfigDict, dataset) -> tuple:
+  """The uniform-noise width of each feature for ``config.augment.dequantize="auto"``: the
+  resolution of each discrete column of ``dataset.x_train [N, D]`` (``features.
+  dequantization_widths``, in the rows' own units: standardised ones for tables and text),
+  0 elsewhere; () when nothing is discrete, for images, or with "off". The widths come
+  from the training rows only (the test split is never looked at); they are constants of
+  the train step, so a table whose discrete columns differ compiles its own step."""
+  if dataset.kind == "image" or config.augment.get("dequantize", "off") != "auto":
+    return ()
+  from flowgmm_jax import features
+  widths = features.dequantization_widths(dataset.x_train, tol=_LATTICE_TOL)
+  return tuple(float(w) for w in widths) if np.any(widths > 0) else ()
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """Everything the programs of a fit depend on (hashable: the key of their cache)."""
@@ -53,6 +72,9 @@ class Settings:
   input_shape: tuple
   num_classes: int
   image: bool
+  # Per-feature dequantisation widths in the data's (standardised) units, () when no column
+  # is discrete or ``augment.dequantize`` is "off" (``dequantize_widths``).
+  dequantize_widths: tuple = ()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, dataset) -> "Settings":
@@ -62,7 +84,8 @@ class Settings:
                optim=_frozen(config.optim), num_train_steps=int(config.num_train_steps),
                loss=FlowGMMLoss.from_config(config.loss, int(np.prod(input_shape))),
                augment=_frozen(config.augment), input_shape=input_shape,
-               num_classes=int(dataset.num_classes), image=dataset.kind == "image")
+               num_classes=int(dataset.num_classes), image=dataset.kind == "image",
+               dequantize_widths=dequantize_widths(config, dataset))
 
   @property
   def num_dims(self) -> int:
@@ -85,8 +108,9 @@ def _augmentation(settings: Settings) -> Optional[Callable]:
   if settings.image and (a["crop_padding"] > 0 or a["flip"]):
     return functools.partial(data_lib.augment_images, crop_padding=a["crop_padding"],
                              flip=a["flip"])
-  if not settings.image and a["noise_std"] > 0:
-    return functools.partial(data_lib.add_feature_noise, std=a["noise_std"])
+  if not settings.image and (a["noise_std"] > 0 or settings.dequantize_widths):
+    return functools.partial(data_lib.add_feature_noise, std=a["noise_std"],
+                             dequantize_widths=settings.dequantize_widths)
   return None
 
 

@@ -229,6 +229,7 @@ class FitResult:
   state: TrainState
   metrics: dict             # final eval metrics (empty when no test set was given)
   history: list             # all logged metric dicts
+  dequantize_widths: tuple = ()  # per-feature uniform-noise widths of training (build.py)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -366,7 +367,8 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     if checkpointer and int(jax.device_get(state.step)) != checkpointer.latest_step():
       checkpointer.save(state, force=True)
   return FitResult(model=progs.eval_model, variables=jax.device_get(state.variables()),
-                   state=state, metrics=eval_metrics, history=history)
+                   state=state, metrics=eval_metrics, history=history,
+                   dequantize_widths=settings.dequantize_widths)
 
 
 def _closing_quietly_on_error(close: Callable[[], None]):
