@@ -313,9 +313,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       half the pool and 4096 rows; none when fewer than 32 rows are unlabelled). 0 turns
       early stopping off.
     check_every_steps: steps between two held-out measurements (default 25).
-    patience: measurements without improvement before training stops (default 20, i.e.
-      500 steps at the default ``check_every_steps``: a shorter patience stops two-moons
-      fits early at a worse held-out NLL, docs/tables.md); the
+    patience: measurements without improvement before training stops (default 5; 20
+      helps two-moons-like data at several times the fit time on larger tables,
+      docs/tables.md); the
       parameters of the best measurement are kept. 0: train ``num_train_steps``, then keep
       the best.
     standardize: standardise the features with the mean and standard deviation of all rows
