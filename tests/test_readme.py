@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_library_example_runs(capsys):
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
   example = next(b for b in blocks if "flowgmm_jax.FlowGMM(" in b)
