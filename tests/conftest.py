@@ -9,11 +9,38 @@ from pathlib import Path
 import jax
 import pytest
 
-from flowgmm_jax.data.dataset import use_data_dir_if_unset
+from flowgmm_jax.data.dataset import DATA_DIR_VARIABLE, default_data_dir, use_data_dir_if_unset
 
 # The offline datasets: ../shared/data next to the repository unless FLOWGMM_DATA_DIR says
 # otherwise (the subprocesses the tests start inherit it).
 use_data_dir_if_unset(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+
+# CI has the offline data, so there a test that cannot find it is a broken setup, not an
+# optional extra: it fails instead of skipping (a skipped data test would pass CI unseen).
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def missing_shared_data(what: str) -> None:
+  """Skips the calling test because offline data is missing, or fails it under CI=true."""
+  how = (f"set {DATA_DIR_VARIABLE} to the offline data directory "
+         "(../shared/data next to the repository)")
+  if IN_CI:
+    pytest.fail(f"{what}; CI=true needs the offline data: {how}", pytrace=False)
+  pytest.skip(f"{what} ({how})")
+
+
+def shared_data_path(*parts: str) -> Path:
+  """The path `parts` under the offline data directory; `missing_shared_data` when absent."""
+  path = default_data_dir().joinpath(*parts)
+  if not path.exists():
+    missing_shared_data(f"offline data not found at {path}")
+  return path
+
+
+def pytest_runtest_setup(item):
+  # @pytest.mark.shared_data: the test reads the offline data directory.
+  if item.get_closest_marker("shared_data") is not None:
+    shared_data_path()
 
 # One XLA compilation cache for the session, shared with the subprocesses the tests start
 # (CLI runs and their resumes, SIGTERM reruns, two-process runs): a rerun of the same

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import missing_shared_data
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ORIGINAL = os.environ.get("FLOWGMM_ORIGINAL", "")
 
@@ -28,6 +30,7 @@ def test_library_never_imports_torch():
   assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_bench_steps_toy_runs_without_torch(tmp_path):
   """The CLI on the toy workload, one repeat: a time, a FLOP count > 0, and (without
   --original) PyTorch never imported."""
@@ -50,6 +53,7 @@ def test_bench_steps_toy_runs_without_torch(tmp_path):
   assert row["hlo_dots"] > 0 and row["hlo_convolutions"] == 0  # a tabular flow: dense only
 
 
+@pytest.mark.slow
 def test_bench_kernels_reports_every_kernel(tmp_path):
   """The kernel benchmark at a tiny scale: every row timed, FLOP rates where FLOPs are
   counted, bandwidths where bytes are; the 1x1 convolution both ways (the rates themselves
@@ -285,8 +289,8 @@ def test_parity_label_split_is_the_original_label_file():
   from flowgmm_jax.data import DataNotFoundError, load_mnist
   try:
     y = load_mnist(source="files").y_train
-  except DataNotFoundError:
-    pytest.skip("MNIST IDX files not found")
+  except DataNotFoundError as e:
+    missing_shared_data(f"MNIST IDX files not found: {e}")
   for seed in (0, 1):
     path = os.path.join(ORIGINAL, "data", "labels", "mnist", "1000_balanced_labels",
                         f"{seed}.npz")
@@ -309,8 +313,8 @@ def test_parity_original_20_steps(tmp_path):
   from flowgmm_jax.data import DataNotFoundError, load_mnist
   try:
     load_mnist(source="files", max_examples=10)
-  except DataNotFoundError:
-    pytest.skip("MNIST IDX files not found")
+  except DataNotFoundError as e:
+    missing_shared_data(f"MNIST IDX files not found: {e}")
   out = tmp_path / "parity.json"
   results = parity_original.main([f"--original={orig.path}", "--steps=20", "--seeds=0",
                                   "--eval-every=20", "--test-examples=100",
@@ -339,8 +343,8 @@ def test_gpu_check_tiny_writes_every_field(tmp_path):
   from flowgmm_jax.data import DataNotFoundError, load_mnist
   try:
     load_mnist(source="files", max_examples=10)
-  except DataNotFoundError:
-    pytest.skip("MNIST IDX files not found")
+  except DataNotFoundError as e:
+    missing_shared_data(f"MNIST IDX files not found: {e}")
   out = tmp_path / "gpu.json"
   os.environ["OUT"] = str(tmp_path / "out")
   try:

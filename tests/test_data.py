@@ -16,15 +16,9 @@ import pytest
 from flowgmm_jax import data as fdata
 from flowgmm_jax.data import images as fimages
 
-SHARED_DATA = Path(os.environ.get("FLOWGMM_DATA_DIR") or
-                   Path(__file__).resolve().parents[1].parent / "shared" / "data")
+from conftest import shared_data_path as _need
 
-
-def _need(*parts: str) -> Path:
-  path = SHARED_DATA.joinpath(*parts)
-  if not path.exists():
-    pytest.skip(f"shared data not found at {path} (set FLOWGMM_DATA_DIR)")
-  return path
+SHARED_DATA = fdata.default_data_dir()
 
 
 # ----------------------------------------------------------------------------- MNIST

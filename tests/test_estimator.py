@@ -72,6 +72,7 @@ def assert_unfitted(estimator):
 
 # ----------------------------------------------------------------------------- learning
 
+@pytest.mark.slow
 def test_two_moons_with_10_labels_reaches_99_percent():
   """The paper's toy setting: 1000 points, 5 labels per class, fixed prior means 7.5 apart.
 
@@ -242,6 +243,7 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_fits_on_eight_devices_with_batch_sizes_not_divisible_by_eight():
   env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
              JAX_PLATFORMS="cpu")

@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowgmm_jax.data import default_data_dir
 from flowgmm_jax.training import train_and_evaluate, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["toy", "tabular", "text", "mnist", "svhn", "cifar10"]
-HAVE_SHARED = default_data_dir().is_dir()
 
 
 def get_config(name: str, arg: str | None = None):
@@ -92,9 +90,10 @@ def check_results(workdir, num_test):
   return results
 
 
-@pytest.mark.skipif(not HAVE_SHARED, reason="needs ../shared/data (the offline datasets)")
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name,arg", [("tabular", "letter,smoke"), ("tabular", "shuttle,smoke"),
                                       ("text", "smoke"), ("mnist", "smoke"), ("cifar10", "smoke")])
+@pytest.mark.slow
 def test_smoke_run_on_real_data(tmp_path, name, arg):
   c = shrink(get_config(name, arg))
   results = train_and_evaluate(c, str(tmp_path))
@@ -108,6 +107,7 @@ def test_smoke_run_toy(tmp_path):
   check_results(tmp_path, c.data.max_test_examples)
 
 
+@pytest.mark.slow
 def test_smoke_run_svhn_on_generated_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   c = shrink(get_config("svhn", "smoke"))
@@ -118,14 +118,49 @@ def test_smoke_run_svhn_on_generated_data(tmp_path):
   check_results(tmp_path / "run", 64)
 
 
+def start_cli(*args, cwd=REPO):
+  return subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_cli(proc):
+  try:
+    out, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_cli(*args, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=300)
+  return finish_cli(start_cli(*args, cwd=cwd))
 
 
+def run_clis(*arg_lists):
+  """Runs independent commands at the same time (most of a failing command's time is
+  starting Python and importing; two cores run two of those at once)."""
+  procs = [start_cli(*args) for args in arg_lists]
+  return [finish_cli(p) for p in procs]
+
+
+@pytest.mark.slow
 def test_cli_runs_resumes_and_reports_bad_input(tmp_path):
+  # Bad input, started first so that these processes overlap the training run below.
+  bad = {name: tmp_path / name for name in ("bad_key", "bad_value", "bad_path", "bad_arg")}
+  bad_runs = [start_cli(*args) for args in (
+      # A misspelt config key: rejected before anything runs.
+      ["--config=configs/toy.py:smoke", f"--workdir={bad['bad_key']}", "--config.data.nmae=x"],
+      # A bad value and a missing file: one line, no traceback, nothing written.
+      ["--config=configs/toy.py:smoke", f"--workdir={bad['bad_value']}",
+       "--config.data.name=moon"],
+      ["--config=configs/tabular.py:file", f"--workdir={bad['bad_path']}",
+       "--config.data.path=/nonexistent/table.npz"],
+      ["--config=configs/toy.py:smok", f"--workdir={bad['bad_arg']}"])]
+
   workdir = tmp_path / "toy"
-  common = ["--config=configs/toy.py:smoke", f"--workdir={workdir}",
+  # No figures: this test is about the checkpoints (figures: test_trained.py).
+  common = ["--config=configs/toy.py:smoke", f"--workdir={workdir}", "--config.plots=False",
             "--config.log_every_steps=1", "--config.num_train_steps=4"]
   proc = run_cli(*common)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -137,36 +172,22 @@ def test_cli_runs_resumes_and_reports_bad_input(tmp_path):
            if "train/loss" in l]
   assert steps == [1, 2, 3, 4, 5, 6]  # a restart from scratch would log 1..6 again
   assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
-
-  # A misspelt config key: rejected before anything runs.
-  bad = tmp_path / "bad_key"
-  proc = run_cli("--config=configs/toy.py:smoke", f"--workdir={bad}", "--config.data.nmae=x")
-  assert proc.returncode != 0
-  assert "nmae" in proc.stderr
-  assert not bad.exists()
-
-  # A bad value and a missing file: one line, no traceback, nothing written.
-  bad = tmp_path / "bad_value"
-  proc = run_cli("--config=configs/toy.py:smoke", f"--workdir={bad}", "--config.data.name=moon")
-  assert proc.returncode == 1 and "Traceback" not in proc.stderr
-  assert "data.name='moon'" in proc.stderr and not bad.exists()
-  bad = tmp_path / "bad_path"
-  proc = run_cli("--config=configs/tabular.py:file", f"--workdir={bad}",
-                 "--config.data.path=/nonexistent/table.npz")
-  assert proc.returncode == 1 and "Traceback" not in proc.stderr
-  assert "/nonexistent/table.npz" in proc.stderr and "does not exist" in proc.stderr
-  assert not bad.exists()
-  proc = run_cli("--config=configs/toy.py:smok", f"--workdir={bad}")
-  assert proc.returncode != 0 and "smok" in proc.stderr
-
-
-def test_incompatible_checkpoint_from_cli(tmp_path):
-  common = ["--config=configs/toy.py:smoke", f"--workdir={tmp_path}",
-            "--config.num_train_steps=2"]
-  assert run_cli(*common).returncode == 0
-  proc = run_cli(*common, "--config.model.hidden_dim=16", "--config.num_train_steps=4")
+  # The same workdir with a different model: refused in one line, the checkpoints kept.
+  proc = run_cli(*common[:-1], "--config.model.hidden_dim=16", "--config.num_train_steps=8")
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert "different model/data configuration" in proc.stderr and "hidden_dim" in proc.stderr
+  assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
+
+  key, value, path, arg = [finish_cli(p) for p in bad_runs]
+  assert key.returncode != 0
+  assert "nmae" in key.stderr
+  assert not bad["bad_key"].exists()
+  assert value.returncode == 1 and "Traceback" not in value.stderr
+  assert "data.name='moon'" in value.stderr and not bad["bad_value"].exists()
+  assert path.returncode == 1 and "Traceback" not in path.stderr
+  assert "/nonexistent/table.npz" in path.stderr and "does not exist" in path.stderr
+  assert not bad["bad_path"].exists()
+  assert arg.returncode != 0 and "smok" in arg.stderr
 
 
 def _blobs(n=240, seed=0):
@@ -176,43 +197,23 @@ def _blobs(n=240, seed=0):
   return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("fmt", ["npz", "csv"])
-@pytest.mark.parametrize("with_unlabeled", [False, True])
-def test_cli_on_user_files(tmp_path, fmt, with_unlabeled):
+def _user_table(tmp_path, fmt, with_unlabeled):
+  """A 240-row, 3-class table as a user would save it; returns (path, extra flags)."""
   x, y = _blobs()
   if with_unlabeled:
     y = y.copy()
     y[60:] = -1  # rows 60.. are the unlabelled pool; the test split comes from rows 0..59
-  path = tmp_path / f"table.{fmt}"
+  path = tmp_path / f"table_{with_unlabeled}.{fmt}"
   if fmt == "npz":
     np.savez(path, x=x, y=y)
-    extra = []
-  else:
-    header = "f0,f1,label,f2,f3"  # label column in the middle, chosen by name
-    rows = np.column_stack([x[:, :2], y, x[:, 2:]])
-    np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%.6g")
-    extra = ["--config.data.label_column=label"]
-  if (fmt, with_unlabeled) in (("npz", True), ("csv", False)):
-    # Both formats and both kinds of table through the whole command line...
-    workdir = tmp_path / "run"
-    proc = run_cli("--config=configs/tabular.py:file,smoke", f"--workdir={workdir}",
-                   f"--config.data.path={path}", "--config.data.num_labeled_per_class=5",
-                   "--config.num_train_steps=2", *extra)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
-  else:
-    # ...the other two through the same loader and split the command line calls (a CLI
-    # run costs ~11 s on the CI machine, most of it starting Python and compiling).
-    from flowgmm_jax import data as data_lib
-    c = get_config("tabular", "file,smoke")
-    c.data.path, c.data.num_labeled_per_class = str(path), 5
-    if fmt == "csv":
-      c.data.label_column = "label"
-    validate_config(c)
-    ds = data_lib.load_dataset(c)
-    labeled, unlabeled = data_lib.make_split(c, ds)
-    results = {"num_test": len(ds.x_test), "num_labeled": len(labeled),
-               "num_unlabeled": len(unlabeled)}
+    return path, []
+  header = "f0,f1,label,f2,f3"  # label column in the middle, chosen by name
+  rows = np.column_stack([x[:, :2], y, x[:, 2:]])
+  np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%.6g")
+  return path, ["--config.data.label_column=label"]
+
+
+def _check_user_table_split(results, with_unlabeled):
   if with_unlabeled:
     # Every labelled training row is used; the test split is 20 % of the 60 labelled rows.
     assert results["num_test"] == 12
@@ -222,6 +223,41 @@ def test_cli_on_user_files(tmp_path, fmt, with_unlabeled):
     assert results["num_labeled"] == 15 and results["num_unlabeled"] == 240 - 48 - 15
 
 
+@pytest.mark.slow
+def test_cli_on_user_files(tmp_path):
+  """Both formats and both kinds of table (all rows labelled; an unlabelled pool marked -1)
+  through the whole command line, the two runs at the same time (a CLI run costs ~11 s on
+  the CI machine, most of it starting Python and compiling)."""
+  cases = [("npz", True), ("csv", False)]
+  tables = [_user_table(tmp_path, fmt, with_unlabeled) for fmt, with_unlabeled in cases]
+  procs = run_clis(*[["--config=configs/tabular.py:file,smoke", f"--workdir={tmp_path / fmt}",
+                      f"--config.data.path={path}", "--config.data.num_labeled_per_class=5",
+                      "--config.num_train_steps=2", "--config.plots=False", *extra]
+                     for (fmt, _), (path, extra) in zip(cases, tables)])
+  for (fmt, with_unlabeled), proc in zip(cases, procs):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / fmt / "results.json").read_text())
+    assert results["step"] == 2
+    _check_user_table_split(results, with_unlabeled)
+
+
+@pytest.mark.parametrize("fmt,with_unlabeled", [("npz", False), ("csv", True)])
+def test_user_files_load_and_split(tmp_path, fmt, with_unlabeled):
+  """The other two combinations through the loader and split the command line calls."""
+  from flowgmm_jax import data as data_lib
+  path, extra = _user_table(tmp_path, fmt, with_unlabeled)
+  c = get_config("tabular", "file,smoke")
+  c.data.path, c.data.num_labeled_per_class = str(path), 5
+  if extra:
+    c.data.label_column = "label"
+  validate_config(c)
+  ds = data_lib.load_dataset(c)
+  labeled, unlabeled = data_lib.make_split(c, ds)
+  _check_user_table_split({"num_test": len(ds.x_test), "num_labeled": len(labeled),
+                           "num_unlabeled": len(unlabeled)}, with_unlabeled)
+
+
+@pytest.mark.slow
 def test_cli_user_file_errors_write_nothing(tmp_path):
   x, y = _blobs()
   np.savez(tmp_path / "no_y.npz", x=x)
@@ -229,10 +265,10 @@ def test_cli_user_file_errors_write_nothing(tmp_path):
              header="a,b,c,d,label", comments="")
   cases = [("no_y.npz", [], "y"), ("t.csv", ["--config.data.label_column=target"], "target"),
            ("missing.npz", [], "does not exist")]
-  for name, extra, needle in cases:
-    workdir = tmp_path / f"run_{name}"
-    proc = run_cli("--config=configs/tabular.py:file,smoke", f"--workdir={workdir}",
-                   f"--config.data.path={tmp_path / name}", *extra)
+  procs = run_clis(*[["--config=configs/tabular.py:file,smoke", f"--workdir={tmp_path / f'run_{name}'}",
+                       f"--config.data.path={tmp_path / name}", *extra]
+                      for name, extra, _ in cases])
+  for (name, _, needle), proc in zip(cases, procs):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert needle in proc.stderr
-    assert not workdir.exists()
+    assert not (tmp_path / f"run_{name}").exists()

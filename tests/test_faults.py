@@ -155,9 +155,11 @@ def _toy_config(steps):
   c.log_every_steps = 1
   c.eval_every_steps = 100000
   c.checkpoint_every_steps = 100000
+  c.plots = False  # the figures are tested in test_trained.py; here they would only cost time
   return c
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
   workdir = tmp_path / "preempted"
   proc = _cli("--config=configs/toy.py:smoke", f"--workdir={workdir}",
@@ -416,16 +418,19 @@ def test_an_unknown_or_newer_parameter_layout_is_refused_in_one_line():
 
 # ----------------------------------------------------------------------------- multi-process
 
+@pytest.mark.slow
 def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path):
+  # No figures: they are the same code after either run (tested in test_trained.py).
   common = ["--config=configs/toy.py:smoke", "--config.num_train_steps=3",
-            "--config.log_every_steps=1"]
+            "--config.log_every_steps=1", "--config.plots=False"]
   port = _free_port()
+  flags = os.environ.get("XLA_FLAGS", "")  # keeps the suite's compile settings (conftest)
   procs = [_cli(*common, f"--workdir={tmp_path / 'two'}", f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2", f"--process_id={i}",
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+                env={"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=1"})
            for i in range(2)]
   one = _cli(*common, f"--workdir={tmp_path / 'one'}",
-             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+             env={"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=2"})
   try:
     for p in procs + [one]:
       _, err = p.communicate(timeout=600)

@@ -142,18 +142,16 @@ def test_mnist_cpu_config_states_its_parameter_count():
   assert count == int(stated.replace(",", "")), (count, stated)
 
 
+@pytest.mark.slow
 def test_svhn_config_reads_mat_files_without_tensorflow(tmp_path):
   from test_data import write_svhn_mat  # the real .mat layout, written with scipy
+  # The model and batches of test_experiments' svhn run on tfds-generated data, so that
+  # this run loads the same compiled steps from the suite's compilation cache.
+  from test_experiments import shrink
   write_svhn_mat(tmp_path / "svhn", num_train=60, num_test=20)
-  c = get_config("svhn", "smoke")
+  c = shrink(get_config("svhn", "smoke"))
   c.data.path = str(tmp_path / "svhn")
   c.data.num_labeled_per_class = 2
-  c.model.num_scales, c.model.num_blocks, c.model.mid_channels = 1, 1, 4
-  c.loss.consistency_weight = 0.0  # the data path is under test here; one forward pass
-  c.plots = False  # the figures are tested in test_trained.py
-  c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
-  c.log_every_steps = 1
-  c.data.max_test_examples = c.eval_batch_size = 20
   results = train_and_evaluate(c, str(tmp_path / "run"))
   assert results["num_test"] == 20 and results["num_labeled"] == 20
   assert np.isfinite(results["eval/bpd"])

@@ -84,6 +84,7 @@ def _discrete_table(seed=0, n=160):
   return x, y
 
 
+@pytest.mark.slow
 def test_early_stopping_returns_the_parameters_of_the_best_heldout_nll():
   x, y = _discrete_table(n=160)
   labeled = np.concatenate([np.flatnonzero(y == 0)[:5], np.flatnonzero(y == 1)[:5]])
@@ -186,7 +187,8 @@ def test_paper_forms_differ_from_the_defaults_as_documented():
     get_config("text", "agnews,papr")
 
 
-@pytest.mark.skipif(not HAVE_SHARED, reason="needs ../shared/data (the offline datasets)")
+@pytest.mark.slow
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name,arg", [("tabular", "letter"), ("text", None)])
 def test_default_config_runs_20_steps_on_the_offline_data(tmp_path, name, arg):
   c = get_config(name, arg)
@@ -200,7 +202,8 @@ def test_default_config_runs_20_steps_on_the_offline_data(tmp_path, name, arg):
 
 # ----------------------------------------------------------------------------- the suite
 
-@pytest.mark.skipif(not HAVE_SHARED, reason="needs ../shared/data (the offline datasets)")
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_default_estimator_beats_logistic_regression_on_a_real_table():
   """Glass (214 rows, 9 features, 6 classes), 10 labels per class, the suite's protocol:
   the defaults beat LogisticRegression on the labelled rows by 4 points on each of 2 seeds."""
@@ -213,6 +216,7 @@ def test_default_estimator_beats_logistic_regression_on_a_real_table():
     assert flow >= logreg + 0.04, (seed, flow, logreg)
 
 
+@pytest.mark.slow
 def test_suite_command_runs_one_table(tmp_path):
   out = tmp_path / "suite.json"
   proc = subprocess.run([sys.executable, "-m", "benchmarks.ssl_suite", "--tables=wine",

@@ -167,6 +167,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_data_parallel_8_devices_equals_1_device():
   env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
              JAX_PLATFORMS="cpu")
