@@ -144,8 +144,9 @@ def _ours(name: str, original_layout: bool = False, unrolled: bool = False, spec
   state = step_lib.replicate(mesh, create_train_state(variables, tx))
   augment = None
   if image:
-    augment = lambda kk, xx: augment_images(kk, xx, crop_padding=c.augment.crop_padding,
-                                            flip=c.augment.flip)
+    def augment(kk, xx):
+      return augment_images(kk, xx, crop_padding=c.augment.crop_padding,
+                            flip=c.augment.flip)
   loss = losses.FlowGMMLoss(
       objective=c.loss.objective, label_weight=c.loss.label_weight,
       unlabeled_weight=c.loss.unlabeled_weight, consistency_weight=c.loss.consistency_weight,

@@ -643,8 +643,9 @@ def markdown(results: dict) -> str:
   evaluated at the bin midpoint, as ours is."""
   def test_rows(recipe_name: str, ours_recipe: str | None = None) -> list:
     lines = parity_table(results, recipe_name, ours_recipe).splitlines()
-    keep = [l for l in lines[3:] if "(original at the midpoint, as ours)" in l]
-    return lines[:3] + [l.replace(" (original at the midpoint, as ours)", "") for l in keep]
+    like_for_like = " (original at the midpoint, as ours)"
+    keep = [row for row in lines[3:] if like_for_like in row]
+    return lines[:3] + [row.replace(like_for_like, "") for row in keep]
   parts = []
   if "init_distribution" in results:
     parts.append(init_table(results["init_distribution"]))

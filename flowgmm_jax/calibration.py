@@ -65,7 +65,8 @@ def fit_temperature(logits, labels, *, min_temperature: float = MIN_TEMPERATURE,
   if labels.size == 0:
     raise ValueError("fit_temperature needs at least one labelled validation example.")
   lo, hi = -math.log(max_temperature), -math.log(min_temperature)
-  f = lambda b: nll_given_x(logits, labels, math.exp(-b))
+  def f(b):
+    return nll_given_x(logits, labels, math.exp(-b))
   ratio = (math.sqrt(5.0) - 1.0) / 2.0
   a, b = lo, hi
   c, d = b - ratio * (b - a), a + ratio * (b - a)

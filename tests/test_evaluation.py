@@ -90,7 +90,8 @@ def test_batch_aggregation_is_exact():
     start += size
   # ... and a padded final batch of 8 holding the last 2 examples.
   pad = 6
-  padded = lambda a: np.concatenate([a[start:], np.zeros((pad,) + a.shape[1:], a.dtype)])
+  def padded(a):
+    return np.concatenate([a[start:], np.zeros((pad,) + a.shape[1:], a.dtype)])
   mask = np.array([True] * 2 + [False] * pad)
   batches.append(sums_fn(padded(joint), padded(labels), padded(log_det), mask, log_w))
 

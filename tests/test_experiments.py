@@ -84,8 +84,8 @@ def check_results(workdir, num_test):
   for key in ("eval/accuracy", "eval/ece", "eval/nll", "eval/bpd", "eval/nll_given_label"):
     assert np.isfinite(results[key]), key
   assert 0.0 <= results["eval/accuracy"] <= 1.0
-  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines if "train/loss" in l] == [1, 2]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "train/loss" in r] == [1, 2]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
   return results
 
@@ -168,8 +168,9 @@ def test_cli_runs_resumes_and_reports_bad_input(tmp_path):
   # The same command with more steps resumes from the checkpoint at step 4.
   proc = run_cli(*common[:-1], "--config.num_train_steps=6")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
-           if "train/loss" in l]
+  steps = [json.loads(line)["step"]
+           for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if "train/loss" in line]
   assert steps == [1, 2, 3, 4, 5, 6]  # a restart from scratch would log 1..6 again
   assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
   # The same workdir with a different model: refused in one line, the checkpoints kept.

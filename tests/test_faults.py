@@ -72,7 +72,7 @@ def vec(tree):
 
 def logged_steps(workdir):
   lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  return [json.loads(l)["step"] for l in lines if "train/loss" in l]
+  return [json.loads(row)["step"] for row in lines if "train/loss" in row]
 
 
 # ----------------------------------------------------------------------------- non-finite
@@ -201,8 +201,9 @@ def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
   straight = train_and_evaluate(_toy_config(stopped + 2), str(tmp_path / "straight"))
   assert resumed == straight
   assert logged_steps(workdir) == list(range(1, stopped + 3))
-  loss = lambda w: [json.loads(l)["train/loss"] for l in (w / "metrics.jsonl").open()
-                    if "train/loss" in l]
+  def loss(w):
+    return [json.loads(row)["train/loss"] for row in (w / "metrics.jsonl").open()
+            if "train/loss" in row]
   assert loss(workdir) == loss(tmp_path / "straight")
 
 
@@ -228,7 +229,7 @@ def test_damaged_latest_checkpoints_fall_back_to_the_newest_good_one(tmp_path, c
   capfd.readouterr()
   resumed = fit(tiny_config(steps=8), ds, LAB, UNLAB, workdir=str(workdir))
   err = capfd.readouterr().err
-  warnings = [l for l in err.splitlines() if l.strip()]
+  warnings = [row for row in err.splitlines() if row.strip()]
   assert len(warnings) == 2, err  # one line per damaged checkpoint, no orbax noise
   assert "step 6" in warnings[0] and "step 4" in warnings[1]
   assert all("resuming from step 2" in w for w in warnings)
@@ -307,7 +308,7 @@ def test_changed_seed_split_or_optimiser_on_an_existing_workdir(tmp_path, capfd)
   c.optim.learning_rate = 1e-3
   result = fit(c, ds, LAB, UNLAB, workdir=workdir)
   assert int(result.state.step) == 4
-  err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
+  err = [row for row in capfd.readouterr().err.splitlines() if row.strip()]
   assert len(err) == 1 and "optim.learning_rate: 0.01 -> 0.001" in err[0]
 
 
@@ -442,7 +443,7 @@ def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path)
         p.wait()
 
   def records(name):
-    out = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").open()]
+    out = [json.loads(row) for row in (tmp_path / name / "metrics.jsonl").open()]
     for r in out:
       r.pop("train/steps_per_sec", None)
     return out

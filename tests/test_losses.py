@@ -35,7 +35,8 @@ def test_joint_form_is_the_generative_nll(x64, labels):
   lab = [-(log_n[b, y] + log_w[y] + log_det[b]) for b, y in enumerate(labels) if y >= 0]
   unl = [-(special.logsumexp(log_n[b] + log_w) + log_det[b])
          for b, y in enumerate(labels) if y < 0]
-  mean = lambda v: np.mean(v) if v else 0.0
+  def mean(v):
+    return np.mean(v) if v else 0.0
   np.testing.assert_allclose(terms["nll_labeled"], mean(lab), rtol=1e-12)
   np.testing.assert_allclose(terms["nll_unlabeled"], mean(unl), rtol=1e-12)
   np.testing.assert_allclose(loss, mean(lab) + 0.7 * mean(unl), rtol=1e-12)
@@ -44,7 +45,8 @@ def test_joint_form_is_the_generative_nll(x64, labels):
 def test_objective_gradients_are_finite_and_masked(x64):
   joint, _, _, log_det, _ = _inputs([0] * 3)
   labels = np.array([-1, -1, -1])
-  objective = lambda j, d, y: flowgmm_objective(j, d, y, objective="joint")[0]
+  def objective(j, d, y):
+    return flowgmm_objective(j, d, y, objective="joint")[0]
   grads = jax.grad(objective, argnums=(0, 1))(joint, log_det, labels)
   assert all(np.all(np.isfinite(g)) for g in grads)
   # d/d log_det of the unlabelled mean is -1/3 per row.
@@ -96,7 +98,8 @@ def test_padding_rows_count_for_nothing(x64):
   for objective in ("original", "joint"):
     real, real_terms = flowgmm_objective(joint, log_det, labels, objective=objective,
                                          class_log_joint_teacher=teacher, **kw)
-    pad = lambda a, v: np.concatenate([a, np.full((3,) + a.shape[1:], v, a.dtype)])
+    def pad(a, v):
+      return np.concatenate([a, np.full((3,) + a.shape[1:], v, a.dtype)])
     padded, padded_terms = flowgmm_objective(
         pad(joint, np.inf), pad(log_det, -1e30), pad(labels, 1), objective=objective,
         class_log_joint_teacher=pad(teacher, 0.0), mask=pad(np.ones(6, bool), False), **kw)
@@ -131,7 +134,8 @@ def _reference_terms(joint, log_n, log_det, labels, teacher):
   lab = [b for b, y in enumerate(labels) if y >= 0]
   unl = [b for b, y in enumerate(labels) if y < 0]
   mix = -(special.logsumexp(joint, axis=1) + log_det)
-  mean = lambda v: float(np.mean(v)) if len(v) else 0.0
+  def mean(v):
+    return float(np.mean(v)) if len(v) else 0.0
   pseudo = teacher.argmax(1)
   return {"cross_entropy": mean([-log_p[b, labels[b]] for b in lab]),
           "nll_labeled": mean([-(joint[b, labels[b]] + log_det[b]) for b in lab]),

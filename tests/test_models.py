@@ -163,9 +163,11 @@ def test_wnconv_matches_explicit_weight_norm_conv(k):
   expected += b
   np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-4, atol=1e-4)
   # And its gradients, against the same convolution by lax (XLA's own transpose rules).
-  ref = lambda v, x: jax.lax.conv_general_dilated(
-      x, v, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
-  mine = lambda v, x: conv.apply({"params": {**variables["params"], "v": v}}, x).sum()
+  def ref(v, x):
+    return jax.lax.conv_general_dilated(
+        x, v, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+  def mine(v, x):
+    return conv.apply({"params": {**variables["params"], "v": v}}, x).sum()
   vv = variables["params"]["v"]
   gv, gx = jax.grad(mine, (0, 1))(vv, x)
   kern = jnp.asarray(kernel, jnp.float32)
@@ -580,7 +582,8 @@ def test_convert_variables_moves_every_value_and_round_trips(name, shape):
   assert [a.shape for a in jax.tree.leaves(v2)] == [a.shape for a in jax.tree.leaves(shapes2)]
   assert count_params(v2) == count_params(v1)
   for collection in v1:
-    flat = lambda v: np.sort(np.concatenate([np.ravel(a) for a in jax.tree.leaves(v)]))
+    def flat(v):
+      return np.sort(np.concatenate([np.ravel(a) for a in jax.tree.leaves(v)]))
     np.testing.assert_array_equal(flat(v2[collection]), flat(v1[collection]))
   for key in v1["params"]:
     if key != "flow":  # the prior, untouched
@@ -679,8 +682,9 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
   x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)))
   k = jnp.asarray(rng.standard_normal((3, 3, 3, 2)))
   dx, dk = jnp.asarray(rng.standard_normal(x.shape)), jnp.asarray(rng.standard_normal(k.shape))
-  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  def ref(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
   for got, want in zip(jax.jvp(conv2d_same, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk))):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
   g = jnp.asarray(rng.standard_normal((2, 5, 4, 2)))
@@ -693,6 +697,7 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
       return jnp.sum(h ** 2)
     return jax.jit(jax.grad(loss, (0, 1))).lower(jnp.zeros((2, 3, 3, 3, 3)), x)
 
-  labels = lambda conv: set(re.findall(r"dim_labels=(\S+?),", scanned(conv).compile().as_text()))
+  def labels(conv):
+    return set(re.findall(r"dim_labels=(\S+?),", scanned(conv).compile().as_text()))
   assert labels(conv2d_same) == {"b01f_01io->b01f"}
   assert labels(ref) != {"b01f_01io->b01f"}  # what the custom JVP is there for

@@ -101,7 +101,8 @@ def test_jit_and_gradient_flow(x64):
   jitted = jax.jit(lambda v, x: prior.apply(v, x, method=prior.log_prob))(variables, z)
   np.testing.assert_allclose(eager, jitted, rtol=1e-12)
   # d/dz of log p(z) against central finite differences.
-  f = lambda x: jnp.sum(prior.apply(variables, x, method=prior.log_prob))
+  def f(x):
+    return jnp.sum(prior.apply(variables, x, method=prior.log_prob))
   grad = jax.grad(f)(z)
   eps = 1e-6
   direction = jnp.asarray(rng.normal(size=z.shape))

@@ -100,7 +100,7 @@ def test_resume_gives_same_parameters_as_uninterrupted(tmp_path):
   np.testing.assert_allclose(params_vector(resumed.variables), params_vector(full.variables),
                              rtol=0, atol=1e-6)
   lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-  records = [json.loads(l) for l in lines]
+  records = [json.loads(row) for row in lines]
   assert {"step", "train/loss"} <= set(records[0])
   assert any("eval/accuracy" in r and "eval/ece" in r and "eval/bpd" in r for r in records)
 
@@ -174,7 +174,7 @@ def test_data_parallel_8_devices_equals_1_device():
   proc = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT.format(repo=str(REPO))],
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+  line = next(row for row in proc.stdout.splitlines() if row.startswith("RESULT"))
   out = json.loads(line[len("RESULT"):])
   assert out["image_params"] < 1e-5, out
   assert out["image_bn"] < 1e-5, out
