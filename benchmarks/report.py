@@ -42,6 +42,12 @@ REPORTS: Dict[str, Report] = {
     "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
     "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
     "toy_table": Report("benchmarks/results/toy_table.json", "benchmarks.toy_table"),
+    "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
+    "bench_steps_unrolled": Report("benchmarks/results/bench_steps_unrolled.json",
+                                   "benchmarks.bench_steps"),
+    "speed_targets": Report("benchmarks/results/bench_steps.json", "benchmarks.speed_targets"),
+    "xla_flags_check": Report("benchmarks/results/xla_flags_check.json",
+                              "benchmarks.xla_flags_check"),
 }
 
 
