@@ -11,7 +11,8 @@ with the same initial state, batch and key, and reports:
   * ``bench_kernels``' rows of ``--kernel-groups`` (the convolutions by default), timed;
   * trace + lower and XLA compile time, wall and process CPU seconds; the fused kernels and
     the oneDNN custom calls in the compiled step (a flag that routes nothing to oneDNN
-    leaves the second at 0);
+    leaves the second at 0), and a hash of the compiled program's text: the same hash as
+    without flags means the flag changed nothing XLA runs;
   * the median of ``--repeats`` steps, each ended by ``block_until_ready``;
   * the metrics (losses, accuracy) of the first step and of the last timed one (after
     ``--repeats`` updates), and the parameters after the first step, which the parent
@@ -27,6 +28,7 @@ is reported as rejected.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -74,7 +76,8 @@ def _child(workload: str, repeats: int, out: str, kernel_groups: str,
           "trace_and_lower_s": lower_s, "xla_compile_s": compile_s,
           "trace_and_lower_cpu_s": lower_cpu_s, "xla_compile_cpu_s": compile_cpu_s,
           "hlo_fusions": hlo.count(" fusion("), "hlo_convolutions": hlo.count(" convolution("),
-          "onednn_custom_calls": hlo.count("__onednn$"), "kernels": kernels}
+          "onednn_custom_calls": hlo.count("__onednn$"),
+          "hlo_sha256": hashlib.sha256(hlo.encode()).hexdigest(), "kernels": kernels}
 
 
 def _relative_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,6 +130,7 @@ def main(argv=None):
           row["params_max_abs_difference"] = float(
               np.max(np.abs(reference["params"] - outputs["params"])))
           row["same_results"] = row["metrics_relative_difference"] <= RTOL
+          row["same_compiled_program"] = row["hlo_sha256"] == rows[0]["hlo_sha256"]
           row["speedup"] = rows[0]["median_s"] / row["median_s"]
       rows.append(row)
       print(json.dumps(row), flush=True)
@@ -155,7 +159,8 @@ def markdown(results) -> str:
     same = ("reference" if "same_results" not in r else
             f"{'same' if r['same_results'] else 'DIFFERENT'} (metrics "
             f"{r['metrics_relative_difference']:.1e} relative; parameters after one step "
-            f"{r['params_max_abs_difference']:.1e} absolute)")
+            f"{r['params_max_abs_difference']:.1e} absolute)"
+            + ("; the same compiled program" if r.get("same_compiled_program") else ""))
     lines.append(f"| {flag} | {r['median_s']:.4g} | {r.get('speedup', 1.0):.2f}x | "
                  f"{compile_s:.1f} ({compile_cpu:.1f}) | {r['hlo_fusions']:,} | "
                  f"{r['onednn_custom_calls']} | {same} |")
