@@ -71,6 +71,9 @@ def test_speed_tables_carry_the_ratios_and_judge_the_targets():
   assert "6.00x faster" in toy_x and toy_x.endswith("| yes |")
   assert "1.50x faster" in text_x and text_x.endswith("| **no** |")
   assert "1.25x faster" in cifar_x and cifar_x.endswith("| yes |")
+  # A run on a machine loaded past twice its cores: its wall-clock verdicts say so.
+  loaded = dict(results, header={"cores": 2, "load_average_1min_before": 30.0})
+  assert speed_targets.table(loaded).splitlines()[4].endswith("| yes (load 30: rerun idle) |")
   assert "20% of the first" in refit and refit.endswith("yes (fraction), **no** (seconds, not idle) |")
   # The XLA-flags check: a flag's row says whether its outputs matched and how fast it was.
   from benchmarks import xla_flags_check
