@@ -85,7 +85,7 @@ def table(steps: dict, unrolled: Optional[dict] = None, fit: Optional[dict] = No
     if r is None or f"speedup_vs_{prior}" not in r:
       continue
     speedup = r[f"speedup_vs_{prior}"]
-    lines.append(f"| {name} step against {what} | {BEFORE[key]} | {speedup:.2f}x faster "
+    lines.append(f"| {name} step against {what} | {BEFORE[key]} | {speedup:.2f}x {'faster' if speedup >= 1 else '(slower)'} "
                  f"(ours / original {r[f'ratio_vs_{prior}']:.3f}; {r['median_s']:.4g} s vs "
                  f"{r[f'original_{prior}_median_s']:.4g} s) | >= {targets[name]:g}x | "
                  f"{timed(speedup >= targets[name])} |")
