@@ -3,6 +3,7 @@
     python -m benchmarks.bench_kernels                       # full sizes (about 2 minutes)
     python -m benchmarks.bench_kernels --json out.json
     python -m benchmarks.bench_kernels --scale=0.125         # a quick look (batch dims x 1/8)
+    python -m benchmarks.bench_kernels --groups=conv3x3,conv1x1   # the convolutions only
 
 ``bench_steps`` says how fast a whole step is; this says how fast it could be. Each row is
 one jitted kernel on random float32 data (median of ``--repeats`` calls, 20x as many for
@@ -41,6 +42,7 @@ import optax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 TOY_PARAMS = 1_323_550  # bench_steps' toy workload
+GROUPS = ("stream", "dispatch", "matmul", "text dots", "conv3x3", "conv1x1")
 
 
 def _median_seconds(fn, *args, repeats: int) -> float:
@@ -173,10 +175,16 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--scale", type=float, default=1.0,
                       help="multiplies the batch-like dimensions (1 = the workloads' sizes)")
+  parser.add_argument("--groups", default="",
+                      help="comma-separated groups to time (default: all): " + ", ".join(GROUPS))
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   args = parser.parse_args(argv)
   if not 0 < args.scale <= 1:
     parser.error("--scale must be in (0, 1]")
+  groups = [g for g in args.groups.split(",") if g] or list(GROUPS)
+  unknown = sorted(set(groups) - set(GROUPS))
+  if unknown:
+    parser.error(f"--groups: unknown {unknown}; choose from {', '.join(GROUPS)}")
   header = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, jax {jax.__version__}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"{jax.devices()[0].platform}")
@@ -185,6 +193,8 @@ def main(argv=None):
   print("|---|---|---|---|---|")
   results = []
   for group, name, fn, fn_args, flops, nbytes in rows(args.scale):
+    if group not in groups:
+      continue
     seconds = _median_seconds(fn, *fn_args, repeats=args.repeats)
     row = {"group": group, "kernel": name, "seconds": seconds,
            "gflops_per_s": flops / seconds / 1e9 if flops else None,
@@ -196,7 +206,10 @@ def main(argv=None):
           flush=True)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"header": header, "scale": args.scale, "repeats": args.repeats,
+      from benchmarks.provenance import provenance
+      json.dump({"provenance": provenance(argv), "header": header,
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "scale": args.scale,
+                 "repeats": args.repeats,
                  "rows": results}, f, indent=1)
   return results
 

@@ -52,6 +52,12 @@ REPORTS: Dict[str, Report] = {
     "headline": Report("benchmarks/results/headline.json", "benchmarks.headline"),
     "parity_original": Report("benchmarks/results/parity_original.json",
                               "benchmarks.parity_original"),
+    "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
+    "bench_steps_unrolled": Report("benchmarks/results/bench_steps_unrolled.json",
+                                   "benchmarks.bench_steps"),
+    "speed_targets": Report("benchmarks/results/bench_steps.json", "benchmarks.speed_targets"),
+    "xla_flags_check": Report("benchmarks/results/xla_flags_check.json",
+                              "benchmarks.xla_flags_check"),
 }
 
 
