@@ -106,14 +106,14 @@ def cifar_spec(tiny: bool):
   return shrink(spec) if tiny else spec
 
 
-TINY_MODEL = dict(num_scales=1, num_blocks=0, mid_channels=4)
+TINY_MODEL = dict(num_scales=1, num_blocks=1, mid_channels=4)
 # --tiny times two of the four rows: both workloads and both dtypes, half the compiles.
 TINY_ROWS = (("cifar", "float32"), ("mnist", "bfloat16"))
 
 
 def shrink(spec):
   """--tiny: 8x8 crops, 4 + 4 images, ``TINY_MODEL`` (a RealNVP of 4 checkerboard
-  couplings with one-convolution conditioners) and plain FlowGMM (no second view): the
+  couplings with one-block conditioners) and plain FlowGMM (no second view): the
   same code paths, the least XLA has to compile."""
   c, x, y, shape, k = spec
   c = copy.deepcopy(c)

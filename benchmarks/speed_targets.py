@@ -93,8 +93,6 @@ def table(steps: dict, unrolled: Optional[dict] = None, fit: Optional[dict] = No
   if fit_rows:
     r = fit_rows[0]
     load = fit.get("load_average")
-    ok = (r["second_over_first"] <= TARGET_SECOND_FIT_FRACTION
-          and r["second_fit_s"] <= TARGET_SECOND_FIT_IDLE_S)
     lines.append(f"| second `FlowGMMClassifier().fit` on a 1,000 x 20 table, same process | "
                  f"{BEFORE['fit']} | {r['second_fit_s']:.2f} s = {r['second_over_first']:.0%} "
                  f"of the first ({r['first_fit_s']:.1f} s; refits {', '.join(f'{t:.2f}' for t in r['fit_s'])} s"

@@ -114,10 +114,11 @@ def main(argv=None):
                              f"--kernel-repeats={args.kernel_repeats}",
                              f"--child={out}"], env=env, capture_output=True, text=True)
       row = {"xla_flags": flag, "load_average_1min_before": round(load, 2)}
-      result = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+      result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
       if proc.returncode or not result:
-        lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        row["error"] = next((l for l in lines if "Unknown flag" in l), lines[-1] if lines else "")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        row["error"] = next((line for line in lines if "Unknown flag" in line),
+                            lines[-1] if lines else "")
         row["accepted"] = "Unknown flag" not in row["error"]
       else:
         row.update(json.loads(result[0][len("RESULT "):]), accepted=True)

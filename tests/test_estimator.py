@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from flowgmm_jax.data import labeled_unlabeled_split, make_moons
+from flowgmm_jax.data import make_moons
 from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.models import RealNVPTabular
 
@@ -74,21 +74,17 @@ def assert_unfitted(estimator):
 
 @pytest.mark.slow
 def test_two_moons_with_10_labels_reaches_99_percent():
-  """The paper's toy setting: 1000 points, 5 labels per class, fixed prior means 7.5 apart.
-
-  These settings reach >= 99% on 8 of the data/label seeds 0-9 (on seeds 2 and 5 no label
-  lies near one moon's tip, which then goes to the other class: 89% and 97%), and 100%
-  on seed 0 for random_state 0-4.
+  """``FlowGMMClassifier(patience=20)`` (the table recipe with a longer early-stopping
+  patience, docs/tables.md) on the paper's toy setting: 1000 points, 5 labels per class,
+  evaluated on 1000 fresh points, reaches >= 99%. ``python -m benchmarks.moons`` runs other
+  seeds; with the default patience 5, seeds 0 and 3 stop early at 95.0% and 91.4%.
   """
   ds = make_moons(num_train=1000, num_test=1000, seed=0)
-  labeled, _ = labeled_unlabeled_split(ds.y_train, num_labeled=10, seed=0)
+  rng = np.random.default_rng(0)
   y = np.full(len(ds.y_train), -1)
-  y[labeled] = ds.y_train[labeled]
-  clf = FlowGMMClassifier(
-      num_coupling_layers=5, hidden_dim=128, hidden_layers=2, means_scale=None,
-      learn_means=False, learn_weights=False, unlabeled_weight=1.0, learning_rate=2e-3,
-      lr_schedule="wilson", num_train_steps=1000, labeled_batch_size=10, unlabeled_batch_size=64,
-      random_state=0).fit(ds.x_train, y)
+  for c in (0, 1):
+    y[rng.permutation(np.flatnonzero(ds.y_train == c))[:5]] = c
+  clf = FlowGMMClassifier(patience=20, random_state=0).fit(ds.x_train, y)
   assert (y != -1).sum() == 10
   assert clf.score(ds.x_test, ds.y_test) >= 0.99
 

@@ -143,10 +143,11 @@ def test_estimator_and_cli_default_share_the_recipe(config_name):
 
 def test_estimator_parameters_are_the_config_fields():
   """Every recipe parameter names a config field of the same name (``model`` is
-  model.name), and the estimator takes exactly those plus its own four."""
+  model.name), and the estimator takes exactly those plus its own six."""
   params = set(FlowGMMClassifier().get_params())
   assert params == set(RECIPE_PARAMETERS) | {"standardize", "compilation_cache_dir",
-                                             "random_state", "verbose"}
+                                             "random_state", "verbose", "calibrate",
+                                             "calibration_folds"}
   c = base_config()
   for name, path in RECIPE_PARAMETERS.items():
     assert path.split(".")[-1] == ("name" if name == "model" else name)
