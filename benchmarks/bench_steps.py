@@ -38,7 +38,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import time
@@ -164,17 +163,26 @@ def _ours(name: str, original_layout: bool = False, unrolled: bool = False, spec
   return train_step, state, batch, rng, count_params(variables)
 
 
-def time_step(name: str, repeats: int, unrolled: bool = False, spec=None) -> dict:
-  """Ours: compile (timed with the first step), then ``repeats`` timed steps. Tracing and
-  compiling are also timed in process CPU seconds, which another load on the machine
-  changes far less than the wall clock. ``spec``: see ``_ours``."""
-  train_step, state, batch, rng, num_params = _ours(name, unrolled=unrolled, spec=spec)
+def compile_timed(train_step, state, batch, rng):
+  """``(compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s))``: the step lowered and
+  compiled for these inputs, each stage timed in wall and process CPU seconds."""
   t0, c0 = time.perf_counter(), time.process_time()
   lowered = train_step.lower(state, batch, rng)
   lower_s, lower_cpu_s = time.perf_counter() - t0, time.process_time() - c0
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0 - lower_s
   compile_cpu_s = time.process_time() - c0 - lower_cpu_s
+  return compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s)
+
+
+def time_step(name: str, repeats: int, unrolled: bool = False, spec=None) -> dict:
+  """Ours: compile (timed with the first step), then ``repeats`` timed steps. Tracing and
+  compiling are also timed in process CPU seconds, which another load on the machine
+  changes far less than the wall clock. ``spec``: see ``_ours``."""
+  train_step, state, batch, rng, num_params = _ours(name, unrolled=unrolled, spec=spec)
+  t0, c0 = time.perf_counter(), time.process_time()
+  compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s) = compile_timed(
+      train_step, state, batch, rng)
   state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
   first_s = time.perf_counter() - t0
@@ -267,17 +275,6 @@ def time_original(orig, name: str, repeats: int, *, anomaly) -> dict:
     row[f"original_{prior}_min_s"] = min(times)
     row[f"original_{prior}_max_s"] = max(times)
   return row
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def num_cores() -> int:
@@ -405,7 +402,7 @@ def main():
       parser.error(f"--only: unknown workload {n!r}; choose from {WORKLOADS}")
   cores = num_cores()
   orig = None
-  from benchmarks.provenance import provenance
+  from benchmarks.provenance import cpu_model, provenance
   header = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "cpu": cpu_model(), "cores": cores, "xla_threads": cores,

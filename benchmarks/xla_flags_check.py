@@ -52,12 +52,8 @@ def _child(workload: str, repeats: int, out: str, kernel_groups: str,
   if kernel_groups:
     kernels = bench_kernels.main([f"--groups={kernel_groups}", f"--repeats={kernel_repeats}"])
   train_step, state, batch, rng, _ = bench_steps._ours(workload)
-  t0, c0 = time.perf_counter(), time.process_time()
-  lowered = train_step.lower(state, batch, rng)
-  lower_s, lower_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0 - lower_s
-  compile_cpu_s = time.process_time() - c0 - lower_cpu_s
+  compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s) = bench_steps.compile_timed(
+      train_step, state, batch, rng)
   hlo = compiled.as_text()
   new_state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
