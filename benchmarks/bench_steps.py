@@ -323,48 +323,13 @@ def table(rows, peak_gflops: float, side_by_side: bool) -> str:
   return "\n".join(lines)
 
 
-def _met(ok: bool) -> str:
-  return "yes" if ok else "**no**"
-
-
-def targets_table(rows) -> str:
-  """Issue 19's targets against the rows (those the rows can judge): measurement | now |
-  target | met?"""
-  lines = ["| measurement | now | target | met? |", "|---|---|---|---|"]
-  by = {r["workload"]: r for r in rows}
-  if "cifar" in by:
-    r = by["cifar"]
-    lines.append(f"| first CIFAR-10 step: compile plus one step | {r['first_step_s']:.1f} s "
-                 f"wall (CPU {r['trace_and_lower_cpu_s'] + r['xla_compile_cpu_s']:.1f} s to "
-                 f"trace, lower and compile) | <= {TARGET_FIRST_CIFAR_S:g} s | "
-                 f"{_met(r['first_step_s'] <= TARGET_FIRST_CIFAR_S)} |")
-    lines.append(f"| fused kernels in the compiled CIFAR step | {r['hlo_fusions']:,} | "
-                 f"<= {TARGET_CIFAR_FUSIONS:,} | {_met(r['hlo_fusions'] <= TARGET_CIFAR_FUSIONS)} |")
-  if "median_s" in by.get("toy", {}):
-    r = by["toy"]
-    lines.append(f"| toy step | {1e3 * r['median_s']:.2f} ms | <= {1e3 * TARGET_S['toy']:g} ms | "
-                 f"{_met(r['median_s'] <= TARGET_S['toy'])} |")
-  for name, prior, targets, what in (
-      ("toy", "shipped", TARGET_SPEEDUP_VS_SHIPPED, "the original as shipped"),
-      ("text", "shipped", TARGET_SPEEDUP_VS_SHIPPED, "the original as shipped"),
-      ("cifar", "once", TARGET_SPEEDUP_VS_ONCE, "the original with its prior built once")):
-    r = by.get(name)
-    if r is None or f"speedup_vs_{prior}" not in r:
-      continue
-    speedup = r[f"speedup_vs_{prior}"]
-    lines.append(f"| {name} step against {what} | {speedup:.2f}x faster (ours / original "
-                 f"{r[f'ratio_vs_{prior}']:.3f}) | >= {targets[name]:g}x | "
-                 f"{_met(speedup >= targets[name])} |")
-  return "\n".join(lines)
-
-
 def markdown(results) -> str:
-  """The tables of a results file written by ``main`` (``benchmarks.report``): the rows side
-  by side, then issue 19's targets, then the load and XLA flags of the run."""
+  """The table of a results file written by ``main`` (``benchmarks.report``): the rows side
+  by side, then the load and XLA flags of the run. Issue 19's targets are
+  ``benchmarks.speed_targets``' table."""
   rows, header = results["rows"], results["header"]
   side_by_side = all("original_shipped_median_s" in r for r in rows)
-  text = (table(rows, header.get("peak_gflops", 550.0), side_by_side) + "\n\n"
-          + targets_table(rows))
+  text = table(rows, header.get("peak_gflops", 550.0), side_by_side)
   load = [header.get(f"load_average_1min_{when}") for when in ("before", "after")]
   notes = [f"flows {header.get('layout', 'scanned')}"]
   if None not in load:
@@ -449,7 +414,8 @@ def main():
     print(f"original: {orig.path}" + (f" @ {orig.commit}" if orig.commit else "")
           + f"; CIFAR autograd anomaly detection {args.original_anomaly}")
   print(table(rows, args.peak_gflops, orig is not None))
-  print(targets_table(rows))
+  from benchmarks import speed_targets  # it reads this module's targets
+  print(speed_targets.table({"rows": rows, "header": header}))
   print(f"load average (1 min): {header['load_average_1min_before']} before, "
         f"{header['load_average_1min_after']} after")
   for r in rows:
