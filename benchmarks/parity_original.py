@@ -477,7 +477,7 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-  from benchmarks.bench_steps import cpu_model
+  from benchmarks.provenance import cpu_model
   return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
           "affinity": _affinity(), "load_average": list(os.getloadavg())}
 
