@@ -46,9 +46,12 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-  """The machine a run used: CPU, cores, load at the start, JAX version and devices."""
+  """The machine a run used: CPU, cores (and ``cores_used`` when the process was pinned to
+  fewer), load at the start, JAX version and devices."""
   info = {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
           "python": platform.python_version()}
+  if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) != os.cpu_count():
+    info["cores_used"] = len(os.sched_getaffinity(0))  # pinned (taskset): the run's share
   try:
     info["load_average_1min"] = round(os.getloadavg()[0], 2)
   except OSError:

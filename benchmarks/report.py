@@ -70,8 +70,10 @@ def provenance_line(results: dict) -> str:
     return f"_{note}_" if note else (
         "_Made before results files recorded their command, commit and machine._")
   m = p.get("machine", {})
-  where = ", ".join(str(v) for v in (m.get("cpu"), f"{m.get('cores')} cores" if m.get("cores")
-                                      else None) if v)
+  cores = f"{m['cores']} cores" if m.get("cores") else None
+  if cores and m.get("cores_used"):
+    cores += f" ({m['cores_used']} used)"
+  where = ", ".join(str(v) for v in (m.get("cpu"), cores) if v)
   load = m.get("load_average_1min")
   load = f", load {load} at the start" if load is not None else ""
   return (f"_`{p.get('command', '?')}` at commit `{p.get('commit') or '?'}`, "
