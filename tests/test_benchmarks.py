@@ -30,6 +30,14 @@ def test_library_never_imports_torch():
   assert not offenders, offenders
 
 
+def test_parity_machine_record_runs_without_torch():
+  """The parity run's machine record: the part of it that runs without torch, so a broken
+  import there fails CI, not the first hour-long parity run."""
+  from benchmarks import parity_original
+  m = parity_original.machine()
+  assert m["cpu"] and m["cpu_count"] >= 1 and 1 <= m["affinity"] <= m["cpu_count"]
+
+
 @pytest.mark.slow
 def test_bench_steps_toy_runs_without_torch(tmp_path):
   """The CLI on the toy workload, one repeat: a time, a FLOP count > 0, and (without
