@@ -4,6 +4,8 @@ model, same recipe, same data, curves and raw numbers.
     python -m benchmarks.parity_original --original=PATH [--steps N] [--seeds 0,1,2] \\
         [--labels 1000] [--side=both|ours|original] \\
         [--recipes=original,original_zero_init,cpu,cpu_zero_init]
+    python -m benchmarks.parity_original --original=PATH --init-seeds=60 --init-leaves=16 \
+        --recipes=                                    # the two sides' initial distributions
     python -m benchmarks.parity_original --plot-only     # figure + table from the JSON
 
 PATH is the root of a clone of github.com/izmailovpavel/flowgmm (the original side needs
@@ -33,7 +35,8 @@ Recipes (read from configs/mnist.py, so they follow it):
   original_same_init  the README recipe, ours only, starting from the original's own initial
                       tensors for the same seed (``original_initial_variables``; the loop is
                       given them instead of drawing its own): with the init's draw shared,
-                      what is left between the sides is data order, noise and crops.
+                      what is left between the sides is data order, noise and crops (measured:
+                      within 0.015 bits/dim of the original's run of that seed).
   cpu_zero_init       cpu, ours only, zero init; the first seed only.
   cpu_label_weight_3  cpu at the README's label weight 3; both sides, the first seed only.
 
@@ -434,6 +437,52 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
   return out
 
 
+def init_leaf_moments(orig, num_seeds: int) -> dict:
+  """Per parameter tensor, the mean and std of its initial values over ``num_seeds`` inits
+  per side: ours (``model.init``, keys 0, 1, ...) and the original's (``torch.manual_seed``
+  0, 1, ..., mapped into our layout as the same-init run is), for every tensor of at least
+  256 values that is drawn at random (constant ones, BatchNorm and the rescales, are equal
+  by construction). A distribution difference in any one layer shows up here even where the
+  whole-model statistics of ``init_distribution`` hide it."""
+  import jax
+  import jax.numpy as jnp
+  from flowgmm_jax.flowgmm import FlowGMM
+  r = recipe("original_same_init")
+  c = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
+  model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
+  init = jax.jit(model.init)
+
+  def flat(tree):
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  ours = [flat(init(jax.random.PRNGKey(s), jnp.zeros((2, 28, 28, 1))))
+          for s in range(num_seeds)]
+  theirs = [flat(original_initial_variables(orig, r, s, c)) for s in range(num_seeds)]
+  leaves = {}
+  for name in ours[0]:
+    a = np.stack([o[name] for o in ours]).astype(np.float64)
+    b = np.stack([t[name] for t in theirs]).astype(np.float64)
+    if a[0].size < 256 or (a.std() == 0 and b.std() == 0):
+      continue
+    leaves[name] = {"shape": list(a.shape[1:]), "ours_mean": a.mean(), "ours_std": a.std(),
+                    "original_mean": b.mean(), "original_std": b.std(),
+                    "std_rel_diff": abs(a.std() - b.std()) / max(a.std(), b.std())}
+  worst = max(leaves, key=lambda k: leaves[k]["std_rel_diff"])
+  return {"num_seeds": num_seeds, "num_leaves": len(leaves), "largest_std_rel_diff":
+          leaves[worst]["std_rel_diff"], "largest_at": worst, "leaves": leaves}
+
+
+def init_leaves_line(leaves: dict) -> str:
+  """One line of ``init_leaf_moments``' result: the largest per-tensor differences."""
+  v = leaves["leaves"].values()
+  mean_gap = max(abs(x["ours_mean"] - x["original_mean"]) / max(x["ours_std"], x["original_std"])
+                 for x in v)
+  return (f"per parameter tensor, over {leaves['num_seeds']} inits per side: the "
+          f"{leaves['num_leaves']} random tensors of >= 256 values have initial stds within "
+          f"{100 * leaves['largest_std_rel_diff']:.1f}% of the original's and means within "
+          f"{mean_gap:.3f} stds")
+
+
 def init_table(dist: dict) -> str:
   lines = [f"initial values over {dist['num_seeds']} random inits per side "
            f"({dist['batch']}): median [10%, 90%]",
@@ -495,7 +544,7 @@ def locked(path: str):
 
 def merge(path: str, key, run: dict, header: dict) -> dict:
   """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing; key None:
-  as 'init_distribution') and returns the whole file's content. The caller holds
+  as 'init_distribution', key 'init_leaves': as 'init_leaves') and returns the whole file's content. The caller holds
   ``locked(path)``."""
   results = {"runs": {}}
   if os.path.exists(path):
@@ -507,6 +556,8 @@ def merge(path: str, key, run: dict, header: dict) -> dict:
     results["commands"].append(header["command"])
   if key is None:
     results["init_distribution"] = run
+  elif key == "init_leaves":
+    results["init_leaves"] = run
   else:
     results["runs"][key] = run
   tmp = path + ".tmp"
@@ -582,6 +633,34 @@ def parity_table(results: dict, recipe_name: str = "original",
   return "\n".join(lines)
 
 
+def same_init_table(results: dict) -> str:
+  """Markdown: ours started from the original's own initial tensors for seed s
+  (``original_same_init``) against the original's run of seed s, per evaluation: the init
+  draw taken out of the comparison (the original evaluated at the bin midpoint, as ours)."""
+  pairs = [(o, t) for o in results.get("runs", {}).values()
+           if o["recipe"] == "original_same_init" and o["side"] == "ours"
+           for t in results["runs"].values()
+           if t["recipe"] == "original" and t["side"] == "original" and t["seed"] == o["seed"]]
+  if not pairs:
+    return ""
+  lines = ["ours from the original's initial tensors vs the original, the same seed",
+           "| seed | step | quantity | ours | original | ours - original |",
+           "|---|---|---|---|---|---|"]
+  for o, t in pairs:
+    theirs = {e["step"]: e for e in t["evals"]}
+    for group, key, label, scale, digits in TABLE_ROWS:
+      if group == "test" and not key.endswith("_midpoint"):
+        continue
+      our_key = key[:-len("_midpoint")] if key.endswith("_midpoint") else key
+      for e in o["evals"]:
+        if e["step"] not in theirs or our_key not in e[group] or key not in theirs[e["step"]][group]:
+          continue
+        a, b = e[group][our_key] * scale, theirs[e["step"]][group][key] * scale
+        lines.append(f"| {o['seed']} | {e['step']} | {label} | {a:.{digits}f} | "
+                     f"{b:.{digits}f} | {a - b:+.{digits}f} |")
+  return "\n".join(lines)
+
+
 def init_adjusted_gaps(results: dict, recipe_name: str = "original") -> str:
   """Markdown: the ours-minus-original gap of each quantity at each evaluation, raw and
   adjusted for each run's initial NLL (its first-step training NLL) by least squares over
@@ -649,11 +728,15 @@ def markdown(results: dict) -> str:
   parts = []
   if "init_distribution" in results:
     parts.append(init_table(results["init_distribution"]))
+  if "init_leaves" in results:
+    parts.append(init_leaves_line(results["init_leaves"]))
   runs = results.get("runs", {})
   for recipe_name, ours_recipe in (("original", None), ("original", "original_zero_init"),
                                    ("cpu", None)):
     if any(k.startswith(f"{ours_recipe or recipe_name}/ours/") for k in runs):
       parts.append("\n".join(test_rows(recipe_name, ours_recipe)))
+    if ours_recipe is None and recipe_name == "original" and same_init_table(results):
+      parts.append(same_init_table(results))
   return "\n\n".join(parts)
 
 
@@ -699,6 +782,17 @@ def plot(results: dict, path: str) -> None:
             if max(n) > 1:
               ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale,
                               color=color, alpha=0.2)
+        if name == "original_same_init":
+          # The same-init run's counterpart: the original's run of the same seed.
+          for sd in sorted({run["seed"] for run in results["runs"].values()
+                            if run["recipe"] == name}):
+            mine = {k: v for k, v in results["runs"].items()
+                    if v["recipe"] == "original" and v["side"] == "original" and v["seed"] == sd}
+            k_ = key + "_midpoint" if grp == "test" else key
+            cv = curves({"runs": mine}, "original", "original", grp, k_)
+            if cv is not None:
+              ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8,
+                      label=f"original seed {sd} (those tensors{', midpoint' if grp == 'test' else ''})")
       ax.set_title(label, fontsize=10)
       ax.set_xlabel("training step")
       ax.set_ylabel(unit)
@@ -740,6 +834,9 @@ def main(argv=None) -> dict:
   p.add_argument("--init-seeds", type=int, default=0,
                  help="> 0: also compare the initial NLL / log-det / |z|^2 of this many random "
                       "inits per side (needs --original), stored as 'init_distribution'")
+  p.add_argument("--init-leaves", type=int, default=0,
+                 help="> 0: also compare each parameter tensor's initial mean and std over "
+                      "this many inits per side (needs --original), stored as 'init_leaves'")
   p.add_argument("--plot-only", action="store_true",
                  help="redraw the figure and print the table from --json; run nothing")
   args = p.parse_args(argv)
@@ -765,7 +862,7 @@ def main(argv=None) -> dict:
     p.error("--labels must be a multiple of 10 between 40 and 60000 (a labelled batch is 32)")
   sides = ("ours", "original") if args.side == "both" else (args.side,)
   orig = None
-  if args.init_seeds > 0 or any(recipe(n)["same_init"] for n in names) or (
+  if args.init_seeds > 0 or args.init_leaves > 0 or any(recipe(n)["same_init"] for n in names) or (
       "original" in sides and any("original" in recipe(n)["sides"] for n in names)):
     if not args.original:
       p.error("the original side needs --original=PATH (a clone of "
@@ -795,6 +892,15 @@ def main(argv=None) -> dict:
     if args.json:
       with locked(args.json):
         results = merge(args.json, None, dist, header)
+  if args.init_leaves > 0:
+    leaves = init_leaf_moments(orig, args.init_leaves)
+    leaves.update(command=header["command"], git_commit=commit, machine=machine())
+    print(f"[parity] {leaves['num_leaves']} random parameter tensors: largest relative "
+          f"difference of the initial std {leaves['largest_std_rel_diff']:.3f} "
+          f"({leaves['largest_at']})", flush=True)
+    if args.json:
+      with locked(args.json):
+        results = merge(args.json, "init_leaves", leaves, header)
   for name in names:
     r = recipe(name)
     for seed in (seeds[:1] if r["first_seed_only"] else seeds):
