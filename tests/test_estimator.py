@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -222,31 +218,8 @@ def test_batch_sizes_are_capped_bucketed_and_divisible_by_the_device_count():
   assert (c.data.kind, c.data.name, c.model.name) == ("tabular", "arrays", "realnvp_tabular")
 
 
-EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {repo!r})
-    import jax, numpy as np
-    assert jax.device_count() == 8, jax.devices()
-    from flowgmm_jax.estimator import FlowGMMClassifier
-    rng = np.random.default_rng(0)
-    y = np.full(45, -1)
-    y[:5] = [0, 1, 0, 1, 0]
-    X = rng.normal(size=(45, 2)) + 4.0 * (np.arange(45) % 2)[:, None]
-    clf = FlowGMMClassifier(num_coupling_layers=2, hidden_dim=8, num_train_steps=3,
-                            random_state=0).fit(X, y)
-    assert clf.predict(X).shape == (45,)
-    print("ok")
-""")
-
-
-@pytest.mark.slow
-def test_fits_on_eight_devices_with_batch_sizes_not_divisible_by_eight():
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_SCRIPT.format(repo=str(REPO))],
-                        env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.strip().endswith("ok")
+# The estimator on 8 devices with pool sizes 8 does not divide runs in the 8-device process of
+# tests/test_training.py::test_data_parallel_8_devices_equals_1_device_and_the_estimator_fits_on_8.
 
 
 # ----------------------------------------------------------------------------- scikit-learn

@@ -163,12 +163,22 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     l8 = np.array([h["train/loss"] for h in a8.history if "train/loss" in h])
     l1 = np.array([h["train/loss"] for h in a1.history if "train/loss" in h])
     out["adam_loss_rel_diff"] = float(np.max(np.abs(l8 - l1) / np.abs(l1)))
+    # The estimator on all 8 devices, with pool sizes that 8 does not divide (5 labelled,
+    # 40 unlabelled rows): padded to a multiple of the device count. In this process, not
+    # one of its own, because starting an 8-device Python costs as much as the fit.
+    from flowgmm_jax.estimator import FlowGMMClassifier
+    y = np.full(45, -1)
+    y[:5] = [0, 1, 0, 1, 0]
+    X = rng.normal(size=(45, 2)) + 4.0 * (np.arange(45) % 2)[:, None]
+    clf = FlowGMMClassifier(num_coupling_layers=2, hidden_dim=8, num_train_steps=3,
+                            random_state=0).fit(X, y)
+    out["estimator_predictions"] = int(clf.predict(X).shape[0])
     print("RESULT" + json.dumps(out))
 """)
 
 
 @pytest.mark.slow
-def test_data_parallel_8_devices_equals_1_device():
+def test_data_parallel_8_devices_equals_1_device_and_the_estimator_fits_on_8():
   env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT.format(repo=str(REPO))],
@@ -182,3 +192,4 @@ def test_data_parallel_8_devices_equals_1_device():
   assert out["eval_nll_diff"] < 1e-5, out
   assert out["grad_norm"] > 1e-3, out  # the runs really trained: equality is not trivial
   assert out["adam_loss_rel_diff"] < 1e-5, out
+  assert out["estimator_predictions"] == 45, out
