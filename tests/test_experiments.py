@@ -80,7 +80,7 @@ def shrink(c):
 def check_results(workdir, num_test):
   results = json.loads((workdir / "results.json").read_text())
   assert results["step"] == 2
-  assert results["num_test"] == num_test
+  assert results["num_test"] == num_test and results["evaluated_on"] == "test"
   for key in ("eval/accuracy", "eval/ece", "eval/nll", "eval/bpd", "eval/nll_given_label"):
     assert np.isfinite(results[key]), key
   assert 0.0 <= results["eval/accuracy"] <= 1.0
