@@ -21,24 +21,30 @@ path learns on real MNIST; not the paper's model. Changes from the recipe above,
     31 steps rather than 3;
   - a smaller RealNVP: 2 scales, 1 ResNet block, 16 channels (CPU_MODEL), 172,856
     parameters against 19,552,008 for the full recipe, because a step of the full model
-    takes several seconds here (0.42 s per FlowGMM-cons step of this one on the idle CPU);
+    takes several seconds here (0.48 s per FlowGMM-cons step of this one on the idle CPU);
   - zero init of each coupling's last layer (model.zero_init_last = True), not the
-    original's random init that the full recipe uses: the 3,000-step results in
-    docs/results.md were measured with it. The parity run (configs.common.IMAGE_RECIPE_NOTES) shows
+    original's random init that the full recipe uses: every result of this config in
+    docs/results.md was measured with it, and a validation pilot with the random init,
+    warm-up and cosine decay (60.6% at step 1,000) trailed this init's 67.2%. The parity run (configs.common.IMAGE_RECIPE_NOTES) shows
     the random init learning the density faster; at these settings it reached 74.8% test
     accuracy and 3.63 bits/dim after 1,000 steps (one seed, 2,000 test images) against
     68-87% and 3.9-4.1 for zero init (seeds 0-2); --config.model.zero_init_last=False
     gives it;
   - learning rate 1e-3 (the original script's default) instead of the README's 1e-5,
-    which needs ~90k steps; we have 3,000;
+    which needs ~90k steps; we have 6,000;
   - label_weight 100 instead of 3. With 3, the cross-entropy's gradient is swamped by the
     mixture NLL's (~2,600 nats per image at the start against a CE of ~20): in 500-step
     pilots the labelled training accuracy stayed at 12-17% (chance is 10%), with or
     without the consistency term, while with 100 it reached 67% (train bits/dim 5.7
     against 3.8; 784 gave 80% but bits/dim stayed at 8.1). The full recipe has 30x more
     steps for the density to settle first;
-  - consistency ramp 1,000 steps (32 labelled epochs), 3,000 steps in all, evaluation on
-    the full 10,000 test images every 1,000 steps.
+  - consistency ramp 1,000 steps (32 labelled epochs), 6,000 steps in all, the learning
+    rate warmed up over 200 steps and then decayed to 0 on a cosine, evaluation on the
+    full 10,000 test images every 1,000 steps. Chosen on 5,000 held-out training images
+    (--config.data.validation_examples=5000, seed 0; docs/results.md): 3,000 steps at a
+    constant rate, the recipe before, ended at 85.5% validation accuracy, this one at
+    95.3% (the same checkpoints on the test images: 86.7% and 96.2%). A run takes about
+    49 minutes alone on the 2-core CPU (0.48 s per step), 4 minutes over the 45 aimed at.
 
     python -m experiments.main --config=configs/mnist.py:cpu --workdir=/tmp/mnist_cpu
     python -m experiments.main --config=configs/mnist.py:cpu --workdir=/tmp/mnist_cpu_flowgmm \
@@ -56,7 +62,8 @@ from configs.common import image_config, parse_args
 # The CPU-budget run (ARG cpu); sizes chosen by measuring seconds per step (docs/results.md).
 CPU_MODEL = dict(num_scales=2, num_blocks=1, mid_channels=16)
 CPU_LR = 1e-3
-CPU_STEPS = 3000
+CPU_STEPS = 6000
+CPU_WARMUP = 200
 CPU_RAMP = 1000
 CPU_EVAL = 1000
 CPU_LABEL_WEIGHT = 100.0
@@ -76,6 +83,8 @@ def get_config(arg: str | None = None):
     c.loss.label_weight = CPU_LABEL_WEIGHT
     c.loss.consistency_rampup_steps = CPU_RAMP
     c.num_train_steps = CPU_STEPS
+    c.optim.lr_schedule = "cosine"
+    c.optim.warmup_steps = CPU_WARMUP
     c.eval_every_steps = CPU_EVAL
     c.checkpoint_every_steps = CPU_EVAL
     c.log_every_steps = 50
