@@ -45,6 +45,8 @@ REPORTS: Dict[str, Report] = {
     "toy_table_2026-11-25": Report("benchmarks/results/toy_table_2026-11-25.json",
                                    "benchmarks.toy_table"),
     "mnist_cpu": Report("benchmarks/results/mnist_cpu.json", "benchmarks.mnist_cpu"),
+    "mnist_cpu_retune": Report("benchmarks/results/mnist_cpu_retune.json",
+                               "benchmarks.mnist_retune"),
     "cli_vs_estimator": Report("benchmarks/results/cli_vs_estimator.json",
                                "benchmarks.cli_vs_estimator"),
     "calibration": Report("benchmarks/results/calibration.json",

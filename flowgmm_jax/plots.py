@@ -105,14 +105,16 @@ def read_metrics(metrics_path: str) -> list:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def training_curves(records: list, path: str) -> str:
-  """Train loss, test accuracy and test NLL (bits/dim) against the step."""
+def training_curves(records: list, path: str, evaluated_on: str = "test") -> str:
+  """Train loss, evaluation accuracy and NLL (bits/dim) against the step; ``evaluated_on``
+  names the evaluation split in the titles ("test", or the validation rows)."""
   def series(key):
     pts = [(r["step"], r[key]) for r in records if key in r]
     return np.array(pts).T if pts else None
 
-  panels = [("train/loss", "train loss"), ("eval/accuracy", "test accuracy"),
-            ("eval/bpd", "test bits/dim")]
+  split = "test" if evaluated_on == "test" else "validation"
+  panels = [("train/loss", "train loss"), ("eval/accuracy", f"{split} accuracy"),
+            ("eval/bpd", f"{split} bits/dim")]
   fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
   for ax, (key, title) in zip(axes, panels):
     s = series(key)
@@ -384,7 +386,8 @@ def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if os.path.isfile(metrics_path):
     written.append(training_curves(read_metrics(metrics_path),
-                                   os.path.join(out, "training_curves.png")))
+                                   os.path.join(out, "training_curves.png"),
+                                   dataset.info.get("evaluation_split", "test")))
   if dataset.kind != "image" and model.num_dims == 2 and model.data_transform == {}:
     train_y = dataset.y_train
     lab = np.asarray(labeled_idx) if labeled_idx is not None else np.nonzero(train_y >= 0)[0]
