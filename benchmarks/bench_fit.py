@@ -145,8 +145,7 @@ def large_table(args) -> list:
   """Each method's one fit on the synthetic table, each in its own child process."""
   print(f"{args.rows:,} rows x {args.features} features, {args.classes} classes, "
         f"{LABELS_PER_CLASS} labels per class; one fit per method, each in its own process")
-  print("| method | fit (s) | steps | test accuracy | data MiB | peak MiB | fit MiB |")
-  print("|---|---|---|---|---|---|---|")
+  print(TABLE_HEADER)
   rows = []
   for method in args.methods.split(","):
     cmd = [sys.executable, "-m", "benchmarks.bench_fit", "--child", method,
@@ -166,13 +165,27 @@ def large_table(args) -> list:
       row = {"method": method, "failed": f"stopped after {args.timeout} s (--timeout)"}
     row["wall_s"] = time.perf_counter() - start
     rows.append(row)
-    if "failed" in row:
-      print(f"| {method} | {row['failed']} | | | | | |", flush=True)
-    else:
-      print(f"| {method} | {row['fit_s']:.1f} | {row['steps'] or ''} | "
-            f"{100 * row['accuracy']:.1f}% | {row['data_mib']:.0f} | {row['peak_mib']:.0f} | "
-            f"{row['fit_mib']:.0f} |", flush=True)
+    print(table_row(row), flush=True)
   return rows
+
+
+TABLE_HEADER = ("| method | fit (s) | steps | test accuracy | data MiB | peak MiB | fit MiB |\n"
+                "|---|---|---|---|---|---|---|")
+
+
+def table_row(row: dict) -> str:
+  """One method's row of the ``--rows`` table (its failure, when it did not finish)."""
+  if "failed" in row:
+    return f"| {row['method']} | {row['failed']} | | | | | |"
+  return (f"| {row['method']} | {row['fit_s']:.1f} | {row['steps'] or ''} | "
+          f"{100 * row['accuracy']:.1f}% | {row['data_mib']:.0f} | {row['peak_mib']:.0f} | "
+          f"{row['fit_mib']:.0f} |")
+
+
+def markdown(results: dict) -> str:
+  """The table of a ``--rows`` results file (``benchmarks.report`` renders
+  ``bench_fit_large.json`` with it)."""
+  return "\n".join([TABLE_HEADER, *(table_row(r) for r in results["rows"])])
 
 
 def main(argv=None):

@@ -52,6 +52,7 @@ REPORTS: Dict[str, Report] = {
     "calibration": Report("benchmarks/results/calibration.json",
                           "benchmarks.calibration_table"),
     "headline": Report("benchmarks/results/headline.json", "benchmarks.headline"),
+    "bench_fit_large": Report("benchmarks/results/bench_fit_large.json", "benchmarks.bench_fit"),
     "parity_original": Report("benchmarks/results/parity_original.json",
                               "benchmarks.parity_original"),
     "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
