@@ -197,7 +197,8 @@ def time_step(name: str, repeats: int, unrolled: bool = False, spec=None,
                 "transposes": hlo.count(" transpose("),
                 "float_array_copies": len(re.findall(r"= [fb]f?\d+\[\d[^\]]*\]\S* copy\(", hlo))}
   compiled_flops = _flops(compiled)  # loops' bodies counted once (see step_flops)
-  flops = compiled_flops if unrolled or not unrolled_flops else step_flops(name, spec=spec)
+  flops_of_unrolled = unrolled or unrolled_flops
+  flops = step_flops(name, spec=spec) if flops_of_unrolled and not unrolled else compiled_flops
   row = {"workload": name, "repeats": repeats, "first_step_s": first_s,
          "first_step_cpu_s": time.process_time() - c0,
          "trace_and_lower_s": lower_s, "xla_compile_s": compile_s,
@@ -205,7 +206,7 @@ def time_step(name: str, repeats: int, unrolled: bool = False, spec=None,
          "layout": "unrolled" if unrolled else "scanned", "hlo_fusions": num_fusions,
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
          "params": num_params, "flops": flops, "xla_compiled_step_flops": compiled_flops,
-         "flops_counted_on": ("the unrolled step" if unrolled or unrolled_flops
+         "flops_counted_on": ("the unrolled step" if flops_of_unrolled
                               else "the compiled scanned step (loop bodies once)")}
   if name == "cifar":
     row["first_step_target_s"] = TARGET_FIRST_CIFAR_S
@@ -280,14 +281,6 @@ def time_original(orig, name: str, repeats: int, *, anomaly) -> dict:
     row[f"original_{prior}_min_s"] = min(times)
     row[f"original_{prior}_max_s"] = max(times)
   return row
-
-
-def num_cores() -> int:
-  """The cores this process may run on: XLA:CPU sizes its thread pool by them."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
 
 
 def _g(x: float) -> str:
@@ -370,9 +363,9 @@ def main():
   for n in names:
     if n not in WORKLOADS:
       parser.error(f"--only: unknown workload {n!r}; choose from {WORKLOADS}")
-  cores = num_cores()
+  from benchmarks.provenance import cpu_model, provenance, usable_cores
+  cores = usable_cores()
   orig = None
-  from benchmarks.provenance import cpu_model, provenance
   header = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "cpu": cpu_model(), "cores": cores, "xla_threads": cores,
@@ -419,8 +412,7 @@ def main():
     print(f"original: {orig.path}" + (f" @ {orig.commit}" if orig.commit else "")
           + f"; CIFAR autograd anomaly detection {args.original_anomaly}")
   print(table(rows, args.peak_gflops, orig is not None))
-  # The targets table reads this module's targets, so it is benchmarks.speed_targets' to
-  # print (python -m benchmarks.report writes it into benchmarks/README.md).
+  # Issue 19's targets table: benchmarks.speed_targets (it imports this module).
   print(f"load average (1 min): {header['load_average_1min_before']} before, "
         f"{header['load_average_1min_after']} after")
   for r in rows:

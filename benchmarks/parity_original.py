@@ -96,6 +96,8 @@ import time
 
 import numpy as np
 
+from benchmarks.provenance import cpu_model, usable_cores
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
@@ -252,7 +254,7 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
                  num_params=count_params(result.variables), wall_s=wall,
                  first_step_s=times[0][1] - t0,
                  step_s=float(np.median(intervals)) if intervals else float("nan"),
-                 threads=f"XLA CPU, {_affinity()} core(s)", jax=jax.__version__)
+                 threads=f"XLA CPU, {usable_cores()} core(s)", jax=jax.__version__)
 
 
 def parameter_counts(orig=None) -> dict:
@@ -497,13 +499,6 @@ def init_table(dist: dict) -> str:
 
 # ----------------------------------------------------------------------------- records
 
-def _affinity() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
 def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -> dict:
   """Window means of the per-step training values at each evaluation, and the tests."""
   evals = []
@@ -526,9 +521,8 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-  from benchmarks.provenance import cpu_model
   return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-          "affinity": _affinity(), "load_average": list(os.getloadavg())}
+          "affinity": usable_cores(), "load_average": list(os.getloadavg())}
 
 
 @contextlib.contextmanager
@@ -542,9 +536,13 @@ def locked(path: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def merge(path: str, key, run: dict, header: dict) -> dict:
-  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing; key None:
-  as 'init_distribution', key 'init_leaves': as 'init_leaves') and returns the whole file's content. The caller holds
+# The file's records that are not training runs.
+TOP_LEVEL = ("init_distribution", "init_leaves")
+
+
+def merge(path: str, key: str, run: dict, header: dict) -> dict:
+  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing; a key of
+  ``TOP_LEVEL``: as that top-level record) and returns the whole file's content. The caller holds
   ``locked(path)``."""
   results = {"runs": {}}
   if os.path.exists(path):
@@ -554,12 +552,7 @@ def merge(path: str, key, run: dict, header: dict) -> dict:
   results.setdefault("commands", [])
   if header["command"] not in results["commands"]:
     results["commands"].append(header["command"])
-  if key is None:
-    results["init_distribution"] = run
-  elif key == "init_leaves":
-    results["init_leaves"] = run
-  else:
-    results["runs"][key] = run
+  (results if key in TOP_LEVEL else results["runs"])[key] = run
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(results, f, indent=1, sort_keys=True)
@@ -891,7 +884,7 @@ def main(argv=None) -> dict:
     print(init_table(dist), flush=True)
     if args.json:
       with locked(args.json):
-        results = merge(args.json, None, dist, header)
+        results = merge(args.json, "init_distribution", dist, header)
   if args.init_leaves > 0:
     leaves = init_leaf_moments(orig, args.init_leaves)
     leaves.update(command=header["command"], git_commit=commit, machine=machine())

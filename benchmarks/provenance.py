@@ -45,13 +45,22 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+  """The cores this process may run on (fewer than the machine's when pinned with taskset):
+  XLA:CPU sizes its thread pool by them."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
 def machine() -> dict:
   """The machine a run used: CPU, cores (and ``cores_used`` when the process was pinned to
   fewer), load at the start, JAX version and devices."""
   info = {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
           "python": platform.python_version()}
-  if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) != os.cpu_count():
-    info["cores_used"] = len(os.sched_getaffinity(0))  # pinned (taskset): the run's share
+  if usable_cores() != os.cpu_count():
+    info["cores_used"] = usable_cores()
   try:
     info["load_average_1min"] = round(os.getloadavg()[0], 2)
   except OSError:

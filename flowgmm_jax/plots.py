@@ -387,7 +387,7 @@ def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
   if os.path.isfile(metrics_path):
     written.append(training_curves(read_metrics(metrics_path),
                                    os.path.join(out, "training_curves.png"),
-                                   dataset.info.get("evaluation_split", "test")))
+                                   dataset.evaluated_on))
   if dataset.kind != "image" and model.num_dims == 2 and model.data_transform == {}:
     train_y = dataset.y_train
     lab = np.asarray(labeled_idx) if labeled_idx is not None else np.nonzero(train_y >= 0)[0]

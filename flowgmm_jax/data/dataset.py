@@ -159,7 +159,9 @@ class Dataset:
     class_names: optional K names in label order.
     info: free-form metadata, e.g. the standardisation statistics
       (`feature_mean`, `feature_std`: `x_std = (x_raw - mean) / std`), the seed and
-      test fraction used for the split, where the data came from.
+      test fraction used for the split, where the data came from, and
+      `evaluation_split` when the test split holds held-out training rows
+      (`hold_out_validation_set`).
   """
 
   name: str
@@ -171,6 +173,12 @@ class Dataset:
   num_classes: int
   class_names: Sequence[str] | None = None
   info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def evaluated_on(self) -> str:
+    """What the test split holds: "test", or the held-out training rows of
+    ``data.validation_examples`` ("validation (N training examples)")."""
+    return self.info.get("evaluation_split", "test")
 
   def __post_init__(self):
     if self.kind not in KINDS:

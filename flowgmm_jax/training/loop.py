@@ -487,9 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "num_labeled": int(len(labeled_idx)),
         "num_unlabeled": int(len(unlabeled_idx)),
         "num_test": int(len(dataset.x_test)),
-        # What eval/* scored: "test", or the held-out training rows of
-        # data.validation_examples (then num_test counts those rows).
-        "evaluated_on": dataset.info.get("evaluation_split", "test"),
+        "evaluated_on": dataset.evaluated_on,  # what eval/* and num_test counted
         "num_validation": int(len(validation_idx)),
         **result.metrics,
     }
