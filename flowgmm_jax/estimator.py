@@ -245,9 +245,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     row, so the class term is weighted up (``label_weight``), making p(y | x) a trained
     classifier rather than a by-product of the density.
 
-  A fit takes seconds (hundreds of rows) to minutes (20,000 x 400: 167 s, 2600 steps, on
-  a loaded 2-core CPU, since early stopping's patience of 500 steps restarts with every small
-  gain of the held-out NLL; docs/tables.md).
+  A fit takes seconds (hundreds of rows) to tens of seconds (20,000 x 400 or a million x
+  50 rows on a 2-core CPU; docs/tables.md).
 
   Args (keyword only; every one is stored unchanged, so ``get_params``, ``set_params`` and
   ``sklearn.base.clone`` work). Each recipe parameter is the field of the same name in the
@@ -313,11 +312,13 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       half the pool and 4096 rows; none when fewer than 32 rows are unlabelled). 0 turns
       early stopping off.
     check_every_steps: steps between two held-out measurements (default 25).
-    patience: measurements without improvement before training stops (default 5; 20
-      helps two-moons-like data at several times the fit time on larger tables,
-      docs/tables.md); the
+    patience: measurements without improvement before training stops (default 5); the
       parameters of the best measurement are kept. 0: train ``num_train_steps``, then keep
       the best.
+    min_steps: no early stop before this step (default 1000, a third of the default
+      schedule): early in the cosine schedule the held-out NLL is noisy, and patience
+      alone stopped two moons at 250-375 steps (docs/tables.md). The best measurement is
+      kept either way, so a table that overfits early keeps its early parameters.
     standardize: standardise the features with the mean and standard deviation of all rows
       given to ``fit`` (default True). The prior assumes unit-scale features; pass False
       only for features that are standardised already (e.g. after a StandardScaler in a
@@ -397,6 +398,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                holdout_fraction: float = _R['holdout_fraction'],
                check_every_steps: int = _R['check_every_steps'],
                patience: int = _R['patience'],
+               min_steps: int = _R['min_steps'],
                standardize: bool = True, calibrate: bool = False, calibration_folds: int = 3,
                compilation_cache_dir: Optional[str] = None,
                random_state: Any = None, verbose: int = 0):
@@ -430,6 +432,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.holdout_fraction = holdout_fraction
     self.check_every_steps = check_every_steps
     self.patience = patience
+    self.min_steps = min_steps
     self.standardize = standardize
     self.calibrate = calibrate
     self.calibration_folds = calibration_folds

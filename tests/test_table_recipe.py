@@ -95,7 +95,7 @@ def test_early_stopping_returns_the_parameters_of_the_best_heldout_nll():
   c.data.kind, c.data.name = "tabular", "arrays"
   apply_table_recipe(c, num_coupling_layers=6, hidden_dim=128, num_train_steps=400,
                      learning_rate=3e-2, lr_schedule="constant", holdout_fraction=0.25,
-                     check_every_steps=10, patience=3)
+                     check_every_steps=10, patience=3, min_steps=0)
   c.progress_bar = False
   result = loop.fit(c, dataset, labeled, unlabeled)
   curve = [(h["step"], h["early_stopping/heldout_nll"]) for h in result.history
@@ -110,6 +110,36 @@ def test_early_stopping_returns_the_parameters_of_the_best_heldout_nll():
   _, log_det, clj = result.model.apply(result.variables, jnp.asarray(x[held]))
   nll = -float(jnp.mean(jax.nn.logsumexp(clj, axis=-1) + log_det))
   assert nll == pytest.approx(best_nll, abs=1e-3)
+
+
+class _ScriptedNLL:
+  """A model for ``EarlyStopping.check`` whose held-out -log p(x) follows a script."""
+
+  def __init__(self, nll):
+    self.nll, self.variables = nll, {"params": {"w": np.float32(nll)}}
+
+  def log_prob(self, x, preprocessed):
+    return np.full(len(x), -self.nll)
+
+
+@pytest.mark.parametrize("min_steps, stop_step", [(0, 60), (100, 100), (55, 60), (65, 70)])
+def test_early_stopping_waits_for_min_steps_and_keeps_the_best(min_steps, stop_step):
+  settings = base_config().early_stopping
+  settings.check_every_steps, settings.patience, settings.min_steps = 10, 3, min_steps
+  stopper = loop.EarlyStopping(settings, np.zeros((4, 2)), total_steps=200)
+  script = [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 3.3, 3.4, 3.6, 3.7, 3.8]  # best at step 30
+  stopped_at = None
+  for i, nll in enumerate(script):
+    step = 10 * (i + 1)
+    _, stop = stopper.check(step, _ScriptedNLL(nll))
+    if stop:
+      stopped_at = step
+      break
+  # Three checks without improvement after step 30 end training at 60, unless min_steps
+  # is later, then at the first check at or past min_steps; the best check is kept.
+  assert stopped_at == stop_step
+  assert stopper.best_step == 30 and stopper.best_nll == 3.0
+  assert float(stopper.best_variables["params"]["w"]) == 3.0
 
 
 # ----------------------------------------------------------------------------- one recipe

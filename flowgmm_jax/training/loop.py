@@ -64,7 +64,8 @@ def evaluate(model: trained.TrainedFlowGMM, x: np.ndarray, y: np.ndarray) -> dic
 class EarlyStopping:
   """Early stopping on the marginal NLL of unlabelled rows held out from training
   (``config.early_stopping``): measured every ``check_every_steps``; after ``patience``
-  checks without a relative improvement of ``min_delta`` training stops, and the
+  checks without a relative improvement of ``min_delta``, and not before step
+  ``min_steps``, training stops, and the
   parameters of the best check become the final state (also when training runs to the
   end, or with ``patience`` 0)."""
 
@@ -87,7 +88,9 @@ class EarlyStopping:
       self.best_variables = jax.device_get(model.variables)
     else:  # no better (a NaN counts as worse)
       self.bad += 1
-    return nll, self.settings.patience > 0 and self.bad >= self.settings.patience
+    stop = (self.settings.patience > 0 and self.bad >= self.settings.patience
+            and done >= self.settings.min_steps)
+    return nll, stop
 
   def best_state(self, state: TrainState, mesh) -> TrainState:
     """``state`` with the best check's parameters and BatchNorm statistics."""
