@@ -392,3 +392,36 @@ def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
   (row,) = bench_fit.main(["--rows=3000", "--features=4", "--methods=labelspreading",
                            "--timeout=0.01"])
   assert row["failed"] == "stopped after 0.01 s (--timeout)"
+
+
+def _fake_run(root: pathlib.Path, seed: int, accuracies, steps: int = 2000):
+  """A finished run directory as experiments.main leaves it: config.json first,
+  metrics.jsonl, results.json last."""
+  root.mkdir()
+  (root / "config.json").write_text(json.dumps({"seed": seed, "num_train_steps": steps}))
+  rows = [{"step": 50, "train/loss": 1.0}]
+  for i, acc in enumerate(accuracies):
+    rows.append({"step": 1000 * (i + 1), "eval/accuracy": acc, "eval/bpd": 3.0 - i,
+                 "eval/ece": 0.1, "eval/nll": 5.0, "eval/num_examples": 10000.0})
+  (root / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  (root / "results.json").write_text("{}")
+  start = os.stat(root / "config.json").st_mtime
+  os.utime(root / "results.json", (start + 600.0, start + 600.0))
+
+
+def test_mnist_seeds_collects_finished_runs_and_refuses_unfinished_ones(tmp_path):
+  from benchmarks import mnist_seeds
+  _fake_run(tmp_path / "s0", 0, [0.5, 0.9])
+  _fake_run(tmp_path / "s1", 1, [0.6, 0.8])
+  runs = [mnist_seeds.collect_run(str(tmp_path / s)) for s in ("s0", "s1")]
+  assert [r["seed"] for r in runs] == [0, 1]
+  assert runs[0]["wall_s"] == pytest.approx(600.0, abs=0.2)
+  assert [e["step"] for e in runs[0]["evals"]] == [1000, 2000]
+  table = mnist_seeds.markdown({"runs": runs})
+  assert "**85.0 ± 5.0%**" in table and "| 10.0 ± 0.0 |" in table  # final accuracies 90, 80
+  _fake_run(tmp_path / "short", 2, [0.5], steps=2000)  # its last evaluation is step 1000
+  with pytest.raises(SystemExit, match="did not finish"):
+    mnist_seeds.collect_run(str(tmp_path / "short"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(SystemExit, match="lacks config.json"):
+    mnist_seeds.collect_run(str(tmp_path / "empty"))

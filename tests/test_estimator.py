@@ -70,17 +70,17 @@ def assert_unfitted(estimator):
 
 @pytest.mark.slow
 def test_two_moons_with_10_labels_reaches_99_percent():
-  """``FlowGMMClassifier(patience=20)`` (the table recipe with a longer early-stopping
-  patience, docs/tables.md) on the paper's toy setting: 1000 points, 5 labels per class,
-  evaluated on 1000 fresh points, reaches >= 99%. ``python -m benchmarks.moons`` runs other
-  seeds; with the default patience 5, seeds 0 and 3 stop early at 95.0% and 91.4%.
+  """``FlowGMMClassifier()`` at its defaults on the paper's toy setting: 1000 points, 5
+  labels per class, evaluated on 1000 fresh points, reaches >= 99% (99.4% here; ``python -m
+  benchmarks.moons`` runs seeds 0-2). Before early stopping waited for ``min_steps``, this
+  seed stopped at step 375 with 95.6%.
   """
   ds = make_moons(num_train=1000, num_test=1000, seed=0)
   rng = np.random.default_rng(0)
   y = np.full(len(ds.y_train), -1)
   for c in (0, 1):
     y[rng.permutation(np.flatnonzero(ds.y_train == c))[:5]] = c
-  clf = FlowGMMClassifier(patience=20, random_state=0).fit(ds.x_train, y)
+  clf = FlowGMMClassifier(random_state=0).fit(ds.x_train, y)
   assert (y != -1).sum() == 10
   assert clf.score(ds.x_test, ds.y_test) >= 0.99
 
