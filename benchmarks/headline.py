@@ -10,6 +10,8 @@ the command, the commit and the machine:
 * ``mnist_cpu``: ``mnist_cpu.json``: the final test accuracy of a run over its seeds.
 * ``mnist_retune``: ``mnist_cpu_retune.json``: the test accuracy of a candidate's final
   checkpoint.
+* ``mnist_seeds``: ``mnist_cpu_seeds.json``: mean ± std of the final test accuracy over the
+  seed runs of the shipped config, and their wall time.
 """
 
 from __future__ import annotations
@@ -68,7 +70,16 @@ def _mnist_retune(results, row) -> str:
           "for validation)")
 
 
-_KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_cpu": _mnist_cpu,
+def _mnist_seeds(results, row) -> str:
+  runs = results["runs"]
+  acc = [r["evals"][-1]["eval/accuracy"] for r in runs]
+  minutes = [r["wall_s"] / 60 for r in runs]
+  seeds = ", ".join(str(r["seed"]) for r in runs)
+  return (f"{_mean_std(acc)}% (seeds {seeds}; {min(minutes):.0f}-{max(minutes):.0f} min a "
+          "run on one core)")
+
+
+_KINDS = {"toy": _toy, "mnist_seeds": _mnist_seeds, "ssl_suite": _ssl_suite, "mnist_cpu": _mnist_cpu,
           "mnist_retune": _mnist_retune}
 
 

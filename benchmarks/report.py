@@ -47,6 +47,8 @@ REPORTS: Dict[str, Report] = {
     "mnist_cpu": Report("benchmarks/results/mnist_cpu.json", "benchmarks.mnist_cpu"),
     "mnist_cpu_retune": Report("benchmarks/results/mnist_cpu_retune.json",
                                "benchmarks.mnist_retune"),
+    "mnist_cpu_seeds": Report("benchmarks/results/mnist_cpu_seeds.json",
+                              "benchmarks.mnist_seeds"),
     "cli_vs_estimator": Report("benchmarks/results/cli_vs_estimator.json",
                                "benchmarks.cli_vs_estimator"),
     "calibration": Report("benchmarks/results/calibration.json",
