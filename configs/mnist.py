@@ -43,8 +43,13 @@ path learns on real MNIST; not the paper's model. Changes from the recipe above,
     full 10,000 test images every 1,000 steps. Chosen on 5,000 held-out training images
     (--config.data.validation_examples=5000, seed 0; docs/results.md): 3,000 steps at a
     constant rate, the recipe before, ended at 85.5% validation accuracy, this one at
-    95.3% (the same checkpoints on the test images: 86.7% and 96.2%). A run takes about
-    49 minutes alone on the 2-core CPU (0.48 s per step), 4 minutes over the 45 aimed at.
+    95.3% (the same checkpoints on the test images: 86.7% and 96.2%). Seeds 0-2 on all
+    60,000 training images: docs/results.md (benchmarks/results/mnist_cpu_seeds.json).
+    A run takes 45-53 minutes on one core of the 2-core CPU (2.0-2.3 steps per second,
+    less while the other core is busy; using both cores as one device is no faster).
+    Both cores as two data-parallel devices
+    (XLA_FLAGS=--xla_force_host_platform_device_count=2) ran 3.5-3.7 steps per second in
+    a 300-step probe, so about 30 minutes a run; its accuracy is not measured yet.
 
     python -m experiments.main --config=configs/mnist.py:cpu --workdir=/tmp/mnist_cpu
     python -m experiments.main --config=configs/mnist.py:cpu --workdir=/tmp/mnist_cpu_flowgmm \

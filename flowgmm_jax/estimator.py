@@ -236,7 +236,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     Cancer the held-out log-likelihood fell from -14 to -4206 nats while accuracy fell
     from 95% to 90%). So ``holdout_fraction`` of the unlabelled rows are held out, their
     NLL is measured every ``check_every_steps`` steps, training stops after ``patience``
-    checks without improvement, and the parameters of the best check are kept. This scales the
+    checks without improvement (not before ``min_steps``), and the parameters of the best
+    check are kept. This scales the
     training length with the data without a per-table setting.
   * The means start at the labelled rows' latent centroids (``means_init="labeled"``), so
     training starts from the nearest-class-mean rule, and are learnt, as are the class
