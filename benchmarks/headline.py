@@ -79,8 +79,8 @@ def _mnist_seeds(results, row) -> str:
           "run on one core)")
 
 
-_KINDS = {"toy": _toy, "mnist_seeds": _mnist_seeds, "ssl_suite": _ssl_suite, "mnist_cpu": _mnist_cpu,
-          "mnist_retune": _mnist_retune}
+_KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_cpu": _mnist_cpu,
+          "mnist_retune": _mnist_retune, "mnist_seeds": _mnist_seeds}
 
 
 def markdown(headline: dict) -> str:

@@ -45,8 +45,8 @@ path learns on real MNIST; not the paper's model. Changes from the recipe above,
     constant rate, the recipe before, ended at 85.5% validation accuracy, this one at
     95.3% (the same checkpoints on the test images: 86.7% and 96.2%). Seeds 0-2 on all
     60,000 training images: docs/results.md (benchmarks/results/mnist_cpu_seeds.json).
-    A run takes 45-53 minutes on one core of the 2-core CPU (2.0-2.3 steps per second,
-    less while the other core is busy; using both cores as one device is no faster).
+    A run took 51-55 minutes on one core of the 2-core CPU while the other core was busy
+    (2.0-2.3 steps per second; using both cores as one device is no faster).
     Both cores as two data-parallel devices
     (XLA_FLAGS=--xla_force_host_platform_device_count=2) ran 3.5-3.7 steps per second in
     a 300-step probe, so about 30 minutes a run; its accuracy is not measured yet.
