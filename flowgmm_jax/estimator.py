@@ -24,6 +24,11 @@ class docstring gives the default recipe) with the library's one training loop
 (``flowgmm_jax.training.loop.fit``) and its jitted, data-parallel step; this module only turns
 the arrays into a config (``TABLE_RECIPE`` with the estimator's parameters) and a
 ``Dataset``, and keeps what prediction needs.
+
+Memory: ``u`` is computed for each batch as it is gathered (``features.StandardizedRows``),
+float32 ``X`` is used as it is (anything else becomes float64), and prediction keeps only
+the ``[N, K]`` outputs, so beyond ``X`` itself ``fit`` and ``predict`` hold one chunk of
+rows and ``[N]``-sized index and label arrays.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.flowgmm import log_px
 from flowgmm_jax.labels import UNLABELED
 from flowgmm_jax.training.config import (RECIPE_PARAMETERS, base_config, recipe_defaults,
@@ -144,12 +150,13 @@ def _hinted(error: ValueError, X: Any, *, name: str = "X", fitted_features=None)
 
 
 def _features(estimator, X, *, reset: bool) -> np.ndarray:
-  """``X`` as a finite float64 ``[N, D]`` array through scikit-learn's ``validate_data``
+  """``X`` as a finite float64 or float32 ``[N, D]`` array (float32 is kept, not copied;
+  anything else becomes float64) through scikit-learn's ``validate_data``
   (which sets ``n_features_in_`` when ``reset``, and checks it otherwise), or its
   ValueError with our hint appended. A sparse matrix is refused (TypeError, scikit-learn's
   message: pass ``X.toarray()``); so is an entry that is not a number (TypeError)."""
   try:
-    return validate_data(estimator, X, reset=reset, dtype=np.float64,
+    return validate_data(estimator, X, reset=reset, dtype=(np.float64, np.float32),
                          ensure_min_features=2 if reset else 1)
   except ValueError as e:
     raise _hinted(e, X, fitted_features=getattr(estimator, "n_features_in_", None)) from None
@@ -188,23 +195,15 @@ def _check_labels(y: np.ndarray) -> np.ndarray:
 
 
 def _column_mean_and_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per-column mean and (population) standard deviation of ``x [N, D]``, float64 ``[D]``
-  each, accumulated over row chunks (two passes), so the memory beyond ``x`` is one chunk."""
-  mean = x.mean(axis=0)
+  """Per-column mean and (population) standard deviation of ``x [N, D]`` (float64 or
+  float32), float64 ``[D]`` each, accumulated in float64 over row chunks (two passes), so
+  the memory beyond ``x`` is one chunk."""
+  mean = x.mean(axis=0, dtype=np.float64)
   squares = np.zeros(x.shape[1])
   for start in range(0, x.shape[0], _STANDARDIZE_CHUNK):
-    squares += np.square(x[start:start + _STANDARDIZE_CHUNK] - mean).sum(axis=0)
+    chunk = np.asarray(x[start:start + _STANDARDIZE_CHUNK], np.float64)
+    squares += np.square(chunk - mean).sum(axis=0)
   return mean, np.sqrt(squares / x.shape[0])
-
-
-def _standardized_float32(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-  """``(x - mean) / scale`` as float32 ``[N, D]``, computed in float64 row chunks into one
-  preallocated array (no ``[N, D]`` float64 temporary)."""
-  out = np.empty(x.shape, np.float32)
-  for start in range(0, x.shape[0], _STANDARDIZE_CHUNK):
-    stop = start + _STANDARDIZE_CHUNK
-    out[start:stop] = (x[start:stop] - mean) / scale
-  return out
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -513,7 +512,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     config = self._make_config(self._seed())
     self._check_calibration_params()
     try:
-      x, y = validate_data(self, X, y, dtype=np.float64, ensure_min_features=2)
+      # float32 input stays float32: no float64 copy of a large table.
+      x, y = validate_data(self, X, y, dtype=(np.float64, np.float32), ensure_min_features=2)
     except ValueError as e:
       raise _hinted(e, X) from None
     labeled = _check_labels(y)
@@ -541,7 +541,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       scale = np.where(scale < _MIN_SCALE, 1.0, scale)
     else:
       mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    x_std = _standardized_float32(x, mean, scale)
+    # Batches are standardised as they are gathered: no standardised [N, D] copy.
+    x_std = StandardizedRows(x, mean, scale)
     class_index = np.full(x.shape[0], UNLABELED, np.int64)
     class_index[labeled] = np.searchsorted(classes, y[labeled])
     mesh = step_lib.make_mesh()
@@ -579,7 +580,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     if self.calibrate:
       from flowgmm_jax import calibration as calibration_lib
       def fold_logits(train_labels, fold):
-        return train(train_labels)[1].outputs(x_std[fold], preprocessed=True)["logits"]
+        return train(train_labels)[1].outputs(x_std[fold], preprocessed=True,
+                                              keys=("logits",))["logits"]
       calibration = calibration_lib.cross_fitted_temperature(
           fold_logits, class_index, num_folds=self.calibration_folds, seed=config.seed,
           max_temperature=CALIBRATION_MAX_TEMPERATURE,
@@ -608,12 +610,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   def _standardized(self, X) -> np.ndarray:
     check_is_fitted(self)
     x = _features(self, X, reset=False)
-    return _standardized_float32(x, self.feature_mean_, self.feature_scale_)
+    return StandardizedRows(x, self.feature_mean_, self.feature_scale_)
 
   def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
     """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""
     u = self._standardized(X)  # checks that the estimator is fitted
-    out = self.model_.outputs(u, preprocessed=True)
+    out = self.model_.outputs(u, preprocessed=True, keys=("log_det", "logits"))
     return out["log_det"].astype(np.float64), out["logits"].astype(np.float64)
 
   # --------------------------------------------------------------------------- predict

@@ -113,7 +113,8 @@ def dequantization_widths(x, scale=None, *, max_levels: int = DEFAULT_MAX_LEVELS
   table of continuous features costs one sort of a ``[4096, D]`` sample; the remaining
   columns are described on all N rows. ``tol``: see ``describe_column`` (pass about 1e-4 for
   float32 data that was standardised, whose lattice gaps carry float32 rounding)."""
-  x = np.asarray(x)
+  if not isinstance(x, StandardizedRows):
+    x = np.asarray(x)
   if x.ndim != 2:
     raise ValueError(f"dequantization_widths expects a table [N, D], got shape {x.shape}.")
   n, d = x.shape
@@ -146,6 +147,57 @@ def dequantize(x, widths, rng: Optional[np.random.Generator] = None) -> np.ndarr
                      f"{widths.shape}.")
   rng = np.random.default_rng() if rng is None else rng
   return x + (rng.random(x.shape) - 0.5) * widths
+
+
+class StandardizedRows:
+  """The table ``(x - mean) / scale`` as float32 ``[N, D]``, computed only for the rows it
+  is indexed with (``rows[idx]``, ``rows[a:b]``, ``rows[:, j]``), so that training and
+  prediction gather standardised batches from ``x`` itself and no standardised ``[N, D]``
+  copy is ever made. Read-only; ``x`` is not copied and must not change while in use.
+
+  Args:
+    x: ``[N, D]`` finite float64 or float32 features (checked in row chunks here).
+    mean, scale: ``[D]`` each, ``scale > 0``; the arithmetic is in float64.
+  """
+
+  ndim = 2
+  dtype = np.dtype(np.float32)
+
+  def __init__(self, x: np.ndarray, mean, scale, *, chunk_rows: int = 65536):
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+      raise ValueError(f"StandardizedRows needs a NumPy array [N, D], got "
+                       f"{type(x).__name__} of shape {getattr(x, 'shape', None)}.")
+    self.x = x
+    self.mean = np.asarray(mean, np.float64).reshape(-1)
+    self.scale = np.asarray(scale, np.float64).reshape(-1)
+    if self.mean.shape != (x.shape[1],) or self.scale.shape != (x.shape[1],):
+      raise ValueError(f"mean and scale must have shape ({x.shape[1]},), got "
+                       f"{self.mean.shape} and {self.scale.shape}.")
+    if not (np.all(np.isfinite(self.scale)) and np.all(self.scale > 0)):
+      raise ValueError("scale must be finite and positive in every column.")
+    for start in range(0, x.shape[0], chunk_rows):
+      if not np.isfinite(x[start:start + chunk_rows]).all():
+        raise ValueError("x contains NaN or inf; drop or impute those rows first.")
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return self.x.shape
+
+  def __len__(self) -> int:
+    return self.x.shape[0]
+
+  def __getitem__(self, key) -> np.ndarray:
+    columns = key[1] if isinstance(key, tuple) and len(key) > 1 else slice(None)
+    block = np.asarray(self.x[key], np.float64)
+    return ((block - self.mean[columns]) / self.scale[columns]).astype(np.float32)
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    """The whole standardised table (the copy this class exists to avoid; for small x)."""
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+  def __repr__(self) -> str:
+    return f"StandardizedRows(shape={self.shape}, x dtype={self.x.dtype})"
 
 
 def one_hot_groups(x, *, min_size: int = 2) -> List[Tuple[int, int]]:

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from flowgmm_jax import checkpoint as ckpt
 from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax import run_files
+from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.checkpoint import IncompatibleCheckpointError, RunNotFoundError  # noqa: F401
 from flowgmm_jax.flowgmm import FlowGMM, bits_per_dim, log_px
 from flowgmm_jax.models import PARAM_LAYOUT_VERSION, check_layout_version, convert_variables
@@ -175,11 +176,13 @@ class TrainedFlowGMM:
                        f"after preprocessing, got {x.shape}.")
     return x
 
-  def _chunks(self, program: int, x: np.ndarray):
+  def _chunks(self, program: int, x: np.ndarray, keep: Optional[tuple] = None):
     """Runs program ``program`` (0 forward, 1 inverse, 2 latent logits) over the rows of
     ``x``: chunks of at most ``batch_size`` rows (rounded up to the device count), each
     padded to ``mesh.padded_rows`` by repeating its last row; the padding's outputs are
-    dropped and the chunks' outputs concatenated."""
+    dropped and the chunks' outputs concatenated. ``keep``: the positions of the program's
+    output tuple to collect (the others become None and are never held for all N rows:
+    ``predict`` on a large table keeps no ``[N, D]`` latent)."""
     if len(x) == 0:
       raise ValueError("got 0 rows; pass at least one example.")
     fn = _programs(self.model, self.mesh)[program]
@@ -193,23 +196,34 @@ class TrainedFlowGMM:
       size = mesh_lib.padded_rows(n, cap, devices)
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
       out = fn(variables, mesh_lib.shard_batch(self.mesh, chunk))
+      if keep is not None:
+        out = tuple(part if i in keep else None for i, part in enumerate(out))
       outputs.append(jax.tree.map(lambda a: mesh_lib.to_host(a)[:n], out))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
-  def _outputs(self, x, preprocessed: bool):
+  def _outputs(self, x, preprocessed: bool, keep: tuple = (0, 1, 2)):
+    """(z [N, D], log_det [N], logits [N, K]), None where not in ``keep``."""
+    if isinstance(x, StandardizedRows) and preprocessed:
+      return self._chunks(0, self._check_rows(x), keep)  # chunks standardised as gathered
     x = np.asarray(x) if preprocessed else self.preprocess(x)
-    return self._chunks(0, self._check_rows(x.astype(np.float32)))
+    return self._chunks(0, self._check_rows(x.astype(np.float32)), keep)
 
-  def outputs(self, x, preprocessed: bool = False) -> dict:
-    """One pass over ``x``: {'z' [N, D], 'log_det' [N], 'logits' [N, K] (uncalibrated)}."""
-    z, log_det, logits = self._outputs(x, preprocessed)
-    return {"z": z, "log_det": log_det, "logits": logits}
+  def outputs(self, x, preprocessed: bool = False,
+              keys: tuple = ("z", "log_det", "logits")) -> dict:
+    """One pass over ``x``: {'z' [N, D], 'log_det' [N], 'logits' [N, K] (uncalibrated)},
+    only the ``keys`` asked for (the others are not kept for all N rows)."""
+    names = ("z", "log_det", "logits")
+    unknown = set(keys) - set(names)
+    if unknown:
+      raise ValueError(f"unknown output(s) {sorted(unknown)}; choose from {names}.")
+    parts = self._outputs(x, preprocessed, keep=tuple(names.index(k) for k in keys))
+    return {k: parts[names.index(k)] for k in keys}
 
   # -- predictions -------------------------------------------------------------------
 
   def logits(self, x, preprocessed: bool = False) -> np.ndarray:
     """Uncalibrated class logits log pi_k + log N(f(x); mu_k, Sigma_k), ``[N, K]``."""
-    return self._outputs(x, preprocessed)[2]
+    return self._outputs(x, preprocessed, keep=(2,))[2]
 
   def predict_proba(self, x, preprocessed: bool = False,
                     temperature: Optional[float] = None) -> np.ndarray:
@@ -225,7 +239,7 @@ class TrainedFlowGMM:
     """log p(x) in nats, ``[N]``: the mixture density times the flow's Jacobian, in the
     model's input space (images: of the 8-bit data, midpoint-dequantised; features: of the
     standardised rows)."""
-    _, log_det, logits = self._outputs(x, preprocessed)
+    _, log_det, logits = self._outputs(x, preprocessed, keep=(1, 2))
     return log_px(logits, log_det)
 
   def bits_per_dim(self, x, preprocessed: bool = False) -> np.ndarray:
@@ -236,7 +250,7 @@ class TrainedFlowGMM:
 
   def encode(self, x, preprocessed: bool = False) -> np.ndarray:
     """Data -> latent z = f(x), ``[N, D]``."""
-    return self._outputs(x, preprocessed)[0]
+    return self._outputs(x, preprocessed, keep=(0,))[0]
 
   def decode(self, z, raw: bool = True) -> np.ndarray:
     """Latent -> data, ``[N, D] -> [N, *input_shape]``; ``raw`` maps back to the raw units

@@ -203,6 +203,46 @@ def test_calibrate_cross_fits_a_temperature_and_keeps_the_final_model(fitted, ta
     FlowGMMClassifier(calibrate=True, calibration_folds=1).fit(X, y_semi)
 
 
+def test_fit_and_predict_memory_does_not_grow_with_rows_beyond_the_data():
+  """Batches are standardised as they are gathered (``features.StandardizedRows``), float32
+  input is not copied to float64, and ``predict`` keeps no ``[N, D]`` latent: doubling the
+  rows of a float32 table adds (almost) nothing to the NumPy memory that ``fit`` and
+  ``predict`` allocate, where a standardised copy alone would add the table's size. The
+  result is the same for float32 and float64 input of the same values."""
+  import tracemalloc
+  rng = np.random.default_rng(0)
+  n, d = 150_000, 50
+  y_true = np.arange(2 * n) % 2
+  X = (rng.normal(size=(2 * n, d)) + 2.0 * y_true[:, None]).astype(np.float32)
+  y = np.full(2 * n, -1)
+  y[:20] = y_true[:20]
+  clf = FlowGMMClassifier(random_state=0, num_coupling_layers=2, hidden_dim=16,
+                          hidden_layers=1, num_train_steps=10, min_steps=0)
+  clf.fit(X[:2000], y[:2000])  # compiles outside the measurement
+  peaks = {}
+  for rows in (n, 2 * n):
+    tracemalloc.start()
+    try:
+      clf.fit(X[:rows], y[:rows])
+      fit_peak = tracemalloc.get_traced_memory()[1]
+      tracemalloc.reset_peak()
+      accuracy = np.mean(clf.predict(X[:rows]) == y_true[:rows])
+      peaks[rows] = (fit_peak, tracemalloc.get_traced_memory()[1])
+    finally:
+      tracemalloc.stop()
+    assert accuracy > 0.95
+  table = X[:n].nbytes  # the rows added
+  fit_growth = peaks[2 * n][0] - peaks[n][0]
+  predict_growth = peaks[2 * n][1] - peaks[n][1]
+  assert fit_growth < 0.1 * table, (fit_growth, table)
+  assert predict_growth < 0.3 * table, (predict_growth, table)  # [N, K] outputs only
+  p32 = clf.predict_proba(X[:500])
+  clf64 = FlowGMMClassifier(**clf.get_params()).fit(X[:2 * n].astype(np.float64), y)
+  np.testing.assert_allclose(clf64.predict_proba(X[:500].astype(np.float64)),
+                             clf.predict_proba(X[:500]), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(p32, clf.predict_proba(X[:500].astype(np.float64)), atol=1e-7)
+
+
 def test_batch_sizes_are_capped_bucketed_and_divisible_by_the_device_count():
   from flowgmm_jax.training.build import BatchLayout, batch_layout
   clf = FlowGMMClassifier(labeled_batch_size=64, unlabeled_batch_size=256)

@@ -117,3 +117,41 @@ def test_training_noise_dequantizes_discrete_columns_and_keeps_gaussian_elsewher
   plain = np.asarray(add_feature_noise(jax.random.PRNGKey(0), batch, 0.1))
   np.testing.assert_allclose(plain - batch, 0.1 * np.asarray(
       jax.random.normal(jax.random.PRNGKey(0), batch.shape, batch.dtype)), atol=1e-6)
+
+
+def test_standardized_rows_match_the_standardised_table_for_every_index():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(50, 4)) * [1.0, 10.0, 0.1, 3.0] + [0.0, 5.0, -2.0, 100.0]
+  mean, scale = x.mean(0), x.std(0)
+  full = ((x - mean) / scale).astype(np.float32)
+  rows = features.StandardizedRows(x, mean, scale)
+  assert rows.shape == (50, 4) and len(rows) == 50 and rows.dtype == np.float32
+  idx = np.array([7, 0, 49, 7])
+  for key in (idx, slice(3, 9), (slice(None), 2), 5, (idx, 1)):
+    got = rows[key]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, full[key])
+  np.testing.assert_array_equal(np.asarray(rows), full)
+  # float32 storage gives the same standardised values as the float64 upcast of it.
+  x32 = x.astype(np.float32)
+  np.testing.assert_array_equal(features.StandardizedRows(x32, mean, scale)[idx],
+                                ((x32.astype(np.float64) - mean) / scale).astype(np.float32)[idx])
+  # The widths of discrete columns come out the same from the view as from the copy.
+  d = np.column_stack([rng.integers(0, 5, 300), rng.normal(size=300)]).astype(np.float64)
+  view = features.StandardizedRows(d, d.mean(0), d.std(0))
+  np.testing.assert_allclose(features.dequantization_widths(view, tol=1e-4),
+                             features.dequantization_widths(np.asarray(view), tol=1e-4))
+  assert features.dequantization_widths(view, tol=1e-4)[0] == pytest.approx(1 / d[:, 0].std(),
+                                                                            rel=1e-5)
+
+
+def test_standardized_rows_refuse_bad_input():
+  x = np.ones((4, 2))
+  with pytest.raises(ValueError, match="NaN or inf"):
+    features.StandardizedRows(np.array([[1.0, np.nan], [0.0, 1.0]]), [0, 0], [1, 1])
+  with pytest.raises(ValueError, match="shape"):
+    features.StandardizedRows(x, [0, 0, 0], [1, 1])
+  with pytest.raises(ValueError, match="positive"):
+    features.StandardizedRows(x, [0, 0], [1, 0])
+  with pytest.raises(ValueError, match=r"\[N, D\]"):
+    features.StandardizedRows(np.ones(4), [0], [1])

@@ -80,6 +80,15 @@ def test_load_methods_round_trip_and_sample(toy_run):
   probs = model.predict_proba(x)
   np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
   np.testing.assert_array_equal(model.predict(x), probs.argmax(1))
+  # outputs(keys=...) returns only the parts asked for, equal to the full pass's.
+  full = model.outputs(x)
+  part = model.outputs(x, keys=("logits", "log_det"))
+  assert set(part) == {"logits", "log_det"}
+  np.testing.assert_array_equal(part["logits"], full["logits"])
+  np.testing.assert_array_equal(part["log_det"], full["log_det"])
+  np.testing.assert_array_equal(full["z"], z)
+  with pytest.raises(ValueError, match="unknown output"):
+    model.outputs(x, keys=("latent",))
   # Temperature 0 decodes the class means exactly.
   np.testing.assert_allclose(model.sample(4, y=[0, 1, 1, 0], temperature=0.0),
                              model.decode(model.means()[[0, 1, 1, 0]]), atol=1e-6)

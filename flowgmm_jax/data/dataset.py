@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.labels import validate_labels
 
 KINDS = ("image", "tabular", "text", "toy")
@@ -151,7 +152,8 @@ class Dataset:
   Attributes:
     name: short identifier, e.g. "mnist", "letter", "moons".
     kind: "image" | "tabular" | "text" | "toy".
-    x_train: images `uint8 [N, H, W, C]`, otherwise `float32 [N, D]`.
+    x_train: images `uint8 [N, H, W, C]`, otherwise `float32 [N, D]` or a
+      `features.StandardizedRows` over the raw table (rows standardised as gathered).
     y_train: `int32 [N]`, in `[0, num_classes)`, or -1 for unlabelled examples.
     x_test: like `x_train` (may have 0 rows).
     y_test: like `y_train` but without -1.
@@ -185,9 +187,18 @@ class Dataset:
       raise ValueError(f"Dataset {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}.")
     self.num_classes = int(self.num_classes)
     for split in ("train", "test"):
-      x = np.asarray(getattr(self, f"x_{split}"))
+      x = getattr(self, f"x_{split}")
       y = np.asarray(getattr(self, f"y_{split}"))
       label = f"{self.name} {split} split"
+      if isinstance(x, StandardizedRows) and self.kind != "image":
+        # Standardised per gathered batch; its values were checked when it was made.
+        validate_labels(y, self.num_classes, split == "train", where=label)
+        if len(x) != y.shape[0]:
+          raise ValueError(f"{label}: {len(x)} feature rows but {y.shape[0]} labels; x and "
+                           "y must have the same length.")
+        setattr(self, f"y_{split}", y.astype(np.int32, copy=False))
+        continue
+      x = np.asarray(x)
       if self.kind == "image":
         if x.dtype != np.uint8:
           raise ValueError(

@@ -67,7 +67,7 @@ def evaluate_saved_run(config: ml_collections.ConfigDict, workdir: str,
   user_path = config.data.path
   if user_path and user_path != model.meta["data"].get("path", "") and os.path.isfile(user_path):
     x, y = read_user_file(user_path, model)
-    out = model.outputs(x)
+    out = model.outputs(x, keys=("log_det", "logits"))
     source = os.path.abspath(user_path)
   else:
     dataset = data_lib.load_dataset(config)
@@ -75,7 +75,7 @@ def evaluate_saved_run(config: ml_collections.ConfigDict, workdir: str,
       raise ValueError("the config's dataset has an empty test split; give a file with "
                        "--config.data.path=FILE.npz")
     x, y = dataset.x_test, dataset.y_test
-    out = model.outputs(x, preprocessed=True)
+    out = model.outputs(x, preprocessed=True, keys=("log_det", "logits"))
     source = f"{dataset.name} test split"
   logits, log_det = out["logits"], out["log_det"]
   log_px = flowgmm.log_px(logits, log_det)

@@ -52,7 +52,7 @@ def evaluate(model: trained.TrainedFlowGMM, x: np.ndarray, y: np.ndarray) -> dic
   ``eval/nll`` is the marginal -log p(x) and ``eval/nll_given_label`` is -log p(x | y_true)
   (nats per example); the ``bpd`` versions divide by D log 2.
   """
-  out = model.outputs(x, preprocessed=True)
+  out = model.outputs(x, preprocessed=True, keys=("log_det", "logits"))
   metrics = evaluation.metrics_from_outputs(out["logits"], out["log_det"], y,
                                             log_weights=model.log_weights(),
                                             num_dims=model.num_dims)
