@@ -10,8 +10,9 @@ the command, the commit and the machine:
 * ``mnist_cpu``: ``mnist_cpu.json``: the final test accuracy of a run over its seeds.
 * ``mnist_retune``: ``mnist_cpu_retune.json``: the test accuracy of a candidate's final
   checkpoint.
-* ``mnist_seeds``: ``mnist_cpu_seeds.json``: mean ± std of the final test accuracy over the
-  seed runs of the shipped config, and their wall time.
+* ``mnist_seeds``: ``mnist_cpu_seeds.json`` (or another ``mnist_seeds`` file): mean ± std
+  of the final test accuracy over the seed runs of a config, and their wall time on
+  ``row["machine"]`` (default "one core").
 """
 
 from __future__ import annotations
@@ -71,12 +72,13 @@ def _mnist_retune(results, row) -> str:
 
 
 def _mnist_seeds(results, row) -> str:
+  from benchmarks.mnist_seeds import final_test
   runs = results["runs"]
-  acc = [r["evals"][-1]["eval/accuracy"] for r in runs]
+  acc = [final_test(r)["eval/accuracy"] for r in runs]
   minutes = [r["wall_s"] / 60 for r in runs]
   seeds = ", ".join(str(r["seed"]) for r in runs)
   return (f"{_mean_std(acc)}% (seeds {seeds}; {min(minutes):.0f}-{max(minutes):.0f} min a "
-          "run on one core)")
+          f"run on {row.get('machine', 'one core')})")
 
 
 _KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_cpu": _mnist_cpu,

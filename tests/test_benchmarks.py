@@ -394,11 +394,14 @@ def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
   assert row["failed"] == "stopped after 0.01 s (--timeout)"
 
 
-def _fake_run(root: pathlib.Path, seed: int, accuracies, steps: int = 2000):
+def _fake_run(root: pathlib.Path, seed: int, accuracies, steps: int = 2000,
+              validation_examples: int = 0):
   """A finished run directory as experiments.main leaves it: config.json first,
   metrics.jsonl, results.json last."""
   root.mkdir()
-  (root / "config.json").write_text(json.dumps({"seed": seed, "num_train_steps": steps}))
+  (root / "config.json").write_text(json.dumps(
+      {"seed": seed, "num_train_steps": steps,
+       "data": {"validation_examples": validation_examples}}))
   rows = [{"step": 50, "train/loss": 1.0}]
   for i, acc in enumerate(accuracies):
     rows.append({"step": 1000 * (i + 1), "eval/accuracy": acc, "eval/bpd": 3.0 - i,
@@ -425,3 +428,20 @@ def test_mnist_seeds_collects_finished_runs_and_refuses_unfinished_ones(tmp_path
   (tmp_path / "empty").mkdir()
   with pytest.raises(SystemExit, match="lacks config.json"):
     mnist_seeds.collect_run(str(tmp_path / "empty"))
+  # A run with a validation split: its curve is validation accuracy and its final test
+  # numbers come from --mode=eval of its last checkpoint, which it must have.
+  _fake_run(tmp_path / "v0", 0, [0.5, 0.9], validation_examples=5000)
+  with pytest.raises(SystemExit, match="--mode=eval"):
+    mnist_seeds.collect_run(str(tmp_path / "v0"))
+  for name, acc in (("v0", 0.93), ("v1", 0.97)):
+    if name == "v1":
+      _fake_run(tmp_path / name, 1, [0.6, 0.95], validation_examples=5000)
+    (tmp_path / name / "eval").mkdir()
+    (tmp_path / name / "eval" / "metrics.json").write_text(json.dumps(
+        {"step": 2000, "source": "mnist test split", "num_examples": 10000,
+         "accuracy": acc, "bpd": 2.5, "ece": 0.03, "nll": 1400.0}))
+  runs = [mnist_seeds.collect_run(str(tmp_path / s)) for s in ("v0", "v1")]
+  assert mnist_seeds.final_test(runs[1])["eval/accuracy"] == 0.97
+  table = mnist_seeds.markdown({"runs": runs})
+  assert "validation accuracy (5,000 training images)" in table
+  assert "| 92.5 ± 2.5% | **95.0 ± 2.0%** |" in table  # validation 90, 95; test 93, 97
