@@ -7,9 +7,6 @@ the command, the commit and the machine:
 * ``toy``: a dataset of ``toy_table.json``: mean ± std of its test accuracy over the seeds;
 * ``ssl_suite``: an ``ssl_suite*.json``: FlowGMMClassifier's and the best baseline's test
   accuracy, averaged over seeds and then over the file's tables (``table``: one table only);
-* ``mnist_cpu``: ``mnist_cpu.json``: the final test accuracy of a run over its seeds.
-* ``mnist_retune``: ``mnist_cpu_retune.json``: the test accuracy of a candidate's final
-  checkpoint.
 * ``mnist_seeds``: ``mnist_cpu_seeds.json`` (or another ``mnist_seeds`` file): mean ± std
   of the final test accuracy over the seed runs of a config, and their wall time on
   ``row["machine"]`` (default "one core").
@@ -57,32 +54,21 @@ def _ssl_suite(results, row) -> str:
           f"({_BASELINES[best]}) {mean(best):.1f}{spread(best)}% (seeds {seeds})")
 
 
-def _mnist_cpu(results, row) -> str:
-  finals = [results["runs"][row["run"]][-1]["eval/accuracy"]]
-  extra = results.get(row.get("more_seeds", ""), {}).get("runs", {})
-  finals += [evals[-1]["eval/accuracy"] for evals in extra.values()]
-  v = 100 * np.asarray(finals)
-  return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}% ({len(v)} seeds, std ddof 1)"
-
-
-def _mnist_retune(results, row) -> str:
-  test = results["runs"][row["run"]]["test_of_final_checkpoint"]
-  return (f"{100 * test['accuracy']:.1f}% (seed 0 only, trained with 5,000 images held out "
-          "for validation)")
-
-
 def _mnist_seeds(results, row) -> str:
   from benchmarks.mnist_seeds import final_test
   runs = results["runs"]
   acc = [final_test(r)["eval/accuracy"] for r in runs]
   minutes = [r["wall_s"] / 60 for r in runs]
+  where = row.get("machine", "one core")
+  if len(runs) == 1:  # no spread to report
+    return (f"{100 * acc[0]:.1f}% (seed {runs[0]['seed']} only; {minutes[0]:.0f} min on "
+            f"{where})")
   seeds = ", ".join(str(r["seed"]) for r in runs)
   return (f"{_mean_std(acc)}% (seeds {seeds}; {min(minutes):.0f}-{max(minutes):.0f} min a "
-          f"run on {row.get('machine', 'one core')})")
+          f"run on {where})")
 
 
-_KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_cpu": _mnist_cpu,
-          "mnist_retune": _mnist_retune, "mnist_seeds": _mnist_seeds}
+_KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_seeds": _mnist_seeds}
 
 
 def markdown(headline: dict) -> str:

@@ -108,6 +108,8 @@ def markdown(results: dict) -> str:
   else:
     blanks = " | " * (len(steps) - 1)
     acc_cells = f"{blanks} **{acc.mean():.1f} ± {acc.std():.1f}%** |"
+  if len(runs) == 1:
+    return "\n".join(lines)  # one seed: no spread to report
   lines.append(f"| mean ± std |{acc_cells} "
                f"{bpd.mean():.2f} ± {bpd.std():.2f} | {ece.mean():.3f} ± {ece.std():.3f} | "
                f"{wall.mean():.1f} ± {wall.std():.1f} |")

@@ -39,6 +39,11 @@ Recipes (read from configs/mnist.py, so they follow it):
                       within 0.015 bits/dim of the original's run of that seed).
   cpu_zero_init       cpu, ours only, zero init; the first seed only.
   cpu_label_weight_3  cpu at the README's label weight 3; both sides, the first seed only.
+  cpu_schedule        the shipped ``:cpu`` recipe: cpu with its warm-up (200 steps) and cosine
+                      decay to 0 over the run's steps (``training.optim.make_schedule``, the
+                      same function sets the original's Adam learning rate before each of
+                      its steps); both sides, the first seed only. The other recipes keep a
+                      constant learning rate, as the original's script does.
 
 Data, both sides: the real MNIST from ../shared/data (``flowgmm_jax.data.load_mnist``).
 The labelled images of seed s are the original's own split file
@@ -102,7 +107,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
 RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_zero_init",
-           "cpu_label_weight_3")
+           "cpu_label_weight_3", "cpu_schedule")
 # The original's RealNVP for 1-channel images, sized as configs/mnist.py's CPU_MODEL.
 TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
               "labeled_accuracy", "log_det")
@@ -126,6 +131,10 @@ def recipe(name: str) -> dict:
              consistency_rampup_steps=mnist.CPU_RAMP)
     if name == "cpu_label_weight_3":
       r["label_weight"] = full.loss.label_weight
+  cpu = mnist.get_config("cpu")
+  scheduled = name == "cpu_schedule"
+  r.update(lr_schedule=cpu.optim.lr_schedule if scheduled else "constant",
+           warmup_steps=cpu.optim.warmup_steps if scheduled else 0)
   r.update(consistency_weight=full.loss.consistency_weight,
            weight_decay=full.optim.weight_decay, grad_clip_norm=full.optim.grad_clip_norm,
            labeled_batch_size=full.data.labeled_batch_size,
@@ -173,6 +182,8 @@ def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: i
   c.data.labeled_batch_size = r["labeled_batch_size"]
   c.data.unlabeled_batch_size = r["unlabeled_batch_size"]
   c.optim.learning_rate = r["learning_rate"]
+  c.optim.lr_schedule = r["lr_schedule"]
+  c.optim.warmup_steps = r["warmup_steps"]
   c.optim.weight_decay = r["weight_decay"]
   c.optim.grad_clip_norm = r["grad_clip_norm"]
   c.loss.label_weight = r["label_weight"]
@@ -332,6 +343,8 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   batches = OriginalBatches(labeled, unlabeled, r["labeled_batch_size"],
                             r["unlabeled_batch_size"], seed)
   rampup_epochs = max(1, round(r["consistency_rampup_steps"] / batches.steps_per_epoch))
+  from flowgmm_jax.training.optim import make_schedule
+  learning_rate = make_schedule(r["lr_schedule"], r["learning_rate"], steps, r["warmup_steps"])
   gen = torch.Generator().manual_seed(seed)
   x_all = torch.from_numpy(ds.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
   y_all = torch.from_numpy(ds.y_train.astype(np.int64))
@@ -342,6 +355,8 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
     ts = time.perf_counter()
     epoch = step // batches.steps_per_epoch
     cons_w = linear_rampup(r["consistency_weight"], epoch, rampup_epochs)
+    for group in m.optimizer.param_groups:  # optax's schedule, evaluated at this step
+      group["lr"] = float(learning_rate(step))
     lab, unl = batches.next()
     rows = torch.from_numpy(np.concatenate([lab, unl]))
     images = x_all[rows].float() / 255.  # ToTensor

@@ -49,6 +49,7 @@ REPORTS: Dict[str, Report] = {
                                "benchmarks.mnist_retune"),
     "mnist_cpu_seeds": Report("benchmarks/results/mnist_cpu_seeds.json",
                               "benchmarks.mnist_seeds"),
+    "mnist_cpu_2dev": Report("benchmarks/results/mnist_cpu_2dev.json", "benchmarks.mnist_seeds"),
     "cli_vs_estimator": Report("benchmarks/results/cli_vs_estimator.json",
                                "benchmarks.cli_vs_estimator"),
     "calibration": Report("benchmarks/results/calibration.json",
