@@ -6,6 +6,8 @@ model, same recipe, same data, curves and raw numbers.
         [--recipes=original,original_zero_init,cpu,cpu_zero_init]
     python -m benchmarks.parity_original --original=PATH --init-seeds=60 --init-leaves=16 \
         --recipes=                                    # the two sides' initial distributions
+    python -m benchmarks.parity_original --original=PATH --recipes=cpu_schedule \
+        --steps=6000 --eval-every=500 --seeds=0   # the shipped :cpu recipe, its whole budget
     python -m benchmarks.parity_original --plot-only     # figure + table from the JSON
 
 PATH is the root of a clone of github.com/izmailovpavel/flowgmm (the original side needs
@@ -712,7 +714,9 @@ STYLES = {("original", "original"): ("original (PyTorch)", "k", "-"),
           ("cpu", "ours"): ("ours, random init", "tab:blue", "-"),
           ("cpu_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
           ("cpu_label_weight_3", "original"): ("original (PyTorch)", "k", "-"),
-          ("cpu_label_weight_3", "ours"): ("ours, random init", "tab:blue", "-")}
+          ("cpu_label_weight_3", "ours"): ("ours, random init", "tab:blue", "-"),
+          ("cpu_schedule", "original"): ("original (PyTorch)", "k", "-"),
+          ("cpu_schedule", "ours"): ("ours, random init", "tab:blue", "-")}
 PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
           ("test", "bpd_given_label", "test bits/dim, -log p(x | y)", 1.0, "bits/dim"),
           ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, "%"),
@@ -740,7 +744,7 @@ def markdown(results: dict) -> str:
     parts.append(init_leaves_line(results["init_leaves"]))
   runs = results.get("runs", {})
   for recipe_name, ours_recipe in (("original", None), ("original", "original_zero_init"),
-                                   ("cpu", None)):
+                                   ("cpu", None), ("cpu_schedule", None)):
     if any(k.startswith(f"{ours_recipe or recipe_name}/ours/") for k in runs):
       parts.append("\n".join(test_rows(recipe_name, ours_recipe)))
     if ours_recipe is None and recipe_name == "original" and same_init_table(results):
@@ -753,7 +757,8 @@ def plot(results: dict, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   groups = [("original", ("original", "original_zero_init", "original_same_init")),
-            ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",))]
+            ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",)),
+            ("cpu_schedule", ("cpu_schedule",))]
   groups = [(g, names) for g, names in groups
             if any(r["recipe"] in names for r in results["runs"].values())]
   if not groups:
@@ -763,8 +768,10 @@ def plot(results: dict, path: str) -> None:
   for subfig, (group, names) in zip(subfigs, groups):
     r = recipe(group)
     seeds = sorted({run["seed"] for run in results["runs"].values() if run["recipe"] == group})
+    title = {"original": "README MNIST recipe",
+             "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
     subfig.suptitle(
-        f"{'README MNIST recipe' if group == 'original' else 'the :cpu recipe'}"
+        f"{title.get(group, 'the :cpu recipe at a constant rate')}"
         f"{' at the README label weight' if group == 'cpu_label_weight_3' else ''}: lr "
         f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
         f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
