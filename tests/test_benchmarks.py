@@ -338,7 +338,11 @@ def test_parity_original_20_steps(tmp_path):
   """The parity benchmark at 20 steps, one seed, the README recipe: both sides run their own
   loops on real MNIST, have 172,856 parameters, report finite terms, and start from the same
   distribution: first-step mixture NLLs within a factor 3 of each other (random inits; over
-  seeds 0-7 each side's spread is about 2-5x) and first-step log-dets within 10%."""
+  seeds 0-7 each side's spread is about 2-5x) and first-step log-dets within 25% (one random
+  draw per side: over 60 inits per side the 10%-90% range of the log-det is -2394..-1917
+  for ours and -2520..-1947 for the original, so two draws differ by up to ~25%; seed 0
+  gives 11.5% with torch 2.14; a log-det without the -D log 256 of the 8-bit scaling would
+  change sign)."""
   orig = _original()
   from benchmarks import parity_original
   from flowgmm_jax.data import DataNotFoundError, load_mnist
@@ -361,7 +365,7 @@ def test_parity_original_20_steps(tmp_path):
     assert 0.0 <= e["test"]["accuracy"] <= 1.0
   first = {s: r["first_step"] for s, r in runs.items()}
   assert 1 / 3 < first["ours"]["nll"] / first["original"]["nll"] < 3, first
-  assert abs(first["ours"]["log_det"] / first["original"]["log_det"] - 1) < 0.1, first
+  assert abs(first["ours"]["log_det"] / first["original"]["log_det"] - 1) < 0.25, first
   assert runs["original"]["prior_changed"] is False
 
 
