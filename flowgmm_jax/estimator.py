@@ -542,7 +542,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     else:
       mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
     # Batches are standardised as they are gathered: no standardised [N, D] copy.
-    x_std = StandardizedRows(x, mean, scale)
+    # validate_data has checked that x is finite.
+    x_std = StandardizedRows(x, mean, scale, check_finite=False)
     class_index = np.full(x.shape[0], UNLABELED, np.int64)
     class_index[labeled] = np.searchsorted(classes, y[labeled])
     mesh = step_lib.make_mesh()
@@ -610,7 +611,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   def _standardized(self, X) -> np.ndarray:
     check_is_fitted(self)
     x = _features(self, X, reset=False)
-    return StandardizedRows(x, self.feature_mean_, self.feature_scale_)
+    return StandardizedRows(x, self.feature_mean_, self.feature_scale_, check_finite=False)
 
   def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
     """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""

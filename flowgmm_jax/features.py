@@ -156,14 +156,16 @@ class StandardizedRows:
   copy is ever made. Read-only; ``x`` is not copied and must not change while in use.
 
   Args:
-    x: ``[N, D]`` finite float64 or float32 features (checked in row chunks here).
+    x: ``[N, D]`` finite float64 or float32 features (checked in row chunks here unless
+      ``check_finite=False``, for arrays the caller has checked already).
     mean, scale: ``[D]`` each, ``scale > 0``; the arithmetic is in float64.
   """
 
   ndim = 2
   dtype = np.dtype(np.float32)
 
-  def __init__(self, x: np.ndarray, mean, scale, *, chunk_rows: int = 65536):
+  def __init__(self, x: np.ndarray, mean, scale, *, check_finite: bool = True,
+               chunk_rows: int = 65536):
     if not isinstance(x, np.ndarray) or x.ndim != 2:
       raise ValueError(f"StandardizedRows needs a NumPy array [N, D], got "
                        f"{type(x).__name__} of shape {getattr(x, 'shape', None)}.")
@@ -175,7 +177,7 @@ class StandardizedRows:
                        f"{self.mean.shape} and {self.scale.shape}.")
     if not (np.all(np.isfinite(self.scale)) and np.all(self.scale > 0)):
       raise ValueError("scale must be finite and positive in every column.")
-    for start in range(0, x.shape[0], chunk_rows):
+    for start in range(0, x.shape[0] if check_finite else 0, chunk_rows):
       if not np.isfinite(x[start:start + chunk_rows]).all():
         raise ValueError("x contains NaN or inf; drop or impute those rows first.")
 
