@@ -472,3 +472,40 @@ def test_mnist_seeds_collects_finished_runs_and_refuses_unfinished_ones(tmp_path
   table = mnist_seeds.markdown({"runs": runs})
   assert "validation accuracy (5,000 training images)" in table
   assert "| 92.5 ± 2.5% | **95.0 ± 2.0%** |" in table  # validation 90, 95; test 93, 97
+
+
+def test_capacity_selects_the_lowest_heldout_nll_and_scores_what_it_selected():
+  from benchmarks import capacity
+  history = [{"step": 25, "early_stopping/heldout_nll": 3.0}, {"step": 25, "train/loss": 1.0},
+             {"step": 50, "early_stopping/heldout_nll": 2.5},
+             {"step": 75, "early_stopping/heldout_nll": 2.75}]
+  assert capacity.best_heldout_nll(history) == 2.5
+  assert capacity.best_heldout_nll([{"step": 1}]) == float("inf")
+  sizes = ["tiny", "default"]
+  runs = [{"seed": 0, "tiny": {"accuracy": 0.9, "nll": 5.0},
+           "default": {"accuracy": 0.6, "nll": 4.0}},
+          {"seed": 1, "tiny": {"accuracy": 0.8, "nll": 1.0},
+           "default": {"accuracy": 0.7, "nll": 1.0}}]   # a tie goes to the first size
+  assert [capacity.select_by_heldout_nll(r, sizes) for r in runs] == ["default", "tiny"]
+  table = capacity.summarise({"t": runs}, sizes)
+  # tiny 85.0 ± 5.0, default 65.0 ± 5.0, select = (0.6 + 0.8) / 2 = 70.0 ± 10.0
+  assert "| t | 85.0 ± 5.0 | 65.0 ± 5.0 | 70.0 ± 10.0 | tiny 1/2, default 1/2 |" in table
+  assert "| **mean** | **85.00** | **65.00** | **70.00** | |" in table
+
+
+def test_capacity_fits_every_size_on_the_validation_split(tmp_path):
+  from benchmarks import capacity
+  out = tmp_path / "capacity.json"
+  sizes = {"a": {"num_coupling_layers": 1, "hidden_dim": 8, "num_train_steps": 60,
+                 "min_steps": 0, "check_every_steps": 20},
+           "b": {"num_coupling_layers": 2, "hidden_dim": 8, "num_train_steps": 60,
+                 "min_steps": 0, "check_every_steps": 20}}
+  report = capacity.main(["--tables=wine", "--seeds=0", f"--sizes={json.dumps(sizes)}",
+                          f"--output={out}"])
+  run = json.loads(out.read_text())["results"]["wine"][0]
+  assert run == report["results"]["wine"][0]
+  for name in sizes:
+    assert 0.5 < run[name]["accuracy"] <= 1.0   # 3 classes: chance is a third
+    assert np.isfinite(run[name]["nll"]) and run[name]["steps"] <= 60
+  merged = capacity.main(["--summarise", str(out)])
+  assert merged["results"]["wine"] == [run]
