@@ -258,8 +258,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       the first and the second half of the features.
     hidden_dim: width of each coupling's MLP conditioner (default 64).
     hidden_layers: hidden layers of width ``hidden_dim`` in each conditioner (default 1).
-    dropout_rate: dropout after each conditioner's first layer while training (default 0;
-      the paper used 0.5 with its larger flows).
+    dropout_rate: dropout after each conditioner's first layer while training (default
+      0.5, the paper's; prediction and the held-out NLL run without it).
     zero_init_last: start every coupling as the identity (default False).
     num_bins, bound: ``model="spline_tabular"`` only: bins per spline (default 8) and the
       half-width of the interval on which the splines act (default 4.0 standardised units;

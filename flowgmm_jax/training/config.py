@@ -169,8 +169,10 @@ def base_config() -> ml_collections.ConfigDict:
 # FlowGMMClassifier() and of configs/tabular.py and configs/text.py, so whatever is settled
 # here reaches both (benchmarks/ssl_suite.py measures it).
 TABLE_RECIPE = {
+    # dropout 0.5, the paper's: +0.9 on the suite's validation mean, +6 on AG News, whose
+    # 384-d flow otherwise fits a density whose clusters are not the classes (docs/tables.md).
     "model": dict(name="realnvp_tabular", num_coupling_layers=6, hidden_dim=64,
-                  hidden_layers=1, dropout_rate=0.0),
+                  hidden_layers=1, dropout_rate=0.5),
     "prior": dict(covariance="isotropic", means_init="labeled", means_scale=0.01,
                   learn_means=True, learn_scales=False, learn_weights=True),
     "loss": dict(objective="original", label_weight=None, label_weight_per_feature=10.0,
