@@ -258,8 +258,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       the first and the second half of the features.
     hidden_dim: width of each coupling's MLP conditioner (default 64).
     hidden_layers: hidden layers of width ``hidden_dim`` in each conditioner (default 1).
-    dropout_rate: dropout after each conditioner's first layer while training (default
-      0.5, the paper's; prediction and the held-out NLL run without it).
+    dropout_rate: dropout after each conditioner's first layer while training. None
+      (default): the paper's 0.5 when X has at least 4 features, else 0
+      (``flowgmm_jax.models.tabular_dropout_rate``). Prediction and the held-out NLL run
+      without it.
     zero_init_last: start every coupling as the identity (default False).
     num_bins, bound: ``model="spline_tabular"`` only: bins per spline (default 8) and the
       half-width of the interval on which the splines act (default 4.0 standardised units;
@@ -372,7 +374,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                num_coupling_layers: int = _R['num_coupling_layers'],
                hidden_dim: int = _R['hidden_dim'],
                hidden_layers: int = _R['hidden_layers'],
-               dropout_rate: float = _R['dropout_rate'],
+               dropout_rate: Optional[float] = _R['dropout_rate'],
                zero_init_last: bool = _R['zero_init_last'],
                num_bins: int = _R['num_bins'],
                bound: float = _R['bound'],

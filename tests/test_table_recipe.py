@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -169,6 +170,34 @@ def test_estimator_and_cli_default_share_the_recipe(config_name):
   spline = FlowGMMClassifier(model="spline_tabular")._make_config(seed=0)
   assert _sections(get_config(config_name, "spline")) == _sections(spline)
   assert spline.model.bound == 4.0
+
+
+@pytest.mark.parametrize("num_features, expected_rate", [(2, 0.0), (3, 0.0), (4, 0.5), (9, 0.5)])
+def test_recipe_dropout_is_the_papers_from_4_features_and_off_below(num_features, expected_rate):
+  """dropout_rate None (the recipe's) drops hidden units at rate 0.5 once every conditioner
+  sees 2 or more features (D >= 4) and not at all on 2-3 features; an explicit rate is used
+  as given. Measured on the built flow: the fraction of a conditioner's hidden units that a
+  training pass zeroes, against the evaluation pass."""
+  from flowgmm_jax.models import tabular_dropout_rate
+  assert tabular_dropout_rate(None, num_features) == expected_rate
+  assert tabular_dropout_rate(0.2, num_features) == 0.2
+  c = FlowGMMClassifier(hidden_dim=512, num_coupling_layers=1)._make_config(0)
+  assert c.model.dropout_rate is None
+  model = FlowGMM.from_config(c, (num_features,), 2, image=False)
+  x = jax.random.normal(jax.random.PRNGKey(1), (64, num_features))
+  variables = model.init({"params": jax.random.PRNGKey(0)}, x)
+  def hidden(train):
+    _, state = model.apply(variables, x, train=train, rngs={"dropout": jax.random.PRNGKey(2)},
+                           capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Dropout),
+                           mutable=["intermediates"])
+    outs = jax.tree.leaves(state.get("intermediates", {}))
+    return np.concatenate([np.asarray(o).ravel() for o in outs]) if outs else None
+  if expected_rate == 0.0:
+    assert hidden(True) is None  # no Dropout layer was built
+    return
+  kept_eval, kept_train = hidden(False) != 0, hidden(True) != 0
+  dropped = 1 - kept_train[kept_eval].mean()
+  assert abs(dropped - expected_rate) < 0.05, dropped
 
 
 def test_estimator_parameters_are_the_config_fields():

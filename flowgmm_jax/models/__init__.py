@@ -29,7 +29,8 @@ from flowgmm_jax.models.realnvp import RealNVP
 from flowgmm_jax.models.tabular import RealNVPTabular, SplineTabular
 
 __all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "MODEL_FIELDS",
-           "IMAGE_MODELS", "COMPUTE_DTYPES", "build", "count_params", "weight_norm_gain_mask",
+           "IMAGE_MODELS", "COMPUTE_DTYPES", "build", "tabular_dropout_rate", "count_params",
+           "weight_norm_gain_mask",
            "PARAM_LAYOUT_VERSION", "LayoutVersionError", "check_layout_version",
            "convert_variables"]
 
@@ -57,17 +58,35 @@ MODEL_FIELDS = {
     "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=False),
 }
 
+# dropout_rate None (the table recipe's): the paper's 0.5 when every coupling's conditioner
+# sees at least 2 features, else 0.
+AUTO_DROPOUT_RATE = 0.5
+
+
+def tabular_dropout_rate(rate: Optional[float], num_features: int) -> float:
+  """The dropout rate a tabular flow over ``num_features`` = D features uses: ``rate``
+  itself, or for ``rate`` None ``AUTO_DROPOUT_RATE`` when D >= 4 and 0 below. With halves
+  masks a conditioner sees D // 2 features; one that sees a single feature is a 1-D map,
+  which dropping its hidden units only blurs (two moons 99.8 -> 94.9% at 0.5), while from 4
+  features up 0.5 regularises it (docs/tables.md)."""
+  if rate is not None:
+    return float(rate)
+  return AUTO_DROPOUT_RATE if num_features // 2 >= 2 else 0.0
+
+
 # The one model registry: config.model.name -> its flow, built from the section's fields.
 # training/config.py takes the names it accepts from here.
 _REGISTRY = {
     "realnvp_tabular": _Entry(False, lambda m, shape, bn_axis_name: RealNVPTabular(
         num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
-        num_layers=m.hidden_layers - 1, dropout_rate=m.dropout_rate,
+        num_layers=m.hidden_layers - 1,
+        dropout_rate=tabular_dropout_rate(m.dropout_rate, int(np.prod(shape))),
         zero_init_last=m.zero_init_last)),
     "spline_tabular": _Entry(False, lambda m, shape, bn_axis_name: SplineTabular(
         num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
         num_layers=m.hidden_layers - 1, num_bins=m.num_bins, bound=m.bound,
-        dropout_rate=m.dropout_rate, zero_init_last=m.zero_init_last)),
+        dropout_rate=tabular_dropout_rate(m.dropout_rate, int(np.prod(shape))),
+        zero_init_last=m.zero_init_last)),
     "realnvp": _Entry(True, lambda m, shape, bn_axis_name: RealNVP(
         num_scales=m.num_scales, num_blocks=m.num_blocks, mid_channels=m.mid_channels,
         image_shape=tuple(shape), bn_axis_name=bn_axis_name,
