@@ -281,6 +281,23 @@ def test_default_estimator_beats_logistic_regression_on_a_real_table():
 
 
 @pytest.mark.slow
+def test_suite_calibration_is_the_estimators_and_leaves_its_ece_before_unchanged():
+  """--calibration-folds runs FlowGMMClassifier(calibrate=True): T within the estimator's
+  bound, and the "before" ECE (T * the calibrated log-probabilities) equals that of the same
+  fit without calibration, since the final model is the same."""
+  from benchmarks import ssl_suite
+  from flowgmm_jax.estimator import CALIBRATION_MAX_TEMPERATURE
+  x, y = ssl_suite.load_table("wine")
+  split = ssl_suite.make_split(x, y, 0, 10, validation=False)
+  params = dict(num_coupling_layers=1, hidden_dim=8, num_train_steps=60, min_steps=0)
+  plain = ssl_suite.run_method("flowgmm", *split, 0, params)
+  calibrated = ssl_suite.run_method("flowgmm", *split, 0, params, calibration_folds=2)
+  assert calibrated["accuracy"] == plain["accuracy"]
+  assert calibrated["ece"] == pytest.approx(plain["ece"], abs=1e-9)
+  assert 0.1 <= calibrated["temperature"] <= CALIBRATION_MAX_TEMPERATURE
+  assert 0.0 <= calibrated["ece_calibrated"] <= 1.0
+
+
 def test_suite_command_runs_one_table(tmp_path):
   out = tmp_path / "suite.json"
   proc = subprocess.run([sys.executable, "-m", "benchmarks.ssl_suite", "--tables=wine",
