@@ -172,15 +172,16 @@ def test_estimator_and_cli_default_share_the_recipe(config_name):
   assert spline.model.bound == 4.0
 
 
-@pytest.mark.parametrize("num_features, expected_rate", [(2, 0.0), (3, 0.0), (4, 0.5), (9, 0.5)])
+@pytest.mark.parametrize("num_features, expected_rate", [(2, 0.0), (4, 0.5)])
 def test_recipe_dropout_is_the_papers_from_4_features_and_off_below(num_features, expected_rate):
   """dropout_rate None (the recipe's) drops hidden units at rate 0.5 once every conditioner
   sees 2 or more features (D >= 4) and not at all on 2-3 features; an explicit rate is used
   as given. Measured on the built flow: the fraction of a conditioner's hidden units that a
   training pass zeroes, against the evaluation pass."""
   from flowgmm_jax.models import tabular_dropout_rate
-  assert tabular_dropout_rate(None, num_features) == expected_rate
+  assert [tabular_dropout_rate(None, d) for d in (2, 3, 4, 5, 9, 384)] == [0, 0] + [0.5] * 4
   assert tabular_dropout_rate(0.2, num_features) == 0.2
+  assert tabular_dropout_rate(0.0, num_features) == 0.0
   c = FlowGMMClassifier(hidden_dim=512, num_coupling_layers=1)._make_config(0)
   assert c.model.dropout_rate is None
   model = FlowGMM.from_config(c, (num_features,), 2, image=False)
