@@ -110,7 +110,14 @@ def main(argv=None) -> dict:
   unknown = [t for t in tables if t not in ssl_suite.TABLES]
   if unknown:
     parser.error(f"unknown table(s) {unknown}; choose from {', '.join(ssl_suite.TABLES)}.")
-  sizes = json.loads(args.sizes)
+  try:
+    sizes = json.loads(args.sizes)
+  except json.JSONDecodeError as e:
+    parser.error(f"--sizes is not JSON ({e}); give a dict such as {json.dumps(SIZES)}.")
+  if not isinstance(sizes, dict) or not sizes or not all(isinstance(p, dict)
+                                                         for p in sizes.values()):
+    parser.error(f"--sizes must be a non-empty JSON dict {{name: {{parameter: value}}}}, "
+                 f"such as {json.dumps(SIZES)}.")
   seeds = [int(s) for s in args.seeds.split(",") if s]
   from benchmarks.provenance import provenance
   report = {"provenance": provenance(argv), "sizes": sizes, "seeds": seeds, "results": {}}

@@ -509,3 +509,6 @@ def test_capacity_fits_every_size_on_the_validation_split(tmp_path):
     assert np.isfinite(run[name]["nll"]) and run[name]["steps"] <= 60
   merged = capacity.main(["--summarise", str(out)])
   assert merged["results"]["wine"] == [run]
+  for bad in ("{not json", "[1, 2]"):
+    with pytest.raises(SystemExit):
+      capacity.main(["--tables=wine", f"--sizes={bad}"])
