@@ -193,3 +193,35 @@ def test_data_parallel_8_devices_equals_1_device_and_the_estimator_fits_on_8():
   assert out["grad_norm"] > 1e-3, out  # the runs really trained: equality is not trivial
   assert out["adam_loss_rel_diff"] < 1e-5, out
   assert out["estimator_predictions"] == 45, out
+
+
+def test_batch_scale_multiplies_both_batch_parts_and_the_rate_with_a_warm_up():
+  from flowgmm_jax.training.config import scaled_for_batch, validate_config
+  c = tiny_tabular_config(steps=100)
+  c.data.batch_scale = 4
+  s = scaled_for_batch(c)
+  assert (s.data.labeled_batch_size, s.data.unlabeled_batch_size) == (32, 64)
+  assert s.optim.learning_rate == pytest.approx(4e-2)
+  assert s.optim.warmup_steps == 5          # 5% of 100 steps
+  assert s.data.batch_scale == 1 and c.data.batch_scale == 4  # a copy; the input unchanged
+  c.optim.warmup_steps = 30                 # a longer configured warm-up is kept
+  assert scaled_for_batch(c).optim.warmup_steps == 30
+  c.data.batch_scale = 0
+  with pytest.raises(ValueError, match="data.batch_scale=0 must be an integer >= 1"):
+    validate_config(c)
+
+
+def test_fit_with_batch_scale_equals_the_same_recipe_written_out():
+  ds = gaussian_blobs()
+  lab, unl = split(ds)
+  scaled = tiny_tabular_config(steps=4)
+  scaled.data.batch_scale = 2
+  by_hand = tiny_tabular_config(steps=4)
+  by_hand.data.labeled_batch_size, by_hand.data.unlabeled_batch_size = 16, 32
+  by_hand.optim.learning_rate = 2e-2
+  by_hand.optim.warmup_steps = 1            # ceil(0.05 * 4)
+  a = params_vector(fit(scaled, ds, lab, unl).variables)
+  b = params_vector(fit(by_hand, ds, lab, unl).variables)
+  np.testing.assert_array_equal(a, b)
+  c = params_vector(fit(tiny_tabular_config(steps=4), ds, lab, unl).variables)
+  assert not np.allclose(a, c)

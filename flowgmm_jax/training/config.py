@@ -16,6 +16,7 @@ names (``model`` is ``config.model.name``), and ``TABLE_RECIPE`` is written in t
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Any, Callable, Mapping, Optional
@@ -79,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the batch is padding that counts for nothing).
   c.data.labeled_batch_size = 16
   c.data.unlabeled_batch_size = 256
+  # Multiplies both batch parts and the learning rate (the linear scaling rule, with a
+  # warm-up; ``scaled_for_batch``), for more devices at the same rows per device. The step
+  # counts stay as given: divide num_train_steps by it to keep the number of epochs.
+  c.data.batch_scale = 1
   # > 0: evaluate on this many training examples held out (class-stratified, fixed seed),
   # instead of the test split: for choosing hyper-parameters without the test labels.
   # The held-out rows are removed from the training pool.
@@ -356,6 +361,7 @@ def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_fie
   integer("data.labeled_batch_size", 1)
   integer("data.unlabeled_batch_size", 0)
   integer("data.validation_examples", 0)
+  integer("data.batch_scale", 1)
   number("data.test_fraction", 0.0, 1.0, strict_low=True, strict_high=True)
   for key in ("num_train_steps", "log_every_steps", "eval_every_steps",
               "checkpoint_every_steps", "eval_batch_size", "keep_checkpoints",
@@ -428,6 +434,34 @@ def _validate_model(c: Mapping, fail, field_name) -> None:
   fail(f"config.model.name={name!r} but config.model holds {what}: a config's model is "
        f"chosen by its ARG, which builds the model's section (for {name!r}: "
        f"--config={MODEL_ARGS[name]}), not by --config.model.name.")
+
+
+# The scaled recipe's warm-up, as a fraction of the run: Goyal et al. (2017, arXiv:1706.02677)
+# warm up over 5 of 90 epochs, since the scaled rate is too large for the first updates.
+BATCH_SCALE_WARMUP_FRACTION = 0.05
+
+
+def scaled_for_batch(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``c`` with ``data.batch_scale`` = k applied, as a copy with ``batch_scale`` 1:
+
+  * ``data.labeled_batch_size`` and ``data.unlabeled_batch_size`` times k;
+  * ``optim.learning_rate`` times k (the linear scaling rule, Goyal et al. 2017);
+  * ``optim.warmup_steps`` at least ``BATCH_SCALE_WARMUP_FRACTION`` of
+    ``num_train_steps``, a linear warm-up from 0 to the scaled rate.
+
+  k = 1 returns ``c`` itself. Step counts are not touched: the caller chooses whether k
+  buys the same steps on more rows or the same epochs in fewer steps."""
+  k = int(c.data.batch_scale)
+  if k == 1:
+    return c
+  c = copy.deepcopy(c)
+  c.data.labeled_batch_size *= k
+  c.data.unlabeled_batch_size *= k
+  c.data.batch_scale = 1
+  c.optim.learning_rate = float(c.optim.learning_rate) * k
+  c.optim.warmup_steps = max(int(c.optim.warmup_steps),
+                             math.ceil(BATCH_SCALE_WARMUP_FRACTION * c.num_train_steps))
+  return c
 
 
 def enable_compilation_cache(directory: Optional[str]) -> None:

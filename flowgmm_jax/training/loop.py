@@ -40,7 +40,8 @@ from flowgmm_jax import trained
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training import build
 from flowgmm_jax.training import finish_run
-from flowgmm_jax.training.config import enable_compilation_cache, validate_config
+from flowgmm_jax.training.config import (enable_compilation_cache, scaled_for_batch,
+                                         validate_config)
 from flowgmm_jax.training.lock import WorkdirLock
 from flowgmm_jax.training.state import TrainState
 from flowgmm_jax.training.writer import MetricWriter
@@ -251,6 +252,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   initialisation (``build.initial_state``); a checkpoint in the workdir still wins.
   """
   validate_config(config)
+  config = scaled_for_batch(config)
   enable_compilation_cache(config.get("compilation_cache_dir", ""))
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   num_devices = mesh_lib.num_devices(mesh)
