@@ -29,8 +29,8 @@ second table of each method's expected calibration error (ECE, 15 equal-width co
 bins, on the same evaluation rows), and the per-seed numbers as JSON in
 ``benchmarks/results/`` (``--output``).
 
-``--calibration-folds=F`` (F >= 2) fits FlowGMM as ``FlowGMMClassifier(calibrate=True,
-calibration_folds=F)``: a temperature T fitted on out-of-fold logits of F extra fits, each
+``--calibration-folds=F`` (F >= 2) fits FlowGMM as ``FlowGMMClassifier(calibration=
+"cross_fit", calibration_folds=F)``: a temperature T fitted on out-of-fold logits of F extra fits, each
 with one fold of the labelled rows hidden, within the estimator's bounds, then applied to
 the model fitted on every label; the ECE table shows FlowGMM's ECE before -> after, and
 the fit seconds include the F extra fits.
@@ -153,8 +153,8 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
   extra = {}
   if method == "flowgmm":
     from flowgmm_jax import FlowGMMClassifier
-    # With folds, the estimator's own calibrate=True (its temperature bounds included).
-    calibrate = dict(calibrate=True, calibration_folds=calibration_folds) if (
+    # With folds, the estimator's own cross-fitted temperature (its bounds included).
+    calibrate = dict(calibration="cross_fit", calibration_folds=calibration_folds) if (
         calibration_folds >= 2) else {}
     model = FlowGMMClassifier(random_state=seed, **calibrate, **flowgmm_params).fit(
         x_train, y_semi)

@@ -263,7 +263,6 @@ def apply_paper_table_recipe(c: ml_collections.ConfigDict, *, num_coupling_layer
   c.data.labeled_batch_size = labeled_batch_size
   c.data.unlabeled_batch_size = unlabeled_batch_size
   c.early_stopping.holdout_fraction = 0.0
-  c.calibration.validation_fraction = 0.0
   c.num_train_steps = num_train_steps
 
 

@@ -14,32 +14,30 @@ every component's variance by T; for per-class scales it is the closest one-scal
 Dividing all logits by one positive T never changes their argmax, so accuracy and
 ``predict`` are unchanged; only the confidences move.
 
-The validation split (``hold_out_validation``): a fraction of the *labelled* pool, taken per
-class with the run's seed, keeping at least one training label in every class. The held-out
-rows lose only their labels: their inputs join the unlabelled pool, so the flow still sees
-them. With very few labels (the toy sets have 10-19) this costs real training signal and
-the fitted T rests on a handful of points; it is therefore off by default
-(``config.calibration.validation_fraction = 0``) and a run reports the held-out count. When
-every validation row is classified correctly (common with 2-5 rows), the NLL has no finite
-minimiser (it falls as T -> 0) and T = 1 is kept, with a note in ``calibration.json``.
-
-``cross_fitted_temperature`` spends no label: it trains one model per fold of the labelled
-rows (each fold's labels hidden), fits T on the pooled out-of-fold logits, and leaves the
-final model to be trained on every label; the price is one extra training per fold.
+Which labels are held back (``config.calibration.method``): "holdout" fits T on a fraction of
+each class's labelled rows whose labels training never sees (``data.rows.split_rows``; their
+inputs stay in training as unlabelled rows): with very few labels this costs real training
+signal, and T rests on a handful of points. "cross_fit" (``cross_fitted_temperature``) spends
+no label: it trains one model per fold of the labelled rows (each fold's labels hidden), fits
+T on the pooled out-of-fold logits, and leaves the final model to be trained on every label;
+the price is one extra training per fold. When every held-back row is classified correctly
+the NLL has no finite minimiser (it falls as T -> 0) and T = 1 is kept, with a note.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict
 
 import numpy as np
 
 from flowgmm_jax import evaluation
 
-# The search bracket for T. Below 0.1 a validation set the model gets all right would push
-# T towards 0 (ever sharper), which a handful of points cannot justify.
-MIN_TEMPERATURE, MAX_TEMPERATURE = 0.1, 100.0
+CALIBRATION_METHODS = ("none", "holdout", "cross_fit")
+# The bottom of the search bracket for T: below it a validation set the model gets all right
+# would push T towards 0 (ever sharper), which a handful of points cannot justify. The top
+# is config.calibration.max_temperature.
+MIN_TEMPERATURE = 0.1
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -55,8 +53,8 @@ def nll_given_x(logits, labels, temperature: float = 1.0) -> float:
   return float(-np.mean(log_p[np.arange(len(labels)), labels]))
 
 
-def fit_temperature(logits, labels, *, min_temperature: float = MIN_TEMPERATURE,
-                    max_temperature: float = MAX_TEMPERATURE, iterations: int = 80) -> float:
+def fit_temperature(logits, labels, *, max_temperature: float,
+                    min_temperature: float = MIN_TEMPERATURE, iterations: int = 80) -> float:
   """The T in [min_temperature, max_temperature] minimising ``nll_given_x``.
 
   Golden-section search on beta = log(1/T); ``logits [N, K]``, ``labels [N]`` (N >= 1).
@@ -95,46 +93,8 @@ def metrics(logits, labels, temperature: float = 1.0, num_bins: int = 15) -> Dic
           "ece": evaluation.expected_calibration_error(probs, labels, num_bins)}
 
 
-def hold_out_validation(labeled_idx: np.ndarray, labels: np.ndarray, fraction: float,
-                        seed: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Splits the labelled pool into (train_labeled_idx, validation_idx).
-
-  Per class: ``round(fraction * n_k)`` rows, at least 1 when ``fraction > 0`` and the class
-  has 2 or more labels, never the class's last label (a class with one label keeps it).
-  Chosen with ``seed``; both outputs are sorted.
-  """
-  labeled_idx = np.asarray(labeled_idx)
-  if not 0.0 <= fraction < 1.0:
-    raise ValueError(f"calibration.validation_fraction={fraction} must be in [0, 1).")
-  if fraction == 0.0 or labeled_idx.size == 0:
-    return labeled_idx, labeled_idx[:0]
-  rng = np.random.default_rng(seed + 7919)  # not the same stream as the label split
-  y = np.asarray(labels)[labeled_idx]
-  val = []
-  for k in np.unique(y):
-    rows = labeled_idx[y == k]
-    if rows.size < 2:
-      continue
-    take = min(max(1, int(round(fraction * rows.size))), rows.size - 1)
-    val.append(rng.choice(rows, size=take, replace=False))
-  val = np.sort(np.concatenate(val)) if val else labeled_idx[:0]
-  train = np.setdiff1d(labeled_idx, val)
-  return train, val
-
-
-def split_validation(labeled_idx: np.ndarray, unlabeled_idx: np.ndarray, labels: np.ndarray,
-                     fraction: float, seed: int
-                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(labeled_idx, unlabeled_idx, validation_idx) before training: ``fraction`` of the
-  labelled pool is held out (``hold_out_validation``); those rows' inputs join the
-  unlabelled pool, so only their labels are withheld from training."""
-  labeled, validation = hold_out_validation(labeled_idx, labels, fraction, seed)
-  if len(validation):
-    unlabeled_idx = np.concatenate([np.asarray(unlabeled_idx), validation])
-  return labeled, unlabeled_idx, validation
-
-
-def calibrate(logits_val, labels_val, logits_test=None, labels_test=None) -> dict:
+def calibrate(logits_val, labels_val, logits_test=None, labels_test=None, *,
+              max_temperature: float) -> dict:
   """Fits T on validation logits; returns {'temperature', 'num_validation', and
   'before'/'after' metric dicts on the test logits (or the validation ones if none)}."""
   logits_val = np.asarray(logits_val)
@@ -146,7 +106,7 @@ def calibrate(logits_val, labels_val, logits_test=None, labels_test=None) -> dic
     record["note"] = ("every validation example is classified correctly; NLL has no finite "
                       "minimiser (T -> 0), so T = 1 is kept")
   else:
-    t = fit_temperature(logits_val, labels_val)
+    t = fit_temperature(logits_val, labels_val, max_temperature=max_temperature)
   record.update({"temperature": t, "num_validation": int(len(labels_val)),
             "validation_nll_before": nll_given_x(logits_val, labels_val, 1.0),
             "validation_nll_after": nll_given_x(logits_val, labels_val, t)})
@@ -161,73 +121,32 @@ def calibrate(logits_val, labels_val, logits_test=None, labels_test=None) -> dic
 # ----------------------------------------------------------------------------------------
 
 
-def cross_fit_folds(labels, num_folds: int = 5, seed: int = 0) -> List[np.ndarray]:
-  """Folds of the labelled rows for cross-fitting, stratified by class.
-
-  ``labels: [N]`` ints, -1 for unlabelled rows (never in a fold). Within each class the
-  labelled rows are shuffled (``seed``) and dealt to the folds in turn, so a fold holds at
-  most ``ceil(n_k / num_folds)`` rows of a class with ``n_k`` labels and every class keeps
-  at least one label outside every fold; a class with a single label is never held out.
-  Folds that receive no row are dropped. Returns sorted row-index arrays, disjoint.
-  """
-  labels = np.asarray(labels)
-  if labels.ndim != 1:
-    raise ValueError(f"labels must be 1-D [N], got shape {labels.shape}.")
-  if num_folds < 2:
-    raise ValueError(f"num_folds={num_folds} must be >= 2.")
-  rng = np.random.default_rng(seed + 104729)  # not the label split's stream
-  folds = [[] for _ in range(num_folds)]
-  for k in np.unique(labels[labels >= 0]):
-    rows = rng.permutation(np.flatnonzero(labels == k))
-    if rows.size < 2:
-      continue
-    offset = int(rng.integers(num_folds))  # small classes do not all pile into fold 0
-    for i, row in enumerate(rows):
-      folds[(i + offset) % num_folds].append(row)
-  return [np.sort(np.asarray(f, np.int64)) for f in folds if f]
-
-
-def shrunk_temperature(temperature: float, num_rows: int, prior_rows: float) -> float:
-  """``T ** (n / (n + n0))``: the fitted T pulled toward 1 in log space, the more the
-  fewer rows it was fitted on (``n = num_rows``; ``n0 = prior_rows`` rows' worth of belief
-  in T = 1; ``n0 = 0`` keeps T)."""
-  if prior_rows < 0 or num_rows < 0:
-    raise ValueError(f"num_rows={num_rows} and prior_rows={prior_rows} must be >= 0.")
-  if prior_rows == 0:
-    return float(temperature)
-  return float(math.exp(math.log(temperature) * num_rows / (num_rows + prior_rows)))
-
-
 def cross_fitted_temperature(fit_logits: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                             labels, *, num_folds: int = 5, seed: int = 0,
-                             max_temperature: float = MAX_TEMPERATURE,
-                             prior_rows: float = 0.0) -> dict:
+                             labels, *, num_folds: int, seed: int,
+                             max_temperature: float) -> dict:
   """A temperature fitted on out-of-fold logits, so that no label is held back from the
   final model.
 
-  For each fold F of ``cross_fit_folds(labels, num_folds, seed)``: ``fit_logits(
-  train_labels, F)`` trains a model on ``train_labels`` (``labels`` with the rows of F set
-  to -1: their inputs stay, as unlabelled rows) and returns the class logits ``[|F|, K]``
-  of the rows F, columns in class order 0..K-1. The out-of-fold logits of all folds are
-  pooled and T is fitted on them (``fit_temperature``; T = 1 with a note when every pooled
-  row is classified correctly, as ``calibrate``). The caller then trains its final model on
-  all of ``labels`` and divides that model's logits by T.
+  For each fold F of ``data.rows.calibration_folds(labels, num_folds, seed)``:
+  ``fit_logits(train_labels, F)`` trains a model on ``train_labels`` (``labels [N]`` with
+  the rows of F set to -1: their inputs stay, as unlabelled rows) and returns the class
+  logits ``[|F|, K]`` of the rows F, columns in class order 0..K-1. T is fitted on the
+  pooled out-of-fold logits (``fit_temperature`` in ``[MIN_TEMPERATURE,
+  max_temperature]``; T = 1 with a note when every pooled row is classified correctly, as
+  ``calibrate``). The caller then trains its final model on all of ``labels`` and divides
+  that model's logits by T.
 
   Costs one extra training per fold. Every fold's model has seen fewer labels than the final
   one (k - 1 of k folds), so T is fitted on models slightly less accurate than the one it is
-  applied to.
+  applied to; their confident mistakes push T up, which the bracket's top bounds.
 
-  Safeguards: T is searched in ``[MIN_TEMPERATURE, max_temperature]``, and then shrunk
-  toward 1 (``shrunk_temperature`` with ``prior_rows``), since a few dozen out-of-fold rows
-  of weaker fold models can push T to the bracket's end (docs/tables.md).
-
-  Returns ``{"temperature" (shrunk), "fitted_temperature", "num_folds",
-  "num_out_of_fold", "out_of_fold_nll_before", "out_of_fold_nll_after" (at the shrunk T),
-  "out_of_fold_accuracy", "out_of_fold_logits" [n, K], "out_of_fold_labels" [n]}`` (and
-  "note" when T = 1 is kept).
+  Returns ``{"temperature", "num_folds", "num_out_of_fold", "out_of_fold_nll_before",
+  "out_of_fold_nll_after", "out_of_fold_accuracy", "out_of_fold_logits" [n, K],
+  "out_of_fold_labels" [n]}`` (and "note" when T = 1 is kept).
   """
+  from flowgmm_jax.data.rows import calibration_folds
   labels = np.asarray(labels)
-  folds = cross_fit_folds(labels, num_folds, seed)
+  folds = calibration_folds(labels, num_folds, seed)
   if not folds:
     raise ValueError("cross_fitted_temperature needs a class with at least 2 labels to "
                      "hold any out; every class has at most one labelled row.")
@@ -242,17 +161,11 @@ def cross_fitted_temperature(fit_logits: Callable[[np.ndarray, np.ndarray], np.n
     logits.append(fold_logits)
     truth.append(labels[fold])
   logits, truth = np.concatenate(logits), np.concatenate(truth)
-  record = {"num_folds": len(folds), "num_out_of_fold": int(truth.size),
-            "out_of_fold_accuracy": evaluation.accuracy(logits, truth)}
-  if np.all(np.argmax(logits, axis=1) == truth):
-    t = 1.0
-    record["note"] = ("every out-of-fold row is classified correctly; NLL has no finite "
-                      "minimiser (T -> 0), so T = 1 is kept")
-  else:
-    t = fit_temperature(logits, truth, max_temperature=max_temperature)
-  shrunk = shrunk_temperature(t, truth.size, prior_rows)
-  record.update(temperature=shrunk, fitted_temperature=t,
-                out_of_fold_nll_before=nll_given_x(logits, truth, 1.0),
-                out_of_fold_nll_after=nll_given_x(logits, truth, shrunk),
-                out_of_fold_logits=logits, out_of_fold_labels=truth)
-  return record
+  record = calibrate(logits, truth, max_temperature=max_temperature)
+  return {"temperature": record["temperature"], "num_folds": len(folds),
+          "num_out_of_fold": int(truth.size),
+          "out_of_fold_accuracy": evaluation.accuracy(logits, truth),
+          "out_of_fold_nll_before": record["validation_nll_before"],
+          "out_of_fold_nll_after": record["validation_nll_after"],
+          "out_of_fold_logits": logits, "out_of_fold_labels": truth,
+          **({"note": record["note"]} if "note" in record else {})}

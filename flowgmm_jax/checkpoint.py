@@ -51,10 +51,13 @@ DAMAGED_DIR = "checkpoints_damaged"
 #   input_shape   one example's shape, e.g. [32, 32, 3] or [D]
 #   num_classes   K
 #   seed          config.seed
-#   split         {"labeled", "unlabeled": row counts, "fingerprint": split_fingerprint}
+#   split         row counts {"labeled", "unlabeled", "early_stopping", "calibration"} and
+#                 "fingerprint" of them all (data.rows.Rows)
 #   param_layout  models.PARAM_LAYOUT_VERSION: where the flow's parameters are stored
 #                 (1 unrolled, 2 scanned); older checkpoints (no key) hold layout 1
-# Checkpointer adds "_soft" (config.optim: may change on resume) and "_checksum".
+# Checkpointer adds "_soft" (config.optim: may change on resume), "_checksum", and
+# "params_step": the step whose parameters the checkpoint holds (early stopping's best step
+# may be earlier than the checkpoint's own).
 META_VERSION = 3
 META_KEYS = ("meta_version", "model", "prior", "data", "input_shape", "num_classes", "seed",
              "split", "param_layout")
@@ -75,31 +78,17 @@ class DamagedCheckpointError(ValueError):
   """Checkpoints exist in the workdir but none of them can be read."""
 
 
-def split_fingerprint(labeled_idx: np.ndarray, unlabeled_idx: np.ndarray) -> str:
-  """A short hash of the labelled/unlabelled split, stored in checkpoints so that a resume
-  on another split (a changed seed, data file or label count) is caught."""
-  import hashlib
-  h = hashlib.sha256()
-  for a in (labeled_idx, unlabeled_idx):
-    h.update(np.asarray(a, np.int64).tobytes())
-    h.update(b"|")
-  return h.hexdigest()[:16]
-
-
-def make_meta(config, *, input_shape: Sequence[int], num_classes: int,
-              labeled_idx: Optional[np.ndarray] = None,
-              unlabeled_idx: Optional[np.ndarray] = None) -> dict:
+def make_meta(config, *, input_shape: Sequence[int], num_classes: int, rows=None) -> dict:
   """The metadata of a run of ``config`` on examples of ``input_shape`` with
-  ``num_classes`` classes (and, for a training run, its labelled/unlabelled split)."""
+  ``num_classes`` classes (and, for a training run, its rows: ``data.rows.Rows``)."""
   meta = {"meta_version": META_VERSION, "model": config.model.to_dict(),
           "prior": config.prior.to_dict(),
           "data": {k: config.data[k] for k in ("kind", "name", "path")},
           "input_shape": [int(s) for s in input_shape], "num_classes": int(num_classes),
           "param_layout": PARAM_LAYOUT_VERSION}
-  if labeled_idx is not None:
+  if rows is not None:
     meta["seed"] = int(config.seed)
-    meta["split"] = {"labeled": int(len(labeled_idx)), "unlabeled": int(len(unlabeled_idx)),
-                     "fingerprint": split_fingerprint(labeled_idx, unlabeled_idx)}
+    meta["split"] = {**rows.counts(), "fingerprint": rows.fingerprint()}
   return json.loads(json.dumps(meta))  # plain JSON types only
 
 
@@ -354,7 +343,25 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def save(self, state, *, force: bool = False) -> None:
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    """Waits for pending writes and closes; when an error is already on its way out, an
+    error from closing is dropped so that the first one is reported."""
+    try:
+      self.close()
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+      if exc_type is None:
+        raise
+    return False
+
+  def check(self) -> None:
+    """Raises the error of a save that failed in the background (none yet: saves raise)."""
+
+  def save(self, state, *, params_step: Optional[int] = None, force: bool = False) -> None:
+    """Saves ``state`` at its step. ``params_step``: the step whose parameters the state
+    holds when that is not its own (early stopping's best step), written to the metadata."""
     step = int(jax.device_get(state.step))
     # One host copy for both checks (each would otherwise fetch the whole state again).
     host = jax.tree.unflatten(jax.tree.structure(state), _host_leaves(state))
@@ -366,7 +373,9 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({**self.meta, "_soft": self.soft_meta,
-                                "_checksum": checksum(host)})), force=force)
+                                "_checksum": checksum(host),
+                                "params_step": step if params_step is None
+                                else int(params_step)})), force=force)
 
   def _check_meta(self, step: int, saved: dict) -> None:
     """Raises IncompatibleCheckpointError for a real config mismatch; warns for a changed
@@ -374,6 +383,7 @@ class Checkpointer:
     saved = dict(saved)
     saved_soft = saved.pop("_soft", None)
     saved.pop("_checksum", None)
+    saved.pop("params_step", None)
     expected = dict(self.meta)
     layout = saved.get("param_layout")
     if layout != expected.get("param_layout", layout):

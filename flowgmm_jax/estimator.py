@@ -55,13 +55,6 @@ _R = recipe_defaults()
 _MIN_SCALE = 1e-12
 # Rows per chunk of the inference programs (trained.TrainedFlowGMM pads smaller chunks).
 _MAX_CHUNK = 4096
-# calibrate=True: the bracket's top for the cross-fitted temperature and the pseudo-rows
-# (per class) of belief in T = 1 it is shrunk with (calibration.cross_fitted_temperature).
-# A top of 10 instead of 100: fold models' confident mistakes push T to the top, and on
-# Pima (3 seeds) the top of 10 gave a lower validation ECE on 2 seeds and the same on the
-# third; shrinking toward 1 helped House Votes but hurt Pima, so it is off (docs/tables.md).
-CALIBRATION_MAX_TEMPERATURE = 10.0
-CALIBRATION_PRIOR_ROWS_PER_CLASS = 0.0
 # Rows per chunk of the standardisation (float64 temporaries of [chunk, D]).
 _STANDARDIZE_CHUNK = 65_536
 
@@ -85,7 +78,8 @@ EXPECTED_FAILED_CHECKS = {
 def _parameter_name(path: str) -> str:
   """A config field as the estimator's parameter: its own name (``model`` for
   ``model.name``)."""
-  return "model" if path == "model.name" else path.rpartition(".")[2]
+  selectors = {"model.name": "model", "calibration.method": "calibration"}
+  return selectors.get(path, path.rpartition(".")[2])
 
 
 def _same(value: Any, default: Any) -> bool:
@@ -325,15 +319,18 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       given to ``fit`` (default True). The prior assumes unit-scale features; pass False
       only for features that are standardised already (e.g. after a StandardScaler in a
       Pipeline). ``score_samples`` and ``sample`` are in ``X``'s own units either way.
-    calibrate: fit a temperature T for ``predict_proba``, p(y | x) = softmax(logits / T),
-      without holding labels back (default False): ``calibration_folds`` extra fits, each
-      with one fold of the labelled rows unlabelled, give out-of-fold logits on which T is
-      fitted (``flowgmm_jax.calibration.cross_fitted_temperature``, T in [0.1,
-      ``CALIBRATION_MAX_TEMPERATURE``]); the final model trains on every label. ``predict``
-      is unchanged. It costs ``calibration_folds`` more fits, and at 10 labels per class
-      it helps only where the model is very over-confident (docs/tables.md).
-    calibration_folds: folds of the cross-fitting (default 3, the measured setting; at
-      least 2).
+    calibration: a temperature T for ``predict_proba``, p(y | x) = softmax(logits / T)
+      (``predict`` is unchanged): "none" (default); "cross_fit": ``calibration_folds``
+      extra fits, each with one fold of the labelled rows unlabelled, give out-of-fold
+      logits on which T is fitted, and the final model trains on every label;
+      "holdout": ``calibration_fraction`` of each class's labels are held back from
+      training and T is fitted on them. T is searched in [0.1, ``max_temperature``]
+      (``flowgmm_jax.calibration``). At 10 labels per class it helps only where the model
+      is very over-confident (docs/tables.md). The same fields as the command line's
+      ``config.calibration``.
+    calibration_folds: folds of "cross_fit" (default 3, the measured setting; at least 2).
+    calibration_fraction: the labels "holdout" holds back (default 0.2).
+    max_temperature: the top of T's search bracket (default 10).
     compilation_cache_dir: a directory for JAX's persistent compilation cache (default
       None: off), so that fits in later processes load their compiled programs instead of
       compiling them (process-wide once set). Within one process a second fit of the same
@@ -357,8 +354,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       resolution of each discrete column; 0 for the others and with ``dequantize="off"``).
       ``score_samples(x) + sum_d log w_d`` over the discrete columns is the log of the
       model's mass of x's cell (a density in the continuous columns).
-    temperature_: T of ``predict_proba`` (1.0 unless ``calibrate``); ``calibration_``
-      the cross-fitting's record (None unless ``calibrate``).
+    temperature_: T of ``predict_proba`` (1.0 unless ``calibration`` is set);
+      ``calibration_`` the temperature fit's record (None without one).
     history_: the training log, a list of metric dicts (loss, NLLs, gradient norm).
     n_iter_: number of optimiser steps taken (early stopping may end training before
       ``num_train_steps``; the parameters are those of the best held-out check).
@@ -401,7 +398,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                check_every_steps: int = _R['check_every_steps'],
                patience: int = _R['patience'],
                min_steps: int = _R['min_steps'],
-               standardize: bool = True, calibrate: bool = False, calibration_folds: int = 3,
+               calibration: str = _R['calibration'],
+               calibration_folds: int = _R['calibration_folds'],
+               calibration_fraction: float = _R['calibration_fraction'],
+               max_temperature: float = _R['max_temperature'],
+               standardize: bool = True,
                compilation_cache_dir: Optional[str] = None,
                random_state: Any = None, verbose: int = 0):
     self.model = model
@@ -436,8 +437,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.patience = patience
     self.min_steps = min_steps
     self.standardize = standardize
-    self.calibrate = calibrate
+    self.calibration = calibration
     self.calibration_folds = calibration_folds
+    self.calibration_fraction = calibration_fraction
+    self.max_temperature = max_temperature
     self.compilation_cache_dir = compilation_cache_dir
     self.random_state = random_state
     self.verbose = verbose
@@ -456,13 +459,6 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     except ValueError:
       raise ValueError(f"random_state={rs!r} must be None, an int or a "
                        "numpy.random.RandomState.") from None
-
-  def _check_calibration_params(self) -> None:
-    if not isinstance(self.calibrate, (bool, np.bool_)):
-      raise ValueError(f"calibrate={self.calibrate!r} must be True or False.")
-    folds = self.calibration_folds
-    if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 2:
-      raise ValueError(f"calibration_folds={folds!r} must be an integer >= 2.")
 
   def _make_config(self, seed: int):
     """The training config of this fit (``base_config()`` schema, data.kind='tabular',
@@ -512,7 +508,6 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   def _fit(self, X, y) -> "FlowGMMClassifier":
     config = self._make_config(self._seed())
-    self._check_calibration_params()
     try:
       # float32 input stays float32: no float64 copy of a large table.
       x, y = validate_data(self, X, y, dtype=(np.float64, np.float32), ensure_min_features=2)
@@ -536,7 +531,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     import jax
     from flowgmm_jax.data.dataset import Dataset
-    from flowgmm_jax.training import loop, step as step_lib
+    from flowgmm_jax import mesh as mesh_lib
+    from flowgmm_jax.training import loop
 
     if self.standardize:
       mean, scale = _column_mean_and_std(x)
@@ -548,7 +544,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     x_std = StandardizedRows(x, mean, scale, check_finite=False)
     class_index = np.full(x.shape[0], UNLABELED, np.int64)
     class_index[labeled] = np.searchsorted(classes, y[labeled])
-    mesh = step_lib.make_mesh()
+    mesh = mesh_lib.make_mesh()
     log_fn = None
     if self.verbose >= 2:
       every = max(1, config.num_train_steps // 10)
@@ -560,36 +556,24 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     from flowgmm_jax import checkpoint, trained
     meta = checkpoint.make_meta(config, input_shape=(x.shape[1],), num_classes=classes.size)
 
-    def train(class_index, log_fn=None):
-      """The loop on x_std with ``class_index [N]`` (-1 = unlabelled): (FitResult,
-      TrainedFlowGMM)."""
-      dataset = Dataset(
-          name="arrays", kind="tabular", x_train=x_std, y_train=class_index.astype(np.int32),
-          x_test=np.zeros((0, x.shape[1]), np.float32), y_test=np.zeros(0, np.int32),
-          num_classes=int(classes.size))
-      is_labeled = class_index != UNLABELED
-      try:
-        result = loop.fit(config, dataset, np.nonzero(is_labeled)[0],
-                          np.nonzero(~is_labeled)[0], mesh=mesh, log_fn=log_fn)
-      except FloatingPointError as e:
-        raise FloatingPointError(
-            f"{e} For FlowGMMClassifier: lower learning_rate (now {self.learning_rate}), "
-            "keep standardize=True, or remove extreme outliers from X.") from e
-      return result, trained.from_variables(
+    from flowgmm_jax.data.rows import split_rows
+    from flowgmm_jax.training.temperature import fit_temperature
+    dataset = Dataset(
+        name="arrays", kind="tabular", x_train=x_std, y_train=class_index.astype(np.int32),
+        x_test=np.zeros((0, x.shape[1]), np.float32), y_test=np.zeros(0, np.int32),
+        num_classes=int(classes.size))
+    rows = split_rows(config, dataset, pools=(np.flatnonzero(labeled),
+                                              np.flatnonzero(~labeled)))
+    try:
+      result = loop.fit(config, dataset, rows, mesh=mesh, log_fn=log_fn)
+      model = trained.from_variables(
           meta, jax.tree.map(np.asarray, jax.device_get(result.variables)),
           step=int(jax.device_get(result.state.step)), batch_size=_MAX_CHUNK, mesh=mesh)
-
-    calibration = None
-    if self.calibrate:
-      from flowgmm_jax import calibration as calibration_lib
-      def fold_logits(train_labels, fold):
-        return train(train_labels)[1].outputs(x_std[fold], preprocessed=True,
-                                              keys=("logits",))["logits"]
-      calibration = calibration_lib.cross_fitted_temperature(
-          fold_logits, class_index, num_folds=self.calibration_folds, seed=config.seed,
-          max_temperature=CALIBRATION_MAX_TEMPERATURE,
-          prior_rows=CALIBRATION_PRIOR_ROWS_PER_CLASS * classes.size)
-    result, model = train(class_index, log_fn)
+      calibration = fit_temperature(config, dataset, rows, model, mesh=mesh)
+    except FloatingPointError as e:
+      raise FloatingPointError(
+          f"{e} For FlowGMMClassifier: lower learning_rate (now {self.learning_rate}), "
+          "keep standardize=True, or remove extreme outliers from X.") from e
 
     # Only now, with training done, does the estimator become fitted.
     self.model_ = model
@@ -630,7 +614,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   def predict_proba(self, X) -> np.ndarray:
     """p(y = classes_[k] | x) = softmax_k([log pi_k + log N(f(u); mu_k, Sigma_k)] / T),
-    ``[N, K]`` (T = ``temperature_``, 1 unless ``calibrate``).
+    ``[N, K]`` (T = ``temperature_``, 1 without ``calibration``).
 
     Rows sum to 1.
     """

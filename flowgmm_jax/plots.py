@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flowgmm_jax import evaluation  # noqa: E402
+from flowgmm_jax import run_files  # noqa: E402
 
 _DPI = 100
 _CLASS_COLORS = plt.get_cmap("tab10")
@@ -370,7 +371,7 @@ def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
   ``calibration``: {'temperature': T} (a 'before / after' reliability diagram) or None.
   Returns the written paths.
   """
-  out = os.path.join(workdir, "plots")
+  out = os.path.join(workdir, run_files.PLOTS_DIR)
   written = []
   names = dataset.class_names
   x_test, y_test = dataset.x_test, dataset.y_test
@@ -383,7 +384,7 @@ def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
     written.append(reliability_diagram(probs, y_test, os.path.join(out, "reliability.png")))
     written.append(confusion_matrix(logits.argmax(1), y_test, model.num_classes,
                                     os.path.join(out, "confusion.png"), names))
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  metrics_path = os.path.join(workdir, run_files.METRICS_FILE)
   if os.path.isfile(metrics_path):
     written.append(training_curves(read_metrics(metrics_path),
                                    os.path.join(out, "training_curves.png"),
@@ -428,7 +429,7 @@ def add_to_tensorboard(paths: Sequence[str], workdir: str, step: int) -> None:
   except ImportError:  # TensorBoard output is optional
     return
   import matplotlib.image as mpimg
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  writer = SummaryWriter(os.path.join(workdir, run_files.TENSORBOARD_DIR))
   try:
     for p in paths:
       img = mpimg.imread(p)[..., :3]

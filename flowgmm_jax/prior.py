@@ -107,7 +107,7 @@ def resolve_means_init(name: str, *, image: bool) -> str:
   "auto" is the paper's choice for the data: "image" for images, else "tabular" (antipodal
   means for 2 classes, "multiclass" otherwise). "labeled" starts from "multiclass"; training
   then moves each mean to its class's labelled latent centroid
-  (``training.loop.place_means_at_labeled_centroids``). Other names are returned as they are.
+  (``place_means_at_centroids``). Other names are returned as they are.
   """
   if name == "labeled":
     return "multiclass"
@@ -365,3 +365,26 @@ class GaussianMixturePrior(nn.Module):
     scales = self.scales()
     noise = jax.random.normal(rng, (y.shape[0], self.dim), means.dtype)
     return means[y] + scales[y] * noise
+
+
+def place_means_at_centroids(variables: dict, z_labeled: np.ndarray, y_labeled: np.ndarray
+                             ) -> dict:
+  """``variables`` with each prior mean mu_k moved to the centroid of ``z_labeled`` (the
+  latents f(x) of the labelled rows ``[N, D]``, f as initialised) over the rows of class k
+  (``y_labeled: [N]``).
+
+  At the start of training the classifier is then the nearest-class-mean rule in the
+  latent space, the strongest simple rule with a handful of labels, instead of a random
+  assignment that the few labelled rows must first undo. A class without labelled rows
+  keeps its initial mean.
+  """
+  z = np.asarray(z_labeled, np.float64)
+  collection = "params" if "means" in variables.get("params", {}).get("prior", {}) else "prior"
+  means = np.array(variables[collection]["prior"]["means"], np.float64)
+  for k in range(means.shape[0]):
+    rows = z[np.asarray(y_labeled) == k]
+    if len(rows):
+      means[k] = rows.mean(axis=0)
+  prior_vars = dict(variables[collection]["prior"])
+  prior_vars["means"] = jnp.asarray(means, variables[collection]["prior"]["means"].dtype)
+  return {**variables, collection: {**variables[collection], "prior": prior_vars}}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flowgmm_jax import calibration
+from flowgmm_jax.data.rows import calibration_folds
 
 
 def _semi_labels(rng, per_class, num_rows=400):
@@ -22,7 +23,7 @@ def _semi_labels(rng, per_class, num_rows=400):
 def test_folds_keep_a_label_of_every_class_and_never_hold_out_a_single_label():
   rng = np.random.default_rng(0)
   labels = _semi_labels(rng, [10, 2, 1, 7])
-  folds = calibration.cross_fit_folds(labels, num_folds=5, seed=3)
+  folds = calibration_folds(labels, num_folds=5, seed=3)
   held = np.concatenate(folds)
   assert held.size == len(set(held.tolist()))                       # disjoint
   assert set(held.tolist()) == set(np.flatnonzero((labels >= 0) & (labels != 2)).tolist())
@@ -32,9 +33,9 @@ def test_folds_keep_a_label_of_every_class_and_never_hold_out_a_single_label():
     assert set(np.unique(rest[rest >= 0])) == {0, 1, 2, 3}          # every class keeps one
     counts = np.bincount(labels[fold], minlength=4)
     assert counts[0] == 2 and counts[2] == 0 and counts[3] <= 2     # ceil(n_k / 5)
-  assert calibration.cross_fit_folds(labels, 5, seed=3)[0].tolist() == folds[0].tolist()
-  with pytest.raises(ValueError, match="num_folds"):
-    calibration.cross_fit_folds(labels, 1)
+  assert calibration_folds(labels, 5, seed=3)[0].tolist() == folds[0].tolist()
+  with pytest.raises(ValueError, match="calibration_folds=1"):
+    calibration_folds(labels, 1, seed=0)
 
 
 def test_cross_fitted_temperature_recovers_a_known_over_confidence():
@@ -57,31 +58,25 @@ def test_cross_fitted_temperature_recovers_a_known_over_confidence():
     calls.append(fold.size)
     return 3.0 * a[fold]
 
-  record = calibration.cross_fitted_temperature(fit_logits, labels, num_folds=4, seed=0)
+  record = calibration.cross_fitted_temperature(fit_logits, labels, num_folds=4, seed=0,
+                                                max_temperature=10.0)
   assert record["temperature"] == pytest.approx(3.0, rel=0.1)
   assert record["num_folds"] == len(calls) == 4
   assert record["num_out_of_fold"] == sum(calls) == int(np.sum(labels >= 0))
   assert record["out_of_fold_nll_after"] < record["out_of_fold_nll_before"]
-  # The safeguards: a bracket capped below the truth stops at its end; shrinking toward 1
-  # with n0 pseudo-rows gives T ** (n / (n + n0)).
+  # The bracket's top bounds T: capped below the truth, it stops at its end.
   capped = calibration.cross_fitted_temperature(fit_logits, labels, num_folds=4, seed=0,
                                                 max_temperature=2.0)
   assert capped["temperature"] == pytest.approx(2.0, rel=1e-3)
-  n = record["num_out_of_fold"]
-  shrunk = calibration.cross_fitted_temperature(fit_logits, labels, num_folds=4, seed=0,
-                                                prior_rows=n)
-  assert shrunk["fitted_temperature"] == pytest.approx(record["temperature"])
-  assert shrunk["temperature"] == pytest.approx(np.sqrt(record["temperature"]), rel=1e-9)
-  assert calibration.shrunk_temperature(8.0, 10, 20) == pytest.approx(2.0)
-  assert calibration.shrunk_temperature(0.5, 10, 0) == 0.5
 
 
 def test_cross_fitted_temperature_keeps_one_when_every_held_out_row_is_right():
   labels = np.array([0, 0, 1, 1, -1, -1])
   onehot = np.eye(2)[np.maximum(labels, 0)] * 5.0
   record = calibration.cross_fitted_temperature(lambda _, fold: onehot[fold], labels,
-                                                num_folds=2)
+                                                num_folds=2, seed=0, max_temperature=10.0)
   assert record["temperature"] == 1.0 and "note" in record
   with pytest.raises(ValueError, match="at least 2 labels"):
     calibration.cross_fitted_temperature(lambda _, fold: onehot[fold],
-                                         np.array([0, 1, -1]), num_folds=2)
+                                         np.array([0, 1, -1]), num_folds=2, seed=0,
+                                         max_temperature=10.0)

@@ -187,11 +187,11 @@ def test_string_and_object_class_labels_give_the_same_model(fitted, table):
 
 
 def test_calibrate_cross_fits_a_temperature_and_keeps_the_final_model(fitted, table):
-  """calibrate=True: 2 fold fits (same shapes as ``fitted``: nothing compiles) give the
+  """calibration="cross_fit": 2 fold fits (same shapes as ``fitted``: nothing compiles) give the
   out-of-fold logits of all 10 labels; the final model is the uncalibrated one (same seed,
   all labels), predict is unchanged and predict_proba is softmax(logits / T)."""
   X, y_semi, _ = table
-  clf = FlowGMMClassifier(random_state=0, calibrate=True, calibration_folds=2,
+  clf = FlowGMMClassifier(random_state=0, calibration="cross_fit", calibration_folds=2,
                           **TINY).fit(X, y_semi)
   record = clf.calibration_
   assert record["num_folds"] == 2 and record["num_out_of_fold"] == 10
@@ -200,7 +200,7 @@ def test_calibrate_cross_fits_a_temperature_and_keeps_the_final_model(fitted, ta
   expected = scipy.special.softmax(np.log(fitted.predict_proba(X)) / clf.temperature_, axis=1)
   np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-5, atol=1e-9)
   with pytest.raises(ValueError, match=r"calibration_folds=1 must be an integer >= 2"):
-    FlowGMMClassifier(calibrate=True, calibration_folds=1).fit(X, y_semi)
+    FlowGMMClassifier(calibration="cross_fit", calibration_folds=1).fit(X, y_semi)
 
 
 def test_fit_and_predict_memory_does_not_grow_with_rows_beyond_the_data():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flowgmm_jax.data.rows import split_rows
 from flowgmm_jax.training import train_and_evaluate, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +254,8 @@ def test_user_files_load_and_split(tmp_path, fmt, with_unlabeled):
     c.data.label_column = "label"
   validate_config(c)
   ds = data_lib.load_dataset(c)
-  labeled, unlabeled = data_lib.make_split(c, ds)
+  rows = split_rows(c, ds)
+  labeled, unlabeled = rows.labeled, rows.unlabeled
   _check_user_table_split({"num_test": len(ds.x_test), "num_labeled": len(labeled),
                            "num_unlabeled": len(unlabeled)}, with_unlabeled)
 

@@ -106,7 +106,7 @@ def test_non_finite_step_changes_nothing_but_the_step():
 
 def test_nan_rows_are_skipped_counted_and_never_checkpointed(tmp_path):
   ds = blobs(nan_rows=[30])  # one unlabelled row is NaN: the batches holding it are skipped
-  result = fit(tiny_config(steps=12, checkpoint_every=1), ds, LAB, UNLAB,
+  result = fit(tiny_config(steps=12, checkpoint_every=1), ds, (LAB, UNLAB),
                workdir=str(tmp_path / "run"))
   skipped = sum(h.get("train/skipped_steps", 0) for h in result.history)
   assert 1 <= skipped < 12
@@ -128,7 +128,7 @@ def test_too_many_skips_in_a_row_stop_with_one_line(tmp_path):
   c.max_consecutive_skips = 3
   workdir = tmp_path / "new"
   with pytest.raises(FloatingPointError, match=r"3 steps in a row") as e:
-    fit(c, ds, LAB, UNLAB, workdir=str(workdir))
+    fit(c, ds, (LAB, UNLAB), workdir=str(workdir))
   assert "\n" not in str(e.value) and "learning rate" in str(e.value)
 
 
@@ -223,13 +223,13 @@ def _damage_manifest(step_dir):
 
 def test_damaged_latest_checkpoints_fall_back_to_the_newest_good_one(tmp_path, capfd):
   ds = blobs()
-  straight = fit(tiny_config(steps=8), ds, LAB, UNLAB, workdir=str(tmp_path / "straight"))
+  straight = fit(tiny_config(steps=8), ds, (LAB, UNLAB), workdir=str(tmp_path / "straight"))
   workdir = tmp_path / "damaged"
-  fit(tiny_config(steps=6), ds, LAB, UNLAB, workdir=str(workdir))
+  fit(tiny_config(steps=6), ds, (LAB, UNLAB), workdir=str(workdir))
   _damage_truncate(workdir / "checkpoints" / "6")
   _damage_manifest(workdir / "checkpoints" / "4")
   capfd.readouterr()
-  resumed = fit(tiny_config(steps=8), ds, LAB, UNLAB, workdir=str(workdir))
+  resumed = fit(tiny_config(steps=8), ds, (LAB, UNLAB), workdir=str(workdir))
   err = capfd.readouterr().err
   warnings = [row for row in err.splitlines() if row.strip()]
   assert len(warnings) == 2, err  # one line per damaged checkpoint, no orbax noise
@@ -274,11 +274,11 @@ def test_checksum_matches_older_checkpoints_and_sees_one_flipped_bit():
 def test_no_readable_checkpoint_is_one_line_naming_the_directory(tmp_path, capfd):
   ds = blobs()
   workdir = tmp_path / "run"
-  fit(tiny_config(steps=2), ds, LAB, UNLAB, workdir=str(workdir))
+  fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir))
   (workdir / "checkpoints" / "2" / "state" / "_METADATA").write_text("garbage{")
   capfd.readouterr()
   with pytest.raises(ckpt_lib.DamagedCheckpointError) as e:
-    fit(tiny_config(steps=4), ds, LAB, UNLAB, workdir=str(workdir))
+    fit(tiny_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir))
   assert "\n" not in str(e.value)
   assert str(workdir / "checkpoints") in str(e.value) and "afresh" in str(e.value)
   assert capfd.readouterr().err.strip() == ""
@@ -287,28 +287,28 @@ def test_no_readable_checkpoint_is_one_line_naming_the_directory(tmp_path, capfd
 def test_changed_seed_split_or_optimiser_on_an_existing_workdir(tmp_path, capfd):
   ds = blobs()
   workdir = str(tmp_path / "run")
-  fit(tiny_config(steps=2), ds, LAB, UNLAB, workdir=workdir)
+  fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=workdir)
   c = tiny_config(steps=4)
   c.seed = 1
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="different seed") as e:
-    fit(c, ds, LAB, UNLAB, workdir=workdir)
+    fit(c, ds, (LAB, UNLAB), workdir=workdir)
   assert "/seed" in str(e.value)
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="split"):
-    fit(tiny_config(steps=4), ds, LAB[:6], np.arange(6, 80), workdir=workdir)
+    fit(tiny_config(steps=4), ds, (LAB[:6], np.arange(6, 80)), workdir=workdir)
   c = tiny_config(steps=4)
   c.model.num_coupling_layers = 3
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="does not fit this model.*"
                      "num_coupling_layers"):
-    fit(c, ds, LAB, UNLAB, workdir=workdir)
+    fit(c, ds, (LAB, UNLAB), workdir=workdir)
   c = tiny_config(steps=4)
   c.optim.optimizer = "sgd"
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="optim.optimizer='adam'"):
-    fit(c, ds, LAB, UNLAB, workdir=workdir)
+    fit(c, ds, (LAB, UNLAB), workdir=workdir)
   # A lower learning rate (the advice after divergence) resumes, and says so in one line.
   capfd.readouterr()
   c = tiny_config(steps=4)
   c.optim.learning_rate = 1e-3
-  result = fit(c, ds, LAB, UNLAB, workdir=workdir)
+  result = fit(c, ds, (LAB, UNLAB), workdir=workdir)
   assert int(result.state.step) == 4
   err = [row for row in capfd.readouterr().err.splitlines() if row.strip()]
   assert len(err) == 1 and "optim.learning_rate: 0.01 -> 0.001" in err[0]
@@ -330,13 +330,13 @@ def test_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd):
   workdir = tmp_path / "run"
   lock = _foreign_lock(workdir)  # a live holder elsewhere: fresh heartbeat
   with pytest.raises(WorkdirBusyError) as e:
-    fit(tiny_config(steps=2), ds, LAB, UNLAB, workdir=str(workdir))
+    fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir))
   assert "\n" not in str(e.value) and "pid 4242 on host another-host" in str(e.value)
   assert os.listdir(workdir) == [".lock"] and json.loads(lock.read_text())["pid"] == 4242
   # No heartbeat for longer than the timeout: the holder is gone; the run takes over.
   _foreign_lock(workdir, age=STALE_SECONDS + 5)
   capfd.readouterr()
-  assert int(fit(tiny_config(steps=2), ds, LAB, UNLAB, workdir=str(workdir)).state.step) == 2
+  assert int(fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir)).state.step) == 2
   err = capfd.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "took over the lock" in err[0] and "another-host" in err[0]
   assert not lock.exists()  # released at the end
@@ -344,7 +344,7 @@ def test_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   _foreign_lock(workdir, host=socket.gethostname(), pid=dead.pid)
-  assert int(fit(tiny_config(steps=4), ds, LAB, UNLAB, workdir=str(workdir)).state.step) == 4
+  assert int(fit(tiny_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir)).state.step) == 4
   assert not lock.exists()
 
 
@@ -367,7 +367,7 @@ def test_a_checkpoint_of_the_previous_format_loads_converted_and_refuses_to_resu
     rng: jax.Array
 
   ds = blobs()
-  first = fit(tiny_config(steps=2), ds, LAB, UNLAB)
+  first = fit(tiny_config(steps=2), ds, (LAB, UNLAB))
   c = tiny_config(steps=2)
   meta = ckpt_lib.make_meta(c, input_shape=(4,), num_classes=2, labeled_idx=LAB,
                             unlabeled_idx=UNLAB)
@@ -396,12 +396,12 @@ def test_a_checkpoint_of_the_previous_format_loads_converted_and_refuses_to_resu
   np.testing.assert_allclose(model.logits(ds.x_test, preprocessed=True),
                              expected.logits(ds.x_test, preprocessed=True), rtol=1e-6)
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
-    fit(tiny_config(steps=4), ds, LAB, UNLAB, workdir=str(workdir))
+    fit(tiny_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir))
   message = str(e.value)
   assert "\n" not in message and "parameter layout 1" in message
   assert "initial_variables=trained.load(WORKDIR).variables" in message
   # ... and that path trains on from it.
-  resumed = fit(tiny_config(steps=2), ds, LAB, UNLAB, initial_variables=model.variables)
+  resumed = fit(tiny_config(steps=2), ds, (LAB, UNLAB), initial_variables=model.variables)
   assert int(resumed.state.step) == 2 and np.isfinite(vec(resumed.variables)).all()
 
 
@@ -410,7 +410,7 @@ def test_an_unknown_or_newer_parameter_layout_is_refused_in_one_line():
   from flowgmm_jax.models import LayoutVersionError
   c = tiny_config(steps=2)
   ds = blobs()
-  first = fit(c, ds, LAB, UNLAB)
+  first = fit(c, ds, (LAB, UNLAB))
   for layout, words in ((3, "newer than this flowgmm_jax knows"), ("x", "unknown")):
     meta = ckpt_lib.make_meta(c, input_shape=(4,), num_classes=2)
     meta["param_layout"] = layout

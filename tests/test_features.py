@@ -85,7 +85,7 @@ def test_training_noise_dequantizes_discrete_columns_and_keeps_gaussian_elsewher
   import ml_collections
   from flowgmm_jax.data import add_feature_noise
   from flowgmm_jax.data.dataset import Dataset
-  from flowgmm_jax.training import build
+  from flowgmm_jax.training import programs
 
   rng = np.random.default_rng(4)
   n = 6000  # more than the screen's 4096 rows: the discrete columns are described on all
@@ -96,11 +96,11 @@ def test_training_noise_dequantizes_discrete_columns_and_keeps_gaussian_elsewher
   dataset = Dataset(name="t", kind="tabular", x_train=x, y_train=np.full(n, -1, np.int32),
                     x_test=x[:0], y_test=np.zeros(0, np.int32), num_classes=2)
   config = ml_collections.ConfigDict({"augment": {"dequantize": "auto"}})
-  widths = np.array(build.dequantize_widths(config, dataset))
+  widths = np.array(programs.dequantize_widths(config, dataset))
   np.testing.assert_allclose(widths, [1 / std[0], 1 / std[1], 0.0, 0.0], rtol=1e-5)
   config.augment.dequantize = "off"
-  assert build.dequantize_widths(config, dataset) == ()
-  assert build.dequantize_widths(ml_collections.ConfigDict({"augment": {}}), dataset) == ()
+  assert programs.dequantize_widths(config, dataset) == ()
+  assert programs.dequantize_widths(ml_collections.ConfigDict({"augment": {}}), dataset) == ()
 
   batch = np.repeat(x[:1], 20000, axis=0)
   noisy = np.asarray(add_feature_noise(jax.random.PRNGKey(0), batch, 0.1,

@@ -89,7 +89,7 @@ def test_original_objective_trains_a_classifier():
   c.log_every_steps = 10
   c.progress_bar = False
   idx = np.arange(80)
-  result = fit(c, ds, idx[:8], idx[8:])
+  result = fit(c, ds, (idx[:8], idx[8:]))
   assert result.metrics["eval/accuracy"] >= 0.9
   losses = [h["train/loss"] for h in result.history if "train/loss" in h]
   assert losses[-1] < losses[0]

@@ -19,7 +19,9 @@ from flowgmm_jax import FlowGMM, GaussianMixturePrior
 from flowgmm_jax.data import Dataset, add_feature_noise, default_data_dir
 from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.models import RealNVPTabular, count_params
-from flowgmm_jax.training import build, loop
+from flowgmm_jax.data import rows as rows_lib
+from flowgmm_jax.prior import place_means_at_centroids
+from flowgmm_jax.training import loop, run
 from flowgmm_jax.training.config import (RECIPE_PARAMETERS, TABLE_RECIPE, apply_table_recipe,
                                          base_config)
 
@@ -52,7 +54,7 @@ def test_means_move_to_the_latent_centroids_of_the_labelled_rows():
   # Make the flow far from the identity, so centroids of f(x) differ from those of x.
   variables = jax.tree.map(lambda a: a + 0.3 * jnp.ones_like(a), variables)
   z = np.asarray(model.apply(variables, jnp.asarray(x))[0])
-  moved = build.place_means_at_labeled_centroids(variables, z, y)
+  moved = place_means_at_centroids(variables, z, y)
   means = np.asarray(moved["params"]["prior"]["means"])
   np.testing.assert_allclose(means[0], z[y == 0].mean(axis=0), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(means[1], z[y == 1].mean(axis=0), rtol=1e-5, atol=1e-5)
@@ -62,19 +64,6 @@ def test_means_move_to_the_latent_centroids_of_the_labelled_rows():
   # centroid's in most cases, i.e. the classifier starts as nearest-class-mean.
   logits = np.asarray(model.apply(moved, jnp.asarray(x))[2])
   assert set(np.argmax(logits, axis=1)) <= {0, 1}
-
-
-def test_heldout_rows_split_the_unlabelled_pool():
-  pool = np.arange(1000, 2000)
-  train, held = build.heldout_rows(pool, 0.1, seed=3)
-  assert len(held) == 100 and len(train) == 900
-  assert not set(train) & set(held) and set(train) | set(held) == set(pool)
-  np.testing.assert_array_equal(held, build.heldout_rows(pool, 0.1, seed=3)[1])
-  assert not np.array_equal(held, build.heldout_rows(pool, 0.1, seed=4)[1])
-  assert len(build.heldout_rows(pool[:100], 0.05, seed=0)[1]) == 16  # at least 16
-  assert len(build.heldout_rows(pool[:40], 0.9, seed=0)[1]) == 20   # at most half
-  assert len(build.heldout_rows(pool[:31], 0.1, seed=0)[1]) == 0    # too small a pool
-  assert len(build.heldout_rows(pool, 0.0, seed=0)[1]) == 0         # off
 
 
 def _discrete_table(seed=0, n=160):
@@ -98,7 +87,7 @@ def test_early_stopping_returns_the_parameters_of_the_best_heldout_nll():
                      learning_rate=3e-2, lr_schedule="constant", holdout_fraction=0.25,
                      check_every_steps=10, patience=3, min_steps=0)
   c.progress_bar = False
-  result = loop.fit(c, dataset, labeled, unlabeled)
+  result = loop.fit(c, dataset, (labeled, unlabeled))
   curve = [(h["step"], h["early_stopping/heldout_nll"]) for h in result.history
            if "early_stopping/heldout_nll" in h]
   best_step, best_nll = min(curve, key=lambda s_n: s_n[1])
@@ -107,7 +96,7 @@ def test_early_stopping_returns_the_parameters_of_the_best_heldout_nll():
   assert max(nll for step, nll in curve if step > best_step) > best_nll + 0.1
   assert int(result.state.step) == best_step + 3 * 10 < 400
   # The returned parameters are those of the best check, not the last step's.
-  _, held = build.heldout_rows(unlabeled, 0.25, c.seed)
+  held = rows_lib.split_rows(c, dataset, (labeled, unlabeled)).early_stopping
   _, log_det, clj = result.model.apply(result.variables, jnp.asarray(x[held]))
   nll = -float(jnp.mean(jax.nn.logsumexp(clj, axis=-1) + log_det))
   assert nll == pytest.approx(best_nll, abs=1e-3)
@@ -127,7 +116,7 @@ class _ScriptedNLL:
 def test_early_stopping_waits_for_min_steps_and_keeps_the_best(min_steps, stop_step):
   settings = base_config().early_stopping
   settings.check_every_steps, settings.patience, settings.min_steps = 10, 3, min_steps
-  stopper = loop.EarlyStopping(settings, np.zeros((4, 2)), total_steps=200)
+  stopper = loop.EarlyStopping(settings, np.zeros((4, 2)))
   script = [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 3.3, 3.4, 3.6, 3.7, 3.8]  # best at step 30
   stopped_at = None
   for i, nll in enumerate(script):
@@ -203,17 +192,18 @@ def test_recipe_dropout_is_the_papers_from_4_features_and_off_below(num_features
 
 def test_estimator_parameters_are_the_config_fields():
   """Every recipe parameter names a config field of the same name (``model`` is
-  model.name), and the estimator takes exactly those plus its own six."""
+  model.name, ``calibration`` calibration.method), and the estimator takes exactly those
+  plus its own four."""
   params = set(FlowGMMClassifier().get_params())
   assert params == set(RECIPE_PARAMETERS) | {"standardize", "compilation_cache_dir",
-                                             "random_state", "verbose", "calibrate",
-                                             "calibration_folds"}
+                                             "random_state", "verbose"}
   c = base_config()
   for name, path in RECIPE_PARAMETERS.items():
-    assert path.split(".")[-1] == ("name" if name == "model" else name)
+    leaf = {"model": "name", "calibration": "method"}.get(name, name)
+    assert path.split(".")[-1] == leaf
     section = path.rpartition(".")[0]
     if section and section != "model":
-      assert name in c[section], path
+      assert leaf in c[section], path
   # The hidden-layer count means what it says. One coupling on D = 4 features: the MLP reads
   # the 2 kept features and predicts (s, t) for the other 2, so with hidden_layers=1 it is
   # Dense(2 -> 5), ReLU, Dense(5 -> 4): 15 + 24 weights, plus the Rescale's 4 + 4; each
@@ -256,7 +246,7 @@ def test_default_config_runs_20_steps_on_the_offline_data(tmp_path, name, arg):
   c.num_train_steps, c.log_every_steps, c.eval_every_steps = 20, 10, 20
   c.checkpoint_every_steps, c.progress_bar = 20, False
   c.plots = False  # the figures are tested in test_trained.py
-  results = loop.train_and_evaluate(c, str(tmp_path / "run"))
+  results = run.train_and_evaluate(c, str(tmp_path / "run"))
   assert results["step"] == 20 and results["num_labeled"] > 0
   assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/nll"])
 
@@ -283,11 +273,10 @@ def test_default_estimator_beats_logistic_regression_on_a_real_table():
 
 @pytest.mark.slow
 def test_suite_calibration_is_the_estimators_and_leaves_its_ece_before_unchanged():
-  """--calibration-folds runs FlowGMMClassifier(calibrate=True): T within the estimator's
+  """--calibration-folds runs FlowGMMClassifier(calibration="cross_fit"): T within its
   bound, and the "before" ECE (T * the calibrated log-probabilities) equals that of the same
   fit without calibration, since the final model is the same."""
   from benchmarks import ssl_suite
-  from flowgmm_jax.estimator import CALIBRATION_MAX_TEMPERATURE
   x, y = ssl_suite.load_table("wine")
   split = ssl_suite.make_split(x, y, 0, 10, validation=False)
   params = dict(num_coupling_layers=1, hidden_dim=8, num_train_steps=60, min_steps=0)
@@ -295,7 +284,7 @@ def test_suite_calibration_is_the_estimators_and_leaves_its_ece_before_unchanged
   calibrated = ssl_suite.run_method("flowgmm", *split, 0, params, calibration_folds=2)
   assert calibrated["accuracy"] == plain["accuracy"]
   assert calibrated["ece"] == pytest.approx(plain["ece"], abs=1e-9)
-  assert 0.1 <= calibrated["temperature"] <= CALIBRATION_MAX_TEMPERATURE
+  assert 0.1 <= calibrated["temperature"] <= FlowGMMClassifier().max_temperature
   assert 0.0 <= calibrated["ece_calibrated"] <= 1.0
 
 

@@ -28,7 +28,8 @@ def toy_config(steps=4):
   c.data.labeled_batch_size, c.data.unlabeled_batch_size = 8, 32
   c.prior.means_init, c.prior.means_scale = "circle", 3.5
   c.model.num_coupling_layers, c.model.hidden_dim = 2, 16
-  c.calibration.validation_fraction = 0.34
+  c.calibration.method = "holdout"
+  c.calibration.calibration_fraction = 0.34
   c.num_train_steps = steps
   c.log_every_steps = c.eval_every_steps = 2
   c.checkpoint_every_steps = 2
@@ -98,7 +99,7 @@ def test_load_methods_round_trip_and_sample(toy_run):
 def test_load_applies_the_stored_calibration_and_predict_is_unchanged(toy_run):
   _, workdir, results = toy_run
   cal = json.load(open(os.path.join(workdir, "calibration.json")))
-  assert cal["step"] == 4 and cal["num_validation"] == results["calibration/num_validation"] > 0
+  assert cal["step"] == 4 and cal["num_validation"] == results["num_calibration"] > 0
   model, raw = trained.load(workdir), trained.load(workdir, calibrated=False)
   assert model.temperature == pytest.approx(cal["temperature"]) and raw.temperature == 1.0
   x = np.random.default_rng(1).normal(size=(200, 2)).astype(np.float32)
@@ -107,8 +108,8 @@ def test_load_applies_the_stored_calibration_and_predict_is_unchanged(toy_run):
   for key in ("ece", "nll_y_given_x", "accuracy"):
     assert f"calibration/before/{key}" in results and f"calibration/after/{key}" in results
   assert results["calibration/after/accuracy"] == results["calibration/before/accuracy"]
-  # The validation rows were held out of the labelled pool: 6 per class - 2 per class.
-  assert results["num_labeled"] == 8 and results["num_validation"] == 4
+  # The calibration rows were held out of the labelled pool: 6 per class - 2 per class.
+  assert results["num_labeled"] == 8 and results["num_calibration"] == 4
 
 
 def test_load_fails_in_one_line(toy_run, tmp_path):
@@ -133,10 +134,12 @@ def test_load_fails_in_one_line(toy_run, tmp_path):
   json.dump(meta, open(meta_file, "w"))
   with pytest.raises(IncompatibleCheckpointError, match=r"lacks \['input_shape'\]"):
     trained.load(copy)
-  # A run writes the schema's keys (and the optimiser settings and checksum); load needs
-  # its model part.
+  # A run writes the schema's keys (and the optimiser settings, checksum and the step whose
+  # parameters it holds: its own, without early stopping); load needs its model part.
   saved = json.load(open(os.path.join(workdir, "checkpoints", "4", "meta", "metadata")))
-  assert set(saved) - {"_soft", "_checksum"} == set(META_KEYS) > set(MODEL_META_KEYS)
+  assert set(saved) - {"_soft", "_checksum", "params_step"} == set(META_KEYS) > set(
+      MODEL_META_KEYS)
+  assert saved["params_step"] == 4
 
 
 # ----------------------------------------------------------------------------- --mode=eval
@@ -188,7 +191,7 @@ def test_temperature_fit_fixes_a_constructed_over_confident_model():
   labels = np.array([rng.choice(4, p=row) for row in p])
   over = 4.0 * true_logits                     # the same ranking, 4x too confident
   val, test = slice(0, 2000), slice(2000, None)
-  t = calibration.fit_temperature(over[val], labels[val])
+  t = calibration.fit_temperature(over[val], labels[val], max_temperature=10.0)
   assert t == pytest.approx(4.0, rel=0.15)
   before = calibration.metrics(over[test], labels[test], 1.0)
   after = calibration.metrics(over[test], labels[test], t)
@@ -197,20 +200,10 @@ def test_temperature_fit_fixes_a_constructed_over_confident_model():
   assert after["accuracy"] == before["accuracy"]
   # A validation set the model gets all right carries no evidence for a finite T: keep 1.
   right = over[val][over[val].argmax(1) == labels[val]][:5]
-  assert calibration.calibrate(right, right.argmax(1))["temperature"] == 1.0
+  assert calibration.calibrate(right, right.argmax(1), max_temperature=10.0)["temperature"] == 1.0
   # An under-confident model gets T < 1.
-  assert calibration.fit_temperature(0.25 * true_logits[val], labels[val]) < 0.4
-
-
-def test_hold_out_validation_keeps_a_label_in_every_class():
-  y = np.array([0] * 5 + [1] * 2 + [2] * 1 + [-1] * 10)
-  labeled = np.arange(8)
-  train, val = calibration.hold_out_validation(labeled, y, 0.4, seed=0)
-  assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 8
-  assert sorted(np.unique(y[train])) == [0, 1, 2]
-  assert np.bincount(y[val], minlength=3).tolist() == [2, 1, 0]
-  train, val = calibration.hold_out_validation(labeled, y, 0.0, seed=0)
-  assert len(val) == 0 and len(train) == 8
+  assert calibration.fit_temperature(0.25 * true_logits[val], labels[val],
+                                      max_temperature=10.0) < 0.4
 
 
 # ----------------------------------------------------------------------------- figures

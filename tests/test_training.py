@@ -81,8 +81,8 @@ def test_fit_learns_and_is_deterministic():
   c = tiny_tabular_config(steps=40)
   c.eval_every_steps = 40
   lab, unlab = split(ds)
-  r1 = fit(c, ds, lab, unlab)
-  r2 = fit(c, ds, lab, unlab)
+  r1 = fit(c, ds, (lab, unlab))
+  r2 = fit(c, ds, (lab, unlab))
   assert r1.metrics["eval/accuracy"] >= 0.9
   np.testing.assert_array_equal(params_vector(r1.variables), params_vector(r2.variables))
   losses = [h["train/loss"] for h in r1.history if "train/loss" in h]
@@ -92,10 +92,10 @@ def test_fit_learns_and_is_deterministic():
 def test_resume_gives_same_parameters_as_uninterrupted(tmp_path):
   ds = gaussian_blobs()
   lab, unlab = split(ds)
-  full = fit(tiny_tabular_config(steps=6), ds, lab, unlab, workdir=str(tmp_path / "full"))
+  full = fit(tiny_tabular_config(steps=6), ds, (lab, unlab), workdir=str(tmp_path / "full"))
   # Interrupted run: 3 steps (checkpoint at 3), then the same command with 6 steps.
-  fit(tiny_tabular_config(steps=3), ds, lab, unlab, workdir=str(tmp_path / "resumed"))
-  resumed = fit(tiny_tabular_config(steps=6), ds, lab, unlab, workdir=str(tmp_path / "resumed"))
+  fit(tiny_tabular_config(steps=3), ds, (lab, unlab), workdir=str(tmp_path / "resumed"))
+  resumed = fit(tiny_tabular_config(steps=6), ds, (lab, unlab), workdir=str(tmp_path / "resumed"))
   assert int(resumed.state.step) == 6
   np.testing.assert_allclose(params_vector(resumed.variables), params_vector(full.variables),
                              rtol=0, atol=1e-6)
@@ -108,11 +108,11 @@ def test_resume_gives_same_parameters_as_uninterrupted(tmp_path):
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
   ds = gaussian_blobs()
   lab, unlab = split(ds)
-  fit(tiny_tabular_config(steps=3), ds, lab, unlab, workdir=str(tmp_path))
+  fit(tiny_tabular_config(steps=3), ds, (lab, unlab), workdir=str(tmp_path))
   c = tiny_tabular_config(steps=6)
   c.model.hidden_dim = 32
   with pytest.raises(IncompatibleCheckpointError, match="different model/data configuration"):
-    fit(c, ds, lab, unlab, workdir=str(tmp_path))
+    fit(c, ds, (lab, unlab), workdir=str(tmp_path))
 
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent("""
@@ -150,16 +150,16 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     ds = Dataset(name="rand", kind="image", x_train=x[:48], y_train=y[:48], x_test=x[48:],
                  y_test=y[48:], num_classes=3)
     lab, unlab = np.arange(12), np.arange(12, 48)
-    r8 = fit(c, ds, lab, unlab, mesh=make_mesh(jax.devices()))
-    r1 = fit(c, ds, lab, unlab, mesh=make_mesh(jax.devices()[:1]))
+    r8 = fit(c, ds, (lab, unlab), mesh=make_mesh(jax.devices()))
+    r1 = fit(c, ds, (lab, unlab), mesh=make_mesh(jax.devices()[:1]))
     out["image_params"] = float(np.max(np.abs(vec(r8.variables["params"]) - vec(r1.variables["params"]))))
     out["image_bn"] = float(np.max(np.abs(vec(r8.variables["batch_stats"]) - vec(r1.variables["batch_stats"]))))
     out["grad_norm"] = min(h["train/grad_norm"] for h in r1.history if "train/grad_norm" in h)
     out["eval_acc_diff"] = abs(r8.metrics["eval/accuracy"] - r1.metrics["eval/accuracy"])
     out["eval_nll_diff"] = abs(r8.metrics["eval/nll"] - r1.metrics["eval/nll"]) / abs(r1.metrics["eval/nll"])
     c.optim.optimizer = "adam"
-    a8 = fit(c, ds, lab, unlab, mesh=make_mesh(jax.devices()))
-    a1 = fit(c, ds, lab, unlab, mesh=make_mesh(jax.devices()[:1]))
+    a8 = fit(c, ds, (lab, unlab), mesh=make_mesh(jax.devices()))
+    a1 = fit(c, ds, (lab, unlab), mesh=make_mesh(jax.devices()[:1]))
     l8 = np.array([h["train/loss"] for h in a8.history if "train/loss" in h])
     l1 = np.array([h["train/loss"] for h in a1.history if "train/loss" in h])
     out["adam_loss_rel_diff"] = float(np.max(np.abs(l8 - l1) / np.abs(l1)))
@@ -220,8 +220,29 @@ def test_fit_with_batch_scale_equals_the_same_recipe_written_out():
   by_hand.data.labeled_batch_size, by_hand.data.unlabeled_batch_size = 16, 32
   by_hand.optim.learning_rate = 2e-2
   by_hand.optim.warmup_steps = 1            # ceil(0.05 * 4)
-  a = params_vector(fit(scaled, ds, lab, unl).variables)
-  b = params_vector(fit(by_hand, ds, lab, unl).variables)
+  a = params_vector(fit(scaled, ds, (lab, unl)).variables)
+  b = params_vector(fit(by_hand, ds, (lab, unl)).variables)
   np.testing.assert_array_equal(a, b)
-  c = params_vector(fit(tiny_tabular_config(steps=4), ds, lab, unl).variables)
+  c = params_vector(fit(tiny_tabular_config(steps=4), ds, (lab, unl)).variables)
   assert not np.allclose(a, c)
+
+
+def test_early_stoppings_best_step_reaches_metrics_and_the_checkpoint(tmp_path):
+  """The state saved at the last step holds the best check's parameters: metrics.jsonl
+  says which step that was, and the checkpoint's metadata names it as params_step."""
+  ds = gaussian_blobs()
+  lab, unl = split(ds)
+  c = tiny_tabular_config(steps=8)
+  c.early_stopping.holdout_fraction = 0.3
+  c.early_stopping.check_every_steps = 2
+  c.early_stopping.patience = 0            # run to the end, then keep the best check
+  c.optim.learning_rate = 0.3              # large enough that the last check is not the best
+  result = fit(c, ds, (lab, unl), workdir=str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  best = [r["early_stopping/best_step"] for r in records if "early_stopping/best_step" in r]
+  checks = {r["step"]: r["early_stopping/heldout_nll"] for r in records
+            if "early_stopping/heldout_nll" in r}
+  assert sorted(checks) == [2, 4, 6, 8]
+  assert best == [result.best_step] == [min(checks, key=checks.get)]
+  meta = json.load(open(tmp_path / "checkpoints" / "8" / "meta" / "metadata"))
+  assert meta["params_step"] == result.best_step

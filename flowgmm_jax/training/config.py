@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional
 import ml_collections
 from ml_collections import config_dict
 
+from flowgmm_jax.calibration import CALIBRATION_METHODS
 from flowgmm_jax.data import names_by_kind
 from flowgmm_jax.losses import OBJECTIVES
 from flowgmm_jax.models import COMPUTE_DTYPES, IMAGE_MODELS, MODEL_FIELDS, MODELS
@@ -143,9 +144,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.early_stopping.min_steps = 0           # never stop before this many steps (the best
                                            # check is still kept)
 
+  # A temperature T for p(y | x) = softmax(logits / T), fitted on held-back labels
+  # (flowgmm_jax/calibration.py): "none"; "holdout": calibration_fraction of each class's
+  # labels lose their labels in training and T is fitted on them; "cross_fit": every label
+  # trains the final model, and T is fitted on the out-of-fold logits of calibration_folds
+  # extra fits. T is searched in [0.1, max_temperature].
   c.calibration = ml_collections.ConfigDict()
-  c.calibration.validation_fraction = 0.0  # > 0: hold out this fraction of the labelled
-                                           # pool to fit a temperature (flowgmm_jax/calibration.py)
+  c.calibration.method = "none"
+  c.calibration.calibration_fraction = 0.2
+  c.calibration.calibration_folds = 3
+  c.calibration.max_temperature = 10.0
   c.plots = True                      # figures: workdir/plots/*.png at the end, TensorBoard images
 
   c.num_train_steps = 1000
@@ -193,6 +201,10 @@ TABLE_RECIPE = {
     # made a 20,000 x 400 fit 4.6x longer (docs/tables.md).
     "early_stopping": dict(holdout_fraction=0.1, check_every_steps=25, patience=5,
                            min_steps=1000),
+    # No temperature by default: at 10 labels per class it helps only where the model is
+    # very over-confident, and "cross_fit" costs calibration_folds more fits (docs/tables.md).
+    "calibration": dict(method="none", calibration_fraction=0.2, calibration_folds=3,
+                        max_temperature=10.0),
     "": dict(num_train_steps=3000),
 }
 # The recipe's fields that only some of its models have.
@@ -202,10 +214,11 @@ TABLE_RECIPE_MODEL_FIELDS = {"spline_tabular": dict(num_bins=8, bound=4.0)}
 def _parameter_paths() -> dict:
   """{parameter name: config path} for every field of the table recipe's models and
   sections: the field's own name, and ``model`` for ``model.name``."""
-  paths = {"model": "model.name"}
+  # A section's selector is named after the section: ``model`` and ``calibration``.
+  paths = {"model": "model.name", "calibration": "calibration.method"}
   for section, fields in TABLE_RECIPE.items():
     for key in fields:
-      if section != "model":
+      if section != "model" and f"{section}.{key}" not in paths.values():
         paths[key] = f"{section}.{key}" if section else key
   for name in TABLE_RECIPE_MODEL_FIELDS.keys() | {TABLE_RECIPE["model"]["name"]}:
     for key in MODEL_FIELDS[name]:
@@ -397,7 +410,10 @@ def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_fie
   integer("early_stopping.patience", 0)
   number("early_stopping.min_delta")
   integer("early_stopping.min_steps", 0)
-  number("calibration.validation_fraction", 0.0, 1.0, strict_high=True)
+  choice("calibration.method", CALIBRATION_METHODS)
+  number("calibration.calibration_fraction", 0.0, 1.0, strict_low=True, strict_high=True)
+  integer("calibration.calibration_folds", 2)
+  number("calibration.max_temperature", 1.0)
   dist = c["distributed"]
   given = [bool(dist["coordinator_address"]), dist["num_processes"] > 0,
            dist["process_id"] >= 0]

@@ -2,7 +2,7 @@
 
 * ``finish_run``: called by ``train_and_evaluate`` once the final checkpoint is written.
   Reloads the run with ``trained.load`` (so every run also checks the load path), fits the
-  calibration temperature on the held-out labelled rows, writes ``calibration.json`` and
+  temperature (``config.calibration``), writes ``calibration.json`` and
   the figures in ``plots/`` (also added to TensorBoard), and returns the entries it adds to
   ``results.json``.
 * ``figures_to_tensorboard``: the cheap figures at an evaluation step during training.
@@ -18,10 +18,11 @@ from typing import Optional
 import jax
 import ml_collections
 
-from flowgmm_jax import calibration as calibration_lib
 from flowgmm_jax import data as data_lib
 from flowgmm_jax import run_files
 from flowgmm_jax import trained
+from flowgmm_jax.data.rows import split_rows
+from flowgmm_jax.training.temperature import fit_temperature
 
 
 def write_plots(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
@@ -30,10 +31,7 @@ def write_plots(config: ml_collections.ConfigDict, workdir: str, step: Optional[
   from flowgmm_jax import plots
   model = trained.load(workdir, step)
   dataset = data_lib.load_dataset(config)
-  labeled_idx, unlabeled_idx = data_lib.make_split(config, dataset)
-  labeled_idx, _, _ = calibration_lib.split_validation(
-      labeled_idx, unlabeled_idx, dataset.y_train, config.calibration.validation_fraction,
-      config.seed)
+  labeled_idx = split_rows(config, dataset).labeled
   record = None
   if model.temperature != 1.0:
     record = {"temperature": model.temperature}
@@ -76,9 +74,9 @@ def _flat(prefix: str, d: dict) -> dict:
   return {f"{prefix}{k}": float(v) for k, v in d.items()}
 
 
-def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, labeled_idx,
-               validation_idx) -> dict:
-  """Calibration and plots for the finished run in ``workdir``; returns results entries."""
+def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, rows) -> dict:
+  """The temperature and plots of the finished run in ``workdir`` on ``dataset``'s ``rows``
+  (``data.rows.Rows``); returns its results entries."""
   if jax.process_index() != 0:
     return {}
   if jax.process_count() > 1:
@@ -93,18 +91,13 @@ def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, labeled
     print(f"warning: no calibration or figures; the saved run did not load back "
           f"({type(e).__name__}: {e})", file=sys.stderr)
     return {}
-  results, record = {}, None
-  if len(validation_idx):
-    logits_val = model.logits(dataset.x_train[validation_idx], preprocessed=True)
-    logits_test = model.logits(dataset.x_test, preprocessed=True) if len(dataset.x_test) else None
-    record = calibration_lib.calibrate(logits_val, dataset.y_train[validation_idx],
-                                       logits_test, dataset.y_test)
-    record.update(step=model.step,
-                  validation_fraction=float(config.calibration.validation_fraction),
-                  validation_rows=[int(i) for i in validation_idx])
+  results = {}
+  record = fit_temperature(config, dataset, rows, model)
+  if record is not None:
+    record = {k: v for k, v in record.items() if not k.startswith("out_of_fold_l")}
+    record["step"] = model.step
     run_files.write_calibration(workdir, record)
     results["calibration/temperature"] = record["temperature"]
-    results["calibration/num_validation"] = record["num_validation"]
     for when in ("before", "after"):
       if f"test_{when}" in record:
         results.update(_flat(f"calibration/{when}/", record[f"test_{when}"]))
@@ -113,7 +106,7 @@ def finish_run(config: ml_collections.ConfigDict, workdir: str, dataset, labeled
       from flowgmm_jax import plots
       os.makedirs(os.path.join(workdir, run_files.PLOTS_DIR), exist_ok=True)
       model.temperature = record["temperature"] if record else 1.0
-      paths = plots.write_run_plots(model, dataset, workdir, labeled_idx=labeled_idx,
+      paths = plots.write_run_plots(model, dataset, workdir, labeled_idx=rows.labeled,
                                     calibration=record)
       plots.add_to_tensorboard(paths, workdir, model.step)
     except Exception as e:  # noqa: BLE001 - a figure must never cost the run its results

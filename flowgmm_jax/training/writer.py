@@ -7,6 +7,8 @@ import os
 
 import jax
 
+from flowgmm_jax import run_files
+
 
 def _truncate_after(path: str, step: int) -> None:
   """Keeps the lines of ``path`` whose step is <= ``step`` (a torn last line goes too);
@@ -39,15 +41,22 @@ class MetricWriter:
     self._tb = None
     if not self.active:
       return
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, run_files.METRICS_FILE)
     if resume_step is not None and os.path.exists(self.path):
       _truncate_after(self.path, resume_step)
     self._file = open(self.path, "a")
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, run_files.TENSORBOARD_DIR))
     except ImportError:  # TensorBoard output is optional; metrics.jsonl is always written
       self._tb = None
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc) -> bool:
+    self.close()
+    return False
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.active:
