@@ -7,7 +7,7 @@ The original command (train_semisup_cons.py --label_weight=3 --consistency_weigh
 = 12,500 steps (an epoch is floor(4000 / 32) = 125 steps), 1501 epochs = 187,625 steps;
 batches of 32 labelled + 32 unlabelled, clipping 100, weight decay 5e-5 on the weight-norm
 gains, random crop with padding 4 and horizontal flips. Shared choices and every
-difference from the original, with the reason: configs.common.IMAGE_RECIPE_NOTES.
+difference from the original, with the reason: docs/recipes.md#the-image-recipe.
 Plain FlowGMM (no consistency term): --config.loss.consistency_weight=0.
 
     python -m experiments.main --config=configs/cifar10.py --workdir=/tmp/cifar10

@@ -6,7 +6,7 @@ The original README gives no SVHN command; this config takes its CIFAR-10 comman
 1 ramped over 100 epochs (100 * floor(1000 / 32) = 3,100 steps at 1000 labels), batches of
 32 labelled + 32 unlabelled, clipping 100, weight decay 5e-5 on the weight-norm gains,
 random crop with padding 4. Shared choices and every difference from the original, with the
-reason: configs.common.IMAGE_RECIPE_NOTES. Differences particular to SVHN:
+reason: docs/recipes.md#the-image-recipe. Differences particular to SVHN:
   - no horizontal flips: the original applies its CIFAR-10 transform (crop + flip) to SVHN
     as well, but a mirrored digit is not the same digit; we leave flips off;
   - 200,000 steps (the original gives no SVHN length).

@@ -4,7 +4,7 @@ By default this runs the library's table recipe, ``TABLE_RECIPE`` in
 ``flowgmm_jax/training/config.py``: the same model, prior, objective, optimiser and early
 stopping as ``FlowGMMClassifier()`` (one definition serves both). ``:paper`` gives the
 paper's UCI recipe instead (``configs/common.py``: ``apply_paper_table_recipe``, and
-``PAPER_TABLE_RECIPE_NOTES`` for each value's source and every difference), the original
+docs/recipes.md for each value's source and every difference), the original
 README's MiniBooNE and HEPMASS commands:
 
   value                        miniboone   hepmass   source (original repository)

@@ -2,7 +2,7 @@
 
 Each expected value below is read off the original repository
 (github.com/izmailovpavel/flowgmm; paths relative to its root) and carries its source.
-configs/common.py (PAPER_TABLE_RECIPE_NOTES) lists the differences that remain.
+docs/recipes.md lists the differences that remain.
 
 The parameter-count test needs PyTorch and a clone of the original named by the
 environment variable FLOWGMM_ORIGINAL (as tests/test_benchmarks.py); it is skipped without
