@@ -187,10 +187,10 @@ class _FreshCache:
     return False
 
 
-def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repeats: int,
-             device_kind: str, peak_override: float) -> dict:
-  """One timed row (module docstring, part 1)."""
-  from benchmarks.jaxpr_stats import count_flops
+def prepare_row(workload: str, dtype: str, per_device_batch: int, tiny: bool) -> tuple:
+  """``(train_step, state, batch, rng, row)``: the library's step for the workload's config
+  (``training.build.programs``), its initial state and one batch of random images, on all
+  devices; ``row`` describes them."""
   from flowgmm_jax import data as data_lib
   from flowgmm_jax import mesh as mesh_lib
   from flowgmm_jax.models import count_params
@@ -223,14 +223,24 @@ def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repea
          "model": c.model.name, "params": count_params(variables),
          "consistency": c.loss.consistency_weight > 0, "global_batch": rows,
          "image_shape": list(shape)}
+  return progs.train_step, state, batch, step_rng, row
+
+
+def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repeats: int,
+             device_kind: str, peak_override: float) -> dict:
+  """One timed row (module docstring, part 1)."""
+  from benchmarks.jaxpr_stats import count_flops
+  train_step, state, batch, step_rng, row = prepare_row(workload, dtype, per_device_batch,
+                                                        tiny)
+  rows = row["global_batch"]
   with _FreshCache():
-    compiled, traced, cold = _compile(progs.train_step, state, batch, step_rng)
+    compiled, traced, cold = _compile(train_step, state, batch, step_rng)
     row["flops_per_device"] = count_flops(traced.jaxpr)
     row["flops_counted_on"] = ("the traced jaxpr (benchmarks/jaxpr_stats.py: scan bodies "
                                "times their length), per device")
     jax.clear_caches()
     hits = _CacheHits.start()
-    compiled, _, warm = _compile(progs.train_step, state, batch, step_rng)
+    compiled, _, warm = _compile(train_step, state, batch, step_rng)
     warm["cache_hits"] = _CacheHits.count - hits
   row["cold"], row["warm"] = cold, warm
   row["compile_cold_s"] = sum(cold.values())
