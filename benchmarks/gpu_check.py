@@ -42,13 +42,13 @@ so the FP32 figure can exceed 1. ``--peak-tflops`` overrides both; CPUs have no 
 null).
 
 On the device machine (it has jax, flax, optax and orbax but not ml-collections, and does
-not see ../shared): once, here, in the repo root, with both folders git-ignored
-(.git/info/exclude):
+not see ../shared): once, here, in the repo root (untracked folders travel with the working
+tree; git-ignored ones only when the run's ``carry`` names them):
 
     python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
     mkdir -p .gpu_data/mnist && cp ../shared/data/mnist/*.gz .gpu_data/mnist/
 
-then one device run carrying [".whl", ".gpu_data"], timeout 600 s:
+then one device run (``carry: [".whl", ".gpu_data"]`` if they are ignored), timeout 600 s:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \\
         .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \\
