@@ -4,8 +4,8 @@ curve, in one run that keeps within its budget and loses nothing to a timeout.
     python -m benchmarks.gpu_check --budget-s=480            # on a GPU or TPU host
     python -m benchmarks.gpu_check --tiny --budget-s=120     # the same code on a CPU (tests)
 
-It writes its JSON (``--out``, default benchmarks/results/gpu_check.json, and
-$OUT/gpu_check.json when $OUT is set) after every row, atomically, so a run stopped from
+It writes its JSON (``--out``, default benchmarks/results/gpu_check.json, --tiny a temporary
+file; and $OUT/gpu_check.json when $OUT is set) after every row, atomically, so a run stopped from
 outside keeps every row it finished; ``"complete": false`` until the last one. Before each
 row it checks the time left: a row that would not fit (its estimate: the longest row so far,
 or ``FIRST_ROW_GUESS_S`` before any) while keeping ``--train-reserve-s`` for the training
@@ -408,7 +408,9 @@ def main(argv=None) -> dict:
                       f"{TRAIN_RESERVE_S['full']:.0f}, --tiny {TRAIN_RESERVE_S['tiny']:.0f})")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="the device's peak TFLOP/s for MFU (default: the PEAKS table)")
-  p.add_argument("--out", default="benchmarks/results/gpu_check.json")
+  p.add_argument("--out", default=None,
+                 help="the JSON (default benchmarks/results/gpu_check.json; --tiny: "
+                      "gpu_check_tiny.json in the temporary directory, not a result)")
   args = p.parse_args(argv)
   start = time.perf_counter()
   deadline = start + args.budget_s
@@ -417,7 +419,9 @@ def main(argv=None) -> dict:
   repeats = args.repeats or (2 if args.tiny else 20)
   reserve = TRAIN_RESERVE_S[size] if args.train_reserve_s is None else args.train_reserve_s
   device = jax.devices()[0]
-  outs = [args.out] + ([os.path.join(os.environ["OUT"], "gpu_check.json")]
+  out = args.out or (os.path.join(tempfile.gettempdir(), "gpu_check_tiny.json") if args.tiny
+                     else "benchmarks/results/gpu_check.json")
+  outs = [out] + ([os.path.join(os.environ["OUT"], "gpu_check.json")]
                        if os.environ.get("OUT") else [])
   report = {"command": "python -m benchmarks.gpu_check " + " ".join(
                 argv if argv is not None else sys.argv[1:]),
