@@ -21,7 +21,7 @@ run is skipped, with the reason recorded.
    - ``cifar_glow``: configs/cifar10.py:glow (Glow 2 scales x 8 steps x 64 channels).
    For each: the step traced once; its FLOPs counted on that jaxpr (benchmarks/jaxpr_stats.py:
    2 per multiply-add of products and convolutions, 1 per elementwise output, each scan body
-   times its length), per device; lowered and compiled with a fresh, empty persistent
+   times its length), per device, and its collectives per step (``count_collectives``); lowered and compiled with a fresh, empty persistent
    compilation cache (cold), then, the in-memory caches cleared, traced, lowered and
    compiled again from that cache (warm: the cost of a restart or a resume); then the median
    of ``--repeats`` steps, each ended by ``block_until_ready``, and the mean of as many steps
@@ -229,13 +229,14 @@ def prepare_row(workload: str, dtype: str, per_device_batch: int, tiny: bool) ->
 def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repeats: int,
              device_kind: str, peak_override: float) -> dict:
   """One timed row (module docstring, part 1)."""
-  from benchmarks.jaxpr_stats import count_flops
+  from benchmarks.jaxpr_stats import count_collectives, count_flops
   train_step, state, batch, step_rng, row = prepare_row(workload, dtype, per_device_batch,
                                                         tiny)
   rows = row["global_batch"]
   with _FreshCache():
     compiled, traced, cold = _compile(train_step, state, batch, step_rng)
     row["flops_per_device"] = count_flops(traced.jaxpr)
+    row["collectives_per_step"] = count_collectives(traced.jaxpr)
     row["flops_counted_on"] = ("the traced jaxpr (benchmarks/jaxpr_stats.py: scan bodies "
                                "times their length), per device")
     jax.clear_caches()

@@ -81,6 +81,7 @@ def test_gpu_check_tiny_runs_within_its_budget_writing_json_after_each_row(tmp_p
     assert row["global_batch"] == row["per_device_batch"] == 8 and row["loss_finite"]
     assert row["mfu"] == pytest.approx(row["tflops_per_s_per_device"])
     assert row["warm"]["cache_hits"] >= 1, row["warm"]
+    assert sum(row["collectives_per_step"].values()) > 0  # gradients averaged over the mesh
     # More arithmetic per step than one multiply-add per parameter per image.
     assert row["flops_per_device"] > 2 * row["params"] * row["global_batch"]
   training = report["training"]
