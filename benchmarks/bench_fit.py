@@ -2,12 +2,13 @@
 
     python -m benchmarks.bench_fit                      # all three tables, 3 refits each
     python -m benchmarks.bench_fit --datasets=table20 --repeats=5 --json out.json
+    python -m benchmarks.bench_fit --new-process --repeats=3 --json first_fit.json
     python -m benchmarks.bench_fit --rows=1000000 --features=50 \
         --methods=flowgmm,selftraining,labelspreading --json big.json   # a large table
 
 Each fit is timed end to end, as a user sees it. The first fit of a process compiles the
 model's programs; later fits of the same shapes and settings in the same process reuse
-them (the cache in ``training/build.py``), so the first fit and the refits are reported
+them (the cache in ``training/programs.py``), so the first fit and the refits are reported
 apart: the second fit, its ratio to the first, and the median of the refits. Also printed:
 the optimiser steps taken (``n_iter_``), the wall time per step, and the machine's load
 average when the run started (other work on the machine makes every time longer).
@@ -15,6 +16,16 @@ average when the run started (other work on the machine makes every time longer)
     10 labels per class (the rest -1), seed 0.
   * moons: ``make_moons`` 1,000 rows, 5 labels per class (the rest -1), seed 0.
   * letter: the offline UCI letter table (``$FLOWGMM_DATA_DIR``), 10 labels per class.
+
+``--new-process`` times the README example (README.md, "Your own table": ``make_moons``, 1,000
+rows, 5 labels per class, ``FlowGMMClassifier(random_state=0).fit``) as a new user runs it,
+each in a new Python process, ``--repeats`` times: a first process with an empty compilation
+cache (a fresh temporary directory, ``$FLOWGMM_COMPILATION_CACHE``), then a second new process
+with the cache the first one left (the estimator's default cache, flowgmm_jax/compile_cache.py,
+pointed at that directory), after a process with the cache off (``=off``) for reference. Each child reports its imports, its ``fit`` and its ``score``, the
+XLA compiles it ran (count and seconds, ``/jax/core/compile/backend_compile_duration``, which
+includes loading from the cache) and its cache hits; the parent adds the process's wall time
+and the load average around each run.
 
 ``--rows=N --features=D`` times one fit per method instead, on a synthetic table
 (``synthetic_table``: ``--classes`` Gaussian classes, 10 labels per class, every other row
@@ -141,6 +152,94 @@ def _child(method: str, rows: int, features: int, classes: int, memory_gb: float
           "data_mib": data_mib, "peak_mib": peak_mib, "fit_mib": peak_mib - data_mib}
 
 
+def _child_readme_fit() -> dict:
+  """The README example's fit in this (new) process: imports, fit and score, timed."""
+  t0 = time.perf_counter()
+  import jax
+  from sklearn.datasets import make_moons
+  from flowgmm_jax import FlowGMMClassifier
+  import_s = time.perf_counter() - t0
+  compiles, hits, durations = [], [], {"trace": 0.0, "lower": 0.0}
+  events = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+            "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower"}
+
+  def on_duration(event, seconds, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(seconds)
+    elif event in events:
+      durations[events[event]] += seconds
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  jax.monitoring.register_event_listener(
+      lambda event, **kw: hits.append(1) if event == "/jax/compilation_cache/cache_hits" else None)
+  X, y = make_moons(n_samples=1000, noise=0.05, random_state=0)
+  rng = np.random.default_rng(0)
+  y_semi = np.full_like(y, -1)
+  for c in (0, 1):
+    y_semi[rng.choice(np.flatnonzero(y == c), 5, replace=False)] = c
+  t0, c0 = time.perf_counter(), time.process_time()
+  clf = FlowGMMClassifier(random_state=0).fit(X, y_semi)
+  fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+  fit_compiles, fit_compile_s, fit_hits = len(compiles), sum(compiles), len(hits)
+  fit_trace_s, fit_lower_s = durations["trace"], durations["lower"]
+  t0 = time.perf_counter()
+  accuracy = clf.score(X, y)
+  score_s = time.perf_counter() - t0
+  return {"import_s": import_s, "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "score_s": score_s,
+          "accuracy": accuracy, "steps": int(clf.n_iter_), "fit_compiles": fit_compiles,
+          "fit_trace_s": fit_trace_s, "fit_lower_s": fit_lower_s,
+          "fit_compile_s": fit_compile_s, "fit_cache_hits": fit_hits,
+          "cache_dir": jax.config.jax_compilation_cache_dir}
+
+
+def new_process_fits(repeats: int) -> dict:
+  """``repeats`` pairs of new processes (empty cache, then the cache the first left)."""
+  import tempfile
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
+         and k != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
+  cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runs = []
+  print("| repeat | process | cache | fit (s) | fit CPU (s) | process (s) | compiles | "
+        "compile (s) | trace + lower (s) | cache hits | load before |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for repeat in range(repeats):
+    with tempfile.TemporaryDirectory(prefix="flowgmm-bench-cache-") as cache:
+      for which in ("off", "first", "second"):
+        load = os.getloadavg()
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_fit", "--child",
+                               "readme"], capture_output=True, text=True, cwd=cwd,
+                              env={**env, "FLOWGMM_COMPILATION_CACHE": "off" if which == "off" else cache})
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+          raise RuntimeError(f"the {which} process failed: {proc.stderr.strip()[-2000:]}")
+        row = {"repeat": repeat, "process": which, "process_s": wall,
+               "load_average_before": load, "load_average_after": os.getloadavg(),
+               **json.loads(proc.stdout.strip().splitlines()[-1])}
+        row["cache_dir"] = {"off": "off", "first": "empty temporary",
+                            "second": "left by the first"}[which]
+        runs.append(row)
+        print(f"| {repeat} | {which} | {row['cache_dir']} | {row['fit_s']:.2f} | "
+              f"{row['fit_cpu_s']:.2f} | {wall:.1f} | {row['fit_compiles']} | "
+              f"{row['fit_compile_s']:.2f} | {row['fit_trace_s'] + row['fit_lower_s']:.2f} | "
+              f"{row['fit_cache_hits']} | {load[0]:.2f} |", flush=True)
+  summary = {}
+  for which in ("off", "first", "second"):
+    fits = [r["fit_s"] for r in runs if r["process"] == which]
+    procs = [r["process_s"] for r in runs if r["process"] == which]
+    summary[which] = {"fit_s_mean": statistics.mean(fits),
+                      "fit_s_std": statistics.stdev(fits) if len(fits) > 1 else 0.0,
+                      "process_s_mean": statistics.mean(procs),
+                      "process_s_std": statistics.stdev(procs) if len(procs) > 1 else 0.0}
+  ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(runs[1::3], runs[2::3])]
+  summary["second_over_first_mean"] = statistics.mean(ratios)
+  f, g, o = summary["first"], summary["second"], summary["off"]
+  print(f"cache off: fit {o['fit_s_mean']:.2f} +- {o['fit_s_std']:.2f} s; first new process: fit {f['fit_s_mean']:.2f} +- {f['fit_s_std']:.2f} s; second "
+        f"(warm cache): {g['fit_s_mean']:.2f} +- {g['fit_s_std']:.2f} s; second / first "
+        f"{summary['second_over_first_mean']:.0%}")
+  return {"runs": runs, "summary": summary}
+
+
 def large_table(args) -> list:
   """Each method's one fit on the synthetic table, each in its own child process."""
   print(f"{args.rows:,} rows x {args.features} features, {args.classes} classes, "
@@ -204,8 +303,27 @@ def main(argv=None):
   parser.add_argument("--baseline-memory-gb", type=float, default=8.0,
                       help="with --rows: address-space limit of the baselines' processes "
                            "(0 = none)")
+  parser.add_argument("--new-process", action="store_true",
+                      help="the README example's fit in a new process, cold cache then warm")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.child == "readme":
+    print(json.dumps(_child_readme_fit()))
+    return None
+  if args.new_process:
+    if args.repeats < 1:
+      parser.error("--repeats must be at least 1")
+    import jax
+    results = new_process_fits(args.repeats)
+    if args.json:
+      from benchmarks.provenance import provenance
+      with open(args.json, "w") as f:
+        json.dump({"provenance": provenance(argv),
+                   "machine": f"{platform.processor() or platform.machine()}, "
+                              f"{os.cpu_count()} cores, jax {jax.__version__}",
+                   "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                   "repeats": args.repeats, **results}, f, indent=1)
+    return results
   if args.child:
     print(json.dumps(_child(args.child, args.rows, args.features, args.classes,
                             args.baseline_memory_gb)))

@@ -331,10 +331,13 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     calibration_folds: folds of "cross_fit" (default 3, the measured setting; at least 2).
     calibration_fraction: the labels "holdout" holds back (default 0.2).
     max_temperature: the top of T's search bracket (default 10).
-    compilation_cache_dir: a directory for JAX's persistent compilation cache (default
-      None: off), so that fits in later processes load their compiled programs instead of
-      compiling them (process-wide once set). Within one process a second fit of the same
-      shapes and settings compiles nothing either way.
+    compilation_cache_dir: JAX's persistent compilation cache, so that fits in later
+      processes load their compiled programs instead of compiling them (process-wide once
+      set). None (default): on, in the per-user directory ``$XDG_CACHE_HOME/flowgmm_jax/xla``
+      (``~/.cache/flowgmm_jax/xla``), unless JAX already has a cache directory or
+      ``$FLOWGMM_COMPILATION_CACHE=off``; ``"off"``: the estimator leaves it off; a path:
+      that directory (``flowgmm_jax/compile_cache.py``). Within one process a second fit of
+      the same shapes and settings compiles nothing either way.
     random_state: None (default: a fresh seed for every fit), an int, or a
       ``numpy.random.RandomState``. The same data and the same int give the same model and
       the same predictions (on the same machine and JAX version).
@@ -480,9 +483,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     steps = c["num_train_steps"]
     c.update(log_every_steps=max(1, min(100, steps // 10)), eval_every_steps=steps,
              checkpoint_every_steps=steps, progress_bar=self.verbose >= 1,
-             compilation_cache_dir=str(self.compilation_cache_dir or ""))
+             compilation_cache_dir=self._compilation_cache_setting())
     import ml_collections
     return ml_collections.ConfigDict(c)
+
+  def _compilation_cache_setting(self) -> str:
+    """``config.compilation_cache_dir`` of this estimator: None is "on" (a fast first fit
+    in a new process matters on every backend, CPU included)."""
+    if self.compilation_cache_dir is None:
+      return "on"
+    from flowgmm_jax.compile_cache import check_setting
+    return check_setting(self.compilation_cache_dir) or "off"
 
   # --------------------------------------------------------------------------- fit
 

@@ -369,40 +369,6 @@ def test_parity_original_20_steps(tmp_path):
   assert runs["original"]["prior_changed"] is False
 
 
-def test_gpu_check_tiny_writes_every_field(tmp_path):
-  """benchmarks/gpu_check.py --tiny on the CPU: timed steps of both workloads and both
-  dtypes (CIFAR float32, MNIST bfloat16) with positive, finite speeds, FLOPs, MFU (against a
-  given peak) and compile times, and a short configs/mnist.py training curve, in one JSON
-  (also under $OUT)."""
-  from benchmarks import gpu_check
-  from flowgmm_jax.data import DataNotFoundError, load_mnist
-  try:
-    load_mnist(source="files", max_examples=10)
-  except DataNotFoundError as e:
-    missing_shared_data(f"MNIST IDX files not found: {e}")
-  out = tmp_path / "gpu.json"
-  os.environ["OUT"] = str(tmp_path / "out")
-  try:
-    gpu_check.main(["--tiny", f"--out={out}", "--peak-tflops=1"])
-  finally:
-    del os.environ["OUT"]
-  report = json.loads(out.read_text())
-  assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == report
-  assert report["tiny"] and report["device_kind"] and report["total_s"] > 0
-  rows = {(r["workload"], r["compute_dtype"]): r for r in report["steps"]}
-  assert set(rows) == {("cifar", "float32"), ("mnist", "bfloat16")}
-  for row in rows.values():
-    for key in ("median_s", "pipelined_s", "images_per_s", "flops", "tflops_per_s", "mfu",
-                "first_step_s", "trace_and_lower_s", "xla_compile_s", "params"):
-      assert np.isfinite(row[key]) and row[key] > 0, (row["workload"], key, row[key])
-    assert row["images_per_step"] == 8
-    assert row["mfu"] == pytest.approx(row["tflops_per_s"] / 1.0)
-  training = report["mnist_training"]
-  assert training["steps"] == 4 and training["eval"], training
-  for e in training["eval"]:
-    assert 0.0 <= e["eval/accuracy"] <= 1.0 and np.isfinite(e["eval/bpd"]) and e["eval/bpd"] > 0
-
-
 def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
   """--rows: one child process per method; its fit time, accuracy and memory (peak >= the
   data's resident set), and a method past --timeout reported as stopped, not a crash."""

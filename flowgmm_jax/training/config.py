@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import ml_collections
 from ml_collections import config_dict
 
 from flowgmm_jax.calibration import CALIBRATION_METHODS
+# Re-exported: the training loop turns the cache on from here.
+from flowgmm_jax.compile_cache import enable_compilation_cache  # noqa: F401
 from flowgmm_jax.data import names_by_kind
 from flowgmm_jax.losses import OBJECTIVES
 from flowgmm_jax.models import COMPUTE_DTYPES, IMAGE_MODELS, MODEL_FIELDS, MODELS
@@ -60,9 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
   # The conditioner networks' compute dtype: "float32" | "bfloat16" (GPU/TPU speed);
   # parameters, the prior and every log-det stay float32 either way.
   c.compute_dtype = "float32"
-  # A directory for JAX's persistent compilation cache ('' = off): a later process that
-  # runs the same programs loads them from there instead of compiling them.
-  c.compilation_cache_dir = ""
+  # JAX's persistent compilation cache (flowgmm_jax/compile_cache.py): "auto" = on for GPU
+  # and TPU in the per-user directory, off on CPU; "on" = on everywhere; "off"; or a directory.
+  # A later process that runs the same programs loads them instead of compiling them.
+  c.compilation_cache_dir = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "toy"                 # toy | tabular | text | image
@@ -362,6 +365,9 @@ def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_fie
     elif key != "name":
       integer(path, 1)
   choice("compute_dtype", COMPUTE_DTYPES)
+  if not isinstance(c.get("compilation_cache_dir", ""), str):
+    fail(f"{shown('compilation_cache_dir')} must be 'auto', 'on', 'off' or a directory "
+         "(flowgmm_jax/compile_cache.py).")
   image_model = model["name"] in IMAGE_MODELS
   if image_model != (c["data"]["kind"] == "image"):
     flat_models = [name for name in MODELS if name not in IMAGE_MODELS]
@@ -478,13 +484,3 @@ def scaled_for_batch(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optim.warmup_steps = max(int(c.optim.warmup_steps),
                              math.ceil(BATCH_SCALE_WARMUP_FRACTION * c.num_train_steps))
   return c
-
-
-def enable_compilation_cache(directory: Optional[str]) -> None:
-  """JAX's persistent compilation cache in ``directory`` (None or '' leaves it as it is).
-
-  Process-wide: compiled programs are written there and loaded by any later process that
-  compiles the same program (the same model, shapes and settings)."""
-  if directory:
-    import jax
-    jax.config.update("jax_compilation_cache_dir", str(directory))

@@ -35,7 +35,8 @@ from flowgmm_jax.data.rows import Rows, split_rows
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training import batching, programs as programs_lib
 from flowgmm_jax.training import finish_run
-from flowgmm_jax.training.config import scaled_for_batch, validate_config
+from flowgmm_jax.training.config import (enable_compilation_cache, scaled_for_batch,
+                                         validate_config)
 from flowgmm_jax.training.guards import Preempted, SignalFlag, SkipStreak
 from flowgmm_jax.training.lock import WorkdirLock
 from flowgmm_jax.training.state import TrainState
@@ -148,6 +149,9 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   (``programs.initial_state``); a checkpoint in the workdir still wins.
   """
   validate_config(config)
+  # After the multi-process runtime has started (run.py): the cache's choice of backend
+  # would otherwise start XLA.
+  enable_compilation_cache(config.get("compilation_cache_dir", ""))
   config = scaled_for_batch(config)
   if not isinstance(rows, Rows):
     rows = split_rows(config, dataset, pools=rows)
