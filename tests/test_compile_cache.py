@@ -10,7 +10,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from flowgmm_jax import FlowGMMClassifier, compile_cache
-from flowgmm_jax.training import build
+from flowgmm_jax.training import programs
 from flowgmm_jax.training.config import base_config, validate_config
 
 
@@ -92,7 +92,7 @@ def test_a_damaged_cache_entry_costs_a_compile_not_an_error(jax_cache_state, tmp
   for i, path in enumerate(entries):
     data = path.read_bytes()
     path.write_bytes([os.urandom(len(data)), data[:len(data) // 2], b""][i % 3])
-  build.programs.cache_clear()
+  programs.programs.cache_clear()
   jax.clear_caches()
   with pytest.warns(UserWarning, match="Error reading persistent compilation cache entry"):
     again = FlowGMMClassifier(**params).fit(X, y)
