@@ -827,8 +827,3 @@ class Checkpointer:
         self._record_failure(self._pending, e)
       if self._failure is None:
         self._errors.uninstall()
-      elif jax.process_index() == 0:
-        # The failed step's partial write only holds space (orbax never reads it).
-        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
-          if re.fullmatch(rf"{self._failure[0]}\.orbax-checkpoint-tmp.*", name):
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
