@@ -162,7 +162,7 @@ def _two_processes(script, workdir, steps, timeout=120):
   common = ["--config=configs/toy.py:smoke", f"--workdir={workdir}",
             f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=10",
             "--config.optim.lr_schedule=constant", "--config.plots=False",
-            "--config.eval_every_steps=100000"]
+            "--config.eval_every_steps=100000", "--config.log_every_steps=1"]
   port = _free_port()
   flags = os.environ.get("XLA_FLAGS", "")  # keeps the suite's compile settings (conftest)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
