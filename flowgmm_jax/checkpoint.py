@@ -736,9 +736,14 @@ class Checkpointer:
     if hosts.me == 0:
       try:
         step, restored, damaged = self._choose(reader, template)
-        decision = {"step": step, "damaged": damaged}
-      except (IncompatibleCheckpointError, DamagedCheckpointError) as e:
-        decision = {"error": type(e).__name__, "message": str(e)}
+      except Exception as e:
+        # Every host stops with this line; the others would otherwise wait for the choice.
+        message = (str(e) if isinstance(e, (IncompatibleCheckpointError, DamagedCheckpointError))
+                   else f"process 0 could not choose the checkpoint step in {self.directory} "
+                        f"({_one_line(e)}).")
+        hosts.publish("decision", {"error": type(e).__name__, "message": message})
+        raise
+      decision = {"step": step, "damaged": damaged}
       hosts.publish("decision", decision)
     else:
       decision = hosts.receive("decision")
@@ -748,8 +753,9 @@ class Checkpointer:
             f"checkpoint step in {self.directory}; process 0 did not answer (stopped, or "
             "still reading). Check process 0's log, then rerun every process.")
     if "error" in decision:
-      raise {"IncompatibleCheckpointError": IncompatibleCheckpointError}.get(
-          decision["error"], DamagedCheckpointError)(decision["message"])
+      raise {"IncompatibleCheckpointError": IncompatibleCheckpointError,
+             "DamagedCheckpointError": DamagedCheckpointError}.get(
+                 decision["error"], HostCheckpointError)(decision["message"])
     step = decision["step"]
     if step is None:
       return None
