@@ -16,6 +16,16 @@ checkpoints without an upward import.
 A checkpoint that cannot be read, or holds non-finite numbers, is damaged: ``restore`` warns
 in one line and falls back to the newest good one (the damaged ones are moved aside to
 ``workdir/checkpoints_damaged``). No checkpoint is ever written from a non-finite state.
+
+With several processes, process 0 alone lists and judges the checkpoints and chooses the
+step; every host restores that step and reports whether it could, through the distributed
+runtime's key-value store with a timeout (``_Hosts``), so hosts that see different files
+(a stale NFS listing, a half-synced bucket) stop together with one line naming the host and
+the step instead of waiting for each other forever.
+
+Orbax writes asynchronously: a save that fails (a full disk) fails in a background thread.
+``Checkpointer.check`` (called after every step) raises it as one ``CheckpointSaveError``
+line; orbax's own error reports go to ``workdir/checkpoint_errors.log``, not the terminal.
 """
 
 from __future__ import annotations
@@ -25,20 +35,28 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
+import threading
 import time
+import traceback
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from flowgmm_jax import run_files
 from flowgmm_jax.models import MODEL_FIELDS, PARAM_LAYOUT_VERSION, check_layout_version
 from flowgmm_jax.models.layout import LAYOUT_NAMES
 
 CHECKPOINT_DIR = "checkpoints"
+# With several processes, how often the hosts compare their save-failure flags (check).
+AGREE_EVERY_STEPS = 10
 DAMAGED_DIR = "checkpoints_damaged"
 
 # ----------------------------------------------------------------------------- the schema
@@ -76,6 +94,16 @@ class IncompatibleCheckpointError(ValueError):
 
 class DamagedCheckpointError(ValueError):
   """Checkpoints exist in the workdir but none of them can be read."""
+
+
+class HostCheckpointError(DamagedCheckpointError):
+  """With several processes: a host cannot read the step that process 0 chose, or did not
+  answer in time. Every host raises the same one line."""
+
+
+class CheckpointSaveError(ValueError):
+  """A checkpoint could not be written (e.g. the disk is full); the run stops. One line:
+  the step, the directory, the cause, the last good step and what to do."""
 
 
 def make_meta(config, *, input_shape: Sequence[int], num_classes: int, rows=None) -> dict:
@@ -263,6 +291,27 @@ def _read_state(manager, directory: str, step: int, template=None, sharding=None
   return state, {k: restored[k] for k in extra}
 
 
+class _HandlerReader:
+  """Reads items of a step with orbax's handlers directly, with ``CheckpointManager.restore``'s
+  call signature. The manager's restore ends in a barrier of every process: process 0 judging
+  steps alone, or a host whose read failed, would leave the others waiting there."""
+
+  def __init__(self, directory: str):
+    self.directory = epath.Path(directory)
+
+  def restore(self, step: int, args) -> dict:
+    out = {}
+    for name, item_args in args.items():
+      handler = (ocp.JsonCheckpointHandler() if isinstance(item_args, ocp.args.JsonRestore)
+                 else ocp.StandardCheckpointHandler())
+      try:
+        out[name] = handler.restore(self.directory / str(step) / name, args=item_args)
+      finally:
+        if hasattr(handler, "close"):
+          handler.close()
+    return out
+
+
 def read_checkpoint(workdir: str, step: Optional[int] = None, *, sharding=None):
   """``(step, meta, state)`` of the checkpoint at ``step`` (default: the latest) in
   ``workdir``, read-only; ``state`` as nested dicts, placed with ``sharding`` (e.g.
@@ -319,6 +368,141 @@ def read_checkpoint(workdir: str, step: Optional[int] = None, *, sharding=None):
   return step, meta, state
 
 
+# ----------------------------------------------------------------------------- save errors
+
+# Where orbax's background threads report: its modules log through absl, asyncio logs a
+# callback that outlives its event loop ("Event loop is closed"), tensorstore raises in
+# its threads.
+_CHECKPOINTING_PATHS = tuple(f"{os.sep}{name}" for name in ("orbax", "tensorstore", "asyncio"))
+
+
+def _from_checkpointing(filenames) -> bool:
+  return any(marker in (f or "") for f in filenames for marker in _CHECKPOINTING_PATHS)
+
+
+class _ErrorLog:
+  """While installed, sends orbax's background error reports (absl ERROR records with their
+  tracebacks, asyncio's "Event loop is closed" callbacks, exceptions of orbax/tensorstore
+  threads) to ``path`` instead of the terminal, where a failed save printed ~140 lines of
+  them before the actual error. Other records and exceptions pass through unchanged. The
+  file is created at the first report, so a healthy run has none."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.lock = threading.Lock()
+    self.formatter = logging.Formatter("%(levelname)s %(pathname)s:%(lineno)d %(message)s")
+    self.installed = False
+    self.previous_excepthook = self.previous_unraisablehook = None
+
+  def write(self, text: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    header = f"[{stamp} process {jax.process_index()} host {socket.gethostname()}]"
+    try:
+      with self.lock, open(self.path, "a") as f:
+        f.write(f"{header} {text.rstrip()}\n")
+    except OSError:
+      pass  # a full disk may refuse the log too; the one-line error still says what happened
+
+  # logging.Filter protocol, on the 'absl' and 'asyncio' loggers.
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or not _from_checkpointing([record.pathname]):
+      return True
+    self.write(self.formatter.format(record))
+    return False
+
+  def _divert(self, exc_type, exc, tb) -> bool:
+    if not _from_checkpointing(f.filename for f in traceback.extract_tb(tb)):
+      return False
+    self.write("".join(traceback.format_exception(exc_type, exc, tb)))
+    return True
+
+  def excepthook(self, args) -> None:
+    if not self._divert(args.exc_type, args.exc_value, args.exc_traceback):
+      self.previous_excepthook(args)
+
+  def unraisablehook(self, unraisable) -> None:
+    if not self._divert(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+      self.previous_unraisablehook(unraisable)
+
+  def install(self) -> None:
+    if self.installed:
+      return
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).addFilter(self)
+    self.previous_excepthook, threading.excepthook = threading.excepthook, self.excepthook
+    self.previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, self.unraisablehook
+    self.installed = True
+
+  def uninstall(self) -> None:
+    if not self.installed:
+      return
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).removeFilter(self)
+    if threading.excepthook == self.excepthook:
+      threading.excepthook = self.previous_excepthook
+    if sys.unraisablehook == self.unraisablehook:
+      sys.unraisablehook = self.previous_unraisablehook
+    self.installed = False
+
+
+def _exception_chain(e: Optional[BaseException]):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def save_failure_cause(e: BaseException) -> str:
+  """What went wrong in a failed save, for a person: the operating system's words for its
+  error code (``No space left on device``) when the exception or the text that tensorstore
+  wraps it in carries one, else the exception's first line."""
+  for x in _exception_chain(e):
+    if isinstance(x, OSError) and x.errno:
+      return os.strerror(x.errno)
+    code = re.search(r"os_error_code='?(\d+)", str(x))
+    if code:
+      return os.strerror(int(code.group(1)))
+  return _one_line(e)
+
+
+# ----------------------------------------------------------------------------- the hosts
+
+# Seconds a host waits for another at a restore (for process 0's choice, or the others'
+# reports): process 0 may read several large checkpoints before it chooses; past this a
+# missing host is named in one line instead of waited for.
+HOST_TIMEOUT_SECONDS = 600
+
+
+class _Hosts:
+  """The processes of one restore, talking through the distributed runtime's key-value
+  store: every wait has a timeout. Keys are unique per restore (every process restores the
+  same number of times, so the counter agrees)."""
+
+  _restores = 0
+
+  def __init__(self, timeout_s: float):
+    from jax._src import distributed  # the client that jax.distributed.initialize started
+    self.client = distributed.global_state.client
+    if self.client is None:
+      raise RuntimeError("several JAX processes without jax.distributed.initialize")
+    _Hosts._restores += 1
+    self.prefix = f"flowgmm_jax/restore/{_Hosts._restores}"
+    self.timeout_ms = int(timeout_s * 1000)
+    self.me, self.count = jax.process_index(), jax.process_count()
+
+  def publish(self, name: str, value: dict) -> None:
+    self.client.key_value_set(f"{self.prefix}/{name}", json.dumps(value))
+
+  def receive(self, name: str) -> Optional[dict]:
+    """The value published under ``name``, or None when none came within the timeout."""
+    try:
+      return json.loads(self.client.blocking_key_value_get(f"{self.prefix}/{name}",
+                                                           self.timeout_ms))
+    except Exception:  # noqa: BLE001 - the runtime raises its own error type on timeout
+      return None
+
+
 # ----------------------------------------------------------------------------- the writer
 
 class Checkpointer:
@@ -330,15 +514,25 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, meta: Optional[dict] = None,
-               soft_meta: Optional[dict] = None):
+               soft_meta: Optional[dict] = None,
+               host_timeout_s: float = HOST_TIMEOUT_SECONDS):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
+    self.error_log = os.path.abspath(os.path.join(workdir, run_files.CHECKPOINT_ERRORS_FILE))
     self.meta = json.loads(json.dumps(meta or {}))  # plain JSON types only
     self.soft_meta = json.loads(json.dumps(soft_meta or {}))
+    self.host_timeout_s = host_timeout_s
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_names=("state", "meta"))
+    self._errors = _ErrorLog(self.error_log)
+    self._errors.install()
+    # A failed background save, (step, exception): set by the thread that waits for it,
+    # raised by check() on the training thread.
+    self._failure: Optional[tuple[int, BaseException]] = None
+    self._last_good: Optional[int] = self.manager.latest_step()
+    self._pending: Optional[int] = None  # the step of the newest save started
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -356,12 +550,12 @@ class Checkpointer:
         raise
     return False
 
-  def check(self) -> None:
-    """Raises the error of a save that failed in the background (none yet: saves raise)."""
-
   def save(self, state, *, params_step: Optional[int] = None, force: bool = False) -> None:
-    """Saves ``state`` at its step. ``params_step``: the step whose parameters the state
-    holds when that is not its own (early stopping's best step), written to the metadata."""
+    """Starts writing ``state`` at its step (orbax finishes it in the background).
+    ``params_step``: the step whose parameters the state holds when that is not its own
+    (early stopping's best step), written to the metadata. Raises CheckpointSaveError for
+    an earlier save that failed, or when this one cannot start."""
+    self.check()
     step = int(jax.device_get(state.step))
     # One host copy for both checks (each would otherwise fetch the whole state again).
     host = jax.tree.unflatten(jax.tree.structure(state), _host_leaves(state))
@@ -370,12 +564,79 @@ class Checkpointer:
           f"Not saving a checkpoint at step {step}: the training state is not finite.")
     if step == self.manager.latest_step():
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave({**self.meta, "_soft": self.soft_meta,
-                                "_checksum": checksum(host),
-                                "params_step": step if params_step is None
-                                else int(params_step)})), force=force)
+    self._pending = step
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          meta=ocp.args.JsonSave({**self.meta, "_soft": self.soft_meta,
+                                  "_checksum": checksum(host),
+                                  "params_step": step if params_step is None
+                                  else int(params_step)})), force=force)
+    except Exception as e:  # noqa: BLE001 - the previous save's failure surfaces here too
+      self._record_failure(step, e)
+      self._raise_if_failed()
+    threading.Thread(target=self._watch, args=(step,), daemon=True,
+                     name=f"flowgmm_checkpoint_watch_{step}").start()
+
+  def _record_failure(self, step: int, e: BaseException) -> None:
+    self._errors.write(f"saving step {step} failed:\n" + "".join(
+        traceback.format_exception(type(e), e, e.__traceback__)))
+    if self._failure is None:
+      # The save that fails first is the one to report; orbax's own message names it.
+      failed = re.search(re.escape(self.directory) + r"/(\d+)\b", str(e))
+      self._failure = (int(failed.group(1)) if failed else step, e)
+
+  def _watch(self, step: int) -> None:
+    """Waits for the background write of ``step``; records a failure for ``check``."""
+    try:
+      self.manager.wait_until_finished()
+    except BaseException as e:  # noqa: BLE001 - reported by check() on the training thread
+      self._record_failure(step, e)
+    else:
+      if self._failure is None:
+        self._last_good = max(step, self._last_good or 0)
+
+  def check(self, step: Optional[int] = None) -> None:
+    """Raises CheckpointSaveError when a background save has failed. Cheap enough for every
+    step: it reads one attribute (no device sync, no directory listing).
+
+    With several processes a host whose save failed must not stop alone (the others would
+    wait for it in their next collective), so after step ``step`` the hosts compare their
+    flags every ``AGREE_EVERY_STEPS`` steps (a host all-gather) and all stop together,
+    each with the one line; ``step`` None compares at once (before a save, which every
+    host starts at the same step)."""
+    if jax.process_count() > 1:
+      if step is not None and step % AGREE_EVERY_STEPS:
+        return
+      from jax.experimental import multihost_utils
+      failed = np.flatnonzero(multihost_utils.process_allgather(
+          np.int32(self._failure is not None)))
+      if len(failed) and self._failure is None:
+        raise CheckpointSaveError(
+            f"process(es) {', '.join(map(str, failed))} could not write a checkpoint to "
+            f"{self.directory}; the run stopped on every host. The failing host's error "
+            f"log (checkpoint_errors.log in its workdir) says why; fix it (e.g. free "
+            "space), then rerun the same command to resume.")
+    self._raise_if_failed()
+
+  def _raise_if_failed(self) -> None:
+    if self._failure is not None:
+      raise self._save_error(*self._failure)
+
+  def _save_error(self, step: int, e: BaseException) -> CheckpointSaveError:
+    if self._last_good is None:
+      kept = ("no checkpoint of this run was written (a rerun starts afresh); config.json "
+              "and metrics.jsonl are kept")
+      resume = ""
+    else:
+      kept = (f"the last good checkpoint is step {self._last_good}, kept with config.json "
+              "and metrics.jsonl")
+      resume = f" from step {self._last_good}"
+    return CheckpointSaveError(
+        f"could not write the checkpoint of step {step} to {self.directory} "
+        f"({save_failure_cause(e)}); the run stopped; {kept}. Free space there (or move "
+        f"the workdir to a disk with room), then rerun the same command to resume{resume}. "
+        f"Full error: {self.error_log}")
 
   def _check_meta(self, step: int, saved: dict) -> None:
     """Raises IncompatibleCheckpointError for a real config mismatch; warns for a changed
@@ -423,74 +684,182 @@ class Checkpointer:
     _warn(f"the optimiser settings changed since the checkpoint at step {step} ({changed}); "
           "resuming with the new ones.")
 
-  def restore(self, template):
-    """Restores the newest good checkpoint onto ``template``'s structure/sharding, or None
-    when there is none. Damaged ones (unreadable, or not finite) are skipped with a one-line
-    warning and moved aside; when none is readable, raises DamagedCheckpointError."""
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    if not steps:
-      return None
+  def _judge(self, reader, step: int, template):
+    """``(state, None)`` when ``step`` is good, ``(None, reason)`` when it is damaged.
+    Raises IncompatibleCheckpointError when it was written by another model/data setup."""
+    try:
+      with _quiet():
+        saved_meta = _read_meta(reader, step)
+    except Exception as e:  # any failure to read is damage
+      return None, _one_line(e)
+    self._check_meta(step, saved_meta)
+    try:
+      with _quiet():
+        candidate, dropped = _read_state(reader, self.directory, step, template=template)
+    except Exception as e:
+      return None, _one_line(e)
+    if not is_finite(candidate):
+      return None, "it holds non-finite numbers"
+    # The checksum covers what was written, entries dropped on reading included (they
+    # were the last fields of the state that older versions saved).
+    if "_checksum" in saved_meta and checksum((candidate, dropped)) != saved_meta["_checksum"]:
+      return None, "its arrays do not match the checksum written with them"
+    return candidate, None
+
+  def _choose(self, reader, template):
+    """``(step, state, damaged)``: the newest good step and its state (None, None when
+    there is no checkpoint), and ``[(step, reason)]`` of the damaged newer ones. Raises
+    DamagedCheckpointError when none is readable."""
     damaged = []
-    restored = None
-    for step in steps:
-      try:
-        with _quiet():
-          saved_meta = _read_meta(self.manager, step)
-      except Exception as e:  # any failure to read is damage
-        damaged.append((step, _one_line(e)))
-        continue
-      self._check_meta(step, saved_meta)
-      try:
-        with _quiet():
-          candidate, dropped = _read_state(self.manager, self.directory, step,
-                                           template=template)
-      except Exception as e:
-        damaged.append((step, _one_line(e)))
-        continue
-      if not is_finite(candidate):
-        damaged.append((step, "it holds non-finite numbers"))
-        continue
-      # The checksum covers what was written, entries dropped on reading included (they
-      # were the last fields of the state that older versions saved).
-      if ("_checksum" in saved_meta
-          and checksum((candidate, dropped)) != saved_meta["_checksum"]):
-        damaged.append((step, "its arrays do not match the checksum written with them"))
-        continue
-      restored = candidate
-      break
-    if restored is None:
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      state, reason = self._judge(reader, step, template)
+      if state is not None:
+        return step, state, damaged
+      damaged.append((step, reason))
+    if damaged:
       reasons = "; ".join(f"step {s}: {r}" for s, r in damaged)
       raise DamagedCheckpointError(
           f"No checkpoint in {self.directory} can be read ({reasons}). To start afresh, "
           f"delete {self.directory} or use another --workdir.")
-    good_step = int(jax.device_get(restored.step))
+    return None, None, []
+
+  def _report_damage(self, good_step: int, damaged) -> None:
     for step, reason in damaged:
       _warn(f"checkpoint step {step} in {self.directory} is damaged ({reason}); resuming "
             f"from step {good_step} (the damaged one is moved to {self.damaged_directory}).")
+
+  def restore(self, template):
+    """Restores the newest good checkpoint onto ``template``'s structure/sharding, or None
+    when there is none. Damaged ones (unreadable, or not finite) are skipped with a one-line
+    warning and moved aside; when none is readable, raises DamagedCheckpointError.
+
+    With several processes, process 0 chooses the step and every host restores it (see
+    ``_restore_on_every_host``)."""
+    if jax.process_count() > 1:
+      return self._restore_on_every_host(template)
+    step, restored, damaged = self._choose(self.manager, template)
+    if restored is None:
+      return None
+    self._report_damage(step, damaged)
     if damaged:
       self._move_aside([s for s, _ in damaged])
+      self.manager.reload()
     return restored
+
+  def _restore_on_every_host(self, template):
+    """The multi-process restore: one decision, one barrier, one line on failure.
+
+    1. Process 0 lists and judges the checkpoints (reading through ``_HandlerReader``: no
+       barrier that the others would wait at) and publishes its choice: a step, none, or
+       the error (an incompatible config, nothing readable) that every host then raises.
+    2. Process 0 moves the damaged steps aside; every other host reads the chosen step and
+       checks it (finite, the checksum process 0 verified).
+    3. Every host publishes whether it could and waits for all the others' reports (the
+       one barrier: process 0 reports after moving the damaged steps aside). A host that
+       could not read the step, or did not report within ``host_timeout_s``, is named in
+       the one line every host raises: the hosts see different files.
+    """
+    hosts = _Hosts(self.host_timeout_s)
+    here = f"process {hosts.me} (host {socket.gethostname()})"
+    reader = _HandlerReader(self.directory)
+    restored, damaged = None, []
+    if hosts.me == 0:
+      try:
+        step, restored, damaged = self._choose(reader, template)
+      except Exception as e:
+        # Every host stops with this line; the others would otherwise wait for the choice.
+        message = (str(e) if isinstance(e, (IncompatibleCheckpointError, DamagedCheckpointError))
+                   else f"process 0 could not choose the checkpoint step in {self.directory} "
+                        f"({_one_line(e)}).")
+        hosts.publish("decision", {"error": type(e).__name__, "message": message})
+        raise
+      decision = {"step": step, "damaged": damaged}
+      hosts.publish("decision", decision)
+    else:
+      decision = hosts.receive("decision")
+      if decision is None:
+        raise HostCheckpointError(
+            f"{here} waited {self.host_timeout_s:.0f} s for process 0 to choose the "
+            f"checkpoint step in {self.directory}; process 0 did not answer (stopped, or "
+            "still reading). Check process 0's log, then rerun every process.")
+    if "error" in decision:
+      raise {"IncompatibleCheckpointError": IncompatibleCheckpointError,
+             "DamagedCheckpointError": DamagedCheckpointError}.get(
+                 decision["error"], HostCheckpointError)(decision["message"])
+    step = decision["step"]
+    if step is None:
+      return None
+    report = {"ok": True, "host": socket.gethostname()}
+    if hosts.me == 0:
+      self._report_damage(step, damaged)
+      if damaged:
+        try:
+          self._move_aside([s for s, _ in damaged])
+        except OSError as e:
+          report = {**report, "ok": False, "reason": f"moving damaged steps aside: {e}"}
+    else:
+      restored, reason = self._judge_chosen(reader, step, template)
+      if restored is None:
+        report = {**report, "ok": False, "reason": reason}
+    hosts.publish(f"report/{hosts.me}", report)
+    failed = []
+    for other in range(hosts.count):
+      got = report if other == hosts.me else hosts.receive(f"report/{other}")
+      if got is None:
+        failed.append(f"process {other} did not report within {self.host_timeout_s:.0f} s")
+      elif not got["ok"]:
+        failed.append(f"process {other} (host {got['host']}) cannot read it ({got['reason']})")
+    if failed:
+      raise HostCheckpointError(
+          f"checkpoint step {step} in {self.directory}, chosen by process 0, is not readable "
+          f"on every host: {'; '.join(failed)}. The hosts see different files (a stale "
+          f"network-filesystem view, a half-synced bucket): make {self.directory} the same "
+          f"on every host, or move {self.directory}/{step} to {self.damaged_directory} to "
+          "resume from an earlier step, then rerun every process.")
+    self.manager.reload()
+    return restored
+
+  def _judge_chosen(self, reader, step: int, template):
+    """A host other than 0 reading the step process 0 chose: ``(state, None)`` or
+    ``(None, reason)``; a config mismatch here means this host sees other files."""
+    try:
+      return self._judge(reader, step, template)
+    except IncompatibleCheckpointError as e:
+      return None, _one_line(e)
 
   def _move_aside(self, steps) -> None:
     """Moves damaged step folders out of the way, so that later saves at those steps (and
-    later resumes) do not meet them again."""
-    if jax.process_index() == 0:
-      os.makedirs(self.damaged_directory, exist_ok=True)
-      for step in steps:
-        src = os.path.join(self.directory, str(step))
-        dst = os.path.join(self.damaged_directory, str(step))
-        if os.path.exists(dst):
-          shutil.rmtree(dst, ignore_errors=True)
-        if os.path.exists(src):
-          shutil.move(src, dst)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("flowgmm_checkpoint_move_aside")
-    self.manager.reload()
+    later resumes) do not meet them again. Process 0 alone moves them (the hosts share the
+    directory); ``_restore_on_every_host`` holds the others until it has."""
+    if jax.process_index() != 0:
+      return
+    os.makedirs(self.damaged_directory, exist_ok=True)
+    for step in steps:
+      src = os.path.join(self.directory, str(step))
+      dst = os.path.join(self.damaged_directory, str(step))
+      if os.path.exists(dst):
+        shutil.rmtree(dst, ignore_errors=True)
+      if os.path.exists(src):
+        shutil.move(src, dst)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the pending write; raises CheckpointSaveError when a save failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - a failed background save
+      self._record_failure(self._pending, e)
+    self._raise_if_failed()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the pending write (raising CheckpointSaveError when a save failed) and
+    releases orbax's threads. After a failure, orbax's background reports keep going to
+    the error log until the process ends (they arrive late, from its threads)."""
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception as e:  # noqa: BLE001 - the failure wait() reports
+        self._record_failure(self._pending, e)
+      if self._failure is None:
+        self._errors.uninstall()

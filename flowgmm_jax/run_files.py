@@ -3,6 +3,7 @@
     workdir/
       checkpoints/<step>/     orbax checkpoints (flowgmm_jax/checkpoint.py)
       checkpoints_damaged/    damaged checkpoints moved aside on resume
+      checkpoint_errors.log   only after a checkpoint could not be written: the full errors
       config.json             the run's config (experiments.plot rebuilds the data from it)
       data_transform.npz      tables/text: kept feature columns, standardisation statistics
       metrics.jsonl           one JSON object per logged step
@@ -34,6 +35,7 @@ TENSORBOARD_DIR = "tensorboard"
 PLOTS_DIR = "plots"
 EVAL_DIR = "eval"
 LOCK_FILE = ".lock"
+CHECKPOINT_ERRORS_FILE = "checkpoint_errors.log"
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -208,7 +208,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
       pending.append(metrics)
       skips.observe(done, metrics)  # raises after too many non-finite steps in a row
       if checkpointer is not None:
-        checkpointer.check()  # a failed background save stops the run here, in one line
+        checkpointer.check(done)  # a failed background save stops the run here, in one line
       if itstime(done, config.log_every_steps, total):
         records.write(done, summarise(jax.device_get(pending), time.perf_counter() - clock))
         if progress is not None:

@@ -98,12 +98,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run_files.write_data_transform(workdir, dataset.info)
         run_files.write_config(workdir, config)
       result = fit(config, dataset, rows, workdir=workdir)
-    except BaseException:
+    except BaseException as e:
       # A run that fails before its first checkpoint (bad model config, divergence at
       # step 3, Ctrl-C during compilation) leaves nothing half-written; one with
-      # checkpoints is kept so that rerunning the command resumes it. ``fit`` has waited
-      # for pending checkpoint writes.
-      _remove_what_was_created(workdir, created, existing)
+      # checkpoints is kept so that rerunning the command resumes it, and so is one whose
+      # checkpoint could not be written (a full disk): its config.json, metrics.jsonl and
+      # checkpoint_errors.log are what the user needs. ``fit`` has waited for pending
+      # checkpoint writes.
+      if not isinstance(e, ckpt_lib.CheckpointSaveError):
+        _remove_what_was_created(workdir, created, existing)
       raise
     results = {
         "step": int(jax.device_get(result.state.step)),
