@@ -78,11 +78,11 @@ def test_a_failed_save_stops_the_run_at_once_in_one_line_and_keeps_its_files(
   checks = {"calls": 0}
   check, record = ckpt_lib.Checkpointer.check, ckpt_lib.Checkpointer._record_failure
 
-  def counted_check(self):
+  def counted_check(self, step=None):
     checks["calls"] += 1
     if self._failure is not None:
       checks.setdefault("raised_at", checks["calls"])
-    return check(self)
+    return check(self, step)
 
   def noted_failure(self, step, e):
     checks.setdefault("steps_before", checks["calls"])
