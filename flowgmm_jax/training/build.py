@@ -179,13 +179,15 @@ def _pad(rows: np.ndarray, size: int) -> np.ndarray:
       len(rows) and size > len(rows)) else rows
 
 
-def host_batch(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, step: int,
+def batch_rows(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, step: int,
                num_devices: int) -> dict:
-  """Step ``step``'s batch on the host: ``x``, ``y``, ``position`` (each real row's index
-  in the batch as sampled, [labelled | unlabelled]; it seeds the row's noise) and
-  ``mask``, each part padded, reordered so that every device gets rows of both parts."""
+  """Step ``step``'s global batch without its images: ``row`` (each row's index into
+  ``batches.x``), ``y``, ``position`` (each real row's index in the batch as sampled,
+  [labelled | unlabelled]; it seeds the row's noise) and ``mask``, each ``[layout.size]``,
+  each part padded, reordered so that every device gets rows of both parts. Cheap (indices
+  only), so every host computes it whole and then reads the images of its own rows."""
   lab, unl = batches.indices(step)
-  x, y = batches.x, batches.y
+  y = batches.y
   parts = []
   offset = 0
   for rows, real, padded, labels in ((lab, layout.labeled, layout.labeled_padded, y[lab]),
@@ -195,7 +197,8 @@ def host_batch(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, ste
       continue
     position = np.arange(offset, offset + real)
     pad_position = layout.labeled + layout.unlabeled + np.arange(offset, offset + padded - real)
-    parts.append({"x": _pad(x[rows], padded), "y": _pad(np.asarray(labels), padded),
+    parts.append({"row": _pad(np.asarray(rows, np.int64), padded),
+                  "y": _pad(np.asarray(labels), padded),
                   "position": np.concatenate([position, pad_position]),
                   "mask": np.arange(padded) < real})
     offset += real
@@ -203,6 +206,24 @@ def host_batch(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, ste
   batch["y"] = np.where(batch["mask"], batch["y"], -1).astype(np.int32)
   batch["position"] = batch["position"].astype(np.int32)
   return _interleave(batch, layout.labeled_padded, layout.unlabeled_padded, num_devices)
+
+
+def host_batch(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, step: int,
+               num_devices: int, rows: Optional[np.ndarray] = None) -> dict:
+  """Step ``step``'s batch on the host: ``x``, ``y``, ``position`` and ``mask`` of
+  ``batch_rows``, for the batch rows ``rows`` only (``mesh.process_rows``: this process's
+  share; None = all ``layout.size`` rows). Only those rows' images are read from
+  ``batches.x``; an ``x`` that can prefetch (``data.RecordImages``) is asked for the next
+  step's rows meanwhile."""
+  batch = batch_rows(batches, layout, step, num_devices)
+  if rows is not None:
+    batch = {k: v[rows] for k, v in batch.items()}
+  x = batches.x
+  batch["x"] = x[batch.pop("row")]
+  if hasattr(x, "prefetch"):
+    following = batch_rows(batches, layout, step + 1, num_devices)["row"]
+    x.prefetch(following if rows is None else following[rows])
+  return batch
 
 
 def _interleave(batch: dict, labeled: int, unlabeled: int, num_devices: int) -> dict:

@@ -326,9 +326,12 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     log = _Log(config.log_every_steps, total, emit, progress)
     skips = _SkipStreak(config.max_consecutive_skips, start_step)
     eval_metrics = {}
+    # hostdata: each process builds and reads only the batch rows its devices hold.
+    local_rows = mesh_lib.process_rows(mesh, layout.size)
     for step in range(start_step, total):
-      batch = build.host_batch(batches, layout, step, num_devices)
-      state, metrics = progs.train_step(state, mesh_lib.shard_batch(mesh, batch), rng)
+      batch = build.host_batch(batches, layout, step, num_devices, rows=local_rows)
+      state, metrics = progs.train_step(
+          state, mesh_lib.shard_process_rows(mesh, batch, layout.size), rng)
       done = step + 1
       skips.observe(step, metrics)
       if progress is not None:
