@@ -80,16 +80,18 @@ class RecordImages:
   ``x[rows]`` (rows: an int, a slice, or an int array ``[B]``) reads only those records and
   returns ``np.ndarray [B, H, W, C]``; a row asked for twice is read once. ``prefetch(rows)``
   starts reading rows in the background; the next ``x[rows]`` with the same rows takes
-  them from there. ``rows_read`` counts the records read from the source (shared with the
-  ``take`` subsets). ``np.asarray(x)`` reads everything.
+  them from there. ``rows_read`` counts the records read from the source and
+  ``rows_touched()`` says which (both shared with the ``take`` subsets). ``np.asarray(x)`` reads everything.
 
   Args:
     source: random access to records, ``len(source)`` and ``source.__getitems__(keys)``
-      (grain's ``ArrayRecordDataSource``, a tfds data source).
+      (grain's ``ArrayRecordDataSource``) or ``source[key]`` (with ``batched=False``: a
+      tfds data source, which decodes one example at a time anyway).
     decode: record -> ``uint8 [H, W, C]``.
     image_shape: ``(H, W, C)``.
     rows: the source records this array's rows are (None: all, in order).
     num_threads: reader threads per request.
+    batched: read a chunk of records with one ``source.__getitems__`` call.
   """
 
   reads_rows_lazily = True  # Dataset and load_dataset keep it lazy (dataset.py)
@@ -98,8 +100,9 @@ class RecordImages:
 
   def __init__(self, source, decode: Callable[[Any], np.ndarray], image_shape: Sequence[int],
                rows: np.ndarray | None = None, num_threads: int = DEFAULT_THREADS,
-               _shared: dict | None = None):
+               batched: bool = True, _shared: dict | None = None):
     self._source = source
+    self._batched = batched
     self._decode = decode
     self._rows = None if rows is None else np.asarray(rows, np.int64)
     length = len(source) if rows is None else len(self._rows)
@@ -108,11 +111,15 @@ class RecordImages:
     # The readers, the counter and the pending prefetch are shared with ``take`` subsets.
     self._shared = _shared if _shared is not None else {
         "lock": threading.Lock(), "rows_read": 0, "pool": None, "prefetcher": None,
-        "pending": None}
+        "pending": None, "touched": np.zeros(len(source), bool)}
 
   @property
   def rows_read(self) -> int:
     return self._shared["rows_read"]
+
+  def rows_touched(self) -> np.ndarray:
+    """``int64 [M]``: the source records read at least once, ascending."""
+    return np.nonzero(self._shared["touched"])[0]
 
   def __len__(self) -> int:
     return self.shape[0]
@@ -125,7 +132,7 @@ class RecordImages:
     indices = self._indices(indices)
     rows = indices if self._rows is None else self._rows[indices]
     return RecordImages(self._source, self._decode, self.shape[1:], rows, self._num_threads,
-                        self._shared)
+                        self._batched, self._shared)
 
   def _indices(self, key) -> np.ndarray:
     if isinstance(key, slice):
@@ -178,7 +185,9 @@ class RecordImages:
     out = np.empty((len(unique),) + self.shape[1:], np.uint8)
     chunks = [c for c in np.array_split(np.arange(len(keys)), self._num_threads) if len(c)]
     def read(chunk):
-      records = self._source.__getitems__([int(k) for k in keys[chunk]])
+      wanted = [int(k) for k in keys[chunk]]
+      records = (self._source.__getitems__(wanted) if self._batched
+                 else [self._source[k] for k in wanted])
       for i, record in zip(chunk, records):
         out[i] = self._decode(record)
     if len(chunks) <= 1:
@@ -188,6 +197,7 @@ class RecordImages:
       list(self._pool().map(read, chunks))
     with self._shared["lock"]:
       self._shared["rows_read"] += len(unique)
+      self._shared["touched"][keys] = True
     return out[inverse.reshape(-1)]
 
   def __array__(self, dtype=None, copy=None):
@@ -341,7 +351,7 @@ def load_tfds_records(tfds_name: str, *, name: str | None = None,
   train = images.tfds_data_source(tfds_name, "train", data_dir)
   first = np.asarray(train[0]["image"])
   x = RecordImages(train, lambda example: np.asarray(example["image"]), first.shape,
-                   num_threads=num_threads)
+                   num_threads=num_threads, batched=False)
   y = _tfds_labels(train, tfds_name, "train")
   if max_train_examples is not None and 0 < max_train_examples < len(x):
     x, y = x.take(np.arange(max_train_examples)), y[:max_train_examples]
