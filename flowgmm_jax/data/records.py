@@ -198,6 +198,8 @@ class RecordImages:
     with self._shared["lock"]:
       self._shared["rows_read"] += len(unique)
       self._shared["touched"][keys] = True
+    if len(unique) == len(idx) and np.array_equal(unique, idx):
+      return out  # rows asked for in order, each once (reading all): no second copy
     return out[inverse.reshape(-1)]
 
   def __array__(self, dtype=None, copy=None):
