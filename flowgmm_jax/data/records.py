@@ -53,6 +53,8 @@ from flowgmm_jax.data.dataset import DataNotFoundError, Dataset, default_cache_d
 LABEL_BYTES = 4  # each record starts with its label, int32 little-endian
 # Reader threads per request: a request is split into this many chunks of records.
 DEFAULT_THREADS = 8
+# Records per read call of one thread.
+READ_BATCH = 1024
 
 
 def encode_record(image: np.ndarray, label: int) -> bytes:
@@ -185,11 +187,15 @@ class RecordImages:
     out = np.empty((len(unique),) + self.shape[1:], np.uint8)
     chunks = [c for c in np.array_split(np.arange(len(keys)), self._num_threads) if len(c)]
     def read(chunk):
-      wanted = [int(k) for k in keys[chunk]]
-      records = (self._source.__getitems__(wanted) if self._batched
-                 else [self._source[k] for k in wanted])
-      for i, record in zip(chunk, records):
-        out[i] = self._decode(record)
+      # At most READ_BATCH encoded records alive per thread: reading a whole split into
+      # memory holds the decoded array, not a second copy as bytes.
+      for lo in range(0, len(chunk), READ_BATCH):
+        part = chunk[lo:lo + READ_BATCH]
+        wanted = [int(k) for k in keys[part]]
+        records = (self._source.__getitems__(wanted) if self._batched
+                   else [self._source[k] for k in wanted])
+        for i, record in zip(part, records):
+          out[i] = self._decode(record)
     if len(chunks) <= 1:
       for chunk in chunks:
         read(chunk)
