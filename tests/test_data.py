@@ -668,3 +668,97 @@ def test_validation_examples_replace_the_test_split_with_held_out_training_rows(
   c.data.validation_examples = 1000
   with pytest.raises(ValueError, match="validation_examples=1000"):
     fdata.load_dataset(c)
+
+
+# ----------------------------------------------------------------------------- per-split limits
+# A test-set limit (to evaluate faster) must leave the training set whole, and the other way
+# round, in every image loader (issue 31).
+
+@pytest.mark.shared_data
+def test_mnist_test_limit_leaves_the_training_set_whole():
+  ds = fdata.load_mnist(_need("mnist"), source="files", max_test_examples=50)
+  assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (50, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(ds.y_train), MNIST_TRAIN_COUNTS)
+  # Through a config, as a user sets it on the command line.
+  from flowgmm_jax.training import base_config
+  c = base_config()
+  c.data.kind, c.data.name, c.data.max_test_examples = "image", "mnist", 30
+  ds = fdata.load_dataset(c)
+  assert len(ds.x_train) == 60000 and len(ds.x_test) == 30
+  c.data.max_test_examples, c.data.max_train_examples = -1, 40
+  ds = fdata.load_dataset(c)
+  assert len(ds.x_train) == 40 and len(ds.x_test) == 10000
+
+
+def _write_cifar_jpegs(root: Path, per_class: dict[str, int]) -> Path:
+  """A CIFAR-10 layout <split>/<class>/<n>.jpg with per_class[split] images per class, and
+  the same files as a .tar.gz archive (returned)."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, n in per_class.items():
+    for name in fimages.CIFAR10_CLASSES:
+      (root / split / name).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)).save(
+            root / split / name / f"{i}.jpg")
+  archive = root.parent / "cifar_small.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    for split in per_class:
+      tar.add(root / split, arcname=f"cifar/{split}")
+  return archive
+
+
+def test_cifar10_jpeg_test_limit_leaves_the_training_set_whole(tmp_path):
+  pytest.importorskip("PIL", reason="decoding CIFAR-10 JPEGs needs Pillow")
+  archive = _write_cifar_jpegs(tmp_path / "jpeg", {"train": 3, "test": 2})
+  for source in (tmp_path / "jpeg", archive):  # extracted folders; the archive (cached)
+    whole = fdata.load_cifar10(source, source="files", cache_dir=tmp_path / "cache")
+    assert len(whole.x_train) == 30 and len(whole.x_test) == 20
+    ds = fdata.load_cifar10(source, source="files", max_test_examples=10,
+                            cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.x_train, whole.x_train)
+    np.testing.assert_array_equal(ds.x_test, whole.x_test[:10])
+    ds = fdata.load_cifar10(source, source="files", max_train_examples=10,
+                            cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.x_train, whole.x_train[:10])
+    assert len(ds.x_test) == 20
+  assert list((tmp_path / "cache").glob("*.npz"))  # the archive's limits came from the cache
+
+
+def test_svhn_mat_test_limit_leaves_the_training_set_whole(tmp_path):
+  write_svhn_mat(tmp_path, num_train=40, num_test=20)
+  ds = fdata.load_svhn(mat_dir=tmp_path, max_test_examples=10)
+  assert len(ds.x_train) == 40 and len(ds.x_test) == 10
+  ds = fdata.load_svhn(mat_dir=tmp_path, max_train_examples=10)
+  assert len(ds.x_train) == 10 and len(ds.x_test) == 20
+
+
+def test_tfds_test_limit_leaves_the_training_set_whole(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setenv("FLOWGMM_CACHE_DIR", str(tmp_path / "cache"))  # the grain label cache
+  with tfds.testing.mock_data(num_examples=20):
+    ds = fdata.load_svhn(data_dir=tmp_path, max_test_examples=7)
+    grain = fdata.load_tfds_records("svhn_cropped", data_dir=tmp_path, max_test_examples=7)
+    whole = fdata.load_svhn(data_dir=tmp_path)
+  assert len(ds.x_train) == 20 and len(ds.x_test) == 7
+  np.testing.assert_array_equal(ds.x_train, whole.x_train)
+  # The grain loader reads the same rows in the same order.
+  assert isinstance(grain.x_train, fdata.RecordImages) and len(grain.x_test) == 7
+  np.testing.assert_array_equal(np.asarray(grain.x_train), whole.x_train)
+  np.testing.assert_array_equal(grain.y_train, whole.y_train)
+  np.testing.assert_array_equal(grain.x_test, whole.x_test[:7])
+
+
+def test_records_folder_test_limit_leaves_the_training_set_whole(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (30, 4, 4, 3)).astype(np.uint8)
+  y = np.arange(30) % 3
+  fdata.write_image_records(tmp_path, "train", x[:20], y[:20], num_classes=3)
+  fdata.write_image_records(tmp_path, "test", x[20:], y[20:], num_classes=3)
+  for in_memory in (True, False):
+    ds = fdata.load_image_records(tmp_path, in_memory=in_memory, max_test_examples=4)
+    np.testing.assert_array_equal(np.asarray(ds.x_train), x[:20])
+    np.testing.assert_array_equal(ds.x_test, x[20:24])
+    ds = fdata.load_image_records(tmp_path, in_memory=in_memory, max_train_examples=5)
+    np.testing.assert_array_equal(np.asarray(ds.x_train), x[:5])
+    assert len(ds.x_test) == 10

@@ -25,9 +25,12 @@ from flowgmm_jax.data.augment import (FLIP_BY_DATASET, add_feature_noise, augmen
                                       random_horizontal_flip)
 from flowgmm_jax.data.dataset import (DataNotFoundError, Dataset, default_cache_dir,
                                       default_data_dir, save_npz_atomic, validate_arrays)
-from flowgmm_jax.data.images import (CIFAR10_CLASSES, load_cifar10, load_mnist, load_svhn,
+from flowgmm_jax.data.images import (CIFAR10_CLASSES, DIGIT_CLASSES, load_cifar10, load_mnist, load_svhn,
                                      load_tfds_images, prepare_tfds_dataset, read_idx,
                                      tfds_data_source, tfds_prepare_command)
+from flowgmm_jax.data.records import (RecordImages, load_image_records, load_tfds_records,
+                                      take_rows, write_image_records)
+from flowgmm_jax.data import rows
 from flowgmm_jax.data.splits import (SemiSupervisedBatches, batch_indices,
                                      labeled_unlabeled_split, split_with_given_unlabeled,
                                      stratified_prefix, stratified_train_test_split)
@@ -49,21 +52,37 @@ class Source(NamedTuple):
 
 
 def _read_limit(d) -> dict:
-  """Image loaders' ``max_examples`` for smoke runs: read no more rows than are kept."""
-  if d.max_train_examples > 0 or d.max_test_examples > 0:
-    return {"max_examples": max(d.max_train_examples, d.max_test_examples)}
-  return {}
+  """Image loaders' per-split limits for smoke runs: read no more rows of a split than are
+  kept of it (a test-set limit leaves the training set whole)."""
+  return {"max_train_examples": d.max_train_examples if d.max_train_examples > 0 else None,
+          "max_test_examples": d.max_test_examples if d.max_test_examples > 0 else None}
 
 
-def _images(loader: Callable[..., Dataset]) -> Callable[[Any, int], Dataset]:
-  return lambda d, seed: loader(data_dir=d.data_dir or None, source=d.source, **_read_limit(d))
+def _images(loader: Callable[..., Dataset], tfds_name: str) -> Callable[[Any, int], Dataset]:
+  def load(d, seed):
+    if d.get("loader", "memory") == "grain":
+      return load_tfds_records(tfds_name, name=d.name, data_dir=d.data_dir or None,
+                               **_read_limit(d))
+    return loader(data_dir=d.data_dir or None, source=d.source, **_read_limit(d))
+  return load
 
 
 def _svhn(d, seed) -> Dataset:
+  if d.get("loader", "memory") == "grain":
+    return load_tfds_records("svhn_cropped", name="svhn", data_dir=d.data_dir or None,
+                             class_names=DIGIT_CLASSES, **_read_limit(d))
   kw = {"data_dir": d.data_dir or None}
   if d.path:  # the original train_32x32.mat / test_32x32.mat: no TensorFlow needed
     kw["mat_dir"] = d.path
   return load_svhn(**kw, **_read_limit(d))
+
+
+def _records(d, seed) -> Dataset:
+  if not d.path:
+    raise ValueError("data.name='records' needs --config.data.path=FOLDER holding info.json "
+                     "and <split>.array_record files (flowgmm_jax/data/records.py).")
+  return load_image_records(d.path, in_memory=d.get("loader", "memory") != "grain",
+                            **_read_limit(d))
 
 
 def _user_file(d, seed) -> Dataset:
@@ -106,9 +125,11 @@ REGISTRY: dict[str, Source] = {
     "file": Source(("tabular", "text"), _user_file),
     # In-memory data handed to `training.fit` directly (FlowGMMClassifier): nothing to load.
     "arrays": Source(("tabular",), _in_memory),
-    "mnist": Source(("image",), _images(load_mnist)),
-    "cifar10": Source(("image",), _images(load_cifar10)),
+    "mnist": Source(("image",), _images(load_mnist, "mnist")),
+    "cifar10": Source(("image",), _images(load_cifar10, "cifar10")),
     "svhn": Source(("image",), _svhn),
+    # A folder of the user's own images as ArrayRecord files (data/records.py).
+    "records": Source(("image",), _records),
 }
 DATASET_NAMES = tuple(sorted(REGISTRY))
 
@@ -140,19 +161,17 @@ def load_dataset(config) -> Dataset:
     ds = hold_out_validation_set(ds, d.validation_examples)
   if d.max_train_examples > 0 and len(ds.x_train) > d.max_train_examples:
     keep = np.sort(stratified_prefix(ds.y_train, d.max_train_examples))
-    ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+    ds = dataclasses.replace(ds, x_train=take_rows(ds.x_train, keep), y_train=ds.y_train[keep])
   if d.max_test_examples > 0 and len(ds.x_test) > d.max_test_examples:
     keep = np.sort(stratified_prefix(ds.y_test, d.max_test_examples))
     ds = dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
   return ds
 
 
-VALIDATION_SEED = 20_201  # fixed: the same validation rows whatever config.seed is
-
-
 def hold_out_validation_set(ds: Dataset, num_examples: int) -> Dataset:
-  """``ds`` with ``num_examples`` of its training rows (class-stratified, chosen with a fixed
-  seed) moved into the evaluation split, which replaces the test split: tuning then never
+  """``ds`` with ``num_examples`` of its training rows (class-stratified, chosen by the one
+  seed rule with ``rows.EVALUATION_SEED``, the same rows whatever ``config.seed`` is) moved
+  into the evaluation split, which replaces the test split: tuning then never
   sees the test labels. The test rows are dropped."""
   if not 0 < num_examples < len(ds.x_train):
     raise ValueError(f"data.validation_examples={num_examples} must be between 1 and the "
@@ -161,44 +180,26 @@ def hold_out_validation_set(ds: Dataset, num_examples: int) -> Dataset:
     raise ValueError("data.validation_examples needs a fully labelled training split; "
                      f"{ds.name} has unlabelled (-1) training rows.")
   train, val = stratified_train_test_split(ds.y_train, num_examples / len(ds.y_train),
-                                           seed=VALIDATION_SEED)
+                                           seed=(rows.EVALUATION_SEED, rows.EVALUATION))
   train, val = np.sort(train), np.sort(val)
   info = {**ds.info, "evaluation_split": f"validation ({len(val)} training examples)"}
-  return dataclasses.replace(ds, x_train=ds.x_train[train], y_train=ds.y_train[train],
-                             x_test=ds.x_train[val], y_test=ds.y_train[val], info=info)
-
-
-def make_split(config, dataset: Dataset):
-  """(labeled_idx, unlabeled_idx) into ``dataset.x_train`` for a config's ``data`` section.
-
-  If the training labels already contain -1, those rows are the unlabelled pool and every
-  labelled row is used; otherwise ``num_labeled_per_class`` (or ``num_labeled``) labels are
-  kept per class, chosen with the config's seed, and the rest are unlabelled (a class with
-  fewer rows than that is labelled whole, with a warning).
-  """
-  d = config.data
-  if np.any(dataset.y_train < 0):
-    return split_with_given_unlabeled(dataset.y_train)
-  if d.num_labeled_per_class > 0:
-    kw = {"num_labeled_per_class": d.num_labeled_per_class}
-  else:
-    kw = {"num_labeled": d.num_labeled}
-  return labeled_unlabeled_split(dataset.y_train, seed=config.seed,
-                                 num_classes=dataset.num_classes, allow_fewer=True, **kw)
+  return dataclasses.replace(ds, x_train=take_rows(ds.x_train, train),
+                             y_train=ds.y_train[train], x_test=np.asarray(ds.x_train[val]),
+                             y_test=ds.y_train[val], info=info)
 
 
 __all__ = [
     "CIFAR10_CLASSES", "DATASET_NAMES", "DataNotFoundError", "Dataset", "FLIP_BY_DATASET",
-    "PAPER_NUM_LABELED", "REGISTRY", "SemiSupervisedBatches", "Source", "TOY_DATASETS",
+    "PAPER_NUM_LABELED", "RecordImages", "REGISTRY", "SemiSupervisedBatches", "Source", "TOY_DATASETS",
     "UNLABELED",
     "add_feature_noise", "augment_images", "batch_indices", "build_tabular_dataset", "default_augmentation", "default_cache_dir",
     "default_data_dir", "hold_out_validation_set", "labeled_unlabeled_split", "load_agnews_embeddings", "load_cifar10",
     "load_csv_table", "load_dataset", "load_hepmass", "load_miniboone", "load_mnist",
     "load_npz_table", "load_original_text_embeddings", "load_svhn", "load_text_embeddings_npz",
-    "load_tfds_images", "load_toy", "load_uci", "make_8gaussians", "make_circles",
-    "make_moons", "make_pinwheel", "make_split", "make_split_dataset", "names_by_kind", "prepare_tfds_dataset",
+    "load_image_records", "load_tfds_images", "load_tfds_records", "load_toy", "load_uci", "make_8gaussians", "make_circles",
+    "make_moons", "make_pinwheel", "make_split_dataset", "names_by_kind", "prepare_tfds_dataset",
     "random_crop_with_padding", "random_horizontal_flip", "read_idx", "read_miniboone",
     "save_npz_atomic", "split_with_given_unlabeled", "standardize_features",
-    "stratified_prefix", "stratified_train_test_split", "tfds_data_source",
-    "tfds_prepare_command", "validate_arrays",
+    "stratified_prefix", "stratified_train_test_split", "take_rows", "tfds_data_source",
+    "tfds_prepare_command", "validate_arrays", "write_image_records",
 ]

@@ -152,7 +152,8 @@ class Dataset:
   Attributes:
     name: short identifier, e.g. "mnist", "letter", "moons".
     kind: "image" | "tabular" | "text" | "toy".
-    x_train: images `uint8 [N, H, W, C]`, otherwise `float32 [N, D]` or a
+    x_train: images `uint8 [N, H, W, C]` (or a `records.RecordImages` that reads its rows
+      when asked: `config.data.loader="grain"`), otherwise `float32 [N, D]` or a
       `features.StandardizedRows` over the raw table (rows standardised as gathered).
     y_train: `int32 [N]`, in `[0, num_classes)`, or -1 for unlabelled examples.
     x_test: like `x_train` (may have 0 rows).
@@ -196,6 +197,18 @@ class Dataset:
         if len(x) != y.shape[0]:
           raise ValueError(f"{label}: {len(x)} feature rows but {y.shape[0]} labels; x and "
                            "y must have the same length.")
+        setattr(self, f"y_{split}", y.astype(np.int32, copy=False))
+        continue
+      if getattr(x, "reads_rows_lazily", False) and self.kind == "image":
+        # data.records.RecordImages: rows are read when a batch asks for them; its dtype and
+        # shape are checked here, its pixels when its records are decoded.
+        if x.dtype != np.uint8 or len(x.shape) != 4:
+          raise ValueError(f"{label}: images must be uint8 [N, H, W, C], got {x.dtype} "
+                           f"{x.shape}.")
+        validate_labels(y, self.num_classes, split == "train", where=label)
+        if len(x) != y.shape[0]:
+          raise ValueError(f"{label}: {len(x)} images but {y.shape[0]} labels; x and y "
+                           "must have the same length.")
         setattr(self, f"y_{split}", y.astype(np.int32, copy=False))
         continue
       x = np.asarray(x)

@@ -54,6 +54,19 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 _CACHE_VERSION = 1
 
 
+def split_limits(max_examples: int | None = None, max_train_examples: int | None = None,
+                 max_test_examples: int | None = None) -> dict[str, int | None]:
+  """``{"train": n or None, "test": n or None}``: each split's row limit. ``max_examples``
+  limits both splits; a split's own limit replaces it for that split only (None or <= 0:
+  no limit of its own)."""
+  def own(limit):
+    return int(limit) if limit is not None and int(limit) > 0 else None
+  both = own(max_examples)
+  train, test = own(max_train_examples), own(max_test_examples)
+  return {"train": train if train is not None else both,
+          "test": test if test is not None else both}
+
+
 # ----------------------------------------------------------------------------- IDX (MNIST)
 
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
@@ -116,7 +129,7 @@ def _idx_path(directory: Path, gz_name: str) -> Path | None:
   return None
 
 
-def _load_mnist_files(directory: Path, max_examples: int | None) -> Dataset:
+def _load_mnist_files(directory: Path, limits: dict[str, int | None]) -> Dataset:
   arrays = {}
   for split, (images_name, labels_name) in MNIST_FILES.items():
     images = read_idx(_idx_path(directory, images_name), IDX_IMAGES_MAGIC)
@@ -126,8 +139,8 @@ def _load_mnist_files(directory: Path, max_examples: int | None) -> Dataset:
                        f"{images.shape}.")
     if labels.shape != (images.shape[0],):
       raise ValueError(f"{labels_name}: {labels.shape[0]} labels for {images.shape[0]} images.")
-    if max_examples is not None:
-      keep = stratified_prefix(labels, max_examples)
+    if limits[split] is not None:
+      keep = stratified_prefix(labels, limits[split])
       images, labels = images[keep], labels[keep]
     arrays[split] = (images[..., None], labels.astype(np.int32))
   return Dataset(
@@ -137,7 +150,9 @@ def _load_mnist_files(directory: Path, max_examples: int | None) -> Dataset:
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None, source: str = "auto",
-               max_examples: int | None = None, download: bool = False) -> Dataset:
+               max_examples: int | None = None, download: bool = False, *,
+               max_train_examples: int | None = None,
+               max_test_examples: int | None = None) -> Dataset:
   """MNIST: 60,000 train + 10,000 test digits, `uint8 [N, 28, 28, 1]`, 10 classes.
 
   Args:
@@ -149,20 +164,24 @@ def load_mnist(data_dir: str | os.PathLike | None = None, source: str = "auto",
       files it is a class-balanced round-robin subset (deterministic), from tfds
       the first records (tfds shuffles at preparation).
     download: tfds only: download and prepare first (needs TensorFlow).
+    max_train_examples, max_test_examples: that split's own limit, in place of
+      ``max_examples`` (the other split is left as it is).
   """
   _check_source(source)
+  limits = split_limits(max_examples, max_train_examples, max_test_examples)
   if source in ("auto", "files"):
     directory = _find_mnist_dir(data_dir)
     if directory is not None:
-      return _load_mnist_files(directory, max_examples)
+      return _load_mnist_files(directory, limits)
     if source == "files":
       where = data_dir if data_dir is not None else default_data_dir() / "mnist"
       names = ", ".join(n for pair in MNIST_FILES.values() for n in pair)
       raise DataNotFoundError(
           f"MNIST IDX files not found in {where} (need {names}). Download them from "
           f"{MNIST_URL} into that directory, set FLOWGMM_DATA_DIR, or use source='tfds'.")
-  return load_tfds_images("mnist", name="mnist", data_dir=data_dir,
-                          max_examples=max_examples, download=download)
+  return load_tfds_images("mnist", name="mnist", data_dir=data_dir, download=download,
+                          max_train_examples=limits["train"],
+                          max_test_examples=limits["test"])
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -275,7 +294,7 @@ def _load_cached(path: Path) -> dict[str, np.ndarray] | None:
     return None  # absent or unreadable: decode again and rewrite it
 
 
-def _load_cifar_jpeg(source: Path, max_examples: int | None, cache: bool,
+def _load_cifar_jpeg(source: Path, limits: dict[str, int | None], cache: bool,
                      cache_dir: str | os.PathLike | None) -> Dataset:
   cache_path = None
   if cache and source.is_file():
@@ -289,16 +308,16 @@ def _load_cifar_jpeg(source: Path, max_examples: int | None, cache: bool,
         raise ValueError(f"{source}: no CIFAR-10 images found for the {split} split "
                          "(expected <split>/<class>/<name>.jpg).")
       ordered = _round_robin(entries)
-      if max_examples is not None:
-        ordered = ordered[:max_examples]
+      if limits[split] is not None:
+        ordered = ordered[:limits[split]]
       arrays[f"x_{split}"] = _decode_images([e[2] for e in ordered])
       arrays[f"y_{split}"] = np.array([e[0] for e in ordered], np.int32)
     # Only the full decode is cached; a cached full set also serves every subset,
     # because subsets are prefixes of the same class-interleaved order.
-    if cache_path is not None and max_examples is None:
+    if cache_path is not None and limits == {"train": None, "test": None}:
       save_npz_atomic(cache_path, **arrays)
-  elif max_examples is not None:
-    arrays = {k: v[:max_examples] for k, v in arrays.items()}
+  else:
+    arrays = {k: v[:limits[k[2:]]] for k, v in arrays.items()}
   return Dataset(
       name="cifar10", kind="image", x_train=arrays["x_train"], y_train=arrays["y_train"],
       x_test=arrays["x_test"], y_test=arrays["y_test"], num_classes=10,
@@ -309,7 +328,8 @@ def _load_cifar_jpeg(source: Path, max_examples: int | None, cache: bool,
 def load_cifar10(data_dir: str | os.PathLike | None = None, source: str = "auto",
                  max_examples: int | None = None, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None,
-                 download: bool = False) -> Dataset:
+                 download: bool = False, *, max_train_examples: int | None = None,
+                 max_test_examples: int | None = None) -> Dataset:
   """CIFAR-10: 50,000 train + 10,000 test, `uint8 [N, 32, 32, 3]`, 10 classes.
 
   Labels follow the standard order `CIFAR10_CLASSES` (airplane=0, ..., truck=9).
@@ -332,21 +352,24 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, source: str = "auto"
     cache: whether to read/write the decoded-array cache (files only).
     cache_dir: where the cache lives.
     download: tfds only: download and prepare first (needs TensorFlow).
+    max_train_examples, max_test_examples: that split's own limit, in place of
+      ``max_examples`` (the other split is left as it is).
   """
   _check_source(source)
+  limits = split_limits(max_examples, max_train_examples, max_test_examples)
   if source in ("auto", "files"):
     found = _find_cifar_jpeg(data_dir)
     if found is not None:
-      return _load_cifar_jpeg(found, max_examples, cache, cache_dir)
+      return _load_cifar_jpeg(found, limits, cache, cache_dir)
     if source == "files":
       where = data_dir if data_dir is not None else default_data_dir() / "cifar10"
       raise DataNotFoundError(
           f"No CIFAR-10 JPEG data in {where}: expected {CIFAR10_JPEG_ARCHIVE} (from "
           f"{CIFAR10_JPEG_URL}) or folders train/<class>/*.jpg and test/<class>/*.jpg. "
           "Pass data_dir=..., set FLOWGMM_DATA_DIR, or use source='tfds'.")
-  return load_tfds_images("cifar10", name="cifar10", data_dir=data_dir,
-                          max_examples=max_examples, download=download,
-                          class_names=CIFAR10_CLASSES)
+  return load_tfds_images("cifar10", name="cifar10", data_dir=data_dir, download=download,
+                          class_names=CIFAR10_CLASSES, max_train_examples=limits["train"],
+                          max_test_examples=limits["test"])
 
 
 # ----------------------------------------------------------------------------- SVHN
@@ -391,12 +414,12 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   return np.ascontiguousarray(np.transpose(images, (3, 0, 1, 2))), labels
 
 
-def _load_svhn_mat(directory: Path, max_examples: int | None) -> Dataset:
+def _load_svhn_mat(directory: Path, limits: dict[str, int | None]) -> Dataset:
   arrays = {}
   for split, file_name in SVHN_MAT_FILES.items():
     images, labels = read_svhn_mat(directory / file_name)
-    if max_examples is not None:
-      keep = stratified_prefix(labels, max_examples)
+    if limits[split] is not None:
+      keep = stratified_prefix(labels, limits[split])
       images, labels = images[keep], labels[keep]
     arrays[split] = (images, labels)
   return Dataset(
@@ -406,7 +429,9 @@ def _load_svhn_mat(directory: Path, max_examples: int | None) -> Dataset:
 
 
 def load_svhn(data_dir: str | os.PathLike | None = None, max_examples: int | None = None,
-              download: bool = False, mat_dir: str | os.PathLike | None = None) -> Dataset:
+              download: bool = False, mat_dir: str | os.PathLike | None = None, *,
+              max_train_examples: int | None = None,
+              max_test_examples: int | None = None) -> Dataset:
   """SVHN (cropped digits): 73,257 train + 26,032 test, `uint8 [N, 32, 32, 3]`.
 
   Two sources, labels 0-9 in both (digit "0" is label 0; the "extra" split is not used):
@@ -425,7 +450,10 @@ def load_svhn(data_dir: str | os.PathLike | None = None, max_examples: int | Non
       the .mat files, the first records for tfds).
     download: tfds only: download and prepare first (needs TensorFlow).
     mat_dir: folder holding train_32x32.mat and test_32x32.mat.
+    max_train_examples, max_test_examples: that split's own limit, in place of
+      ``max_examples`` (the other split is left as it is).
   """
+  limits = split_limits(max_examples, max_train_examples, max_test_examples)
   if mat_dir is not None:
     directory = Path(mat_dir).expanduser()
     missing = [n for n in SVHN_MAT_FILES.values() if not (directory / n).is_file()]
@@ -433,13 +461,13 @@ def load_svhn(data_dir: str | os.PathLike | None = None, max_examples: int | Non
       raise DataNotFoundError(
           f"SVHN: {', '.join(missing)} not found in {str(directory)!r} (config.data.path). "
           f"Download train_32x32.mat and test_32x32.mat from {SVHN_MAT_URL} into it.")
-    return _load_svhn_mat(directory, max_examples)
+    return _load_svhn_mat(directory, limits)
   if data_dir is not None and all((Path(data_dir).expanduser() / n).is_file()
                                   for n in SVHN_MAT_FILES.values()):
-    return _load_svhn_mat(Path(data_dir).expanduser(), max_examples)
-  return load_tfds_images("svhn_cropped", name="svhn", data_dir=data_dir,
-                          max_examples=max_examples, download=download,
-                          class_names=DIGIT_CLASSES)
+    return _load_svhn_mat(Path(data_dir).expanduser(), limits)
+  return load_tfds_images("svhn_cropped", name="svhn", data_dir=data_dir, download=download,
+                          class_names=DIGIT_CLASSES, max_train_examples=limits["train"],
+                          max_test_examples=limits["test"])
 
 
 # ----------------------------------------------------------------------------- tfds
@@ -550,7 +578,9 @@ def load_tfds_images(tfds_name: str, *, name: str | None = None,
                      data_dir: str | os.PathLike | None = None,
                      max_examples: int | None = None, download: bool = False,
                      class_names: tuple[str, ...] | None = None,
-                     splits: tuple[str, str] = ("train", "test")) -> Dataset:
+                     splits: tuple[str, str] = ("train", "test"),
+                     max_train_examples: int | None = None,
+                     max_test_examples: int | None = None) -> Dataset:
   """Any tfds image classification dataset with "image" and "label" features.
 
   Args:
@@ -561,12 +591,15 @@ def load_tfds_images(tfds_name: str, *, name: str | None = None,
     download: download and prepare first (needs TensorFlow).
     class_names: override the label names stored by tfds.
     splits: the (train, test) split names.
+    max_train_examples, max_test_examples: that split's own limit, in place of
+      ``max_examples`` (the other split is left as it is).
   """
+  limits = split_limits(max_examples, max_train_examples, max_test_examples)
   if download:
     prepare_tfds_dataset(tfds_name, data_dir)
   sources = {role: tfds_data_source(tfds_name, split, data_dir)
              for role, split in zip(("train", "test"), splits)}
-  arrays = {role: _read_tfds_split(src, max_examples) for role, src in sources.items()}
+  arrays = {role: _read_tfds_split(src, limits[role]) for role, src in sources.items()}
   names = class_names or _label_names(sources["train"])
   try:
     num_classes = int(sources["train"].dataset_info.features["label"].num_classes)

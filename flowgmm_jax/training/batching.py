@@ -56,13 +56,15 @@ def _pad(rows: np.ndarray, size: int) -> np.ndarray:
       len(rows) and size > len(rows)) else rows
 
 
-def host_batch(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, step: int,
+def batch_rows(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, step: int,
                num_devices: int) -> dict:
-  """Step ``step``'s batch on the host: ``x``, ``y``, ``position`` (each real row's index
-  in the batch as sampled, [labelled | unlabelled]; it seeds the row's noise) and
-  ``mask``, each part padded, reordered so that every device gets rows of both parts."""
+  """Step ``step``'s global batch without its inputs: ``row`` (each row's index into
+  ``batches.x``), ``y``, ``position`` (each real row's index in the batch as sampled,
+  [labelled | unlabelled]; it seeds the row's noise) and ``mask``, each ``[layout.size]``,
+  each part padded, reordered so that every device gets rows of both parts. Cheap (indices
+  only), so every host computes it whole and then reads the inputs of its own rows."""
   lab, unl = batches.indices(step)
-  x, y = batches.x, batches.y
+  y = batches.y
   parts = []
   offset = 0
   for rows, real, padded, labels in ((lab, layout.labeled, layout.labeled_padded, y[lab]),
@@ -72,7 +74,8 @@ def host_batch(batches: data_lib.SemiSupervisedBatches, layout: BatchLayout, ste
       continue
     position = np.arange(offset, offset + real)
     pad_position = layout.labeled + layout.unlabeled + np.arange(offset, offset + padded - real)
-    parts.append({"x": _pad(x[rows], padded), "y": _pad(np.asarray(labels), padded),
+    parts.append({"row": _pad(np.asarray(rows, np.int64), padded),
+                  "y": _pad(np.asarray(labels), padded),
                   "position": np.concatenate([position, pad_position]),
                   "mask": np.arange(padded) < real})
     offset += real
@@ -107,6 +110,7 @@ class Batches:
         dataset.x_train, dataset.y_train, rows.labeled, rows.unlabeled,
         labeled_batch_size=self.layout.labeled, unlabeled_batch_size=self.layout.unlabeled,
         seed=config.seed)
+    self.process_rows = mesh_lib.process_rows(mesh, self.layout.size)
 
   def init_rows(self) -> np.ndarray:
     """The rows ``model.init`` sees: the first rows of each pool, padded like a batch (at
@@ -117,6 +121,22 @@ class Batches:
                                 layout.unlabeled_padded)])
     return _pad(rows, 2) if len(rows) < 2 else rows
 
+  def host(self, step: int, rows=None) -> dict:
+    """Step ``step``'s batch on the host, for the batch rows ``rows`` (default: those this
+    process's devices hold, ``mesh.process_rows``): ``x``, ``y``, ``position``, ``mask``.
+    The indices of the whole batch are computed (cheap), the inputs of only these rows
+    are read; an ``x`` that can prefetch (``data.RecordImages``) is asked for the next
+    step's rows."""
+    rows = self.process_rows if rows is None else np.asarray(rows)
+    batch = batch_rows(self.sampler, self.layout, step, self.num_devices)
+    batch = {k: v[rows] for k, v in batch.items()}
+    x = self.sampler.x
+    batch["x"] = x[batch.pop("row")]
+    if hasattr(x, "prefetch"):
+      following = batch_rows(self.sampler, self.layout, step + 1, self.num_devices)
+      x.prefetch(following["row"][rows])
+    return batch
+
   def on_devices(self, step: int) -> dict:
-    return mesh_lib.shard_batch(self.mesh, host_batch(self.sampler, self.layout, step,
-                                                      self.num_devices))
+    """Step ``step``'s batch on the mesh, built from this process's rows only."""
+    return mesh_lib.shard_process_rows(self.mesh, self.host(step), self.layout.size)

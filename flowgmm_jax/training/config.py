@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.label_column = ""            # csv: label column name ('' = last column)
   c.data.data_dir = ""                # tfds data_dir / offline data dir ('' = default)
   c.data.source = "auto"              # images: auto | files | tfds
+  # images: "memory" reads the whole training split into every host's memory; "grain"
+  # reads each step's rows from ArrayRecord files (a tfds source, or data.name="records"
+  # with data.path=FOLDER), each host only its own devices' rows (data/records.py).
+  c.data.loader = "memory"
   c.data.num_labeled_per_class = 10   # labels kept per class (-1: use num_labeled)
   c.data.num_labeled = -1             # total labels (used when num_labeled_per_class = -1)
   c.data.test_fraction = 0.2          # tabular/text: held-out test fraction
@@ -349,6 +353,15 @@ def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_fie
   if c["data"]["name"] not in DATASETS[c["data"]["kind"]]:
     fail(f"{shown('data.name')} is not a {c['data']['kind']} dataset; choose one of "
          f"{DATASETS[c['data']['kind']]}.")
+  loader = c["data"].get("loader", "memory")
+  if loader not in ("memory", "grain"):
+    fail(f"{shown('data.loader')}; choose one of ('memory', 'grain').")
+  if loader == "grain" and c["data"]["kind"] != "image":
+    fail(f"{shown('data.loader')} reads image records only; tables and text use "
+         f"{field_name('data.loader')}='memory'.")
+  if loader == "grain" and c["data"]["kind"] == "image" and c["data"]["source"] == "files":
+    fail(f"{shown('data.loader')} reads ArrayRecord files (a prepared tfds source, or "
+         f"data.name='records'); {shown('data.source')} is for the memory loader.")
   _validate_model(c, fail, field_name)
   model = c["model"]
   for key in model:
