@@ -46,3 +46,38 @@ def test_conv_flops_and_cond_takes_the_larger_branch():
   # 2 * outputs [2,8,8,4] * (3*3*3 MACs each), then the multiply branch's 2*8*8*4.
   assert count_flops(closed) == 2 * 512 * 27 + 512
   assert count_collectives(closed) == {}
+
+
+def _traced_cifar_step(sync_batch_norm: bool, num_devices: int = 8):
+  """The jaxpr of the CIFAR-10 FlowGMM-cons train step (``configs/cifar10.py:smoke``) on an
+  abstract ``num_devices``-device mesh: traced, never compiled or run."""
+  import types
+
+  from configs import cifar10
+  from flowgmm_jax.training import build
+
+  c = cifar10.get_config("smoke")
+  c.model.sync_batch_norm = sync_batch_norm
+  dataset = types.SimpleNamespace(x_train=np.zeros((1, 32, 32, 3), np.uint8), num_classes=10,
+                                  kind="image")
+  programs = build.programs(build.Settings.from_config(c, dataset),
+                            jax.sharding.AbstractMesh((num_devices,), ("data",)))
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  x = jax.ShapeDtypeStruct((64, 32, 32, 3), jnp.uint8)
+  rows = jax.ShapeDtypeStruct((64,), jnp.int32)
+  state = jax.eval_shape(programs.new_state, jax.eval_shape(programs.init, key, x))
+  batch = {"x": x, "y": rows, "position": rows,
+           "mask": jax.ShapeDtypeStruct((64,), jnp.bool_)}
+  return jax.make_jaxpr(programs.train_step)(state, batch, key)
+
+
+def test_per_device_batch_norm_step_executes_few_collectives():
+  """sync_batch_norm=False: the 8-device CIFAR step's collectives are the global counts, the
+  reported scalars, the gradients and the BatchNorm running statistics, one psum each,
+  whatever the depth of the flow. Synced BatchNorm adds one per norm per pass."""
+  per_device = count_collectives(_traced_cifar_step(False))
+  synced = count_collectives(_traced_cifar_step(True))
+  print(f"collectives per step, 8 devices, cifar10:smoke: per-device BN {per_device}, "
+        f"synced BN {synced}")
+  assert per_device == {"psum": 4}
+  assert set(synced) == {"psum"} and synced["psum"] > 4 * per_device["psum"]

@@ -54,9 +54,15 @@ _TABULAR_FIELDS = dict(num_coupling_layers=5, hidden_dim=512, hidden_layers=2,
 MODEL_FIELDS = {
     "realnvp_tabular": dict(_TABULAR_FIELDS),
     "spline_tabular": dict(_TABULAR_FIELDS, num_bins=8, bound=3.0),
-    "realnvp": dict(num_scales=2, num_blocks=8, mid_channels=64, zero_init_last=False),
-    "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=False),
+    "realnvp": dict(num_scales=2, num_blocks=8, mid_channels=64, zero_init_last=False,
+                    sync_batch_norm=True),
+    "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=False,
+                 sync_batch_norm=True),
 }
+#   sync_batch_norm (image flows): in the data-parallel train step BatchNorm averages its
+#     batch moments over all devices in every layer (True: the one-device result, a
+#     collective per norm per pass), or normalises each device's rows alone (False: the
+#     running statistics are averaged across devices once per step, training/step.py).
 
 # dropout_rate None (the table recipe's): the paper's 0.5 when every coupling's conditioner
 # sees at least 2 features, else 0.
@@ -108,7 +114,8 @@ def build(model_config, input_shape: Sequence[int], *,
   config's ``model`` section) for inputs of ``input_shape`` (no batch axis).
 
   ``bn_axis_name``: the device axis over which BatchNorm averages batch statistics in the
-  data-parallel train step (image flows); None for evaluation.
+  data-parallel train step (image flows); None for evaluation, and ignored when the section
+  says ``sync_batch_norm=False``.
   ``compute_dtype``: "float32" or "bfloat16", the dtype the conditioner networks compute in
   (a config's ``compute_dtype``); parameters, couplings and log-dets stay float32.
   """
@@ -117,6 +124,8 @@ def build(model_config, input_shape: Sequence[int], *,
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f"Unknown compute_dtype {compute_dtype!r}; choose one of "
                      f"{tuple(COMPUTE_DTYPES)} (config.compute_dtype).")
+  if not model_config.get("sync_batch_norm", True):
+    bn_axis_name = None  # each device normalises its own rows (see MODEL_FIELDS)
   flow = _REGISTRY[model_config.name].make(model_config, input_shape, bn_axis_name)
   return flow.clone(compute_dtype=COMPUTE_DTYPES[compute_dtype])
 
