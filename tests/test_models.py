@@ -701,3 +701,34 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
     return set(re.findall(r"dim_labels=(\S+?),", scanned(conv).compile().as_text()))
   assert labels(conv2d_same) == {"b01f_01io->b01f"}
   assert labels(ref) != {"b01f_01io->b01f"}  # what the custom JVP is there for
+
+
+def test_masked_batch_norm_is_exact_across_devices_float64(x64):
+  """nets.BatchNorm with ``mask`` and ``axis_name``: two devices (vmap over a named axis)
+  holding 3 and 1 real rows among their 4 give the outputs and running statistics of one
+  BatchNorm over the 4 real rows alone; the padding rows count for nothing."""
+  from flowgmm_jax.nets import BatchNorm
+
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(4, 3, 3, 2)) * np.array([1.0, 5.0]) + np.array([2.0, -1.0])
+  # Device 0: real rows 0, 1, 2 and a copy of row 0; device 1: real row 3 and three copies.
+  rows = np.array([[0, 1, 2, 0], [3, 3, 3, 3]])
+  mask = np.array([[True, True, True, False], [True, False, False, False]])
+  bn = BatchNorm(use_running_average=False, axis_name="data")
+  variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64),
+                           bn.init(jax.random.PRNGKey(0), jnp.asarray(real)))
+
+  def per_device(x, m):
+    return bn.apply(variables, x, m, mutable=["batch_stats"])
+
+  y, updates = jax.vmap(per_device, axis_name="data")(jnp.asarray(real[rows]), mask)
+  single = BatchNorm(use_running_average=False)
+  y_ref, updates_ref = single.apply(variables, jnp.asarray(real), mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(y)[mask], np.asarray(y_ref)[[0, 1, 2, 3]],
+                             rtol=1e-12, atol=1e-12)
+  for name in ("mean", "var"):
+    for device in range(2):  # identical on both devices
+      np.testing.assert_allclose(updates["batch_stats"][name][device],
+                                 updates_ref["batch_stats"][name], rtol=1e-12)
+  expected_var = 0.9 + 0.1 * real.reshape(-1, 2).var(0)
+  np.testing.assert_allclose(updates_ref["batch_stats"]["var"], expected_var, rtol=1e-12)

@@ -131,7 +131,7 @@ class GlowStep(nn.Module):
   scale: carry ``(x: [B, H, W, C], log_det: [B])``, scanned input ``lu_init`` (see
   ``StackedConv1x1Layer``). Modules: ``actnorm``, ``conv1x1``, ``conditioner``,
   ``rescale``. Going forward during ``init`` ActNorm initialises from the activations
-  reaching this step."""
+  reaching this step. ``mask: [B]``: the rows BatchNorm's batch statistics count."""
   mid_channels: int
   num_blocks: int
   zero_init_last: bool = True
@@ -141,7 +141,8 @@ class GlowStep(nn.Module):
 
   @nn.compact
   def __call__(self, carry: Tuple[Array, Array], lu_init: Dict[str, Array], *,
-               inverse: bool, train: bool) -> Tuple[Array, Array]:
+               inverse: bool, train: bool, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
     x, log_det = carry
     channels = x.shape[-1]
     net = ResNetConditioner(mid_channels=self.mid_channels, num_blocks=self.num_blocks,
@@ -151,7 +152,7 @@ class GlowStep(nn.Module):
     layers = [ActNormLayer(param_dtype=self.param_dtype, name="actnorm")(
                   x, data_init=not inverse),
               StackedConv1x1Layer(param_dtype=self.param_dtype, name="conv1x1")(lu_init),
-              ChannelCoupling(lambda h: net(h, train),
+              ChannelCoupling(lambda h: net(h, train, mask),
                               Rescale(param_dtype=self.param_dtype, name="rescale")(
                                   channels // 2), swap=False)]
     for layer in (reversed(layers) if inverse else layers):
@@ -245,30 +246,32 @@ class Glow(MultiScaleFlow):
           + [(("rescale",), (f"rescales_{k}",))] for k in indices])
     return entries
 
-  def _coupling(self, index: int, channels: int, train: bool) -> ChannelCoupling:
+  def _coupling(self, index: int, channels: int, train: bool,
+                mask: Optional[Array] = None) -> ChannelCoupling:
     net = self.conditioners[index]
-    return ChannelCoupling(lambda h: net(h, train), self.rescales[index](channels // 2),
+    return ChannelCoupling(lambda h: net(h, train, mask), self.rescales[index](channels // 2),
                            swap=False)
 
-  def _scale(self, step: _GlowStep, channels: int, train: bool) -> ScannedStack:
+  def _scale(self, step: _GlowStep, channels: int, train: bool,
+             mask: Optional[Array] = None) -> ScannedStack:
     """Scale ``step.scale``'s flow steps as one scanned stack; the scanned input is each
     step's fixed 1x1-conv factors and initial values, stacked: ``[count, ...]``."""
     inits = [_fixed_conv1x1_lu_init(self._conv1x1_seed(step.index + k), channels)
              for k in range(step.count)]
     lu_init = {name: np.stack([init[name] for init in inits]) for name in inits[0]}
-    return ScannedStack(self.scales[step.scale], lu_init, step.count, train)
+    return ScannedStack(self.scales[step.scale], lu_init, step.count, train, mask=mask)
 
-  def _flow_step(self, train: bool):
+  def _flow_step(self, train: bool, mask: Optional[Array] = None):
     """The scaffold's ``flow_step``: ActNorm -> 1x1 conv -> coupling (scanned: a scale's
     steps at once). Going forward, ActNorm is built from the activations reaching it (its
     data-dependent init)."""
     if self.scan:
-      return lambda step, x, inverse: [self._scale(step, x.shape[-1], train)]
+      return lambda step, x, inverse: [self._scale(step, x.shape[-1], train, mask)]
 
     def flow_step(step: _GlowStep, x: Array, inverse: bool):
       i, c = step.index, x.shape[-1]
       return [self.actnorms[i](x, data_init=not inverse), self.conv1x1s[i](c),
-              self._coupling(i, c, train)]
+              self._coupling(i, c, train, mask)]
     return flow_step
 
   def _input_channels(self, params) -> int:

@@ -154,9 +154,12 @@ class RealNVPCoupling(nn.Module):
   compute_dtype: Optional[jnp.dtype] = None
 
   @nn.compact
-  def __call__(self, carry: Tuple[Array, Array], mask: Optional[Array], *, inverse: bool,
-               train: bool) -> Tuple[Array, Array]:
-    """``carry = (x: [B, H, W, C], log_det: [B])`` -> the same after this coupling."""
+  def __call__(self, carry: Tuple[Array, Array], checkerboard: Optional[Array], *,
+               inverse: bool, train: bool, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
+    """``carry = (x: [B, H, W, C], log_det: [B])`` -> the same after this coupling;
+    ``checkerboard: [H, W, 1]`` this coupling's mask (checkerboard kind), ``mask: [B]`` the
+    rows BatchNorm's batch statistics count (None: all)."""
     x, log_det = carry
     net = ResNetConditioner(
         mid_channels=self.mid_channels, num_blocks=self.num_blocks,
@@ -164,11 +167,11 @@ class RealNVPCoupling(nn.Module):
         bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
         dtype=self.compute_dtype, name="conditioner")
     def conditioner(h):
-      return net(h, train)
+      return net(h, train, mask)
     channels = x.shape[-1]
     if self.kind == "checkerboard":
       scale = Rescale(param_dtype=self.param_dtype, name="rescale")(channels)
-      coupling = AffineCoupling(mask, conditioner, scale)
+      coupling = AffineCoupling(checkerboard, conditioner, scale)
       y, step_log_det = (coupling.inverse_and_log_det(x) if inverse
                          else coupling.forward_and_log_det(x))
     else:
@@ -251,23 +254,25 @@ class RealNVP(MultiScaleFlow):
             + [(("rescale",), (f"rescales_{k}",))] for k in indices])
     return entries
 
-  def _stack(self, group: _Stack, shape: Tuple[int, ...], dtype, train: bool) -> ScannedStack:
+  def _stack(self, group: _Stack, shape: Tuple[int, ...], dtype, train: bool,
+             mask: Optional[Array] = None) -> ScannedStack:
     """The scanned stack of couplings ``group`` for activations of ``shape`` [B, H, W, C]."""
     n = len(group.parities)
     if group.kind == "checkerboard":
       _, h, w, _ = shape
       masks = jnp.stack([checkerboard_mask(h, w, p, dtype) for p in group.parities])
-      return ScannedStack(self.checkerboards[group.scale], masks, n, train)
+      return ScannedStack(self.checkerboards[group.scale], masks, n, train, mask=mask)
     # Alternating swaps 0, 1, 0, ... (realnvp_plan) are what swap_channel_halves reproduces.
     assert group.parities == tuple(i % 2 for i in range(n)), group.parities
     return ScannedStack(self.channels[group.scale], None, n, train,
-                        after=swap_channel_halves if n % 2 else None)
+                        after=swap_channel_halves if n % 2 else None, mask=mask)
 
-  def _coupling(self, step: _Step, shape: Tuple[int, ...], dtype, train: bool):
+  def _coupling(self, step: _Step, shape: Tuple[int, ...], dtype, train: bool,
+                mask: Optional[Array] = None):
     """The coupling bijector of ``step`` for activations of ``shape`` [B, H, W, C]."""
     net = self.conditioners[step.coupling_index]
     def conditioner(h):
-      return net(h, train)
+      return net(h, train, mask)
     _, h, w, c = shape
     if step.kind == "checkerboard":
       scale = self.rescales[step.coupling_index](c)
@@ -275,12 +280,12 @@ class RealNVP(MultiScaleFlow):
     scale = self.rescales[step.coupling_index](c // 2)
     return ChannelCoupling(conditioner, scale, swap=bool(step.parity))
 
-  def _flow_step(self, train: bool):
+  def _flow_step(self, train: bool, mask: Optional[Array] = None):
     """The scaffold's ``flow_step``: one scanned stack, or one coupling, per step of the
     plan."""
     if self.scan:
-      return lambda group, x, inverse: [self._stack(group, x.shape, x.dtype, train)]
-    return lambda step, x, inverse: [self._coupling(step, x.shape, x.dtype, train)]
+      return lambda group, x, inverse: [self._stack(group, x.shape, x.dtype, train, mask)]
+    return lambda step, x, inverse: [self._coupling(step, x.shape, x.dtype, train, mask)]
 
   def _input_channels(self, params) -> int:
     # The first conditioner's input conv sees concat[x, -x]: 2C input channels.

@@ -251,8 +251,11 @@ class RealNVPTabular(nn.Module):
       conditioner = _compact_conditioner(net, dim, keep_first=index % 2 == 0, train=train)
     return AffineCoupling(mask, conditioner, self.rescales[index](dim))
 
-  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
-    """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``."""
+  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
+    """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``. ``mask`` is accepted
+    like the image flows' and unused: no layer here mixes rows (no BatchNorm)."""
+    del mask
     check_tabular_input(x, "RealNVPTabular")
     if self.scan:
       return _run_scanned(self, x, inverse=False, train=train)
@@ -340,8 +343,11 @@ class SplineTabular(nn.Module):
         halves_mask(dim, index % 2, dtype), lambda h: net(h, train),
         num_bins=self.num_bins, bound=self.bound)
 
-  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
-    """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``."""
+  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
+    """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``. ``mask`` is accepted
+    like the image flows' and unused: no layer here mixes rows (no BatchNorm)."""
+    del mask
     check_tabular_input(x, "SplineTabular")
     if self.scan:
       return _run_scanned(self, x, inverse=False, train=train)

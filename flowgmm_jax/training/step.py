@@ -106,7 +106,9 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
     keys2 = _example_keys(jax.random.fold_in(step_rng, 1), position)
     dropout_rng = jax.random.fold_in(jax.random.fold_in(step_rng, 2),
                                      jax.lax.axis_index(DATA_AXIS))
-    x = batch["x"].astype(jnp.float32)
+    # 8-bit images arrive as integers; float rows keep their precision (float64 under x64).
+    x = batch["x"].astype(jnp.promote_types(batch["x"].dtype, jnp.float32)
+                          if jnp.issubdtype(batch["x"].dtype, jnp.floating) else jnp.float32)
     y = batch["y"]
     mask = batch["mask"] if "mask" in batch else jnp.ones(y.shape, bool)
     labeled = (y >= 0) & mask
@@ -123,13 +125,13 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
         # FlowGMM-cons: the class predicted on a second augmentation, without gradient.
         x2, noise2 = inputs(keys2, x)
         (_, _, clj2), upd = model.apply(
-            state.variables(params, batch_stats), x2, noise2, train=True,
+            state.variables(params, batch_stats), x2, noise2, train=True, mask=mask,
             mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
         batch_stats = upd.get("batch_stats", batch_stats)
         clj2 = jax.lax.stop_gradient(clj2)
       x1, noise1 = inputs(keys1, x)
       (z, log_det, clj), upd = model.apply(
-          state.variables(params, batch_stats), x1, noise1, train=True,
+          state.variables(params, batch_stats), x1, noise1, train=True, mask=mask,
           mutable=["batch_stats"], rngs={"dropout": dropout_rng})
       new_batch_stats = upd.get("batch_stats", batch_stats)
       log_weights = model.apply(state.variables(params, batch_stats),
@@ -152,9 +154,11 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
     aux["log_det"] = aux["log_det"] / jnp.maximum(counts["num_examples"], 1)
     grads = _pmean_flat(grads, num_devices)
     # With synced BatchNorm (axis_name='data') the running averages are already identical
-    # on every device and pmean keeps them provably replicated; with per-device BatchNorm
-    # (sync_batch_norm=False) this is where they are averaged across devices.
-    batch_stats = _pmean_flat(batch_stats, num_devices)
+    # on every device and this keeps them provably replicated; with per-device BatchNorm
+    # (sync_batch_norm=False) this is where they are averaged across devices, each device
+    # weighted by its real rows, so a device holding only padding counts for nothing.
+    share = jnp.sum(mask) / jnp.maximum(counts["num_examples"], 1)
+    batch_stats = _psum_flat(jax.tree.map(lambda v: v * share.astype(v.dtype), batch_stats))
     terms = aux["terms"]
     # Non-finite guard: a step whose loss, gradients or BatchNorm statistics are not finite
     # leaves the parameters, optimiser state and BatchNorm statistics as they were (the step
