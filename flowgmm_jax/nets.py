@@ -102,11 +102,29 @@ _NHWC_HWIO = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2,
                                           out_spec=(0, 3, 1, 2))
 
 
-@jax.custom_jvp
 def conv2d_same(x: Array, kernel: Array) -> Array:
   """Stride-1 'SAME' (zero-padded) convolution, ``x: [B, H, W, C_in]``, ``kernel: [k, k,
-  C_in, C_out]`` (k odd) -> ``[B, H, W, C_out]``, whose gradients are convolutions in that
-  same fast layout.
+  C_in, C_out]`` (k odd) -> ``[B, H, W, C_out]``.
+
+  On CPU ``conv2d_same_cpu`` (a custom JVP that keeps the gradients fast inside loops, see
+  there); on every other backend the plain ``lax.conv_general_dilated``
+  (``conv2d_same_plain``), whose gradients GPU and TPU compilers canonicalise themselves.
+  The backend is chosen when the program is lowered (``lax.platform_dependent``), so one
+  traced step serves every backend. The same numbers either way.
+  """
+  return jax.lax.platform_dependent(x, kernel, cpu=conv2d_same_cpu,
+                                    default=conv2d_same_plain)
+
+
+def conv2d_same_plain(x: Array, kernel: Array) -> Array:
+  """``conv2d_same`` as JAX differentiates it by default (GPU, TPU)."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                      dimension_numbers=_NHWC_HWIO)
+
+
+@jax.custom_jvp
+def conv2d_same_cpu(x: Array, kernel: Array) -> Array:
+  """``conv2d_same`` for XLA:CPU, whose gradients are convolutions in the same fast layout.
 
   Why: JAX's transpose rules express the input and filter gradients of a convolution as
   convolutions with permuted dimension numbers and leave it to XLA to make them canonical.
@@ -123,7 +141,7 @@ def conv2d_same(x: Array, kernel: Array) -> Array:
                                       dimension_numbers=_NHWC_HWIO)
 
 
-@conv2d_same.defjvp
+@conv2d_same_cpu.defjvp
 def _conv2d_same_jvp(primals, tangents):
   x, kernel = primals
   dx, dkernel = tangents
@@ -138,7 +156,7 @@ def _conv2d_same_jvp(primals, tangents):
   kernel_part = jax.lax.conv_general_dilated(
       jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dkernel, (2, 0, 1, 3)), (1, 1), "SAME",
       dimension_numbers=jax.lax.ConvDimensionNumbers((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)))
-  return conv2d_same(x, kernel), input_part + jnp.transpose(kernel_part, (2, 0, 1, 3))
+  return conv2d_same_cpu(x, kernel), input_part + jnp.transpose(kernel_part, (2, 0, 1, 3))
 
 
 def _weight_norm(v: Array, g: Array) -> Array:

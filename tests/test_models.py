@@ -677,7 +677,7 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
   its backward pass inside a loop holds only convolutions in the NHWC x HWIO layout
   (b01f_01io->b01f) that XLA:CPU runs fast; lax's own transpose rules leave permuted ones
   there (jax-ml/jax#12868), which ran the scanned blocks' backward 30x slower."""
-  from flowgmm_jax.nets import conv2d_same
+  from flowgmm_jax.nets import conv2d_same, conv2d_same_cpu, conv2d_same_plain
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)))
   k = jnp.asarray(rng.standard_normal((3, 3, 3, 2)))
@@ -685,11 +685,22 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
   def ref(x, k):
     return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  for got, want in zip(jax.jvp(conv2d_same, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk))):
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
   g = jnp.asarray(rng.standard_normal((2, 5, 4, 2)))
-  for got, want in zip(jax.vjp(conv2d_same, x, k)[1](g), jax.vjp(ref, x, k)[1](g)):
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  # The CPU implementation (custom JVP), the one other backends get, and the dispatcher.
+  for conv in (conv2d_same_cpu, conv2d_same_plain, conv2d_same):
+    for got, want in zip(jax.jvp(conv, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk))):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(jax.vjp(conv, x, k)[1](g), jax.vjp(ref, x, k)[1](g)):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+  # The dispatcher's choice is made at lowering: the custom JVP's explicit transposes on
+  # CPU, none for GPU or TPU.
+  grad = jax.jit(jax.grad(lambda x, k: jnp.sum(conv2d_same(x, k) ** 2), (0, 1)))
+  def transposes(platform):
+    lowered = grad.trace(x, k).lower(lowering_platforms=(platform,))
+    return lowered.as_text().count("stablehlo.transpose")
+  assert transposes("cpu") > 0
+  assert transposes("cuda") == transposes("tpu") == 0
 
   def scanned(conv):
     def loss(kernels, x):
