@@ -588,10 +588,10 @@ def test_glow_conv1x1_applies_the_w_its_log_det_counts_with_bfloat16_conditioner
   for step in range(2):
     fixed = _fixed_conv1x1_lu_init(flow._conv1x1_seed(step), channels)
     # Trained-like factors: the initial W is orthogonal (log-det 0, too easy to match).
-    log_s = factors["log_s"][step] + 0.3 * rng.standard_normal(channels).astype(np.float32)
+    log_s = factors["log_s"][step] + 0.1 + 0.3 * rng.standard_normal(channels)
     lower = factors["lower"][step] + 0.3 * rng.standard_normal((channels,) * 2)
     layer = bij.Conv1x1LU(fixed["perm"], lower.astype(np.float32), factors["upper"][step],
-                          log_s, fixed["sign_s"])
+                          log_s.astype(np.float32), fixed["sign_s"])
     eye = jnp.eye(channels, dtype=jnp.float32)[:, None, None, :]  # [C, 1, 1, C]
     applied, layer_log_det = layer.forward_and_log_det(eye)
     _, logabs = np.linalg.slogdet(np.asarray(applied[:, 0, 0, :], np.float64))
