@@ -17,8 +17,8 @@ part. The conditioners never need to be invertible.
       out = WNConv1x1(relu(BN(skip))) -> out_channels = [s_raw | t]
 
   All convolutions are weight-normalised (``WNConv``), every BatchNorm is affine.
-  The ``num_blocks`` identical residual blocks run as one ``nn.scan`` (``scan=True``, the
-  default): XLA compiles one block, not ``num_blocks`` copies.
+  The ``num_blocks`` identical residual blocks run as one ``nn.scan``: XLA compiles one
+  block, not ``num_blocks`` copies.
 * ``MLP`` / ``MLPConditioner``: the tabular s/t network of the original
   (``CouplingLayerTabular``): Dense(k), ReLU, [Dropout], num_layers x (Dense(k), ReLU),
   Dense(out).
@@ -241,44 +241,20 @@ class Rescale(nn.Module):
 
 
 def _residual_block(h: Array, skip: Array, mid: int, batch_norm, conv,
-                    names, mask: Optional[Array] = None) -> Tuple[Array, Array]:
+                    mask: Optional[Array] = None) -> Tuple[Array, Array]:
   """One residual block of ``ResNetConditioner`` on ``h, skip: [B, H, W, mid]``:
 
       h = h + WNConv3x3(relu(BN(WNConv3x3_nobias(relu(BN(h))))));  skip = skip + WNConv1x1(h)
 
-  ``batch_norm(name)`` and ``conv(features, k, name, **kw)`` build the layers; ``names`` maps
-  the five layer roles (in_norm, in_conv, out_norm, out_conv, skip) to module names;
-  ``mask: [B]`` the rows BatchNorm's batch moments count (None: all). The one
-  definition behind both layouts (unrolled names ``block{i}_in_norm``..., or one scanned
-  block whose layers are named by their roles)."""
-  r = nn.relu(batch_norm(names["in_norm"])(h, mask))
-  r = conv(mid, 3, names["in_conv"], use_bias=False)(r)
-  r = nn.relu(batch_norm(names["out_norm"])(r, mask))
-  r = conv(mid, 3, names["out_conv"])(r)
+  ``batch_norm(name)`` and ``conv(features, k, name, **kw)`` build the layers (named
+  in_norm, in_conv, out_norm, out_conv, skip); ``mask: [B]`` the rows BatchNorm's batch
+  moments count (None: all)."""
+  r = nn.relu(batch_norm("in_norm")(h, mask))
+  r = conv(mid, 3, "in_conv", use_bias=False)(r)
+  r = nn.relu(batch_norm("out_norm")(r, mask))
+  r = conv(mid, 3, "out_conv")(r)
   h = h + r
-  return h, skip + conv(mid, 1, names["skip"])(h)
-
-
-BLOCK_LAYERS = ("in_norm", "in_conv", "out_norm", "out_conv", "skip")
-
-
-def unrolled_block_names(index: int):
-  """Module names of residual block ``index`` in the unrolled layout (``scan=False``):
-  ``{"in_norm": "block{index}_in_norm", ..., "skip": "skip{index}"}``."""
-  return {role: (f"skip{index}" if role == "skip" else f"block{index}_{role}")
-          for role in BLOCK_LAYERS}
-
-
-def resnet_conditioner_layout(num_blocks: int):
-  """Where ``ResNetConditioner``'s modules sit in the scanned layout and in the unrolled one,
-  relative to the conditioner: ``[(scanned path, unrolled path or per-block list of
-  paths)]`` (the layout map of ``flowgmm_jax.models.layout``)."""
-  entries = [((name,), (name,)) for name in ("in_norm", "in_conv", "in_skip", "out_norm",
-                                             "out_conv")]
-  if num_blocks > 0:
-    entries += [(("blocks", role), [(unrolled_block_names(i)[role],) for i in range(num_blocks)])
-                for role in BLOCK_LAYERS]
-  return entries
+  return h, skip + conv(mid, 1, "skip")(h)
 
 
 class _ResidualBlock(nn.Module):
@@ -300,8 +276,7 @@ class _ResidualBlock(nn.Module):
       return WNConv(features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name,
                     **kw)
 
-    names = {role: role for role in BLOCK_LAYERS}
-    return _residual_block(h, skip, self.mid_channels, batch_norm, conv, names, mask), None
+    return _residual_block(h, skip, self.mid_channels, batch_norm, conv, mask), None
 
 
 class BatchNorm(nn.Module):
@@ -391,13 +366,10 @@ class ResNetConditioner(nn.Module):
     dtype: compute dtype of the convolutions and BatchNorms (e.g. bfloat16; BatchNorm keeps
       its statistics in float32); None: float32. The outputs are cast back to the input's
       dtype, so the coupling's affine map and log-det stay in full precision.
-    scan: run the ``num_blocks`` identical residual blocks as one ``nn.scan`` (XLA compiles
-      one block instead of ``num_blocks`` copies). Their parameters and BatchNorm
-      statistics are then stacked on a leading axis of size ``num_blocks`` under the one
-      module ``blocks`` (``blocks/in_conv/v: [num_blocks, 3, 3, mid, mid]``); False keeps
-      one module per layer (``block{i}_in_conv/v: [3, 3, mid, mid]``, ``skip{i}``). The
-      same function of the same numbers either way (``flowgmm_jax.models.layout``
-      converts between them).
+
+  The ``num_blocks`` residual blocks run as one ``nn.scan``: their parameters and BatchNorm
+  statistics are stacked on a leading axis of size ``num_blocks`` under the one module
+  ``blocks`` (``blocks/in_conv/v: [num_blocks, 3, 3, mid, mid]``, ``blocks/skip``).
   """
   mid_channels: int = 64
   num_blocks: int = 8
@@ -407,7 +379,6 @@ class ResNetConditioner(nn.Module):
   bn_axis_name: Optional[str] = None
   param_dtype: jnp.dtype = jnp.float32
   dtype: Optional[jnp.dtype] = None
-  scan: bool = True
 
   def _batch_norm(self, train: bool, name: str) -> BatchNorm:
     return _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype, name)
@@ -439,16 +410,12 @@ class ResNetConditioner(nn.Module):
     h = nn.relu(jnp.concatenate([h, -h], axis=-1))  # concat-ReLU keeps sign information
     h = wn(mid, 3, "in_conv")(h)
     skip = wn(mid, 1, "in_skip")(h)
-    if self.scan and self.num_blocks > 0:
+    if self.num_blocks > 0:
       blocks = nn.scan(_ResidualBlock, variable_axes={"params": 0, "batch_stats": 0},
                        split_rngs={"params": True}, in_axes=(0, nn.broadcast),
                        length=self.num_blocks, check_constancy_invariants=False)
       (h, skip), _ = blocks(mid, train, self.bn_axis_name, self.param_dtype, self.dtype,
                             name="blocks")((h, skip), None, mask)
-    else:
-      for i in range(self.num_blocks):
-        h, skip = _residual_block(h, skip, mid, lambda name: self._batch_norm(train, name),
-                                  wn, unrolled_block_names(i), mask)
     out = nn.relu(self._batch_norm(train, "out_norm")(skip, mask))
     out = wn(out_channels, 1, "out_conv", zero_init=self.zero_init_last)(out)
     s_raw, t = jnp.split(out.astype(x.dtype), 2, axis=-1)
