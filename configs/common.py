@@ -208,7 +208,7 @@ Differences, and why:
     (model.full_width_conditioner=False, the model registry's layout); the original's reads
     all D inputs (the changed half zeroed) and predicts 2D outputs (the kept half
     discarded). Same family of functions; the original's extra weights multiply zeros or
-    feed discarded outputs. RealNVPTabular(full_width_conditioner=True) is the original's
+    feed discarded outputs. TabularFlow(full_width_conditioner=True) is the original's
     layout, with its parameter count (tests/test_paper_recipe.py);
   - the last unlabelled batch of an epoch: the original's is the remainder
     (N_train mod 5000 rows); ours are all 5000 rows (a batch that crosses an epoch takes
