@@ -467,57 +467,69 @@ def count_flops(step: Callable[[], object]) -> int:
 
 # ----------------------------------------------------------------------------- weights
 
-def _wn_conv(prefix: str, wn_conv2d, bias: bool = True):
+def _wn_conv(prefix: tuple, index: tuple, wn_conv2d, bias: bool = True):
   """(our path, torch tensor, to_ours) for a WNConv2d: v [out, in, kh, kw] -> HWIO,
-  g [out, 1, 1, 1] -> [out]."""
+  g [out, 1, 1, 1] -> [out]; ``index`` (the layer's place in its stacks) ends the path."""
   conv = wn_conv2d.conv
-  rows = [(("params",) + prefix + ("v",), conv.weight_v, lambda t: t.permute(2, 3, 1, 0)),
-          (("params",) + prefix + ("g",), conv.weight_g, lambda t: t.reshape(-1))]
+  rows = [(("params",) + prefix + ("v", index), conv.weight_v,
+           lambda t: t.permute(2, 3, 1, 0)),
+          (("params",) + prefix + ("g", index), conv.weight_g, lambda t: t.reshape(-1))]
   if bias:
-    rows.append((("params",) + prefix + ("bias",), conv.bias, lambda t: t))
+    rows.append((("params",) + prefix + ("bias", index), conv.bias, lambda t: t))
   return rows
 
 
-def _batch_norm(prefix: str, bn):
+def _batch_norm(prefix: tuple, index: tuple, bn):
   def same(t):
     return t
-  return [(("params",) + prefix + ("scale",), bn.weight, same),
-          (("params",) + prefix + ("bias",), bn.bias, same),
-          (("batch_stats",) + prefix + ("mean",), bn.running_mean, same),
-          (("batch_stats",) + prefix + ("var",), bn.running_var, same)]
+  return [(("params",) + prefix + ("scale", index), bn.weight, same),
+          (("params",) + prefix + ("bias", index), bn.bias, same),
+          (("batch_stats",) + prefix + ("mean", index), bn.running_mean, same),
+          (("batch_stats",) + prefix + ("var", index), bn.running_var, same)]
 
 
 def realnvp_correspondence(net) -> list:
   """Every tensor of the original image ``RealNVP`` with its place in OUR FlowGMM's
   variables: a list of ``(path, tensor, to_ours)`` where ``path`` is a tuple of keys into
-  our variables (``('params', 'flow', 'conditioners_3', 'in_conv', 'v')``), ``tensor`` the
-  original's parameter or buffer and ``to_ours`` its layout change (NCHW kernels to HWIO,
-  weight-norm gains to one per channel).
+  our variables ending with the index of the slice the tensor fills in the stacked arrays
+  (``('params', 'flow', 'checkerboards_0', 'conditioner', 'blocks', 'in_conv', 'v', (2,
+  5))``: coupling 2 of that stack, residual block 5; ``variables[...][keys][index]``),
+  ``tensor`` the original's parameter or buffer and ``to_ours`` its layout change (NCHW
+  kernels to HWIO, weight-norm gains to one per channel).
 
   The original's couplings, in the order its modules are registered (the forward order),
-  are our ``conditioners_k`` / ``rescales_k`` (models/realnvp.py ``realnvp_plan``).
+  are those of ``realnvp_plan``; coupling k is slice ``k - first_index`` of its stack in
+  ``realnvp_scanned_plan`` (models/realnvp.py).
   """
+  from flowgmm_jax.models.realnvp import realnvp_scanned_plan
   coupling_cls = sys.modules["flow_ssl.realnvp.coupling_layer"].CouplingLayer
   layers = [m for m in net.modules() if isinstance(m, coupling_cls)]
+  num_scales = (len(layers) - 4) // 6 + 1  # 6 couplings per scale but the last's 4
+  places = {}
+  for group in realnvp_scanned_plan(num_scales):
+    for j in range(len(getattr(group, "parities", ()))):
+      places[group.first_index + j] = (group.module_name, j)
   rows = []
   for k, layer in enumerate(layers):
-    base = ("flow", f"conditioners_{k}")
+    stack, j = places[k]
+    base = ("flow", stack, "conditioner")
     st = layer.st_net
-    rows += _batch_norm(base + ("in_norm",), st.in_norm)
-    rows += _wn_conv(base + ("in_conv",), st.in_conv)
-    rows += _wn_conv(base + ("in_skip",), st.in_skip)
+    rows += _batch_norm(base + ("in_norm",), (j,), st.in_norm)
+    rows += _wn_conv(base + ("in_conv",), (j,), st.in_conv)
+    rows += _wn_conv(base + ("in_skip",), (j,), st.in_skip)
     for i, (block, skip) in enumerate(zip(st.blocks, st.skips)):
-      rows += _batch_norm(base + (f"block{i}_in_norm",), block.in_norm)
-      rows += _wn_conv(base + (f"block{i}_in_conv",), block.in_conv, bias=False)
-      rows += _batch_norm(base + (f"block{i}_out_norm",), block.out_norm)
-      rows += _wn_conv(base + (f"block{i}_out_conv",), block.out_conv)
-      rows += _wn_conv(base + (f"skip{i}",), skip)
-    rows += _batch_norm(base + ("out_norm",), st.out_norm)
-    rows += _wn_conv(base + ("out_conv",), st.out_conv)
+      blocks = base + ("blocks",)
+      rows += _batch_norm(blocks + ("in_norm",), (j, i), block.in_norm)
+      rows += _wn_conv(blocks + ("in_conv",), (j, i), block.in_conv, bias=False)
+      rows += _batch_norm(blocks + ("out_norm",), (j, i), block.out_norm)
+      rows += _wn_conv(blocks + ("out_conv",), (j, i), block.out_conv)
+      rows += _wn_conv(blocks + ("skip",), (j, i), skip)
+    rows += _batch_norm(base + ("out_norm",), (j,), st.out_norm)
+    rows += _wn_conv(base + ("out_conv",), (j,), st.out_conv)
     rescale = layer.rescale
-    rows += [(("params", "flow", f"rescales_{k}", "g"), rescale.weight_g,
+    rows += [(("params", "flow", stack, "rescale", "g", (j,)), rescale.weight_g,
               lambda t: t.reshape(-1)),
-             (("params", "flow", f"rescales_{k}", "v"), rescale.weight_v,
+             (("params", "flow", stack, "rescale", "v", (j,)), rescale.weight_v,
               lambda t: t.reshape(-1))]
   return rows
 
@@ -546,14 +558,15 @@ def to_our_variables(variables: dict, net, means=None, piece_shapes=None) -> dic
   import copy
   out = copy.deepcopy(jax_tree_to_dict(variables))
   for path, tensor, to_ours in realnvp_correspondence(net):
+    *keys, index = path
     node = out
-    for key in path[:-1]:
+    for key in keys:
       node = node[key]
     value = to_ours(tensor.detach()).numpy()
-    if tuple(node[path[-1]].shape) != value.shape:
-      raise ValueError(f"{'/'.join(path)}: ours {tuple(node[path[-1]].shape)}, original "
-                       f"{value.shape}")
-    node[path[-1]] = value.astype(np.float32)
+    if tuple(node[index].shape) != value.shape:
+      raise ValueError(f"{'/'.join(keys)}{list(index)}: ours {tuple(node[index].shape)}, "
+                       f"original {value.shape}")
+    node[index] = value.astype(np.float32)
   if means is not None:
     ours = latent_nchw_to_ours(means.detach().numpy(), piece_shapes)
     out["prior"]["prior"]["means"] = ours.astype(np.float32)

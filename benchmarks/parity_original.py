@@ -211,7 +211,6 @@ def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
   import torch
   from benchmarks import original_step as os_
   from flowgmm_jax.flowgmm import FlowGMM
-  from flowgmm_jax.models import convert_variables
   from flowgmm_jax.models.multiscale import multiscale_latent_shapes
   from flowgmm_jax.models.realnvp import realnvp_plan
   torch.manual_seed(seed)
@@ -219,13 +218,9 @@ def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
                               num_classes=10, lr=r["learning_rate"],
                               weight_decay=r["weight_decay"], **r["model"])
   model = FlowGMM.from_config(config, (28, 28, 1), 10, image=True)
-  # Filled in the unrolled layout (one module per original module), then stacked into the
-  # scanned layout the loop builds.
-  model = model.clone(flow=model.flow.clone(scan=False))
   template = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
   pieces = multiscale_latent_shapes(realnvp_plan(config.model.num_scales), (28, 28, 1))
   given = os_.to_our_variables(template, m.net, m.prior.means, pieces)
-  given = convert_variables(given, config.model, (28, 28, 1), from_version=1)
   return jax.tree_util.tree_map(jnp.asarray, given)
 
 

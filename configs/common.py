@@ -115,6 +115,10 @@ def image_config(name: str, *, num_labeled_per_class: int, flip: bool, learning_
   else:
     c.model = model_config("realnvp", num_scales=2, num_blocks=8, mid_channels=64,
                            zero_init_last=False)
+  # sync_batch_norm=True (every image config): BatchNorm sees the whole global batch, the
+  # original's one-device semantics; False on many devices: 4 collectives per step, not one
+  # per norm and pass (training/step.py), each device normalising its own rows.
+  c.model.sync_batch_norm = True
   c.prior.means_init = "image"
   c.prior.means_scale = 1.0
   c.loss.objective = "original"

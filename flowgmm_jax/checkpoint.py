@@ -51,8 +51,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from flowgmm_jax import run_files
-from flowgmm_jax.models import MODEL_FIELDS, PARAM_LAYOUT_VERSION, check_layout_version
-from flowgmm_jax.models.layout import LAYOUT_NAMES
+from flowgmm_jax.models import (MODEL_FIELDS, PARAM_LAYOUT_VERSION, LayoutVersionError,
+                                check_layout_version)
 
 CHECKPOINT_DIR = "checkpoints"
 # With several processes, how often the hosts compare their save-failure flags (check).
@@ -71,8 +71,8 @@ DAMAGED_DIR = "checkpoints_damaged"
 #   seed          config.seed
 #   split         row counts {"labeled", "unlabeled", "early_stopping", "calibration"} and
 #                 "fingerprint" of them all (data.rows.Rows)
-#   param_layout  models.PARAM_LAYOUT_VERSION: where the flow's parameters are stored
-#                 (1 unrolled, 2 scanned); older checkpoints (no key) hold layout 1
+#   param_layout  models.PARAM_LAYOUT_VERSION, the one parameter layout read (identical
+#                 layers stacked); older checkpoints (no key) hold layout 1, refused
 # Checkpointer adds "_soft" (config.optim: may change on resume), "_checksum", and
 # "params_step": the step whose parameters the checkpoint holds (early stopping's best step
 # may be earlier than the checkpoint's own).
@@ -121,35 +121,16 @@ def make_meta(config, *, input_shape: Sequence[int], num_classes: int, rows=None
 
 
 def upgrade_meta(meta: dict) -> dict:
-  """``meta`` in the current schema. Version 1 (no ``meta_version``) stored every model's
-  fields in ``model`` and counted ``num_layers`` hidden layers after the first; the model
-  section keeps its own model's fields, ``hidden_layers = num_layers + 1``, and
-  ``zero_init_last`` takes the value those versions built with when absent. Versions 1
-  and 2 stored the flows unrolled: ``param_layout`` 1 (``trained.in_current_layout``
-  converts such variables)."""
+  """``meta`` in the current schema. Metadata older than ``META_VERSION`` came with flows
+  stored unrolled (parameter layout 1), which this version does not read: it is marked
+  ``param_layout`` 1, so that ``models.check_layout_version`` refuses it in one line. Image
+  models saved before ``sync_batch_norm`` existed synced their BatchNorm: True."""
   meta = dict(meta)
-  version = meta.get("meta_version", 1)
-  if version >= META_VERSION:
-    return meta
-  meta.setdefault("param_layout", 1)  # versions 1 and 2 stored the flows unrolled
-  if version >= 2:
-    meta["meta_version"] = META_VERSION
-    return meta
-  model = dict(meta.get("model") or {})
-  name = model.get("name")
-  if name in MODEL_FIELDS:
-    if "num_layers" in model and "hidden_layers" in MODEL_FIELDS[name]:
-      model["hidden_layers"] = int(model["num_layers"]) + 1
-    image = "num_scales" in MODEL_FIELDS[name]
-    model.setdefault("zero_init_last", image)
-    model = {"name": name, **{k: model[k] for k in MODEL_FIELDS[name] if k in model}}
-  meta["model"] = model
-  soft = meta.get("_soft")
-  if isinstance(soft, dict) and "schedule" in soft:
-    soft = dict(soft)
-    soft["lr_schedule"] = soft.pop("schedule")
-    meta["_soft"] = soft
-  meta["meta_version"] = META_VERSION
+  if meta.get("meta_version", 1) < META_VERSION:
+    meta["param_layout"] = 1
+  model = meta.get("model")
+  if isinstance(model, dict) and "sync_batch_norm" in MODEL_FIELDS.get(model.get("name"), {}):
+    meta["model"] = {**model, "sync_batch_norm": model.get("sync_batch_norm", True)}
   return meta
 
 
@@ -646,15 +627,11 @@ class Checkpointer:
     saved.pop("_checksum", None)
     saved.pop("params_step", None)
     expected = dict(self.meta)
-    layout = saved.get("param_layout")
-    if layout != expected.get("param_layout", layout):
-      check_layout_version(layout, where=f"The checkpoint at {self.directory} (step {step})")
-      raise IncompatibleCheckpointError(
-          f"The checkpoint at {self.directory} (step {step}) stores parameter layout "
-          f"{layout} ({LAYOUT_NAMES.get(layout)}) and training resumes only in the layout it "
-          f"was written in. Its model loads as is (flowgmm_jax.trained.load and "
-          f"--mode=eval convert it); to train on, start a new --workdir from it: "
-          f"loop.fit(..., initial_variables=trained.load(WORKDIR).variables).")
+    try:
+      check_layout_version(saved.get("param_layout"),
+                           where=f"The checkpoint at {self.directory} (step {step})")
+    except LayoutVersionError as e:
+      raise IncompatibleCheckpointError(str(e)) from None
     for key in ("seed", "split"):  # checkpoints written before these were recorded
       if key not in saved:
         expected.pop(key, None)

@@ -93,13 +93,16 @@ class FlowGMM(nn.Module):
       noise = jnp.full_like(x, 0.5)  # midpoint dequantisation: deterministic evaluation
     return dequantize_logit(noise, self.logit_alpha)
 
-  def __call__(self, x: jax.Array, noise: Optional[jax.Array] = None, train: bool = False):
+  def __call__(self, x: jax.Array, noise: Optional[jax.Array] = None, train: bool = False,
+               mask: Optional[jax.Array] = None):
     """Data -> latent.
 
     Args:
       x: [B, *input_shape] data (8-bit pixel values as floats when ``dequantize``).
       noise: [B, *input_shape] dequantisation noise in [0, 1); None means 0.5.
       train: BatchNorm batch statistics (with ``mutable=['batch_stats']``) and dropout.
+      mask: [B] bool, the rows BatchNorm's batch statistics count (False: padding rows,
+        which then change neither them nor the running averages); None: every row.
 
     Returns:
       z [B, D], log_det [B] (log|det dz/dx| including preprocessing),
@@ -109,7 +112,7 @@ class FlowGMM(nn.Module):
     log_det = jnp.zeros(x.shape[:1], x.dtype)
     if self.dequantize:
       x, log_det = self._preprocess(noise, x).forward_and_log_det(x)
-    z, flow_log_det = self.flow(x, train=train)
+    z, flow_log_det = self.flow(x, train=train, mask=mask)
     return z, log_det + flow_log_det, self.prior.class_logits(z)
 
   def log_prob(self, x, noise=None):

@@ -17,8 +17,8 @@ part. The conditioners never need to be invertible.
       out = WNConv1x1(relu(BN(skip))) -> out_channels = [s_raw | t]
 
   All convolutions are weight-normalised (``WNConv``), every BatchNorm is affine.
-  The ``num_blocks`` identical residual blocks run as one ``nn.scan`` (``scan=True``, the
-  default): XLA compiles one block, not ``num_blocks`` copies.
+  The ``num_blocks`` identical residual blocks run as one ``nn.scan``: XLA compiles one
+  block, not ``num_blocks`` copies.
 * ``MLP`` / ``MLPConditioner``: the tabular s/t network of the original
   (``CouplingLayerTabular``): Dense(k), ReLU, [Dropout], num_layers x (Dense(k), ReLU),
   Dense(out).
@@ -30,7 +30,7 @@ and ``resnet_util.py``, ``flow_ssl/realnvp/coupling_layer.py``, under PyTorch's 
 with ``zero_init_last=False``:
 
   original                                    here
-  BatchNorm2d: weight 1, bias 0, running      nn.BatchNorm: scale 1, bias 0, mean 0, var 1,
+  BatchNorm2d: weight 1, bias 0, running      BatchNorm: scale 1, bias 0, mean 0, var 1,
     mean 0, var 1; momentum 0.1, eps 1e-5       momentum 0.9 (Flax names the kept share),
                                                 epsilon 1e-5
   weight_norm(Conv2d(C_in, C_out, k)): the    WNConv: v ~ U(-b, b) [k, k, C_in, C_out],
@@ -64,6 +64,7 @@ gains (the original applies weight decay to the ``weight_g`` gains and nothing e
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import flax.linen as nn
@@ -101,11 +102,29 @@ _NHWC_HWIO = jax.lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2,
                                           out_spec=(0, 3, 1, 2))
 
 
-@jax.custom_jvp
 def conv2d_same(x: Array, kernel: Array) -> Array:
   """Stride-1 'SAME' (zero-padded) convolution, ``x: [B, H, W, C_in]``, ``kernel: [k, k,
-  C_in, C_out]`` (k odd) -> ``[B, H, W, C_out]``, whose gradients are convolutions in that
-  same fast layout.
+  C_in, C_out]`` (k odd) -> ``[B, H, W, C_out]``.
+
+  On CPU ``conv2d_same_cpu`` (a custom JVP that keeps the gradients fast inside loops, see
+  there); on every other backend the plain ``lax.conv_general_dilated``
+  (``conv2d_same_plain``), whose gradients GPU and TPU compilers canonicalise themselves.
+  The backend is chosen when the program is lowered (``lax.platform_dependent``), so one
+  traced step serves every backend. The same numbers either way.
+  """
+  return jax.lax.platform_dependent(x, kernel, cpu=conv2d_same_cpu,
+                                    default=conv2d_same_plain)
+
+
+def conv2d_same_plain(x: Array, kernel: Array) -> Array:
+  """``conv2d_same`` as JAX differentiates it by default (GPU, TPU)."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                      dimension_numbers=_NHWC_HWIO)
+
+
+@jax.custom_jvp
+def conv2d_same_cpu(x: Array, kernel: Array) -> Array:
+  """``conv2d_same`` for XLA:CPU, whose gradients are convolutions in the same fast layout.
 
   Why: JAX's transpose rules express the input and filter gradients of a convolution as
   convolutions with permuted dimension numbers and leave it to XLA to make them canonical.
@@ -122,7 +141,7 @@ def conv2d_same(x: Array, kernel: Array) -> Array:
                                       dimension_numbers=_NHWC_HWIO)
 
 
-@conv2d_same.defjvp
+@conv2d_same_cpu.defjvp
 def _conv2d_same_jvp(primals, tangents):
   x, kernel = primals
   dx, dkernel = tangents
@@ -137,7 +156,7 @@ def _conv2d_same_jvp(primals, tangents):
   kernel_part = jax.lax.conv_general_dilated(
       jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dkernel, (2, 0, 1, 3)), (1, 1), "SAME",
       dimension_numbers=jax.lax.ConvDimensionNumbers((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)))
-  return conv2d_same(x, kernel), input_part + jnp.transpose(kernel_part, (2, 0, 1, 3))
+  return conv2d_same_cpu(x, kernel), input_part + jnp.transpose(kernel_part, (2, 0, 1, 3))
 
 
 def _weight_norm(v: Array, g: Array) -> Array:
@@ -222,43 +241,20 @@ class Rescale(nn.Module):
 
 
 def _residual_block(h: Array, skip: Array, mid: int, batch_norm, conv,
-                    names) -> Tuple[Array, Array]:
+                    mask: Optional[Array] = None) -> Tuple[Array, Array]:
   """One residual block of ``ResNetConditioner`` on ``h, skip: [B, H, W, mid]``:
 
       h = h + WNConv3x3(relu(BN(WNConv3x3_nobias(relu(BN(h))))));  skip = skip + WNConv1x1(h)
 
-  ``batch_norm(name)`` and ``conv(features, k, name, **kw)`` build the layers; ``names`` maps
-  the five layer roles (in_norm, in_conv, out_norm, out_conv, skip) to module names. The one
-  definition behind both layouts (unrolled names ``block{i}_in_norm``..., or one scanned
-  block whose layers are named by their roles)."""
-  r = nn.relu(batch_norm(names["in_norm"])(h))
-  r = conv(mid, 3, names["in_conv"], use_bias=False)(r)
-  r = nn.relu(batch_norm(names["out_norm"])(r))
-  r = conv(mid, 3, names["out_conv"])(r)
+  ``batch_norm(name)`` and ``conv(features, k, name, **kw)`` build the layers (named
+  in_norm, in_conv, out_norm, out_conv, skip); ``mask: [B]`` the rows BatchNorm's batch
+  moments count (None: all)."""
+  r = nn.relu(batch_norm("in_norm")(h, mask))
+  r = conv(mid, 3, "in_conv", use_bias=False)(r)
+  r = nn.relu(batch_norm("out_norm")(r, mask))
+  r = conv(mid, 3, "out_conv")(r)
   h = h + r
-  return h, skip + conv(mid, 1, names["skip"])(h)
-
-
-BLOCK_LAYERS = ("in_norm", "in_conv", "out_norm", "out_conv", "skip")
-
-
-def unrolled_block_names(index: int):
-  """Module names of residual block ``index`` in the unrolled layout (``scan=False``):
-  ``{"in_norm": "block{index}_in_norm", ..., "skip": "skip{index}"}``."""
-  return {role: (f"skip{index}" if role == "skip" else f"block{index}_{role}")
-          for role in BLOCK_LAYERS}
-
-
-def resnet_conditioner_layout(num_blocks: int):
-  """Where ``ResNetConditioner``'s modules sit in the scanned layout and in the unrolled one,
-  relative to the conditioner: ``[(scanned path, unrolled path or per-block list of
-  paths)]`` (the layout map of ``flowgmm_jax.models.layout``)."""
-  entries = [((name,), (name,)) for name in ("in_norm", "in_conv", "in_skip", "out_norm",
-                                             "out_conv")]
-  if num_blocks > 0:
-    entries += [(("blocks", role), [(unrolled_block_names(i)[role],) for i in range(num_blocks)])
-                for role in BLOCK_LAYERS]
-  return entries
+  return h, skip + conv(mid, 1, "skip")(h)
 
 
 class _ResidualBlock(nn.Module):
@@ -270,7 +266,8 @@ class _ResidualBlock(nn.Module):
   dtype: Optional[jnp.dtype]
 
   @nn.compact
-  def __call__(self, carry: Tuple[Array, Array], _) -> Tuple[Tuple[Array, Array], None]:
+  def __call__(self, carry: Tuple[Array, Array], _, mask: Optional[Array]
+               ) -> Tuple[Tuple[Array, Array], None]:
     h, skip = carry
     def batch_norm(name):
       return _batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype, name)
@@ -279,15 +276,76 @@ class _ResidualBlock(nn.Module):
       return WNConv(features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name,
                     **kw)
 
-    names = {role: role for role in BLOCK_LAYERS}
-    return _residual_block(h, skip, self.mid_channels, batch_norm, conv, names), None
+    return _residual_block(h, skip, self.mid_channels, batch_norm, conv, mask), None
+
+
+class BatchNorm(nn.Module):
+  """Affine batch normalisation over every axis but the last (channels), whose batch moments
+  count only the examples ``mask`` keeps, exactly across devices.
+
+  Variables as ``nn.BatchNorm``'s: params ``scale``, ``bias`` ``[C]``; batch_stats ``mean``,
+  ``var`` ``[C]`` (float32; running = momentum * running + (1 - momentum) * batch, with the
+  biased batch variance). Why not ``nn.BatchNorm(mask=...)``: across devices it averages each
+  device's masked mean, which is the global moment only when every device keeps as many
+  rows, and a device whose rows are all padding would give 0 / 0. Here each device sums
+  ``[x, x^2, count]`` over its kept rows and one ``psum`` over ``axis_name`` adds them.
+
+  Attributes:
+    use_running_average: normalise by the running statistics (evaluation) instead of the
+      batch's (then nothing is updated and ``mask`` is not needed).
+    axis_name: the device axis the batch moments are summed over (``"data"`` inside the
+      train step's shard_map), or None: this device's rows alone.
+    momentum, epsilon: as PyTorch's BatchNorm2d defaults (``BN_MOMENTUM``, ``BN_EPSILON``).
+    dtype: dtype of the output (e.g. bfloat16); the moments are computed in at least
+      float32. None: the promoted dtype of the input and the parameters.
+    param_dtype: dtype of ``scale`` and ``bias``.
+  """
+  use_running_average: bool = False
+  axis_name: Optional[str] = None
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Optional[jnp.dtype] = None
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+    """``x: [B, ..., C] -> [B, ..., C]``; ``mask: [B]`` bool (False: a padding row that
+    counts for nothing in the batch moments) or None (every row counts)."""
+    features = x.shape[-1]
+    running_mean = self.variable("batch_stats", "mean",
+                                 lambda: jnp.zeros((features,), jnp.float32))
+    running_var = self.variable("batch_stats", "var",
+                                lambda: jnp.ones((features,), jnp.float32))
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+      xs = x.astype(stats_dtype)
+      row_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+      weight = (jnp.ones(row_shape, stats_dtype) if mask is None
+                else jnp.reshape(mask, row_shape).astype(stats_dtype))
+      axes = tuple(range(x.ndim - 1))
+      count = jnp.sum(weight) * math.prod(x.shape[1:-1])
+      sums = jnp.stack([jnp.sum(xs * weight, axes), jnp.sum(jnp.square(xs) * weight, axes),
+                        jnp.broadcast_to(count, (features,))])
+      if self.axis_name is not None and not self.is_initializing():
+        sums = jax.lax.psum(sums, self.axis_name)  # one collective per norm
+      count = jnp.maximum(sums[2], 1.0)  # a batch of padding only: finite, and unused
+      mean = sums[0] / count
+      var = jnp.maximum(sums[1] / count - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+        running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+    scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return jnp.asarray(y, self.dtype or jnp.result_type(x, scale, bias))
 
 
 def _batch_norm(train: bool, axis_name: Optional[str], dtype, param_dtype, name: str
-                ) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, axis_name=axis_name, dtype=dtype,
-                      param_dtype=param_dtype, name=name)
+                ) -> BatchNorm:
+  return BatchNorm(use_running_average=not train, axis_name=axis_name, dtype=dtype,
+                   param_dtype=param_dtype, name=name)
 
 
 class ResNetConditioner(nn.Module):
@@ -308,13 +366,10 @@ class ResNetConditioner(nn.Module):
     dtype: compute dtype of the convolutions and BatchNorms (e.g. bfloat16; BatchNorm keeps
       its statistics in float32); None: float32. The outputs are cast back to the input's
       dtype, so the coupling's affine map and log-det stay in full precision.
-    scan: run the ``num_blocks`` identical residual blocks as one ``nn.scan`` (XLA compiles
-      one block instead of ``num_blocks`` copies). Their parameters and BatchNorm
-      statistics are then stacked on a leading axis of size ``num_blocks`` under the one
-      module ``blocks`` (``blocks/in_conv/v: [num_blocks, 3, 3, mid, mid]``); False keeps
-      one module per layer (``block{i}_in_conv/v: [3, 3, mid, mid]``, ``skip{i}``). The
-      same function of the same numbers either way (``flowgmm_jax.models.layout``
-      converts between them).
+
+  The ``num_blocks`` residual blocks run as one ``nn.scan``: their parameters and BatchNorm
+  statistics are stacked on a leading axis of size ``num_blocks`` under the one module
+  ``blocks`` (``blocks/in_conv/v: [num_blocks, 3, 3, mid, mid]``, ``blocks/skip``).
   """
   mid_channels: int = 64
   num_blocks: int = 8
@@ -324,17 +379,18 @@ class ResNetConditioner(nn.Module):
   bn_axis_name: Optional[str] = None
   param_dtype: jnp.dtype = jnp.float32
   dtype: Optional[jnp.dtype] = None
-  scan: bool = True
 
-  def _batch_norm(self, train: bool, name: str) -> nn.BatchNorm:
+  def _batch_norm(self, train: bool, name: str) -> BatchNorm:
     return _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype, name)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
     """``x: [B, H, W, C_in] -> (s_raw, t)``, each ``[B, H, W, out_channels / 2]``.
 
     BatchNorm uses batch statistics (and updates ``batch_stats``, which must then be
-    mutable) when ``train`` is True, running statistics otherwise.
+    mutable) when ``train`` is True, running statistics otherwise. ``mask: [B]`` bool: the
+    rows the batch statistics count (False: padding); None: all.
     """
     if x.ndim != 4:
       raise ValueError(
@@ -348,23 +404,19 @@ class ResNetConditioner(nn.Module):
       return WNConv(features, k, param_dtype=self.param_dtype, dtype=self.dtype, name=name,
                     **kw)
 
-    h = self._batch_norm(train, "in_norm")(x)
+    h = self._batch_norm(train, "in_norm")(x, mask)
     if self.double_after_norm:
       h = 2.0 * h
     h = nn.relu(jnp.concatenate([h, -h], axis=-1))  # concat-ReLU keeps sign information
     h = wn(mid, 3, "in_conv")(h)
     skip = wn(mid, 1, "in_skip")(h)
-    if self.scan and self.num_blocks > 0:
+    if self.num_blocks > 0:
       blocks = nn.scan(_ResidualBlock, variable_axes={"params": 0, "batch_stats": 0},
-                       split_rngs={"params": True}, length=self.num_blocks,
-                       check_constancy_invariants=False)
+                       split_rngs={"params": True}, in_axes=(0, nn.broadcast),
+                       length=self.num_blocks, check_constancy_invariants=False)
       (h, skip), _ = blocks(mid, train, self.bn_axis_name, self.param_dtype, self.dtype,
-                            name="blocks")((h, skip), None)
-    else:
-      for i in range(self.num_blocks):
-        h, skip = _residual_block(h, skip, mid, lambda name: self._batch_norm(train, name),
-                                  wn, unrolled_block_names(i))
-    out = nn.relu(self._batch_norm(train, "out_norm")(skip))
+                            name="blocks")((h, skip), None, mask)
+    out = nn.relu(self._batch_norm(train, "out_norm")(skip, mask))
     out = wn(out_channels, 1, "out_conv", zero_init=self.zero_init_last)(out)
     s_raw, t = jnp.split(out.astype(x.dtype), 2, axis=-1)
     return s_raw, t

@@ -42,7 +42,7 @@ from flowgmm_jax import run_files
 from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.checkpoint import IncompatibleCheckpointError, RunNotFoundError  # noqa: F401
 from flowgmm_jax.flowgmm import FlowGMM, bits_per_dim, log_px
-from flowgmm_jax.models import PARAM_LAYOUT_VERSION, check_layout_version, convert_variables
+from flowgmm_jax.models import PARAM_LAYOUT_VERSION, LayoutVersionError, check_layout_version
 
 
 @functools.lru_cache(maxsize=64)
@@ -117,9 +117,9 @@ class TrainedFlowGMM:
 
   def __setstate__(self, state):
     vars(self).update(state)
-    # A pickle of an older version: its metadata upgraded, its flow in today's layout.
+    # A pickle of an older version: its metadata upgraded, a layout it cannot read refused.
     self.meta = ckpt.upgrade_meta(self.meta)
-    self.variables = in_current_layout(self.variables, self.meta)
+    check_layout(self.meta)
     if self.model is None:
       self.model = model_from_meta(self.meta)
 
@@ -313,27 +313,17 @@ def model_from_meta(meta: dict) -> FlowGMM:
                              image=meta["data"]["kind"] == "image")
 
 
-def in_current_layout(variables: dict, meta: dict) -> dict:
-  """``variables`` of the model ``meta`` describes, moved from the parameter layout
-  ``meta['param_layout']`` to ``models.PARAM_LAYOUT_VERSION`` (the same numbers); ``meta``
-  is updated to say so. Raises ``LayoutVersionError`` (one line) for a layout this
-  version cannot convert."""
-  version = meta.get("param_layout", PARAM_LAYOUT_VERSION)
-  check_layout_version(version, where="this model")
-  if version == PARAM_LAYOUT_VERSION:
-    return variables
-  config = ml_collections.ConfigDict({"model": meta["model"]})
-  variables = convert_variables(variables, config.model, tuple(meta["input_shape"]),
-                                from_version=version)
-  meta["param_layout"] = PARAM_LAYOUT_VERSION
-  return variables
+def check_layout(meta: dict) -> None:
+  """``models.LayoutVersionError`` (one line) unless the variables ``meta`` describes are in
+  the one parameter layout this version reads (``models.PARAM_LAYOUT_VERSION``)."""
+  check_layout_version(meta.get("param_layout", PARAM_LAYOUT_VERSION), where="this model")
 
 
 def from_variables(meta: dict, variables: dict, *, step: int = 0, **kwargs) -> TrainedFlowGMM:
   """A ``TrainedFlowGMM`` from ``checkpoint.make_meta``-style metadata and ``model.apply``
   variables (e.g. during or right after training, before anything is written)."""
   meta = ckpt.upgrade_meta(meta)
-  variables = in_current_layout(variables, meta)
+  check_layout(meta)
   return TrainedFlowGMM(model_from_meta(meta), variables, meta=meta, step=step, **kwargs)
 
 
@@ -354,11 +344,14 @@ def load(workdir: str, step: Optional[int] = None, *, calibrated: bool = True,
   mesh = mesh_lib.make_mesh(jax.local_devices()) if mesh is None else mesh
   step, meta, state = ckpt.read_checkpoint(workdir, step,
                                            sharding=NamedSharding(mesh, P()))
+  try:
+    check_layout(meta)
+  except LayoutVersionError as e:
+    raise IncompatibleCheckpointError(f"{workdir}: {e}") from None
   model = model_from_meta(meta)
   variables = {"params": state["params"], **(state.get("fixed") or {})}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
-  variables = in_current_layout(variables, meta)
   # The stored variables must be exactly those this code builds for the same config.
   x0 = jnp.zeros((2,) + tuple(meta["input_shape"]), jnp.float32)
   expected = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0),

@@ -12,10 +12,9 @@ one and the Jacobians are dense below the diagonal), and ``scale`` is not 1.
 The constructors build everything in ``dtype`` (call them inside ``jax.enable_x64`` for
 float64). ``ZERO_LOG_DET`` names the entries whose log-det is identically 0.
 
-Flows (the Linen models of ``flowgmm_jax.models``, in their default scanned layout) enter
-through ``FlowAsBijector``; their tiny configurations live in ``TINY_FLOWS`` (one place;
-tests/test_models.py imports them from here for its model-specific tests, and tests there
-that the scanned layout equals the unrolled one). Flow entries are named
+Flows (the Linen models of ``flowgmm_jax.models``) enter through ``FlowAsBijector``; their
+tiny configurations live in ``TINY_FLOWS`` (one place; tests/test_models.py imports them
+from here for its model-specific tests). Flow entries are named
 ``flow_<name>`` and use a batch of 2 (the least that batch independence needs).
 """
 
@@ -32,7 +31,7 @@ import numpy as np
 import scipy.linalg
 
 from flowgmm_jax import bijectors as bij
-from flowgmm_jax.models import Glow, RealNVP, RealNVPTabular, SplineTabular
+from flowgmm_jax.models import Glow, RealNVP, TabularFlow
 
 Constructor = Callable[[np.random.Generator, jnp.dtype], Tuple[bij.Bijector, jax.Array]]
 
@@ -291,10 +290,11 @@ TINY_FLOWS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
                         (8, 8, 1)),
     "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
              (4, 4, 2)),
-    "realnvp_tabular": (lambda: RealNVPTabular(num_coupling_layers=4, hidden_dim=8,
-                                               num_layers=1, dropout_rate=0.5), (5,)),
-    "spline_tabular": (lambda: SplineTabular(num_coupling_layers=3, hidden_dim=8,
-                                             num_layers=1, num_bins=4, bound=3.0), (5,)),
+    "realnvp_tabular": (lambda: TabularFlow(num_coupling_layers=4, hidden_dim=8,
+                                            num_layers=1, dropout_rate=0.5), (5,)),
+    "spline_tabular": (lambda: TabularFlow(num_coupling_layers=3, coupling="spline",
+                                           hidden_dim=8, num_layers=1, num_bins=4,
+                                           bound=3.0), (5,)),
 }
 
 

@@ -551,3 +551,49 @@ def test_docstrings_state_the_direction():
     assert "data -> latent" in cls.__doc__.lower(), cls
     assert "data -> latent" in cls.forward_and_log_det.__doc__.lower(), cls
     assert "latent -> data" in cls.inverse_and_log_det.__doc__.lower(), cls
+
+
+def test_glow_conv1x1_applies_the_w_its_log_det_counts_with_bfloat16_conditioners():
+  """Glow with bfloat16 conditioners (config compute_dtype): its 1x1 convolutions stay in
+  float32 and multiply at precision HIGHEST (default precision is one bfloat16 pass on TPU,
+  TF32 on GPU), and the log-det a 1x1 convolution reports is slogdet (float64) of the W it
+  actually applies, read back by applying it to the identity."""
+  from benchmarks.jaxpr_stats import _sub_jaxprs
+  from flowgmm_jax.models.glow import Glow, _fixed_conv1x1_lu_init
+
+  flow = Glow(num_scales=1, steps_per_scale=2, mid_channels=4, num_blocks=1,
+              compute_dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  variables = flow.init(jax.random.key(1), x)
+  z, log_det = flow.apply(variables, x)
+  assert z.dtype == log_det.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(log_det)))
+
+  channels = 12  # after the squeeze
+  def channel_products(jaxpr):
+    for eqn in jaxpr.eqns:
+      if (eqn.primitive.name == "dot_general"
+          and eqn.invars[1].aval.shape[-2:] == (channels, channels)):
+        yield eqn
+      for _, sub in _sub_jaxprs(eqn):
+        yield from channel_products(sub)
+  products = list(channel_products(jax.make_jaxpr(flow.apply)(variables, x).jaxpr))
+  assert products  # the W assembly and x @ W, inside the scanned scale
+  for eqn in products:
+    assert eqn.params["precision"] in (jax.lax.Precision.HIGHEST,
+                                       (jax.lax.Precision.HIGHEST,) * 2), eqn
+    assert all(v.aval.dtype == jnp.float32 for v in eqn.invars), eqn
+
+  factors = variables["params"]["scales_0"]["conv1x1"]
+  rng = np.random.default_rng(0)
+  for step in range(2):
+    fixed = _fixed_conv1x1_lu_init(flow._conv1x1_seed(step), channels)
+    # Trained-like factors: the initial W is orthogonal (log-det 0, too easy to match).
+    log_s = factors["log_s"][step] + 0.1 + 0.3 * rng.standard_normal(channels)
+    lower = factors["lower"][step] + 0.3 * rng.standard_normal((channels,) * 2)
+    layer = bij.Conv1x1LU(fixed["perm"], lower.astype(np.float32), factors["upper"][step],
+                          log_s.astype(np.float32), fixed["sign_s"])
+    eye = jnp.eye(channels, dtype=jnp.float32)[:, None, None, :]  # [C, 1, 1, C]
+    applied, layer_log_det = layer.forward_and_log_det(eye)
+    _, logabs = np.linalg.slogdet(np.asarray(applied[:, 0, 0, :], np.float64))
+    assert abs(logabs) > 0.1
+    np.testing.assert_allclose(layer_log_det, logabs, rtol=1e-5, atol=1e-5)

@@ -24,11 +24,9 @@ from flowgmm_jax import models
 from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU
 from flowgmm_jax.bijectors.coupling import checkerboard_mask
 from flowgmm_jax.bijectors.reshape import Squeeze
-from flowgmm_jax.models import (Glow, RealNVP, RealNVPTabular, SplineTabular, count_params,
+from flowgmm_jax.models import (Glow, RealNVP, TabularFlow, count_params,
                                 weight_norm_gain_mask)
 from flowgmm_jax.models import glow as glow_lib
-from flowgmm_jax.models.layout import LayoutVersionError, convert_flow_variables
-from flowgmm_jax.models.realnvp import realnvp_plan
 from flowgmm_jax.nets import ResNetConditioner, WNConv
 
 try:  # tests/ on sys.path (pytest's default rootdir-relative import)
@@ -66,20 +64,6 @@ def randomize(variables, seed=1, noise=0.2):
 def model_and_variables(name, dtype=jnp.float32, seed=1):
   """(tiny model, randomised variables of dtype): ``registry.tiny_flow_variables``."""
   return registry.tiny_flow_variables(name, np.random.default_rng(seed), dtype)
-
-
-def convert_bare(variables, flow, from_version, to_version):
-  """A bare flow's variables (``{'params': {...}, 'batch_stats': {...}}``, no FlowGMM around
-  it) moved between layouts: the converter works on the flow's entry of each collection."""
-  wrapped = {name: {"flow": tree} for name, tree in variables.items()}
-  converted = convert_flow_variables(wrapped, flow, from_version=from_version,
-                                     to_version=to_version)
-  return {name: tree["flow"] for name, tree in converted.items()}
-
-
-def unrolled(model, variables):
-  """``(model with scan=False, its variables)``: the same flow in the unrolled layout."""
-  return model.clone(scan=False), convert_bare(variables, model, 2, 1)
 
 
 # ---------------------------------------------------------------- architecture / counts
@@ -239,18 +223,28 @@ def test_public_contract_init_apply_inverse_realnvp_starts_as_identity():
 
 def test_first_coupling_matches_hand_computation():
   """Parity 0 (the original's reverse_mask=False) changes pixels with i + j even;
-  y = mask x + (1 - mask)(x + t) exp(scale * tanh(s_raw)), scale = g * sign(v)."""
-  model, variables = unrolled(*model_and_variables("realnvp"))
+  y = mask x + (1 - mask)(x + t) exp(scale * tanh(s_raw)), scale = g * sign(v). The first
+  coupling is slice 0 of the first checkerboard stack."""
+  from flowgmm_jax.models.realnvp import RealNVPCoupling
+  from flowgmm_jax.nets import ResNetConditioner
+  model, variables = model_and_variables("realnvp")
   x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
-  bound = model.bind(variables)
   mask = checkerboard_mask(x.shape[1], x.shape[2], 0)
   assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 1, 0]) == 1.0
-  s_raw, t = bound.conditioners[0](x * mask, False)
-  rescale = variables["params"]["rescales_0"]
+  first = {name: jax.tree.map(lambda a: a[0], tree["checkerboards_0"])
+           for name, tree in variables.items()}
+  net = ResNetConditioner(mid_channels=model.mid_channels, num_blocks=model.num_blocks,
+                          double_after_norm=True, zero_init_last=model.zero_init_last)
+  s_raw, t = net.apply({name: tree["conditioner"] for name, tree in first.items()},
+                       x * mask, False)
+  rescale = first["params"]["rescale"]
   s = rescale["g"] * jnp.sign(rescale["v"]) * jnp.tanh(s_raw)
   expected = mask * x + (1 - mask) * (x + t) * jnp.exp(s)
-  first = bound._coupling(realnvp_plan(2)[0], x.shape, x.dtype, False)
-  y, log_det = first.forward_and_log_det(x)
+  coupling = RealNVPCoupling("checkerboard", model.mid_channels, model.num_blocks,
+                             zero_init_last=model.zero_init_last)
+  y, log_det = coupling.apply(first, (x, jnp.zeros(x.shape[:1])), mask, inverse=False,
+                              train=False)
+  assert float(jnp.max(jnp.abs(y - x))) > 1e-2  # the coupling changed something
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(log_det, ((1 - mask) * s).sum((1, 2, 3)), rtol=1e-5, atol=1e-5)
 
@@ -343,8 +337,9 @@ def test_non_square_images_with_image_shape():
      "divisible by 4"),
     (lambda: Glow(num_scales=2, steps_per_scale=1, mid_channels=4, num_blocks=1),
      (2, 6, 6, 2), "divisible by 4"),
-    (lambda: RealNVPTabular(num_coupling_layers=2, hidden_dim=4), (2, 1), "D >= 2"),
-    (lambda: SplineTabular(num_coupling_layers=2, hidden_dim=4), (2, 3, 2), r"\[B, D\]"),
+    (lambda: TabularFlow(num_coupling_layers=2, hidden_dim=4), (2, 1), "D >= 2"),
+    (lambda: TabularFlow(num_coupling_layers=2, coupling="spline", hidden_dim=4), (2, 3, 2),
+     r"\[B, D\]"),
 ])
 def test_bad_input_shapes_raise_clear_errors(ctor, bad, match):
   model = ctor()
@@ -397,30 +392,42 @@ def test_glow_init_is_data_dependent_actnorm():
 
 @pytest.mark.parametrize("dim", [6, 7])
 def test_compact_tabular_conditioner_equals_original_full_width_layout(dim):
-  """The default RealNVPTabular drops the original's dead MLP weights (inputs that are always
+  """The default affine TabularFlow drops the original's dead MLP weights (inputs that are always
   masked to zero, outputs that are discarded); embedding its weights into the full-width
   layout must give exactly the same flow."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(5, dim)), jnp.float32)
-  compact = RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1, scan=False)
-  full = RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1,
-                        full_width_conditioner=True, scan=False)
-  vc = randomize(compact.init(jax.random.PRNGKey(0), x))
+  compact = TabularFlow(num_coupling_layers=3, hidden_dim=8, num_layers=1)
+  full = TabularFlow(num_coupling_layers=3, hidden_dim=8, num_layers=1,
+                     full_width_conditioner=True)
+  vc = jax.tree.map(np.array, randomize(compact.init(jax.random.PRNGKey(0), x)))
   vf = jax.tree.map(np.array, full.init(jax.random.PRNGKey(1), x))
+
+  def coupling(params, i):
+    """Coupling i of 3 (views: writing into them writes into ``params``): pair 0's even
+    and odd couplings, then the unpaired last one."""
+    if i == 2:
+      return params["last"]
+    return jax.tree.map(lambda a: a[0], params["pairs"]["even" if i == 0 else "odd"])
+
+  def copy_into(dst, src):
+    jax.tree.map(lambda d, s: d.__setitem__(Ellipsis, s), dst, src)
+
   split = dim // 2
   for i in range(3):
     keep_first = i % 2 == 0
     kept = np.arange(split) if keep_first else np.arange(split, dim)
     changed = np.setdiff1d(np.arange(dim), kept)
     c = len(changed)
-    pc, pf = vc["params"][f"conditioners_{i}"]["mlp"], vf["params"][f"conditioners_{i}"]["mlp"]
+    cc, cf = coupling(vc["params"], i), coupling(vf["params"], i)
+    pc, pf = cc["conditioner"]["mlp"], cf["conditioner"]["mlp"]
     pf["in_dense"]["kernel"][:] = 0.0
     pf["in_dense"]["kernel"][kept] = pc["in_dense"]["kernel"]
     pf["in_dense"]["bias"][:] = pc["in_dense"]["bias"]
-    pf["hidden0"] = jax.tree.map(np.array, pc["hidden0"])
-    for part, (fo, co) in enumerate([(0, 0), (dim, c)]):  # s_raw columns, then t columns
+    copy_into(pf["hidden0"], pc["hidden0"])
+    for fo, co in [(0, 0), (dim, c)]:  # s_raw columns, then t columns
       pf["out_dense"]["kernel"][:, fo + changed] = pc["out_dense"]["kernel"][:, co:co + c]
       pf["out_dense"]["bias"][fo + changed] = pc["out_dense"]["bias"][co:co + c]
-    vf["params"][f"rescales_{i}"] = jax.tree.map(np.array, vc["params"][f"rescales_{i}"])
+    copy_into(cf["rescale"], cc["rescale"])
   zc, ldc = compact.apply(vc, x)
   zf, ldf = full.apply(vf, x)
   assert float(jnp.max(jnp.abs(ldc))) > 0.1  # a non-trivial flow
@@ -469,24 +476,24 @@ def test_compute_dtype_reaches_the_flow_from_the_config_and_bad_values_are_refus
     validate_config(c)
 
 
-# ---------------------------------------------------------------- scanned = unrolled
+# ---------------------------------------------------------------- stacks, odd shapes
 
-# Tiny flows with stacks longer than 1 (2 residual blocks, 2 Glow steps per scale; Glow's
-# conditioners are RealNVP's, so their blocks are tested there), odd D and odd coupling
-# counts (one unpaired tabular coupling).
-EQUIVALENCE_FLOWS = {
+# Tiny flows with stacks longer than 1 (2 residual blocks, 2 Glow steps per scale), odd D
+# and odd coupling counts (one unpaired tabular coupling).
+ODD_SHAPED_FLOWS = {
     "realnvp": (lambda: RealNVP(num_scales=2, num_blocks=2, mid_channels=4), (4, 4, 2)),
     "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
              (4, 4, 2)),
     "realnvp_tabular_odd_d_even_count": (
-        lambda: RealNVPTabular(num_coupling_layers=4, hidden_dim=8, num_layers=1), (5,)),
+        lambda: TabularFlow(num_coupling_layers=4, hidden_dim=8, num_layers=1), (5,)),
     "realnvp_tabular_odd_d_odd_count": (
-        lambda: RealNVPTabular(num_coupling_layers=5, hidden_dim=8, num_layers=1), (7,)),
+        lambda: TabularFlow(num_coupling_layers=5, hidden_dim=8, num_layers=1), (7,)),
     "realnvp_tabular_full_width": (
-        lambda: RealNVPTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1,
-                               full_width_conditioner=True), (6,)),
+        lambda: TabularFlow(num_coupling_layers=3, hidden_dim=8, num_layers=1,
+                            full_width_conditioner=True), (6,)),
     "spline_tabular_odd_count": (
-        lambda: SplineTabular(num_coupling_layers=3, hidden_dim=8, num_layers=1, num_bins=4),
+        lambda: TabularFlow(num_coupling_layers=3, coupling="spline", hidden_dim=8,
+                            num_layers=1, num_bins=4),
         (5,)),
 }
 
@@ -505,171 +512,37 @@ def _random_like(shapes, rng):
   return jax.tree_util.tree_map_with_path(sample, shapes)
 
 
-@pytest.mark.parametrize("name", sorted(EQUIVALENCE_FLOWS))
-def test_scanned_flow_equals_unrolled_flow_float64(name, x64):
-  """The scanned layout is the same function of the same numbers: the unrolled flow's
-  random variables, moved into the stacked layout by the layout conversion, give the same
-  z, log-det and inverse in float64, in eval mode and (BatchNorm flows) in train mode,
-  where the updated batch_stats must also agree."""
-  ctor, shape = EQUIVALENCE_FLOWS[name]
-  scanned_model = ctor()
-  unrolled_model = scanned_model.clone(scan=False)
+@pytest.mark.parametrize("name", sorted(ODD_SHAPED_FLOWS))
+def test_odd_shaped_flows_invert_float64(name, x64):
+  """Random (far from the identity) variables: the inverse undoes the forward pass in
+  float64, eval mode, and train mode runs and moves BatchNorm's statistics."""
+  ctor, shape = ODD_SHAPED_FLOWS[name]
+  model = ctor()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((3,) + shape) * (3.0 if "spline" in name else 1.0))
-  shapes = jax.eval_shape(unrolled_model.init, jax.random.PRNGKey(0), x)
-  v_unrolled = _random_like(shapes, rng)
-  v_scanned = convert_bare(v_unrolled, scanned_model, 1, 2)
-  # The conversion fills exactly the tree the scanned model creates.
-  assert (jax.tree.structure(v_scanned) ==
-          jax.tree.structure(jax.eval_shape(scanned_model.init, jax.random.PRNGKey(0), x)))
-
-  z = jnp.asarray(rng.standard_normal((3, int(np.prod(shape)))))
-  batch_norm = "batch_stats" in v_unrolled
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def everything(model, variables):
-    """One compilation per model: eval forward and inverse, and with BatchNorm the train-mode
-    forward and its updated batch_stats."""
-    out = {"eval": model.apply(variables, x), "inverse": model.apply(variables, z,
-                                                                     method=model.inverse)}
-    if batch_norm:
-      out["train"], out["updates"] = model.apply(variables, x, train=True,
-                                                 mutable=("batch_stats",))
-    return out
-
-  got, want = everything(scanned_model, v_scanned), everything(unrolled_model, v_unrolled)
-  assert float(jnp.abs(want["eval"][1]).max()) > 0.5  # far from the identity
-  if batch_norm:
-    assert not np.allclose(want["train"][0], want["eval"][0])  # batch statistics ran
-    want["updates"] = convert_bare(dict(want["updates"]), scanned_model, 1, 2)
-  assert jax.tree.structure(got) == jax.tree.structure(want)
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10,
-                               err_msg=jax.tree_util.keystr(path))
+  variables = _random_like(jax.eval_shape(model.init, jax.random.PRNGKey(0), x), rng)
+  z, log_det = model.apply(variables, x)
+  assert float(jnp.abs(log_det).max()) > 0.5  # far from the identity
+  back = model.apply(variables, z, method=model.inverse)
+  np.testing.assert_allclose(np.asarray(back), np.asarray(x), rtol=1e-9, atol=1e-9)
+  if "batch_stats" in variables:
+    (z_train, _), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(z_train, z)
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), updates["batch_stats"],
+                         variables["batch_stats"])
+    assert min(jax.tree.leaves(moved)) > 0
 
 
-# ---------------------------------------------------------------- layout versions
-
-
-def _tiny_config(name):
-  from flowgmm_jax.models import MODEL_FIELDS
-  from flowgmm_jax.training.config import base_config, model_config
-  c = base_config()
-  tiny = dict(num_scales=2, num_blocks=2, mid_channels=4, steps_per_scale=2,
-              num_coupling_layers=3, hidden_dim=8, num_bins=4)
-  c.model = model_config(name, **{k: v for k, v in tiny.items() if k in MODEL_FIELDS[name]})
-  return c
-
-
-@pytest.mark.parametrize("name, shape", [("realnvp", (4, 4, 2)), ("glow", (4, 4, 2)),
-                                         ("realnvp_tabular", (5,)), ("spline_tabular", (5,))])
-def test_convert_variables_moves_every_value_and_round_trips(name, shape):
-  """convert_variables on a FlowGMM's variables (config.model and the input shape): layout
-  1 -> 2 gives the tree the scanned FlowGMM creates, every value kept (as many numbers, the
-  same multiset), and 2 -> 1 gives back exactly the layout-1 variables; the prior's
-  entries pass through; abstract (ShapeDtypeStruct) trees convert too."""
-  from flowgmm_jax.flowgmm import FlowGMM
-  c = _tiny_config(name)
-  image = name in models.IMAGE_MODELS
-  model = FlowGMM.from_config(c, shape, 3, image=image)
-  unrolled_model = model.clone(flow=model.flow.clone(scan=False))
-  x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
-  v1 = _random_like(jax.eval_shape(unrolled_model.init, jax.random.PRNGKey(0), x),
-                    np.random.default_rng(0))
-  v2 = models.convert_variables(v1, c.model, shape, from_version=1)
-  shapes2 = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-  assert jax.tree.structure(v2) == jax.tree.structure(shapes2)
-  assert [a.shape for a in jax.tree.leaves(v2)] == [a.shape for a in jax.tree.leaves(shapes2)]
-  assert count_params(v2) == count_params(v1)
-  for collection in v1:
-    def flat(v):
-      return np.sort(np.concatenate([np.ravel(a) for a in jax.tree.leaves(v)]))
-    np.testing.assert_array_equal(flat(v2[collection]), flat(v1[collection]))
-  for key in v1["params"]:
-    if key != "flow":  # the prior, untouched
-      assert v2["params"][key] is v1["params"][key]
-  back = models.convert_variables(v2, c.model, shape, from_version=2, to_version=1)
-  assert jax.tree.structure(back) == jax.tree.structure(v1)
-  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(v1)):
-    np.testing.assert_array_equal(a, b)
-  abstract = models.convert_variables(
-      jax.eval_shape(unrolled_model.init, jax.random.PRNGKey(0), x), c.model, shape,
-      from_version=1)
-  assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == \
-      jax.tree.map(lambda a: (a.shape, a.dtype), shapes2)
-  assert models.convert_variables(v2, c.model, shape, from_version=2) is v2
-
-
-def test_convert_variables_puts_each_layer_where_the_layout_says():
-  """Named values land at their documented places: RealNVP coupling 4 (the second channel
-  coupling of scale 0), block 1 -> channels_0 index [1, 1]; the unpaired last tabular
-  coupling -> last; tabular coupling 3 -> pairs/odd index 1. Also through a train-state-
-  like tree (optimiser moments shaped like params inside a tuple)."""
-  c = _tiny_config("realnvp")
-  flow = models.build(c.model, (4, 4, 2)).clone(scan=False)
-  x = jax.ShapeDtypeStruct((2, 4, 4, 2), jnp.float32)
-  v1 = _random_like(jax.eval_shape(flow.init, jax.random.PRNGKey(0), x), np.random.default_rng(1))
-  state = {"params": {"flow": v1["params"]}, "opt_state": ({"mu": {"flow": v1["params"]}},)}
-  converted = models.convert_variables(state, c.model, (4, 4, 2), from_version=1)
-  for tree in (converted["params"], converted["opt_state"][0]["mu"]):
-    np.testing.assert_array_equal(
-        tree["flow"]["channels_0"]["conditioner"]["blocks"]["in_conv"]["v"][1, 1],
-        v1["params"]["conditioners_4"]["block1_in_conv"]["v"])
-    np.testing.assert_array_equal(tree["flow"]["checkerboards_1"]["rescale"]["g"][3],
-                                  v1["params"]["rescales_9"]["g"])
-  c = _tiny_config("realnvp_tabular")
-  c.model.num_coupling_layers = 5
-  flow = models.build(c.model, (5,)).clone(scan=False)
-  v1 = _random_like(jax.eval_shape(flow.init, jax.random.PRNGKey(0),
-                                   jax.ShapeDtypeStruct((2, 5), jnp.float32)),
-                    np.random.default_rng(2))
-  v2 = models.convert_variables({"params": {"flow": v1["params"]}}, c.model, (5,),
-                                from_version=1)["params"]["flow"]
-  assert set(v2) == {"pairs", "last"}
-  np.testing.assert_array_equal(v2["last"]["conditioner"]["mlp"]["in_dense"]["kernel"],
-                                v1["params"]["conditioners_4"]["mlp"]["in_dense"]["kernel"])
-  np.testing.assert_array_equal(v2["pairs"]["odd"]["rescale"]["v"][1],
-                                v1["params"]["rescales_3"]["v"])
-
-
-def test_layout_versions_refused_in_one_line_that_says_what_to_do():
-  assert models.PARAM_LAYOUT_VERSION == 2
-  models.check_layout_version(2)
-  models.check_layout_version(1)  # convertible
+def test_one_parameter_layout_and_any_other_refused_in_one_line():
+  models.check_layout_version(models.PARAM_LAYOUT_VERSION)
   messages = {}
-  for version, kwargs in [(1, {"convert": False}), (3, {}), (0, {}), ("2", {}), (None, {})]:
-    with pytest.raises(LayoutVersionError) as info:
-      models.check_layout_version(version, where="checkpoint /tmp/run", **kwargs)
-    messages[version] = str(info.value)
-    assert "\n" not in messages[version] and messages[version].startswith("checkpoint /tmp/run")
-  assert ("convert the variables with flowgmm_jax.models.convert_variables(variables, "
-          "config.model, input_shape, from_version=1)") in messages[1]
-  assert "upgrade flowgmm_jax" in messages[3]
-  assert "unknown parameter layout 0" in messages[0] and "retrain" in messages[0]
-  assert "unknown parameter layout '2'" in messages["2"]
-  c = _tiny_config("realnvp_tabular")
-  with pytest.raises(LayoutVersionError, match="layout 7"):
-    models.convert_variables({}, c.model, (5,), from_version=7)
-
-
-def test_convert_variables_refuses_variables_of_another_model():
-  """Variables that do not match the config (another coupling count, or already in the
-  scanned layout) are one clear error, not a half-converted tree."""
-  c = _tiny_config("realnvp_tabular")
-  flow = models.build(c.model, (5,)).clone(scan=False)
-  x = jax.ShapeDtypeStruct((2, 5), jnp.float32)
-  v1 = {"params": {"flow": jax.eval_shape(flow.init, jax.random.PRNGKey(0), x)["params"]}}
-  c.model.num_coupling_layers = 2
-  with pytest.raises(ValueError, match="conditioners_2.*not part of this model's unrolled "
-                                       "layout.*do not match the model config"):
-    models.convert_variables(v1, c.model, (5,), from_version=1)
-  c.model.num_coupling_layers = 4
-  with pytest.raises(ValueError, match="conditioners_3.* is missing"):
-    models.convert_variables(v1, c.model, (5,), from_version=1)
-  c.model.num_coupling_layers = 3
-  v2 = models.convert_variables(v1, c.model, (5,), from_version=1)
-  with pytest.raises(ValueError, match="already in the other layout"):
-    models.convert_variables(v2, c.model, (5,), from_version=1)
+  for version in (1, 3, 0, "2", None):
+    with pytest.raises(models.LayoutVersionError) as e:
+      models.check_layout_version(version, where="checkpoint /tmp/run")
+    messages[version] = str(e.value)
+    assert "\n" not in messages[version] and "checkpoint /tmp/run" in messages[version]
+  assert "retrain" in messages[1] and "newer" in messages[3]
+  assert "unknown" in messages[0] and "unknown" in messages["2"]
 
 
 def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
@@ -677,7 +550,7 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
   its backward pass inside a loop holds only convolutions in the NHWC x HWIO layout
   (b01f_01io->b01f) that XLA:CPU runs fast; lax's own transpose rules leave permuted ones
   there (jax-ml/jax#12868), which ran the scanned blocks' backward 30x slower."""
-  from flowgmm_jax.nets import conv2d_same
+  from flowgmm_jax.nets import conv2d_same, conv2d_same_cpu, conv2d_same_plain
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)))
   k = jnp.asarray(rng.standard_normal((3, 3, 3, 2)))
@@ -685,11 +558,22 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
   def ref(x, k):
     return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  for got, want in zip(jax.jvp(conv2d_same, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk))):
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
   g = jnp.asarray(rng.standard_normal((2, 5, 4, 2)))
-  for got, want in zip(jax.vjp(conv2d_same, x, k)[1](g), jax.vjp(ref, x, k)[1](g)):
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  # The CPU implementation (custom JVP), the one other backends get, and the dispatcher.
+  for conv in (conv2d_same_cpu, conv2d_same_plain, conv2d_same):
+    for got, want in zip(jax.jvp(conv, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk))):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(jax.vjp(conv, x, k)[1](g), jax.vjp(ref, x, k)[1](g)):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+  # The dispatcher's choice is made at lowering: the custom JVP's explicit transposes on
+  # CPU, none for GPU or TPU.
+  grad = jax.jit(jax.grad(lambda x, k: jnp.sum(conv2d_same(x, k) ** 2), (0, 1)))
+  def transposes(platform):
+    lowered = grad.trace(x, k).lower(lowering_platforms=(platform,))
+    return lowered.as_text().count("stablehlo.transpose")
+  assert transposes("cpu") > 0
+  assert transposes("cuda") == transposes("tpu") == 0
 
   def scanned(conv):
     def loss(kernels, x):
@@ -701,3 +585,34 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
     return set(re.findall(r"dim_labels=(\S+?),", scanned(conv).compile().as_text()))
   assert labels(conv2d_same) == {"b01f_01io->b01f"}
   assert labels(ref) != {"b01f_01io->b01f"}  # what the custom JVP is there for
+
+
+def test_masked_batch_norm_is_exact_across_devices_float64(x64):
+  """nets.BatchNorm with ``mask`` and ``axis_name``: two devices (vmap over a named axis)
+  holding 3 and 1 real rows among their 4 give the outputs and running statistics of one
+  BatchNorm over the 4 real rows alone; the padding rows count for nothing."""
+  from flowgmm_jax.nets import BatchNorm
+
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(4, 3, 3, 2)) * np.array([1.0, 5.0]) + np.array([2.0, -1.0])
+  # Device 0: real rows 0, 1, 2 and a copy of row 0; device 1: real row 3 and three copies.
+  rows = np.array([[0, 1, 2, 0], [3, 3, 3, 3]])
+  mask = np.array([[True, True, True, False], [True, False, False, False]])
+  bn = BatchNorm(use_running_average=False, axis_name="data")
+  variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64),
+                           bn.init(jax.random.PRNGKey(0), jnp.asarray(real)))
+
+  def per_device(x, m):
+    return bn.apply(variables, x, m, mutable=["batch_stats"])
+
+  y, updates = jax.vmap(per_device, axis_name="data")(jnp.asarray(real[rows]), mask)
+  single = BatchNorm(use_running_average=False)
+  y_ref, updates_ref = single.apply(variables, jnp.asarray(real), mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(y)[mask], np.asarray(y_ref)[[0, 1, 2, 3]],
+                             rtol=1e-12, atol=1e-12)
+  for name in ("mean", "var"):
+    for device in range(2):  # identical on both devices
+      np.testing.assert_allclose(updates["batch_stats"][name][device],
+                                 updates_ref["batch_stats"][name], rtol=1e-12)
+  expected_var = 0.9 + 0.1 * real.reshape(-1, 2).var(0)
+  np.testing.assert_allclose(updates_ref["batch_stats"]["var"], expected_var, rtol=1e-12)

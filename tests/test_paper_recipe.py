@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from flowgmm_jax import GaussianMixturePrior, models
-from flowgmm_jax.models import RealNVPTabular, count_params
+from flowgmm_jax.models import TabularFlow, count_params
 
 ORIGINAL = os.environ.get("FLOWGMM_ORIGINAL", "")
 README = "README 'Tabular Datasets'"
@@ -150,7 +150,7 @@ def test_paper_flow_has_dropout_while_training_only():
 
 
 def _full_width_count(c, dim: int) -> int:
-  flow = RealNVPTabular(num_coupling_layers=c.model.num_coupling_layers,
+  flow = TabularFlow(num_coupling_layers=c.model.num_coupling_layers,
                         hidden_dim=c.model.hidden_dim, num_layers=c.model.hidden_layers - 1,
                         dropout_rate=c.model.dropout_rate, full_width_conditioner=True)
   shapes = jax.eval_shape(flow.init, jax.random.PRNGKey(0), jnp.zeros((1, dim)))

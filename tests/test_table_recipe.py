@@ -18,8 +18,8 @@ import pytest
 from flowgmm_jax import FlowGMM, GaussianMixturePrior
 from flowgmm_jax.data import Dataset, add_feature_noise, default_data_dir
 from flowgmm_jax.estimator import FlowGMMClassifier
-from flowgmm_jax.models import RealNVPTabular, count_params
 from flowgmm_jax.data import rows as rows_lib
+from flowgmm_jax.models import TabularFlow, count_params
 from flowgmm_jax.prior import place_means_at_centroids
 from flowgmm_jax.training import loop, run
 from flowgmm_jax.training.config import (RECIPE_PARAMETERS, TABLE_RECIPE, apply_table_recipe,
@@ -44,7 +44,7 @@ def test_feature_noise_has_the_stated_scale():
 
 
 def test_means_move_to_the_latent_centroids_of_the_labelled_rows():
-  model = FlowGMM(flow=RealNVPTabular(num_coupling_layers=2, hidden_dim=8),
+  model = FlowGMM(flow=TabularFlow(num_coupling_layers=2, hidden_dim=8),
                   prior=GaussianMixturePrior(num_classes=3, dim=4, means_init="multiclass",
                                              learn_means=True))
   rng = np.random.default_rng(0)

@@ -7,10 +7,9 @@ needed). BatchNorm (image models) uses running statistics unless ``train=True`` 
 ``mutable=["batch_stats"]``; dropout (tabular models) needs ``rngs={"dropout": key}`` when
 ``train=True``.
 
-The flows store identical layers stacked and run them with ``nn.scan`` (parameter layout
-``PARAM_LAYOUT_VERSION`` = 2); ``scan=False`` on a flow gives the unrolled layout 1.
-``convert_variables`` moves saved variables from one layout to the other, and
-``check_layout_version`` refuses, in one line that says what to do, a layout it cannot.
+The flows store identical layers stacked and run them with ``nn.scan``: one parameter
+layout, ``PARAM_LAYOUT_VERSION``, which checkpoints and pickles record; ``check_layout_version``
+refuses any other in one line.
 """
 
 from __future__ import annotations
@@ -23,16 +22,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowgmm_jax.models.glow import Glow
-from flowgmm_jax.models.layout import (PARAM_LAYOUT_VERSION, LayoutVersionError,
-                                       check_layout_version, convert_flow_variables)
 from flowgmm_jax.models.realnvp import RealNVP
-from flowgmm_jax.models.tabular import RealNVPTabular, SplineTabular
+from flowgmm_jax.models.tabular import TabularFlow
 
-__all__ = ["Glow", "RealNVP", "RealNVPTabular", "SplineTabular", "MODELS", "MODEL_FIELDS",
+__all__ = ["Glow", "RealNVP", "TabularFlow", "MODELS", "MODEL_FIELDS",
            "IMAGE_MODELS", "COMPUTE_DTYPES", "build", "tabular_dropout_rate", "count_params",
-           "weight_norm_gain_mask",
-           "PARAM_LAYOUT_VERSION", "LayoutVersionError", "check_layout_version",
-           "convert_variables"]
+           "weight_norm_gain_mask", "PARAM_LAYOUT_VERSION", "LayoutVersionError",
+           "check_layout_version"]
+
+# The one parameter layout: identical layers stacked for nn.scan. Saved with checkpoints and
+# pickles so that a file from another layout is refused in one line, not a shape error.
+PARAM_LAYOUT_VERSION = 2
+
+
+class LayoutVersionError(ValueError):
+  """Saved variables in a parameter layout this version does not read."""
+
+
+def check_layout_version(version: Any, where: str = "the saved model") -> None:
+  """``LayoutVersionError`` (one line) unless ``version`` is ``PARAM_LAYOUT_VERSION``."""
+  if version == PARAM_LAYOUT_VERSION:
+    return
+  if isinstance(version, int) and not isinstance(version, bool) and version > PARAM_LAYOUT_VERSION:
+    why = "newer than this flowgmm_jax knows: upgrade flowgmm_jax to read it"
+  elif version == 1:
+    why = ("the unrolled layout of flowgmm_jax before 0.1.0, no longer read: retrain, or "
+           "load it with that version and save it again")
+  else:
+    why = "unknown: it was not written by flowgmm_jax"
+  raise LayoutVersionError(f"{where} stores parameter layout {version!r}, {why} (this "
+                           f"version reads layout {PARAM_LAYOUT_VERSION}).")
 
 
 class _Entry(NamedTuple):
@@ -54,9 +73,15 @@ _TABULAR_FIELDS = dict(num_coupling_layers=5, hidden_dim=512, hidden_layers=2,
 MODEL_FIELDS = {
     "realnvp_tabular": dict(_TABULAR_FIELDS),
     "spline_tabular": dict(_TABULAR_FIELDS, num_bins=8, bound=3.0),
-    "realnvp": dict(num_scales=2, num_blocks=8, mid_channels=64, zero_init_last=False),
-    "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=False),
+    "realnvp": dict(num_scales=2, num_blocks=8, mid_channels=64, zero_init_last=False,
+                    sync_batch_norm=True),
+    "glow": dict(num_scales=2, steps_per_scale=8, mid_channels=64, zero_init_last=False,
+                 sync_batch_norm=True),
 }
+#   sync_batch_norm (image flows): in the data-parallel train step BatchNorm averages its
+#     batch moments over all devices in every layer (True: the one-device result, a
+#     collective per norm per pass), or normalises each device's rows alone (False: the
+#     running statistics are averaged across devices once per step, training/step.py).
 
 # dropout_rate None (the table recipe's): the paper's 0.5 when every coupling's conditioner
 # sees at least 2 features, else 0.
@@ -77,13 +102,13 @@ def tabular_dropout_rate(rate: Optional[float], num_features: int) -> float:
 # The one model registry: config.model.name -> its flow, built from the section's fields.
 # training/config.py takes the names it accepts from here.
 _REGISTRY = {
-    "realnvp_tabular": _Entry(False, lambda m, shape, bn_axis_name: RealNVPTabular(
-        num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
+    "realnvp_tabular": _Entry(False, lambda m, shape, bn_axis_name: TabularFlow(
+        num_coupling_layers=m.num_coupling_layers, coupling="affine", hidden_dim=m.hidden_dim,
         num_layers=m.hidden_layers - 1,
         dropout_rate=tabular_dropout_rate(m.dropout_rate, int(np.prod(shape))),
         zero_init_last=m.zero_init_last)),
-    "spline_tabular": _Entry(False, lambda m, shape, bn_axis_name: SplineTabular(
-        num_coupling_layers=m.num_coupling_layers, hidden_dim=m.hidden_dim,
+    "spline_tabular": _Entry(False, lambda m, shape, bn_axis_name: TabularFlow(
+        num_coupling_layers=m.num_coupling_layers, coupling="spline", hidden_dim=m.hidden_dim,
         num_layers=m.hidden_layers - 1, num_bins=m.num_bins, bound=m.bound,
         dropout_rate=tabular_dropout_rate(m.dropout_rate, int(np.prod(shape))),
         zero_init_last=m.zero_init_last)),
@@ -108,7 +133,8 @@ def build(model_config, input_shape: Sequence[int], *,
   config's ``model`` section) for inputs of ``input_shape`` (no batch axis).
 
   ``bn_axis_name``: the device axis over which BatchNorm averages batch statistics in the
-  data-parallel train step (image flows); None for evaluation.
+  data-parallel train step (image flows); None for evaluation, and ignored when the section
+  says ``sync_batch_norm=False``.
   ``compute_dtype``: "float32" or "bfloat16", the dtype the conditioner networks compute in
   (a config's ``compute_dtype``); parameters, couplings and log-dets stay float32.
   """
@@ -117,26 +143,10 @@ def build(model_config, input_shape: Sequence[int], *,
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f"Unknown compute_dtype {compute_dtype!r}; choose one of "
                      f"{tuple(COMPUTE_DTYPES)} (config.compute_dtype).")
+  if not model_config.get("sync_batch_norm", True):
+    bn_axis_name = None  # each device normalises its own rows (see MODEL_FIELDS)
   flow = _REGISTRY[model_config.name].make(model_config, input_shape, bn_axis_name)
   return flow.clone(compute_dtype=COMPUTE_DTYPES[compute_dtype])
-
-
-def convert_variables(variables: Any, model_config, input_shape: Sequence[int], *,
-                      from_version: int, to_version: int = PARAM_LAYOUT_VERSION) -> Any:
-  """Saved variables of the flow ``build(model_config, input_shape)`` describes, moved from
-  parameter layout ``from_version`` to ``to_version`` (1: unrolled flows, 2: scanned
-  flows, ``PARAM_LAYOUT_VERSION``); the same numbers, so the model computes the same.
-
-  ``variables``: a FlowGMM's variables (``{'params': {'flow': ..., 'prior': ...},
-  'batch_stats': {'flow': ...}}``) or any pytree holding such collections, e.g. a train
-  state whose optimiser moments are shaped like ``params``: every mapping with a ``flow``
-  entry has that entry converted (see ``layout.convert_flow_variables``); all else is kept.
-  Raises ``LayoutVersionError`` for a version it cannot convert and ValueError when the
-  variables do not match the config.
-  """
-  flow = build(model_config, input_shape)
-  return convert_flow_variables(variables, flow, from_version=from_version,
-                                to_version=to_version)
 
 
 def count_params(variables: Mapping[str, Any]) -> int:

@@ -31,15 +31,12 @@ the variables hold only ``params`` and ``batch_stats``. The trained factors (``l
 ``upper``, ``log_s``) are parameters initialised from the same seed, so the 1x1 convs'
 initial values do not depend on the ``rng`` passed to ``init``.
 
-Scanned layout (``scan=True``, the default): the steps of one scale are identical in shape,
+Layout: the steps of one scale are identical in shape,
 so each scale's ``steps_per_scale`` steps run as one ``nn.scan`` (``flowgmm_jax.models.scan``)
 with the fixed 1x1-conv permutations, signs and initial factors stacked as the scanned
 input; the conditioners' residual blocks are scanned too. Module ``scales_{s}`` holds
 ``actnorm``, ``conv1x1``, ``conditioner`` and ``rescale``, every array with the step as a
-leading axis, e.g. ``scales_0/conv1x1/lower: [8, 12, 12]``. ``scan=False`` is the unrolled
-layout, one module per step ``i`` (numbered over all scales): ``actnorms_{i}``,
-``conv1x1s_{i}``, ``conditioners_{i}``, ``rescales_{i}``. Both compute the same function of
-the same numbers; ``flowgmm_jax.models.layout`` converts the variables between them.
+leading axis, e.g. ``scales_0/conv1x1/lower: [8, 12, 12]``.
 """
 
 from __future__ import annotations
@@ -55,10 +52,9 @@ import numpy as np
 from flowgmm_jax.bijectors.actnorm import ActNorm, actnorm_init_params
 from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU, conv1x1_lu_init
 from flowgmm_jax.bijectors.coupling import ChannelCoupling
-from flowgmm_jax.models.layout import LayoutMap, nest, stack
 from flowgmm_jax.models.multiscale import MultiScaleFlow
 from flowgmm_jax.models.scan import ScannedStack
-from flowgmm_jax.nets import Rescale, ResNetConditioner, resnet_conditioner_layout
+from flowgmm_jax.nets import Rescale, ResNetConditioner
 
 Array = jax.Array
 
@@ -101,23 +97,10 @@ def _conv1x1_layer(module: nn.Module, lu_init) -> Conv1x1LU:
                    lu_init["sign_s"])
 
 
-class Conv1x1Layer(nn.Module):
-  """Holds one invertible 1x1 convolution's trained LU factors; returns ``Conv1x1LU``.
-
-  The fixed permutation and signs come from ``conv1x1_lu_init(PRNGKey(seed), C)`` (numpy
-  constants), as do the initial values of ``lower``, ``upper``, ``log_s``.
-  """
-  seed: int = 0
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, num_channels: int) -> Conv1x1LU:
-    return _conv1x1_layer(self, _fixed_conv1x1_lu_init(self.seed, num_channels))
-
-
 class StackedConv1x1Layer(nn.Module):
-  """``Conv1x1Layer`` inside a scan: the fixed factors and initial values come in as this
-  layer's slice of the scanned input (``lu_init``: perm ``[C, C]``, sign_s ``[C]``, the
+  """One invertible 1x1 convolution's trained LU factors inside a scan; returns
+  ``Conv1x1LU``. The fixed permutation and signs, and the initial factors (from
+  ``conv1x1_lu_init(PRNGKey(seed), C)``), come in as this layer's slice of the scanned input (``lu_init``: perm ``[C, C]``, sign_s ``[C]``, the
   initial lower, upper ``[C, C]`` and log_s ``[C]``)."""
   param_dtype: jnp.dtype = jnp.float32
 
@@ -131,7 +114,7 @@ class GlowStep(nn.Module):
   scale: carry ``(x: [B, H, W, C], log_det: [B])``, scanned input ``lu_init`` (see
   ``StackedConv1x1Layer``). Modules: ``actnorm``, ``conv1x1``, ``conditioner``,
   ``rescale``. Going forward during ``init`` ActNorm initialises from the activations
-  reaching this step."""
+  reaching this step. ``mask: [B]``: the rows BatchNorm's batch statistics count."""
   mid_channels: int
   num_blocks: int
   zero_init_last: bool = True
@@ -141,7 +124,8 @@ class GlowStep(nn.Module):
 
   @nn.compact
   def __call__(self, carry: Tuple[Array, Array], lu_init: Dict[str, Array], *,
-               inverse: bool, train: bool) -> Tuple[Array, Array]:
+               inverse: bool, train: bool, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
     x, log_det = carry
     channels = x.shape[-1]
     net = ResNetConditioner(mid_channels=self.mid_channels, num_blocks=self.num_blocks,
@@ -151,7 +135,7 @@ class GlowStep(nn.Module):
     layers = [ActNormLayer(param_dtype=self.param_dtype, name="actnorm")(
                   x, data_init=not inverse),
               StackedConv1x1Layer(param_dtype=self.param_dtype, name="conv1x1")(lu_init),
-              ChannelCoupling(lambda h: net(h, train),
+              ChannelCoupling(lambda h: net(h, train, mask),
                               Rescale(param_dtype=self.param_dtype, name="rescale")(
                                   channels // 2), swap=False)]
     for layer in (reversed(layers) if inverse else layers):
@@ -167,20 +151,15 @@ class _GlowStep(NamedTuple):
   count: int = 1       # flow steps it stands for: steps_per_scale in the scanned plan
 
 
-def glow_plan(num_scales: int, steps_per_scale: int, scanned: bool = False) -> List[_GlowStep]:
-  """The static list of steps of the multi-scale Glow (see the module docstring). With
-  ``scanned`` each scale's flow steps are one step (``count = steps_per_scale``,
-  ``index`` the first one's)."""
+def glow_plan(num_scales: int, steps_per_scale: int) -> List[_GlowStep]:
+  """The static list of steps of the multi-scale Glow (see the module docstring); each
+  scale's flow steps are one step (``count = steps_per_scale``, ``index`` the first
+  one's)."""
   steps, index = [], 0
   for scale in range(num_scales):
     steps.append(_GlowStep("squeeze", scale=scale))
-    if scanned:
-      steps.append(_GlowStep("flow", index, scale, steps_per_scale))
-      index += steps_per_scale
-    else:
-      for _ in range(steps_per_scale):
-        steps.append(_GlowStep("flow", index, scale))
-        index += 1
+    steps.append(_GlowStep("flow", index, scale, steps_per_scale))
+    index += steps_per_scale
     if scale < num_scales - 1:
       steps.append(_GlowStep("factor_out", scale=scale))
   return steps
@@ -195,14 +174,12 @@ class Glow(MultiScaleFlow):
     mid_channels: ResNet conditioner width (the same at every scale).
     num_blocks: residual blocks per conditioner.
     conv1x1_seed: seed of the fixed 1x1-convolution permutations/signs and their init.
-    scan: the scanned layout (default) or, False, the unrolled one (module docstring).
   """
   num_scales: int = 3
   steps_per_scale: int = 8
   mid_channels: int = 128
   num_blocks: int = 2
   conv1x1_seed: int = 0
-  scan: bool = True
 
   def _conv1x1_seed(self, index: int) -> int:
     """The seed of flow step ``index``'s fixed 1x1-conv factors and initial values."""
@@ -212,66 +189,28 @@ class Glow(MultiScaleFlow):
     if self.num_scales < 1 or self.steps_per_scale < 1:
       raise ValueError(f"Glow: num_scales and steps_per_scale must be >= 1, got "
                        f"{self.num_scales} and {self.steps_per_scale}.")
-    self.plan = glow_plan(self.num_scales, self.steps_per_scale, scanned=self.scan)
-    if self.scan:
-      self.scales = [
-          GlowStep(self.mid_channels, self.num_blocks, zero_init_last=self.zero_init_last,
-                   bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
-                   compute_dtype=self.compute_dtype)
-          for _ in range(self.num_scales)]
-      return
-    num_steps = self.num_scales * self.steps_per_scale
-    self.actnorms = [ActNormLayer(param_dtype=self.param_dtype) for _ in range(num_steps)]
-    self.conv1x1s = [Conv1x1Layer(seed=self._conv1x1_seed(i), param_dtype=self.param_dtype)
-                     for i in range(num_steps)]
-    self.conditioners = [
-        ResNetConditioner(mid_channels=self.mid_channels, num_blocks=self.num_blocks,
-                          double_after_norm=False, zero_init_last=self.zero_init_last,
-                          bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
-                          dtype=self.compute_dtype, scan=False)
-        for _ in range(num_steps)]
-    self.rescales = [Rescale(param_dtype=self.param_dtype) for _ in range(num_steps)]
+    self.plan = glow_plan(self.num_scales, self.steps_per_scale)
+    self.scales = [
+        GlowStep(self.mid_channels, self.num_blocks, zero_init_last=self.zero_init_last,
+                 bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
+                 compute_dtype=self.compute_dtype)
+        for _ in range(self.num_scales)]
 
-  def layout_map(self) -> LayoutMap:
-    """Where each flow step's modules sit in the scanned and the unrolled layout
-    (``flowgmm_jax.models.layout``)."""
-    conditioner = resnet_conditioner_layout(self.num_blocks)
-    entries = []
-    for scale in range(self.num_scales):
-      indices = range(scale * self.steps_per_scale, (scale + 1) * self.steps_per_scale)
-      entries += stack((f"scales_{scale}",), [
-          [(("actnorm",), (f"actnorms_{k}",)), (("conv1x1",), (f"conv1x1s_{k}",))]
-          + nest(("conditioner",), (f"conditioners_{k}",), conditioner)
-          + [(("rescale",), (f"rescales_{k}",))] for k in indices])
-    return entries
-
-  def _coupling(self, index: int, channels: int, train: bool) -> ChannelCoupling:
-    net = self.conditioners[index]
-    return ChannelCoupling(lambda h: net(h, train), self.rescales[index](channels // 2),
-                           swap=False)
-
-  def _scale(self, step: _GlowStep, channels: int, train: bool) -> ScannedStack:
+  def _scale(self, step: _GlowStep, channels: int, train: bool,
+             mask: Optional[Array] = None) -> ScannedStack:
     """Scale ``step.scale``'s flow steps as one scanned stack; the scanned input is each
     step's fixed 1x1-conv factors and initial values, stacked: ``[count, ...]``."""
     inits = [_fixed_conv1x1_lu_init(self._conv1x1_seed(step.index + k), channels)
              for k in range(step.count)]
     lu_init = {name: np.stack([init[name] for init in inits]) for name in inits[0]}
-    return ScannedStack(self.scales[step.scale], lu_init, step.count, train)
+    return ScannedStack(self.scales[step.scale], lu_init, step.count, train, mask=mask)
 
-  def _flow_step(self, train: bool):
+  def _flow_step(self, train: bool, mask: Optional[Array] = None):
     """The scaffold's ``flow_step``: ActNorm -> 1x1 conv -> coupling (scanned: a scale's
     steps at once). Going forward, ActNorm is built from the activations reaching it (its
     data-dependent init)."""
-    if self.scan:
-      return lambda step, x, inverse: [self._scale(step, x.shape[-1], train)]
-
-    def flow_step(step: _GlowStep, x: Array, inverse: bool):
-      i, c = step.index, x.shape[-1]
-      return [self.actnorms[i](x, data_init=not inverse), self.conv1x1s[i](c),
-              self._coupling(i, c, train)]
-    return flow_step
+    return lambda step, x, inverse: [self._scale(step, x.shape[-1], train, mask)]
 
   def _input_channels(self, params) -> int:
     # The first ActNorm acts after the first squeeze: 4C channels.
-    loc = params["scales_0"]["actnorm"]["loc"] if self.scan else params["actnorms_0"]["loc"]
-    return loc.shape[-1] // 4
+    return params["scales_0"]["actnorm"]["loc"].shape[-1] // 4

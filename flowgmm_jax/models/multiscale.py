@@ -42,7 +42,7 @@ FlowStep = Callable[[object, Array, bool], Sequence[Bijector]]
 class MultiScaleFlow(nn.Module):
   """An image flow on the multi-scale scaffold. Forward (``__call__``) is data -> latent.
 
-  A subclass sets ``self.plan`` in ``setup`` and defines ``_flow_step(train)`` (a
+  A subclass sets ``self.plan`` in ``setup`` and defines ``_flow_step(train, mask)`` (a
   ``FlowStep``) and ``_input_channels(params)``, the input channel count read from its
   parameters. H and W must be divisible by 2 ** (the number of squeezes in the plan).
 
@@ -63,7 +63,7 @@ class MultiScaleFlow(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   compute_dtype: Optional[jnp.dtype] = None
 
-  def _flow_step(self, train: bool) -> FlowStep:
+  def _flow_step(self, train: bool, mask: Optional[Array] = None) -> FlowStep:
     raise NotImplementedError(f"{type(self).__name__} must define _flow_step.")
 
   def _input_channels(self, params) -> int:
@@ -73,14 +73,16 @@ class MultiScaleFlow(nn.Module):
     """What H and W must be divisible by: a factor 2 per squeeze."""
     return 2 ** sum(step.kind == "squeeze" for step in self.plan)
 
-  def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
     """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
 
     ``log_det = log|det dz/dx|``. ``train=True`` uses batch statistics in BatchNorm and
-    needs ``mutable=["batch_stats"]``.
+    needs ``mutable=["batch_stats"]``; ``mask: [B]`` bool marks the rows those statistics
+    count (False: padding, which then changes neither them nor the running averages).
     """
     check_image_input(x.shape, type(self).__name__, self._divisor(), self.image_shape)
-    return multiscale_forward(self.plan, x, self._flow_step(train))
+    return multiscale_forward(self.plan, x, self._flow_step(train, mask))
 
   def inverse(self, z: Array, train: bool = False) -> Array:
     """Latent -> data. ``z: [B, D]`` -> ``x: [B, H, W, C]`` (no forward call needed)."""

@@ -29,7 +29,7 @@ on 32x32x3 and 19,552,008 on 28x28x1, exactly the original's counts.
 Spatial size: there are ``num_scales - 1`` squeezes, so H and W must be divisible by
 ``2 ** (num_scales - 1)``.
 
-Scanned layout (``scan=True``, the default): the couplings of one kind within one scale have
+Layout: the couplings of one kind within one scale have
 conditioners of equal shapes, so each such stack runs as one ``nn.scan``
 (``flowgmm_jax.models.scan``), and so do the residual blocks inside every conditioner:
 
@@ -43,10 +43,8 @@ conditioners of equal shapes, so each such stack runs as one ``nn.scan``
 each holding ``conditioner`` (a ``ResNetConditioner``, its blocks under ``blocks``) and
 ``rescale``, every array with the coupling as a leading axis, e.g.
 ``checkerboards_0/conditioner/blocks/in_conv/v: [3, 8, 3, 3, 64, 64]`` (coupling, block,
-kernel). ``scan=False`` is the unrolled layout, one module per coupling:
-``conditioners_{k}/block{i}_in_conv/v: [3, 3, 64, 64]``, ``rescales_{k}``, with k the
-coupling's position in ``realnvp_plan``. Both compute the same function of the same numbers;
-``flowgmm_jax.models.layout`` converts the variables between them.
+kernel). Coupling k of ``realnvp_plan`` is index ``k - first_index`` of its stack
+(``realnvp_scanned_plan``).
 """
 
 from __future__ import annotations
@@ -58,10 +56,9 @@ import jax
 import jax.numpy as jnp
 
 from flowgmm_jax.bijectors.coupling import AffineCoupling, ChannelCoupling, checkerboard_mask
-from flowgmm_jax.models.layout import LayoutMap, nest, stack
 from flowgmm_jax.models.multiscale import MultiScaleFlow
 from flowgmm_jax.models.scan import ScannedStack
-from flowgmm_jax.nets import Rescale, ResNetConditioner, resnet_conditioner_layout
+from flowgmm_jax.nets import Rescale, ResNetConditioner
 
 Array = jax.Array
 
@@ -154,9 +151,12 @@ class RealNVPCoupling(nn.Module):
   compute_dtype: Optional[jnp.dtype] = None
 
   @nn.compact
-  def __call__(self, carry: Tuple[Array, Array], mask: Optional[Array], *, inverse: bool,
-               train: bool) -> Tuple[Array, Array]:
-    """``carry = (x: [B, H, W, C], log_det: [B])`` -> the same after this coupling."""
+  def __call__(self, carry: Tuple[Array, Array], checkerboard: Optional[Array], *,
+               inverse: bool, train: bool, mask: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
+    """``carry = (x: [B, H, W, C], log_det: [B])`` -> the same after this coupling;
+    ``checkerboard: [H, W, 1]`` this coupling's mask (checkerboard kind), ``mask: [B]`` the
+    rows BatchNorm's batch statistics count (None: all)."""
     x, log_det = carry
     net = ResNetConditioner(
         mid_channels=self.mid_channels, num_blocks=self.num_blocks,
@@ -164,11 +164,11 @@ class RealNVPCoupling(nn.Module):
         bn_axis_name=self.bn_axis_name, param_dtype=self.param_dtype,
         dtype=self.compute_dtype, name="conditioner")
     def conditioner(h):
-      return net(h, train)
+      return net(h, train, mask)
     channels = x.shape[-1]
     if self.kind == "checkerboard":
       scale = Rescale(param_dtype=self.param_dtype, name="rescale")(channels)
-      coupling = AffineCoupling(mask, conditioner, scale)
+      coupling = AffineCoupling(checkerboard, conditioner, scale)
       y, step_log_det = (coupling.inverse_and_log_det(x) if inverse
                          else coupling.forward_and_log_det(x))
     else:
@@ -189,7 +189,6 @@ class RealNVP(MultiScaleFlow):
     num_scales: number of scales (2 in the paper); num_scales - 1 squeezes.
     num_blocks: residual blocks per conditioner (8).
     mid_channels: conditioner width at scale 0, doubled at each scale (64).
-    scan: the scanned layout (default) or, False, the unrolled one (module docstring).
 
   Usage::
 
@@ -203,7 +202,6 @@ class RealNVP(MultiScaleFlow):
   num_scales: int = 2
   num_blocks: int = 8
   mid_channels: int = 64
-  scan: bool = True
 
   def _conditioner_width(self, kind: str, scale: int) -> int:
     # Channel-wise couplings run after the squeeze at twice the width (as the original).
@@ -212,78 +210,33 @@ class RealNVP(MultiScaleFlow):
   def setup(self):
     if self.num_scales < 1:
       raise ValueError(f"RealNVP: num_scales must be >= 1, got {self.num_scales}.")
-    if self.scan:
-      self.plan = realnvp_scanned_plan(self.num_scales)
-      def make_stack(kind, scale):
-        return RealNVPCoupling(
-            kind, self._conditioner_width(kind, scale), self.num_blocks,
-            zero_init_last=self.zero_init_last, bn_axis_name=self.bn_axis_name,
-            param_dtype=self.param_dtype, compute_dtype=self.compute_dtype)
+    self.plan = realnvp_scanned_plan(self.num_scales)
+    def make_stack(kind, scale):
+      return RealNVPCoupling(
+          kind, self._conditioner_width(kind, scale), self.num_blocks,
+          zero_init_last=self.zero_init_last, bn_axis_name=self.bn_axis_name,
+          param_dtype=self.param_dtype, compute_dtype=self.compute_dtype)
 
-      self.checkerboards = [make_stack("checkerboard", s) for s in range(self.num_scales)]
-      self.channels = [make_stack("channel", s) for s in range(self.num_scales - 1)]
-      return
-    self.plan = realnvp_plan(self.num_scales)
-    couplings = [s for s in self.plan if s.coupling_index >= 0]
-    self.conditioners = [
-        ResNetConditioner(
-            mid_channels=self._conditioner_width(s.kind, s.scale),
-            num_blocks=self.num_blocks,
-            double_after_norm=s.kind == "checkerboard",
-            zero_init_last=self.zero_init_last,
-            bn_axis_name=self.bn_axis_name,
-            param_dtype=self.param_dtype,
-            dtype=self.compute_dtype,
-            scan=False)
-        for s in couplings]
-    self.rescales = [Rescale(param_dtype=self.param_dtype) for _ in couplings]
+    self.checkerboards = [make_stack("checkerboard", s) for s in range(self.num_scales)]
+    self.channels = [make_stack("channel", s) for s in range(self.num_scales - 1)]
 
-  def layout_map(self) -> LayoutMap:
-    """Where each coupling's modules sit in the scanned and the unrolled layout
-    (``flowgmm_jax.models.layout``)."""
-    conditioner = resnet_conditioner_layout(self.num_blocks)
-    entries = []
-    for group in realnvp_scanned_plan(self.num_scales):
-      if isinstance(group, _Stack):
-        indices = range(group.first_index, group.first_index + len(group.parities))
-        entries += stack((group.module_name,), [
-            nest(("conditioner",), (f"conditioners_{k}",), conditioner)
-            + [(("rescale",), (f"rescales_{k}",))] for k in indices])
-    return entries
-
-  def _stack(self, group: _Stack, shape: Tuple[int, ...], dtype, train: bool) -> ScannedStack:
+  def _stack(self, group: _Stack, shape: Tuple[int, ...], dtype, train: bool,
+             mask: Optional[Array] = None) -> ScannedStack:
     """The scanned stack of couplings ``group`` for activations of ``shape`` [B, H, W, C]."""
     n = len(group.parities)
     if group.kind == "checkerboard":
       _, h, w, _ = shape
       masks = jnp.stack([checkerboard_mask(h, w, p, dtype) for p in group.parities])
-      return ScannedStack(self.checkerboards[group.scale], masks, n, train)
+      return ScannedStack(self.checkerboards[group.scale], masks, n, train, mask=mask)
     # Alternating swaps 0, 1, 0, ... (realnvp_plan) are what swap_channel_halves reproduces.
     assert group.parities == tuple(i % 2 for i in range(n)), group.parities
     return ScannedStack(self.channels[group.scale], None, n, train,
-                        after=swap_channel_halves if n % 2 else None)
+                        after=swap_channel_halves if n % 2 else None, mask=mask)
 
-  def _coupling(self, step: _Step, shape: Tuple[int, ...], dtype, train: bool):
-    """The coupling bijector of ``step`` for activations of ``shape`` [B, H, W, C]."""
-    net = self.conditioners[step.coupling_index]
-    def conditioner(h):
-      return net(h, train)
-    _, h, w, c = shape
-    if step.kind == "checkerboard":
-      scale = self.rescales[step.coupling_index](c)
-      return AffineCoupling(checkerboard_mask(h, w, step.parity, dtype), conditioner, scale)
-    scale = self.rescales[step.coupling_index](c // 2)
-    return ChannelCoupling(conditioner, scale, swap=bool(step.parity))
-
-  def _flow_step(self, train: bool):
-    """The scaffold's ``flow_step``: one scanned stack, or one coupling, per step of the
-    plan."""
-    if self.scan:
-      return lambda group, x, inverse: [self._stack(group, x.shape, x.dtype, train)]
-    return lambda step, x, inverse: [self._coupling(step, x.shape, x.dtype, train)]
+  def _flow_step(self, train: bool, mask: Optional[Array] = None):
+    """The scaffold's ``flow_step``: one scanned stack per step of the plan."""
+    return lambda group, x, inverse: [self._stack(group, x.shape, x.dtype, train, mask)]
 
   def _input_channels(self, params) -> int:
     # The first conditioner's input conv sees concat[x, -x]: 2C input channels.
-    first = (params["checkerboards_0"]["conditioner"] if self.scan
-             else params["conditioners_0"])
-    return first["in_conv"]["v"].shape[-2] // 2
+    return params["checkerboards_0"]["conditioner"]["in_conv"]["v"].shape[-2] // 2

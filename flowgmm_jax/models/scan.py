@@ -33,14 +33,25 @@ _SPLIT_RNGS = {"params": True, "dropout": True}
 
 
 def scan_layers(body: nn.Module, carry: Any, xs: Any, *, length: int, inverse: bool,
-                train: bool) -> Any:
+                train: bool, mask: Optional[Array] = None) -> Any:
   """Runs ``body`` ``length`` times over ``carry`` (see the module docstring); layer order
-  0 .. length-1 when going forward, length-1 .. 0 when ``inverse``. Returns the carry."""
-  def fn(module, c, x):
-    return (module(c, x, inverse=inverse, train=train), None)
-  scanned = nn.scan(fn, variable_axes=_STACKED, split_rngs=_SPLIT_RNGS, length=length,
-                    reverse=inverse, check_constancy_invariants=False)
-  carry, _ = scanned(body, carry, xs)
+  0 .. length-1 when going forward, length-1 .. 0 when ``inverse``. Returns the carry.
+  ``mask: [B]`` (the rows BatchNorm's batch statistics count), when given, reaches every
+  layer unsliced as ``body(..., mask=mask)``."""
+  if mask is None:
+    def fn(module, c, x):
+      return (module(c, x, inverse=inverse, train=train), None)
+    scanned = nn.scan(fn, variable_axes=_STACKED, split_rngs=_SPLIT_RNGS, length=length,
+                      reverse=inverse, check_constancy_invariants=False)
+    carry, _ = scanned(body, carry, xs)
+    return carry
+
+  def masked_fn(module, c, x, m):
+    return (module(c, x, inverse=inverse, train=train, mask=m), None)
+  scanned = nn.scan(masked_fn, variable_axes=_STACKED, split_rngs=_SPLIT_RNGS, length=length,
+                    reverse=inverse, in_axes=(0, nn.broadcast),
+                    check_constancy_invariants=False)
+  carry, _ = scanned(body, carry, xs, mask)
   return carry
 
 
@@ -50,18 +61,20 @@ class ScannedStack(Bijector):
   ``forward_and_log_det(x)`` runs ``body`` forward from ``(x, zeros [B])``;
   ``inverse_and_log_det(y)`` runs it in reverse. ``after`` is an optional involution with
   log-det 0 (e.g. the swap of the channel halves) applied after the stack going forward,
-  and so before it going back. Shapes are the body's.
+  and so before it going back; ``mask: [B]`` or None, passed to every layer (see
+  ``scan_layers``). Shapes are the body's.
   """
 
   def __init__(self, body: nn.Module, xs: Any, length: int, train: bool,
-               after: Optional[Callable[[Array], Array]] = None):
+               after: Optional[Callable[[Array], Array]] = None,
+               mask: Optional[Array] = None):
     self.body, self.xs, self.length, self.train = body, xs, length, train
-    self.after = after
+    self.after, self.mask = after, mask
 
   def _run(self, x: Array, inverse: bool) -> Tuple[Array, Array]:
     carry = (x, jnp.zeros(x.shape[:1], x.dtype))
     return scan_layers(self.body, carry, self.xs, length=self.length, inverse=inverse,
-                       train=self.train)
+                       train=self.train, mask=self.mask)
 
   def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
     y, log_det = self._run(x, inverse=False)

@@ -366,7 +366,7 @@ def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_fie
   model = c["model"]
   for key in model:
     path = f"model.{key}"
-    if key == "zero_init_last":
+    if key in ("zero_init_last", "sync_batch_norm"):
       boolean(path)
     elif key == "dropout_rate":
       if model[key] is not None:  # None: sized by the data (models.tabular_dropout_rate)

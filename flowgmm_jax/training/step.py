@@ -7,7 +7,9 @@ axis. The state is replicated and donated, shapes are static, and nothing syncs 
 host, so the step runs back to back without recompiling.
 
 Exactness across device counts: the loss is normalised by global counts of labelled and
-unlabelled examples (``psum``), BatchNorm averages its moments over all devices, and all
+unlabelled examples (``psum``), BatchNorm averages its moments over all devices (with
+``config.model.sync_batch_norm``, the default; without it each device normalises its own
+rows, which trades this exactness for a handful of collectives per step), and all
 randomness (dequantisation noise, augmentation) is drawn per example from keys split for the
 global batch (keyed by each row's position in the sampled batch), so the same global batch
 gives the same update on 1 or 8 devices. (Dropout masks are drawn per device and are the one
@@ -21,6 +23,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec as P
 
 from flowgmm_jax.flowgmm import bits_per_dim
@@ -28,6 +31,20 @@ from flowgmm_jax.losses import FlowGMMLoss
 from flowgmm_jax.mesh import (DATA_AXIS, make_mesh, replicate, shard_batch,  # noqa: F401
                               to_host)
 from flowgmm_jax.training.state import TrainState
+
+
+def _psum_flat(tree, axis_name: str = DATA_AXIS):
+  """``lax.psum`` of a pytree as one collective: the leaves raveled into one vector, summed,
+  and split back (each leaf keeps its dtype). ``lax.psum`` of a pytree issues one
+  all-reduce per leaf, which XLA may or may not combine (not inside shard_map on CPU)."""
+  flat, unravel = ravel_pytree(tree)
+  return unravel(jax.lax.psum(flat, axis_name))
+
+
+def _pmean_flat(tree, num_devices: int, axis_name: str = DATA_AXIS):
+  """``lax.pmean`` of a float pytree as one collective (see ``_psum_flat``)."""
+  flat, unravel = ravel_pytree(tree)
+  return unravel(jax.lax.psum(flat, axis_name) / num_devices)
 
 
 def _example_keys(rng, position):
@@ -48,7 +65,10 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
   """Builds the jitted data-parallel train step.
 
   Args:
-    model: a ``FlowGMM`` whose flow was built with ``bn_axis_name='data'``.
+    model: a ``FlowGMM`` whose flow was built with ``bn_axis_name='data'`` (BatchNorm's
+      moments averaged over the devices in every layer) or None (each device normalises its
+      own rows, ``config.model.sync_batch_norm=False``; the running statistics are then
+      averaged across devices once per step here).
     tx: the optax transformation.
     mesh: 1-D mesh with axis ``data``; the batch's row count must divide by its size.
     loss: the objective and its weights (``losses.FlowGMMLoss``, from ``config.loss``); a
@@ -86,14 +106,17 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
     keys2 = _example_keys(jax.random.fold_in(step_rng, 1), position)
     dropout_rng = jax.random.fold_in(jax.random.fold_in(step_rng, 2),
                                      jax.lax.axis_index(DATA_AXIS))
-    x = batch["x"].astype(jnp.float32)
+    # 8-bit images arrive as integers; float rows keep their precision (float64 under x64).
+    x = batch["x"].astype(jnp.promote_types(batch["x"].dtype, jnp.float32)
+                          if jnp.issubdtype(batch["x"].dtype, jnp.floating) else jnp.float32)
     y = batch["y"]
     mask = batch["mask"] if "mask" in batch else jnp.ones(y.shape, bool)
     labeled = (y >= 0) & mask
-    # Global counts, so that the pmean of device losses is the loss of the global batch.
-    counts = dict(num_labeled=jax.lax.psum(jnp.sum(labeled), DATA_AXIS),
-                  num_unlabeled=jax.lax.psum(jnp.sum((y < 0) & mask), DATA_AXIS),
-                  num_examples=jax.lax.psum(jnp.sum(mask), DATA_AXIS))
+    # Global counts, so that the pmean of device losses is the loss of the global batch
+    # (one psum for the three).
+    counts = _psum_flat(dict(num_labeled=jnp.sum(labeled, dtype=jnp.int32),
+                             num_unlabeled=jnp.sum((y < 0) & mask, dtype=jnp.int32),
+                             num_examples=jnp.sum(mask, dtype=jnp.int32)))
 
     def loss_fn(params):
       batch_stats = state.batch_stats
@@ -102,13 +125,13 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
         # FlowGMM-cons: the class predicted on a second augmentation, without gradient.
         x2, noise2 = inputs(keys2, x)
         (_, _, clj2), upd = model.apply(
-            state.variables(params, batch_stats), x2, noise2, train=True,
+            state.variables(params, batch_stats), x2, noise2, train=True, mask=mask,
             mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
         batch_stats = upd.get("batch_stats", batch_stats)
         clj2 = jax.lax.stop_gradient(clj2)
       x1, noise1 = inputs(keys1, x)
       (z, log_det, clj), upd = model.apply(
-          state.variables(params, batch_stats), x1, noise1, train=True,
+          state.variables(params, batch_stats), x1, noise1, train=True, mask=mask,
           mutable=["batch_stats"], rngs={"dropout": dropout_rng})
       new_batch_stats = upd.get("batch_stats", batch_stats)
       log_weights = model.apply(state.variables(params, batch_stats),
@@ -118,19 +141,24 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
                           log_weights=log_weights, mask=mask, **counts)
       correct = jnp.sum((jnp.argmax(clj, -1) == y) & labeled)
       log_det_sum = jnp.sum(jnp.where(mask, log_det, 0.0))
-      aux = dict(batch_stats=new_batch_stats, loss=jax.lax.psum(local, DATA_AXIS),
-                 terms=jax.lax.psum(terms, DATA_AXIS),
-                 correct=jax.lax.psum(correct, DATA_AXIS),
-                 log_det=jax.lax.psum(log_det_sum, DATA_AXIS)
-                 / jnp.maximum(counts["num_examples"], 1))
+      # This device's shares; summed over devices below, in one psum with the others.
+      scalars = dict(loss=local, terms=terms, correct=correct, log_det=log_det_sum)
       # Scaled so that pmean(grad) is the gradient of the global loss.
-      return local * num_devices, aux
+      return local * num_devices, (new_batch_stats, scalars)
 
-    grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, DATA_AXIS)
-    # Flax BatchNorm with axis_name='data' already pmean-s its batch moments; the running
-    # averages are then identical on every device. pmean keeps them provably replicated.
-    batch_stats = jax.lax.pmean(aux["batch_stats"], DATA_AXIS)
+    grads, (batch_stats, scalars) = jax.grad(loss_fn, has_aux=True)(state.params)
+    # The step's collectives besides BatchNorm's own: the counts above, then one each for
+    # the reported scalars, the gradients and the BatchNorm running statistics.
+    # (``correct`` is summed as a float32 there: exact for counts below 2**24.)
+    aux = _psum_flat(scalars)
+    aux["log_det"] = aux["log_det"] / jnp.maximum(counts["num_examples"], 1)
+    grads = _pmean_flat(grads, num_devices)
+    # With synced BatchNorm (axis_name='data') the running averages are already identical
+    # on every device and this keeps them provably replicated; with per-device BatchNorm
+    # (sync_batch_norm=False) this is where they are averaged across devices, each device
+    # weighted by its real rows, so a device holding only padding counts for nothing.
+    share = jnp.sum(mask) / jnp.maximum(counts["num_examples"], 1)
+    batch_stats = _psum_flat(jax.tree.map(lambda v: v * share.astype(v.dtype), batch_stats))
     terms = aux["terms"]
     # Non-finite guard: a step whose loss, gradients or BatchNorm statistics are not finite
     # leaves the parameters, optimiser state and BatchNorm statistics as they were (the step
