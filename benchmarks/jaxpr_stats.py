@@ -140,3 +140,58 @@ def count_flops(closed_jaxpr: Any) -> float:
     device's; under plain ``jit`` it is the whole program's.
   """
   return float(_walk(_as_jaxpr(closed_jaxpr), _flops).get("flops", 0))
+
+
+# One image's shape in each image config's dataset.
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "svhn": (32, 32, 3), "cifar10": (32, 32, 3)}
+
+
+def traced_train_step(config, num_devices: int, per_device_batch: int = 8):
+  """The jaxpr of ``config``'s train step (image configs) on an abstract ``num_devices``
+  mesh, at ``per_device_batch`` rows per device: traced, never compiled or run."""
+  import types
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from flowgmm_jax.training import programs as programs_lib
+  shape = IMAGE_SHAPES[config.data.name]
+  dataset = types.SimpleNamespace(x_train=np.zeros((1, *shape), np.uint8), num_classes=10,
+                                  kind="image")
+  progs = programs_lib.programs(programs_lib.program_key(config, dataset),
+                                jax.sharding.AbstractMesh((num_devices,), ("data",)))
+  rows = per_device_batch * num_devices
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  x = jax.ShapeDtypeStruct((rows, *shape), jnp.uint8)
+  index = jax.ShapeDtypeStruct((rows,), jnp.int32)
+  state = jax.eval_shape(progs.new_state, jax.eval_shape(progs.init, key, x))
+  batch = {"x": x, "y": index, "position": index,
+           "mask": jax.ShapeDtypeStruct((rows,), jnp.bool_)}
+  return jax.make_jaxpr(progs.train_step)(state, batch, key)
+
+
+def main(argv=None) -> None:
+  """``python -m benchmarks.jaxpr_stats --config=configs/cifar10.py --devices=8``: the
+  collectives and FLOPs per step of an image config's train step, with BatchNorm synced and
+  per device (docs/experiments.md quotes these)."""
+  import argparse
+  import importlib
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("--config", default="configs/cifar10.py",
+                      help="configs/NAME.py[:ARG] of an image config")
+  parser.add_argument("--devices", type=int, default=8)
+  args = parser.parse_args(argv)
+  path, _, arg = args.config.partition(":")
+  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  for sync in (True, False):
+    config = module.get_config(arg or None)
+    config.model.sync_batch_norm = sync
+    jaxpr = traced_train_step(config, args.devices)
+    print(f"{args.config} on {args.devices} devices, sync_batch_norm={sync}: collectives "
+          f"per step {dict(count_collectives(jaxpr))}, FLOPs per device per step "
+          f"{count_flops(jaxpr):.3e}")
+
+
+if __name__ == "__main__":
+  main()

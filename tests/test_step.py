@@ -51,24 +51,11 @@ def test_conv_flops_and_cond_takes_the_larger_branch():
 def _traced_cifar_step(sync_batch_norm: bool, num_devices: int = 8):
   """The jaxpr of the CIFAR-10 FlowGMM-cons train step (``configs/cifar10.py:smoke``) on an
   abstract ``num_devices``-device mesh: traced, never compiled or run."""
-  import types
-
+  from benchmarks.jaxpr_stats import traced_train_step
   from configs import cifar10
-  from flowgmm_jax.training import programs as programs_lib
-
   c = cifar10.get_config("smoke")
   c.model.sync_batch_norm = sync_batch_norm
-  dataset = types.SimpleNamespace(x_train=np.zeros((1, 32, 32, 3), np.uint8), num_classes=10,
-                                  kind="image")
-  programs = programs_lib.programs(programs_lib.program_key(c, dataset),
-                                   jax.sharding.AbstractMesh((num_devices,), ("data",)))
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  x = jax.ShapeDtypeStruct((64, 32, 32, 3), jnp.uint8)
-  rows = jax.ShapeDtypeStruct((64,), jnp.int32)
-  state = jax.eval_shape(programs.new_state, jax.eval_shape(programs.init, key, x))
-  batch = {"x": x, "y": rows, "position": rows,
-           "mask": jax.ShapeDtypeStruct((64,), jnp.bool_)}
-  return jax.make_jaxpr(programs.train_step)(state, batch, key)
+  return traced_train_step(c, num_devices)
 
 
 def test_per_device_batch_norm_step_executes_few_collectives():
