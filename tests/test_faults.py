@@ -26,6 +26,7 @@ from flowgmm_jax.data.tabular import load_csv_table
 from flowgmm_jax.training import base_config, fit, train_and_evaluate
 from flowgmm_jax import checkpoint as ckpt_lib
 from flowgmm_jax.training import optim
+from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.lock import STALE_SECONDS, WorkdirBusyError
@@ -81,12 +82,12 @@ def logged_steps(workdir):
 def test_non_finite_step_changes_nothing_but_the_step():
   ds = blobs()
   c = tiny_config()
-  mesh = step_lib.make_mesh(jax.devices()[:1])
-  model = FlowGMM.from_config(c, (4,), 2, image=False, bn_axis_name=step_lib.DATA_AXIS)
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  model = FlowGMM.from_config(c, (4,), 2, image=False, bn_axis_name=mesh_lib.DATA_AXIS)
   variables = FlowGMM.from_config(c, (4,), 2, image=False).init(jax.random.PRNGKey(0),
                                                          jnp.asarray(ds.x_train[:24]))
   tx = optim.make_optimizer("adam", 1e-2, 10)
-  state = step_lib.replicate(mesh, create_train_state(variables, tx))
+  state = mesh_lib.replicate(mesh, create_train_state(variables, tx))
   train_step = step_lib.make_train_step(model, tx, mesh, loss=losses.FlowGMMLoss())
   rng = jnp.asarray(jax.random.PRNGKey(2), jnp.uint32)
   good = {"x": ds.x_train[:24], "y": np.where(np.arange(24) < 8, ds.y_train[:24], -1),
@@ -94,13 +95,13 @@ def test_non_finite_step_changes_nothing_but_the_step():
   bad = dict(good, x=good["x"].copy())
   bad["x"][20, 1] = np.nan
   before = jax.device_get(state)
-  state, metrics = train_step(state, step_lib.shard_batch(mesh, bad), rng)
+  state, metrics = train_step(state, mesh_lib.shard_batch(mesh, bad), rng)
   after = jax.device_get(state)
   assert float(metrics["train/skipped_steps"]) == 1.0
   assert int(after.step) == 1
   for part in ("params", "opt_state", "batch_stats"):
     np.testing.assert_array_equal(vec(getattr(after, part)), vec(getattr(before, part)))
-  state, metrics = train_step(state, step_lib.shard_batch(mesh, good), rng)
+  state, metrics = train_step(state, mesh_lib.shard_batch(mesh, good), rng)
   assert float(metrics["train/skipped_steps"]) == 0.0
   assert not np.array_equal(vec(jax.device_get(state.params)), vec(before.params))
 

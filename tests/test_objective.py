@@ -14,6 +14,7 @@ import pytest
 from flowgmm_jax.data import Dataset
 from flowgmm_jax.losses import FlowGMMLoss, flowgmm_objective
 from flowgmm_jax.training import base_config, fit, train_and_evaluate, validate_config
+from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
@@ -40,7 +41,7 @@ def test_train_step_loss_is_the_objective_function(objective):
   x = rng.normal(size=(12, 3)).astype(np.float32)
   y = np.array([0, 2, 1, 0, -1, -1, -1, -1, -1, -1, -1, -1], np.int32)
   c = tabular_config(objective)
-  train_model = FlowGMM.from_config(c, (3,), 3, image=False, bn_axis_name=step_lib.DATA_AXIS)
+  train_model = FlowGMM.from_config(c, (3,), 3, image=False, bn_axis_name=mesh_lib.DATA_AXIS)
   model = FlowGMM.from_config(c, (3,), 3, image=False)
   key = jax.random.PRNGKey(0)
   variables = model.init({"params": key, "dropout": key}, jnp.asarray(x))
@@ -52,9 +53,9 @@ def test_train_step_loss_is_the_objective_function(objective):
   expected, terms = flowgmm_objective(clj, log_det, y, objective=objective, label_weight=3.0,
                                       unlabeled_weight=0.7, consistency_weight=0.5,
                                       class_log_joint_teacher=clj, log_weights=log_w)
-  mesh = step_lib.make_mesh(jax.devices()[:1])
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
   tx = optax.adam(1e-3)
-  state = step_lib.replicate(mesh, create_train_state(variables, tx))
+  state = mesh_lib.replicate(mesh, create_train_state(variables, tx))
   train_step = step_lib.make_train_step(
       train_model, tx, mesh, loss=FlowGMMLoss(objective=objective, label_weight=3.0,
                                               unlabeled_weight=0.7, consistency_weight=0.5))
@@ -63,8 +64,8 @@ def test_train_step_loss_is_the_objective_function(objective):
   batch = {"x": np.concatenate([x, x[:4]]), "y": np.concatenate([y, [1, 1, 2, 2]]),
            "position": np.arange(16, dtype=np.int32),
            "mask": np.arange(16) < 12}
-  _, metrics = train_step(state, step_lib.shard_batch(mesh, batch),
-                          step_lib.replicate(mesh, np.asarray(key, np.uint32)))
+  _, metrics = train_step(state, mesh_lib.shard_batch(mesh, batch),
+                          mesh_lib.replicate(mesh, np.asarray(key, np.uint32)))
   np.testing.assert_allclose(metrics["train/loss"], expected, rtol=2e-5)
   for name, value in terms.items():
     np.testing.assert_allclose(metrics[f"train/{name}"], value, rtol=2e-5, err_msg=name)

@@ -122,7 +122,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     from flowgmm_jax.data import Dataset
     from flowgmm_jax.training import base_config, fit
     from flowgmm_jax.training.config import model_config
-    from flowgmm_jax.training.step import make_mesh
+    from flowgmm_jax.mesh import make_mesh
     assert jax.device_count() == 8, jax.devices()
 
     def vec(v):

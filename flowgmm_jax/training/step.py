@@ -28,8 +28,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from flowgmm_jax.flowgmm import bits_per_dim
 from flowgmm_jax.losses import FlowGMMLoss
-from flowgmm_jax.mesh import (DATA_AXIS, make_mesh, replicate, shard_batch,  # noqa: F401
-                              to_host)
+from flowgmm_jax.mesh import DATA_AXIS
 from flowgmm_jax.training.state import TrainState
 
 
