@@ -210,8 +210,8 @@ class WNConv(nn.Module):
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if k == 1:
       # A 1x1 convolution is a matrix product over the channel axis. Written as one, XLA:CPU
-      # runs it as a GEMM: about 2x faster forward and 2-3x faster filter gradient than its
-      # convolution kernel (measured by python -m benchmarks.bench_kernels).
+      # runs it as a GEMM, faster forward and backward than its convolution kernel
+      # (docs/results.md, the kernel timings).
       y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
     else:
       y = conv2d_same(x, kernel)

@@ -190,8 +190,8 @@ def base_config() -> ml_collections.ConfigDict:
 # here reaches both (benchmarks/ssl_suite.py measures it).
 TABLE_RECIPE = {
     # dropout_rate None: the paper's 0.5 where every conditioner sees at least 2 features
-    # (D >= 4), else 0 (models.tabular_dropout_rate). 0.5 raised the suite's validation mean
-    # 80.7 -> 81.6 (AG News +6.4); on two moons it fell 99.8 -> 94.9% (docs/tables.md).
+    # (D >= 4), else 0 (models.tabular_dropout_rate): it helped the suite's validation mean
+    # and hurt two moons, whose conditioners see one feature (docs/tables.md).
     "model": dict(name="realnvp_tabular", num_coupling_layers=6, hidden_dim=64,
                   hidden_layers=1, dropout_rate=None),
     "prior": dict(covariance="isotropic", means_init="labeled", means_scale=0.01,
@@ -204,8 +204,8 @@ TABLE_RECIPE = {
     "data": dict(labeled_batch_size=64, unlabeled_batch_size=256),
     # patience 5 checks (125 steps), but no stop before step 1000 (a third of the cosine
     # schedule, while the rate is still above 75% of its peak and the held-out NLL is
-    # noisy): patience 5 alone stopped two moons at 250-375 steps (91-95%), patience 20
-    # made a 20,000 x 400 fit 4.6x longer (docs/tables.md).
+    # noisy): patience alone stopped two moons too early, a longer patience made large
+    # fits several times longer (docs/tables.md).
     "early_stopping": dict(holdout_fraction=0.1, check_every_steps=25, patience=5,
                            min_steps=1000),
     # No temperature by default: at 10 labels per class it helps only where the model is
