@@ -44,7 +44,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from flowgmm_jax.features import StandardizedRows
+from flowgmm_jax import features as features_lib
+from flowgmm_jax.features import CategoricalRows, StandardizedRows
 from flowgmm_jax.flowgmm import log_px
 from flowgmm_jax.labels import UNLABELED
 from flowgmm_jax.training.config import (RECIPE_PARAMETERS, base_config, recipe_defaults,
@@ -204,6 +205,19 @@ def _column_mean_and_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     chunk = np.asarray(x[start:start + _STANDARDIZE_CHUNK], np.float64)
     squares += np.square(chunk - mean).sum(axis=0)
   return mean, np.sqrt(squares / x.shape[0])
+
+
+def _checked_y(y, num_rows: int) -> np.ndarray:
+  """``y`` as a 1-D array of ``num_rows`` labels (scikit-learn's checks of a 1-D y, for X
+  that did not go through ``validate_data``)."""
+  y = column_or_1d(y, warn=True)
+  if y.shape[0] != num_rows:
+    raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                     f"[{num_rows}, {y.shape[0]}]. Give one label per row of X, with -1 for "
+                     "the unlabelled rows.")
+  if y.dtype.kind == "f" and not np.isfinite(y).all():
+    raise ValueError("Input y contains NaN. Mark unlabelled rows with -1, not NaN.")
+  return y
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -401,7 +415,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                check_every_steps: int = _R['check_every_steps'],
                patience: int = _R['patience'],
                min_steps: int = _R['min_steps'],
-               standardize: bool = True, calibrate: bool = False, calibration_folds: int = 3,
+               standardize: bool = True, categorical_features: Any = None,
+               categorical_encoding: str = "simplex", handle_unknown: str = "error",
+               calibrate: bool = False, calibration_folds: int = 3,
                compilation_cache_dir: Optional[str] = None,
                random_state: Any = None, verbose: int = 0):
     self.model = model
@@ -436,6 +452,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.patience = patience
     self.min_steps = min_steps
     self.standardize = standardize
+    self.categorical_features = categorical_features
+    self.categorical_encoding = categorical_encoding
+    self.handle_unknown = handle_unknown
     self.calibrate = calibrate
     self.calibration_folds = calibration_folds
     self.compilation_cache_dir = compilation_cache_dir
@@ -496,6 +515,25 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       if name.endswith("_") and not name.startswith("__"):
         delattr(self, name)
 
+  def _fit_encoder(self, X) -> Optional[features_lib.TableEncoder]:
+    """The ``TableEncoder`` of X (sets ``n_features_in_`` and, for a DataFrame whose
+    column names are strings, ``feature_names_in_``), or None when no column is categorical
+    (X then goes through scikit-learn's ``validate_data`` as a numeric table)."""
+    if self.categorical_encoding not in ("simplex", "onehot"):
+      raise ValueError(f"categorical_encoding={self.categorical_encoding!r} must be "
+                       "'simplex' or 'onehot'.")
+    frame = features_lib.is_dataframe(X)
+    if not frame and self.categorical_features is None:
+      return None
+    encoder = features_lib.TableEncoder(self.categorical_features, self.handle_unknown)
+    encoder.fit(X)
+    if not encoder.is_categorical.any():
+      return None
+    self.n_features_in_ = encoder.n_features
+    if frame and all(isinstance(c, str) for c in encoder.columns):
+      self.feature_names_in_ = np.asarray(encoder.columns, dtype=object)
+    return encoder
+
   def fit(self, X, y) -> "FlowGMMClassifier":
     """Trains FlowGMM on ``X: [N, D]`` with labels ``y: [N]`` (-1 = unlabelled).
 
@@ -513,11 +551,29 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   def _fit(self, X, y) -> "FlowGMMClassifier":
     config = self._make_config(self._seed())
     self._check_calibration_params()
-    try:
-      # float32 input stays float32: no float64 copy of a large table.
-      x, y = validate_data(self, X, y, dtype=(np.float64, np.float32), ensure_min_features=2)
-    except ValueError as e:
-      raise _hinted(e, X) from None
+    encoder = self._fit_encoder(X)
+    rows = None  # CategoricalRows of the training rows with categorical_encoding="simplex"
+    if encoder is None:
+      try:
+        # float32 input stays float32: no float64 copy of a large table.
+        x, y = validate_data(self, X, y, dtype=(np.float64, np.float32),
+                             ensure_min_features=2)
+      except ValueError as e:
+        raise _hinted(e, X) from None
+    else:
+      numeric, codes = encoder.split(X)
+      y = _checked_y(y, numeric.shape[0])
+      x = numeric
+      if self.categorical_encoding == "onehot":
+        x = encoder.one_hot(numeric, codes)
+      else:
+        rows = CategoricalRows(numeric, codes, [len(c) for c in encoder.categories],
+                               encoder.is_categorical, noise_seed=config.seed)
+      width = x.shape[1] if rows is None else rows.shape[1]
+      if width < 2:
+        raise ValueError(f"X encodes to {width} feature(s) (a categorical column of K levels "
+                         "gives K - 1), but FlowGMMClassifier needs at least 2. Add a "
+                         "feature column.")
     labeled = _check_labels(y)
     if not labeled.any():
       raise ValueError("y has no labelled rows (every label is -1); label at least one row "
@@ -527,7 +583,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       raise ValueError(f"y has labelled rows of only one class ({classes[0]}); "
                        "FlowGMM needs labelled rows of at least 2 classes, one Gaussian per "
                        "class. Label some rows of another class.")
-    if self.standardize:
+    if self.standardize and x.shape[1]:
       from flowgmm_jax.data.tabular import find_outliers, outlier_warning
       outliers = find_outliers(x)
       if outliers:
@@ -538,15 +594,26 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     from flowgmm_jax.data.dataset import Dataset
     from flowgmm_jax.training import loop, step as step_lib
 
-    if self.standardize:
-      mean, scale = _column_mean_and_std(x)
-      scale = np.where(scale < _MIN_SCALE, 1.0, scale)
+    if rows is not None:
+      # Standardised from one dequantised pass (the encoded table is never stored);
+      # standardize=False leaves the log-ratios as they are.
+      if not self.standardize:
+        rows.mean, rows.scale = np.zeros(rows.shape[1]), np.ones(rows.shape[1])
+      mean, scale = rows.mean, rows.scale
+      x_std = rows  # every gathered batch is dequantised anew
+      x_eval = CategoricalRows(numeric, codes, rows.num_levels, rows.is_categorical, mean,
+                               scale)
     else:
-      mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    # Batches are standardised as they are gathered: no standardised [N, D] copy.
-    # validate_data has checked that x is finite.
-    x_std = StandardizedRows(x, mean, scale, check_finite=False)
-    class_index = np.full(x.shape[0], UNLABELED, np.int64)
+      if self.standardize:
+        mean, scale = _column_mean_and_std(x)
+        scale = np.where(scale < _MIN_SCALE, 1.0, scale)
+      else:
+        mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+      # Batches are standardised as they are gathered: no standardised [N, D] copy.
+      # validate_data (or the encoder) has checked that x is finite.
+      x_std = x_eval = StandardizedRows(x, mean, scale, check_finite=False)
+    num_inputs = x_std.shape[1]
+    class_index = np.full(len(x_std), UNLABELED, np.int64)
     class_index[labeled] = np.searchsorted(classes, y[labeled])
     mesh = step_lib.make_mesh()
     log_fn = None
@@ -558,14 +625,14 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                 f"(labelled NLL {metrics['train/nll_labeled']:.4f}, unlabelled NLL "
                 f"{metrics['train/nll_unlabeled']:.4f})", flush=True)
     from flowgmm_jax import checkpoint, trained
-    meta = checkpoint.make_meta(config, input_shape=(x.shape[1],), num_classes=classes.size)
+    meta = checkpoint.make_meta(config, input_shape=(num_inputs,), num_classes=classes.size)
 
     def train(class_index, log_fn=None):
       """The loop on x_std with ``class_index [N]`` (-1 = unlabelled): (FitResult,
       TrainedFlowGMM)."""
       dataset = Dataset(
           name="arrays", kind="tabular", x_train=x_std, y_train=class_index.astype(np.int32),
-          x_test=np.zeros((0, x.shape[1]), np.float32), y_test=np.zeros(0, np.int32),
+          x_test=np.zeros((0, num_inputs), np.float32), y_test=np.zeros(0, np.int32),
           num_classes=int(classes.size))
       is_labeled = class_index != UNLABELED
       try:
@@ -583,7 +650,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     if self.calibrate:
       from flowgmm_jax import calibration as calibration_lib
       def fold_logits(train_labels, fold):
-        return train(train_labels)[1].outputs(x_std[fold], preprocessed=True,
+        return train(train_labels)[1].outputs(x_eval[fold], preprocessed=True,
                                               keys=("logits",))["logits"]
       calibration = calibration_lib.cross_fitted_temperature(
           fold_logits, class_index, num_folds=self.calibration_folds, seed=config.seed,
@@ -599,7 +666,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.classes_ = classes
     self.feature_mean_ = mean.astype(np.float64)
     self.feature_scale_ = scale.astype(np.float64)
-    widths = np.asarray(result.dequantize_widths or np.zeros(x.shape[1]), np.float64)
+    self.encoder_ = encoder
+    self.categorical_encoding_ = self.categorical_encoding if encoder is not None else None
+    widths = np.asarray(result.dequantize_widths or np.zeros(num_inputs), np.float64)
     self.dequantize_widths_ = widths * scale
     self.history_ = [dict(h) for h in result.history]
     self.n_iter_ = self.model_.step
@@ -611,13 +680,24 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     return self.model_.variables
 
   def _standardized(self, X) -> np.ndarray:
+    """X as the model's standardised input rows ``[N, D]`` (``StandardizedRows``, or
+    ``CategoricalRows`` without noise for categorical columns with the simplex encoding)."""
     check_is_fitted(self)
-    x = _features(self, X, reset=False)
-    return StandardizedRows(x, self.feature_mean_, self.feature_scale_, check_finite=False)
+    encoder = self.__dict__.get("encoder_")
+    if encoder is None:
+      x = _features(self, X, reset=False)
+      return StandardizedRows(x, self.feature_mean_, self.feature_scale_, check_finite=False)
+    numeric, codes = encoder.split(X)
+    if self.categorical_encoding_ == "onehot":
+      return StandardizedRows(encoder.one_hot(numeric, codes), self.feature_mean_,
+                              self.feature_scale_, check_finite=False)
+    return CategoricalRows(numeric, codes, [len(c) for c in encoder.categories],
+                           encoder.is_categorical, self.feature_mean_, self.feature_scale_)
 
-  def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
+  def _forward(self, X, u=None) -> tuple[np.ndarray, np.ndarray]:
     """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""
-    u = self._standardized(X)  # checks that the estimator is fitted
+    if u is None:
+      u = self._standardized(X)  # checks that the estimator is fitted
     out = self.model_.outputs(u, preprocessed=True, keys=("log_det", "logits"))
     return out["log_det"].astype(np.float64), out["logits"].astype(np.float64)
 
@@ -648,11 +728,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     Rows labelled -1 (unlabelled) are skipped, so ``cross_val_score`` and ``GridSearchCV``
     can split semi-supervised ``y`` directly.
     """
-    check_is_fitted(self)
-    x = _features(self, X, reset=False)
+    u = self._standardized(X)  # checks that the estimator is fitted
+    num_rows = len(u)
     labels = column_or_1d(y, warn=True)
-    if labels.shape[0] != x.shape[0]:
-      raise ValueError(f"X has {x.shape[0]} rows but y has {labels.shape[0]} labels; give "
+    if labels.shape[0] != num_rows:
+      raise ValueError(f"X has {num_rows} rows but y has {labels.shape[0]} labels; give "
                        "one label per row of X, with -1 for the unlabelled rows.")
     keep = _labeled_mask(labels)
     if not keep.any():
@@ -660,10 +740,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     weights = None
     if sample_weight is not None:
       weights = np.asarray(sample_weight, np.float64).reshape(-1)
-      if weights.shape[0] != x.shape[0]:
-        raise ValueError(f"sample_weight has {weights.shape[0]} entries for {x.shape[0]} rows.")
+      if weights.shape[0] != num_rows:
+        raise ValueError(f"sample_weight has {weights.shape[0]} entries for {num_rows} rows.")
       weights = weights[keep]
-    correct = self.predict(x[keep]) == labels[keep]
+    predicted = self.classes_[np.argmax(self._forward(None, u)[1], axis=1)]
+    correct = predicted[keep] == labels[keep]
     return float(np.average(correct, weights=weights))
 
   def score_samples(self, X) -> np.ndarray:
@@ -674,8 +755,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     the last term being the log-det of the standardisation (0 with ``standardize=False``).
     """
-    log_det, class_log_joint = self._forward(X)
-    return log_px(class_log_joint, log_det) - float(np.sum(np.log(self.feature_scale_)))
+    u = self._standardized(X)
+    log_det, class_log_joint = self._forward(None, u)
+    log_p = log_px(class_log_joint, log_det) - float(np.sum(np.log(self.feature_scale_)))
+    if isinstance(u, CategoricalRows):
+      log_p = log_p + u.log_cell_correction()
+    return log_p
 
   def sample(self, n_samples: int = 1, y=None, random_state=None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -715,4 +800,16 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       class_index = np.searchsorted(self.classes_, values)
     u = self.model_.sample(n, y=class_index, seed=int(rng.randint(np.iinfo(np.int32).max)),
                            raw=False).astype(np.float64)
-    return u * self.feature_scale_ + self.feature_mean_, self.classes_[class_index]
+    encoder = self.__dict__.get("encoder_")
+    if encoder is None:
+      return u * self.feature_scale_ + self.feature_mean_, self.classes_[class_index]
+    if self.categorical_encoding_ == "onehot":
+      numeric, codes = encoder.from_one_hot(u * self.feature_scale_ + self.feature_mean_)
+    else:
+      empty = CategoricalRows(
+          np.zeros((0, int((~encoder.is_categorical).sum()))),
+          np.zeros((0, len(encoder.categories)), np.int64),
+          [len(c) for c in encoder.categories], encoder.is_categorical, self.feature_mean_,
+          self.feature_scale_)
+      numeric, codes = empty.decode(u)
+    return encoder.rows(numeric, codes), self.classes_[class_index]
