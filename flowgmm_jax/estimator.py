@@ -687,7 +687,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     if encoder is None:
       x = _features(self, X, reset=False)
       return StandardizedRows(x, self.feature_mean_, self.feature_scale_, check_finite=False)
-    numeric, codes = encoder.split(X)
+    if self.handle_unknown not in ("error", "ignore"):
+      raise ValueError(f"handle_unknown={self.handle_unknown!r} must be 'error' or 'ignore'.")
+    # Read at predict time, as OneHotEncoder reads its handle_unknown at transform.
+    numeric, codes = encoder.split(X, self.handle_unknown)
     if self.categorical_encoding_ == "onehot":
       return StandardizedRows(encoder.one_hot(numeric, codes), self.feature_mean_,
                               self.feature_scale_, check_finite=False)

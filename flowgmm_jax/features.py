@@ -592,9 +592,10 @@ class TableEncoder:
                        f"{self.n_features} features as input; pass the same columns, in the "
                        "same order, as in fit.")
 
-  def split(self, X) -> tuple[np.ndarray, np.ndarray]:
+  def split(self, X, handle_unknown: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
     """``(numeric float64 [N, D_num], codes int64 [N, G])`` of X; a level unseen in fit is
-    an error naming the column and value, or code -1 with ``handle_unknown="ignore"``.
+    an error naming the column and value, or code -1 with ``handle_unknown="ignore"``
+    (default: the encoder's own).
     Non-finite or non-numeric entries of a numeric column are refused naming the column."""
     self.check_columns(X)
     columns = self._columns(X)
@@ -605,7 +606,7 @@ class TableEncoder:
         values = self._checked_levels(column, j)
         index = self._index[g]
         c = np.fromiter((index.get(v, -1) for v in values.tolist()), np.int64, count=n)
-        if self.handle_unknown == "error" and (c < 0).any():
+        if (handle_unknown or self.handle_unknown) == "error" and (c < 0).any():
           row = int(np.flatnonzero(c < 0)[0])
           raise ValueError(
               f"categorical column {_column_label(self, j)} has the value {values[row]!r} "
