@@ -7,6 +7,10 @@ convention of ``sklearn.semi_supervised``)::
     clf = FlowGMMClassifier(random_state=0).fit(X, y)     # y == -1: unlabelled
     clf.predict(X_new), clf.predict_proba(X_new)           # p(y | x)
     clf.score_samples(X_new)                               # log p(x), nats, in X's units
+
+``X`` may be a pandas DataFrame with numeric, bool, categorical and string columns, or an
+array with ``categorical_features=`` column indices; each categorical column is modelled as
+one categorical variable (``categorical_encoding``, ``flowgmm_jax.features``).
     X_fake, y_fake = clf.sample(100)                       # rows in X's units
 
 The model (forward is always data -> latent): with ``standardize=True`` the features are first
@@ -335,6 +339,26 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       schedule): early in the cosine schedule the held-out NLL is noisy, and patience
       alone stopped two moons at 250-375 steps (docs/tables.md). The best measurement is
       kept either way, so a table that overfits early keeps its early parameters.
+    categorical_features: which columns of X are categorical. None (default): for a pandas
+      DataFrame, ``"from_dtype"``; for an array, none (every column is a number, as
+      before). ``"from_dtype"``: the DataFrame's columns of pandas ``category``, ``object``
+      or ``string`` dtype (bool columns are numeric 0/1; an array has no categorical
+      column). Or an array of ``n_features`` bools (a mask), of column indices, or of
+      column names (a DataFrame), as in ``HistGradientBoostingClassifier``. A categorical
+      column may hold any hashable values (strings, numbers); its levels are the values
+      seen in ``fit``; a missing value (None, NaN) in it is refused.
+    categorical_encoding: how the flow sees a categorical column of K levels (only with
+      categorical columns). "simplex" (default): K - 1 continuous coordinates, the
+      additive log-ratios of a point drawn uniformly, afresh every training step, from
+      the level's arg-max cell of the probability simplex (its dequantisation; prediction
+      uses the cell's centroid; ``flowgmm_jax/features.py`` gives the maths). "onehot":
+      K 0/1 columns (``OneHotEncoder``'s layout), dequantised per column like any binary
+      column (what a one-hot encoded array gets). docs/tables.md has the comparison.
+    handle_unknown: a level of a categorical column that ``fit`` did not see, at predict
+      time: "error" (default) raises a one-line ValueError naming the column and value;
+      "ignore" puts the column at the simplex's centre (all levels equally likely, a = 0;
+      with "onehot" an all-zero block, as ``OneHotEncoder(handle_unknown="ignore")``).
+      Read at predict time, as ``OneHotEncoder`` reads it at transform.
     standardize: standardise the features with the mean and standard deviation of all rows
       given to ``fit`` (default True). The prior assumes unit-scale features; pass False
       only for features that are standardised already (e.g. after a StandardScaler in a
@@ -360,9 +384,16 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   Attributes (after ``fit``):
     classes_: sorted class values ``[K]`` seen among the labelled rows.
-    n_features_in_: D.
-    feature_mean_, feature_scale_: the standardisation ``u = (x - mean) / scale``, ``[D]``
-      (zeros and ones with ``standardize=False``).
+    n_features_in_: D, the columns of X.
+    feature_names_in_: X's column names, when X was a DataFrame with string column names
+      (predict then needs the same columns in the same order).
+    encoder_: the ``features.TableEncoder`` of the categorical columns (levels in
+      ``encoder_.categories``), or None when X had none; ``categorical_encoding_`` the
+      encoding it was fitted with (None without categorical columns).
+    feature_mean_, feature_scale_: the standardisation ``u = (x - mean) / scale``, ``[D']``
+      (zeros and ones with ``standardize=False``), of the flow's input columns: X's own
+      columns (D' = D), or with categorical columns the encoded ones (each categorical
+      column of K levels replaced in place by K - 1 log-ratios, or K 0/1 columns).
     model_: the trained model, a ``flowgmm_jax.trained.TrainedFlowGMM`` whose input is the
       standardised X: every prediction goes through it (the library's one inference path).
     variables_: its variables (NumPy arrays) for ``model_.model.apply``.
@@ -757,6 +788,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                    + log|det df/du| - sum_d log scale_d,      u = (x - mean) / scale,
 
     the last term being the log-det of the standardisation (0 with ``standardize=False``).
+    With categorical columns (``categorical_encoding="simplex"``) each adds the log of the
+    model's mass of its level's cell, estimated at the cell's centroid ``p``: the flow's
+    density there ``- sum_j log p_j - log K!`` (``CategoricalRows.log_cell_correction``), so
+    the result is a log-probability in those columns and a log-density in the others.
     """
     u = self._standardized(X)
     log_det, class_log_joint = self._forward(None, u)
@@ -778,7 +813,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     Returns:
       ``(X_samples [N, D], y_samples [N])``: z ~ N(mu_y, Sigma_y), u = f^{-1}(z) (latent ->
-      data), x = u * scale + mean; y_samples are values from ``classes_``.
+      data), x = u * scale + mean; y_samples are values from ``classes_``. With
+      categorical columns X_samples is a DataFrame with the columns of ``fit`` (or an
+      array, object-typed when a level is not a number) whose categorical columns hold the
+      level of each sampled cell (the arg max).
     """
     check_is_fitted(self)
     if (isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral)
