@@ -147,8 +147,9 @@ def _hinted(error: ValueError, X: Any, *, name: str = "X", fitted_features=None)
     hint = ("Pass real features (e.g. split the real and imaginary parts into two "
             "columns).")
   elif "could not convert" in message or "dtype" in message:
-    hint = ("Encode categorical or text columns as numbers first (e.g. with "
-            "sklearn.preprocessing.OneHotEncoder).")
+    hint = ("Name categorical or text columns in categorical_features= (column indices, "
+            "a mask, or names), or pass a pandas DataFrame with them as category or string "
+            "dtype.")
   elif "inconsistent numbers of samples" in message:
     hint = "Give one label per row of X, with -1 for the unlabelled rows."
   return ValueError(f"{message} {hint}".strip())

@@ -224,3 +224,10 @@ def test_array_with_categorical_indices_matches_onehot_handling():
   np.testing.assert_array_equal(a.predict_proba(x[:5]), b.predict_proba(one_hot[:5]))
   with pytest.raises(ValueError, match="expecting 3 features"):
     a.predict(x[:, :2])
+
+
+def test_strings_in_an_array_without_categorical_features_say_how_to_name_them():
+  x = np.array([["red", 1.0], ["blue", 2.0], ["red", 0.5]], dtype=object)
+  with pytest.raises(ValueError, match="categorical_features=") as e:
+    FlowGMMClassifier(**TINY).fit(x, np.array([0, 1, -1]))
+  assert "could not convert" in str(e.value) and "\n" not in str(e.value)
