@@ -181,6 +181,8 @@ def test_dataframe_with_categorical_and_string_columns_fits_and_predicts(fitted_
   assert set(clf.predict(new)) <= {0, 1}
   assert np.isfinite(clf.score_samples(new)).all()
   assert 0.0 <= clf.score(new, np.zeros(7, int)) <= 1.0
+  import pickle
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(new), proba)
   samples, labels = clf.sample(6, random_state=0)
   assert list(samples.columns) == list(df.columns) and labels.shape == (6,)
   assert set(samples["colour"].astype(str)) <= {"red", "green", "blue"}
