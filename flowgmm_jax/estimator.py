@@ -619,8 +619,15 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       from flowgmm_jax.data.tabular import find_outliers, outlier_warning
       outliers = find_outliers(x)
       if outliers:
+        # With the simplex encoding x holds only X's numeric columns: name them as in X.
+        numeric_columns = (np.arange(x.shape[1]) if rows is None
+                           else np.flatnonzero(~encoder.is_categorical))
+        names = encoder.columns if encoder is not None and encoder.columns else None
+        def column_name(c):
+          j = int(numeric_columns[c])
+          return f"column {names[j]!r}" if names else f"column {j}"
         warnings.warn(outlier_warning(outliers, "X", row_name=lambda r: f"row {r}",
-                                      column_name=lambda c: f"column {c}"), stacklevel=3)
+                                      column_name=column_name), stacklevel=3)
 
     import jax
     from flowgmm_jax.data.dataset import Dataset
