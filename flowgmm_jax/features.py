@@ -350,7 +350,7 @@ class CategoricalRows(StandardizedRows):
   """
 
   def __init__(self, numeric, codes, num_levels, is_categorical, mean=None, scale=None, *,
-               noise_seed: Optional[int] = None):
+               noise_seed: Optional[int] = None, chunk_rows: int = 65536):
     self.numeric = np.asarray(numeric, np.float64)
     self.codes = np.asarray(codes, np.int64)
     self.num_levels = tuple(int(k) for k in num_levels)
@@ -370,9 +370,16 @@ class CategoricalRows(StandardizedRows):
     self.x = np.empty((n, 0))  # the encoded table is never stored
     self._shape = (n, width)
     if mean is None or scale is None:
-      encoded = self.encode(np.arange(n))
-      mean = encoded.mean(axis=0)
-      std = encoded.std(axis=0)
+      # One pass over row chunks (no encoded [N, D] copy): sums of (v - shift) and its
+      # square, shifted by the first chunk's mean against cancellation.
+      shift = total = squares = None
+      for start in range(0, n, chunk_rows):
+        block = self.encode(slice(start, start + chunk_rows))
+        shift = block.mean(axis=0) if shift is None else shift
+        total = (block - shift).sum(axis=0) + (0 if total is None else total)
+        squares = np.square(block - shift).sum(axis=0) + (0 if squares is None else squares)
+      mean = shift + total / n
+      std = np.sqrt(np.maximum(squares / n - np.square(total / n), 0.0))
       scale = np.where(std < 1e-12, 1.0, std)
     self.mean = np.asarray(mean, np.float64).reshape(-1)
     self.scale = np.asarray(scale, np.float64).reshape(-1)
