@@ -1,5 +1,9 @@
 """What kind of numbers each column of a table holds: continuous, or on a lattice (binary,
-integer codes, counts), and one-hot groups. Pure NumPy; nothing here trains.
+integer codes, counts), and one-hot groups; and categorical columns (``TableEncoder``: a
+DataFrame's or array's columns to numbers and level codes; ``CategoricalRows``: each
+categorical column dequantised on its simplex cell, in log-ratio coordinates; the maths is
+above ``simplex_cell_noise``). Pure NumPy (pandas only when given a DataFrame); nothing here
+trains.
 
 A flow is a density on R^D. On a column that takes a few values the maximum-likelihood
 density is a sum of spikes, whose log-likelihood grows without bound as they sharpen, so
