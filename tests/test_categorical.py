@@ -167,7 +167,8 @@ def fitted_on_frame():
   y = (df["colour"].astype(str) == "red").to_numpy().astype(int)
   y_semi = np.full_like(y, -1)
   y_semi[:24] = y[:24]
-  return FlowGMMClassifier(random_state=0, **TINY).fit(df, y_semi), df
+  return FlowGMMClassifier(random_state=0, categorical_encoding="simplex", **TINY).fit(
+      df, y_semi), df
 
 
 def test_dataframe_with_categorical_and_string_columns_fits_and_predicts(fitted_on_frame):
@@ -226,6 +227,9 @@ def test_array_with_categorical_indices_matches_onehot_handling():
   np.testing.assert_array_equal(a.predict_proba(x[:5]), b.predict_proba(one_hot[:5]))
   with pytest.raises(ValueError, match="expecting 3 features"):
     a.predict(x[:, :2])
+  assert FlowGMMClassifier().categorical_encoding == "onehot"  # the default
+  samples, _ = a.sample(20, random_state=0)
+  assert samples.shape == (20, 3) and set(samples[:, 1]) <= {0.0, 1.0, 2.0}
 
 
 def test_strings_in_an_array_without_categorical_features_say_how_to_name_them():
