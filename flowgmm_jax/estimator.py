@@ -9,6 +9,11 @@ convention of ``sklearn.semi_supervised``)::
     clf.score_samples(X_new)                               # log p(x), nats, in X's units
     X_fake, y_fake = clf.sample(100)                       # rows in X's units
 
+``X`` may also be a pandas DataFrame with numeric, bool, categorical and string columns, or
+an array with ``categorical_features=`` column indices; each categorical column becomes its
+one-hot block, or with ``categorical_encoding="simplex"`` one variable dequantised on its
+simplex cell (``flowgmm_jax.features``).
+
 The model (forward is always data -> latent): with ``standardize=True`` the features are first
 standardised, ``u = (x - m) / s`` (``m``, ``s``: per-feature mean and standard deviation of
 all rows given to ``fit``, labelled and unlabelled); a normalising flow ``f`` maps ``u`` to
@@ -44,7 +49,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from flowgmm_jax.features import StandardizedRows
+from flowgmm_jax import features as features_lib
+from flowgmm_jax.features import CategoricalRows, StandardizedRows
 from flowgmm_jax.flowgmm import log_px
 from flowgmm_jax.labels import UNLABELED
 from flowgmm_jax.training.config import (RECIPE_PARAMETERS, base_config, recipe_defaults,
@@ -136,8 +142,9 @@ def _hinted(error: ValueError, X: Any, *, name: str = "X", fitted_features=None)
     hint = ("Pass real features (e.g. split the real and imaginary parts into two "
             "columns).")
   elif "could not convert" in message or "dtype" in message:
-    hint = ("Encode categorical or text columns as numbers first (e.g. with "
-            "sklearn.preprocessing.OneHotEncoder).")
+    hint = ("Name categorical or text columns in categorical_features= (column indices, "
+            "a mask, or names), or pass a pandas DataFrame with them as category or string "
+            "dtype.")
   elif "inconsistent numbers of samples" in message:
     hint = "Give one label per row of X, with -1 for the unlabelled rows."
   return ValueError(f"{message} {hint}".strip())
@@ -198,6 +205,19 @@ def _column_mean_and_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     chunk = np.asarray(x[start:start + _STANDARDIZE_CHUNK], np.float64)
     squares += np.square(chunk - mean).sum(axis=0)
   return mean, np.sqrt(squares / x.shape[0])
+
+
+def _checked_y(y, num_rows: int) -> np.ndarray:
+  """``y`` as a 1-D array of ``num_rows`` labels (scikit-learn's checks of a 1-D y, for X
+  that did not go through ``validate_data``)."""
+  y = column_or_1d(y, warn=True)
+  if y.shape[0] != num_rows:
+    raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                     f"[{num_rows}, {y.shape[0]}]. Give one label per row of X, with -1 for "
+                     "the unlabelled rows.")
+  if y.dtype.kind == "f" and not np.isfinite(y).all():
+    raise ValueError("Input y contains NaN. Mark unlabelled rows with -1, not NaN.")
+  return y
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -315,6 +335,30 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       schedule): early in the cosine schedule the held-out NLL is noisy, and patience
       alone stopped two moons at 250-375 steps (docs/tables.md). The best measurement is
       kept either way, so a table that overfits early keeps its early parameters.
+    categorical_features: which columns of X are categorical. None (default): for a pandas
+      DataFrame, ``"from_dtype"``; for an array, none (every column is a number, as
+      before). ``"from_dtype"``: the DataFrame's columns of pandas ``category``, ``object``
+      or ``string`` dtype (bool columns are numeric 0/1; an array has no categorical
+      column). Or an array of ``n_features`` bools (a mask), of column indices, or of
+      column names (a DataFrame), as in ``HistGradientBoostingClassifier``. A categorical
+      column may hold any hashable values (strings, numbers); its levels are the values
+      seen in ``fit``; a missing value (None, NaN) in it is refused.
+    categorical_encoding: how the flow sees a categorical column of K levels (only with
+      categorical columns). "onehot" (default): K 0/1 columns in the column's place
+      (``OneHotEncoder``'s layout), dequantised per column like any binary column, so a
+      DataFrame fits exactly as its one-hot encoded array would. "simplex": K - 1
+      continuous coordinates, the additive log-ratios of a point drawn uniformly, afresh
+      every training step, from the level's arg-max cell of the probability simplex (its
+      dequantisation; prediction uses the cell's centroid; ``flowgmm_jax/features.py``
+      gives the maths). On eight mixed tables neither is better on the whole (simplex
+      +6.9 points on CPS1985, -4.7 on credit; docs/tables.md), so the default is the
+      encoding every numeric table already had.
+    handle_unknown: a level of a categorical column that ``fit`` did not see, at predict
+      time: "error" (default) raises a one-line ValueError naming the column and value;
+      "ignore" gives the column an all-zero one-hot block, as
+      ``OneHotEncoder(handle_unknown="ignore")`` (with "simplex": the simplex's centre, all
+      levels equally likely, a = 0).
+      Read at predict time, as ``OneHotEncoder`` reads it at transform.
     standardize: standardise the features with the mean and standard deviation of all rows
       given to ``fit`` (default True). The prior assumes unit-scale features; pass False
       only for features that are standardised already (e.g. after a StandardScaler in a
@@ -346,9 +390,16 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   Attributes (after ``fit``):
     classes_: sorted class values ``[K]`` seen among the labelled rows.
-    n_features_in_: D.
-    feature_mean_, feature_scale_: the standardisation ``u = (x - mean) / scale``, ``[D]``
-      (zeros and ones with ``standardize=False``).
+    n_features_in_: D, the columns of X.
+    feature_names_in_: X's column names, when X was a DataFrame with string column names
+      (predict then needs the same columns in the same order).
+    encoder_: the ``features.TableEncoder`` of the categorical columns (levels in
+      ``encoder_.categories``), or None when X had none; ``categorical_encoding_`` the
+      encoding it was fitted with (None without categorical columns).
+    feature_mean_, feature_scale_: the standardisation ``u = (x - mean) / scale``, ``[D']``
+      (zeros and ones with ``standardize=False``), of the flow's input columns: X's own
+      columns (D' = D), or with categorical columns the encoded ones (each categorical
+      column of K levels replaced in place by K - 1 log-ratios, or K 0/1 columns).
     model_: the trained model, a ``flowgmm_jax.trained.TrainedFlowGMM`` whose input is the
       standardised X: every prediction goes through it (the library's one inference path).
     variables_: its variables (NumPy arrays) for ``model_.model.apply``.
@@ -405,7 +456,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                calibration_folds: int = _R['calibration_folds'],
                calibration_fraction: float = _R['calibration_fraction'],
                max_temperature: float = _R['max_temperature'],
-               standardize: bool = True,
+               standardize: bool = True, categorical_features: Any = None,
+               categorical_encoding: str = "onehot", handle_unknown: str = "error",
                compilation_cache_dir: Optional[str] = None,
                random_state: Any = None, verbose: int = 0):
     self.model = model
@@ -440,6 +492,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.patience = patience
     self.min_steps = min_steps
     self.standardize = standardize
+    self.categorical_features = categorical_features
+    self.categorical_encoding = categorical_encoding
+    self.handle_unknown = handle_unknown
     self.calibration = calibration
     self.calibration_folds = calibration_folds
     self.calibration_fraction = calibration_fraction
@@ -503,6 +558,25 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       if name.endswith("_") and not name.startswith("__"):
         delattr(self, name)
 
+  def _fit_encoder(self, X) -> Optional[features_lib.TableEncoder]:
+    """The ``TableEncoder`` of X (sets ``n_features_in_`` and, for a DataFrame whose
+    column names are strings, ``feature_names_in_``), or None when no column is categorical
+    (X then goes through scikit-learn's ``validate_data`` as a numeric table)."""
+    if self.categorical_encoding not in ("simplex", "onehot"):
+      raise ValueError(f"categorical_encoding={self.categorical_encoding!r} must be "
+                       "'simplex' or 'onehot'.")
+    frame = features_lib.is_dataframe(X)
+    if not frame and self.categorical_features is None:
+      return None
+    encoder = features_lib.TableEncoder(self.categorical_features, self.handle_unknown)
+    encoder.fit(X)
+    if not encoder.is_categorical.any():
+      return None
+    self.n_features_in_ = encoder.n_features
+    if frame and all(isinstance(c, str) for c in encoder.columns):
+      self.feature_names_in_ = np.asarray(encoder.columns, dtype=object)
+    return encoder
+
   def fit(self, X, y) -> "FlowGMMClassifier":
     """Trains FlowGMM on ``X: [N, D]`` with labels ``y: [N]`` (-1 = unlabelled).
 
@@ -519,11 +593,29 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   def _fit(self, X, y) -> "FlowGMMClassifier":
     config = self._make_config(self._seed())
-    try:
-      # float32 input stays float32: no float64 copy of a large table.
-      x, y = validate_data(self, X, y, dtype=(np.float64, np.float32), ensure_min_features=2)
-    except ValueError as e:
-      raise _hinted(e, X) from None
+    encoder = self._fit_encoder(X)
+    rows = None  # CategoricalRows of the training rows with categorical_encoding="simplex"
+    if encoder is None:
+      try:
+        # float32 input stays float32: no float64 copy of a large table.
+        x, y = validate_data(self, X, y, dtype=(np.float64, np.float32),
+                             ensure_min_features=2)
+      except ValueError as e:
+        raise _hinted(e, X) from None
+    else:
+      numeric, codes = encoder.split(X)
+      y = _checked_y(y, numeric.shape[0])
+      x = numeric
+      if self.categorical_encoding == "onehot":
+        x = encoder.one_hot(numeric, codes)
+      else:
+        rows = CategoricalRows(numeric, codes, [len(c) for c in encoder.categories],
+                               encoder.is_categorical, noise_seed=config.seed)
+      width = x.shape[1] if rows is None else rows.shape[1]
+      if width < 2:
+        raise ValueError(f"X encodes to {width} feature(s) (a categorical column of K levels "
+                         "gives K - 1), but FlowGMMClassifier needs at least 2. Add a "
+                         "feature column.")
     labeled = _check_labels(y)
     if not labeled.any():
       raise ValueError("y has no labelled rows (every label is -1); label at least one row "
@@ -533,27 +625,45 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       raise ValueError(f"y has labelled rows of only one class ({classes[0]}); "
                        "FlowGMM needs labelled rows of at least 2 classes, one Gaussian per "
                        "class. Label some rows of another class.")
-    if self.standardize:
+    if self.standardize and x.shape[1]:
       from flowgmm_jax.data.tabular import find_outliers, outlier_warning
       outliers = find_outliers(x)
       if outliers:
+        # With the simplex encoding x holds only X's numeric columns: name them as in X.
+        numeric_columns = (np.arange(x.shape[1]) if rows is None
+                           else np.flatnonzero(~encoder.is_categorical))
+        names = encoder.columns if encoder is not None and encoder.columns else None
+        def column_name(c):
+          j = int(numeric_columns[c])
+          return f"column {names[j]!r}" if names else f"column {j}"
         warnings.warn(outlier_warning(outliers, "X", row_name=lambda r: f"row {r}",
-                                      column_name=lambda c: f"column {c}"), stacklevel=3)
+                                      column_name=column_name), stacklevel=3)
 
     import jax
     from flowgmm_jax.data.dataset import Dataset
     from flowgmm_jax import mesh as mesh_lib
     from flowgmm_jax.training import loop
 
-    if self.standardize:
-      mean, scale = _column_mean_and_std(x)
-      scale = np.where(scale < _MIN_SCALE, 1.0, scale)
+    if rows is not None:
+      # Standardised from one dequantised pass (the encoded table is never stored);
+      # standardize=False leaves the log-ratios as they are.
+      if not self.standardize:
+        rows.mean, rows.scale = np.zeros(rows.shape[1]), np.ones(rows.shape[1])
+      mean, scale = rows.mean, rows.scale
+      x_std = rows  # every gathered batch is dequantised anew
+      x_eval = CategoricalRows(numeric, codes, rows.num_levels, rows.is_categorical, mean,
+                               scale)
     else:
-      mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    # Batches are standardised as they are gathered: no standardised [N, D] copy.
-    # validate_data has checked that x is finite.
-    x_std = StandardizedRows(x, mean, scale, check_finite=False)
-    class_index = np.full(x.shape[0], UNLABELED, np.int64)
+      if self.standardize:
+        mean, scale = _column_mean_and_std(x)
+        scale = np.where(scale < _MIN_SCALE, 1.0, scale)
+      else:
+        mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+      # Batches are standardised as they are gathered: no standardised [N, D] copy.
+      # validate_data (or the encoder) has checked that x is finite.
+      x_std = x_eval = StandardizedRows(x, mean, scale, check_finite=False)
+    num_inputs = x_std.shape[1]
+    class_index = np.full(len(x_std), UNLABELED, np.int64)
     class_index[labeled] = np.searchsorted(classes, y[labeled])
     mesh = mesh_lib.make_mesh()
     log_fn = None
@@ -565,22 +675,23 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                 f"(labelled NLL {metrics['train/nll_labeled']:.4f}, unlabelled NLL "
                 f"{metrics['train/nll_unlabeled']:.4f})", flush=True)
     from flowgmm_jax import checkpoint, trained
-    meta = checkpoint.make_meta(config, input_shape=(x.shape[1],), num_classes=classes.size)
+    meta = checkpoint.make_meta(config, input_shape=(num_inputs,), num_classes=classes.size)
 
     from flowgmm_jax.data.rows import split_rows
     from flowgmm_jax.training.temperature import fit_temperature
     dataset = Dataset(
         name="arrays", kind="tabular", x_train=x_std, y_train=class_index.astype(np.int32),
-        x_test=np.zeros((0, x.shape[1]), np.float32), y_test=np.zeros(0, np.int32),
+        x_test=np.zeros((0, num_inputs), np.float32), y_test=np.zeros(0, np.int32),
         num_classes=int(classes.size))
-    rows = split_rows(config, dataset, pools=(np.flatnonzero(labeled),
-                                              np.flatnonzero(~labeled)))
+    split = split_rows(config, dataset, pools=(np.flatnonzero(labeled),
+                                               np.flatnonzero(~labeled)))
     try:
-      result = loop.fit(config, dataset, rows, mesh=mesh, log_fn=log_fn)
+      result = loop.fit(config, dataset, split, mesh=mesh, log_fn=log_fn)
       model = trained.from_variables(
           meta, jax.tree.map(np.asarray, jax.device_get(result.variables)),
           step=int(jax.device_get(result.state.step)), batch_size=_MAX_CHUNK, mesh=mesh)
-      calibration = fit_temperature(config, dataset, rows, model, mesh=mesh)
+      # Predicted on x_eval: with the simplex encoding the training rows are noisy.
+      calibration = fit_temperature(config, dataset, split, model, mesh=mesh, x_eval=x_eval)
     except FloatingPointError as e:
       raise FloatingPointError(
           f"{e} For FlowGMMClassifier: lower learning_rate (now {self.learning_rate}), "
@@ -594,7 +705,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.classes_ = classes
     self.feature_mean_ = mean.astype(np.float64)
     self.feature_scale_ = scale.astype(np.float64)
-    widths = np.asarray(result.dequantize_widths or np.zeros(x.shape[1]), np.float64)
+    self.encoder_ = encoder
+    self.categorical_encoding_ = self.categorical_encoding if encoder is not None else None
+    widths = np.asarray(result.dequantize_widths or np.zeros(num_inputs), np.float64)
     self.dequantize_widths_ = widths * scale
     self.history_ = [dict(h) for h in result.history]
     self.n_iter_ = self.model_.step
@@ -606,13 +719,27 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     return self.model_.variables
 
   def _standardized(self, X) -> np.ndarray:
+    """X as the model's standardised input rows ``[N, D]`` (``StandardizedRows``, or
+    ``CategoricalRows`` without noise for categorical columns with the simplex encoding)."""
     check_is_fitted(self)
-    x = _features(self, X, reset=False)
-    return StandardizedRows(x, self.feature_mean_, self.feature_scale_, check_finite=False)
+    encoder = self.__dict__.get("encoder_")
+    if encoder is None:
+      x = _features(self, X, reset=False)
+      return StandardizedRows(x, self.feature_mean_, self.feature_scale_, check_finite=False)
+    if self.handle_unknown not in ("error", "ignore"):
+      raise ValueError(f"handle_unknown={self.handle_unknown!r} must be 'error' or 'ignore'.")
+    # Read at predict time, as OneHotEncoder reads its handle_unknown at transform.
+    numeric, codes = encoder.split(X, self.handle_unknown)
+    if self.categorical_encoding_ == "onehot":
+      return StandardizedRows(encoder.one_hot(numeric, codes), self.feature_mean_,
+                              self.feature_scale_, check_finite=False)
+    return CategoricalRows(numeric, codes, [len(c) for c in encoder.categories],
+                           encoder.is_categorical, self.feature_mean_, self.feature_scale_)
 
-  def _forward(self, X) -> tuple[np.ndarray, np.ndarray]:
+  def _forward(self, X, u=None) -> tuple[np.ndarray, np.ndarray]:
     """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""
-    u = self._standardized(X)  # checks that the estimator is fitted
+    if u is None:
+      u = self._standardized(X)  # checks that the estimator is fitted
     out = self.model_.outputs(u, preprocessed=True, keys=("log_det", "logits"))
     return out["log_det"].astype(np.float64), out["logits"].astype(np.float64)
 
@@ -643,11 +770,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     Rows labelled -1 (unlabelled) are skipped, so ``cross_val_score`` and ``GridSearchCV``
     can split semi-supervised ``y`` directly.
     """
-    check_is_fitted(self)
-    x = _features(self, X, reset=False)
+    u = self._standardized(X)  # checks that the estimator is fitted
+    num_rows = len(u)
     labels = column_or_1d(y, warn=True)
-    if labels.shape[0] != x.shape[0]:
-      raise ValueError(f"X has {x.shape[0]} rows but y has {labels.shape[0]} labels; give "
+    if labels.shape[0] != num_rows:
+      raise ValueError(f"X has {num_rows} rows but y has {labels.shape[0]} labels; give "
                        "one label per row of X, with -1 for the unlabelled rows.")
     keep = _labeled_mask(labels)
     if not keep.any():
@@ -655,10 +782,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     weights = None
     if sample_weight is not None:
       weights = np.asarray(sample_weight, np.float64).reshape(-1)
-      if weights.shape[0] != x.shape[0]:
-        raise ValueError(f"sample_weight has {weights.shape[0]} entries for {x.shape[0]} rows.")
+      if weights.shape[0] != num_rows:
+        raise ValueError(f"sample_weight has {weights.shape[0]} entries for {num_rows} rows.")
       weights = weights[keep]
-    correct = self.predict(x[keep]) == labels[keep]
+    predicted = self.classes_[np.argmax(self._forward(None, u)[1], axis=1)]
+    correct = predicted[keep] == labels[keep]
     return float(np.average(correct, weights=weights))
 
   def score_samples(self, X) -> np.ndarray:
@@ -668,9 +796,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                    + log|det df/du| - sum_d log scale_d,      u = (x - mean) / scale,
 
     the last term being the log-det of the standardisation (0 with ``standardize=False``).
+    With categorical columns (``categorical_encoding="simplex"``) each adds the log of the
+    model's mass of its level's cell, estimated at the cell's centroid ``p``: the flow's
+    density there ``- sum_j log p_j - log K!`` (``CategoricalRows.log_cell_correction``), so
+    the result is a log-probability in those columns and a log-density in the others.
     """
-    log_det, class_log_joint = self._forward(X)
-    return log_px(class_log_joint, log_det) - float(np.sum(np.log(self.feature_scale_)))
+    u = self._standardized(X)
+    log_det, class_log_joint = self._forward(None, u)
+    log_p = log_px(class_log_joint, log_det) - float(np.sum(np.log(self.feature_scale_)))
+    if isinstance(u, CategoricalRows):
+      log_p = log_p + u.log_cell_correction()
+    return log_p
 
   def sample(self, n_samples: int = 1, y=None, random_state=None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -685,7 +821,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     Returns:
       ``(X_samples [N, D], y_samples [N])``: z ~ N(mu_y, Sigma_y), u = f^{-1}(z) (latent ->
-      data), x = u * scale + mean; y_samples are values from ``classes_``.
+      data), x = u * scale + mean; y_samples are values from ``classes_``. With
+      categorical columns X_samples is a DataFrame with the columns of ``fit`` (or an
+      array, object-typed when a level is not a number) whose categorical columns hold the
+      level of each sampled cell (the arg max).
     """
     check_is_fitted(self)
     if (isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral)
@@ -710,4 +849,16 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       class_index = np.searchsorted(self.classes_, values)
     u = self.model_.sample(n, y=class_index, seed=int(rng.randint(np.iinfo(np.int32).max)),
                            raw=False).astype(np.float64)
-    return u * self.feature_scale_ + self.feature_mean_, self.classes_[class_index]
+    encoder = self.__dict__.get("encoder_")
+    if encoder is None:
+      return u * self.feature_scale_ + self.feature_mean_, self.classes_[class_index]
+    if self.categorical_encoding_ == "onehot":
+      numeric, codes = encoder.from_one_hot(u * self.feature_scale_ + self.feature_mean_)
+    else:
+      empty = CategoricalRows(
+          np.zeros((0, int((~encoder.is_categorical).sum()))),
+          np.zeros((0, len(encoder.categories)), np.int64),
+          [len(c) for c in encoder.categories], encoder.is_categorical, self.feature_mean_,
+          self.feature_scale_)
+      numeric, codes = empty.decode(u)
+    return encoder.rows(numeric, codes), self.classes_[class_index]

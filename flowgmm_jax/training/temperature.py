@@ -20,7 +20,8 @@ from flowgmm_jax.data import rows as rows_lib
 
 
 def fit_temperature(config: ml_collections.ConfigDict, dataset, rows: rows_lib.Rows,
-                    model: trained.TrainedFlowGMM, *, mesh=None) -> Optional[dict]:
+                    model: trained.TrainedFlowGMM, *, mesh=None, x_eval=None
+                    ) -> Optional[dict]:
   """The calibration record of a run of ``config`` on ``dataset``'s ``rows`` whose final
   model is ``model``, or None for method "none".
 
@@ -29,15 +30,18 @@ def fit_temperature(config: ml_collections.ConfigDict, dataset, rows: rows_lib.R
   each with one fold of the labelled rows' labels hidden, and T fitted on their pooled
   out-of-fold logits (``calibration.cross_fitted_temperature``). The record has
   "temperature", "method" and the fit's own entries; for "holdout" with a test split,
-  "test_before"/"test_after" metrics.
+  "test_before"/"test_after" metrics. ``x_eval``: the training rows as predicted (default
+  ``dataset.x_train``; the estimator's simplex encoding trains on noisy rows and predicts
+  on clean ones).
   """
   c = config.calibration
+  x_eval = dataset.x_train if x_eval is None else x_eval
   if c.method == "none":
     return None
   if c.method == "holdout":
     if not len(rows.calibration):
       return None
-    logits = model.logits(dataset.x_train[rows.calibration], preprocessed=True)
+    logits = model.logits(x_eval[rows.calibration], preprocessed=True)
     test = model.logits(dataset.x_test, preprocessed=True) if len(dataset.x_test) else None
     record = calibration_lib.calibrate(logits, dataset.y_train[rows.calibration], test,
                                        dataset.y_test, max_temperature=c.max_temperature)
@@ -56,7 +60,7 @@ def fit_temperature(config: ml_collections.ConfigDict, dataset, rows: rows_lib.R
     result = fit(config, fold_data, hidden, mesh=mesh)
     fold_model = trained.from_variables(model.meta, jax.device_get(result.variables),
                                         mesh=mesh, batch_size=model.batch_size)
-    return fold_model.logits(dataset.x_train[fold], preprocessed=True)
+    return fold_model.logits(x_eval[fold], preprocessed=True)
 
   record = calibration_lib.cross_fitted_temperature(
       fold_logits, labels, num_folds=c.calibration_folds, seed=config.seed,
