@@ -244,7 +244,7 @@ def test_fit_and_predict_memory_does_not_grow_with_rows_beyond_the_data():
 
 
 def test_batch_sizes_are_capped_bucketed_and_divisible_by_the_device_count():
-  from flowgmm_jax.training.build import BatchLayout, batch_layout
+  from flowgmm_jax.training.batching import BatchLayout, batch_layout
   clf = FlowGMMClassifier(labeled_batch_size=64, unlabeled_batch_size=256)
   c = clf._make_config(seed=0)
   # A pool smaller than its batch: each of its rows once, padded to the next power of two
