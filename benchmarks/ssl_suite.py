@@ -87,16 +87,17 @@ MIXED_TABLES = {
 }
 PANELS = {"suite": TABLES, "mixed": MIXED_TABLES}
 ALL_TABLES = {**TABLES, **MIXED_TABLES}
+FOREST_TREES = 300
 # Each baseline keeps one fixed setting across all tables.
 BASELINES = {
     "labelspreading": "LabelSpreading(knn, k=10)",
     "labelspreading_k30": "LabelSpreading(knn, k=30, alpha=0.8)",
     "logreg": "LogisticRegression, labelled rows",
     "selftraining": "SelfTraining(LogisticRegression(), threshold=0.9)",
-    "random_forest": "RandomForest(300), labelled rows",
+    "random_forest": f"RandomForest({FOREST_TREES}), labelled rows",
     "svm_rbf": "SVC(RBF), labelled rows",
     "nearest_neighbour": "1-NN, labelled rows",
-    "selftraining_rf": "SelfTraining(RandomForest(300))",
+    "selftraining_rf": f"SelfTraining(RandomForest({FOREST_TREES}))",
     "selftraining_hgb": "SelfTraining(HistGradientBoosting())",
 }
 METHODS = {"flowgmm": "FlowGMMClassifier()", **BASELINES,
@@ -172,7 +173,7 @@ def baseline(method: str, seed: int):
   from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
   from sklearn.svm import SVC
   def forest():
-    return RandomForestClassifier(300, random_state=seed, n_jobs=1)
+    return RandomForestClassifier(FOREST_TREES, random_state=seed, n_jobs=1)
   models = {
       "labelspreading": lambda: (LabelSpreading(kernel="knn", n_neighbors=10), True),
       "labelspreading_k30": lambda: (LabelSpreading(kernel="knn", n_neighbors=30, alpha=0.8),
@@ -200,6 +201,7 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
   """Fits one method on one split; returns its accuracy, ECE and fit seconds (and, for
   FlowGMM with ``calibration_folds >= 2``, the cross-fitted temperature and the ECE after
   it; the seconds then include the extra fits)."""
+  import threadpoolctl
   from sklearn.preprocessing import StandardScaler
   start = time.perf_counter()
   extra = {}
@@ -226,7 +228,10 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
     scaler = StandardScaler().fit(x_train)
     xs = scaler.transform(x_train)
     labeled = y_semi != -1
-    with warnings.catch_warnings():
+    # One thread for every baseline (OpenMP, BLAS): gradient boosting's OpenMP loops on
+    # a few hundred rows run many times slower with threads on a busy machine, and one
+    # thread makes the baselines' fit seconds comparable across tables and runs.
+    with warnings.catch_warnings(), threadpoolctl.threadpool_limits(1):
       # Convergence warnings, and LabelSpreading's 0/0 for rows no label reaches.
       warnings.simplefilter("ignore")
       model, semi_supervised = baseline(method, seed)
@@ -366,7 +371,10 @@ def summarise_ece(results: dict, tables, methods) -> str:
   for table in tables:
     cells = []
     for m in methods:
-      runs = results[table][m]
+      runs = results[table].get(m)
+      if not runs:  # a method merged in on other tables only
+        cells.append("—")
+        continue
       mean, std = mean_std(runs, "ece")
       means[m].append(mean)
       cell = f"{mean:.3f} ± {std:.3f}"
@@ -378,7 +386,7 @@ def summarise_ece(results: dict, tables, methods) -> str:
     lines.append(f"| {ALL_TABLES[table][2]} | " + " | ".join(cells) + " |")
   row = []
   for m in methods:
-    cell = f"**{np.mean(means[m]):.3f}**"
+    cell = f"**{np.mean(means[m]):.3f}**" if len(means[m]) == len(tables) else "—"
     if m == "flowgmm" and len(calibrated) == len(tables):
       cell += f" → **{np.mean(calibrated):.3f}**"
     row.append(cell)
@@ -471,6 +479,10 @@ def main(argv=None) -> dict:
                                 flowgmm_params=flowgmm_params))
 
   print(markdown(report))
+  print(f"\n{split_name} ECE (15 bins)" + (
+      f", FlowGMM before -> after a temperature cross-fitted over {args.calibration_folds} "
+      "folds of the labelled rows" if args.calibration_folds else "") + "\n")
+  print(report["markdown_ece"])
   return report
 
 
@@ -490,6 +502,7 @@ def write_results(output: Path, previous: dict, results: dict, methods, run_prov
   present = [m for m in METHODS if any(m in merged[t] for t in tables)]
   report = {**settings, "provenance": run_provenance, "provenance_by_method": by_method,
             "summary": summarise(merged, tables, present)[1], "results": merged,
+            "markdown_ece": summarise_ece(merged, tables, present),
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "jax_backend": jax.default_backend(), "jax_version": jax.__version__}}
   output.parent.mkdir(parents=True, exist_ok=True)

@@ -389,7 +389,8 @@ def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
   assert row["failed"] == "stopped after 0.01 s (--timeout)"
 
 
-def test_ssl_suite_new_baselines_run_merge_and_name_the_best_single_method(tmp_path):
+def test_ssl_suite_new_baselines_run_merge_and_name_the_best_single_method(tmp_path,
+                                                                          monkeypatch):
   """The reviewer's baselines on the smallest mixed-column table, one seed, no FlowGMM: each
   is scored on the protocol's rows (1-NN recomputed here by hand), a --merge run adds a
   method beside them, and the best single method is the highest mean; FlowGMM's runs,
@@ -399,6 +400,7 @@ def test_ssl_suite_new_baselines_run_merge_and_name_the_best_single_method(tmp_p
     x, y = ssl_suite.load_table("salaries")
   except FileNotFoundError as e:
     missing_shared_data(str(e))
+  monkeypatch.setattr(ssl_suite, "FOREST_TREES", 30)  # the plumbing, not the forest (CI time)
   out = tmp_path / "suite.json"
   new = ["random_forest", "svm_rbf", "nearest_neighbour", "selftraining_rf", "selftraining_hgb"]
   common = ["--panel=mixed", "--tables=salaries", "--seeds=0", f"--output={out}"]
