@@ -285,7 +285,7 @@ def summarise(results: dict, tables, methods) -> tuple[str, dict]:
       stats = _accuracy(results, table, m)
       secs = np.mean([r["seconds"] for r in results[table].get(m, [])] or [0.0])
       cells.append(f"{stats[0]:.1f} ± {stats[1]:.1f} ({secs:.1f} s)" if stats else "—")
-    baselines = [m for m in complete if m in BASELINES]
+    baselines = [m for m in methods if m in BASELINES and _accuracy(results, table, m)]
     if "flowgmm" in complete and baselines:
       best = max(baselines, key=lambda m: _accuracy(results, table, m)[0])
       (fm, fs), (bm, bs) = _accuracy(results, table, "flowgmm"), _accuracy(results, table, best)
@@ -301,7 +301,7 @@ def summarise(results: dict, tables, methods) -> tuple[str, dict]:
   summary = {"mean_accuracy": means, "flowgmm_vs_best_baseline": record,
              "best_single_method": best_single(results, tables)[1]}
   text = "\n".join(lines)
-  if "flowgmm" in complete and any(m in BASELINES for m in complete):
+  if "flowgmm" in complete and any(m in BASELINES for m in methods):
     text += (f"\n\nFlowGMM against the best baseline of each table (tie: within one std): "
              f"{len(record['win'])} wins, {len(record['tie'])} ties, {len(record['loss'])} "
              f"losses" + (f" ({', '.join(record['loss'])})" if record["loss"] else "") + ".")
@@ -309,23 +309,36 @@ def summarise(results: dict, tables, methods) -> tuple[str, dict]:
 
 
 def best_single(results: dict, tables, margin: float = 4.0) -> tuple[str, dict]:
-  """The best baseline of each table, the best single baseline over the tables (the one
-  with the highest mean), and FlowGMM against both: the markdown and the numbers.
-
-  Only baselines run on every table compete (the supervised ceiling never does). Without
-  FlowGMM runs on every table its column says so and the comparisons wait for them.
+  """Each table's best baseline (of those run on it), the best single baseline (of those run
+  on every table: the one with the highest mean), and FlowGMM against both: the markdown and
+  the numbers. The supervised ceiling never competes. Without FlowGMM runs on every table its
+  column says so and the comparisons wait for them; when some baselines ran on only part of
+  the tables, one more line compares on that part.
   """
-  candidates = [m for m in BASELINES if all(_accuracy(results, t, m) for t in tables)]
+  def ran(m, t):
+    return _accuracy(results, t, m) is not None
+
+  candidates = [m for m in BASELINES if all(ran(m, t) for t in tables)]
   if not candidates:
     return "", {}
-  means = {m: float(np.mean([_accuracy(results, t, m)[0] for t in tables])) for m in candidates}
-  single = max(candidates, key=means.get)
-  has_flowgmm = all(_accuracy(results, t, "flowgmm") for t in tables)
+  has_flowgmm = all(ran("flowgmm", t) for t in tables)
+
+  def compare(subset, methods):
+    means = {m: float(np.mean([_accuracy(results, t, m)[0] for t in subset])) for m in methods}
+    single = max(methods, key=means.get)
+    text = f"**{METHODS[single]}, {means[single]:.1f}**."
+    numbers = {"method": single, "mean_accuracy": means[single]}
+    if has_flowgmm:
+      fmean = float(np.mean([_accuracy(results, t, "flowgmm")[0] for t in subset]))
+      numbers.update(flowgmm_mean=fmean, flowgmm_minus_best_single=fmean - means[single])
+      text += f" FlowGMM {fmean:.1f} ({fmean - means[single]:+.1f})."
+    return text, numbers
+
   lines = ["| table | best method on the table | its accuracy | FlowGMM | FlowGMM − best |",
            "|---|---|---|---|---|"]
   per_table, below = {}, []
   for t in tables:
-    best = max(candidates, key=lambda m: _accuracy(results, t, m)[0])
+    best = max((m for m in BASELINES if ran(m, t)), key=lambda m: _accuracy(results, t, m)[0])
     bm = _accuracy(results, t, best)[0]
     per_table[t] = {"method": best, "accuracy": bm}
     flow = gap = "not run yet"
@@ -336,19 +349,24 @@ def best_single(results: dict, tables, margin: float = 4.0) -> tuple[str, dict]:
       if fm < bm - margin:
         below.append(t)
     lines.append(f"| {ALL_TABLES[t][2]} | {METHODS[best]} | {bm:.1f} | {flow} | {gap} |")
-  summary = {"method": single, "mean_accuracy": means[single], "per_table": per_table}
+  text, summary = compare(tables, candidates)
   text = (f"Best single method over these {len(tables)} tables (highest mean of one fixed "
-          f"method): **{METHODS[single]}, {means[single]:.1f}**.")
+          f"method): {text}")
+  summary["per_table"] = per_table
   if has_flowgmm:
-    fmean = float(np.mean([_accuracy(results, t, "flowgmm")[0] for t in tables]))
-    summary.update(flowgmm_mean=fmean, flowgmm_minus_best_single=fmean - means[single],
-                   tables_more_than_margin_below_their_best=below, margin=margin)
-    text += (f" FlowGMM {fmean:.1f} ({fmean - means[single]:+.1f}). Tables more than "
-             f"{margin:g} points below their best method: {len(below)}"
+    summary.update(tables_more_than_margin_below_their_best=below, margin=margin)
+    text += (f" Tables more than {margin:g} points below their best method: {len(below)}"
              + (f" ({', '.join(below)})" if below else "") + ".")
   else:
     text += (" FlowGMM has not been run on these tables yet; `--methods=flowgmm --merge` "
              "with this file's panel adds its column and these comparisons.")
+  every = [t for t in tables if all(ran(m, t) for m in BASELINES)]
+  if every and len(every) < len(tables):
+    part, summary["on_tables_with_every_baseline"] = compare(every, list(BASELINES))
+    summary["on_tables_with_every_baseline"]["tables"] = every
+    missing = [t for t in tables if t not in every]
+    text += (f" On the {len(every)} tables every baseline has run on (not yet on "
+             f"{', '.join(missing)}): {part}")
   return text + "\n\n" + "\n".join(lines), summary
 
 
