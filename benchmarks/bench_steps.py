@@ -55,7 +55,7 @@ from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
-# The targets of issue 19 (this 2-core CPU, side by side in one run): seconds per step
+# The speed targets (benchmarks/README.md, on a 2-core CPU, side by side in one run): seconds per step
 # (ours), speed-ups over the original (its step time / ours) as shipped and with its prior
 # built once, and the first CIFAR step (compile + one step) and its fused-kernel count.
 TARGET_S = {"toy": 2e-3}
@@ -238,7 +238,7 @@ def time_step(name: str, repeats: int, unrolled: bool = False, spec=None,
 def add_ratios(row: dict) -> dict:
   """``row`` (ours and the original's times) with the ratios: ``ratio_vs_{shipped,once}``
   = ours / original (below 1: ours is faster) and ``speedup_vs_{shipped,once}`` = original /
-  ours, with the issue's speed-up targets where it sets one."""
+  ours, with the speed-up targets where one is set (``TARGET_SPEEDUP_VS_*``)."""
   name = row["workload"]
   for prior, targets in (("shipped", TARGET_SPEEDUP_VS_SHIPPED), ("once", TARGET_SPEEDUP_VS_ONCE)):
     original = row[f"original_{prior}_median_s"]
@@ -323,8 +323,7 @@ def table(rows, peak_gflops: float, side_by_side: bool) -> str:
 
 def markdown(results) -> str:
   """The table of a results file written by ``main`` (``benchmarks.report``): the rows side
-  by side, then the load and XLA flags of the run. Issue 19's targets are
-  ``benchmarks.speed_targets``' table."""
+  by side, then the load and XLA flags of the run."""
   rows, header = results["rows"], results["header"]
   side_by_side = all("original_shipped_median_s" in r for r in rows)
   text = table(rows, header.get("peak_gflops", 550.0), side_by_side)
@@ -412,7 +411,6 @@ def main():
     print(f"original: {orig.path}" + (f" @ {orig.commit}" if orig.commit else "")
           + f"; CIFAR autograd anomaly detection {args.original_anomaly}")
   print(table(rows, args.peak_gflops, orig is not None))
-  # Issue 19's targets table: benchmarks.speed_targets (it imports this module).
   print(f"load average (1 min): {header['load_average_1min_before']} before, "
         f"{header['load_average_1min_after']} after")
   for r in rows:

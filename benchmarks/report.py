@@ -39,42 +39,37 @@ class Report(NamedTuple):
 
 
 REPORTS: Dict[str, Report] = {
+    "headline": Report("benchmarks/results/headline.json", "benchmarks.headline"),
     "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
     "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
+    "ssl_suite_mixed": Report("benchmarks/results/ssl_suite_mixed.json", "benchmarks.ssl_suite"),
     "toy_table": Report("benchmarks/results/toy_table.json", "benchmarks.toy_table"),
-    "toy_table_2026-11-25": Report("benchmarks/results/toy_table_2026-11-25.json",
-                                   "benchmarks.toy_table"),
-    "mnist_cpu": Report("benchmarks/results/mnist_cpu.json", "benchmarks.mnist_cpu"),
-    "mnist_cpu_retune": Report("benchmarks/results/mnist_cpu_retune.json",
-                               "benchmarks.mnist_retune"),
-    "mnist_cpu_seeds": Report("benchmarks/results/mnist_cpu_seeds.json",
-                              "benchmarks.mnist_seeds"),
-    "mnist_cpu_2dev": Report("benchmarks/results/mnist_cpu_2dev.json", "benchmarks.mnist_seeds"),
-    "cli_vs_estimator": Report("benchmarks/results/cli_vs_estimator.json",
-                               "benchmarks.cli_vs_estimator"),
-    "calibration": Report("benchmarks/results/calibration.json",
-                          "benchmarks.calibration_table"),
-    "headline": Report("benchmarks/results/headline.json", "benchmarks.headline"),
+    "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
     "bench_fit_large": Report("benchmarks/results/bench_fit_large.json", "benchmarks.bench_fit"),
     "parity_original": Report("benchmarks/results/parity_original.json",
                               "benchmarks.parity_original"),
-    "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
-    "bench_steps_unrolled": Report("benchmarks/results/bench_steps_unrolled.json",
-                                   "benchmarks.bench_steps"),
-    "speed_targets": Report("benchmarks/results/bench_steps.json", "benchmarks.speed_targets"),
-    "xla_flags_check": Report("benchmarks/results/xla_flags_check.json",
-                              "benchmarks.xla_flags_check"),
 }
 
 
 def provenance_line(results: dict) -> str:
-  """One line saying how the numbers were made, from the file's ``provenance``."""
+  """How the numbers were made, from the file's ``provenance``: one line, or one per run when
+  ``provenance_by_method`` says that several runs made the file's methods (``--merge``)."""
   p = results.get("provenance") if isinstance(results, dict) else None  # old files: a list
   if not p:
     # A file made by hand says so in its "note" (where its numbers come from).
     note = results.get("note") if isinstance(results, dict) else None
     return f"_{note}_" if note else (
         "_Made before results files recorded their command, commit and machine._")
+  runs = {}
+  for method, made in (results.get("provenance_by_method") or {}).items():
+    runs.setdefault(json.dumps(made, sort_keys=True), []).append(method)
+  if len(runs) > 1:
+    return "\n\n".join(f"{', '.join(methods)}: {_one_provenance(json.loads(made))}"
+                      for made, methods in runs.items())
+  return _one_provenance(p)
+
+
+def _one_provenance(p: dict) -> str:
   m = p.get("machine", {})
   cores = f"{m['cores']} cores" if m.get("cores") else None
   if cores and m.get("cores_used"):

@@ -1,9 +1,17 @@
-"""The semi-supervised table suite: FlowGMMClassifier against classical baselines on 15 tables.
+"""The semi-supervised table suite: FlowGMMClassifier against classical baselines.
 
-    python -m benchmarks.ssl_suite                                  # the README table
+    python -m benchmarks.ssl_suite                                  # the 15-table suite
+    python -m benchmarks.ssl_suite --panel=mixed                    # the 10 mixed-column tables
     python -m benchmarks.ssl_suite --tables=wine,pima --seeds=0     # a few rows
     python -m benchmarks.ssl_suite --methods=flowgmm --validation   # tuning: no test rows
     python -m benchmarks.ssl_suite --tables=agnews --labels-per-class=50
+    python -m benchmarks.ssl_suite --panel=mixed --baselines-only   # no FlowGMM fit
+    python -m benchmarks.ssl_suite --panel=mixed --methods=flowgmm --merge   # add its column
+
+Panels: ``suite`` (15 tables, below) and ``mixed`` (``MIXED_TABLES``: ten spreadsheets of
+numeric, integer and one-hot columns that chose no default). ``--merge`` adds a run's
+methods to its output file (same split, seeds and labels), each method keeping the
+provenance of the run that made it, so one results file per table set holds every method.
 
 Protocol, the same for every table, seed and method:
 
@@ -24,7 +32,8 @@ offline UCI-style tables, AG News as 384-d MiniLM sentence embeddings, and sciki
 
 Output: one markdown table (mean ± std over seeds, population std, and mean fit seconds),
 each method's mean over the tables, FlowGMM's wins / ties / losses against the best
-baseline of each table (a tie: within one standard deviation, the larger of the two), a
+baseline of each table, the best single method (the one fixed baseline with the highest
+mean over the tables) and each table's best method, FlowGMM against both (a tie: within one standard deviation, the larger of the two), a
 second table of each method's expected calibration error (ECE, 15 equal-width confidence
 bins, on the same evaluation rows), and the per-seed numbers as JSON in
 ``benchmarks/results/`` (``--output``).
@@ -71,12 +80,34 @@ TABLES = {
     "breast_cancer": ("sklearn", "load_breast_cancer", "sklearn breast cancer"),
     "digits": ("sklearn", "load_digits", "sklearn digits"),
 }
+# The second panel: ten spreadsheets of numeric, integer and one-hot columns (the data
+# README says which column came from which raw column); none of them tuned any default.
+MIXED_TABLES = {
+    "credit": ("npz", "tabular/credit_modeldata.npz", "Credit scoring (modeldata)"),
+    "creditcard": ("npz", "tabular/creditcard_aer.npz", "Credit card (AER)"),
+    "gsoep9402": ("npz", "tabular/gsoep9402_aer.npz", "GSOEP 94-02 school (AER)"),
+    "oj": ("npz", "tabular/oj_islr.npz", "Orange juice (ISLR)"),
+    "cps1985": ("npz", "tabular/cps1985_aer.npz", "CPS 1985 occupation (AER)"),
+    "yrbss": ("npz", "tabular/yrbss_openintro.npz", "YRBSS (openintro)"),
+    "kershaw": ("npz", "tabular/kershaw_stat2data.npz", "Kershaw pitches (Stat2Data)"),
+    "hi": ("npz", "tabular/hi_ecdat.npz", "Health insurance (Ecdat)"),
+    "rotterdam": ("npz", "tabular/rotterdam_survival.npz", "Rotterdam (survival)"),
+    "salaries": ("npz", "tabular/salaries_cardata.npz", "Salaries (carData)"),
+}
+PANELS = {"suite": TABLES, "mixed": MIXED_TABLES}
+ALL_TABLES = {**TABLES, **MIXED_TABLES}
+FOREST_TREES = 300
 # Each baseline keeps one fixed setting across all tables.
 BASELINES = {
     "labelspreading": "LabelSpreading(knn, k=10)",
     "labelspreading_k30": "LabelSpreading(knn, k=30, alpha=0.8)",
     "logreg": "LogisticRegression, labelled rows",
     "selftraining": "SelfTraining(LogisticRegression(), threshold=0.9)",
+    "random_forest": f"RandomForest({FOREST_TREES}), labelled rows",
+    "svm_rbf": "SVC(RBF), labelled rows",
+    "nearest_neighbour": "1-NN, labelled rows",
+    "selftraining_rf": f"SelfTraining(RandomForest({FOREST_TREES}))",
+    "selftraining_hgb": "SelfTraining(HistGradientBoosting())",
 }
 METHODS = {"flowgmm": "FlowGMMClassifier()", **BASELINES,
            "supervised": "LogisticRegression, all labels (ceiling)"}
@@ -87,9 +118,9 @@ VALIDATION_FRACTION = 0.25
 
 def load_table(name: str) -> tuple[np.ndarray, np.ndarray]:
   """(x [N, D] float64, y [N] int64 in 0..K-1) of one suite table."""
-  if name not in TABLES:
-    raise ValueError(f"unknown table {name!r}; choose from {', '.join(TABLES)}.")
-  source, where, _ = TABLES[name]
+  if name not in ALL_TABLES:
+    raise ValueError(f"unknown table {name!r}; choose from {', '.join(ALL_TABLES)}.")
+  source, where, _ = ALL_TABLES[name]
   if source == "sklearn":
     import sklearn.datasets
     bunch = getattr(sklearn.datasets, where)()
@@ -142,12 +173,44 @@ def _softmax(log_probs: np.ndarray) -> np.ndarray:
   return p / p.sum(axis=1, keepdims=True)
 
 
+def baseline(method: str, seed: int):
+  """(unfitted estimator, whether it takes the unlabelled rows as -1) of one baseline;
+  every setting is scikit-learn's default unless named in ``METHODS``."""
+  from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.neighbors import KNeighborsClassifier
+  from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+  from sklearn.svm import SVC
+  def forest():
+    return RandomForestClassifier(FOREST_TREES, random_state=seed, n_jobs=1)
+  models = {
+      "labelspreading": lambda: (LabelSpreading(kernel="knn", n_neighbors=10), True),
+      "labelspreading_k30": lambda: (LabelSpreading(kernel="knn", n_neighbors=30, alpha=0.8),
+                                     True),
+      "logreg": lambda: (LogisticRegression(max_iter=1000), False),
+      "selftraining": lambda: (SelfTrainingClassifier(LogisticRegression(max_iter=1000),
+                                                      threshold=0.9), True),
+      "random_forest": lambda: (forest(), False),
+      # probability=True: Platt scaling by libsvm's internal cross-validation, for the ECE
+      # only; predict() stays the decision function's argmax.
+      "svm_rbf": lambda: (SVC(kernel="rbf", probability=True, random_state=seed), False),
+      "nearest_neighbour": lambda: (KNeighborsClassifier(n_neighbors=1), False),
+      "selftraining_rf": lambda: (SelfTrainingClassifier(forest()), True),
+      "selftraining_hgb": lambda: (SelfTrainingClassifier(
+          HistGradientBoostingClassifier(random_state=seed)), True),
+      "supervised": lambda: (LogisticRegression(max_iter=1000), False),
+  }
+  if method not in models:
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}.")
+  return models[method]()
+
+
 def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
                flowgmm_params: dict, calibration_folds: int = 0) -> dict:
   """Fits one method on one split; returns its accuracy, ECE and fit seconds (and, for
   FlowGMM with ``calibration_folds >= 2``, the cross-fitted temperature and the ECE after
   it; the seconds then include the extra fits)."""
-  from sklearn.linear_model import LogisticRegression
+  import threadpoolctl
   from sklearn.preprocessing import StandardScaler
   start = time.perf_counter()
   extra = {}
@@ -174,24 +237,19 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
     scaler = StandardScaler().fit(x_train)
     xs = scaler.transform(x_train)
     labeled = y_semi != -1
-    with warnings.catch_warnings():
+    # One thread for every baseline (OpenMP, BLAS): gradient boosting's OpenMP loops on
+    # a few hundred rows run many times slower with threads on a busy machine, and one
+    # thread makes the baselines' fit seconds comparable across tables and runs.
+    with warnings.catch_warnings(), threadpoolctl.threadpool_limits(1):
       # Convergence warnings, and LabelSpreading's 0/0 for rows no label reaches.
       warnings.simplefilter("ignore")
-      if method.startswith("labelspreading"):
-        from sklearn.semi_supervised import LabelSpreading
-        kw = dict(n_neighbors=10) if method == "labelspreading" else dict(n_neighbors=30,
-                                                                          alpha=0.8)
-        model = LabelSpreading(kernel="knn", **kw).fit(xs, y_semi)
-      elif method == "logreg":
-        model = LogisticRegression(max_iter=1000).fit(xs[labeled], y_semi[labeled])
-      elif method == "selftraining":
-        from sklearn.semi_supervised import SelfTrainingClassifier
-        model = SelfTrainingClassifier(LogisticRegression(max_iter=1000),
-                                       threshold=0.9).fit(xs, y_semi)
-      elif method == "supervised":
-        model = LogisticRegression(max_iter=1000).fit(xs, y_true)
+      model, semi_supervised = baseline(method, seed)
+      if method == "supervised":
+        model.fit(xs, y_true)
+      elif semi_supervised:
+        model.fit(xs, y_semi)
       else:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}.")
+        model.fit(xs[labeled], y_semi[labeled])
       probs = model.predict_proba(scaler.transform(x_eval))
     # LabelSpreading leaves rows that no label reaches at 0/0 = NaN: no confidence.
     probs = np.nan_to_num(probs, nan=0.0)
@@ -203,60 +261,127 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
           "seconds": seconds, **extra}
 
 
-def summarise(results: dict, tables, methods) -> tuple[str, dict]:
-  """The markdown table and the summary numbers (means, wins / ties / losses)."""
-  def stats(runs):
-    acc = 100 * np.array([r["accuracy"] for r in runs])
-    return acc.mean(), acc.std(), float(np.mean([r["seconds"] for r in runs]))
+def _accuracy(results: dict, table: str, method: str):
+  """(mean, population std) of a method's accuracy (%) over the seeds, or None if not run."""
+  runs = results[table].get(method)
+  if not runs:
+    return None
+  acc = 100 * np.array([r["accuracy"] for r in runs])
+  return float(acc.mean()), float(acc.std())
 
+
+def summarise(results: dict, tables, methods) -> tuple[str, dict]:
+  """The markdown table and the summary numbers (means over the tables, wins / ties /
+  losses, the best single method). A method run on only some tables shows "—" elsewhere
+  and has no mean."""
   header = "| table | rows × features, classes | " + " | ".join(METHODS[m] for m in methods) + " |"
   lines = [header, "|---|---|" + "---|" * len(methods)]
-  per_method_means = {m: [] for m in methods}
+  complete = [m for m in methods if all(_accuracy(results, t, m) for t in tables)]
   record = {"win": [], "tie": [], "loss": []}
   for table in tables:
     info = results[table]["info"]
-    cells, table_stats = [], {}
+    cells = []
     for m in methods:
-      mean, std, secs = stats(results[table][m])
-      table_stats[m] = (mean, std)
-      per_method_means[m].append(mean)
-      cells.append(f"{mean:.1f} ± {std:.1f} ({secs:.1f} s)")
-    baselines = [m for m in methods if m in BASELINES]
-    if "flowgmm" in methods and baselines:
-      best = max(baselines, key=lambda m: table_stats[m][0])
-      (fm, fs), (bm, bs) = table_stats["flowgmm"], table_stats[best]
-      if abs(fm - bm) <= max(fs, bs):
-        outcome = "tie"
-      else:
-        outcome = "win" if fm > bm else "loss"
+      stats = _accuracy(results, table, m)
+      secs = np.mean([r["seconds"] for r in results[table].get(m, [])] or [0.0])
+      cells.append(f"{stats[0]:.1f} ± {stats[1]:.1f} ({secs:.1f} s)" if stats else "—")
+    baselines = [m for m in methods if m in BASELINES and _accuracy(results, table, m)]
+    if "flowgmm" in complete and baselines:
+      best = max(baselines, key=lambda m: _accuracy(results, table, m)[0])
+      (fm, fs), (bm, bs) = _accuracy(results, table, "flowgmm"), _accuracy(results, table, best)
+      outcome = "tie" if abs(fm - bm) <= max(fs, bs) else ("win" if fm > bm else "loss")
       record[outcome].append(table)
-      bold = methods.index("flowgmm")
       if outcome != "loss":
-        cells[bold] = f"**{cells[bold]}**"
-    lines.append(f"| {TABLES[table][2]} | {info['rows']} × {info['features']}, "
+        cells[methods.index("flowgmm")] = f"**{cells[methods.index('flowgmm')]}**"
+    lines.append(f"| {ALL_TABLES[table][2]} | {info['rows']} × {info['features']}, "
                  f"{info['classes']} | " + " | ".join(cells) + " |")
+  means = {m: float(np.mean([_accuracy(results, t, m)[0] for t in tables])) for m in complete}
   lines.append("| **mean over tables** | | " + " | ".join(
-      f"**{np.mean(per_method_means[m]):.1f}**" for m in methods) + " |")
-  summary = {"mean_accuracy": {m: float(np.mean(v)) for m, v in per_method_means.items()},
-             "flowgmm_vs_best_baseline": record}
+      f"**{means[m]:.1f}**" if m in means else "—" for m in methods) + " |")
+  summary = {"mean_accuracy": means, "flowgmm_vs_best_baseline": record,
+             "best_single_method": best_single(results, tables)[1]}
   text = "\n".join(lines)
-  if "flowgmm" in methods and any(m in BASELINES for m in methods):
+  if "flowgmm" in complete and any(m in BASELINES for m in methods):
     text += (f"\n\nFlowGMM against the best baseline of each table (tie: within one std): "
              f"{len(record['win'])} wins, {len(record['tie'])} ties, {len(record['loss'])} "
              f"losses" + (f" ({', '.join(record['loss'])})" if record["loss"] else "") + ".")
   return text, summary
 
 
+def best_single(results: dict, tables, margin: float = 4.0) -> tuple[str, dict]:
+  """Each table's best baseline (of those run on it), the best single baseline (of those run
+  on every table: the one with the highest mean), and FlowGMM against both: the markdown and
+  the numbers. The supervised ceiling never competes. Without FlowGMM runs on every table its
+  column says so and the comparisons wait for them; when some baselines ran on only part of
+  the tables, one more line compares on that part.
+  """
+  def ran(m, t):
+    return _accuracy(results, t, m) is not None
+
+  candidates = [m for m in BASELINES if all(ran(m, t) for t in tables)]
+  if not candidates:
+    return "", {}
+  has_flowgmm = all(ran("flowgmm", t) for t in tables)
+
+  def compare(subset, methods):
+    means = {m: float(np.mean([_accuracy(results, t, m)[0] for t in subset])) for m in methods}
+    single = max(methods, key=means.get)
+    text = f"**{METHODS[single]}, {means[single]:.1f}**."
+    numbers = {"method": single, "mean_accuracy": means[single]}
+    if has_flowgmm:
+      fmean = float(np.mean([_accuracy(results, t, "flowgmm")[0] for t in subset]))
+      numbers.update(flowgmm_mean=fmean, flowgmm_minus_best_single=fmean - means[single])
+      text += f" FlowGMM {fmean:.1f} ({fmean - means[single]:+.1f})."
+    return text, numbers
+
+  lines = ["| table | best method on the table | its accuracy | FlowGMM | FlowGMM − best |",
+           "|---|---|---|---|---|"]
+  per_table, below = {}, []
+  for t in tables:
+    best = max((m for m in BASELINES if ran(m, t)), key=lambda m: _accuracy(results, t, m)[0])
+    bm = _accuracy(results, t, best)[0]
+    per_table[t] = {"method": best, "accuracy": bm}
+    flow = gap = "not run yet"
+    if has_flowgmm:
+      fm = _accuracy(results, t, "flowgmm")[0]
+      per_table[t]["flowgmm"] = fm
+      flow, gap = f"{fm:.1f}", f"{fm - bm:+.1f}"
+      if fm < bm - margin:
+        below.append(t)
+    lines.append(f"| {ALL_TABLES[t][2]} | {METHODS[best]} | {bm:.1f} | {flow} | {gap} |")
+  text, summary = compare(tables, candidates)
+  text = (f"Best single method over these {len(tables)} tables (highest mean of one fixed "
+          f"method): {text}")
+  summary["per_table"] = per_table
+  if has_flowgmm:
+    summary.update(tables_more_than_margin_below_their_best=below, margin=margin)
+    text += (f" Tables more than {margin:g} points below their best method: {len(below)}"
+             + (f" ({', '.join(below)})" if below else "") + ".")
+  else:
+    text += (" FlowGMM has not been run on these tables yet; `--methods=flowgmm --merge` "
+             "with this file's panel adds its column and these comparisons.")
+  every = [t for t in tables if all(ran(m, t) for m in BASELINES)]
+  if every and len(every) < len(tables):
+    part, summary["on_tables_with_every_baseline"] = compare(every, list(BASELINES))
+    summary["on_tables_with_every_baseline"]["tables"] = every
+    missing = [t for t in tables if t not in every]
+    text += (f" On the {len(every)} tables every baseline has run on (not yet on "
+             f"{', '.join(missing)}): {part}")
+  return text + "\n\n" + "\n".join(lines), summary
+
+
 def markdown(report: dict) -> str:
-  """The table of a results file written by ``main`` (``benchmarks.report`` renders it)."""
+  """The tables of a results file written by ``main`` (``benchmarks.report`` renders it):
+  accuracy of every method, then each table's best method and the best single method."""
   results = report["results"]
-  tables = [t for t in TABLES if t in results]
+  tables = [t for t in ALL_TABLES if t in results]
   methods = [m for m in METHODS if any(m in results[t] for t in tables)]
   text, _ = summarise(results, tables, methods)
+  best_text = best_single(results, tables)[0] if len(tables) > 1 else ""
   seeds = ",".join(map(str, report["seeds"]))
   return (f"{report['split'].capitalize()} accuracy (%), mean ± std (population std) over seeds "
           f"{seeds}, {report['labels_per_class']} labels per class; mean fit seconds in "
-          f"brackets.\n\n{text}")
+          f"brackets.\n\n{text}" + (f"\n\n{best_text}" if best_text else ""))
 
 
 def summarise_ece(results: dict, tables, methods) -> str:
@@ -273,7 +398,10 @@ def summarise_ece(results: dict, tables, methods) -> str:
   for table in tables:
     cells = []
     for m in methods:
-      runs = results[table][m]
+      runs = results[table].get(m)
+      if not runs:  # a method merged in on other tables only
+        cells.append("—")
+        continue
       mean, std = mean_std(runs, "ece")
       means[m].append(mean)
       cell = f"{mean:.3f} ± {std:.3f}"
@@ -282,10 +410,10 @@ def summarise_ece(results: dict, tables, methods) -> str:
         calibrated.append(after)
         cell += f" → {after:.3f} ± {after_std:.3f}"
       cells.append(cell)
-    lines.append(f"| {TABLES[table][2]} | " + " | ".join(cells) + " |")
+    lines.append(f"| {ALL_TABLES[table][2]} | " + " | ".join(cells) + " |")
   row = []
   for m in methods:
-    cell = f"**{np.mean(means[m]):.3f}**"
+    cell = f"**{np.mean(means[m]):.3f}**" if len(means[m]) == len(tables) else "—"
     if m == "flowgmm" and len(calibrated) == len(tables):
       cell += f" → **{np.mean(calibrated):.3f}**"
     row.append(cell)
@@ -295,8 +423,15 @@ def summarise_ece(results: dict, tables, methods) -> str:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--tables", default=",".join(TABLES))
+  parser.add_argument("--panel", default="suite", choices=list(PANELS),
+                      help="suite: the 15 tables; mixed: the 10 spreadsheets of mixed columns")
+  parser.add_argument("--tables", default=None, help="comma-separated (default: the panel's)")
   parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--baselines-only", action="store_true",
+                      help="every method but FlowGMM (no FlowGMM fit)")
+  parser.add_argument("--merge", action="store_true",
+                      help="add this run's methods to the output file's other methods "
+                           "(same split, seeds and labels), each keeping its provenance")
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--labels-per-class", type=int, default=LABELS_PER_CLASS)
   parser.add_argument("--validation", action="store_true",
@@ -308,12 +443,14 @@ def main(argv=None) -> dict:
                       help="JSON dict of FlowGMMClassifier overrides (for tuning)")
   parser.add_argument("--output", default=None,
                       help="JSON file for the per-seed numbers (default: benchmarks/results/"
-                           "ssl_suite[_validation][_lpcN].json)")
+                           "ssl_suite[_mixed][_validation][_lpcN].json)")
   args = parser.parse_args(argv)
-  tables = [t for t in args.tables.split(",") if t]
+  tables = [t for t in (args.tables or ",".join(PANELS[args.panel])).split(",") if t]
   methods = [m for m in args.methods.split(",") if m]
+  if args.baselines_only:
+    methods = [m for m in methods if m != "flowgmm"]
   seeds = [int(s) for s in args.seeds.split(",") if s]
-  for kind, allowed, given in (("table", TABLES, tables), ("method", METHODS, methods)):
+  for kind, allowed, given in (("table", ALL_TABLES, tables), ("method", METHODS, methods)):
     unknown = [g for g in given if g not in allowed]
     if unknown:
       parser.error(f"unknown {kind}(s) {unknown}; choose from {', '.join(allowed)}.")
@@ -322,6 +459,27 @@ def main(argv=None) -> dict:
   if args.calibration_folds == 1 or args.calibration_folds < 0:
     parser.error("--calibration-folds must be 0 (off) or >= 2.")
   flowgmm_params = json.loads(args.flowgmm_params)
+  split_name = "validation" if args.validation else "test"
+  output = args.output
+  if output is None:
+    suffix = ("_mixed" if args.panel == "mixed" else "") + (
+        "_validation" if args.validation else "") + (
+        f"_lpc{args.labels_per_class}" if args.labels_per_class != LABELS_PER_CLASS else "")
+    output = REPO / "benchmarks" / "results" / f"ssl_suite{suffix}.json"
+  output = Path(output)
+  from benchmarks.provenance import provenance
+  run_provenance = provenance(argv)
+  previous = {}
+  if args.merge and output.is_file():
+    previous = json.loads(output.read_text())
+    same = (previous.get("split"), previous.get("seeds"), previous.get("labels_per_class"))
+    if same != (split_name, seeds, args.labels_per_class):
+      parser.error(f"--merge: {output} holds split, seeds, labels per class {same}; this run "
+                   f"has {(split_name, seeds, args.labels_per_class)}. Match them or drop "
+                   "--merge.")
+    if "flowgmm" in methods and previous.get("flowgmm_params", {}) != flowgmm_params:
+      parser.error(f"--merge: {output} was made with --flowgmm-params "
+                   f"{previous.get('flowgmm_params')}; pass the same or drop --merge.")
 
   results = {}
   for table in tables:
@@ -341,32 +499,39 @@ def main(argv=None) -> dict:
                       f", ECE {run['ece']:.3f}")
         print(f"{table} {m} seed {seed}: {100 * run['accuracy']:.1f}%{calibrated} "
               f"({run['seconds']:.1f} s)", file=sys.stderr, flush=True)
+    # After every table, so a long run that stops keeps the tables it finished.
+    report = write_results(output, previous, results, methods, run_provenance,
+                           dict(split=split_name, labels_per_class=args.labels_per_class,
+                                seeds=seeds, calibration_folds=args.calibration_folds,
+                                flowgmm_params=flowgmm_params))
 
-  text, summary = summarise(results, tables, methods)
-  ece_text = summarise_ece(results, tables, methods)
-  split_name = "validation" if args.validation else "test"
-  print(f"{split_name} accuracy (%), mean ± std over seeds {','.join(map(str, seeds))}, "
-        f"{args.labels_per_class} labels per class; mean fit seconds in brackets\n")
-  print(text)
+  print(markdown(report))
   print(f"\n{split_name} ECE (15 bins)" + (
       f", FlowGMM before -> after a temperature cross-fitted over {args.calibration_folds} "
       "folds of the labelled rows" if args.calibration_folds else "") + "\n")
-  print(ece_text)
+  print(report["markdown_ece"])
+  return report
+
+
+def write_results(output: Path, previous: dict, results: dict, methods, run_provenance: dict,
+                  settings: dict) -> dict:
+  """Writes ``results`` (this run's methods) over ``previous`` (a file read for --merge, or
+  {}) to ``output``; each method keeps the provenance of the run that made it."""
   import jax
-  from benchmarks.provenance import provenance
-  report = {"provenance": provenance(argv), "split": split_name,
-            "labels_per_class": args.labels_per_class, "seeds": seeds,
-            "flowgmm_params": flowgmm_params, "calibration_folds": args.calibration_folds,
-            "summary": summary, "results": results,
+  merged = {t: dict(v) for t, v in previous.get("results", {}).items()}
+  for table, runs in results.items():
+    merged.setdefault(table, {}).update(runs)
+  by_method = dict(previous.get("provenance_by_method") or {})
+  if previous and not by_method:  # a file from before per-method provenance
+    by_method = {m: previous["provenance"] for t in merged.values() for m in t if m != "info"}
+  by_method.update({m: run_provenance for m in methods})
+  tables = [t for t in ALL_TABLES if t in merged]
+  present = [m for m in METHODS if any(m in merged[t] for t in tables)]
+  report = {**settings, "provenance": run_provenance, "provenance_by_method": by_method,
+            "summary": summarise(merged, tables, present)[1], "results": merged,
+            "markdown_ece": summarise_ece(merged, tables, present),
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                        "jax_backend": jax.default_backend(), "jax_version": jax.__version__},
-            "markdown": text, "markdown_ece": ece_text}
-  output = args.output
-  if output is None:
-    suffix = ("_validation" if args.validation else "") + (
-        f"_lpc{args.labels_per_class}" if args.labels_per_class != LABELS_PER_CLASS else "")
-    output = REPO / "benchmarks" / "results" / f"ssl_suite{suffix}.json"
-  output = Path(output)
+                        "jax_backend": jax.default_backend(), "jax_version": jax.__version__}}
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
   return report

@@ -61,24 +61,6 @@ def test_bench_steps_toy_runs_without_torch(tmp_path):
   assert row["hlo_dots"] > 0 and row["hlo_convolutions"] == 0  # a tabular flow: dense only
 
 
-@pytest.mark.slow
-def test_bench_kernels_reports_every_kernel(tmp_path):
-  """The kernel benchmark at a tiny scale: every row timed, FLOP rates where FLOPs are
-  counted, bandwidths where bytes are; the 1x1 convolution both ways (the rates themselves
-  are the benchmark's job, not a test's)."""
-  from benchmarks import bench_kernels
-  out = tmp_path / "kernels.json"
-  rows = bench_kernels.main(["--scale=0.01", "--repeats=1", f"--json={out}"])
-  groups = {r["group"] for r in rows}
-  assert groups == {"stream", "dispatch", "matmul", "text dots", "conv3x3", "conv1x1"}
-  assert all(r["seconds"] > 0 for r in rows)
-  assert all(r["gflops_per_s"] > 0 for r in rows if r["group"] in ("matmul", "conv3x3"))
-  assert all(r["gb_per_s"] > 0 for r in rows if r["group"] == "stream")
-  names = [r["kernel"] for r in rows if r["group"] == "conv1x1"]
-  assert any("lax conv" in n for n in names) and any("matrix product" in n for n in names)
-  assert json.loads(out.read_text())["rows"] == rows
-
-
 def _original():
   pytest.importorskip("torch")
   if not ORIGINAL or not os.path.isdir(os.path.join(ORIGINAL, "flow_ssl")):
@@ -126,20 +108,6 @@ def test_crop_flip_is_a_padded_crop_and_a_mirror():
   for b in range(2):
     windows = [padded[b, :, i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
     assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(-1)) for w in windows)
-
-
-def test_bench_kernels_filter_gradient_rewrites_equal_jax_vjp():
-  """The two filter-gradient rewrites the kernel benchmark times compute the real thing."""
-  import jax
-  import jax.numpy as jnp
-  from benchmarks import bench_kernels as bk
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
-  dy = jnp.asarray(rng.normal(size=(2, 6, 5, 4)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
-  expected = jax.vjp(bk._conv, x, w)[1](dy)[1]
-  np.testing.assert_allclose(bk._filter_grad_taps(x, dy), expected, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(bk._filter_grad_batch_conv(x, dy), expected, rtol=1e-5, atol=1e-5)
 
 
 def _mnist_model_pair(orig, seed: int):
@@ -384,94 +352,45 @@ def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
   assert row["failed"] == "stopped after 0.01 s (--timeout)"
 
 
-def _fake_run(root: pathlib.Path, seed: int, accuracies, steps: int = 2000,
-              validation_examples: int = 0):
-  """A finished run directory as experiments.main leaves it: config.json first,
-  metrics.jsonl, results.json last."""
-  root.mkdir()
-  (root / "config.json").write_text(json.dumps(
-      {"seed": seed, "num_train_steps": steps,
-       "data": {"validation_examples": validation_examples}}))
-  rows = [{"step": 50, "train/loss": 1.0}]
-  for i, acc in enumerate(accuracies):
-    rows.append({"step": 1000 * (i + 1), "eval/accuracy": acc, "eval/bpd": 3.0 - i,
-                 "eval/ece": 0.1, "eval/nll": 5.0, "eval/num_examples": 10000.0})
-  (root / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-  (root / "results.json").write_text("{}")
-  start = os.stat(root / "config.json").st_mtime
-  os.utime(root / "results.json", (start + 600.0, start + 600.0))
-
-
-def test_mnist_seeds_collects_finished_runs_and_refuses_unfinished_ones(tmp_path):
-  from benchmarks import mnist_seeds
-  _fake_run(tmp_path / "s0", 0, [0.5, 0.9])
-  _fake_run(tmp_path / "s1", 1, [0.6, 0.8])
-  runs = [mnist_seeds.collect_run(str(tmp_path / s)) for s in ("s0", "s1")]
-  assert [r["seed"] for r in runs] == [0, 1]
-  assert runs[0]["wall_s"] == pytest.approx(600.0, abs=0.2)
-  assert [e["step"] for e in runs[0]["evals"]] == [1000, 2000]
-  table = mnist_seeds.markdown({"runs": runs})
-  assert "**85.0 ± 5.0%**" in table and "| 10.0 ± 0.0 |" in table  # final accuracies 90, 80
-  _fake_run(tmp_path / "short", 2, [0.5], steps=2000)  # its last evaluation is step 1000
-  with pytest.raises(SystemExit, match="did not finish"):
-    mnist_seeds.collect_run(str(tmp_path / "short"))
-  (tmp_path / "empty").mkdir()
-  with pytest.raises(SystemExit, match="lacks config.json"):
-    mnist_seeds.collect_run(str(tmp_path / "empty"))
-  # A run with a validation split: its curve is validation accuracy and its final test
-  # numbers come from --mode=eval of its last checkpoint, which it must have.
-  _fake_run(tmp_path / "v0", 0, [0.5, 0.9], validation_examples=5000)
-  with pytest.raises(SystemExit, match="--mode=eval"):
-    mnist_seeds.collect_run(str(tmp_path / "v0"))
-  for name, acc in (("v0", 0.93), ("v1", 0.97)):
-    if name == "v1":
-      _fake_run(tmp_path / name, 1, [0.6, 0.95], validation_examples=5000)
-    (tmp_path / name / "eval").mkdir()
-    (tmp_path / name / "eval" / "metrics.json").write_text(json.dumps(
-        {"step": 2000, "source": "mnist test split", "num_examples": 10000,
-         "accuracy": acc, "bpd": 2.5, "ece": 0.03, "nll": 1400.0}))
-  runs = [mnist_seeds.collect_run(str(tmp_path / s)) for s in ("v0", "v1")]
-  assert mnist_seeds.final_test(runs[1])["eval/accuracy"] == 0.97
-  table = mnist_seeds.markdown({"runs": runs})
-  assert "validation accuracy (5,000 training images)" in table
-  assert "| 92.5 ± 2.5% | **95.0 ± 2.0%** |" in table  # validation 90, 95; test 93, 97
-
-
-def test_capacity_selects_the_lowest_heldout_nll_and_scores_what_it_selected():
-  from benchmarks import capacity
-  history = [{"step": 25, "early_stopping/heldout_nll": 3.0}, {"step": 25, "train/loss": 1.0},
-             {"step": 50, "early_stopping/heldout_nll": 2.5},
-             {"step": 75, "early_stopping/heldout_nll": 2.75}]
-  assert capacity.best_heldout_nll(history) == 2.5
-  assert capacity.best_heldout_nll([{"step": 1}]) == float("inf")
-  sizes = ["tiny", "default"]
-  runs = [{"seed": 0, "tiny": {"accuracy": 0.9, "nll": 5.0},
-           "default": {"accuracy": 0.6, "nll": 4.0}},
-          {"seed": 1, "tiny": {"accuracy": 0.8, "nll": 1.0},
-           "default": {"accuracy": 0.7, "nll": 1.0}}]   # a tie goes to the first size
-  assert [capacity.select_by_heldout_nll(r, sizes) for r in runs] == ["default", "tiny"]
-  table = capacity.summarise({"t": runs}, sizes)
-  # tiny 85.0 ± 5.0, default 65.0 ± 5.0, select = (0.6 + 0.8) / 2 = 70.0 ± 10.0
-  assert "| t | 85.0 ± 5.0 | 65.0 ± 5.0 | 70.0 ± 10.0 | tiny 1/2, default 1/2 |" in table
-  assert "| **mean** | **85.00** | **65.00** | **70.00** | |" in table
-
-
-def test_capacity_fits_every_size_on_the_validation_split(tmp_path):
-  from benchmarks import capacity
-  out = tmp_path / "capacity.json"
-  sizes = {"a": {"num_coupling_layers": 1, "hidden_dim": 8, "num_train_steps": 60,
-                 "min_steps": 0, "check_every_steps": 20},
-           "b": {"num_coupling_layers": 2, "hidden_dim": 8, "num_train_steps": 60,
-                 "min_steps": 0, "check_every_steps": 20}}
-  report = capacity.main(["--tables=wine", "--seeds=0", f"--sizes={json.dumps(sizes)}",
-                          f"--output={out}"])
-  run = json.loads(out.read_text())["results"]["wine"][0]
-  assert run == report["results"]["wine"][0]
-  for name in sizes:
-    assert 0.5 < run[name]["accuracy"] <= 1.0   # 3 classes: chance is a third
-    assert np.isfinite(run[name]["nll"]) and run[name]["steps"] <= 60
-  merged = capacity.main(["--summarise", str(out)])
-  assert merged["results"]["wine"] == [run]
-  for bad in ("{not json", "[1, 2]"):
-    with pytest.raises(SystemExit):
-      capacity.main(["--tables=wine", f"--sizes={bad}"])
+def test_ssl_suite_new_baselines_run_merge_and_name_the_best_single_method(tmp_path,
+                                                                          monkeypatch):
+  """The reviewer's baselines on the smallest mixed-column table, one seed, no FlowGMM: each
+  is scored on the protocol's rows (1-NN recomputed here by hand), a --merge run adds a
+  method beside them, and the best single method is the highest mean; FlowGMM's runs,
+  once merged in, are set against each table's best."""
+  from benchmarks import ssl_suite
+  try:
+    x, y = ssl_suite.load_table("salaries")
+  except FileNotFoundError as e:
+    missing_shared_data(str(e))
+  monkeypatch.setattr(ssl_suite, "FOREST_TREES", 30)  # the plumbing, not the forest (CI time)
+  out = tmp_path / "suite.json"
+  new = ["random_forest", "svm_rbf", "nearest_neighbour", "selftraining_rf", "selftraining_hgb"]
+  common = ["--panel=mixed", "--tables=salaries", "--seeds=0", f"--output={out}"]
+  ssl_suite.main([*common, "--baselines-only", f"--methods=flowgmm,{','.join(new)}"])
+  report = ssl_suite.main([*common, "--merge", "--methods=logreg"])
+  runs = report["results"]["salaries"]
+  assert set(runs) == {"info", "logreg", *new}
+  assert set(report["provenance_by_method"]) == {"logreg", *new}
+  for m in new:
+    (run,) = runs[m]
+    assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["ece"] <= 1.0 and run["seed"] == 0
+  # 1-NN by hand: the labelled rows, standardised with the train rows' scaler.
+  x_train, y_semi, _, x_eval, y_eval = ssl_suite.make_split(x, y, 0, 10, validation=False)
+  mu, sd = x_train.mean(0), x_train.std(0)
+  sd[sd == 0] = 1.0
+  lab = y_semi != -1
+  d = (((x_eval - mu) / sd)[:, None, :] - ((x_train[lab] - mu) / sd)[None]) ** 2
+  assert runs["nearest_neighbour"][0]["accuracy"] == np.mean(
+      y_semi[lab][d.sum(-1).argmin(1)] == y_eval)
+  best = max(["logreg", *new], key=lambda m: runs[m][0]["accuracy"])
+  text, summary = ssl_suite.best_single(report["results"], ["salaries"])
+  assert summary["method"] == best and "not been run" in text
+  assert summary["mean_accuracy"] == 100 * runs[best][0]["accuracy"]
+  # FlowGMM 5 points below the best: a loss beyond the 4-point margin.
+  runs["flowgmm"] = [{"accuracy": runs[best][0]["accuracy"] - 0.05, "seed": 0}]
+  _, summary = ssl_suite.best_single(report["results"], ["salaries"])
+  assert summary["flowgmm_minus_best_single"] == pytest.approx(-5.0)
+  assert summary["tables_more_than_margin_below_their_best"] == ["salaries"]
+  with pytest.raises(SystemExit):  # another seed cannot be merged into this file
+    ssl_suite.main([*common[:2], "--seeds=1", f"--output={out}", "--merge", "--methods=logreg"])
