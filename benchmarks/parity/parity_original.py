@@ -1,14 +1,14 @@
 """A side-by-side training run on MNIST: the original PyTorch FlowGMM and ours, same small
 model, same recipe, same data, curves and raw numbers.
 
-    python -m benchmarks.parity_original --original=PATH [--steps N] [--seeds 0,1,2] \\
+    python -m benchmarks.parity.parity_original --original=PATH [--steps N] [--seeds 0,1,2] \\
         [--labels 1000] [--side=both|ours|original] \\
         [--recipes=original,original_zero_init,cpu,cpu_zero_init]
-    python -m benchmarks.parity_original --original=PATH --init-seeds=60 --init-leaves=16 \
+    python -m benchmarks.parity.parity_original --original=PATH --init-seeds=60 --init-leaves=16 \
         --recipes=                                    # the two sides' initial distributions
-    python -m benchmarks.parity_original --original=PATH --recipes=cpu_schedule \
+    python -m benchmarks.parity.parity_original --original=PATH --recipes=cpu_schedule \
         --steps=6000 --eval-every=500 --seeds=0   # the shipped :cpu recipe, its whole budget
-    python -m benchmarks.parity_original --plot-only     # figure + table from the JSON
+    python -m benchmarks.parity.parity_original --plot-only     # figure + table from the JSON
 
 PATH is the root of a clone of github.com/izmailovpavel/flowgmm (the original side needs
 PyTorch, the 'bench' extra; ``--side=ours`` needs neither). Each finished run is merged into
@@ -57,7 +57,7 @@ first 200 of each class in file order, ``stratified_prefix``).
 
 Our side runs the library's one training loop (``flowgmm_jax.training.loop.fit`` with a
 ``log_fn``), logging every step. The original side is a loop around the original's own
-modules (``benchmarks/original_step.py``: ``build_image_flowgmm``, ``image_train_step``,
+modules (``benchmarks/parity/original_step.py``: ``build_image_flowgmm``, ``image_train_step``,
 ``evaluate_image``), as train_semisup_cons.py runs them: its batch sampler (one epoch = one
 pass over the labelled images in batches of 32, the last partial batch dropped; the
 unlabelled images drawn from fresh permutations), TransformTwice(RandomCrop(28, padding=4)
@@ -105,7 +105,7 @@ import numpy as np
 
 from benchmarks.provenance import cpu_model, usable_cores
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
 RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_zero_init",
@@ -209,7 +209,7 @@ def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
-  from benchmarks import original_step as os_
+  from benchmarks.parity import original_step as os_
   from flowgmm_jax.flowgmm import FlowGMM
   from flowgmm_jax.models.multiscale import multiscale_latent_shapes
   from flowgmm_jax.models.realnvp import realnvp_plan
@@ -327,7 +327,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
                  num_test: int, data) -> dict:
   """One run of the original side: its modules in a loop shaped like its script."""
   import torch
-  from benchmarks import original_step as os_
+  from benchmarks.parity import original_step as os_
   torch.set_num_threads(1)
   ds, x_test, y_test = data
   labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
@@ -403,7 +403,7 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
   import jax.numpy as jnp
   import scipy.stats
   import torch
-  from benchmarks import original_step as os_
+  from benchmarks.parity import original_step as os_
   from flowgmm_jax.flowgmm import FlowGMM
   torch.set_num_threads(1)
   ds = data[0]
@@ -877,7 +877,7 @@ def main(argv=None) -> dict:
     if not args.original:
       p.error("the original side needs --original=PATH (a clone of "
               "github.com/izmailovpavel/flowgmm), or run --side=ours")
-    from benchmarks import original_step
+    from benchmarks.parity import original_step
     orig = original_step.load_original(args.original)
   counts = parameter_counts(orig)
   print("[parity] parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
@@ -885,7 +885,7 @@ def main(argv=None) -> dict:
   if len(set(counts.values())) > 1:
     raise SystemExit(f"the two models differ: {counts} parameters")
   data = load_data(args.test_examples)
-  header = {"command": "python -m benchmarks.parity_original " + " ".join(
+  header = {"command": "python -m benchmarks.parity.parity_original " + " ".join(
       a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--original")),
             "labels": args.labels, "test_examples": args.test_examples,
             "eval_every": args.eval_every}
