@@ -56,14 +56,6 @@ from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
-# The speed targets (benchmarks/README.md, on a 2-core CPU, side by side in one run): seconds per step
-# (ours), speed-ups over the original (its step time / ours) as shipped and with its prior
-# built once, and the first CIFAR step (compile + one step) and its fused-kernel count.
-TARGET_S = {"toy": 2e-3}
-TARGET_SPEEDUP_VS_SHIPPED = {"toy": 5.0, "text": 2.0}
-TARGET_SPEEDUP_VS_ONCE = {"cifar": 1.0}
-TARGET_FIRST_CIFAR_S = 40.0
-TARGET_CIFAR_FUSIONS = 5000
 WORKLOADS = ("toy", "text", "cifar")
 
 
@@ -186,11 +178,6 @@ def time_step(name: str, repeats: int, spec=None) -> dict:
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
          "params": num_params, "flops": flops,
          "flops_counted_on": "the jaxpr (benchmarks/jaxpr_stats.py), all devices"}
-  if name == "cifar":
-    row["first_step_target_s"] = TARGET_FIRST_CIFAR_S
-    row["first_step_meets_target"] = first_s <= TARGET_FIRST_CIFAR_S
-    row["hlo_fusions_target"] = TARGET_CIFAR_FUSIONS
-    row["hlo_fusions_meet_target"] = num_fusions <= TARGET_CIFAR_FUSIONS
   if repeats == 0:  # compile and the first step only
     return row
   times = []
@@ -207,24 +194,17 @@ def time_step(name: str, repeats: int, spec=None) -> dict:
   pipelined = (time.perf_counter() - t0) / repeats
   med = statistics.median(times)
   row.update({"median_s": med, "min_s": min(times), "max_s": max(times),
-              "pipelined_s": pipelined, "gflops_per_s": flops / med / 1e9,
-              "target_s": TARGET_S.get(name),
-              "meets_target": med <= TARGET_S.get(name, math.inf)})
+              "pipelined_s": pipelined, "gflops_per_s": flops / med / 1e9})
   return row
 
 
 def add_ratios(row: dict) -> dict:
-  """``row`` (ours and the original's times) with the ratios: ``ratio_vs_{shipped,once}``
-  = ours / original (below 1: ours is faster) and ``speedup_vs_{shipped,once}`` = original /
-  ours, with the speed-up targets where one is set (``TARGET_SPEEDUP_VS_*``)."""
-  name = row["workload"]
-  for prior, targets in (("shipped", TARGET_SPEEDUP_VS_SHIPPED), ("once", TARGET_SPEEDUP_VS_ONCE)):
+  """``row`` (ours and the original's times) with ``ratio_vs_{shipped,once}`` = ours /
+  original (below 1: ours is faster) and ``speedup_vs_{shipped,once}`` = original / ours."""
+  for prior in ("shipped", "once"):
     original = row[f"original_{prior}_median_s"]
     row[f"ratio_vs_{prior}"] = row["median_s"] / original
     row[f"speedup_vs_{prior}"] = original / row["median_s"]
-    if name in targets:
-      row[f"speedup_vs_{prior}_target"] = targets[name]
-      row[f"speedup_vs_{prior}_meets_target"] = row[f"speedup_vs_{prior}"] >= targets[name]
   return row
 
 
@@ -376,42 +356,20 @@ def main():
         json.dump(results, f, indent=2)
 
   header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-  line = (f"{header['date']}, jax {header['jax']}"
-          + (f", torch {header['torch']}" if orig is not None else "")
-          + f", {header['cpu']}, {cores} cores: XLA {cores} threads"
-          + (f", torch {header['torch_threads']} threads" if orig is not None else ""))
-  print(line)
-  if orig is not None:
-    print(f"original: {orig.path}" + (f" @ {orig.commit}" if orig.commit else "")
-          + f"; CIFAR autograd anomaly detection {args.original_anomaly}")
-  print(table(rows, args.peak_gflops, orig is not None))
-  print(f"load average (1 min): {header['load_average_1min_before']} before, "
-        f"{header['load_average_1min_after']} after")
+  results["rows"] = rows
+  print(f"{header['date']}, jax {header['jax']}, {header['cpu']}, {cores} cores"
+        + (f"; original {orig.path} @ {orig.commit}" if orig is not None else ""))
+  print(markdown(results))
   for r in rows:
-    if r["workload"] == "cifar":
-      print(f"cifar first step (compile + one step): {_g(r['first_step_s'])} s, target "
-            f"<= {TARGET_FIRST_CIFAR_S:g} s: {'met' if r['first_step_meets_target'] else 'NOT met'}"
-            f" (trace + lower {_g(r['trace_and_lower_s'])} s, XLA compile "
-            f"{_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels; CPU "
-            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
-    else:
-      print(f"{r['workload']} first step: trace + lower {_g(r['trace_and_lower_s'])} s, XLA "
-            f"compile {_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels (CPU "
-            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
-    print(f"{r['workload']} compiled step: {r['hlo_dots']} dots, {r['hlo_convolutions']} "
+    print(f"{r['workload']}: trace + lower {_g(r['trace_and_lower_s'])} s, XLA compile "
+          f"{_g(r['xla_compile_s'])} s (CPU {_g(r['trace_and_lower_cpu_s'])} + "
+          f"{_g(r['xla_compile_cpu_s'])} s); {r['hlo_dots']} dots, {r['hlo_convolutions']} "
           f"convolutions, {r['hlo_transposes']} transposes, {r['hlo_float_array_copies']} "
-          f"copies of float arrays")
-    if r["workload"] == "cifar" and "original_flops" in r:
-      # XLA skips the convolution taps on the zero padding; FlopCounterMode counts them.
-      print(f"cifar: {_g(r['flops'] / 1e9)} GFLOP/step counted, original "
-            f"{_g(r['original_flops'] / 1e9)} by FlopCounterMode, ratio "
-            f"{r['flops'] / r['original_flops']:.3f}")
+          "copies of float arrays")
     if "ours_original_layout_params" in r:
-      print(f"{r['workload']}: ours in the original's layout (full_width_conditioner=True): "
-            f"{r['ours_original_layout_params']:,} params (original "
-            f"{r['original_params']:,}), {_g(r['ours_original_layout_flops'] / 1e9)} GFLOP/step "
-            f"counted (original {_g(r['original_flops'] / 1e9)} by FlopCounterMode, ratio "
-            f"{r['ours_original_layout_flops'] / r['original_flops']:.3f})")
+      print(f"{r['workload']} in the original's layout (full_width_conditioner=True): "
+            f"{r['ours_original_layout_params']:,} params, "
+            f"{_g(r['ours_original_layout_flops'] / 1e9)} GFLOP/step")
   if args.json:
     results["rows"] = rows
     with open(args.json, "w") as f:
