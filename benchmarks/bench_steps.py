@@ -56,6 +56,8 @@ from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
+# The 2-core CPU's float32 peak, for the fraction-of-peak column.
+PEAK_GFLOPS = 550.0
 WORKLOADS = ("toy", "text", "cifar")
 
 
@@ -284,7 +286,7 @@ def markdown(results) -> str:
   by side, then the load and XLA flags of the run."""
   rows, header = results["rows"], results["header"]
   side_by_side = all("original_shipped_median_s" in r for r in rows)
-  text = table(rows, header.get("peak_gflops", 550.0), side_by_side)
+  text = table(rows, header.get("peak_gflops", PEAK_GFLOPS), side_by_side)
   load = [header.get(f"load_average_1min_{when}") for when in ("before", "after")]
   notes = ["flows scanned"]
   if None not in load:
@@ -306,11 +308,6 @@ def main():
   parser.add_argument("--original", default="",
                       help="root of a clone of github.com/izmailovpavel/flowgmm: also time "
                            "the original PyTorch step (needs the 'bench' extra)")
-  parser.add_argument("--original-anomaly", choices=("on", "off"), default="on",
-                      help="CIFAR original: autograd anomaly detection, on as in "
-                           "train_semisup_cons.py")
-  parser.add_argument("--peak-gflops", type=float, default=550.0,
-                      help="this CPU's float32 peak, for the fraction column")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
   args = parser.parse_args()
   names = [n for n in args.only.split(",") if n]
@@ -323,7 +320,7 @@ def main():
   header = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "cpu": cpu_model(), "cores": cores, "xla_threads": cores,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "peak_gflops": args.peak_gflops,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "peak_gflops": PEAK_GFLOPS,
             "load_average_1min_before": round(os.getloadavg()[0], 2)}
   results = {"provenance": provenance(), "header": header}
   if args.original:
@@ -333,7 +330,7 @@ def main():
     orig = original_step.load_original(args.original)
     header.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                   original=orig.path, original_commit=orig.commit,
-                  original_cifar_anomaly=args.original_anomaly)
+                  original_cifar_anomaly="on")
   rows = []
   for n in names:
     repeats = args.repeats
@@ -342,21 +339,19 @@ def main():
                  else args.cifar_repeats)
     row = time_step(n, repeats)
     if orig is not None and repeats > 0:
-      row.update(time_original(orig, n, repeats, anomaly=args.original_anomaly == "on"))
+      row.update(time_original(orig, n, repeats, anomaly=True))
       add_ratios(row)
       if n != "cifar":
         layout = original_layout_counts(n)
         row["ours_original_layout_params"] = layout["params"]
         row["ours_original_layout_flops"] = layout["flops"]
     rows.append(row)
+    results["rows"] = rows
+    header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     if args.json:  # after each workload, so that a stopped run keeps what it measured
-      results["rows"] = rows
-      header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
       with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
 
-  header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-  results["rows"] = rows
   print(f"{header['date']}, jax {header['jax']}, {header['cpu']}, {cores} cores"
         + (f"; original {orig.path} @ {orig.commit}" if orig is not None else ""))
   print(markdown(results))
@@ -370,10 +365,6 @@ def main():
       print(f"{r['workload']} in the original's layout (full_width_conditioner=True): "
             f"{r['ours_original_layout_params']:,} params, "
             f"{_g(r['ours_original_layout_flops'] / 1e9)} GFLOP/step")
-  if args.json:
-    results["rows"] = rows
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
