@@ -18,17 +18,11 @@ threads as XLA), twice: as shipped (its prior rebuilds every Gaussian on every c
 the prior built once (benchmarks/parity/original_step.py says what else differs from the scripts,
 and why). Its FLOPs are torch's FlopCounterMode over one step (matmuls and convolutions).
 
-Workloads (the original's scripts and the README commands; same work per step on both sides):
-  cifar: RealNVP (2 scales, 8 blocks, 64 channels) FlowGMM-cons on 32x32x3, batch 64
-         (32 labelled + 32 unlabelled), crop+flip, two forward passes and one backward;
-         cross-entropy x 3 + NLL + consistency NLL (train_semisup_cons.py).
-  text:  RealNVP-tabular, D=768, k=1024, 7 couplings, dropout 0.5, 200 labelled + 5000
-         unlabelled rows, labelled -log p(x, y) + 0.6 unlabelled -log p(x) (SemiFlow).
-  toy:   RealNVP-tabular, D=2, k=512, 5 couplings, 10 labelled + 10 unlabelled rows (the
-         original notebook: every labelled point plus as many unlabelled ones).
-Our tabular flows drop the conditioner weights that the original's masks make dead (see
-models/tabular.py), so for toy and text the parameter and FLOP counts of the original's
-layout (``full_width_conditioner=True``) are also printed, to check against the original's.
+Workloads (``workload``; benchmarks/README.md describes them): toy and text, the tabular
+flows of the two-moons notebook and the AG-News command; cifar, the paper's RealNVP
+FlowGMM-cons on 32x32x3. Same work per step on both sides. Our tabular flows drop the
+conditioner weights that the original's masks make dead (models/tabular.py), so for toy
+and text the counts of the original's layout (``full_width_conditioner=True``) are printed too.
 """
 
 from __future__ import annotations
