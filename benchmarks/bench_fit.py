@@ -287,6 +287,15 @@ def markdown(results: dict) -> str:
   return "\n".join([TABLE_HEADER, *(table_row(r) for r in results["rows"])])
 
 
+def _write_json(path, argv, **fields) -> None:
+  """``fields`` with the run's provenance (command, commit, date, machine) to ``path``
+  (nothing when ``path`` is empty)."""
+  if path:
+    from benchmarks.provenance import provenance
+    with open(path, "w") as f:
+      json.dump({"provenance": provenance(argv), **fields}, f, indent=1)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -315,14 +324,7 @@ def main(argv=None):
       parser.error("--repeats must be at least 1")
     import jax
     results = new_process_fits(args.repeats)
-    if args.json:
-      from benchmarks.provenance import provenance
-      with open(args.json, "w") as f:
-        json.dump({"provenance": provenance(argv),
-                   "machine": f"{platform.processor() or platform.machine()}, "
-                              f"{os.cpu_count()} cores, jax {jax.__version__}",
-                   "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "repeats": args.repeats, **results}, f, indent=1)
+    _write_json(args.json, argv, repeats=args.repeats, **results)
     return results
   if args.child:
     print(json.dumps(_child(args.child, args.rows, args.features, args.classes,
@@ -336,17 +338,9 @@ def main(argv=None):
       parser.error("--features and --classes must be at least 2")
     load_before = os.getloadavg()
     rows = large_table(args)
-    import jax
-    if args.json:
-      from benchmarks.provenance import provenance
-      with open(args.json, "w") as f:
-        json.dump({"provenance": provenance(argv),
-                   "machine": f"{platform.processor() or platform.machine()}, "
-                              f"{os.cpu_count()} cores, jax {jax.__version__}",
-                   "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                   "timeout_s": args.timeout, "baseline_memory_gb": args.baseline_memory_gb,
-                   "rows": rows}, f, indent=1)
+    _write_json(args.json, argv, load_average_before=load_before,
+                load_average_after=os.getloadavg(), timeout_s=args.timeout,
+                baseline_memory_gb=args.baseline_memory_gb, rows=rows)
     return rows
   unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
   if unknown:
@@ -380,12 +374,8 @@ def main(argv=None):
     print(f"| {name} | {len(x)} | {times[0]:.1f} | {times[1]:.2f} | "
           f"{row['second_over_first']:.0%} | {med:.2f} | {steps[-1]} | "
           f"{row['ms_per_step']:.2f} |", flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      command = " ".join(["python -m benchmarks.bench_fit",
-                          *(sys.argv[1:] if argv is None else argv)])
-      json.dump({"header": header, "load_average": load, "command": command,
-                 "repeats": args.repeats, "rows": rows}, f, indent=1)
+  _write_json(args.json, argv, header=header, load_average=load, repeats=args.repeats,
+              rows=rows)
   return rows
 
 

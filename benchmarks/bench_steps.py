@@ -3,32 +3,26 @@
     python -m benchmarks.bench_steps                                # ours only
     python -m benchmarks.bench_steps --original=/path/to/flowgmm    # + the original, ratios
     python -m benchmarks.bench_steps --only=toy,text --repeats=20 --json out.json
-    python -m benchmarks.bench_steps --only=cifar --layout=unrolled      # flows unrolled
 
 Ours: the library's real jitted, data-parallel train step
 (``flowgmm_jax.training.step.make_train_step``) on random data of the paper's shapes, compiled
 ahead of time (the first-step column is compile + one step); the time is the median over
-``--repeats`` steps, each ended by ``block_until_ready``. FLOPs are XLA's cost analysis of
-the compiled step.
+``--repeats`` steps, each ended by ``block_until_ready``. FLOPs are counted on the step's
+jaxpr (benchmarks/jaxpr_stats.py: a scan body times its length), per device under
+``shard_map``, times the number of devices.
 
 ``--original=PATH`` (a clone of github.com/izmailovpavel/flowgmm; needs PyTorch, the
 ``bench`` extra) adds the original's train step on the same batch in the same run, timed the
 same way (one warm-up step, then the median of the same number of steps, torch using as many
 threads as XLA), twice: as shipped (its prior rebuilds every Gaussian on every call) and with
-the prior built once (benchmarks/original_step.py says what else differs from the scripts,
+the prior built once (benchmarks/parity/original_step.py says what else differs from the scripts,
 and why). Its FLOPs are torch's FlopCounterMode over one step (matmuls and convolutions).
 
-Workloads (the original's scripts and the README commands; same work per step on both sides):
-  cifar: RealNVP (2 scales, 8 blocks, 64 channels) FlowGMM-cons on 32x32x3, batch 64
-         (32 labelled + 32 unlabelled), crop+flip, two forward passes and one backward;
-         cross-entropy x 3 + NLL + consistency NLL (train_semisup_cons.py).
-  text:  RealNVP-tabular, D=768, k=1024, 7 couplings, dropout 0.5, 200 labelled + 5000
-         unlabelled rows, labelled -log p(x, y) + 0.6 unlabelled -log p(x) (SemiFlow).
-  toy:   RealNVP-tabular, D=2, k=512, 5 couplings, 10 labelled + 10 unlabelled rows (the
-         original notebook: every labelled point plus as many unlabelled ones).
-Our tabular flows drop the conditioner weights that the original's masks make dead (see
-models/tabular.py), so for toy and text the parameter and FLOP counts of the original's
-layout (``full_width_conditioner=True``) are also printed, to check against the original's.
+Workloads (``workload``; benchmarks/README.md describes them): toy and text, the tabular
+flows of the two-moons notebook and the AG-News command; cifar, the paper's RealNVP
+FlowGMM-cons on 32x32x3. Same work per step on both sides. Our tabular flows drop the
+conditioner weights that the original's masks make dead (models/tabular.py), so for toy
+and text the counts of the original's layout (``full_width_conditioner=True``) are printed too.
 """
 
 from __future__ import annotations
@@ -45,24 +39,22 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.jaxpr_stats import count_flops
 from flowgmm_jax import losses
+from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.data import augment_images
 from flowgmm_jax.models import count_params
 from flowgmm_jax.training.config import base_config, model_config
 from flowgmm_jax.training import optim
 from flowgmm_jax.training import step as step_lib
-# The one place the model builder is imported from (it may move to flowgmm_jax.models).
 from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
-# The speed targets (benchmarks/README.md, on a 2-core CPU, side by side in one run): seconds per step
-# (ours), speed-ups over the original (its step time / ours) as shipped and with its prior
-# built once, and the first CIFAR step (compile + one step) and its fused-kernel count.
-TARGET_S = {"toy": 2e-3}
-TARGET_SPEEDUP_VS_SHIPPED = {"toy": 5.0, "text": 2.0}
-TARGET_SPEEDUP_VS_ONCE = {"cifar": 1.0}
-TARGET_FIRST_CIFAR_S = 40.0
-TARGET_CIFAR_FUSIONS = 5000
+# Speed-up targets over the original (its step time / ours), as shipped and with its prior
+# built once (benchmarks/README.md, "Speed targets").
+SPEEDUP_TARGETS = {"shipped": {"toy": 5.0, "text": 2.0}, "once": {"cifar": 1.0}}
+# The 2-core CPU's float32 peak, for the fraction-of-peak column.
+PEAK_GFLOPS = 550.0
 WORKLOADS = ("toy", "text", "cifar")
 
 
@@ -106,46 +98,29 @@ def _original_layout(model):
   return model.clone(flow=model.flow.clone(full_width_conditioner=True))
 
 
-def _flops(stage) -> float:
-  """XLA's FLOP count of a lowered or compiled step."""
-  cost = stage.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
-    cost = cost[0]
-  return float(cost.get("flops", 0.0))
+def step_flops(train_step, state, batch, rng) -> float:
+  """FLOPs of one call of the step on all devices: counted on its jaxpr, per device under
+  ``shard_map`` (scan bodies times their length), times the number of devices."""
+  return count_flops(jax.make_jaxpr(train_step)(state, batch, rng)) * jax.device_count()
 
 
-def step_flops(name: str, **options) -> float:
-  """FLOPs of our step, counted by XLA on the step with the flows unrolled, lowered, not
-  compiled. XLA's cost analysis counts the body of a loop once, not once per iteration, so
-  the scanned step's own count is too low; unrolling changes no arithmetic."""
-  train_step, state, batch, rng, _ = _ours(name, unrolled=True, **options)
-  return _flops(train_step.lower(state, batch, rng))
-
-
-def _unrolled(model):
-  """``model`` with its flow's identical layers unrolled (parameter layout 1), not scanned."""
-  return model.clone(flow=model.flow.clone(scan=False))
-
-
-def _ours(name: str, original_layout: bool = False, unrolled: bool = False, spec=None):
+def _ours(name: str, original_layout: bool = False, spec=None):
   """Our train step, its initial state and inputs, and the parameter count. ``spec``: a
   ``(config, x, y, input_shape, num_classes)`` tuple to use instead of ``workload(name)``
   (benchmarks/gpu_check.py: other dtypes and shapes)."""
   c, x, y, shape, k = workload(name) if spec is None else spec
   image = c.data.kind == "image"
-  mesh = step_lib.make_mesh()
-  model = FlowGMM.from_config(c, shape, k, image=image, bn_axis_name=step_lib.DATA_AXIS)
+  mesh = mesh_lib.make_mesh()
+  model = FlowGMM.from_config(c, shape, k, image=image, bn_axis_name=mesh_lib.DATA_AXIS)
   eval_model = FlowGMM.from_config(c, shape, k, image=image)
   if original_layout:
     model, eval_model = _original_layout(model), _original_layout(eval_model)
-  if unrolled:
-    model, eval_model = _unrolled(model), _unrolled(eval_model)
   # Jitted: one compile instead of one per operation (seconds for an image model).
   variables = jax.jit(eval_model.init)(jax.random.PRNGKey(0), x[:8].astype(np.float32))
   tx = optim.make_optimizer(c.optim.optimizer, c.optim.learning_rate, 1000,
                             weight_decay=c.optim.weight_decay,
                             grad_clip_norm=c.optim.grad_clip_norm)
-  state = step_lib.replicate(mesh, create_train_state(variables, tx))
+  state = mesh_lib.replicate(mesh, create_train_state(variables, tx))
   augment = None
   if image:
     def augment(kk, xx):
@@ -157,9 +132,9 @@ def _ours(name: str, original_layout: bool = False, unrolled: bool = False, spec
       consistency_rampup_steps=100)
   train_step = step_lib.make_train_step(model, tx, mesh, loss=loss, augment=augment,
                                         dequantize=image, num_dims=int(np.prod(shape)))
-  batch = step_lib.shard_batch(mesh, {"x": x, "y": y,
+  batch = mesh_lib.shard_batch(mesh, {"x": x, "y": y,
                                       "position": np.arange(len(x), dtype=np.int32)})
-  rng = step_lib.replicate(mesh, np.asarray(jax.random.PRNGKey(2)))
+  rng = mesh_lib.replicate(mesh, np.asarray(jax.random.PRNGKey(2)))
   return train_step, state, batch, rng, count_params(variables)
 
 
@@ -175,14 +150,12 @@ def compile_timed(train_step, state, batch, rng):
   return compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s)
 
 
-def time_step(name: str, repeats: int, unrolled: bool = False, spec=None,
-              unrolled_flops: bool = True) -> dict:
+def time_step(name: str, repeats: int, spec=None) -> dict:
   """Ours: compile (timed with the first step), then ``repeats`` timed steps. Tracing and
   compiling are also timed in process CPU seconds, which another load on the machine
-  changes far less than the wall clock. ``spec``: see ``_ours``. ``unrolled_flops=False``
-  takes the FLOPs from the compiled scanned step (loop bodies counted once, so too few)
-  instead of lowering an unrolled copy: for smoke runs, where the count is not reported."""
-  train_step, state, batch, rng, num_params = _ours(name, unrolled=unrolled, spec=spec)
+  changes far less than the wall clock. ``spec``: see ``_ours``."""
+  train_step, state, batch, rng, num_params = _ours(name, spec=spec)
+  flops = step_flops(train_step, state, batch, rng)
   t0, c0 = time.perf_counter(), time.process_time()
   compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s) = compile_timed(
       train_step, state, batch, rng)
@@ -196,23 +169,14 @@ def time_step(name: str, repeats: int, unrolled: bool = False, spec=None,
   hlo_counts = {"dots": hlo.count(" dot("), "convolutions": hlo.count(" convolution("),
                 "transposes": hlo.count(" transpose("),
                 "float_array_copies": len(re.findall(r"= [fb]f?\d+\[\d[^\]]*\]\S* copy\(", hlo))}
-  compiled_flops = _flops(compiled)  # loops' bodies counted once (see step_flops)
-  flops_of_unrolled = unrolled or unrolled_flops
-  flops = step_flops(name, spec=spec) if flops_of_unrolled and not unrolled else compiled_flops
   row = {"workload": name, "repeats": repeats, "first_step_s": first_s,
          "first_step_cpu_s": time.process_time() - c0,
          "trace_and_lower_s": lower_s, "xla_compile_s": compile_s,
          "trace_and_lower_cpu_s": lower_cpu_s, "xla_compile_cpu_s": compile_cpu_s,
-         "layout": "unrolled" if unrolled else "scanned", "hlo_fusions": num_fusions,
+         "hlo_fusions": num_fusions,
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
-         "params": num_params, "flops": flops, "xla_compiled_step_flops": compiled_flops,
-         "flops_counted_on": ("the unrolled step" if flops_of_unrolled
-                              else "the compiled scanned step (loop bodies once)")}
-  if name == "cifar":
-    row["first_step_target_s"] = TARGET_FIRST_CIFAR_S
-    row["first_step_meets_target"] = first_s <= TARGET_FIRST_CIFAR_S
-    row["hlo_fusions_target"] = TARGET_CIFAR_FUSIONS
-    row["hlo_fusions_meet_target"] = num_fusions <= TARGET_CIFAR_FUSIONS
+         "params": num_params, "flops": flops,
+         "flops_counted_on": "the jaxpr (benchmarks/jaxpr_stats.py), all devices"}
   if repeats == 0:  # compile and the first step only
     return row
   times = []
@@ -229,38 +193,36 @@ def time_step(name: str, repeats: int, unrolled: bool = False, spec=None,
   pipelined = (time.perf_counter() - t0) / repeats
   med = statistics.median(times)
   row.update({"median_s": med, "min_s": min(times), "max_s": max(times),
-              "pipelined_s": pipelined, "gflops_per_s": flops / med / 1e9,
-              "target_s": TARGET_S.get(name),
-              "meets_target": med <= TARGET_S.get(name, math.inf)})
+              "pipelined_s": pipelined, "gflops_per_s": flops / med / 1e9})
   return row
 
 
 def add_ratios(row: dict) -> dict:
-  """``row`` (ours and the original's times) with the ratios: ``ratio_vs_{shipped,once}``
-  = ours / original (below 1: ours is faster) and ``speedup_vs_{shipped,once}`` = original /
-  ours, with the speed-up targets where one is set (``TARGET_SPEEDUP_VS_*``)."""
-  name = row["workload"]
-  for prior, targets in (("shipped", TARGET_SPEEDUP_VS_SHIPPED), ("once", TARGET_SPEEDUP_VS_ONCE)):
+  """``row`` (ours and the original's times) with ``ratio_vs_{shipped,once}`` = ours /
+  original (below 1: ours is faster) and ``speedup_vs_{shipped,once}`` = original / ours,
+  judged against the speed-up targets where one is set (``SPEEDUP_TARGETS``)."""
+  for prior in ("shipped", "once"):
     original = row[f"original_{prior}_median_s"]
     row[f"ratio_vs_{prior}"] = row["median_s"] / original
     row[f"speedup_vs_{prior}"] = original / row["median_s"]
-    if name in targets:
-      row[f"speedup_vs_{prior}_target"] = targets[name]
-      row[f"speedup_vs_{prior}_meets_target"] = row[f"speedup_vs_{prior}"] >= targets[name]
+    target = SPEEDUP_TARGETS[prior].get(row["workload"])
+    if target is not None:
+      row[f"speedup_vs_{prior}_target"] = target
+      row[f"speedup_vs_{prior}_meets_target"] = row[f"speedup_vs_{prior}"] >= target
   return row
 
 
 def original_layout_counts(name: str) -> dict:
-  """Toy/text: parameters and XLA FLOPs of our step with the original's full-width
-  conditioners (lowered, unrolled: see step_flops), to set against the original's counts."""
-  train_step, state, batch, rng, num_params = _ours(name, original_layout=True, unrolled=True)
-  return {"params": num_params, "flops": _flops(train_step.lower(state, batch, rng))}
+  """Toy/text: parameters and FLOPs (``step_flops``) of our step with the original's
+  full-width conditioners, to set against the original's counts."""
+  train_step, state, batch, rng, num_params = _ours(name, original_layout=True)
+  return {"params": num_params, "flops": step_flops(train_step, state, batch, rng)}
 
 
 def time_original(orig, name: str, repeats: int, *, anomaly) -> dict:
   """The original's step, as shipped and with the prior built once: one warm-up step (for
   the shipped one also counted by FlopCounterMode), then ``repeats`` timed steps each."""
-  from benchmarks import original_step
+  from benchmarks.parity import original_step
   c, x, y, shape, k = workload(name)
   row = {}
   for prior in ("shipped", "once"):
@@ -326,9 +288,9 @@ def markdown(results) -> str:
   by side, then the load and XLA flags of the run."""
   rows, header = results["rows"], results["header"]
   side_by_side = all("original_shipped_median_s" in r for r in rows)
-  text = table(rows, header.get("peak_gflops", 550.0), side_by_side)
+  text = table(rows, header.get("peak_gflops", PEAK_GFLOPS), side_by_side)
   load = [header.get(f"load_average_1min_{when}") for when in ("before", "after")]
-  notes = [f"flows {header.get('layout', 'scanned')}"]
+  notes = ["flows scanned"]
   if None not in load:
     notes.append(f"load average (1 min) {load[0]} before, {load[1]} after")
   notes.append(f"XLA_FLAGS={header.get('xla_flags') or '(none)'}")
@@ -348,14 +310,6 @@ def main():
   parser.add_argument("--original", default="",
                       help="root of a clone of github.com/izmailovpavel/flowgmm: also time "
                            "the original PyTorch step (needs the 'bench' extra)")
-  parser.add_argument("--original-anomaly", choices=("on", "off"), default="on",
-                      help="CIFAR original: autograd anomaly detection, on as in "
-                           "train_semisup_cons.py")
-  parser.add_argument("--peak-gflops", type=float, default=550.0,
-                      help="this CPU's float32 peak, for the fraction column")
-  parser.add_argument("--layout", choices=("scanned", "unrolled"), default="scanned",
-                      help="our flows as shipped (identical layers scanned) or unrolled "
-                           "(parameter layout 1), to measure what the scan changes")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
   args = parser.parse_args()
   names = [n for n in args.only.split(",") if n]
@@ -368,80 +322,51 @@ def main():
   header = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "cpu": cpu_model(), "cores": cores, "xla_threads": cores,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "peak_gflops": args.peak_gflops,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "peak_gflops": PEAK_GFLOPS,
             "load_average_1min_before": round(os.getloadavg()[0], 2)}
   results = {"provenance": provenance(), "header": header}
   if args.original:
     import torch  # only for the side-by-side: PyTorch is not a dependency of the library
-    from benchmarks import original_step
+    from benchmarks.parity import original_step
     torch.set_num_threads(cores)
     orig = original_step.load_original(args.original)
     header.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                   original=orig.path, original_commit=orig.commit,
-                  original_cifar_anomaly=args.original_anomaly)
+                  original_cifar_anomaly="on")
   rows = []
   for n in names:
     repeats = args.repeats
     if n == "cifar":
       repeats = (max(3, args.repeats // 3) if args.cifar_repeats is None
                  else args.cifar_repeats)
-    row = time_step(n, repeats, unrolled=args.layout == "unrolled")
+    row = time_step(n, repeats)
     if orig is not None and repeats > 0:
-      row.update(time_original(orig, n, repeats, anomaly=args.original_anomaly == "on"))
+      row.update(time_original(orig, n, repeats, anomaly=True))
       add_ratios(row)
       if n != "cifar":
         layout = original_layout_counts(n)
         row["ours_original_layout_params"] = layout["params"]
         row["ours_original_layout_flops"] = layout["flops"]
     rows.append(row)
+    results["rows"] = rows
+    header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     if args.json:  # after each workload, so that a stopped run keeps what it measured
-      results["rows"] = rows
-      header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
       with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
 
-  header["layout"] = args.layout
-  header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-  line = (f"{header['date']}, jax {header['jax']}, flows {args.layout}"
-          + (f", torch {header['torch']}" if orig is not None else "")
-          + f", {header['cpu']}, {cores} cores: XLA {cores} threads"
-          + (f", torch {header['torch_threads']} threads" if orig is not None else ""))
-  print(line)
-  if orig is not None:
-    print(f"original: {orig.path}" + (f" @ {orig.commit}" if orig.commit else "")
-          + f"; CIFAR autograd anomaly detection {args.original_anomaly}")
-  print(table(rows, args.peak_gflops, orig is not None))
-  print(f"load average (1 min): {header['load_average_1min_before']} before, "
-        f"{header['load_average_1min_after']} after")
+  print(f"{header['date']}, jax {header['jax']}, {header['cpu']}, {cores} cores"
+        + (f"; original {orig.path} @ {orig.commit}" if orig is not None else ""))
+  print(markdown(results))
   for r in rows:
-    if r["workload"] == "cifar":
-      print(f"cifar first step (compile + one step): {_g(r['first_step_s'])} s, target "
-            f"<= {TARGET_FIRST_CIFAR_S:g} s: {'met' if r['first_step_meets_target'] else 'NOT met'}"
-            f" (trace + lower {_g(r['trace_and_lower_s'])} s, XLA compile "
-            f"{_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels; CPU "
-            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
-    else:
-      print(f"{r['workload']} first step: trace + lower {_g(r['trace_and_lower_s'])} s, XLA "
-            f"compile {_g(r['xla_compile_s'])} s for {r['hlo_fusions']:,} fused kernels (CPU "
-            f"{_g(r['trace_and_lower_cpu_s'])} s + {_g(r['xla_compile_cpu_s'])} s)")
-    print(f"{r['workload']} compiled step: {r['hlo_dots']} dots, {r['hlo_convolutions']} "
+    print(f"{r['workload']}: trace + lower {_g(r['trace_and_lower_s'])} s, XLA compile "
+          f"{_g(r['xla_compile_s'])} s (CPU {_g(r['trace_and_lower_cpu_s'])} + "
+          f"{_g(r['xla_compile_cpu_s'])} s); {r['hlo_dots']} dots, {r['hlo_convolutions']} "
           f"convolutions, {r['hlo_transposes']} transposes, {r['hlo_float_array_copies']} "
-          f"copies of float arrays")
-    if r["workload"] == "cifar" and "original_flops" in r:
-      # XLA skips the convolution taps on the zero padding; FlopCounterMode counts them.
-      print(f"cifar: {_g(r['flops'] / 1e9)} GFLOP/step by XLA, original "
-            f"{_g(r['original_flops'] / 1e9)} by FlopCounterMode, ratio "
-            f"{r['flops'] / r['original_flops']:.3f}")
+          "copies of float arrays")
     if "ours_original_layout_params" in r:
-      print(f"{r['workload']}: ours in the original's layout (full_width_conditioner=True): "
-            f"{r['ours_original_layout_params']:,} params (original "
-            f"{r['original_params']:,}), {_g(r['ours_original_layout_flops'] / 1e9)} GFLOP/step "
-            f"by XLA (original {_g(r['original_flops'] / 1e9)} by FlopCounterMode, ratio "
-            f"{r['ours_original_layout_flops'] / r['original_flops']:.3f})")
-  if args.json:
-    results["rows"] = rows
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=2)
+      print(f"{r['workload']} in the original's layout (full_width_conditioner=True): "
+            f"{r['ours_original_layout_params']:,} params, "
+            f"{_g(r['ours_original_layout_flops'] / 1e9)} GFLOP/step")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ It writes its JSON (``--out``, default benchmarks/results/gpu_check.json, --tiny
 file; and $OUT/gpu_check.json when $OUT is set) after every row, atomically, so a run stopped from
 outside keeps every row it finished; ``"complete": false`` until the last one. Before each
 row it checks the time left: a row that would not fit (its estimate: the longest row so far,
-or ``FIRST_ROW_GUESS_S`` before any) while keeping ``--train-reserve-s`` for the training
+or ``FIRST_ROW_GUESS_S`` before any) while keeping ``TRAIN_RESERVE_S`` for the training
 run is skipped, with the reason recorded.
 
 1. Timed rows (``ROWS``; ``--rows`` picks others), each the library's own jitted
@@ -401,9 +401,6 @@ def main(argv=None) -> dict:
                  help="WORKLOAD:DTYPE:PER_DEVICE_BATCH,... (default: ROWS, --tiny TINY_ROWS)")
   p.add_argument("--repeats", type=int, default=0,
                  help="timed steps per row (default 20, --tiny 2)")
-  p.add_argument("--train-reserve-s", type=float, default=None,
-                 help="seconds kept for the training run when deciding on a row (default "
-                      f"{TRAIN_RESERVE_S['full']:.0f}, --tiny {TRAIN_RESERVE_S['tiny']:.0f})")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="the device's peak TFLOP/s for MFU (default: the PEAKS table)")
   p.add_argument("--out", default=None,
@@ -415,7 +412,7 @@ def main(argv=None) -> dict:
   size = "tiny" if args.tiny else "full"
   rows = args.rows or (TINY_ROWS if args.tiny else ROWS)
   repeats = args.repeats or (2 if args.tiny else 20)
-  reserve = TRAIN_RESERVE_S[size] if args.train_reserve_s is None else args.train_reserve_s
+  reserve = TRAIN_RESERVE_S[size]
   device = jax.devices()[0]
   out = args.out or (os.path.join(tempfile.gettempdir(), "gpu_check_tiny.json") if args.tiny
                      else "benchmarks/results/gpu_check.json")

@@ -47,7 +47,7 @@ REPORTS: Dict[str, Report] = {
     "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
     "bench_fit_large": Report("benchmarks/results/bench_fit_large.json", "benchmarks.bench_fit"),
     "parity_original": Report("benchmarks/results/parity_original.json",
-                              "benchmarks.parity_original"),
+                              "benchmarks.parity.parity_original"),
 }
 
 

@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -516,8 +514,8 @@ def main(argv=None) -> dict:
 def write_results(output: Path, previous: dict, results: dict, methods, run_provenance: dict,
                   settings: dict) -> dict:
   """Writes ``results`` (this run's methods) over ``previous`` (a file read for --merge, or
-  {}) to ``output``; each method keeps the provenance of the run that made it."""
-  import jax
+  {}) to ``output``; each method keeps the provenance of the run that made it (its
+  command, commit, date and machine)."""
   merged = {t: dict(v) for t, v in previous.get("results", {}).items()}
   for table, runs in results.items():
     merged.setdefault(table, {}).update(runs)
@@ -529,9 +527,7 @@ def write_results(output: Path, previous: dict, results: dict, methods, run_prov
   present = [m for m in METHODS if any(m in merged[t] for t in tables)]
   report = {**settings, "provenance": run_provenance, "provenance_by_method": by_method,
             "summary": summarise(merged, tables, present)[1], "results": merged,
-            "markdown_ece": summarise_ece(merged, tables, present),
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                        "jax_backend": jax.default_backend(), "jax_version": jax.__version__}}
+            "markdown_ece": summarise_ece(merged, tables, present)}
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
   return report

@@ -1,5 +1,5 @@
 """The step-speed benchmark (benchmarks/bench_steps.py) and its PyTorch side
-(benchmarks/original_step.py).
+(benchmarks/parity/original_step.py).
 
 The original-side tests need PyTorch (the 'bench' extra) and a clone of
 github.com/izmailovpavel/flowgmm named by the environment variable FLOWGMM_ORIGINAL; they
@@ -33,9 +33,9 @@ def test_library_never_imports_torch():
 def test_parity_machine_record_runs_without_torch():
   """The parity run's machine record: the part of it that runs without torch, so a broken
   import there fails CI, not the first hour-long parity run."""
-  from benchmarks import parity_original
+  from benchmarks.parity import parity_original
   m = parity_original.machine()
-  assert m["cpu"] and m["cpu_count"] >= 1 and 1 <= m["affinity"] <= m["cpu_count"]
+  assert m["cpu"] and m["cores"] >= 1 and 1 <= m.get("cores_used", m["cores"]) <= m["cores"]
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ def _original():
   pytest.importorskip("torch")
   if not ORIGINAL or not os.path.isdir(os.path.join(ORIGINAL, "flow_ssl")):
     pytest.skip("set FLOWGMM_ORIGINAL to a clone of github.com/izmailovpavel/flowgmm")
-  from benchmarks import original_step
+  from benchmarks.parity import original_step
   return original_step.load_original(ORIGINAL)
 
 
@@ -74,7 +74,8 @@ def test_original_toy_step_matches_ours():
   its step runs and trains, and XLA's FLOP count of our step in that layout covers torch's
   matmul count (the excess is the optimiser's elementwise work on 1.3 M parameters)."""
   orig = _original()
-  from benchmarks import bench_steps, original_step
+  from benchmarks import bench_steps
+  from benchmarks.parity import original_step
   _, x, y, _, k = bench_steps.workload("toy")
   step = original_step.build_step(orig, "toy", x, y, k)
   ours = bench_steps.original_layout_counts("toy")
@@ -90,7 +91,8 @@ def test_original_toy_step_matches_ours():
 def test_original_prior_built_once_changes_no_number():
   """The one change of the 'prior built once' variant: same losses step by step."""
   orig = _original()
-  from benchmarks import bench_steps, original_step
+  from benchmarks import bench_steps
+  from benchmarks.parity import original_step
   _, x, y, _, k = bench_steps.workload("toy")
   shipped = original_step.build_step(orig, "toy", x, y, k, prior="shipped", seed=3)
   once = original_step.build_step(orig, "toy", x, y, k, prior="once", seed=3)
@@ -100,7 +102,7 @@ def test_original_prior_built_once_changes_no_number():
 
 def test_crop_flip_is_a_padded_crop_and_a_mirror():
   torch = pytest.importorskip("torch")
-  from benchmarks.original_step import crop_flip
+  from benchmarks.parity.original_step import crop_flip
   x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) + 1
   out = crop_flip(x, torch.Generator().manual_seed(0), padding=2)
   assert out.shape == x.shape
@@ -116,7 +118,7 @@ def _mnist_model_pair(orig, seed: int):
   import jax
   import jax.numpy as jnp
   import torch
-  from benchmarks import original_step
+  from benchmarks.parity import original_step
   from configs import mnist
   from flowgmm_jax.flowgmm import FlowGMM
   torch.manual_seed(seed)
@@ -140,7 +142,7 @@ def test_original_realnvp_with_its_weights_is_our_function():
   import jax
   import jax.numpy as jnp
   import torch
-  from benchmarks import original_step
+  from benchmarks.parity import original_step
   from flowgmm_jax import losses
   from flowgmm_jax.models.multiscale import multiscale_latent_shapes
   from flowgmm_jax.models.realnvp import realnvp_plan
@@ -229,7 +231,7 @@ def test_original_and_our_random_init_draw_from_one_distribution():
   largest |value| of each large tensor within 3% of it, the RMS within 10% of the
   original's), weight-norm gains g = ||v|| (their RMS within 10%), N(0, 1) prior means."""
   orig = _original()
-  from benchmarks import original_step
+  from benchmarks.parity import original_step
   theirs, _, variables = _mnist_model_pair(orig, seed=0)
   checked = 0
   for path, tensor, to_ours in original_step.realnvp_correspondence(theirs.net):
@@ -258,7 +260,7 @@ def test_parity_label_split_is_the_original_label_file():
   (data/labels/mnist/1000_balanced_labels/<seed>.npz), recomputed from our MNIST."""
   if not ORIGINAL or not os.path.isdir(os.path.join(ORIGINAL, "flow_ssl")):
     pytest.skip("set FLOWGMM_ORIGINAL to a clone of github.com/izmailovpavel/flowgmm")
-  from benchmarks.parity_original import original_label_split
+  from benchmarks.parity.parity_original import original_label_split
   from flowgmm_jax.data import DataNotFoundError, load_mnist
   try:
     y = load_mnist(source="files").y_train
@@ -281,7 +283,7 @@ def test_parity_recipes_schedule_only_the_shipped_cpu_recipe():
   (the original's Adam gets the same ``make_schedule``); every other recipe trains at a
   constant rate, as the original's script does, although our side starts from the :cpu
   config, whose schedule is cosine."""
-  from benchmarks import parity_original as po
+  from benchmarks.parity import parity_original as po
   from configs import mnist
   cpu = mnist.get_config("cpu")
   assert cpu.optim.lr_schedule == "cosine"  # what our side would otherwise inherit
@@ -309,7 +311,7 @@ def test_parity_original_20_steps(tmp_path):
   gives 11.5% with torch 2.14; a log-det without the -D log 256 of the 8-bit scaling would
   change sign)."""
   orig = _original()
-  from benchmarks import parity_original
+  from benchmarks.parity import parity_original
   from flowgmm_jax.data import DataNotFoundError, load_mnist
   try:
     load_mnist(source="files", max_examples=10)

@@ -184,7 +184,7 @@ def test_paper_flow_in_the_originals_layout_has_its_parameter_count(config, arg,
   if not ORIGINAL or not os.path.isdir(os.path.join(ORIGINAL, "flow_ssl")):
     pytest.skip("set FLOWGMM_ORIGINAL to a clone of github.com/izmailovpavel/flowgmm")
   pytest.importorskip("torch")
-  from benchmarks import original_step
+  from benchmarks.parity import original_step
   orig = original_step.load_original(ORIGINAL)
   net = orig.RealNVPTabular(num_coupling_layers=couplings, in_dim=dim, hidden_dim=k,
                             num_layers=1, dropout=True)

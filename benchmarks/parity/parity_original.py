@@ -1,14 +1,14 @@
 """A side-by-side training run on MNIST: the original PyTorch FlowGMM and ours, same small
 model, same recipe, same data, curves and raw numbers.
 
-    python -m benchmarks.parity_original --original=PATH [--steps N] [--seeds 0,1,2] \\
+    python -m benchmarks.parity.parity_original --original=PATH [--steps N] [--seeds 0,1,2] \\
         [--labels 1000] [--side=both|ours|original] \\
         [--recipes=original,original_zero_init,cpu,cpu_zero_init]
-    python -m benchmarks.parity_original --original=PATH --init-seeds=60 --init-leaves=16 \
+    python -m benchmarks.parity.parity_original --original=PATH --init-seeds=60 --init-leaves=16 \
         --recipes=                                    # the two sides' initial distributions
-    python -m benchmarks.parity_original --original=PATH --recipes=cpu_schedule \
+    python -m benchmarks.parity.parity_original --original=PATH --recipes=cpu_schedule \
         --steps=6000 --eval-every=500 --seeds=0   # the shipped :cpu recipe, its whole budget
-    python -m benchmarks.parity_original --plot-only     # figure + table from the JSON
+    python -m benchmarks.parity.parity_original --plot-only     # figure + table from the JSON
 
 PATH is the root of a clone of github.com/izmailovpavel/flowgmm (the original side needs
 PyTorch, the 'bench' extra; ``--side=ours`` needs neither). Each finished run is merged into
@@ -17,74 +17,8 @@ recipes and seeds can run as separate processes and be resumed; the figure
 (``--figure``, default docs/parity_original.png) and the parity table are redrawn from all
 runs in that file.
 
-Model, both sides: the original's ``RealNVP(num_scales=2, in_channels=1, mid_channels=16,
-num_blocks=1)`` and ``configs/mnist.py:cpu``'s flow (``CPU_MODEL``); the parameter counts
-are printed and must be equal.
-
-Recipes (read from configs/mnist.py, so they follow it):
-  original            the original README's MNIST command: objective "original" with
-                      label_weight 3, consistency weight 1 ramped up linearly over 3,000
-                      steps (its 1000 epochs of floor(100 / 32) = 3 steps, as
-                      configs/mnist.py converts them), Adam lr 1e-5, weight decay 5e-5 on
-                      the weight-norm gains, gradient clipping 100, 32 labelled + 32
-                      unlabelled images per step, random crops with zero padding 4. Our
-                      side with the original's random initialisation
-                      (``zero_init_last=False``). Both sides, every seed.
-  original_zero_init  the same recipe, ours only, with ``zero_init_last=True`` (every
-                      coupling starts as the identity): decides the image configs' init.
-  cpu                 as original but at the ``:cpu`` config's learning rate (1e-3), label
-                      weight (100) and ramp (1,000 steps); both sides, the first seed only.
-  original_same_init  the README recipe, ours only, starting from the original's own initial
-                      tensors for the same seed (``original_initial_variables``; the loop is
-                      given them instead of drawing its own): with the init's draw shared,
-                      what is left between the sides is data order, noise and crops (measured:
-                      within 0.015 bits/dim of the original's run of that seed).
-  cpu_zero_init       cpu, ours only, zero init; the first seed only.
-  cpu_label_weight_3  cpu at the README's label weight 3; both sides, the first seed only.
-  cpu_schedule        the shipped ``:cpu`` recipe: cpu with its warm-up (200 steps) and cosine
-                      decay to 0 over the run's steps (``training.optim.make_schedule``, the
-                      same function sets the original's Adam learning rate before each of
-                      its steps); both sides, the first seed only. The other recipes keep a
-                      constant learning rate, as the original's script does.
-
-Data, both sides: the real MNIST from ../shared/data (``flowgmm_jax.data.load_mnist``).
-The labelled images of seed s are the original's own split file
-``data/labels/mnist/<labels>_balanced_labels/<s>.npz`` as its ``unpack_mnist.py`` draws it
-(``np.random.seed(s)``, shuffle, the first labels/10 of each class; recomputed here, equal
-to the shipped files), handed to both sides; every other training image is unlabelled.
-Evaluation: the same 2,000 test images on both sides, a fixed class-balanced subset (the
-first 200 of each class in file order, ``stratified_prefix``).
-
-Our side runs the library's one training loop (``flowgmm_jax.training.loop.fit`` with a
-``log_fn``), logging every step. The original side is a loop around the original's own
-modules (``benchmarks/original_step.py``: ``build_image_flowgmm``, ``image_train_step``,
-``evaluate_image``), as train_semisup_cons.py runs them: its batch sampler (one epoch = one
-pass over the labelled images in batches of 32, the last partial batch dropped; the
-unlabelled images drawn from fresh permutations), TransformTwice(RandomCrop(28, padding=4)
-+ ToTensor) as ``crop_flip(..., flip=False)`` on the batch, its per-epoch consistency ramp
-(``linear_rampup``; the ramp in epochs is the steps above / steps per epoch, rounded), its
-test loop. Left out: the script's logging, checkpoints and figures, and
-``torch.autograd.set_detect_anomaly(True)``, which checks every backward op for NaNs and
-changes no number.
-
-Every ``--eval-every`` (250) steps, both sides: the mean over those steps of each training
-term (cross-entropy, mixture NLL over all rows, consistency NLL, the total, labelled-batch
-accuracy) and test accuracy and bits/dim on the 2,000 images. Test bits/dim is the
-original's test loss, -log p(x | y_true) / (D log 2) (ours: ``eval/bpd_given_label``); the
-marginal -log p(x) is recorded too. Ours dequantises evaluation images at the bin midpoint,
-the original draws fresh noise; the original side is evaluated both ways, which measures
-that difference. The training values of step 1 (the initial parameters) are recorded as
-``first_step``.
-
-Parity criterion (the table): at every evaluation |mean ours - mean original| <= sd ours +
-sd original (the two sides' seed spreads).
-
-``--init-seeds=N`` (with ``--recipes=`` to run nothing else) compares the two sides'
-initial parameters as distributions: the train-mode NLL, log-det and ||z||^2 of one fixed
-batch over N random inits per side, with Mann-Whitney and Kolmogorov-Smirnov p-values
-(stored as 'init_distribution'). The initial NLL is heavy-tailed (a factor ~3 between its
-10% and 90% quantiles), and at lr 1e-5 a run keeps the lead or lag its init gave it for
-its first thousand steps; so three seeds per side can differ by their draws alone.
+What the study compares, the recipes, the data, the evaluation and the parity criterion:
+benchmarks/parity/README.md.
 """
 
 from __future__ import annotations
@@ -96,16 +30,13 @@ import fcntl
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.provenance import cpu_model, usable_cores
+from benchmarks.provenance import git_commit, machine, usable_cores
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
 RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_zero_init",
@@ -209,7 +140,7 @@ def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
-  from benchmarks import original_step as os_
+  from benchmarks.parity import original_step as os_
   from flowgmm_jax.flowgmm import FlowGMM
   from flowgmm_jax.models.multiscale import multiscale_latent_shapes
   from flowgmm_jax.models.realnvp import realnvp_plan
@@ -327,7 +258,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
                  num_test: int, data) -> dict:
   """One run of the original side: its modules in a loop shaped like its script."""
   import torch
-  from benchmarks import original_step as os_
+  from benchmarks.parity import original_step as os_
   torch.set_num_threads(1)
   ds, x_test, y_test = data
   labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
@@ -403,7 +334,7 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
   import jax.numpy as jnp
   import scipy.stats
   import torch
-  from benchmarks import original_step as os_
+  from benchmarks.parity import original_step as os_
   from flowgmm_jax.flowgmm import FlowGMM
   torch.set_num_threads(1)
   ds = data[0]
@@ -519,22 +450,6 @@ def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -
     train = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
     evals.append({"step": int(s), "train": train, "test": tests[s]})
   return {"first_step": per_step.get(1, {}), "evals": evals, "steps": steps, **extra}
-
-
-def git_commit() -> str:
-  try:
-    out = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, timeout=10)
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-    return out.stdout.strip() + ("+uncommitted" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
-    return ""
-
-
-def machine() -> dict:
-  return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-          "affinity": usable_cores(), "load_average": list(os.getloadavg())}
 
 
 @contextlib.contextmanager
@@ -877,7 +792,7 @@ def main(argv=None) -> dict:
     if not args.original:
       p.error("the original side needs --original=PATH (a clone of "
               "github.com/izmailovpavel/flowgmm), or run --side=ours")
-    from benchmarks import original_step
+    from benchmarks.parity import original_step
     orig = original_step.load_original(args.original)
   counts = parameter_counts(orig)
   print("[parity] parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
@@ -885,7 +800,7 @@ def main(argv=None) -> dict:
   if len(set(counts.values())) > 1:
     raise SystemExit(f"the two models differ: {counts} parameters")
   data = load_data(args.test_examples)
-  header = {"command": "python -m benchmarks.parity_original " + " ".join(
+  header = {"command": "python -m benchmarks.parity.parity_original " + " ".join(
       a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--original")),
             "labels": args.labels, "test_examples": args.test_examples,
             "eval_every": args.eval_every}

@@ -1,6 +1,6 @@
 """The ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), run from a clone the user
 gives: one train step for the speed benchmark (benchmarks/bench_steps.py) and the pieces of
-its image script for the side-by-side training run (benchmarks/parity_original.py).
+its image script for the side-by-side training run (benchmarks/parity/parity_original.py).
 
 Nothing of the original is copied here: ``load_original(path)`` imports its modules from
 ``path/flow_ssl`` and ``path/experiments/train_flows/utils``, and ``build_step`` rebuilds
