@@ -69,7 +69,7 @@ def workload(name: str):
     c.model = model_config("realnvp")
     bl, bu, shape, k = 32, 32, (32, 32, 3), 10
     x = rng.integers(0, 256, (bl + bu,) + shape).astype(np.uint8)
-    c.loss.objective, c.loss.label_weight = "original", 3.0
+    c.loss.objective, c.loss.label_weight = "marginal_and_cross_entropy", 3.0
     c.loss.consistency_weight = 1.0
     c.augment.crop_padding, c.augment.flip = 4, True
     c.optim.weight_decay = 5e-5

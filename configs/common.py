@@ -93,13 +93,13 @@ def paper_steps(num_epochs: int, num_train_rows: int, batch_size: int = 5000) ->
 def image_config(name: str, *, num_labeled_per_class: int, flip: bool, learning_rate: float,
                  label_weight: float, consistency_rampup_steps: int, num_train_steps: int,
                  arg: str | None, extra_args: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-  """The original image recipe (docs/recipes.md): RealNVP (2 scales, 8 blocks, 64
-  channels) with the original's random initialisation; 32 labelled + 32 unlabelled images
-  per step; objective 'original' with
-  ``label_weight``; consistency weight 1 ramped over ``consistency_rampup_steps``; Adam,
-  clipping 100, decay 5e-5 on weight-norm gains; crop 4. The word 'glow' gives Glow (2
-  scales, 8 steps per scale, 64 channels) instead of RealNVP. ``extra_args`` are further
-  words the calling config handles itself (e.g. mnist's 'cpu')."""
+  """The original image recipe (docs/recipes.md): RealNVP (2 scales, 8 blocks, 64 channels)
+  with the original's random initialisation; 32 labelled + 32 unlabelled images per step;
+  objective 'marginal_and_cross_entropy' with ``label_weight``; consistency weight 1 ramped
+  over ``consistency_rampup_steps``; Adam, clipping 100, decay 5e-5 on weight-norm gains;
+  crop 4. The word 'glow' gives Glow (2 scales, 8 steps per scale, 64 channels) instead of
+  RealNVP. ``extra_args`` are further words the calling config handles itself (e.g. mnist's
+  'cpu')."""
   words = parse_args(arg, ("smoke", "glow") + tuple(extra_args))
   c = base_config()
   c.data.kind = "image"
@@ -121,7 +121,7 @@ def image_config(name: str, *, num_labeled_per_class: int, flip: bool, learning_
   c.model.sync_batch_norm = True
   c.prior.means_init = "image"
   c.prior.means_scale = 1.0
-  c.loss.objective = "original"
+  c.loss.objective = "marginal_and_cross_entropy"
   c.loss.label_weight = label_weight
   c.loss.unlabeled_weight = 1.0
   c.loss.consistency_weight = 1.0

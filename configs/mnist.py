@@ -3,11 +3,12 @@
 
 The original command (train_semisup_cons.py --label_weight=3 --consistency_weight=1.
 --consistency_rampup=1000 --lr=1e-5 --num_epochs=30001, batch 64) becomes: objective
-"original" with label_weight 3, Adam lr 1e-5, consistency weight 1 ramped over 1000 epochs
-= 3,000 steps (an epoch is floor(100 / 32) = 3 steps), 30001 epochs = 90,003 steps;
-batches of 32 labelled + 32 unlabelled, clipping 100, weight decay 5e-5 on the weight-norm
-gains, random crop with padding 4 (no flips, as the original for MNIST). Shared choices and
-every difference from the original, with the reason: docs/recipes.md#the-image-recipe.
+"marginal_and_cross_entropy" with label_weight 3, Adam lr 1e-5, consistency weight 1 ramped
+over 1000 epochs = 3,000 steps (an epoch is floor(100 / 32) = 3 steps), 30001 epochs =
+90,003 steps; batches of 32 labelled + 32 unlabelled, clipping 100, weight decay 5e-5 on
+the weight-norm gains, random crop with padding 4 (no flips, as the original for MNIST).
+Shared choices and every difference from the original, with the reason:
+docs/recipes.md#the-image-recipe.
 Plain FlowGMM (no consistency term): --config.loss.consistency_weight=0.
 
     python -m experiments.main --config=configs/mnist.py --workdir=/tmp/mnist

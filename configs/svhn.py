@@ -2,11 +2,12 @@
 64 channels), 1000 labels (100 per class) as in the paper.
 
 The original README gives no SVHN command; this config takes its CIFAR-10 command (same
-32x32x3 images): objective "original" with label_weight 3, Adam lr 1e-4, consistency weight
-1 ramped over 100 epochs (100 * floor(1000 / 32) = 3,100 steps at 1000 labels), batches of
-32 labelled + 32 unlabelled, clipping 100, weight decay 5e-5 on the weight-norm gains,
-random crop with padding 4. Shared choices and every difference from the original, with the
-reason: docs/recipes.md#the-image-recipe. Differences particular to SVHN:
+32x32x3 images): objective "marginal_and_cross_entropy" with label_weight 3, Adam lr 1e-4,
+consistency weight 1 ramped over 100 epochs (100 * floor(1000 / 32) = 3,100 steps at 1000
+labels), batches of 32 labelled + 32 unlabelled, clipping 100, weight decay 5e-5 on the
+weight-norm gains, random crop with padding 4. Shared choices and every difference from the
+original, with the reason: docs/recipes.md#the-image-recipe. Differences particular to
+SVHN:
   - no horizontal flips: the original applies its CIFAR-10 transform (crop + flip) to SVHN
     as well, but a mirrored digit is not the same digit; we leave flips off;
   - 200,000 steps (the original gives no SVHN length).

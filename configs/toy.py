@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
   c.model = model_config("spline_tabular" if "spline" in words else "realnvp_tabular",
                          num_coupling_layers=5, hidden_dim=512, hidden_layers=2)
   c.optim.learning_rate = 1e-3
-  c.optim.lr_schedule = "wilson"
+  c.optim.lr_schedule = "hold_then_linear"
   c.num_train_steps = 2000 if name == "moons" else 5000  # the notebook: 2001 / 5001 iterations
   c.log_every_steps = 100
   c.eval_every_steps = 500

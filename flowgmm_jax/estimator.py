@@ -229,8 +229,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
   (integers; ``-1`` marks unlabelled rows, as in ``sklearn.semi_supervised``). Training
   runs the library's one training loop (``flowgmm_jax.training.loop.fit``) for at most
   ``num_train_steps`` optimiser steps on batches of ``labeled_batch_size`` labelled plus
-  ``unlabeled_batch_size`` unlabelled rows. With the default ``objective="original"`` it
-  minimises (``flowgmm_jax.losses.flowgmm_objective``)
+  ``unlabeled_batch_size`` unlabelled rows. With the default
+  ``objective="marginal_and_cross_entropy"`` it minimises
+  (``flowgmm_jax.losses.flowgmm_objective``)
 
       label_weight * mean_labelled[-log p(y | x)] + unlabeled_weight * mean_all[-log p(x)],
 
@@ -294,10 +295,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     learn_weights: train the class weights pi (default True: the unlabelled rows then
       estimate the class proportions, which matters for imbalanced data; the paper kept
       them uniform).
-    objective: "original" (default): ``label_weight`` x cross-entropy of p(y | x) on the
-      labelled rows + ``unlabeled_weight`` x -log p(x) over all rows; "joint": the
-      paper's tabular form, ``label_weight`` x -log p(x, y) on the labelled rows +
-      ``unlabeled_weight`` x -log p(x) on the unlabelled ones.
+    objective: "marginal_and_cross_entropy" (default): ``label_weight`` x cross-entropy of
+      p(y | x) on the labelled rows + ``unlabeled_weight`` x -log p(x) over all rows
+      (the original image code's objective); "joint": the paper's tabular form,
+      ``label_weight`` x -log p(x, y) on the labelled rows + ``unlabeled_weight`` x
+      -log p(x) on the unlabelled ones.
     label_weight: weight of the labelled term. None (default): ``label_weight_per_feature
       * D``, since the density term is a sum over the D features.
     label_weight_per_feature: see ``label_weight`` (default 10).
@@ -313,8 +315,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     optimizer: "adam" (default), "adamw" or "sgd".
     learning_rate: learning rate (default 1e-2), decayed by ``lr_schedule``.
     lr_schedule: "cosine" (default: cosine decay to 0 over ``num_train_steps``),
-      "constant" or "wilson" (the original code's: constant, then linear decay to 1% from
-      50% to 90%).
+      "constant" or "hold_then_linear" (the original code's: constant, then linear decay
+      to 1% from 50% to 90%).
     weight_decay: L2 on the weight-norm gains (the coupling scales) only, as in the
       original (default 0).
     num_train_steps: the most optimiser steps (default 3000); early stopping usually ends

@@ -23,8 +23,8 @@ What the original PyTorch code (github.com/izmailovpavel/flowgmm) does, and how 
   consistency term is the class-conditional NLL of the gradient-carrying view x1 at the
   class predicted (without gradient) from the other view x2, log-det included, not
   normalised per dimension. The weight ramps up LINEARLY over epochs.
-  -> ``flowgmm_objective(objective="original", log_weights=prior_log_weights)`` reproduces
-  it exactly.
+  -> ``flowgmm_objective(objective="marginal_and_cross_entropy",
+  log_weights=prior_log_weights)`` reproduces it exactly.
 
 ``flowgmm_objective`` is the one objective; ``FlowGMMLoss`` is a config's ``loss`` section
 resolved into the settings of that function, the one object the train step receives.
@@ -42,10 +42,20 @@ from flowgmm_jax.flowgmm import bits_per_dim, log_px
 
 Array = jax.Array
 
-__all__ = ["OBJECTIVES", "FlowGMMLoss", "flowgmm_objective", "labeled_log_likelihood",
-           "consistency_weight_ramp", "bits_per_dim"]
+__all__ = ["OBJECTIVES", "RENAMED_OBJECTIVES", "FlowGMMLoss", "flowgmm_objective",
+           "labeled_log_likelihood", "consistency_weight_ramp", "bits_per_dim"]
 
-OBJECTIVES = ("original", "joint")
+OBJECTIVES = ("marginal_and_cross_entropy", "joint")
+# Former names of objectives, for a one-line error that names the current one.
+RENAMED_OBJECTIVES = {"original": "marginal_and_cross_entropy"}
+
+
+def unknown_objective_message(objective) -> str:
+  """The one-line error for an ``objective`` that is not in ``OBJECTIVES``."""
+  if objective in RENAMED_OBJECTIVES:
+    return (f"objective {objective!r} is now called {RENAMED_OBJECTIVES[objective]!r} "
+            "(the same objective); use that name.")
+  return f"objective must be one of {OBJECTIVES}, got {objective!r}."
 
 
 def labeled_log_likelihood(class_log_joint: Array, labels: Array,
@@ -93,7 +103,7 @@ def flowgmm_objective(class_log_joint: Array, log_det: Array, labels: Array, *,
   -log p(x, y), NLL_mix(x) = -(logsumexp_k class_log_joint + log_det) = -log p(x) and
   CONS = mean_all -(log N(z; mu_{y_hat}) + log_det) at y_hat = argmax of the teacher view:
 
-    "original" (the original image code, ``train_semisup_cons.py``):
+    "marginal_and_cross_entropy" (the original image code, ``train_semisup_cons.py``):
         label_weight * CE + unlabeled_weight * mean_all NLL_mix + consistency_weight * CONS
       The mixture NLL runs over every row, labelled ones included. unlabeled_weight = 1 is
       the original; 0 is its --supervised_only.
@@ -115,7 +125,7 @@ def flowgmm_objective(class_log_joint: Array, log_det: Array, labels: Array, *,
     class_log_joint: [B, K] log pi_k + log N(z_b; mu_k) of the view that carries gradients.
     log_det: [B] flow log|det| of that view.
     labels: [B] int, -1 = unlabelled.
-    objective: "original" or "joint".
+    objective: "marginal_and_cross_entropy" or "joint".
     label_weight, unlabeled_weight, consistency_weight: scalars (may be traced).
     class_log_joint_teacher: optional [B, K] of the second augmentation (only its argmax).
     log_weights: [K] log pi; needed to drop log pi from CONS (None: CONS keeps log pi_y).
@@ -129,7 +139,7 @@ def flowgmm_objective(class_log_joint: Array, log_det: Array, labels: Array, *,
     above and each reported whatever the form, so logs of the two forms compare.
   """
   if objective not in OBJECTIVES:
-    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    raise ValueError(unknown_objective_message(objective))
   class_log_joint = jnp.asarray(class_log_joint)
   log_det = jnp.asarray(log_det)
   labels = jnp.asarray(labels)
@@ -170,7 +180,7 @@ def flowgmm_objective(class_log_joint: Array, log_det: Array, labels: Array, *,
     pseudo_labels = jnp.argmax(jax.lax.stop_gradient(teacher), axis=-1)
     cons = -(labeled_log_likelihood(class_log_joint, pseudo_labels, log_weights) + log_det)
     terms["consistency"] = total(mask, cons) / count(num_examples)
-  if objective == "original":
+  if objective == "marginal_and_cross_entropy":
     loss = label_weight * terms["cross_entropy"] + unlabeled_weight * terms["nll_all"]
   else:
     loss = label_weight * terms["nll_labeled"] + unlabeled_weight * terms["nll_unlabeled"]
@@ -196,7 +206,7 @@ class FlowGMMLoss:
   Hashable, so that it is part of the key of the step's compilation cache.
 
   Attributes:
-    objective: "original" | "joint" (see ``flowgmm_objective``).
+    objective: "marginal_and_cross_entropy" | "joint" (see ``flowgmm_objective``).
     label_weight: the labelled term's weight, resolved (see ``from_config``).
     unlabeled_weight: the density term's weight.
     consistency_weight: the FlowGMM-cons term's final weight (0: no second forward pass).

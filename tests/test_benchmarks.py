@@ -171,7 +171,7 @@ def test_original_realnvp_with_its_weights_is_our_function():
                                             jnp.asarray(x, jnp.float32), None, train=True,
                                             mutable=["batch_stats"])
     loss, terms = losses.flowgmm_objective(
-        clj, log_det, jnp.asarray(y), objective="original", label_weight=3.0,
+        clj, log_det, jnp.asarray(y), objective="marginal_and_cross_entropy", label_weight=3.0,
         consistency_weight=0.5, class_log_joint_teacher=clj,
         log_weights=jnp.full((10,), -np.log(10.0)))
     return loss, (terms, z, log_det, updates["batch_stats"])

@@ -29,7 +29,7 @@ def _toy_config(steps, checkpoint_every=10):
   sys.path.insert(0, str(REPO))
   from configs.toy import get_config
   c = get_config("smoke")
-  c.optim.lr_schedule = "constant"  # the wilson schedule depends on num_train_steps
+  c.optim.lr_schedule = "constant"  # hold_then_linear depends on num_train_steps
   c.num_train_steps = steps
   c.log_every_steps = 1
   c.eval_every_steps = 100000

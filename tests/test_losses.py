@@ -95,7 +95,7 @@ def test_padding_rows_count_for_nothing(x64):
   joint, _, log_w, log_det, labels = _inputs([2, -1, -1, 0, -1, 1])
   teacher, _, _, _, _ = _inputs([0] * 6, seed=4)
   kw = dict(label_weight=3.0, consistency_weight=0.5, log_weights=log_w)
-  for objective in ("original", "joint"):
+  for objective in ("marginal_and_cross_entropy", "joint"):
     real, real_terms = flowgmm_objective(joint, log_det, labels, objective=objective,
                                          class_log_joint_teacher=teacher, **kw)
     def pad(a, v):
@@ -111,7 +111,7 @@ def test_padding_rows_count_for_nothing(x64):
 def test_loss_object_resolves_the_label_weight_and_ramps_the_consistency_weight():
   import ml_collections
   section = ml_collections.ConfigDict(dict(
-      objective="original", label_weight=None, label_weight_per_feature=10.0,
+      objective="marginal_and_cross_entropy", label_weight=None, label_weight_per_feature=10.0,
       unlabeled_weight=0.5, consistency_weight=2.0, consistency_rampup_steps=4))
   loss = FlowGMMLoss.from_config(section, num_dims=13)
   assert loss.label_weight == 130.0 and loss.uses_consistency
@@ -122,7 +122,7 @@ def test_loss_object_resolves_the_label_weight_and_ramps_the_consistency_weight(
   assert FlowGMMLoss.from_config(section, num_dims=13).label_weight == 3.0
   joint, _, _, log_det, labels = _inputs([1, -1, 0])
   value, _ = loss(joint, log_det, labels, step=jnp.int32(1))
-  expected, _ = flowgmm_objective(joint, log_det, labels, objective="original",
+  expected, _ = flowgmm_objective(joint, log_det, labels, objective="marginal_and_cross_entropy",
                                   label_weight=130.0, unlabeled_weight=0.5,
                                   consistency_weight=1.0)
   np.testing.assert_allclose(value, expected, rtol=1e-6)
@@ -151,27 +151,30 @@ def test_flowgmm_objective_both_forms_match_the_formulas(x64, labels):
   ref = _reference_terms(joint, log_n, log_det, labels, teacher)
   kw = dict(label_weight=3.0, unlabeled_weight=0.7, consistency_weight=0.4,
             class_log_joint_teacher=teacher, log_weights=log_w)
-  original, terms = jax.jit(lambda *a: flowgmm_objective(*a, objective="original", **kw))(
-      joint, log_det, labels)
+  marginal_ce, terms = jax.jit(
+      lambda *a: flowgmm_objective(*a, objective="marginal_and_cross_entropy", **kw))(
+          joint, log_det, labels)
   joint_form, _ = flowgmm_objective(joint, log_det, labels, objective="joint", **kw)
   for name, value in ref.items():
     np.testing.assert_allclose(terms[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
   # The original train_semisup_cons.py: label_weight * CE + mixture NLL over ALL rows + cons.
-  np.testing.assert_allclose(original, 3.0 * ref["cross_entropy"] + 0.7 * ref["nll_all"]
+  np.testing.assert_allclose(marginal_ce, 3.0 * ref["cross_entropy"] + 0.7 * ref["nll_all"]
                              + 0.4 * ref["consistency"], rtol=1e-12)
   np.testing.assert_allclose(joint_form, 3.0 * ref["nll_labeled"] + 0.7 * ref["nll_unlabeled"]
                              + 0.4 * ref["consistency"], rtol=1e-12)
 
 
-def test_original_with_label_weight_1_puts_the_labelled_rows_in_twice(x64):
-  """CE + -log p(x) = -log p(x, y) on a labelled row: with label_weight = 1 the original
-  form is the labelled joint NLL plus the mixture NLL of every row, labelled ones again."""
+def test_marginal_and_cross_entropy_with_label_weight_1_puts_the_labelled_rows_in_twice(x64):
+  """CE + -log p(x) = -log p(x, y) on a labelled row: with label_weight = 1 the
+  marginal_and_cross_entropy form is the labelled joint NLL plus the mixture NLL of every
+  row, labelled ones again."""
   joint, _, _, log_det, labels = _inputs([1, -1, 3, 0, -1, -1])
   mix = -(special.logsumexp(joint, axis=1) + log_det)
-  original, t = flowgmm_objective(joint, log_det, labels, objective="original")
+  marginal_ce, t = flowgmm_objective(joint, log_det, labels,
+                                     objective="marginal_and_cross_entropy")
   np.testing.assert_allclose(t["cross_entropy"] + np.mean(mix[[0, 2, 3]]), t["nll_labeled"],
                              rtol=1e-12)
-  np.testing.assert_allclose(original, t["cross_entropy"] + np.mean(mix), rtol=1e-12)
+  np.testing.assert_allclose(marginal_ce, t["cross_entropy"] + np.mean(mix), rtol=1e-12)
 
 
 def test_flowgmm_objective_shares_sum_to_the_global_value(x64):
@@ -179,7 +182,7 @@ def test_flowgmm_objective_shares_sum_to_the_global_value(x64):
   to the whole batch's (what the data-parallel step relies on)."""
   joint, _, log_w, log_det, labels = _inputs([2, -1, -1, 0, -1, 1, 3, -1])
   teacher, _, _, _, _ = _inputs([0] * 8, seed=3)
-  for objective in ("original", "joint"):
+  for objective in ("marginal_and_cross_entropy", "joint"):
     kw = dict(objective=objective, label_weight=3.0, consistency_weight=0.5, log_weights=log_w)
     whole, whole_terms = flowgmm_objective(joint, log_det, labels,
                                            class_log_joint_teacher=teacher, **kw)

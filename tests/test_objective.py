@@ -33,7 +33,7 @@ def tabular_config(objective):
   return c
 
 
-@pytest.mark.parametrize("objective", ["original", "joint"])
+@pytest.mark.parametrize("objective", ["marginal_and_cross_entropy", "joint"])
 def test_train_step_loss_is_the_objective_function(objective):
   """One device: the step's train/loss and terms are flowgmm_objective on the same batch,
   padding rows counting for nothing."""
@@ -80,9 +80,18 @@ def blobs(n=120, seed=0):
                  x_test=x[80:], y_test=y[80:], num_classes=2)
 
 
-def test_original_objective_trains_a_classifier():
-  ds = blobs()
+def test_old_objective_name_is_refused_with_the_new_one():
   c = tabular_config("original")
+  with pytest.raises(ValueError, match=r"loss\.objective='original' is now called "
+                                       "'marginal_and_cross_entropy'"):
+    validate_config(c)
+  with pytest.raises(ValueError, match="now called 'marginal_and_cross_entropy'"):
+    flowgmm_objective(np.zeros((2, 2)), np.zeros(2), np.array([0, -1]), objective="original")
+
+
+def test_marginal_and_cross_entropy_objective_trains_a_classifier():
+  ds = blobs()
+  c = tabular_config("marginal_and_cross_entropy")
   c.loss.label_weight = 3.0
   c.data.labeled_batch_size, c.data.unlabeled_batch_size = 8, 16
   c.optim.learning_rate = 1e-2
@@ -114,7 +123,7 @@ def test_image_configs_follow_the_original_commands():
   assert (mnist.loss.consistency_rampup_steps, mnist.num_train_steps) == (1000 * 3, 30001 * 3)
   assert (cifar.loss.consistency_rampup_steps, cifar.num_train_steps) == (100 * 125, 1501 * 125)
   for c in (mnist, cifar, svhn):
-    assert c.loss.objective == "original" and c.loss.label_weight == 3.0
+    assert c.loss.objective == "marginal_and_cross_entropy" and c.loss.label_weight == 3.0
     assert c.loss.consistency_weight == 1.0 and c.loss.unlabeled_weight == 1.0
     assert c.optim.optimizer == "adam" and c.optim.lr_schedule == "constant"
     assert c.optim.weight_decay == 5e-5 and c.optim.grad_clip_norm == 100.0
@@ -122,18 +131,19 @@ def test_image_configs_follow_the_original_commands():
     assert "dropout_rate" not in c.model  # the image RealNVP has no dropout
     assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (32, 32)
   # Toy and the paper's table/text recipes use the joint form; the table recipe (the
-  # tabular/text default, README "Tables") uses the original form.
+  # tabular/text default, README "Tables") uses the original image code's
+  # marginal_and_cross_entropy.
   assert get_config("toy").loss.objective == "joint"
   for name in ("tabular", "text"):
     assert get_config(name, "paper").loss.objective == "joint"
-    assert get_config(name).loss.objective == "original"
+    assert get_config(name).loss.objective == "marginal_and_cross_entropy"
 
 
 def test_mnist_cpu_config_states_its_parameter_count():
   module = importlib.import_module("configs.mnist")
   c = module.get_config("cpu")
   validate_config(c)
-  assert c.data.num_labeled_per_class == 100 and c.loss.objective == "original"
+  assert c.data.num_labeled_per_class == 100 and c.loss.objective == "marginal_and_cross_entropy"
   model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
   key = jax.random.PRNGKey(0)
   shapes = jax.eval_shape(lambda: model.init({"params": key, "dropout": key},

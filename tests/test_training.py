@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flowgmm_jax.data import Dataset
-from flowgmm_jax.training import base_config, fit, optim
+from flowgmm_jax.training import base_config, fit, optim, validate_config
 from flowgmm_jax.checkpoint import IncompatibleCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,11 +58,21 @@ def params_vector(variables):
                          jax.tree.leaves(variables["params"])])
 
 
-def test_wilson_schedule_matches_original_shape():
-  s = optim.wilson_schedule(1.0, 100)
+def test_hold_then_linear_schedule_matches_original_shape():
+  s = optim.hold_then_linear_schedule(1.0, 100)
   assert float(s(10)) == pytest.approx(1.0)
   assert float(s(70)) == pytest.approx(1.0 - 0.99 * 0.2 / 0.4)
   assert float(s(95)) == pytest.approx(0.01)
+
+
+def test_old_schedule_name_is_refused_with_the_new_one():
+  with pytest.raises(ValueError, match="now called 'hold_then_linear'"):
+    optim.make_schedule("wilson", 1.0, 100)
+  c = base_config()
+  c.optim.lr_schedule = "wilson"
+  with pytest.raises(ValueError, match=r"optim\.lr_schedule='wilson' is now called "
+                                       "'hold_then_linear'"):
+    validate_config(c)
 
 
 def test_weight_decay_only_on_weight_norm_gains():

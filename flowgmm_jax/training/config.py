@@ -28,10 +28,10 @@ from flowgmm_jax.calibration import CALIBRATION_METHODS
 # Re-exported: the training loop turns the cache on from here.
 from flowgmm_jax.compile_cache import enable_compilation_cache  # noqa: F401
 from flowgmm_jax.data import names_by_kind
-from flowgmm_jax.losses import OBJECTIVES
+from flowgmm_jax.losses import OBJECTIVES, RENAMED_OBJECTIVES
 from flowgmm_jax.models import COMPUTE_DTYPES, IMAGE_MODELS, MODEL_FIELDS, MODELS
 from flowgmm_jax.prior import COVARIANCE_TYPES, MEANS_INIT_CHOICES
-from flowgmm_jax.training.optim import OPTIMIZERS, SCHEDULES
+from flowgmm_jax.training.optim import OPTIMIZERS, RENAMED_SCHEDULES, SCHEDULES
 
 # {data.kind: data.name values}, from the one dataset registry (flowgmm_jax.data.REGISTRY).
 DATASETS = names_by_kind()
@@ -112,8 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   # losses.flowgmm_objective: "joint" = label_weight * labelled -log p(x, y)
-  #   + unlabeled_weight * unlabelled -log p(x); "original" (the original image code) =
-  #   label_weight * cross-entropy + unlabeled_weight * -log p(x) over all rows.
+  #   + unlabeled_weight * unlabelled -log p(x); "marginal_and_cross_entropy" (the original
+  #   image code) = label_weight * cross-entropy + unlabeled_weight * -log p(x) over all rows.
   c.loss.objective = "joint"
   # None: label_weight_per_feature * D (D = features or pixels), so the class term keeps
   # its share of a density term that is a sum over D dimensions (losses.FlowGMMLoss).
@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = "adam"          # adam | adamw | sgd
   c.optim.learning_rate = 1e-3
-  c.optim.lr_schedule = "constant"    # constant | cosine | wilson
+  c.optim.lr_schedule = "constant"    # constant | cosine | hold_then_linear
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.0          # on weight-norm gains only, as in the original
   c.optim.grad_clip_norm = 100.0
@@ -196,8 +196,8 @@ TABLE_RECIPE = {
                   hidden_layers=1, dropout_rate=None),
     "prior": dict(covariance="isotropic", means_init="labeled", means_scale=0.01,
                   learn_means=True, learn_scales=False, learn_weights=True),
-    "loss": dict(objective="original", label_weight=None, label_weight_per_feature=10.0,
-                 unlabeled_weight=1.0),
+    "loss": dict(objective="marginal_and_cross_entropy", label_weight=None,
+                 label_weight_per_feature=10.0, unlabeled_weight=1.0),
     "augment": dict(noise_std=0.1, dequantize="auto"),
     "optim": dict(optimizer="adam", learning_rate=1e-2, lr_schedule="cosine",
                   weight_decay=0.0),
@@ -344,8 +344,12 @@ def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_fie
     if not isinstance(_get(c, path), bool):
       fail(f"{shown(path)} must be True or False.")
 
-  def choice(path, choices):
-    if _get(c, path) not in choices:
+  def choice(path, choices, renamed=None):
+    value = _get(c, path)
+    if value in (renamed or {}):
+      fail(f"{shown(path)} is now called {renamed[value]!r} (the same setting); use that "
+           "name.")
+    if value not in choices:
       fail(f"{shown(path)}; choose one of {tuple(choices)}.")
 
   if c["data"]["kind"] not in DATASETS:
@@ -401,11 +405,11 @@ def validate_config(c: Mapping, *, field_name: Callable[[str], str] = config_fie
     integer(key, 1)
   choice("optim.optimizer", OPTIMIZERS)
   number("optim.learning_rate", strict_low=True)
-  choice("optim.lr_schedule", SCHEDULES)
+  choice("optim.lr_schedule", SCHEDULES, RENAMED_SCHEDULES)
   integer("optim.warmup_steps", 0)
   number("optim.weight_decay")
   number("optim.grad_clip_norm")
-  choice("loss.objective", OBJECTIVES)
+  choice("loss.objective", OBJECTIVES, RENAMED_OBJECTIVES)
   number("loss.label_weight", allow_none=True)
   number("loss.label_weight_per_feature", strict_low=c["loss"]["label_weight"] is None)
   number("loss.unlabeled_weight")

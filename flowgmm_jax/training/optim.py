@@ -13,12 +13,16 @@ import optax
 
 from flowgmm_jax.models import weight_norm_gain_mask
 
-SCHEDULES = ("constant", "cosine", "wilson")
+SCHEDULES = ("constant", "cosine", "hold_then_linear")
+# Former names of schedules, for a one-line error that names the current one.
+RENAMED_SCHEDULES = {"wilson": "hold_then_linear"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
-def wilson_schedule(base_lr: float, total_steps: int, final_ratio: float = 0.01) -> optax.Schedule:
-  """The original's "wilson" schedule, per step instead of per epoch.
+def hold_then_linear_schedule(base_lr: float, total_steps: int, final_ratio: float = 0.01
+                              ) -> optax.Schedule:
+  """Holds ``base_lr``, then decays linearly: the original code's ``wilson_schedule``, per
+  step instead of per epoch.
 
   Constant for the first half, linear decay to ``final_ratio * base_lr`` between 50% and 90%
   of training, then constant at that value.
@@ -37,13 +41,18 @@ def wilson_schedule(base_lr: float, total_steps: int, final_ratio: float = 0.01)
 
 def make_schedule(name: str, base_lr: float, total_steps: int, warmup_steps: int = 0
                   ) -> optax.Schedule:
-  """Learning-rate schedule by name: 'constant', 'cosine' or 'wilson' (+ optional warmup)."""
+  """Learning-rate schedule by name: 'constant', 'cosine' or 'hold_then_linear' (+ optional
+  warmup)."""
   if name == "constant":
     main = optax.constant_schedule(base_lr)
   elif name == "cosine":
     main = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1))
-  elif name == "wilson":
-    main = wilson_schedule(base_lr, max(total_steps - warmup_steps, 1))
+  elif name == "hold_then_linear":
+    main = hold_then_linear_schedule(base_lr, max(total_steps - warmup_steps, 1))
+  elif name in RENAMED_SCHEDULES:
+    raise ValueError(f"Learning-rate schedule {name!r} is now called "
+                     f"{RENAMED_SCHEDULES[name]!r} (the same schedule); use that name "
+                     "(config.optim.lr_schedule).")
   else:
     raise ValueError(f"Unknown learning-rate schedule {name!r}; choose one of {SCHEDULES} "
                      "(config.optim.lr_schedule).")
