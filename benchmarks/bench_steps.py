@@ -75,7 +75,7 @@ def workload(name: str):
     c.optim.weight_decay = 5e-5
   elif name == "text":
     c.data.kind, c.data.name = "text", "agnews"
-    # The original's num_layers=1: two hidden layers per conditioner.
+    # The original's num_layers=1 (k -> k layers after the first) is hidden_layers=2.
     c.model = model_config("realnvp_tabular", num_coupling_layers=7, hidden_dim=1024,
                            hidden_layers=2, dropout_rate=0.5)
     c.loss.unlabeled_weight = 0.6

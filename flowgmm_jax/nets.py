@@ -20,8 +20,8 @@ part. The conditioners never need to be invertible.
   The ``num_blocks`` identical residual blocks run as one ``nn.scan``: XLA compiles one
   block, not ``num_blocks`` copies.
 * ``MLP`` / ``MLPConditioner``: the tabular s/t network of the original
-  (``CouplingLayerTabular``): Dense(k), ReLU, [Dropout], num_layers x (Dense(k), ReLU),
-  Dense(out).
+  (``CouplingLayerTabular``): ``hidden_layers`` hidden layers, Dense(k), ReLU, [Dropout],
+  (hidden_layers - 1) x (Dense(k), ReLU), then Dense(out).
 * ``Rescale``: the learnable per-channel factor ``scale`` of ``s = scale * tanh(s_raw)``,
   weight-normalised like the original (``weight_norm(Rescale(C))``).
 
@@ -425,14 +425,16 @@ class ResNetConditioner(nn.Module):
 class MLP(nn.Module):
   """Tabular MLP of the original coupling layer, raw output.
 
-  ``Dense(hidden) -> ReLU -> Dropout(dropout_rate) -> num_layers x (Dense(hidden) -> ReLU)
-  -> Dense(out_dim)``. Dropout (only after the first layer, as in the original; p = 0.5
-  in its experiments) is active only when ``train`` is True and then needs
+  ``Dense(hidden) -> ReLU -> Dropout(dropout_rate) -> (hidden_layers - 1) x (Dense(hidden)
+  -> ReLU) -> Dense(out_dim)``. Dropout (only after the first layer, as in the original;
+  p = 0.5 in its experiments) is active only when ``train`` is True and then needs
   ``rngs={'dropout': key}``.
 
   Attributes:
     hidden_dim: width k.
-    num_layers: number of hidden (k -> k) layers after the first.
+    hidden_layers: number of hidden layers of width k (>= 1), the first included (as
+      ``config.model.hidden_layers``). The original's ``num_layers`` counts only the
+      k -> k layers after the first: its ``num_layers=n`` is ``hidden_layers=n + 1``.
     out_dim: output width.
     dropout_rate: 0 disables dropout.
     zero_init_last: zero the last layer's kernel and bias.
@@ -440,7 +442,7 @@ class MLP(nn.Module):
       cast back to the input's dtype.
   """
   hidden_dim: int
-  num_layers: int
+  hidden_layers: int
   out_dim: int
   dropout_rate: float = 0.0
   zero_init_last: bool = False
@@ -459,10 +461,12 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     """``x: [B, D_in] -> [B, out_dim]``."""
+    if self.hidden_layers < 1:
+      raise ValueError(f"MLP: hidden_layers must be >= 1, got {self.hidden_layers}.")
     h = nn.relu(self._dense(self.hidden_dim, x.shape[-1], "in_dense")(x))
     if self.dropout_rate > 0:
       h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    for i in range(self.num_layers):
+    for i in range(self.hidden_layers - 1):
       h = nn.relu(self._dense(self.hidden_dim, self.hidden_dim, f"hidden{i}")(h))
     out = self._dense(self.out_dim, self.hidden_dim, "out_dense", self.zero_init_last)(h)
     return out.astype(x.dtype)
@@ -472,12 +476,12 @@ class MLPConditioner(nn.Module):
   """Tabular s/t network: ``MLP`` whose output is split into ``(s_raw, t)``.
 
   Attributes:
-    hidden_dim, num_layers, dropout_rate, zero_init_last: as ``MLP``.
+    hidden_dim, hidden_layers, dropout_rate, zero_init_last: as ``MLP``.
     out_dim: width of ``[s_raw | t]``; None means ``2 * D_in`` (s and t for every
       input position; the coupling masks the kept ones). Must be even.
   """
   hidden_dim: int = 256
-  num_layers: int = 2
+  hidden_layers: int = 3
   dropout_rate: float = 0.0
   out_dim: Optional[int] = None
   zero_init_last: bool = False
@@ -496,7 +500,7 @@ class MLPConditioner(nn.Module):
     if out_dim % 2:
       raise ValueError(f"MLPConditioner: out_dim must be even (s_raw and t halves), "
                        f"got {out_dim}.")
-    out = MLP(self.hidden_dim, self.num_layers, out_dim, self.dropout_rate,
+    out = MLP(self.hidden_dim, self.hidden_layers, out_dim, self.dropout_rate,
               self.zero_init_last, self.param_dtype, self.dtype, name="mlp")(x, train)
     s_raw, t = jnp.split(out, 2, axis=-1)
     return s_raw, t
@@ -509,11 +513,11 @@ class MLPSplineConditioner(nn.Module):
   Attributes:
     params_per_dim: parameters per input dimension (``3 * num_bins - 1`` for a
       rational-quadratic spline: widths, heights, interior derivatives).
-    hidden_dim, num_layers, dropout_rate, zero_init_last: as ``MLP``.
+    hidden_dim, hidden_layers, dropout_rate, zero_init_last: as ``MLP``.
   """
   params_per_dim: int
   hidden_dim: int = 256
-  num_layers: int = 2
+  hidden_layers: int = 3
   dropout_rate: float = 0.0
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
@@ -523,7 +527,7 @@ class MLPSplineConditioner(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     """``x: [B, D] -> [B, D, params_per_dim]``."""
     batch, dim = x.shape
-    out = MLP(self.hidden_dim, self.num_layers, dim * self.params_per_dim,
+    out = MLP(self.hidden_dim, self.hidden_layers, dim * self.params_per_dim,
               self.dropout_rate, self.zero_init_last, self.param_dtype, self.dtype,
               name="mlp")(x, train)
     return out.reshape(batch, dim, self.params_per_dim)

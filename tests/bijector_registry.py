@@ -291,9 +291,9 @@ TINY_FLOWS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
              (4, 4, 2)),
     "realnvp_tabular": (lambda: TabularFlow(num_coupling_layers=4, hidden_dim=8,
-                                            num_layers=1, dropout_rate=0.5), (5,)),
+                                            hidden_layers=2, dropout_rate=0.5), (5,)),
     "spline_tabular": (lambda: TabularFlow(num_coupling_layers=3, coupling="spline",
-                                           hidden_dim=8, num_layers=1, num_bins=4,
+                                           hidden_dim=8, hidden_layers=2, num_bins=4,
                                            bound=3.0), (5,)),
 }
 

@@ -478,7 +478,7 @@ def test_score_samples_equals_flow_log_det_plus_prior_plus_standardisation(fitte
   u = (x - mean) / std
   variables = fitted.variables_
   flow = TabularFlow(num_coupling_layers=TINY["num_coupling_layers"],
-                        hidden_dim=TINY["hidden_dim"], num_layers=TINY["hidden_layers"] - 1)
+                        hidden_dim=TINY["hidden_dim"], hidden_layers=TINY["hidden_layers"])
   with jax.enable_x64(True):
     flow_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
                                variables["params"]["flow"])

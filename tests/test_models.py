@@ -27,7 +27,7 @@ from flowgmm_jax.bijectors.reshape import Squeeze
 from flowgmm_jax.models import (Glow, RealNVP, TabularFlow, count_params,
                                 weight_norm_gain_mask)
 from flowgmm_jax.models import glow as glow_lib
-from flowgmm_jax.nets import ResNetConditioner, WNConv
+from flowgmm_jax.nets import MLP, ResNetConditioner, WNConv
 
 try:  # tests/ on sys.path (pytest's default rootdir-relative import)
   import bijector_registry as registry
@@ -347,6 +347,19 @@ def test_bad_input_shapes_raise_clear_errors(ctor, bad, match):
     model.init(jax.random.PRNGKey(0), jnp.zeros(bad))
 
 
+def test_mlp_hidden_layers_counts_every_hidden_layer():
+  """hidden_layers means what config.model.hidden_layers means: that many Dense(k) + ReLU
+  layers, the first included, then the output layer."""
+  for hidden_layers in (1, 3):
+    mlp = MLP(hidden_dim=4, hidden_layers=hidden_layers, out_dim=6)
+    params = jax.eval_shape(mlp.init, jax.random.PRNGKey(0), jnp.zeros((2, 3)))["params"]
+    assert sorted(params) == sorted(["in_dense", "out_dense"]
+                                    + [f"hidden{i}" for i in range(hidden_layers - 1)])
+    assert count_params(params) == 3 * 4 + 4 + (hidden_layers - 1) * (4 * 4 + 4) + 4 * 6 + 6
+  with pytest.raises(ValueError, match="hidden_layers must be >= 1"):
+    MLP(hidden_dim=4, hidden_layers=0, out_dim=6).init(jax.random.PRNGKey(0), jnp.zeros((2, 3)))
+
+
 def test_bad_latent_shapes_raise_clear_errors():
   model, variables = model_and_variables("realnvp")
   with pytest.raises(ValueError, match="square"):
@@ -396,8 +409,8 @@ def test_compact_tabular_conditioner_equals_original_full_width_layout(dim):
   masked to zero, outputs that are discarded); embedding its weights into the full-width
   layout must give exactly the same flow."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(5, dim)), jnp.float32)
-  compact = TabularFlow(num_coupling_layers=3, hidden_dim=8, num_layers=1)
-  full = TabularFlow(num_coupling_layers=3, hidden_dim=8, num_layers=1,
+  compact = TabularFlow(num_coupling_layers=3, hidden_dim=8, hidden_layers=2)
+  full = TabularFlow(num_coupling_layers=3, hidden_dim=8, hidden_layers=2,
                      full_width_conditioner=True)
   vc = jax.tree.map(np.array, randomize(compact.init(jax.random.PRNGKey(0), x)))
   vf = jax.tree.map(np.array, full.init(jax.random.PRNGKey(1), x))
@@ -485,15 +498,15 @@ ODD_SHAPED_FLOWS = {
     "glow": (lambda: Glow(num_scales=2, steps_per_scale=2, mid_channels=4, num_blocks=0),
              (4, 4, 2)),
     "realnvp_tabular_odd_d_even_count": (
-        lambda: TabularFlow(num_coupling_layers=4, hidden_dim=8, num_layers=1), (5,)),
+        lambda: TabularFlow(num_coupling_layers=4, hidden_dim=8, hidden_layers=2), (5,)),
     "realnvp_tabular_odd_d_odd_count": (
-        lambda: TabularFlow(num_coupling_layers=5, hidden_dim=8, num_layers=1), (7,)),
+        lambda: TabularFlow(num_coupling_layers=5, hidden_dim=8, hidden_layers=2), (7,)),
     "realnvp_tabular_full_width": (
-        lambda: TabularFlow(num_coupling_layers=3, hidden_dim=8, num_layers=1,
+        lambda: TabularFlow(num_coupling_layers=3, hidden_dim=8, hidden_layers=2,
                             full_width_conditioner=True), (6,)),
     "spline_tabular_odd_count": (
         lambda: TabularFlow(num_coupling_layers=3, coupling="spline", hidden_dim=8,
-                            num_layers=1, num_bins=4),
+                            hidden_layers=2, num_bins=4),
         (5,)),
 }
 

@@ -151,7 +151,7 @@ def test_paper_flow_has_dropout_while_training_only():
 
 def _full_width_count(c, dim: int) -> int:
   flow = TabularFlow(num_coupling_layers=c.model.num_coupling_layers,
-                        hidden_dim=c.model.hidden_dim, num_layers=c.model.hidden_layers - 1,
+                        hidden_dim=c.model.hidden_dim, hidden_layers=c.model.hidden_layers,
                         dropout_rate=c.model.dropout_rate, full_width_conditioner=True)
   shapes = jax.eval_shape(flow.init, jax.random.PRNGKey(0), jnp.zeros((1, dim)))
   return count_params(shapes)
@@ -186,6 +186,7 @@ def test_paper_flow_in_the_originals_layout_has_its_parameter_count(config, arg,
   pytest.importorskip("torch")
   from benchmarks.parity import original_step
   orig = original_step.load_original(ORIGINAL)
+  # The original's num_layers counts the k -> k layers after the first: hidden_layers - 1.
   net = orig.RealNVPTabular(num_coupling_layers=couplings, in_dim=dim, hidden_dim=k,
-                            num_layers=1, dropout=True)
+                            num_layers=c.model.hidden_layers - 1, dropout=True)
   assert sum(p.numel() for p in net.parameters()) == ours

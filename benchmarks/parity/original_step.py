@@ -12,10 +12,11 @@ each script's model, prior, loss, optimiser and per-step code around them:
          gains via ``get_param_groups``, ``clip_grad_norm`` 100, batch 32 + 32, the
          loader's TransformTwice(RandomCrop(32, padding=4) + RandomHorizontalFlip)).
   text:  experiments/train_flows/flowgmm_tabular_new.py with the README's AG-News command
-         (``RealNVPTabularWPrior``: RealNVPTabular 7 couplings x k1024, one hidden layer,
-         dropout 0.5, 4 random means of radius 0.56; ``SemiFlow.step`` with unlab_weight
-         0.6: nll(labelled, y) + 0.6 nll(unlabelled), AdamW lr 3e-4 wd 1e-5, clip 100;
-         200 labelled + 5000 unlabelled rows).
+         (``RealNVPTabularWPrior``: RealNVPTabular 7 couplings x k1024, num_layers=1, i.e.
+         two hidden layers (our hidden_layers=2), dropout 0.5, 4 random means of radius
+         0.56; ``SemiFlow.step`` with unlab_weight 0.6: nll(labelled, y) + 0.6
+         nll(unlabelled), AdamW lr 3e-4 wd 1e-5, clip 100; 200 labelled + 5000 unlabelled
+         rows).
   toy:   experiments/synthetic_data/synthetic.ipynb (two moons): RealNVPTabular 5 couplings
          x k512, means (-3.5, -3.5), (3.5, 3.5), FlowLoss(z, sldj, y) on 10 unlabelled + 10
          labelled rows, Adam lr 1e-4 weight decay 1e-2, no clipping.
@@ -410,6 +411,7 @@ def _cifar_step(orig, Prior, x, y, num_classes, *, anomaly, seed):
 def _text_step(orig, Prior, x, y, num_classes):
   d = x.shape[1]
   # RealNVPTabularWPrior(num_classes, dim_in, coupling_layers=7, k=1024), CPU not cuda.
+  # Its num_layers=1 (k -> k layers after the first) is our hidden_layers=2.
   model = orig.RealNVPTabular(num_coupling_layers=7, in_dim=d, hidden_dim=1024,
                               num_layers=1, dropout=True)
   means = 0.8 * .7 * torch.randn(num_classes, d)  # get_means('random', r=means_r * .7)
@@ -436,6 +438,7 @@ def _text_step(orig, Prior, x, y, num_classes):
 def _toy_step(orig, Prior, x, y):
   r = 3.5
   prior = Prior(means=torch.tensor([[-r, -r], [r, r]]))
+  # num_layers=1 (k -> k layers after the first) is our hidden_layers=2 (configs/toy.py).
   flow = orig.RealNVPTabular(num_coupling_layers=5, in_dim=2, num_layers=1, hidden_dim=512)
   loss_fn = orig.FlowLoss(prior)
   optimizer = torch.optim.Adam([p for p in flow.parameters() if p.requires_grad], lr=1e-4,

@@ -104,12 +104,12 @@ def tabular_dropout_rate(rate: Optional[float], num_features: int) -> float:
 _REGISTRY = {
     "realnvp_tabular": _Entry(False, lambda m, shape, bn_axis_name: TabularFlow(
         num_coupling_layers=m.num_coupling_layers, coupling="affine", hidden_dim=m.hidden_dim,
-        num_layers=m.hidden_layers - 1,
+        hidden_layers=m.hidden_layers,
         dropout_rate=tabular_dropout_rate(m.dropout_rate, int(np.prod(shape))),
         zero_init_last=m.zero_init_last)),
     "spline_tabular": _Entry(False, lambda m, shape, bn_axis_name: TabularFlow(
         num_coupling_layers=m.num_coupling_layers, coupling="spline", hidden_dim=m.hidden_dim,
-        num_layers=m.hidden_layers - 1, num_bins=m.num_bins, bound=m.bound,
+        hidden_layers=m.hidden_layers, num_bins=m.num_bins, bound=m.bound,
         dropout_rate=tabular_dropout_rate(m.dropout_rate, int(np.prod(shape))),
         zero_init_last=m.zero_init_last)),
     "realnvp": _Entry(True, lambda m, shape, bn_axis_name: RealNVP(

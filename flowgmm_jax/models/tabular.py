@@ -8,10 +8,11 @@ i keeps the first half of the coordinates when i is even, the second half when i
 each with an MLP conditioner of the kept half. ``coupling`` picks the transform:
 
 * ``"affine"``: the original's ``RealNVPTabular`` (flow_ssl/realnvp/realnvp.py), an
-  ``MLPConditioner`` (Dense(k), ReLU, [Dropout], num_layers x (Dense(k), ReLU), Dense(2D))
-  and a learnable weight-normalised per-dimension ``Rescale``: ``s = scale * tanh(s_raw)``.
-  Defaults are the original class's (6 couplings, k = 256, num_layers = 2, no dropout,
-  PyTorch default init); the paper's experiments used num_layers = 1 and dropout 0.5 with
+  ``MLPConditioner`` (Dense(k), ReLU, [Dropout], (hidden_layers - 1) x (Dense(k), ReLU),
+  Dense(2D)) and a learnable weight-normalised per-dimension ``Rescale``:
+  ``s = scale * tanh(s_raw)``. Defaults are the original class's (6 couplings, k = 256,
+  hidden_layers = 3, i.e. its num_layers = 2; no dropout, PyTorch default init); the
+  paper's experiments used hidden_layers = 2 (its num_layers = 1) and dropout 0.5 with
   k = 256 and 10 couplings (UCI MINIBOONE / HEPMASS) or k = 1024 and 7 couplings (AG-News,
   Yahoo Answers).
 * ``"spline"``: rational-quadratic spline couplings (Durkan et al. 2019), an
@@ -62,7 +63,7 @@ class HalvesCoupling(nn.Module):
   parity: int
   coupling: str
   hidden_dim: int
-  num_layers: int
+  hidden_layers: int
   num_bins: int = 8
   bound: float = 3.0
   dropout_rate: float = 0.0
@@ -76,7 +77,7 @@ class HalvesCoupling(nn.Module):
     x, log_det = carry
     dim = x.shape[1]
     mask = halves_mask(dim, self.parity, x.dtype)
-    mlp = dict(hidden_dim=self.hidden_dim, num_layers=self.num_layers,
+    mlp = dict(hidden_dim=self.hidden_dim, hidden_layers=self.hidden_layers,
                dropout_rate=self.dropout_rate, zero_init_last=self.zero_init_last,
                param_dtype=self.param_dtype, dtype=self.compute_dtype, name="conditioner")
     if self.coupling == "spline":
@@ -151,7 +152,8 @@ class TabularFlow(nn.Module):
     num_coupling_layers: number of couplings (masks alternate between the halves).
     coupling: "affine" (RealNVP's, the original's) or "spline" (rational-quadratic).
     hidden_dim: MLP width k.
-    num_layers: hidden k -> k layers after the first layer of each MLP.
+    hidden_layers: hidden layers of width k in each MLP, the first included (as
+      ``config.model.hidden_layers``; the original's ``num_layers`` + 1).
     num_bins: spline bins K (the MLP outputs 3K - 1 numbers per coordinate); spline only.
     bound: half-width of the spline's interval (identity outside); spline only.
     dropout_rate: dropout after each MLP's first layer (0.5 in the paper's runs), active
@@ -170,7 +172,7 @@ class TabularFlow(nn.Module):
   num_coupling_layers: int = 6
   coupling: str = "affine"
   hidden_dim: int = 256
-  num_layers: int = 2
+  hidden_layers: int = 3
   num_bins: int = 8
   bound: float = 3.0
   dropout_rate: float = 0.0
@@ -191,7 +193,7 @@ class TabularFlow(nn.Module):
                        "layout; use it with coupling='affine'.")
     _setup_scanned(self, functools.partial(
         HalvesCoupling, coupling=self.coupling, hidden_dim=self.hidden_dim,
-        num_layers=self.num_layers, num_bins=self.num_bins, bound=self.bound,
+        hidden_layers=self.hidden_layers, num_bins=self.num_bins, bound=self.bound,
         dropout_rate=self.dropout_rate, zero_init_last=self.zero_init_last,
         full_width_conditioner=self.full_width_conditioner, param_dtype=self.param_dtype,
         compute_dtype=self.compute_dtype))
