@@ -193,10 +193,11 @@ def test_recipe_dropout_is_the_papers_from_4_features_and_off_below(num_features
 def test_estimator_parameters_are_the_config_fields():
   """Every recipe parameter names a config field of the same name (``model`` is
   model.name, ``calibration`` calibration.method), and the estimator takes exactly those
-  plus its own four."""
+  plus its own seven (input handling, the cache, the seed and the log)."""
   params = set(FlowGMMClassifier().get_params())
-  assert params == set(RECIPE_PARAMETERS) | {"standardize", "compilation_cache_dir",
-                                             "random_state", "verbose"}
+  assert params == set(RECIPE_PARAMETERS) | {
+      "standardize", "categorical_features", "categorical_encoding", "handle_unknown",
+      "compilation_cache_dir", "random_state", "verbose"}
   c = base_config()
   for name, path in RECIPE_PARAMETERS.items():
     leaf = {"model": "name", "calibration": "method"}.get(name, name)
