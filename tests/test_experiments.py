@@ -219,10 +219,14 @@ def _check_user_table_split(results, with_unlabeled):
   if with_unlabeled:
     # Every labelled training row is used; the test split is 20 % of the 60 labelled rows.
     assert results["num_test"] == 12
-    assert results["num_labeled"] == 48 and results["num_unlabeled"] == 180
+    unlabeled = 180
   else:
     assert results["num_test"] == 48
-    assert results["num_labeled"] == 15 and results["num_unlabeled"] == 240 - 48 - 15
+    unlabeled = 240 - 48 - 15
+  assert results["num_labeled"] == (48 if with_unlabeled else 15)
+  # The table recipe holds 10% of the unlabelled pool out of training for early stopping.
+  assert results["num_early_stopping"] == round(0.1 * unlabeled)
+  assert results["num_unlabeled"] + results["num_early_stopping"] == unlabeled
 
 
 @pytest.mark.slow
@@ -255,9 +259,9 @@ def test_user_files_load_and_split(tmp_path, fmt, with_unlabeled):
   validate_config(c)
   ds = data_lib.load_dataset(c)
   rows = split_rows(c, ds)
-  labeled, unlabeled = rows.labeled, rows.unlabeled
-  _check_user_table_split({"num_test": len(ds.x_test), "num_labeled": len(labeled),
-                           "num_unlabeled": len(unlabeled)}, with_unlabeled)
+  _check_user_table_split({"num_test": len(ds.x_test),
+                           **{f"num_{k}": n for k, n in rows.counts().items()}},
+                          with_unlabeled)
 
 
 @pytest.mark.slow
