@@ -132,6 +132,7 @@ def _child(method: str, rows: int, features: int, classes: int, memory_gb: float
     predict, steps = model.predict, int(model.n_iter_)
   else:
     import warnings
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
     from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
@@ -157,6 +158,7 @@ def _child_readme_fit() -> dict:
   t0 = time.perf_counter()
   import jax
   from sklearn.datasets import make_moons
+
   from flowgmm_jax import FlowGMMClassifier
   import_s = time.perf_counter() - t0
   compiles, hits, durations = [], [], {"trace": 0.0, "lower": 0.0}
@@ -231,7 +233,7 @@ def new_process_fits(repeats: int) -> dict:
                       "fit_s_std": statistics.stdev(fits) if len(fits) > 1 else 0.0,
                       "process_s_mean": statistics.mean(procs),
                       "process_s_std": statistics.stdev(procs) if len(procs) > 1 else 0.0}
-  ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(runs[1::3], runs[2::3])]
+  ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(runs[1::3], runs[2::3], strict=False)]
   summary["second_over_first_mean"] = statistics.mean(ratios)
   f, g, o = summary["first"], summary["second"], summary["off"]
   print(f"cache off: fit {o['fit_s_mean']:.2f} +- {o['fit_s_std']:.2f} s; first new process: fit {f['fit_s_mean']:.2f} +- {f['fit_s_std']:.2f} s; second "
@@ -349,6 +351,7 @@ def main(argv=None):
     parser.error("--repeats must be at least 1")
   load = os.getloadavg()[0]
   import jax
+
   from flowgmm_jax import FlowGMMClassifier
   header = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, jax {jax.__version__}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -43,11 +43,11 @@ from benchmarks.jaxpr_stats import count_flops
 from flowgmm_jax import losses
 from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.data import augment_images
+from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.models import count_params
-from flowgmm_jax.training.config import base_config, model_config
 from flowgmm_jax.training import optim
 from flowgmm_jax.training import step as step_lib
-from flowgmm_jax.flowgmm import FlowGMM
+from flowgmm_jax.training.config import base_config, model_config
 from flowgmm_jax.training.state import create_train_state
 
 # Speed-up targets over the original (its step time / ours), as shipped and with its prior
@@ -327,6 +327,7 @@ def main():
   results = {"provenance": provenance(), "header": header}
   if args.original:
     import torch  # only for the side-by-side: PyTorch is not a dependency of the library
+
     from benchmarks.parity import original_step
     torch.set_num_threads(cores)
     orig = original_step.load_original(args.original)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from jax.extend import core as jcore
 

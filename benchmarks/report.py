@@ -23,8 +23,9 @@ import importlib
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 # The markdown files that may hold generated tables.
@@ -38,7 +39,7 @@ class Report(NamedTuple):
   module: str    # the benchmark module whose markdown(results) renders it
 
 
-REPORTS: Dict[str, Report] = {
+REPORTS: dict[str, Report] = {
     "headline": Report("benchmarks/results/headline.json", "benchmarks.headline"),
     "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
     "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
@@ -91,14 +92,14 @@ def render(name: str) -> str:
   return markdown(results).rstrip() + "\n\n" + provenance_line(results) + "\n"
 
 
-def documents() -> List[Path]:
+def documents() -> list[Path]:
   paths = []
   for pattern in DOCUMENTS:
     paths.extend(sorted(REPO.glob(pattern)))
   return [p for p in paths if p.is_file()]
 
 
-def update(path: Path, write: bool) -> List[str]:
+def update(path: Path, write: bool) -> list[str]:
   """Re-renders every region of ``path``; returns the names of the regions that changed
   (and rewrites the file when ``write``)."""
   text = path.read_text()

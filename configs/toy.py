@@ -16,9 +16,8 @@ ARG: comma-separated words: a dataset (moons | circles | 8gaussians | pinwheel),
 """
 
 from configs.common import apply_smoke, parse_args
-from flowgmm_jax.training.config import base_config, model_config
-
 from flowgmm_jax.data import PAPER_NUM_LABELED as NUM_LABELED
+from flowgmm_jax.training.config import base_config, model_config
 
 
 def get_config(arg: str | None = None):

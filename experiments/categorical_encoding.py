@@ -42,6 +42,7 @@ def cell_averaged_predict(model, x, draws: int, seed: int = 0) -> np.ndarray:
   ``mean_s q(a_s, y) exp(-sum_j log p_sj)`` over ``draws`` uniform points of each row's
   cells (``a_s = alr(p_s)``; the factor is the density of a over p)."""
   import scipy.special
+
   from flowgmm_jax import features
   encoder = model.encoder_
   numeric, codes = encoder.split(x, "ignore")

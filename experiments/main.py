@@ -31,9 +31,7 @@ import ast
 import json
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flowgmm_jax.compile_cache import enable_compilation_cache

@@ -9,9 +9,7 @@ only for runs that have no config.json. Figures: see flowgmm_jax/plots.py.
 
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flowgmm_jax.run_files import read_config

@@ -3,9 +3,7 @@
 Forward is always data -> latent. Public names only; see the submodules for everything else.
 """
 
-from flowgmm_jax import bijectors
-from flowgmm_jax import data
-from flowgmm_jax import models
+from flowgmm_jax import bijectors, data, models
 from flowgmm_jax.flowgmm import FlowGMM, bits_per_dim
 from flowgmm_jax.losses import flowgmm_objective
 from flowgmm_jax.prior import GaussianMixturePrior

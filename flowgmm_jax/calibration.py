@@ -27,7 +27,7 @@ the NLL has no finite minimiser (it falls as T -> 0) and T = 1 is kept, with a n
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def fit_temperature(logits, labels, *, max_temperature: float,
   return float(math.exp(-best))
 
 
-def metrics(logits, labels, temperature: float = 1.0, num_bins: int = 15) -> Dict[str, float]:
+def metrics(logits, labels, temperature: float = 1.0, num_bins: int = 15) -> dict[str, float]:
   """accuracy, nll_y_given_x and ece of softmax(logits / T)."""
   logits = np.asarray(logits, np.float64)
   probs = np.exp(_log_softmax(logits / temperature))

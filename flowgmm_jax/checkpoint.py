@@ -42,7 +42,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from flowgmm_jax import run_files
-from flowgmm_jax.models import (MODEL_FIELDS, PARAM_LAYOUT_VERSION, LayoutVersionError,
-                                check_layout_version)
+from flowgmm_jax.models import (
+  MODEL_FIELDS,
+  PARAM_LAYOUT_VERSION,
+  LayoutVersionError,
+  check_layout_version,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 # With several processes, how often the hosts compare their save-failure flags (check).
@@ -136,7 +141,7 @@ def upgrade_meta(meta: dict) -> dict:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _describe_mismatch(saved: Any, expected: Any, path: str = "") -> Optional[str]:
+def _describe_mismatch(saved: Any, expected: Any, path: str = "") -> str | None:
   if isinstance(expected, dict) and isinstance(saved, dict):
     for k in sorted(set(expected) | set(saved)):
       if k not in saved:
@@ -179,7 +184,7 @@ def _quiet():
     if failed:
       time.sleep(0.5)
     sys.stderr, sys.unraisablehook = stderr, unraisable
-    for lg, level in zip(loggers, levels):
+    for lg, level in zip(loggers, levels, strict=False):
       lg.setLevel(level)
 
 
@@ -293,7 +298,7 @@ class _HandlerReader:
     return out
 
 
-def read_checkpoint(workdir: str, step: Optional[int] = None, *, sharding=None):
+def read_checkpoint(workdir: str, step: int | None = None, *, sharding=None):
   """``(step, meta, state)`` of the checkpoint at ``step`` (default: the latest) in
   ``workdir``, read-only; ``state`` as nested dicts, placed with ``sharding`` (e.g.
   replicated on a mesh; None: the default device), whatever the devices that saved it.
@@ -426,7 +431,7 @@ class _ErrorLog:
     self.installed = False
 
 
-def _exception_chain(e: Optional[BaseException]):
+def _exception_chain(e: BaseException | None):
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
@@ -475,7 +480,7 @@ class _Hosts:
   def publish(self, name: str, value: dict) -> None:
     self.client.key_value_set(f"{self.prefix}/{name}", json.dumps(value))
 
-  def receive(self, name: str) -> Optional[dict]:
+  def receive(self, name: str) -> dict | None:
     """The value published under ``name``, or None when none came within the timeout."""
     try:
       return json.loads(self.client.blocking_key_value_get(f"{self.prefix}/{name}",
@@ -494,8 +499,8 @@ class Checkpointer:
   reported in one line, except ``optimizer`` itself, whose state cannot be carried over.
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, meta: Optional[dict] = None,
-               soft_meta: Optional[dict] = None,
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, meta: dict | None = None,
+               soft_meta: dict | None = None,
                host_timeout_s: float = HOST_TIMEOUT_SECONDS):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
@@ -511,14 +516,14 @@ class Checkpointer:
     self._errors.install()
     # A failed background save, (step, exception): set by the thread that waits for it,
     # raised by check() on the training thread.
-    self._failure: Optional[tuple[int, BaseException]] = None
-    self._last_good: Optional[int] = self.manager.latest_step()
-    self._pending: Optional[int] = None  # the step of the newest save started
+    self._failure: tuple[int, BaseException] | None = None
+    self._last_good: int | None = self.manager.latest_step()
+    self._pending: int | None = None  # the step of the newest save started
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def __enter__(self) -> "Checkpointer":
+  def __enter__(self) -> Checkpointer:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> bool:
@@ -531,7 +536,7 @@ class Checkpointer:
         raise
     return False
 
-  def save(self, state, *, params_step: Optional[int] = None, force: bool = False) -> None:
+  def save(self, state, *, params_step: int | None = None, force: bool = False) -> None:
     """Starts writing ``state`` at its step (orbax finishes it in the background).
     ``params_step``: the step whose parameters the state holds when that is not its own
     (early stopping's best step), written to the metadata. Raises CheckpointSaveError for
@@ -577,7 +582,7 @@ class Checkpointer:
       if self._failure is None:
         self._last_good = max(step, self._last_good or 0)
 
-  def check(self, step: Optional[int] = None) -> None:
+  def check(self, step: int | None = None) -> None:
     """Raises CheckpointSaveError when a background save has failed. Cheap enough for every
     step: it reads one attribute (no device sync, no directory listing).
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional
 
 ENV_VAR = "FLOWGMM_COMPILATION_CACHE"
 AUTO, ON, OFF = "auto", "on", "off"
@@ -67,7 +66,7 @@ def check_setting(setting) -> str:
   return os.fspath(setting).strip()
 
 
-def resolve_cache_dir(setting: Optional[str], platform: str) -> Optional[str]:
+def resolve_cache_dir(setting: str | None, platform: str) -> str | None:
   """The directory ``setting`` asks for on ``platform`` (``jax.default_backend()``), or None
   for off; ignores a directory already set in JAX (``enable_compilation_cache`` does not)."""
   setting = check_setting(setting)
@@ -83,7 +82,7 @@ def resolve_cache_dir(setting: Optional[str], platform: str) -> Optional[str]:
   return os.path.abspath(os.path.expanduser(setting))
 
 
-def enable_compilation_cache(setting: Optional[str]) -> Optional[str]:
+def enable_compilation_cache(setting: str | None) -> str | None:
   """Turns JAX's persistent compilation cache on as ``setting`` asks (module docstring);
   returns the directory JAX uses after the call (None: no cache). Process-wide; never raises
   for a directory it cannot create (it warns, and leaves the cache as it was)."""

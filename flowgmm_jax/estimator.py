@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import scipy.special
@@ -53,8 +53,13 @@ from flowgmm_jax import features as features_lib
 from flowgmm_jax.features import CategoricalRows, StandardizedRows
 from flowgmm_jax.flowgmm import log_px
 from flowgmm_jax.labels import UNLABELED
-from flowgmm_jax.training.config import (RECIPE_PARAMETERS, base_config, recipe_defaults,
-                                         table_recipe, validate_config)
+from flowgmm_jax.training.config import (
+  RECIPE_PARAMETERS,
+  base_config,
+  recipe_defaults,
+  table_recipe,
+  validate_config,
+)
 
 _R = recipe_defaults()
 # Features whose standard deviation is below this are only centred (scale 1).
@@ -427,18 +432,18 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                num_coupling_layers: int = _R['num_coupling_layers'],
                hidden_dim: int = _R['hidden_dim'],
                hidden_layers: int = _R['hidden_layers'],
-               dropout_rate: Optional[float] = _R['dropout_rate'],
+               dropout_rate: float | None = _R['dropout_rate'],
                zero_init_last: bool = _R['zero_init_last'],
                num_bins: int = _R['num_bins'],
                bound: float = _R['bound'],
                covariance: str = _R['covariance'],
                means_init: str = _R['means_init'],
-               means_scale: Optional[float] = _R['means_scale'],
+               means_scale: float | None = _R['means_scale'],
                learn_means: bool = _R['learn_means'],
                learn_scales: bool = _R['learn_scales'],
                learn_weights: bool = _R['learn_weights'],
                objective: str = _R['objective'],
-               label_weight: Optional[float] = _R['label_weight'],
+               label_weight: float | None = _R['label_weight'],
                label_weight_per_feature: float = _R['label_weight_per_feature'],
                unlabeled_weight: float = _R['unlabeled_weight'],
                noise_std: float = _R['noise_std'],
@@ -460,7 +465,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                max_temperature: float = _R['max_temperature'],
                standardize: bool = True, categorical_features: Any = None,
                categorical_encoding: str = "onehot", handle_unknown: str = "error",
-               compilation_cache_dir: Optional[str] = None,
+               compilation_cache_dir: str | None = None,
                random_state: Any = None, verbose: int = 0):
     self.model = model
     self.num_coupling_layers = num_coupling_layers
@@ -560,7 +565,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       if name.endswith("_") and not name.startswith("__"):
         delattr(self, name)
 
-  def _fit_encoder(self, X) -> Optional[features_lib.TableEncoder]:
+  def _fit_encoder(self, X) -> features_lib.TableEncoder | None:
     """The ``TableEncoder`` of X (sets ``n_features_in_`` and, for a DataFrame whose
     column names are strings, ``feature_names_in_``), or None when no column is categorical
     (X then goes through scikit-learn's ``validate_data`` as a numeric table)."""
@@ -579,7 +584,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       self.feature_names_in_ = np.asarray(encoder.columns, dtype=object)
     return encoder
 
-  def fit(self, X, y) -> "FlowGMMClassifier":
+  def fit(self, X, y) -> FlowGMMClassifier:
     """Trains FlowGMM on ``X: [N, D]`` with labels ``y: [N]`` (-1 = unlabelled).
 
     ``classes_`` becomes the sorted set of labelled values; at least one labelled row of
@@ -593,7 +598,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       self._reset()  # validate_data may have set n_features_in_
       raise
 
-  def _fit(self, X, y) -> "FlowGMMClassifier":
+  def _fit(self, X, y) -> FlowGMMClassifier:
     config = self._make_config(self._seed())
     encoder = self._fit_encoder(X)
     rows = None  # CategoricalRows of the training rows with categorical_encoding="simplex"
@@ -642,8 +647,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
                                       column_name=column_name), stacklevel=3)
 
     import jax
-    from flowgmm_jax.data.dataset import Dataset
+
     from flowgmm_jax import mesh as mesh_lib
+    from flowgmm_jax.data.dataset import Dataset
     from flowgmm_jax.training import loop
 
     if rows is not None:

@@ -19,7 +19,8 @@ softmax = p(y|x)); log_det = log|det df/dx| of the flow (data -> latent).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,7 @@ def accuracy(scores: Any, labels: Any) -> float:
   return float(np.mean(np.argmax(scores, axis=1) == labels))
 
 
-def calibration_bins(confidences: Any, correct: Any, num_bins: int = 15) -> Dict[str, np.ndarray]:
+def calibration_bins(confidences: Any, correct: Any, num_bins: int = 15) -> dict[str, np.ndarray]:
   """Equal-width confidence bins B_m = ((m-1)/M, m/M], m = 1..M (confidence 0 goes to bin 1).
 
   Returns per-bin 'count' [M], 'accuracy' [M] and 'confidence' [M] (0 for empty bins) and
@@ -102,8 +103,8 @@ def expected_calibration_error(probs: Any, labels: Any, num_bins: int = 15) -> f
 
 
 def batch_metric_sums(class_log_joint: Array, labels: Array,
-                      log_det: Optional[Array] = None, mask: Optional[Array] = None,
-                      log_weights: Optional[Array] = None) -> Dict[str, Array]:
+                      log_det: Array | None = None, mask: Array | None = None,
+                      log_weights: Array | None = None) -> dict[str, Array]:
   """Sums over one evaluation batch (jnp, jit-able; padded rows excluded by ``mask``).
 
   Args:
@@ -158,8 +159,8 @@ def batch_metric_sums(class_log_joint: Array, labels: Array,
   return sums
 
 
-def aggregate_metric_sums(batch_sums: Sequence[Dict[str, Any]], num_dims: Optional[int] = None,
-                          num_bins: int = 15) -> Dict[str, float]:
+def aggregate_metric_sums(batch_sums: Sequence[dict[str, Any]], num_dims: int | None = None,
+                          num_bins: int = 15) -> dict[str, float]:
   """Final metrics from a list of ``batch_metric_sums`` outputs (host side, exact).
 
   Returns 'num_examples', 'accuracy', 'nll_y_given_x' (mean -log p(y|x), nats), 'ece',
@@ -178,8 +179,8 @@ def aggregate_metric_sums(batch_sums: Sequence[Dict[str, Any]], num_dims: Option
   if count == 0:
     raise ValueError("no unmasked examples in any batch; nothing to evaluate.")
   masks = [np.asarray(s["mask"], bool) for s in batch_sums]
-  confidence = np.concatenate([np.asarray(s["confidence"])[m] for s, m in zip(batch_sums, masks)])
-  correct = np.concatenate([np.asarray(s["correct"])[m] for s, m in zip(batch_sums, masks)])
+  confidence = np.concatenate([np.asarray(s["confidence"])[m] for s, m in zip(batch_sums, masks, strict=False)])
+  correct = np.concatenate([np.asarray(s["correct"])[m] for s, m in zip(batch_sums, masks, strict=False)])
   metrics = {
       "num_examples": count,
       "accuracy": total["num_correct"] / count,
@@ -197,7 +198,7 @@ def aggregate_metric_sums(batch_sums: Sequence[Dict[str, Any]], num_dims: Option
 
 def metrics_from_outputs(class_log_joint: Any, log_det: Any, labels: Any, *,
                          log_weights: Any, num_dims: int, num_bins: int = 15
-                         ) -> Dict[str, float]:
+                         ) -> dict[str, float]:
   """The evaluation metrics of a whole set from the model's outputs on it
   (``class_log_joint [N, K]``, ``log_det [N]``, ``labels [N]``, the prior's ``log_weights
   [K]``): accuracy, ECE, nll_y_given_x, nll / nll_given_label (nats per example) and their

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -93,7 +92,7 @@ def describe_column(values, *, max_levels: int = DEFAULT_MAX_LEVELS,
 
 
 def describe_columns(x, *, max_levels: int = DEFAULT_MAX_LEVELS,
-                     tol: float = 1e-6) -> List[ColumnKind]:
+                     tol: float = 1e-6) -> list[ColumnKind]:
   """``describe_column`` of every column of ``x: [N, D]``; a list of D ``ColumnKind``."""
   x = np.asarray(x, np.float64)
   if x.ndim != 2:
@@ -138,7 +137,7 @@ def dequantization_widths(x, scale=None, *, max_levels: int = DEFAULT_MAX_LEVELS
   return widths
 
 
-def dequantize(x, widths, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def dequantize(x, widths, rng: np.random.Generator | None = None) -> np.ndarray:
   """``x + (u - 1/2) * widths`` with ``u ~ U[0, 1)`` per entry: each value moves uniformly
   within its own cell ``[v - r/2, v + r/2)``, cells of neighbouring lattice values touch
   without overlapping, and ``round`` to the lattice recovers ``x`` (tested).
@@ -207,7 +206,7 @@ class StandardizedRows:
     return f"StandardizedRows(shape={self.shape}, x dtype={self.x.dtype})"
 
 
-def one_hot_groups(x, *, min_size: int = 2) -> List[Tuple[int, int]]:
+def one_hot_groups(x, *, min_size: int = 2) -> list[tuple[int, int]]:
   """Runs of adjacent 0/1 columns of ``x: [N, D]`` in which every row has exactly one 1.
 
   Returns half-open column ranges ``[(start, stop), ...]`` (each ``stop - start >=
@@ -270,7 +269,7 @@ def one_hot_groups(x, *, min_size: int = 2) -> List[Tuple[int, int]]:
 
 
 def simplex_cell_noise(codes, num_levels: int,
-                       rng: Optional[np.random.Generator] = None) -> np.ndarray:
+                       rng: np.random.Generator | None = None) -> np.ndarray:
   """Points drawn uniformly from the arg-max cell ``R_k`` of each row's level ``k``.
 
   ``codes: [N]`` integers in ``[0, num_levels)``. A uniform point of the simplex is
@@ -354,7 +353,7 @@ class CategoricalRows(StandardizedRows):
   """
 
   def __init__(self, numeric, codes, num_levels, is_categorical, mean=None, scale=None, *,
-               noise_seed: Optional[int] = None, chunk_rows: int = 65536):
+               noise_seed: int | None = None, chunk_rows: int = 65536):
     self.numeric = np.asarray(numeric, np.float64)
     self.codes = np.asarray(codes, np.int64)
     self.num_levels = tuple(int(k) for k in num_levels)
@@ -476,7 +475,7 @@ def is_dataframe(x) -> bool:
   return type(x).__module__.split(".")[0] == "pandas" and hasattr(x, "columns")
 
 
-def _column_label(encoder: "TableEncoder", j: int) -> str:
+def _column_label(encoder: TableEncoder, j: int) -> str:
   return repr(encoder.columns[j]) if encoder.columns is not None else f"{j}"
 
 
@@ -557,7 +556,7 @@ class TableEncoder:
                        "reshape it, e.g. X.reshape(-1, 1) for a single feature.")
     return [x[:, j] for j in range(x.shape[1])]
 
-  def fit(self, X) -> "TableEncoder":
+  def fit(self, X) -> TableEncoder:
     if self.handle_unknown not in ("error", "ignore"):
       raise ValueError(f"handle_unknown={self.handle_unknown!r} must be 'error' or 'ignore'.")
     frame = is_dataframe(X)
@@ -603,7 +602,7 @@ class TableEncoder:
                        f"{self.n_features} features as input; pass the same columns, in the "
                        "same order, as in fit.")
 
-  def split(self, X, handle_unknown: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+  def split(self, X, handle_unknown: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(numeric float64 [N, D_num], codes int64 [N, G])`` of X; a level unseen in fit is
     an error naming the column and value, or code -1 with ``handle_unknown="ignore"``
     (default: the encoder's own).

@@ -13,7 +13,7 @@ dequantisation noise ``u`` passed in by the caller; the preprocessing log-det, i
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -77,7 +77,7 @@ class FlowGMM(nn.Module):
 
   @classmethod
   def from_config(cls, config, input_shape: Sequence[int], num_classes: int, *, image: bool,
-                  bn_axis_name: Optional[str] = None) -> "FlowGMM":
+                  bn_axis_name: str | None = None) -> FlowGMM:
     """FlowGMM from a config's ``model`` and ``prior`` sections: the flow
     (``models.build``) for inputs of ``input_shape`` (no batch axis), a
     ``GaussianMixturePrior`` with ``num_classes`` components, and for 8-bit images
@@ -93,8 +93,8 @@ class FlowGMM(nn.Module):
       noise = jnp.full_like(x, 0.5)  # midpoint dequantisation: deterministic evaluation
     return dequantize_logit(noise, self.logit_alpha)
 
-  def __call__(self, x: jax.Array, noise: Optional[jax.Array] = None, train: bool = False,
-               mask: Optional[jax.Array] = None):
+  def __call__(self, x: jax.Array, noise: jax.Array | None = None, train: bool = False,
+               mask: jax.Array | None = None):
     """Data -> latent.
 
     Args:

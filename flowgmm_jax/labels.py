@@ -8,14 +8,14 @@ unlabelled, as in ``sklearn.semi_supervised``) into this form.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 UNLABELED = -1  # the label of an unlabelled example
 
 
-def validate_labels(labels: Any, num_classes: Optional[int] = None,
+def validate_labels(labels: Any, num_classes: int | None = None,
                     allow_unlabeled: bool = True, *, where: str = "",
                     integer_dtype: bool = False) -> np.ndarray:
   """``labels`` as ``int64 [N]``, or one ValueError saying what is wrong.

@@ -33,7 +33,6 @@ resolved into the settings of that function, the one object the train step recei
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +58,7 @@ def unknown_objective_message(objective) -> str:
 
 
 def labeled_log_likelihood(class_log_joint: Array, labels: Array,
-                           log_weights: Optional[Array] = None) -> Array:
+                           log_weights: Array | None = None) -> Array:
   """Per-example log-likelihood of the given class, ``[B]``.
 
   Returns class_log_joint[b, y_b] = log pi_y + log N(z; mu_y)  (the joint log p(z, y)),
@@ -89,13 +88,13 @@ def flowgmm_objective(class_log_joint: Array, log_det: Array, labels: Array, *,
                       label_weight: float | Array = 1.0,
                       unlabeled_weight: float | Array = 1.0,
                       consistency_weight: float | Array = 0.0,
-                      class_log_joint_teacher: Optional[Array] = None,
-                      log_weights: Optional[Array] = None,
-                      mask: Optional[Array] = None,
-                      num_labeled: Optional[Array] = None,
-                      num_unlabeled: Optional[Array] = None,
-                      num_examples: Optional[Array] = None,
-                      ) -> Tuple[Array, Dict[str, Array]]:
+                      class_log_joint_teacher: Array | None = None,
+                      log_weights: Array | None = None,
+                      mask: Array | None = None,
+                      num_labeled: Array | None = None,
+                      num_unlabeled: Array | None = None,
+                      num_examples: Array | None = None,
+                      ) -> tuple[Array, dict[str, Array]]:
   """The FlowGMM training objective on one mixed batch.
 
   Two forms (``objective``), with CE = mean_lab -log softmax(class_log_joint)[y] (the
@@ -219,7 +218,7 @@ class FlowGMMLoss:
   consistency_rampup_steps: int = 0
 
   @classmethod
-  def from_config(cls, loss_config, num_dims: int) -> "FlowGMMLoss":
+  def from_config(cls, loss_config, num_dims: int) -> FlowGMMLoss:
     """From ``config.loss`` for inputs of ``num_dims`` = D dimensions. ``label_weight``
     None is ``label_weight_per_feature * D``: the density term is a sum over the D
     dimensions and the class term one number per row. The one place this is resolved."""
@@ -241,7 +240,7 @@ class FlowGMMLoss:
                                    self.consistency_rampup_steps)
 
   def __call__(self, class_log_joint: Array, log_det: Array, labels: Array, *, step: Array,
-               **kwargs) -> Tuple[Array, Dict[str, Array]]:
+               **kwargs) -> tuple[Array, dict[str, Array]]:
     """``flowgmm_objective`` with these settings at training step ``step``; ``kwargs``:
     its teacher, log_weights, mask and count arguments."""
     return flowgmm_objective(

@@ -65,7 +65,6 @@ gains (the original applies weight decay to the ``weight_g`` gains and nothing e
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -189,7 +188,7 @@ class WNConv(nn.Module):
   use_bias: bool = True
   zero_init: bool = False
   param_dtype: jnp.dtype = jnp.float32
-  dtype: Optional[jnp.dtype] = None
+  dtype: jnp.dtype | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -241,7 +240,7 @@ class Rescale(nn.Module):
 
 
 def _residual_block(h: Array, skip: Array, mid: int, batch_norm, conv,
-                    mask: Optional[Array] = None) -> Tuple[Array, Array]:
+                    mask: Array | None = None) -> tuple[Array, Array]:
   """One residual block of ``ResNetConditioner`` on ``h, skip: [B, H, W, mid]``:
 
       h = h + WNConv3x3(relu(BN(WNConv3x3_nobias(relu(BN(h))))));  skip = skip + WNConv1x1(h)
@@ -261,13 +260,13 @@ class _ResidualBlock(nn.Module):
   """One residual block as the body of ``ResNetConditioner``'s scan: carry ``(h, skip)``."""
   mid_channels: int
   train: bool
-  bn_axis_name: Optional[str]
+  bn_axis_name: str | None
   param_dtype: jnp.dtype
-  dtype: Optional[jnp.dtype]
+  dtype: jnp.dtype | None
 
   @nn.compact
-  def __call__(self, carry: Tuple[Array, Array], _, mask: Optional[Array]
-               ) -> Tuple[Tuple[Array, Array], None]:
+  def __call__(self, carry: tuple[Array, Array], _, mask: Array | None
+               ) -> tuple[tuple[Array, Array], None]:
     h, skip = carry
     def batch_norm(name):
       return _batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype, name)
@@ -301,14 +300,14 @@ class BatchNorm(nn.Module):
     param_dtype: dtype of ``scale`` and ``bias``.
   """
   use_running_average: bool = False
-  axis_name: Optional[str] = None
+  axis_name: str | None = None
   momentum: float = BN_MOMENTUM
   epsilon: float = BN_EPSILON
-  dtype: Optional[jnp.dtype] = None
+  dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
     """``x: [B, ..., C] -> [B, ..., C]``; ``mask: [B]`` bool (False: a padding row that
     counts for nothing in the batch moments) or None (every row counts)."""
     features = x.shape[-1]
@@ -342,7 +341,7 @@ class BatchNorm(nn.Module):
     return jnp.asarray(y, self.dtype or jnp.result_type(x, scale, bias))
 
 
-def _batch_norm(train: bool, axis_name: Optional[str], dtype, param_dtype, name: str
+def _batch_norm(train: bool, axis_name: str | None, dtype, param_dtype, name: str
                 ) -> BatchNorm:
   return BatchNorm(use_running_average=not train, axis_name=axis_name, dtype=dtype,
                    param_dtype=param_dtype, name=name)
@@ -373,19 +372,19 @@ class ResNetConditioner(nn.Module):
   """
   mid_channels: int = 64
   num_blocks: int = 8
-  out_channels: Optional[int] = None
+  out_channels: int | None = None
   double_after_norm: bool = False
   zero_init_last: bool = True
-  bn_axis_name: Optional[str] = None
+  bn_axis_name: str | None = None
   param_dtype: jnp.dtype = jnp.float32
-  dtype: Optional[jnp.dtype] = None
+  dtype: jnp.dtype | None = None
 
   def _batch_norm(self, train: bool, name: str) -> BatchNorm:
     return _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype, name)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None
-               ) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool = False, mask: Array | None = None
+               ) -> tuple[Array, Array]:
     """``x: [B, H, W, C_in] -> (s_raw, t)``, each ``[B, H, W, out_channels / 2]``.
 
     BatchNorm uses batch statistics (and updates ``batch_stats``, which must then be
@@ -447,7 +446,7 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
-  dtype: Optional[jnp.dtype] = None
+  dtype: jnp.dtype | None = None
 
   def _dense(self, features: int, fan_in: int, name: str, zero: bool = False) -> nn.Dense:
     if zero:
@@ -483,14 +482,14 @@ class MLPConditioner(nn.Module):
   hidden_dim: int = 256
   hidden_layers: int = 3
   dropout_rate: float = 0.0
-  out_dim: Optional[int] = None
+  out_dim: int | None = None
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
-  dtype: Optional[jnp.dtype] = None  # compute dtype of the MLP (see MLP)
+  dtype: jnp.dtype | None = None  # compute dtype of the MLP (see MLP)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, out_dim: Optional[int] = None
-               ) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool = False, out_dim: int | None = None
+               ) -> tuple[Array, Array]:
     """``x: [B, D_in] -> (s_raw, t)``, each ``[B, out_dim / 2]``.
 
     ``out_dim`` given here overrides the attribute (the flow knows the changed width only
@@ -521,7 +520,7 @@ class MLPSplineConditioner(nn.Module):
   dropout_rate: float = 0.0
   zero_init_last: bool = False
   param_dtype: jnp.dtype = jnp.float32
-  dtype: Optional[jnp.dtype] = None  # compute dtype of the MLP (see MLP)
+  dtype: jnp.dtype | None = None  # compute dtype of the MLP (see MLP)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -26,8 +26,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flowgmm_jax import evaluation  # noqa: E402
-from flowgmm_jax import run_files  # noqa: E402
+from flowgmm_jax import evaluation, run_files  # noqa: E402
 
 _DPI = 100
 _CLASS_COLORS = plt.get_cmap("tab10")
@@ -42,20 +41,20 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def _class_names(num_classes: int, names: Optional[Sequence[str]]):
+def _class_names(num_classes: int, names: Sequence[str] | None):
   return list(names) if names is not None and len(names) == num_classes else [
       str(k) for k in range(num_classes)]
 
 
 # ----------------------------------------------------------------------------- any data
 
-def reliability_diagram(probs_by_name: Dict[str, np.ndarray], labels: np.ndarray, path: str,
+def reliability_diagram(probs_by_name: dict[str, np.ndarray], labels: np.ndarray, path: str,
                         num_bins: int = 15) -> str:
   """One panel per entry of ``probs_by_name`` ({'before': [N, K], 'after': [N, K]}): accuracy
   per confidence bin against the diagonal, bin counts as bar shading, ECE in the title."""
   names = list(probs_by_name)
   fig, axes = plt.subplots(1, len(names), figsize=(4.0 * len(names), 3.6), squeeze=False)
-  for ax, name in zip(axes[0], names):
+  for ax, name in zip(axes[0], names, strict=False):
     probs = np.asarray(probs_by_name[name])
     conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
     bins = evaluation.calibration_bins(conf, correct, num_bins)
@@ -76,7 +75,7 @@ def reliability_diagram(probs_by_name: Dict[str, np.ndarray], labels: np.ndarray
 
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int, path: str,
-                     class_names: Optional[Sequence[str]] = None) -> str:
+                     class_names: Sequence[str] | None = None) -> str:
   """Row-normalised confusion matrix (rows: true class, columns: predicted), with counts."""
   counts = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(counts, (np.asarray(labels), np.asarray(predicted)), 1)
@@ -117,7 +116,7 @@ def training_curves(records: list, path: str, evaluated_on: str = "test") -> str
   panels = [("train/loss", "train loss"), ("eval/accuracy", f"{split} accuracy"),
             ("eval/bpd", f"{split} bits/dim")]
   fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-  for ax, (key, title) in zip(axes, panels):
+  for ax, (key, title) in zip(axes, panels, strict=False):
     s = series(key)
     if s is None:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
@@ -354,7 +353,7 @@ def feature_vis_figure(model, x_images: np.ndarray, path: str, num_top: int = 3,
     blocks.append(imgs)
     kinds = ["top"] * num_top + ["least"]
     labels += [f"img{n} {kind} z[{c}]\n Δlog-odds={e:.2g}" for kind, c, e in
-               zip(kinds, coords, effects)]
+               zip(kinds, coords, effects, strict=False)]
   imgs = np.concatenate(blocks)[None]
   return _show_grid(imgs, path, row_labels=labels,
                     col_labels=[f"{o:+.1f}σ" for o in offsets],
@@ -365,7 +364,7 @@ def feature_vis_figure(model, x_images: np.ndarray, path: str, num_top: int = 3,
 # ----------------------------------------------------------------------------- a run
 
 def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
-                    calibration: Optional[dict] = None, max_points: int = 2000) -> list:
+                    calibration: dict | None = None, max_points: int = 2000) -> list:
   """Writes the kind-appropriate figures for ``model`` on ``dataset`` into workdir/plots/.
 
   ``calibration``: {'temperature': T} (a 'before / after' reliability diagram) or None.
@@ -379,7 +378,7 @@ def write_run_plots(model, dataset, workdir: str, *, labeled_idx=None,
     logits = model.logits(x_test, preprocessed=True)
     probs = {"before calibration": _softmax(logits)}
     if calibration and calibration.get("temperature") is not None:
-      probs["after (T = %.3g)" % calibration["temperature"]] = _softmax(
+      probs["after (T = {:.3g})".format(calibration["temperature"])] = _softmax(
           logits / calibration["temperature"])
     written.append(reliability_diagram(probs, y_test, os.path.join(out, "reliability.png")))
     written.append(confusion_matrix(logits.argmax(1), y_test, model.num_classes,

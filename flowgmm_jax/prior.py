@@ -47,7 +47,8 @@ Typical use::
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -150,8 +151,8 @@ class GaussianMixturePrior(nn.Module):
   dim: int
   covariance: str = "isotropic"
   shared_scale: bool = False
-  means_init: Union[str, Callable[..., Array], Any] = "image"
-  means_scale: Optional[float] = None
+  means_init: str | Callable[..., Array] | Any = "image"
+  means_scale: float | None = None
   scale_init: float = 1.0
   learn_means: bool = False
   learn_scales: bool = False
@@ -160,7 +161,7 @@ class GaussianMixturePrior(nn.Module):
 
   @classmethod
   def from_config(cls, prior_config, num_classes: int, dim: int, *,
-                  image: bool) -> "GaussianMixturePrior":
+                  image: bool) -> GaussianMixturePrior:
     """The prior described by a config's ``prior`` section, for ``num_classes`` classes and
     ``dim``-dimensional latents of image (``image``) or other data. ``means_init`` goes
     through ``resolve_means_init``; ``means_scale`` None is the paper's value."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def write_calibration(workdir: str, record: dict) -> None:
   write_json(os.path.join(workdir, CALIBRATION_FILE), record)
 
 
-def read_calibration(workdir: str) -> Optional[dict]:
+def read_calibration(workdir: str) -> dict | None:
   """The run's ``calibration.json``, or None."""
   path = os.path.join(workdir, CALIBRATION_FILE)
   if not os.path.isfile(path):

@@ -28,19 +28,20 @@ cached per model and mesh).
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from flowgmm_jax import checkpoint as ckpt
 from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax import run_files
-from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.checkpoint import IncompatibleCheckpointError, RunNotFoundError  # noqa: F401
+from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.flowgmm import FlowGMM, bits_per_dim, log_px
 from flowgmm_jax.models import PARAM_LAYOUT_VERSION, LayoutVersionError, check_layout_version
 
@@ -82,8 +83,8 @@ class TrainedFlowGMM:
   """
 
   def __init__(self, model, variables: dict, *, meta: dict, step: int,
-               data_transform: Optional[dict] = None, temperature: float = 1.0,
-               batch_size: Optional[int] = None, workdir: Optional[str] = None, mesh=None):
+               data_transform: dict | None = None, temperature: float = 1.0,
+               batch_size: int | None = None, workdir: str | None = None, mesh=None):
     self.model = model
     self.variables = variables
     self.meta = meta
@@ -176,7 +177,7 @@ class TrainedFlowGMM:
                        f"after preprocessing, got {x.shape}.")
     return x
 
-  def _chunks(self, program: int, x: np.ndarray, keep: Optional[tuple] = None):
+  def _chunks(self, program: int, x: np.ndarray, keep: tuple | None = None):
     """Runs program ``program`` (0 forward, 1 inverse, 2 latent logits) over the rows of
     ``x``: chunks of at most ``batch_size`` rows (rounded up to the device count), each
     padded to ``mesh.padded_rows`` by repeating its last row; the padding's outputs are
@@ -198,7 +199,7 @@ class TrainedFlowGMM:
       out = fn(variables, mesh_lib.shard_batch(self.mesh, chunk))
       if keep is not None:
         out = tuple(part if i in keep else None for i, part in enumerate(out))
-      outputs.append(jax.tree.map(lambda a: mesh_lib.to_host(a)[:n], out))
+      outputs.append(jax.tree.map(lambda a, n=n: mesh_lib.to_host(a)[:n], out))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
   def _outputs(self, x, preprocessed: bool, keep: tuple = (0, 1, 2)):
@@ -226,7 +227,7 @@ class TrainedFlowGMM:
     return self._outputs(x, preprocessed, keep=(2,))[2]
 
   def predict_proba(self, x, preprocessed: bool = False,
-                    temperature: Optional[float] = None) -> np.ndarray:
+                    temperature: float | None = None) -> np.ndarray:
     """p(y | x) = softmax(logits / T), ``[N, K]``; T = ``self.temperature`` by default."""
     t = self.temperature if temperature is None else float(temperature)
     return np.asarray(jax.nn.softmax(self.logits(x, preprocessed) / t, axis=-1))
@@ -327,8 +328,8 @@ def from_variables(meta: dict, variables: dict, *, step: int = 0, **kwargs) -> T
   return TrainedFlowGMM(model_from_meta(meta), variables, meta=meta, step=step, **kwargs)
 
 
-def load(workdir: str, step: Optional[int] = None, *, calibrated: bool = True,
-         batch_size: Optional[int] = None, mesh=None) -> TrainedFlowGMM:
+def load(workdir: str, step: int | None = None, *, calibrated: bool = True,
+         batch_size: int | None = None, mesh=None) -> TrainedFlowGMM:
   """The model of the run in ``workdir`` at ``step`` (default: the latest checkpoint).
 
   ``calibrated``: apply the temperature fitted for this step (``calibration.json``) in

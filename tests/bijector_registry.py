@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Dict, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,7 +34,7 @@ import scipy.linalg
 from flowgmm_jax import bijectors as bij
 from flowgmm_jax.models import Glow, RealNVP, TabularFlow
 
-Constructor = Callable[[np.random.Generator, jnp.dtype], Tuple[bij.Bijector, jax.Array]]
+Constructor = Callable[[np.random.Generator, jnp.dtype], tuple[bij.Bijector, jax.Array]]
 
 IMAGE_SHAPE = (3, 4, 4, 2)
 IMAGE_SHAPE_4C = (3, 4, 4, 4)
@@ -284,7 +285,7 @@ class FlowAsBijector(bij.Bijector):
 # 3-scale RealNVP needs 8x8 images for a non-trivial last scale (2x2; one channel keeps
 # D = 64) and has no residual blocks, which halves its compile time (flow_realnvp tests
 # the blocks).
-TINY_FLOWS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
+TINY_FLOWS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "realnvp": (lambda: RealNVP(num_scales=2, num_blocks=1, mid_channels=4), (4, 4, 2)),
     "realnvp_3scales": (lambda: RealNVP(num_scales=3, num_blocks=0, mid_channels=4),
                         (8, 8, 1)),
@@ -306,7 +307,7 @@ def tiny_flow_inputs(name: str, rng: np.random.Generator, batch: int) -> np.ndar
   return 4.0 * x if name == "spline_tabular" else x
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_flow_shapes(name: str):
   """``(model, shapes of model.init's variables)``, traced with jax.eval_shape (no
   compute)."""
@@ -381,7 +382,7 @@ def flow_with_preprocessing(name: str, batch: int = 2) -> Constructor:
   return make
 
 
-REGISTRY: Dict[str, Constructor] = {
+REGISTRY: dict[str, Constructor] = {
     "affine_checkerboard_parity0": affine_checkerboard(0),
     "affine_checkerboard_parity1": affine_checkerboard(1),
     "channel_coupling_first_half_changed": channel_coupling(swap=False),

@@ -24,8 +24,8 @@ STEPS = 10
 
 
 def tiny_config(records: str, loader: str):
-  from flowgmm_jax.training.config import model_config
   from flowgmm_jax.training import base_config
+  from flowgmm_jax.training.config import model_config
   c = base_config()
   c.data.kind, c.data.name, c.data.path, c.data.loader = "image", "records", records, loader
   c.data.num_labeled_per_class = 2
@@ -67,7 +67,7 @@ def main():
   devices = sorted(jax.devices(), key=lambda d: d.id)
   if a.interleave:  # [p0d0, p1d0, p0d1, p1d1, ...]
     by_process = [[d for d in devices if d.process_index == i] for i in range(a.num_processes)]
-    devices = [d for group in zip(*by_process) for d in group]
+    devices = [d for group in zip(*by_process, strict=False) for d in group]
   mesh = mesh_lib.make_mesh(devices)
   c = tiny_config(a.records, a.loader)
   ds = data_lib.load_dataset(c)

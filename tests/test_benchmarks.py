@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import missing_shared_data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -35,7 +34,9 @@ def test_parity_machine_record_runs_without_torch():
   import there fails CI, not the first hour-long parity run."""
   from benchmarks.parity import parity_original
   m = parity_original.machine()
-  assert m["cpu"] and m["cores"] >= 1 and 1 <= m.get("cores_used", m["cores"]) <= m["cores"]
+  assert m["cpu"]
+  assert m["cores"] >= 1
+  assert 1 <= m.get("cores_used", m["cores"]) <= m["cores"]
 
 
 @pytest.mark.slow
@@ -50,15 +51,21 @@ def test_bench_steps_toy_runs_without_torch(tmp_path):
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "| toy |" in proc.stdout and "original" not in proc.stdout
+  assert "| toy |" in proc.stdout
+  assert "original" not in proc.stdout
   report = json.loads(out.read_text())
-  assert report["header"]["cores"] >= 1 and "torch" not in report["header"]
+  assert report["header"]["cores"] >= 1
+  assert "torch" not in report["header"]
   (row,) = report["rows"]
-  assert row["workload"] == "toy" and row["median_s"] > 0
-  assert row["flops"] > 0 and row["gflops_per_s"] > 0
+  assert row["workload"] == "toy"
+  assert row["median_s"] > 0
+  assert row["flops"] > 0
+  assert row["gflops_per_s"] > 0
   assert row["params"] == 1_323_550  # the compact conditioners (models/tabular.py)
-  assert row["xla_compile_s"] > 0 and row["hlo_fusions"] > 0
-  assert row["hlo_dots"] > 0 and row["hlo_convolutions"] == 0  # a tabular flow: dense only
+  assert row["xla_compile_s"] > 0
+  assert row["hlo_fusions"] > 0
+  assert row["hlo_dots"] > 0
+  assert row["hlo_convolutions"] == 0
 
 
 def _original():
@@ -84,7 +91,7 @@ def test_original_toy_step_matches_ours():
   flops = original_step.count_flops(step.step)
   loss = float(step.step())
   assert np.isfinite(loss)
-  assert any(not (p == q).all() for p, q in zip(step.model.parameters(), before))
+  assert any(not (p == q).all() for p, q in zip(step.model.parameters(), before, strict=False))
   assert 1.0 <= ours["flops"] / flops < 1.5, (ours["flops"], flops)
 
 
@@ -118,6 +125,7 @@ def _mnist_model_pair(orig, seed: int):
   import jax
   import jax.numpy as jnp
   import torch
+
   from benchmarks.parity import original_step
   from configs import mnist
   from flowgmm_jax.flowgmm import FlowGMM
@@ -142,6 +150,7 @@ def test_original_realnvp_with_its_weights_is_our_function():
   import jax
   import jax.numpy as jnp
   import torch
+
   from benchmarks.parity import original_step
   from flowgmm_jax import losses
   from flowgmm_jax.models.multiscale import multiscale_latent_shapes
@@ -198,7 +207,8 @@ def test_original_realnvp_with_its_weights_is_our_function():
     g_t = to_ours(tensor.grad).numpy()
     num += float(np.sum((np.asarray(node) - g_t) ** 2))
     den += float(np.sum(g_t ** 2))
-  assert den > 0 and (num / den) ** 0.5 < 1e-3
+  assert den > 0
+  assert (num / den) ** 0.5 < 1e-3
   # Running statistics after the forward passes: torch updated them three times (two views
   # in the step, one forward above), ours once; compare ours after one update with the
   # update rule applied to the same batch moments, via a fresh original and one forward.
@@ -209,7 +219,7 @@ def test_original_realnvp_with_its_weights_is_our_function():
   expected = original_step.to_our_variables(v0, fresh.net)["batch_stats"]
   # torch keeps the UNBIASED batch variance in its running average, Flax the biased one:
   # a relative difference below 1 / (B H W - 1) = 1/1567 (the 14 x 14 couplings) here.
-  for a, b in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(expected)):
+  for a, b in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(expected), strict=False):
     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-3, atol=1e-5)
   # Eval mode with those statistics.
   fresh.net.eval()
@@ -252,7 +262,8 @@ def test_original_and_our_random_init_draw_from_one_distribution():
     checked += 1
   assert checked >= 40
   means = np.asarray(variables["prior"]["prior"]["means"])
-  assert abs(means.std() - 1.0) < 0.02 and abs(theirs.prior.means.numpy().std() - 1.0) < 0.02
+  assert abs(means.std() - 1.0) < 0.02
+  assert abs(theirs.prior.means.numpy().std() - 1.0) < 0.02
 
 
 def test_parity_label_split_is_the_original_label_file():
@@ -297,7 +308,8 @@ def test_parity_recipes_schedule_only_the_shipped_cpu_recipe():
   from flowgmm_jax.training.optim import make_schedule
   r = po.recipe("cpu_schedule")
   lr = make_schedule(r["lr_schedule"], r["learning_rate"], 6000, r["warmup_steps"])
-  assert float(lr(0)) == 0.0 and abs(float(lr(200)) - r["learning_rate"]) < 1e-9
+  assert float(lr(0)) == 0.0
+  assert abs(float(lr(200)) - r["learning_rate"]) < 1e-9
   assert float(lr(3100)) == pytest.approx(r["learning_rate"] / 2, rel=1e-3)
 
 
@@ -322,7 +334,8 @@ def test_parity_original_20_steps(tmp_path):
                                   "--eval-every=20", "--test-examples=100",
                                   "--recipes=original", f"--json={out}", "--figure="])
   runs = {r["side"]: r for r in json.loads(out.read_text())["runs"].values()}
-  assert set(runs) == {"ours", "original"} and results["runs"]
+  assert set(runs) == {"ours", "original"}
+  assert results["runs"]
   assert runs["ours"]["num_params"] == runs["original"]["num_params"] == 172_856
   for side, run in runs.items():
     (e,) = run["evals"]
@@ -341,13 +354,17 @@ def test_bench_fit_large_table_reports_time_memory_and_failures(tmp_path):
   data's resident set), and a method past --timeout reported as stopped, not a crash."""
   from benchmarks import bench_fit
   x, y, x_test, y_test = bench_fit.synthetic_table(3000, 4, classes=3, seed=1)
-  assert x.shape == (3000, 4) and x_test.shape == (bench_fit.TEST_ROWS, 4)
-  assert np.bincount(y[y >= 0]).tolist() == [10, 10, 10] and set(y_test) == {0, 1, 2}
+  assert x.shape == (3000, 4)
+  assert x_test.shape == (bench_fit.TEST_ROWS, 4)
+  assert np.bincount(y[y >= 0]).tolist() == [10, 10, 10]
+  assert set(y_test) == {0, 1, 2}
   out = tmp_path / "big.json"
   bench_fit.main(["--rows=3000", "--features=4", "--methods=selftraining", f"--json={out}"])
   (row,) = json.loads(out.read_text())["rows"]
-  assert row["fit_s"] > 0 and row["accuracy"] > 0.8
-  assert row["peak_mib"] >= row["data_mib"] > 0 and row["fit_mib"] == pytest.approx(
+  assert row["fit_s"] > 0
+  assert row["accuracy"] > 0.8
+  assert row["peak_mib"] >= row["data_mib"] > 0
+  assert row["fit_mib"] == pytest.approx(
       row["peak_mib"] - row["data_mib"])
   (row,) = bench_fit.main(["--rows=3000", "--features=4", "--methods=labelspreading",
                            "--timeout=0.01"])
@@ -376,7 +393,9 @@ def test_ssl_suite_new_baselines_run_merge_and_name_the_best_single_method(tmp_p
   assert set(report["provenance_by_method"]) == {"logreg", *new}
   for m in new:
     (run,) = runs[m]
-    assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["ece"] <= 1.0 and run["seed"] == 0
+    assert 0.0 <= run["accuracy"] <= 1.0
+    assert 0.0 <= run["ece"] <= 1.0
+    assert run["seed"] == 0
   # 1-NN by hand: the labelled rows, standardised with the train rows' scaler.
   x_train, y_semi, _, x_eval, y_eval = ssl_suite.make_split(x, y, 0, 10, validation=False)
   mu, sd = x_train.mean(0), x_train.std(0)
@@ -387,7 +406,8 @@ def test_ssl_suite_new_baselines_run_merge_and_name_the_best_single_method(tmp_p
       y_semi[lab][d.sum(-1).argmin(1)] == y_eval)
   best = max(["logreg", *new], key=lambda m: runs[m][0]["accuracy"])
   text, summary = ssl_suite.best_single(report["results"], ["salaries"])
-  assert summary["method"] == best and "not been run" in text
+  assert summary["method"] == best
+  assert "not been run" in text
   assert summary["mean_accuracy"] == 100 * runs[best][0]["accuracy"]
   # FlowGMM 5 points below the best: a loss beyond the 4-point margin.
   runs["flowgmm"] = [{"accuracy": runs[best][0]["accuracy"] - 0.05, "seed": 0}]

@@ -157,8 +157,10 @@ def diagonal_blocks(jacobian):
 @pytest.mark.parametrize("name", NAMES)
 def test_round_trip(name, dtype):
   _, x, r = results(name, dtype)
-  assert r["y"].shape[0] == x.shape[0] and r["log_det"].shape == x.shape[:1]
-  assert np.all(np.isfinite(r["y"])) and np.all(np.isfinite(r["log_det"]))
+  assert r["y"].shape[0] == x.shape[0]
+  assert r["log_det"].shape == x.shape[:1]
+  assert np.all(np.isfinite(r["y"]))
+  assert np.all(np.isfinite(r["log_det"]))
   assert r["x_back"].shape == x.shape
   np.testing.assert_allclose(r["x_back"], x, **tolerances(dtype, name))
 
@@ -227,11 +229,13 @@ def test_checkerboard_mask_matches_original_convention():
   # top-left pixel is changed (0); reverse=True is the complement. We call these 0 and 1.
   mask0 = np.asarray(bij.checkerboard_mask(3, 4, 0))
   mask1 = np.asarray(bij.checkerboard_mask(3, 4, 1))
-  assert mask0.shape == (3, 4, 1) and mask0.dtype == np.float32
+  assert mask0.shape == (3, 4, 1)
+  assert mask0.dtype == np.float32
   i, j = np.meshgrid(np.arange(3), np.arange(4), indexing="ij")
   np.testing.assert_array_equal(mask0[..., 0], (i + j) % 2)
   np.testing.assert_array_equal(mask1, 1 - mask0)
-  assert mask0[0, 0, 0] == 0 and mask1[0, 0, 0] == 1
+  assert mask0[0, 0, 0] == 0
+  assert mask1[0, 0, 0] == 1
   with pytest.raises(ValueError, match="parity"):
     bij.checkerboard_mask(4, 4, 2)
 
@@ -374,8 +378,10 @@ def test_spline_inverse_is_stable_with_steep_bins():
     return x, inverse_log_det, y_again, log_det, slope
 
   x, inverse_log_det, y_again, log_det, slope = map(np.asarray, check(grid))
-  assert np.all(np.isfinite(x)) and np.all(np.isfinite(inverse_log_det))
-  assert np.max(slope) > 100 and np.min(slope[:, :3]) < 1e-2  # really steep and flat
+  assert np.all(np.isfinite(x))
+  assert np.all(np.isfinite(inverse_log_det))
+  assert np.max(slope) > 100
+  assert np.min(slope[:, :3]) < 1e-2
   error = np.abs(y_again - np.asarray(grid))
   assert np.all(error <= 1e-6 + 2e-6 * np.maximum(slope, 1.0)), np.max(error)
   np.testing.assert_allclose(log_det, -inverse_log_det, atol=1e-3, rtol=1e-4)
@@ -496,7 +502,7 @@ def test_flatten_and_join_round_trip():
   assert z.shape == (3, 32 + 32 + 5)
   np.testing.assert_array_equal(z[1, 32:64], np.asarray(pieces[1][1]).reshape(-1))
   back = bij.split_and_unflatten(z, [p.shape[1:] for p in pieces])
-  for a, b in zip(back, pieces):
+  for a, b in zip(back, pieces, strict=False):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="hold"):
     bij.split_and_unflatten(z, [(4, 4, 2)])
@@ -540,7 +546,7 @@ def test_dequantize_logit_is_the_chain():
   noise = jnp.asarray(rng.uniform(0, 1, x.shape), jnp.float32)
   chained = bij.Chain([bij.Dequantize(noise), bij.Logit(0.05)]).forward_and_log_det(x)
   helper = bij.dequantize_logit(noise).forward_and_log_det(x)
-  for a, b in zip(chained, helper):
+  for a, b in zip(chained, helper, strict=False):
     np.testing.assert_array_equal(a, b)
 
 
@@ -566,7 +572,8 @@ def test_glow_conv1x1_applies_the_w_its_log_det_counts_with_bfloat16_conditioner
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
   variables = flow.init(jax.random.key(1), x)
   z, log_det = flow.apply(variables, x)
-  assert z.dtype == log_det.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(log_det)))
+  assert z.dtype == log_det.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(log_det)))
 
   channels = 12  # after the squeeze
   def channel_products(jaxpr):

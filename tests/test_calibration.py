@@ -32,7 +32,9 @@ def test_folds_keep_a_label_of_every_class_and_never_hold_out_a_single_label():
     rest[fold] = -1
     assert set(np.unique(rest[rest >= 0])) == {0, 1, 2, 3}          # every class keeps one
     counts = np.bincount(labels[fold], minlength=4)
-    assert counts[0] == 2 and counts[2] == 0 and counts[3] <= 2     # ceil(n_k / 5)
+    assert counts[0] == 2
+    assert counts[2] == 0
+    assert counts[3] <= 2
   assert calibration_folds(labels, 5, seed=3)[0].tolist() == folds[0].tolist()
   with pytest.raises(ValueError, match="calibration_folds=1"):
     calibration_folds(labels, 1, seed=0)
@@ -75,7 +77,8 @@ def test_cross_fitted_temperature_keeps_one_when_every_held_out_row_is_right():
   onehot = np.eye(2)[np.maximum(labels, 0)] * 5.0
   record = calibration.cross_fitted_temperature(lambda _, fold: onehot[fold], labels,
                                                 num_folds=2, seed=0, max_temperature=10.0)
-  assert record["temperature"] == 1.0 and "note" in record
+  assert record["temperature"] == 1.0
+  assert "note" in record
   with pytest.raises(ValueError, match="at least 2 labels"):
     calibration.cross_fitted_temperature(lambda _, fold: onehot[fold],
                                          np.array([0, 1, -1]), num_folds=2, seed=0,

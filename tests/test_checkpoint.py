@@ -97,16 +97,20 @@ def test_a_failed_save_stops_the_run_at_once_in_one_line_and_keeps_its_files(
                             "(No space left on device)"), message
   assert "no checkpoint of this run was written" in message
   log = workdir / run_files.CHECKPOINT_ERRORS_FILE
-  assert str(log) in message and "No space left on device" in log.read_text()
+  assert str(log) in message
+  assert "No space left on device" in log.read_text()
   # The loop checked after each of the first 10 steps, and the first check after the
   # failure raised it.
-  assert checks["steps_before"] >= 10 and checks["raised_at"] == checks["steps_before"] + 1
+  assert checks["steps_before"] >= 10
+  assert checks["raised_at"] == checks["steps_before"] + 1
   stopped = max(_logged_steps(workdir))
   assert 10 <= stopped <= 20, stopped  # at the latest, the next save raises it
   assert (workdir / run_files.CONFIG_FILE).exists()
   assert _steps(workdir) == []  # (orbax's partial STEP.orbax-checkpoint-tmp is not one)
   err = capfd.readouterr().err
-  assert "Traceback" not in err and "Error" not in err, err[-3000:]  # orbax's reports: the log
+  # orbax's reports go to the log, not the terminal
+  assert "Traceback" not in err, err[-3000:]
+  assert "Error" not in err, err[-3000:]
 
   # A later save (step 20) fails: the good step 10 is kept and named.
   monkeypatch.undo()
@@ -114,8 +118,10 @@ def test_a_failed_save_stops_the_run_at_once_in_one_line_and_keeps_its_files(
   with pytest.raises(ckpt_lib.CheckpointSaveError) as e:
     train_and_evaluate(_toy_config(40), str(workdir))
   message = str(e.value)
-  assert "step 20" in message and "(No space left on device)" in message
-  assert "the last good checkpoint is step 10" in message and "resume from step 10" in message
+  assert "step 20" in message
+  assert "(No space left on device)" in message
+  assert "the last good checkpoint is step 10" in message
+  assert "resume from step 10" in message
   assert _steps(workdir) == [10]
   assert "Traceback" not in capfd.readouterr().err
 
@@ -207,7 +213,8 @@ def test_hosts_that_disagree_about_a_checkpoint_stop_together_or_restore_one_ste
                              "process 0, is not readable on every host: process 1 (host "
                              f"{socket.gethostname()}) cannot read it"), lines[0]
   assert "Traceback" not in out[0][1] + out[1][1]
-  assert _steps(workdir) == [10, 20] and not (workdir / "checkpoints_damaged").exists()
+  assert _steps(workdir) == [10, 20]
+  assert not (workdir / "checkpoints_damaged").exists()
 
   # Step 20 damaged for every host: process 0 moves it aside, and both restore step 10 and
   # finish (a different step on each host would mismatch the collectives and hang).
@@ -218,8 +225,10 @@ def test_hosts_that_disagree_about_a_checkpoint_stop_together_or_restore_one_ste
   for returncode, err in out:
     assert returncode == 0, err[-3000:]
   damage = [[row for row in err.splitlines() if "is damaged" in row] for _, err in out]
-  assert len(damage[0]) == 1 and damage[1] == [], damage  # one line, from process 0
-  assert "step 20" in damage[0][0] and "resuming from step 10" in damage[0][0]
+  assert len(damage[0]) == 1, damage  # one line, from process 0
+  assert damage[1] == [], damage
+  assert "step 20" in damage[0][0]
+  assert "resuming from step 10" in damage[0][0]
   assert "Traceback" not in out[0][1] + out[1][1]
   assert os.listdir(workdir / "checkpoints_damaged") == ["20"]
   assert json.loads((workdir / "results.json").read_text())["step"] == 12

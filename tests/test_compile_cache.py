@@ -36,7 +36,8 @@ def test_settings_resolve_to_the_documented_directories(monkeypatch, tmp_path):
   default = str(tmp_path / "xdg" / "flowgmm_jax" / "xla")
   assert compile_cache.default_cache_dir() == default
   resolve = compile_cache.resolve_cache_dir
-  assert resolve("auto", "cpu") is None and resolve("auto", "gpu") == default
+  assert resolve("auto", "cpu") is None
+  assert resolve("auto", "gpu") == default
   assert resolve("auto", "tpu") == resolve("on", "cpu") == resolve(" ON ", "gpu") == default
   assert resolve("off", "gpu") is resolve("", "gpu") is resolve(None, "tpu") is None
   assert resolve(str(tmp_path / "mine"), "cpu") == str(tmp_path / "mine")

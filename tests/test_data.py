@@ -11,11 +11,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import shared_data_path as _need
 
 from flowgmm_jax import data as fdata
 from flowgmm_jax.data import images as fimages
-
-from conftest import shared_data_path as _need
 
 SHARED_DATA = fdata.default_data_dir()
 
@@ -28,15 +27,19 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 def test_mnist_idx_files_shapes_labels_counts():
   ds = fdata.load_mnist(_need("mnist"), source="files")
-  assert ds.kind == "image" and ds.num_classes == 10
-  assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_train.dtype == np.uint8
-  assert ds.x_test.shape == (10000, 28, 28, 1) and ds.y_test.dtype == np.int32
+  assert ds.kind == "image"
+  assert ds.num_classes == 10
+  assert ds.x_train.shape == (60000, 28, 28, 1)
+  assert ds.x_train.dtype == np.uint8
+  assert ds.x_test.shape == (10000, 28, 28, 1)
+  assert ds.y_test.dtype == np.int32
   assert ds.input_shape == (28, 28, 1)
   np.testing.assert_array_equal(np.bincount(ds.y_train), MNIST_TRAIN_COUNTS)
   np.testing.assert_array_equal(np.bincount(ds.y_test), MNIST_TEST_COUNTS)
   np.testing.assert_array_equal(ds.y_train[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
   np.testing.assert_array_equal(ds.y_test[:5], [7, 2, 1, 0, 4])
-  assert ds.x_train.min() == 0 and ds.x_train.max() == 255
+  assert ds.x_train.min() == 0
+  assert ds.x_train.max() == 255
   # Digits are bright strokes on a black background: corners are empty.
   assert ds.x_train[:, 0, 0, 0].max() == 0
   assert 33.0 < ds.x_train.mean() < 33.6  # known MNIST mean pixel value 33.32
@@ -44,7 +47,8 @@ def test_mnist_idx_files_shapes_labels_counts():
 
 def test_mnist_subset_is_class_balanced_prefix():
   ds = fdata.load_mnist(_need("mnist"), max_examples=50)
-  assert ds.x_train.shape == (50, 28, 28, 1) and ds.x_test.shape == (50, 28, 28, 1)
+  assert ds.x_train.shape == (50, 28, 28, 1)
+  assert ds.x_test.shape == (50, 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(ds.y_train), [5] * 10)
   np.testing.assert_array_equal(ds.y_train[:10], np.arange(10))
 
@@ -91,7 +95,8 @@ def cifar_subset(tmp_path_factory):
 
 def test_cifar10_jpeg_subset(cifar_subset):
   ds = cifar_subset
-  assert ds.x_train.shape == (1000, 32, 32, 3) and ds.x_train.dtype == np.uint8
+  assert ds.x_train.shape == (1000, 32, 32, 3)
+  assert ds.x_train.dtype == np.uint8
   assert ds.x_test.shape == (1000, 32, 32, 3)
   assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                             "horse", "ship", "truck")
@@ -136,13 +141,15 @@ def test_cifar10_jpeg_labels_order_and_cache(tmp_path):
   archive = _make_fake_cifar(tmp_path / "src", {"train": 3, "test": 2})
   cache_dir = tmp_path / "cache"
   ds = fdata.load_cifar10(archive, max_examples=None, cache_dir=cache_dir)
-  assert ds.x_train.shape == (30, 32, 32, 3) and ds.x_test.shape == (20, 32, 32, 3)
+  assert ds.x_train.shape == (30, 32, 32, 3)
+  assert ds.x_test.shape == (20, 32, 32, 3)
   # Class-interleaved order: file 0000 of every class, then 0001, ...
   np.testing.assert_array_equal(ds.y_train, np.tile(np.arange(10), 3))
   expected_level = 20 * np.tile(np.arange(10), 3) + np.repeat(np.arange(3), 10)
   np.testing.assert_allclose(ds.x_train.reshape(30, -1).mean(axis=1), expected_level, atol=2)
   cached = list(cache_dir.glob("cifar10_jpeg_*.npz"))
-  assert len(cached) == 1 and not list(cache_dir.glob("*.tmp"))
+  assert len(cached) == 1
+  assert not list(cache_dir.glob("*.tmp"))
   # The second load comes from the cache and is identical; a subset is a prefix.
   again = fdata.load_cifar10(archive, cache_dir=cache_dir)
   np.testing.assert_array_equal(again.x_train, ds.x_train)
@@ -180,11 +187,15 @@ def test_svhn_through_tfds_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=20):
     ds = fdata.load_svhn(data_dir=tmp_path)
     small = fdata.load_svhn(data_dir=tmp_path, max_examples=7)
-  assert ds.name == "svhn" and ds.kind == "image" and ds.num_classes == 10
-  assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_train.dtype == np.uint8
+  assert ds.name == "svhn"
+  assert ds.kind == "image"
+  assert ds.num_classes == 10
+  assert ds.x_train.shape == (20, 32, 32, 3)
+  assert ds.x_train.dtype == np.uint8
   assert ds.x_test.shape == (20, 32, 32, 3)
   assert ds.y_train.dtype == np.int32
-  assert ds.y_train.min() >= 0 and ds.y_train.max() < 10
+  assert ds.y_train.min() >= 0
+  assert ds.y_train.max() < 10
   assert ds.x_train.std() > 0  # real (random) pixels were read, not zeros
   assert small.x_train.shape == (7, 32, 32, 3)
   np.testing.assert_array_equal(small.x_train, ds.x_train[:7])
@@ -207,8 +218,8 @@ def test_svhn_not_prepared_gives_one_clear_error(tmp_path):
 def test_download_without_tensorflow_explains_install(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   try:
-    import tensorflow  # noqa: F401
     import importlib_resources  # noqa: F401
+    import tensorflow  # noqa: F401
     pytest.skip("TensorFlow is installed: preparing would really download")
   except ImportError:
     pass
@@ -219,15 +230,17 @@ def test_download_without_tensorflow_explains_install(tmp_path):
 
 # ----------------------------------------------------------------------------- tabular
 
-@pytest.mark.parametrize("name,num_rows,dim,num_classes", [
+@pytest.mark.parametrize(("name", "num_rows", "dim", "num_classes"), [
     ("letter", 20000, 16, 26), ("shuttle", 58000, 9, 7)])
 def test_uci_loaders_split_and_standardise(name, num_rows, dim, num_classes):
   _need("tabular")
   ds = fdata.load_uci(name, SHARED_DATA / "tabular", seed=0)
   raw = np.load(SHARED_DATA / "tabular" / fdata.tabular.UCI_FILES[name])
   num_test = round(0.1 * num_rows)
-  assert ds.x_train.shape == (num_rows - num_test, dim) and ds.x_test.shape == (num_test, dim)
-  assert ds.x_train.dtype == np.float32 and ds.num_classes == num_classes
+  assert ds.x_train.shape == (num_rows - num_test, dim)
+  assert ds.x_test.shape == (num_test, dim)
+  assert ds.x_train.dtype == np.float32
+  assert ds.num_classes == num_classes
   assert len(ds.class_names) == num_classes
   # (float64 reductions: float32 ones are off by 1e-4 on Shuttle's heavy tails)
   np.testing.assert_allclose(ds.x_train.mean(axis=0, dtype=np.float64), 0.0, atol=1e-5)
@@ -263,30 +276,36 @@ def test_csv_table_loader(tmp_path):
   x = rng.normal(size=(40, 3))
   labels = np.array(["cat", "dog"] * 20)
   path = tmp_path / "table.csv"
-  lines = ["a,b,kind,c"] + [f"{r[0]},{r[1]},{lab},{r[2]}" for r, lab in zip(x, labels)]
+  lines = ["a,b,kind,c"] + [f"{r[0]},{r[1]},{lab},{r[2]}" for r, lab in zip(x, labels, strict=False)]
   path.write_text("\n".join(lines) + "\n")
   ds = fdata.load_csv_table(path, label_column="kind", test_fraction=0.25, standardize=False)
-  assert ds.class_names == ("cat", "dog") and ds.num_classes == 2
-  assert ds.x_train.shape == (30, 3) and ds.x_test.shape == (10, 3)
+  assert ds.class_names == ("cat", "dog")
+  assert ds.num_classes == 2
+  assert ds.x_train.shape == (30, 3)
+  assert ds.x_test.shape == (10, 3)
   np.testing.assert_allclose(ds.x_test, x[ds.info["test_indices"]], rtol=1e-6)
   np.testing.assert_array_equal(np.bincount(ds.y_test), [5, 5])
   # Default label column = last; headerless numeric file with -1 = unlabelled rows.
   y_num = np.array([0, 1, 2, -1] * 10)
   path2 = tmp_path / "plain.csv"
-  path2.write_text("\n".join(f"{r[0]},{r[1]},{r[2]},{v}" for r, v in zip(x, y_num)))
+  path2.write_text("\n".join(f"{r[0]},{r[1]},{r[2]},{v}" for r, v in zip(x, y_num, strict=False)))
   ds2 = fdata.load_csv_table(path2, test_fraction=0.2)
-  assert ds2.num_classes == 3 and ds2.x_test.shape[0] == 6
-  assert (ds2.y_train == -1).sum() == 10 and (ds2.y_test >= 0).all()
+  assert ds2.num_classes == 3
+  assert ds2.x_test.shape[0] == 6
+  assert (ds2.y_train == -1).sum() == 10
+  assert (ds2.y_test >= 0).all()
   labeled, unlabeled = fdata.split_with_given_unlabeled(ds2.y_train)
-  assert len(labeled) == 24 and len(unlabeled) == 10
+  assert len(labeled) == 24
+  assert len(unlabeled) == 10
   # Headerless with string labels: the label column does not make row 1 a header.
   path3 = tmp_path / "strings.csv"
-  path3.write_text("\n".join(f"{r[0]},{r[1]},{lab}" for r, lab in zip(x, labels)))
+  path3.write_text("\n".join(f"{r[0]},{r[1]},{lab}" for r, lab in zip(x, labels, strict=False)))
   ds3 = fdata.load_csv_table(path3, test_fraction=0.5)
-  assert ds3.num_train + ds3.num_test == 40 and ds3.class_names == ("cat", "dog")
+  assert ds3.num_train + ds3.num_test == 40
+  assert ds3.class_names == ("cat", "dog")
   # A constant feature column is dropped (it would make a flow's density degenerate).
   path4 = tmp_path / "constant.csv"
-  path4.write_text("\n".join(f"{r[0]},7.0,{r[1]},{lab}" for r, lab in zip(x, labels)))
+  path4.write_text("\n".join(f"{r[0]},7.0,{r[1]},{lab}" for r, lab in zip(x, labels, strict=False)))
   ds4 = fdata.load_csv_table(path4)
   assert ds4.input_shape == (2,)
   np.testing.assert_array_equal(ds4.info["dropped_feature_columns"], [1])
@@ -311,7 +330,8 @@ def test_miniboone_format(tmp_path):
   np.testing.assert_allclose(x, np.concatenate([signal[:4], background]), atol=1e-5)
   np.testing.assert_array_equal(y, [1, 1, 1, 1, 0, 0, 0, 0])
   ds = fdata.load_miniboone(path, test_fraction=0.25)
-  assert ds.x_train.shape == (6, 50) and ds.x_test.shape == (2, 50)
+  assert ds.x_train.shape == (6, 50)
+  assert ds.x_test.shape == (2, 50)
   np.testing.assert_array_equal(np.bincount(ds.y_test), [1, 1])
   with pytest.raises(fdata.DataNotFoundError, match="MiniBooNE_PID.txt"):
     fdata.load_miniboone(tmp_path / "nope.txt")
@@ -339,7 +359,8 @@ def test_hepmass_format(tmp_path):
   (tmp_path / "1000_test.csv").write_text("\n".join([header] + test_rows) + "\n")
   ds = fdata.load_hepmass(tmp_path, train_fraction=1.0, test_fraction=1.0)
   np.testing.assert_array_equal(ds.info["kept_feature_columns"], [0, 1])
-  assert ds.x_train.shape == (60, 2) and ds.x_test.shape == (30, 2)
+  assert ds.x_train.shape == (60, 2)
+  assert ds.x_test.shape == (30, 2)
   np.testing.assert_array_equal(ds.y_train, y_tr)
   np.testing.assert_allclose(ds.x_train.mean(axis=0), 0, atol=1e-5)
   np.testing.assert_allclose(ds.x_test * ds.info["feature_std"] + ds.info["feature_mean"],
@@ -355,10 +376,12 @@ def test_hepmass_format(tmp_path):
 def test_agnews_embeddings_split():
   path = _need("text", "agnews_test_minilm_l6_v2.npz")
   ds = fdata.load_agnews_embeddings(path, seed=0)
-  assert ds.kind == "text" and ds.num_classes == 4
+  assert ds.kind == "text"
+  assert ds.num_classes == 4
   assert ds.class_names == ("World", "Sports", "Business", "Sci/Tech")
   # Two MiniLM dimensions are numerically zero for every item: dropped (382 kept).
-  assert ds.x_train.shape == (6080, 382) and ds.x_test.shape == (1520, 382)
+  assert ds.x_train.shape == (6080, 382)
+  assert ds.x_test.shape == (1520, 382)
   np.testing.assert_array_equal(ds.info["dropped_feature_columns"], [127, 223])
   np.testing.assert_array_equal(np.bincount(ds.y_train), [1520] * 4)
   np.testing.assert_array_equal(np.bincount(ds.y_test), [380] * 4)
@@ -382,7 +405,9 @@ def test_original_text_embedding_files(tmp_path):
     np.savez(tmp_path / f"ag_news_{split}.npz", encodings=rng.normal(size=(n, 768)),
              labels=np.arange(n) % 4)
   ds = fdata.load_original_text_embeddings("ag_news", tmp_path, standardize=False)
-  assert ds.x_train.shape == (12, 768) and ds.x_test.shape == (8, 768) and ds.num_classes == 4
+  assert ds.x_train.shape == (12, 768)
+  assert ds.x_test.shape == (8, 768)
+  assert ds.num_classes == 4
   np.testing.assert_array_equal(ds.y_test, np.arange(8) % 4)
   with pytest.raises(fdata.DataNotFoundError, match="docs.google.com/uc"):
     fdata.load_original_text_embeddings("yahoo", tmp_path)
@@ -390,12 +415,14 @@ def test_original_text_embedding_files(tmp_path):
 
 # ----------------------------------------------------------------------------- toy
 
-@pytest.mark.parametrize("name,num_classes", [
+@pytest.mark.parametrize(("name", "num_classes"), [
     ("moons", 2), ("circles", 2), ("8gaussians", 3), ("pinwheel", 5)])
 def test_toy_generators(name, num_classes):
   ds = fdata.load_toy(name, seed=0)
-  assert ds.kind == "toy" and ds.num_classes == num_classes
-  assert ds.x_train.shape == (1000, 2) and ds.x_test.shape == (1000, 2)
+  assert ds.kind == "toy"
+  assert ds.num_classes == num_classes
+  assert ds.x_train.shape == (1000, 2)
+  assert ds.x_test.shape == (1000, 2)
   assert ds.x_train.dtype == np.float32
   assert set(np.unique(ds.y_train)) == set(range(num_classes))
   np.testing.assert_array_equal(fdata.load_toy(name, seed=0).x_train, ds.x_train)
@@ -404,7 +431,8 @@ def test_toy_generators(name, num_classes):
   num_labeled = ds.info["paper_num_labeled"]
   assert 10 <= num_labeled <= 19
   labeled, unlabeled = fdata.labeled_unlabeled_split(ds.y_train, num_labeled=num_labeled)
-  assert len(labeled) == num_labeled and len(unlabeled) == 1000 - num_labeled
+  assert len(labeled) == num_labeled
+  assert len(unlabeled) == 1000 - num_labeled
   counts = np.bincount(ds.y_train[labeled], minlength=num_classes)
   assert counts.max() - counts.min() <= 1
 
@@ -455,7 +483,8 @@ def test_labeled_unlabeled_split_stratified_and_deterministic():
   y_given = y.copy()
   y_given[:40] = -1
   lab, unl = fdata.labeled_unlabeled_split(y_given, num_labeled_per_class=3, seed=0)
-  assert lab.min() >= 40 and set(range(40)) <= set(unl.tolist())
+  assert lab.min() >= 40
+  assert set(range(40)) <= set(unl.tolist())
   with pytest.raises(ValueError, match="exactly one"):
     fdata.labeled_unlabeled_split(y, num_labeled=4, num_labeled_per_class=1)
   with pytest.raises(ValueError, match="class 1 has only 20"):
@@ -471,7 +500,8 @@ def test_stratified_train_test_split_and_prefix():
   y = np.repeat(np.arange(3), [50, 30, 20])
   train, test = fdata.stratified_train_test_split(y, 0.1, seed=0)
   np.testing.assert_array_equal(np.bincount(y[test]), [5, 3, 2])
-  assert np.intersect1d(train, test).size == 0 and train.size + test.size == 100
+  assert np.intersect1d(train, test).size == 0
+  assert train.size + test.size == 100
   prefix = fdata.stratified_prefix(y, 7)
   np.testing.assert_array_equal(y[prefix], [0, 1, 2, 0, 1, 2, 0])
   np.testing.assert_array_equal(prefix[:3], [0, 50, 80])
@@ -506,10 +536,13 @@ def test_semi_supervised_batches():
   batches = fdata.SemiSupervisedBatches(x, y, labeled, unlabeled, labeled_batch_size=4,
                                         unlabeled_batch_size=8, seed=5)
   out = batches.batch(3)
-  assert out["x"].shape == (12, 2) and out["y"].shape == (12,) and out["y"].dtype == np.int32
+  assert out["x"].shape == (12, 2)
+  assert out["y"].shape == (12,)
+  assert out["y"].dtype == np.int32
   assert np.all(out["y"][4:] == -1)
   rows = (out["x"][:, 0] / 2).astype(int)  # row r holds [2r, 2r+1]
-  assert set(rows[:4]) <= set(labeled.tolist()) and set(rows[4:]) <= set(unlabeled.tolist())
+  assert set(rows[:4]) <= set(labeled.tolist())
+  assert set(rows[4:]) <= set(unlabeled.tolist())
   np.testing.assert_array_equal(out["y"][:4], y[rows[:4]])
   # Stateless: the same step gives the same batch, from a fresh object too.
   fresh = fdata.SemiSupervisedBatches(x, y, labeled, unlabeled, 4, 8, seed=5)
@@ -541,7 +574,8 @@ def test_random_crop_is_a_shift_of_the_padded_image(mode):
   x = jax.random.uniform(jax.random.PRNGKey(0), (16, 8, 8, 3)) * 255
   out = jax.jit(lambda r, v: fdata.random_crop_with_padding(r, v, 3, mode))(
       jax.random.PRNGKey(1), x)
-  assert out.shape == x.shape and out.dtype == x.dtype
+  assert out.shape == x.shape
+  assert out.dtype == x.dtype
   padded = np.pad(np.asarray(x), ((0, 0), (3, 3), (3, 3), (0, 0)), mode=mode)
   shifts = [_find_shift(padded[i], np.asarray(out[i]), 3) for i in range(16)]
   assert all(s is not None for s in shifts)
@@ -555,7 +589,7 @@ def test_random_horizontal_flip_and_augment_images():
   xn = np.asarray(x)
   flipped = [np.array_equal(out[i], xn[i, :, ::-1]) for i in range(32)]
   kept = [np.array_equal(out[i], xn[i]) for i in range(32)]
-  assert all(f or k for f, k in zip(flipped, kept))
+  assert all(f or k for f, k in zip(flipped, kept, strict=False))
   assert 4 < sum(flipped) < 28
   step = jax.jit(lambda r, v: fdata.augment_images(r, v, crop_padding=2, flip=True))
   aug = np.asarray(step(jax.random.PRNGKey(3), x))
@@ -605,7 +639,8 @@ def test_validation_errors():
   with pytest.raises(ValueError, match="kind must be one of"):
     fdata.Dataset("d", "audio", x, y, x, y, 3)
   ds = fdata.Dataset("d", "tabular", x.astype(np.float64), np.array([0, -1, 2, 1]), x, y, 3)
-  assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+  assert ds.x_train.dtype == np.float32
+  assert ds.y_train.dtype == np.int32
   assert ds.input_shape == (3,)
 
 
@@ -629,11 +664,14 @@ def test_svhn_mat_files_layout_and_label_10_is_digit_0(tmp_path):
   written = write_svhn_mat(tmp_path, num_train=40, num_test=20)
   ds = fdata.load_svhn(mat_dir=tmp_path)
   x, digits = written["train_32x32.mat"]
-  assert ds.x_train.shape == (40, 32, 32, 3) and ds.x_train.dtype == np.uint8
-  assert ds.x_test.shape == (20, 32, 32, 3) and ds.num_classes == 10
+  assert ds.x_train.shape == (40, 32, 32, 3)
+  assert ds.x_train.dtype == np.uint8
+  assert ds.x_test.shape == (20, 32, 32, 3)
+  assert ds.num_classes == 10
   np.testing.assert_array_equal(ds.x_train[7], x[:, :, :, 7])  # [H, W, C, N] -> [N, H, W, C]
   np.testing.assert_array_equal(ds.y_train, digits)             # 10 read as 0
-  assert ds.y_train.dtype == np.int32 and set(ds.y_test) == set(range(10))
+  assert ds.y_train.dtype == np.int32
+  assert set(ds.y_test) == set(range(10))
   # A data_dir holding both files is read the same way; a class-balanced subset.
   small = fdata.load_svhn(data_dir=tmp_path, max_examples=10)
   assert sorted(small.y_train) == list(range(10))
@@ -658,7 +696,8 @@ def test_validation_examples_replace_the_test_split_with_held_out_training_rows(
   full = fdata.load_dataset(c)
   c.data.validation_examples = 200
   ds = fdata.load_dataset(c)
-  assert len(ds.x_test) == 200 and len(ds.x_train) == 800
+  assert len(ds.x_test) == 200
+  assert len(ds.x_train) == 800
   # The evaluation rows are training rows, none of them still in the training pool, and
   # the classes keep their proportions (5 classes of 200 -> 40 each).
   train_rows = {tuple(r) for r in full.x_train.tolist()}
@@ -677,17 +716,20 @@ def test_validation_examples_replace_the_test_split_with_held_out_training_rows(
 @pytest.mark.shared_data
 def test_mnist_test_limit_leaves_the_training_set_whole():
   ds = fdata.load_mnist(_need("mnist"), source="files", max_test_examples=50)
-  assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (50, 28, 28, 1)
+  assert ds.x_train.shape == (60000, 28, 28, 1)
+  assert ds.x_test.shape == (50, 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(ds.y_train), MNIST_TRAIN_COUNTS)
   # Through a config, as a user sets it on the command line.
   from flowgmm_jax.training import base_config
   c = base_config()
   c.data.kind, c.data.name, c.data.max_test_examples = "image", "mnist", 30
   ds = fdata.load_dataset(c)
-  assert len(ds.x_train) == 60000 and len(ds.x_test) == 30
+  assert len(ds.x_train) == 60000
+  assert len(ds.x_test) == 30
   c.data.max_test_examples, c.data.max_train_examples = -1, 40
   ds = fdata.load_dataset(c)
-  assert len(ds.x_train) == 40 and len(ds.x_test) == 10000
+  assert len(ds.x_train) == 40
+  assert len(ds.x_test) == 10000
 
 
 def _write_cifar_jpegs(root: Path, per_class: dict[str, int]) -> Path:
@@ -713,7 +755,8 @@ def test_cifar10_jpeg_test_limit_leaves_the_training_set_whole(tmp_path):
   archive = _write_cifar_jpegs(tmp_path / "jpeg", {"train": 3, "test": 2})
   for source in (tmp_path / "jpeg", archive):  # extracted folders; the archive (cached)
     whole = fdata.load_cifar10(source, source="files", cache_dir=tmp_path / "cache")
-    assert len(whole.x_train) == 30 and len(whole.x_test) == 20
+    assert len(whole.x_train) == 30
+    assert len(whole.x_test) == 20
     ds = fdata.load_cifar10(source, source="files", max_test_examples=10,
                             cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(ds.x_train, whole.x_train)
@@ -728,9 +771,11 @@ def test_cifar10_jpeg_test_limit_leaves_the_training_set_whole(tmp_path):
 def test_svhn_mat_test_limit_leaves_the_training_set_whole(tmp_path):
   write_svhn_mat(tmp_path, num_train=40, num_test=20)
   ds = fdata.load_svhn(mat_dir=tmp_path, max_test_examples=10)
-  assert len(ds.x_train) == 40 and len(ds.x_test) == 10
+  assert len(ds.x_train) == 40
+  assert len(ds.x_test) == 10
   ds = fdata.load_svhn(mat_dir=tmp_path, max_train_examples=10)
-  assert len(ds.x_train) == 10 and len(ds.x_test) == 20
+  assert len(ds.x_train) == 10
+  assert len(ds.x_test) == 20
 
 
 def test_tfds_test_limit_leaves_the_training_set_whole(tmp_path, monkeypatch):
@@ -740,10 +785,12 @@ def test_tfds_test_limit_leaves_the_training_set_whole(tmp_path, monkeypatch):
     ds = fdata.load_svhn(data_dir=tmp_path, max_test_examples=7)
     grain = fdata.load_tfds_records("svhn_cropped", data_dir=tmp_path, max_test_examples=7)
     whole = fdata.load_svhn(data_dir=tmp_path)
-  assert len(ds.x_train) == 20 and len(ds.x_test) == 7
+  assert len(ds.x_train) == 20
+  assert len(ds.x_test) == 7
   np.testing.assert_array_equal(ds.x_train, whole.x_train)
   # The grain loader reads the same rows in the same order.
-  assert isinstance(grain.x_train, fdata.RecordImages) and len(grain.x_test) == 7
+  assert isinstance(grain.x_train, fdata.RecordImages)
+  assert len(grain.x_test) == 7
   np.testing.assert_array_equal(np.asarray(grain.x_train), whole.x_train)
   np.testing.assert_array_equal(grain.y_train, whole.y_train)
   np.testing.assert_array_equal(grain.x_test, whole.x_test[:7])

@@ -194,8 +194,10 @@ def test_calibrate_cross_fits_a_temperature_and_keeps_the_final_model(fitted, ta
   clf = FlowGMMClassifier(random_state=0, calibration="cross_fit", calibration_folds=2,
                           **TINY).fit(X, y_semi)
   record = clf.calibration_
-  assert record["num_folds"] == 2 and record["num_out_of_fold"] == 10
-  assert clf.temperature_ == record["temperature"] and 0.1 <= clf.temperature_ <= 10.0
+  assert record["num_folds"] == 2
+  assert record["num_out_of_fold"] == 10
+  assert clf.temperature_ == record["temperature"]
+  assert 0.1 <= clf.temperature_ <= 10.0
   np.testing.assert_array_equal(clf.predict(X), fitted.predict(X))
   expected = scipy.special.softmax(np.log(fitted.predict_proba(X)) / clf.temperature_, axis=1)
   np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-5, atol=1e-9)
@@ -273,9 +275,11 @@ def test_params_clone_and_set_params(fitted):
   for name, value in params.items():
     assert got[name] is value  # stored unchanged
   twin = clone(est)  # sklearn's clone checks that __init__ stores every param unchanged
-  assert twin.get_params()["num_coupling_layers"] == 3 and twin.model == "spline_tabular"
-  assert est.set_params(num_train_steps=7) is est and est.num_train_steps == 7
-  with pytest.raises(ValueError):
+  assert twin.get_params()["num_coupling_layers"] == 3
+  assert twin.model == "spline_tabular"
+  assert est.set_params(num_train_steps=7) is est
+  assert est.num_train_steps == 7
+  with pytest.raises(ValueError, match="no_such_param"):
     est.set_params(no_such_param=1)
   with pytest.raises(TypeError):
     FlowGMMClassifier("spline_tabular")  # keyword arguments only
@@ -293,7 +297,8 @@ def test_pipeline_cross_val_score_and_grid_search(table):
   np.testing.assert_allclose(pipe.predict_proba(X).sum(axis=1), 1.0, atol=1e-12)
   cv = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
   scores = cross_val_score(pipe, X, y_semi, cv=cv)  # test folds: only labelled rows count
-  assert scores.shape == (2,) and np.all((0 <= scores) & (scores <= 1))
+  assert scores.shape == (2,)
+  assert np.all((0 <= scores) & (scores <= 1))
   search = GridSearchCV(pipe, {"flowgmmclassifier__random_state": [0, 1]}, cv=cv)
   search.fit(X, y_semi)
   assert search.best_params_["flowgmmclassifier__random_state"] in (0, 1)
@@ -306,7 +311,8 @@ def test_pickle_and_joblib_round_trips_give_identical_predictions(fitted, table,
   density = fitted.score_samples(X)
   samples = fitted.sample(20, random_state=5)
   restored = pickle.loads(pickle.dumps(fitted))
-  assert fitted.model_._placed is not None and restored.model_._placed is None
+  assert fitted.model_._placed is not None
+  assert restored.model_._placed is None
   path = tmp_path / "clf.joblib"
   joblib.dump(fitted, path)
   for other in (restored, joblib.load(path)):
@@ -321,6 +327,7 @@ def test_a_pickle_of_another_parameter_layout_is_refused_in_one_line(fitted):
   """An estimator pickled before the flows were scanned (metadata version 2, no
   ``param_layout``: layout 1) or with an unknown layout is refused in one line."""
   import copy
+
   from flowgmm_jax.models import LayoutVersionError
   for change, words in ((lambda m: (m.pop("param_layout"), m.update(meta_version=2)),
                          "parameter layout 1"),
@@ -332,16 +339,15 @@ def test_a_pickle_of_another_parameter_layout_is_refused_in_one_line(fitted):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("method, args", [
+@pytest.mark.parametrize(("method", "args"), [
     ("predict", ()), ("predict_proba", ()), ("predict_log_proba", ()),
     ("score_samples", ()), ("score", (np.zeros(3),)), ("sample", None)])
 def test_using_an_unfitted_estimator_raises_not_fitted_error(method, args):
   est = FlowGMMClassifier()
+  call = ((lambda: getattr(est, method)(5)) if args is None
+          else (lambda: getattr(est, method)(np.zeros((3, 3)), *args)))
   with pytest.raises(NotFittedError):
-    if args is None:
-      getattr(est, method)(5)
-    else:
-      getattr(est, method)(np.zeros((3, 3)), *args)
+    call()
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -371,7 +377,7 @@ def _bad_fit_inputs():
   ]
 
 
-@pytest.mark.parametrize("name, X, y, message", _bad_fit_inputs(),
+@pytest.mark.parametrize(("name", "X", "y", "message"), _bad_fit_inputs(),
                          ids=[case[0] for case in _bad_fit_inputs()])
 def test_bad_fit_input_is_a_clear_value_error_and_leaves_the_estimator_unfitted(
     name, X, y, message):
@@ -454,6 +460,7 @@ def test_scikit_learn_estimator_checks():
   """scikit-learn's own estimator checks (``SKLEARN_CHECKS`` of them) pass, as a new
   user's CI would run them; ``EXPECTED_FAILED_CHECKS`` names the one that fails by design."""
   from sklearn.utils.estimator_checks import estimator_checks_generator
+
   from flowgmm_jax.estimator import EXPECTED_FAILED_CHECKS
   assert set(EXPECTED_FAILED_CHECKS) == {"check_classifiers_classes"}
   ran = []
@@ -495,7 +502,7 @@ def test_score_samples_equals_flow_log_det_plus_prior_plus_standardisation(fitte
   logits = np.asarray(prior["weight_logits"], np.float64)
   log_pi = logits - logsumexp(logits)
   log_normal = np.stack([stats.multivariate_normal(m, s**2 * np.eye(3)).logpdf(z)
-                         for m, s in zip(means, sigmas)], axis=1)
+                         for m, s in zip(means, sigmas, strict=False)], axis=1)
   expected = logsumexp(log_pi + log_normal, axis=1) + log_det - np.sum(np.log(std))
   np.testing.assert_allclose(fitted.score_samples(x), expected, rtol=1e-4, atol=1e-3)
   # The standardisation term matters here: -sum(log std) = about -2.7 nats.
@@ -506,7 +513,7 @@ def test_score_samples_is_a_normalised_density_in_user_units(fitted, table):
   """exp(score_samples) integrates to 1 over the user's feature space (Riemann sum)."""
   X, _, _ = table
   mean, std = X.mean(axis=0), X.std(axis=0)
-  axes = [np.linspace(m - 7 * s, m + 7 * s, 56) for m, s in zip(mean, std)]
+  axes = [np.linspace(m - 7 * s, m + 7 * s, 56) for m, s in zip(mean, std, strict=False)]
   grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
   cell = np.prod([a[1] - a[0] for a in axes])
   total = np.exp(fitted.score_samples(grid)).sum() * cell
@@ -516,7 +523,8 @@ def test_score_samples_is_a_normalised_density_in_user_units(fitted, table):
 def test_sample_returns_rows_in_user_units(fitted, table):
   X, _, y_true = table
   x_samples, y_samples = fitted.sample(2000, random_state=0)
-  assert x_samples.shape == (2000, 3) and set(np.unique(y_samples)) <= {0, 1}
+  assert x_samples.shape == (2000, 3)
+  assert set(np.unique(y_samples)) <= {0, 1}
   # The learnt class weights of balanced data: about half of each class.
   assert 0.4 < np.mean(y_samples == 1) < 0.6
   # In the user's units: the sample mean and spread match the data's (offsets up to 100,

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 from scipy import special
 
-from flowgmm_jax.evaluation import (accuracy, aggregate_metric_sums, batch_metric_sums,
-                                    calibration_bins, ece_from_confidences,
-                                    expected_calibration_error)
+from flowgmm_jax.evaluation import (
+  accuracy,
+  aggregate_metric_sums,
+  batch_metric_sums,
+  calibration_bins,
+  ece_from_confidences,
+  expected_calibration_error,
+)
 
 
 def test_accuracy_logits_and_probs():
@@ -64,7 +69,7 @@ def test_ece_matches_reference_loop():
   conf, pred = probs.max(1), probs.argmax(1)
   edges = np.linspace(0, 1, 16)
   reference = 0.0
-  for low, high in zip(edges[:-1], edges[1:]):   # Guo et al.'s loop: low < conf <= high
+  for low, high in zip(edges[:-1], edges[1:], strict=False):   # Guo et al.'s loop: low < conf <= high
     in_bin = (conf > low) & (conf <= high)
     if in_bin.any():
       reference += in_bin.mean() * abs((pred[in_bin] == labels[in_bin]).mean()
@@ -115,7 +120,8 @@ def test_aggregation_without_log_det_and_errors():
   joint = jnp.array([[1.0, 0.0], [0.0, 1.0]])
   sums = batch_metric_sums(joint, jnp.array([0, 0]))
   metrics = aggregate_metric_sums([sums])
-  assert metrics["accuracy"] == 0.5 and "nll" not in metrics
+  assert metrics["accuracy"] == 0.5
+  assert "nll" not in metrics
   with pytest.raises(ValueError, match="at least one batch"):
     aggregate_metric_sums([])
   with pytest.raises(ValueError, match="no unmasked"):

@@ -46,7 +46,8 @@ def test_model_sections_hold_only_their_models_fields():
     validate_config(c)
   assert "\n" not in str(e.value)
   cifar = get_config("cifar10", "glow")
-  assert cifar.model.name == "glow" and "num_blocks" not in cifar.model
+  assert cifar.model.name == "glow"
+  assert "num_blocks" not in cifar.model
   validate_config(cifar)
 
 
@@ -54,8 +55,10 @@ def test_config_paper_defaults():
   assert get_config("text", "agnews,paper").model.hidden_dim == 1024
   assert get_config("text", "agnews,paper").model.num_coupling_layers == 7
   cifar = get_config("cifar10")
-  assert cifar.augment.flip and cifar.augment.crop_padding == 4
-  assert not get_config("svhn").augment.flip and not get_config("mnist").augment.flip
+  assert cifar.augment.flip
+  assert cifar.augment.crop_padding == 4
+  assert not get_config("svhn").augment.flip
+  assert not get_config("mnist").augment.flip
   assert get_config("cifar10").data.num_labeled_per_class == 400
 
 
@@ -81,7 +84,8 @@ def shrink(c):
 def check_results(workdir, num_test):
   results = json.loads((workdir / "results.json").read_text())
   assert results["step"] == 2
-  assert results["num_test"] == num_test and results["evaluated_on"] == "test"
+  assert results["num_test"] == num_test
+  assert results["evaluated_on"] == "test"
   for key in ("eval/accuracy", "eval/ece", "eval/nll", "eval/bpd", "eval/nll_given_label"):
     assert np.isfinite(results[key]), key
   assert 0.0 <= results["eval/accuracy"] <= 1.0
@@ -92,14 +96,15 @@ def check_results(workdir, num_test):
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name,arg", [("tabular", "letter,smoke"), ("tabular", "shuttle,smoke"),
+@pytest.mark.parametrize(("name", "arg"), [("tabular", "letter,smoke"), ("tabular", "shuttle,smoke"),
                                       ("text", "smoke"), ("mnist", "smoke"), ("cifar10", "smoke")])
 @pytest.mark.slow
 def test_smoke_run_on_real_data(tmp_path, name, arg):
   c = shrink(get_config(name, arg))
   results = train_and_evaluate(c, str(tmp_path))
   check_results(tmp_path, c.data.max_test_examples)
-  assert results["num_labeled"] > 0 and results["num_unlabeled"] > 0
+  assert results["num_labeled"] > 0
+  assert results["num_unlabeled"] > 0
 
 
 def test_smoke_run_toy(tmp_path):
@@ -176,20 +181,27 @@ def test_cli_runs_resumes_and_reports_bad_input(tmp_path):
   assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
   # The same workdir with a different model: refused in one line, the checkpoints kept.
   proc = run_cli(*common[:-1], "--config.model.hidden_dim=16", "--config.num_train_steps=8")
-  assert proc.returncode == 1 and "Traceback" not in proc.stderr
-  assert "different model/data configuration" in proc.stderr and "hidden_dim" in proc.stderr
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  assert "different model/data configuration" in proc.stderr
+  assert "hidden_dim" in proc.stderr
   assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
 
   key, value, path, arg = [finish_cli(p) for p in bad_runs]
   assert key.returncode != 0
   assert "nmae" in key.stderr
   assert not bad["bad_key"].exists()
-  assert value.returncode == 1 and "Traceback" not in value.stderr
-  assert "data.name='moon'" in value.stderr and not bad["bad_value"].exists()
-  assert path.returncode == 1 and "Traceback" not in path.stderr
-  assert "/nonexistent/table.npz" in path.stderr and "does not exist" in path.stderr
+  assert value.returncode == 1
+  assert "Traceback" not in value.stderr
+  assert "data.name='moon'" in value.stderr
+  assert not bad["bad_value"].exists()
+  assert path.returncode == 1
+  assert "Traceback" not in path.stderr
+  assert "/nonexistent/table.npz" in path.stderr
+  assert "does not exist" in path.stderr
   assert not bad["bad_path"].exists()
-  assert arg.returncode != 0 and "smok" in arg.stderr
+  assert arg.returncode != 0
+  assert "smok" in arg.stderr
 
 
 def _blobs(n=240, seed=0):
@@ -239,15 +251,15 @@ def test_cli_on_user_files(tmp_path):
   procs = run_clis(*[["--config=configs/tabular.py:file,smoke", f"--workdir={tmp_path / fmt}",
                       f"--config.data.path={path}", "--config.data.num_labeled_per_class=5",
                       "--config.num_train_steps=2", "--config.plots=False", *extra]
-                     for (fmt, _), (path, extra) in zip(cases, tables)])
-  for (fmt, with_unlabeled), proc in zip(cases, procs):
+                     for (fmt, _), (path, extra) in zip(cases, tables, strict=False)])
+  for (fmt, with_unlabeled), proc in zip(cases, procs, strict=False):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / fmt / "results.json").read_text())
     assert results["step"] == 2
     _check_user_table_split(results, with_unlabeled)
 
 
-@pytest.mark.parametrize("fmt,with_unlabeled", [("npz", False), ("csv", True)])
+@pytest.mark.parametrize(("fmt", "with_unlabeled"), [("npz", False), ("csv", True)])
 def test_user_files_load_and_split(tmp_path, fmt, with_unlabeled):
   """The other two combinations through the loader and split the command line calls."""
   from flowgmm_jax import data as data_lib
@@ -275,7 +287,8 @@ def test_cli_user_file_errors_write_nothing(tmp_path):
   procs = run_clis(*[["--config=configs/tabular.py:file,smoke", f"--workdir={tmp_path / f'run_{name}'}",
                        f"--config.data.path={tmp_path / name}", *extra]
                       for name, extra, _ in cases])
-  for (name, _, needle), proc in zip(cases, procs):
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  for (name, _, needle), proc in zip(cases, procs, strict=False):
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert needle in proc.stderr
     assert not (tmp_path / f"run_{name}").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,17 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flowgmm_jax import checkpoint as ckpt_lib
 from flowgmm_jax import losses
+from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.data import Dataset
 from flowgmm_jax.data.rows import split_rows
-from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.data.tabular import load_csv_table
-from flowgmm_jax.training import base_config, fit, train_and_evaluate
-from flowgmm_jax import checkpoint as ckpt_lib
-from flowgmm_jax.training import optim
-from flowgmm_jax import mesh as mesh_lib
-from flowgmm_jax.training import step as step_lib
+from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.flowgmm import FlowGMM
+from flowgmm_jax.training import base_config, fit, optim, train_and_evaluate
+from flowgmm_jax.training import step as step_lib
 from flowgmm_jax.training.lock import STALE_SECONDS, WorkdirBusyError
 from flowgmm_jax.training.state import create_train_state
 
@@ -131,7 +131,8 @@ def test_too_many_skips_in_a_row_stop_with_one_line(tmp_path):
   workdir = tmp_path / "new"
   with pytest.raises(FloatingPointError, match=r"3 steps in a row") as e:
     fit(c, ds, (LAB, UNLAB), workdir=str(workdir))
-  assert "\n" not in str(e.value) and "learning rate" in str(e.value)
+  assert "\n" not in str(e.value)
+  assert "learning rate" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- preemption
@@ -180,7 +181,8 @@ def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
   _, second_err = second.communicate(timeout=300)
   assert second.returncode == 1, second_err[-2000:]
   lines = second_err.strip().splitlines()
-  assert len(lines) == 1 and "is in use by another run" in lines[0], second_err[-2000:]
+  assert len(lines) == 1, second_err[-2000:]
+  assert "is in use by another run" in lines[0], second_err[-2000:]
   assert f"pid {proc.pid} on host {socket.gethostname()}" in lines[0]
   assert proc.poll() is None  # the first run goes on
   proc.send_signal(signal.SIGTERM)
@@ -193,8 +195,8 @@ def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
       proc.kill()
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
   last = err.strip().splitlines()[-1]
-  assert last.startswith("preempted at step ") and last.endswith(
-      "; checkpoint saved; rerun the same command to resume"), err[-2000:]
+  assert last.startswith("preempted at step "), err[-2000:]
+  assert last.endswith("; checkpoint saved; rerun the same command to resume"), err[-2000:]
   stopped = int(last.split()[3].rstrip(";"))
   assert sorted(int(n) for n in os.listdir(workdir / "checkpoints")) == [stopped]
   # Rerunning (here in-process, the same config) resumes there and matches a run that was
@@ -235,7 +237,8 @@ def test_damaged_latest_checkpoints_fall_back_to_the_newest_good_one(tmp_path, c
   err = capfd.readouterr().err
   warnings = [row for row in err.splitlines() if row.strip()]
   assert len(warnings) == 2, err  # one line per damaged checkpoint, no orbax noise
-  assert "step 6" in warnings[0] and "step 4" in warnings[1]
+  assert "step 6" in warnings[0]
+  assert "step 4" in warnings[1]
   assert all("resuming from step 2" in w for w in warnings)
   np.testing.assert_array_equal(vec(resumed.variables), vec(straight.variables))
   # metrics.jsonl was cut back to step 2 and holds every step once.
@@ -282,7 +285,8 @@ def test_no_readable_checkpoint_is_one_line_naming_the_directory(tmp_path, capfd
   with pytest.raises(ckpt_lib.DamagedCheckpointError) as e:
     fit(tiny_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir))
   assert "\n" not in str(e.value)
-  assert str(workdir / "checkpoints") in str(e.value) and "afresh" in str(e.value)
+  assert str(workdir / "checkpoints") in str(e.value)
+  assert "afresh" in str(e.value)
   assert capfd.readouterr().err.strip() == ""
 
 
@@ -313,7 +317,8 @@ def test_changed_seed_split_or_optimiser_on_an_existing_workdir(tmp_path, capfd)
   result = fit(c, ds, (LAB, UNLAB), workdir=workdir)
   assert int(result.state.step) == 4
   err = [row for row in capfd.readouterr().err.splitlines() if row.strip()]
-  assert len(err) == 1 and "optim.learning_rate: 0.01 -> 0.001" in err[0]
+  assert len(err) == 1
+  assert "optim.learning_rate: 0.01 -> 0.001" in err[0]
 
 
 # ----------------------------------------------------------------------------- one writer
@@ -333,14 +338,18 @@ def test_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd):
   lock = _foreign_lock(workdir)  # a live holder elsewhere: fresh heartbeat
   with pytest.raises(WorkdirBusyError) as e:
     fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir))
-  assert "\n" not in str(e.value) and "pid 4242 on host another-host" in str(e.value)
-  assert os.listdir(workdir) == [".lock"] and json.loads(lock.read_text())["pid"] == 4242
+  assert "\n" not in str(e.value)
+  assert "pid 4242 on host another-host" in str(e.value)
+  assert os.listdir(workdir) == [".lock"]
+  assert json.loads(lock.read_text())["pid"] == 4242
   # No heartbeat for longer than the timeout: the holder is gone; the run takes over.
   _foreign_lock(workdir, age=STALE_SECONDS + 5)
   capfd.readouterr()
   assert int(fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir)).state.step) == 2
   err = capfd.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "took over the lock" in err[0] and "another-host" in err[0]
+  assert len(err) == 1
+  assert "took over the lock" in err[0]
+  assert "another-host" in err[0]
   assert not lock.exists()  # released at the end
   # A holder on this host whose process has ended is taken over at once.
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -372,7 +381,9 @@ def test_a_checkpoint_of_the_previous_format_is_refused_in_one_line(tmp_path):
     with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
       attempt()
     message = str(e.value)
-    assert "\n" not in message and "parameter layout 1" in message and "retrain" in message
+    assert "\n" not in message
+    assert "parameter layout 1" in message
+    assert "retrain" in message
 
 
 def test_an_unknown_or_newer_parameter_layout_is_refused_in_one_line():
@@ -477,9 +488,9 @@ def test_bad_csv_is_one_line_and_leaves_nothing(tmp_path, name):
   path = tmp_path / "data.csv"
   path.write_text(text)
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(ValueError, match=re.escape(expected)) as e:
     train_and_evaluate(_csv_config(path), str(workdir))
-  assert expected in str(e.value) and "\n" not in str(e.value)
+  assert "\n" not in str(e.value)
   assert not workdir.exists()
 
 
@@ -490,7 +501,8 @@ def test_outlier_row_is_named_by_csv_loader_and_estimator(tmp_path, capsys):
   path.write_text("a,b,label\n" + "\n".join(rows) + "\n")
   load_csv_table(path)
   err = capsys.readouterr().err.strip()
-  assert len(err.splitlines()) == 1 and "line 7, column 2 (b) holds 1e+30" in err
+  assert len(err.splitlines()) == 1
+  assert "line 7, column 2 (b) holds 1e+30" in err
   x = np.random.default_rng(0).normal(size=(40, 2))
   x[5, 1] = 1e30
   y = np.where(np.arange(40) < 10, np.arange(40) % 2, -1)
@@ -519,7 +531,9 @@ def test_misspelt_config_key_is_one_line(tmp_path):
               "--config.data.pth=x.csv")
   _, err = proc.communicate(timeout=120)
   assert proc.returncode != 0
-  assert len(err.strip().splitlines()) == 1 and '"path"' in err and "pth" in err
+  assert len(err.strip().splitlines()) == 1
+  assert '"path"' in err
+  assert "pth" in err
   assert not (tmp_path / "run").exists()
 
 

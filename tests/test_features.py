@@ -26,13 +26,19 @@ def test_column_kinds_and_resolutions():
       "constant": "constant", "binary": "binary", "codes": "lattice",
       "half_steps": "lattice", "tenths": "lattice", "irregular": "continuous",
       "counts": "continuous", "gaussian": "continuous"}
-  assert kinds["binary"].resolution == 1.0 and kinds["binary"].levels == 2
-  assert kinds["codes"].resolution == 1.0 and kinds["codes"].levels == 10
-  assert kinds["half_steps"].resolution == 0.5 and kinds["half_steps"].levels == 7
-  assert kinds["tenths"].resolution == pytest.approx(0.1) and kinds["tenths"].levels == 7
-  assert kinds["counts"].lattice and kinds["counts"].resolution == 1.0
+  assert kinds["binary"].resolution == 1.0
+  assert kinds["binary"].levels == 2
+  assert kinds["codes"].resolution == 1.0
+  assert kinds["codes"].levels == 10
+  assert kinds["half_steps"].resolution == 0.5
+  assert kinds["half_steps"].levels == 7
+  assert kinds["tenths"].resolution == pytest.approx(0.1)
+  assert kinds["tenths"].levels == 7
+  assert kinds["counts"].lattice
+  assert kinds["counts"].resolution == 1.0
   assert not kinds["irregular"].lattice
-  assert kinds["constant"].resolution == 0.0 and not kinds["constant"].discrete
+  assert kinds["constant"].resolution == 0.0
+  assert not kinds["constant"].discrete
   # max_levels decides when a lattice counts as discrete.
   assert features.describe_column(cols["counts"], max_levels=1000).kind == "lattice"
   table = np.stack(list(cols.values()), axis=1)
@@ -51,7 +57,8 @@ def test_dequantized_values_fill_their_cells_and_round_back():
   noisy = features.dequantize(x, widths, np.random.default_rng(2))
   delta = noisy - x
   for j, r in enumerate(widths[:2]):
-    assert delta[:, j].min() >= -r / 2 and delta[:, j].max() < r / 2
+    assert delta[:, j].min() >= -r / 2
+    assert delta[:, j].max() < r / 2
     assert delta[:, j].var() == pytest.approx(r ** 2 / 12, rel=0.03)
     lo = x[:, j].min()
     np.testing.assert_array_equal(np.round((noisy[:, j] - lo) / r) * r + lo, x[:, j])
@@ -83,6 +90,7 @@ def test_training_noise_dequantizes_discrete_columns_and_keeps_gaussian_elsewher
   w^2 / 12, rounding back), the others by N(0, noise_std^2); "off" gives ()."""
   import jax
   import ml_collections
+
   from flowgmm_jax.data import add_feature_noise
   from flowgmm_jax.data.dataset import Dataset
   from flowgmm_jax.training import programs
@@ -108,11 +116,13 @@ def test_training_noise_dequantizes_discrete_columns_and_keeps_gaussian_elsewher
   delta = (noisy - batch).astype(np.float64)
   for j in (0, 1):
     w = widths[j]
-    assert delta[:, j].min() >= -w / 2 - 1e-6 and delta[:, j].max() <= w / 2 + 1e-6
+    assert delta[:, j].min() >= -w / 2 - 1e-6
+    assert delta[:, j].max() <= w / 2 + 1e-6
     assert delta[:, j].var() == pytest.approx(w ** 2 / 12, rel=0.03)
     np.testing.assert_array_equal(np.round((noisy[:, j] - x[0, j]) / w), 0.0)  # own cell
   for j in (2, 3):  # continuous (and a lattice of too many levels): Gaussian noise_std
-    assert abs(delta[:, j].mean()) < 0.005 and delta[:, j].std() == pytest.approx(0.1, rel=0.03)
+    assert abs(delta[:, j].mean()) < 0.005
+    assert delta[:, j].std() == pytest.approx(0.1, rel=0.03)
   # Without widths the noise is Gaussian everywhere, drawn as before (same key, same draw).
   plain = np.asarray(add_feature_noise(jax.random.PRNGKey(0), batch, 0.1))
   np.testing.assert_allclose(plain - batch, 0.1 * np.asarray(
@@ -125,7 +135,9 @@ def test_standardized_rows_match_the_standardised_table_for_every_index():
   mean, scale = x.mean(0), x.std(0)
   full = ((x - mean) / scale).astype(np.float32)
   rows = features.StandardizedRows(x, mean, scale)
-  assert rows.shape == (50, 4) and len(rows) == 50 and rows.dtype == np.float32
+  assert rows.shape == (50, 4)
+  assert len(rows) == 50
+  assert rows.dtype == np.float32
   idx = np.array([7, 0, 49, 7])
   for key in (idx, slice(3, 9), (slice(None), 2), 5, (idx, 1)):
     got = rows[key]

@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import missing_shared_data
 
 
@@ -27,18 +26,21 @@ def test_peaks_rows_and_reference():
       gpu_check.parse_rows(bad)
   reference = gpu_check.reference_curve()
   assert sorted(reference) == [1000, 2000, 3000, 4000, 5000, 6000]
-  assert len(reference[6000]["accuracy"]) == 3 and min(reference[6000]["accuracy"]) > 0.95
+  assert len(reference[6000]["accuracy"]) == 3
+  assert min(reference[6000]["accuracy"]) > 0.95
 
 
 def test_gpu_check_budget_too_small_skips_every_row_with_its_reason(tmp_path):
   from benchmarks import gpu_check
   out = tmp_path / "gpu.json"
   report = gpu_check.main(["--tiny", "--budget-s=1", f"--out={out}"])
-  assert json.loads(out.read_text()) == report and report["complete"]
+  assert json.loads(out.read_text()) == report
+  assert report["complete"]
   assert [(r["workload"], r["compute_dtype"], r["per_device_batch"]) for r in report["rows"]] \
       == list(gpu_check.TINY_ROWS)
   for row in report["rows"]:
-    assert "left" in row["skipped"] and "estimated at 5 s" in row["skipped"], row
+    assert "left" in row["skipped"], row
+    assert "estimated at 5 s" in row["skipped"], row
   assert "training needs at least 10 s" in report["training"]["skipped"]
   assert report["total_s"] < 1.0
 
@@ -71,14 +73,18 @@ def test_gpu_check_tiny_runs_within_its_budget_writing_json_after_each_row(tmp_p
   assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == report
   assert [len(w["rows"]) for w in written] == [0, 1, 1]
   assert [w["complete"] for w in written] == [False, False, True]
-  assert report["tiny"] and report["total_s"] <= 120
+  assert report["tiny"]
+  assert report["total_s"] <= 120
   for row in report["rows"]:
-    assert "skipped" not in row and "failed" not in row, row
+    assert "skipped" not in row, row
+    assert "failed" not in row, row
     for key in ("median_s", "pipelined_s", "images_per_s", "flops_per_device",
                 "tflops_per_s_per_device", "mfu", "compile_cold_s", "compile_warm_s",
                 "params"):
-      assert np.isfinite(row[key]) and row[key] > 0, (row["workload"], key, row[key])
-    assert row["global_batch"] == row["per_device_batch"] == 8 and row["loss_finite"]
+      assert np.isfinite(row[key]), (row["workload"], key, row[key])
+      assert row[key] > 0, (row["workload"], key, row[key])
+    assert row["global_batch"] == row["per_device_batch"] == 8
+    assert row["loss_finite"]
     assert row["mfu"] == pytest.approx(row["tflops_per_s_per_device"])
     assert row["warm"]["cache_hits"] >= 1, row["warm"]
     assert sum(row["collectives_per_step"].values()) > 0  # gradients averaged over the mesh
@@ -89,6 +95,8 @@ def test_gpu_check_tiny_runs_within_its_budget_writing_json_after_each_row(tmp_p
   assert training["steps_done"] == 4 or "would not have finished" in training["stopped"]
   assert [e["step"] for e in training["eval"]] == [2, 4][:len(training["eval"])]
   for e in training["eval"]:
-    assert 0.0 <= e["accuracy"] <= 1.0 and np.isfinite(e["bpd"]) and e["bpd"] > 0
+    assert 0.0 <= e["accuracy"] <= 1.0
+    assert np.isfinite(e["bpd"])
+    assert e["bpd"] > 0
     assert e["cpu_reference_accuracy"] is None  # the reference has steps 1000, 2000, ...
   assert not os.path.exists(f"{out}.tmp{os.getpid()}")

@@ -39,7 +39,9 @@ def test_record_images_read_only_the_rows_asked_for(tmp_path):
   written = write_records(tmp_path, num_train=64, num_test=8)
   ds = fdata.load_image_records(tmp_path, num_threads=3)
   x = ds.x_train
-  assert isinstance(x, fdata.RecordImages) and x.shape == (64, 8, 8, 1) and x.rows_read == 0
+  assert isinstance(x, fdata.RecordImages)
+  assert x.shape == (64, 8, 8, 1)
+  assert x.rows_read == 0
   np.testing.assert_array_equal(ds.y_train, written["train"][1])
   rows = np.array([5, 63, 5, 0, 17])
   np.testing.assert_array_equal(x[rows], written["train"][0][rows])
@@ -49,7 +51,8 @@ def test_record_images_read_only_the_rows_asked_for(tmp_path):
   np.testing.assert_array_equal(x[np.array([1, 2, 3])], written["train"][0][1:4])
   assert x.rows_read == 7  # the prefetched rows were not read again
   sub = x.take(np.array([10, 20, 30]))  # lazy: nothing read
-  assert x.rows_read == 7 and sub.shape == (3, 8, 8, 1)
+  assert x.rows_read == 7
+  assert sub.shape == (3, 8, 8, 1)
   np.testing.assert_array_equal(sub[1], written["train"][0][20])
   np.testing.assert_array_equal(x[-1], written["train"][0][-1])
   # The labels sidecar is rebuilt from the records when it is missing.
@@ -65,7 +68,8 @@ def test_grain_config_loads_lazily_and_gives_the_memory_loaders_batches(tmp_path
   from multihost_fit import tiny_config
   grain, memory = (fdata.load_dataset(tiny_config(str(tmp_path), loader))
                    for loader in ("grain", "memory"))
-  assert isinstance(grain.x_train, fdata.RecordImages) and isinstance(memory.x_train,
+  assert isinstance(grain.x_train, fdata.RecordImages)
+  assert isinstance(memory.x_train,
                                                                       np.ndarray)
   c = tiny_config(str(tmp_path), "grain")
   split = split_rows(c, grain)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from flowgmm_jax.losses import (FlowGMMLoss, bits_per_dim, consistency_weight_ramp,
-                                flowgmm_objective)
+from flowgmm_jax.losses import FlowGMMLoss, bits_per_dim, consistency_weight_ramp, flowgmm_objective
 
 
 def _inputs(labels, num_classes=4, seed=0):
@@ -114,7 +113,8 @@ def test_loss_object_resolves_the_label_weight_and_ramps_the_consistency_weight(
       objective="marginal_and_cross_entropy", label_weight=None, label_weight_per_feature=10.0,
       unlabeled_weight=0.5, consistency_weight=2.0, consistency_rampup_steps=4))
   loss = FlowGMMLoss.from_config(section, num_dims=13)
-  assert loss.label_weight == 130.0 and loss.uses_consistency
+  assert loss.label_weight == 130.0
+  assert loss.uses_consistency
   assert hash(loss) == hash(FlowGMMLoss.from_config(section, num_dims=13))
   np.testing.assert_allclose(loss.consistency_weight_at(jnp.arange(6)),
                              [0.5, 1.0, 1.5, 2.0, 2.0, 2.0], rtol=1e-6)

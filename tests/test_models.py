@@ -24,8 +24,7 @@ from flowgmm_jax import models
 from flowgmm_jax.bijectors.conv1x1 import Conv1x1LU
 from flowgmm_jax.bijectors.coupling import checkerboard_mask
 from flowgmm_jax.bijectors.reshape import Squeeze
-from flowgmm_jax.models import (Glow, RealNVP, TabularFlow, count_params,
-                                weight_norm_gain_mask)
+from flowgmm_jax.models import Glow, RealNVP, TabularFlow, count_params, weight_norm_gain_mask
 from flowgmm_jax.models import glow as glow_lib
 from flowgmm_jax.nets import MLP, ResNetConditioner, WNConv
 
@@ -69,7 +68,7 @@ def model_and_variables(name, dtype=jnp.float32, seed=1):
 # ---------------------------------------------------------------- architecture / counts
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def full_size_realnvp_shapes(shape):
   """Shapes/dtypes of the default RealNVP's variables: traced, never computed."""
   return jax.eval_shape(RealNVP().init, jax.random.PRNGKey(0),
@@ -83,7 +82,8 @@ def test_realnvp_param_count_matches_original(shape):
   got = count_params(variables)
   assert abs(got - expected) <= 0.01 * expected, (got, expected)
   # count_params counts params only (BatchNorm running statistics are not parameters).
-  assert "batch_stats" in variables and count_params(variables["params"]) == got
+  assert "batch_stats" in variables
+  assert count_params(variables["params"]) == got
 
 
 def test_realnvp_default_architecture_shapes():
@@ -119,7 +119,7 @@ def test_weight_norm_gain_mask_selects_g_leaves():
   # 7 stacked gains; 3 stacks of 3, 3 and 4 couplings.
   assert len(selected) == 3 * 7
   assert all(s.endswith("['g']") for s in selected)
-  gains = [leaf for leaf, m in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(mask))
+  gains = [leaf for leaf, m in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(mask), strict=False)
            if m]
   assert sorted({g.shape[0] for g in gains}) == [3, 4]
 
@@ -171,7 +171,8 @@ def test_resnet_conditioner_starts_at_zero_output():
   assert float(jnp.abs(out_conv["v"]).min()) > 0.0  # direction stays random (normalised)
   s_raw, t = net.apply(variables, x)
   assert s_raw.shape == t.shape == x.shape
-  assert float(jnp.abs(s_raw).max()) == 0.0 and float(jnp.abs(t).max()) == 0.0
+  assert float(jnp.abs(s_raw).max()) == 0.0
+  assert float(jnp.abs(t).max()) == 0.0
 
 
 def test_resnet_conditioner_batch_norm_averages_over_bn_axis_name():
@@ -195,7 +196,7 @@ def test_resnet_conditioner_batch_norm_averages_over_bn_axis_name():
   np.testing.assert_allclose(per_device["in_norm"]["mean"], np.stack([expected, expected]),
                              rtol=1e-5, atol=1e-7)
   assert per_device["blocks"]["in_norm"]["mean"].shape == (2, 2, 4)  # device, block, C
-  for got, want in zip(jax.tree.leaves(per_device), jax.tree.leaves(whole)):
+  for got, want in zip(jax.tree.leaves(per_device), jax.tree.leaves(whole), strict=False):
     np.testing.assert_allclose(got, np.stack([want, want]), rtol=1e-4, atol=1e-6)
 
 
@@ -230,7 +231,8 @@ def test_first_coupling_matches_hand_computation():
   model, variables = model_and_variables("realnvp")
   x = jnp.asarray(make_inputs("realnvp"), jnp.float32)
   mask = checkerboard_mask(x.shape[1], x.shape[2], 0)
-  assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 1, 0]) == 1.0
+  assert float(mask[0, 0, 0]) == 0.0
+  assert float(mask[0, 1, 0]) == 1.0
   first = {name: jax.tree.map(lambda a: a[0], tree["checkerboards_0"])
            for name, tree in variables.items()}
   net = ResNetConditioner(mid_channels=model.mid_channels, num_blocks=model.num_blocks,
@@ -285,7 +287,8 @@ def test_dropout_only_in_train_mode():
   z_b, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
   z_c, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
   np.testing.assert_array_equal(z_a, z_b)
-  assert not np.allclose(z_a, z_eval) and not np.allclose(z_a, z_c)
+  assert not np.allclose(z_a, z_eval)
+  assert not np.allclose(z_a, z_c)
 
 
 # ---------------------------------------------------------------- inverse-only use, errors
@@ -315,7 +318,8 @@ def test_non_square_images_with_image_shape():
   _, variables = model_and_variables("realnvp")
   x = jax.ShapeDtypeStruct((2, 8, 4, 2), jnp.float32)
   z, log_det = jax.eval_shape(model.apply, variables, x)
-  assert z.shape == (2, 64) and log_det.shape == (2,)
+  assert z.shape == (2, 64)
+  assert log_det.shape == (2,)
   x_back = jax.eval_shape(functools.partial(model.apply, method=model.inverse), variables, z)
   assert x_back.shape == (2, 8, 4, 2)
   # Without image_shape, D = 64 = 32 * C is no square image: a clear error.
@@ -330,7 +334,7 @@ def test_non_square_images_with_image_shape():
     model.apply(variables, jnp.zeros((2, 8, 8, 2)))
 
 
-@pytest.mark.parametrize("ctor, bad, match", [
+@pytest.mark.parametrize(("ctor", "bad", "match"), [
     (lambda: RealNVP(num_blocks=1, mid_channels=4), (2, 8, 8), r"\[B, H, W, C\]"),
     (lambda: RealNVP(num_blocks=1, mid_channels=4), (2, 7, 8, 2), "divisible by 2"),
     (lambda: RealNVP(num_scales=3, num_blocks=1, mid_channels=4), (2, 6, 6, 2),
@@ -465,7 +469,8 @@ def test_bfloat16_compute_keeps_float32_params_and_a_close_log_det(name):
   x = jnp.asarray(make_inputs(name, batch=4), jnp.float32)
   z32, ld32 = model.apply(variables, x)
   z16, ld16 = bf16.apply(variables, x)
-  assert z16.dtype == jnp.float32 and ld16.dtype == jnp.float32
+  assert z16.dtype == jnp.float32
+  assert ld16.dtype == jnp.float32
   dim = int(np.prod(x.shape[1:]))
   gap = np.abs(np.asarray(ld16) - np.asarray(ld32)) / dim
   assert np.all(gap <= BF16_LOG_DET_TOL_PER_DIM), gap
@@ -553,9 +558,12 @@ def test_one_parameter_layout_and_any_other_refused_in_one_line():
     with pytest.raises(models.LayoutVersionError) as e:
       models.check_layout_version(version, where="checkpoint /tmp/run")
     messages[version] = str(e.value)
-    assert "\n" not in messages[version] and "checkpoint /tmp/run" in messages[version]
-  assert "retrain" in messages[1] and "newer" in messages[3]
-  assert "unknown" in messages[0] and "unknown" in messages["2"]
+    assert "\n" not in messages[version]
+    assert "checkpoint /tmp/run" in messages[version]
+  assert "retrain" in messages[1]
+  assert "newer" in messages[3]
+  assert "unknown" in messages[0]
+  assert "unknown" in messages["2"]
 
 
 def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
@@ -574,9 +582,9 @@ def test_conv2d_same_gradients_are_lax_s_and_canonical_inside_a_scan(x64):
   g = jnp.asarray(rng.standard_normal((2, 5, 4, 2)))
   # The CPU implementation (custom JVP), the one other backends get, and the dispatcher.
   for conv in (conv2d_same_cpu, conv2d_same_plain, conv2d_same):
-    for got, want in zip(jax.jvp(conv, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk))):
+    for got, want in zip(jax.jvp(conv, (x, k), (dx, dk)), jax.jvp(ref, (x, k), (dx, dk)), strict=False):
       np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    for got, want in zip(jax.vjp(conv, x, k)[1](g), jax.vjp(ref, x, k)[1](g)):
+    for got, want in zip(jax.vjp(conv, x, k)[1](g), jax.vjp(ref, x, k)[1](g), strict=False):
       np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
   # The dispatcher's choice is made at lowering: the custom JVP's explicit transposes on

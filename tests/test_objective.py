@@ -11,12 +11,12 @@ import numpy as np
 import optax
 import pytest
 
+from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.data import Dataset
+from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.losses import FlowGMMLoss, flowgmm_objective
 from flowgmm_jax.training import base_config, fit, train_and_evaluate, validate_config
-from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.training import step as step_lib
-from flowgmm_jax.flowgmm import FlowGMM
 from flowgmm_jax.training.state import create_train_state
 
 
@@ -123,11 +123,16 @@ def test_image_configs_follow_the_original_commands():
   assert (mnist.loss.consistency_rampup_steps, mnist.num_train_steps) == (1000 * 3, 30001 * 3)
   assert (cifar.loss.consistency_rampup_steps, cifar.num_train_steps) == (100 * 125, 1501 * 125)
   for c in (mnist, cifar, svhn):
-    assert c.loss.objective == "marginal_and_cross_entropy" and c.loss.label_weight == 3.0
-    assert c.loss.consistency_weight == 1.0 and c.loss.unlabeled_weight == 1.0
-    assert c.optim.optimizer == "adam" and c.optim.lr_schedule == "constant"
-    assert c.optim.weight_decay == 5e-5 and c.optim.grad_clip_norm == 100.0
-    assert c.model.name == "realnvp" and c.model.num_blocks == 8
+    assert c.loss.objective == "marginal_and_cross_entropy"
+    assert c.loss.label_weight == 3.0
+    assert c.loss.consistency_weight == 1.0
+    assert c.loss.unlabeled_weight == 1.0
+    assert c.optim.optimizer == "adam"
+    assert c.optim.lr_schedule == "constant"
+    assert c.optim.weight_decay == 5e-5
+    assert c.optim.grad_clip_norm == 100.0
+    assert c.model.name == "realnvp"
+    assert c.model.num_blocks == 8
     assert "dropout_rate" not in c.model  # the image RealNVP has no dropout
     assert (c.data.labeled_batch_size, c.data.unlabeled_batch_size) == (32, 32)
   # Toy and the paper's table/text recipes use the joint form; the table recipe (the
@@ -143,7 +148,8 @@ def test_mnist_cpu_config_states_its_parameter_count():
   module = importlib.import_module("configs.mnist")
   c = module.get_config("cpu")
   validate_config(c)
-  assert c.data.num_labeled_per_class == 100 and c.loss.objective == "marginal_and_cross_entropy"
+  assert c.data.num_labeled_per_class == 100
+  assert c.loss.objective == "marginal_and_cross_entropy"
   model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
   key = jax.random.PRNGKey(0)
   shapes = jax.eval_shape(lambda: model.init({"params": key, "dropout": key},
@@ -156,6 +162,7 @@ def test_mnist_cpu_config_states_its_parameter_count():
 @pytest.mark.slow
 def test_svhn_config_reads_mat_files_without_tensorflow(tmp_path):
   from test_data import write_svhn_mat  # the real .mat layout, written with scipy
+
   # The model and batches of test_experiments' svhn run on tfds-generated data, so that
   # this run loads the same compiled steps from the suite's compilation cache.
   from test_experiments import shrink
@@ -164,5 +171,6 @@ def test_svhn_config_reads_mat_files_without_tensorflow(tmp_path):
   c.data.path = str(tmp_path / "svhn")
   c.data.num_labeled_per_class = 2
   results = train_and_evaluate(c, str(tmp_path / "run"))
-  assert results["num_test"] == 20 and results["num_labeled"] == 20
+  assert results["num_test"] == 20
+  assert results["num_labeled"] == 20
   assert np.isfinite(results["eval/bpd"])

@@ -94,7 +94,7 @@ AGNEWS = SHARED + [
 ]
 
 
-@pytest.mark.parametrize("config,arg,expected", [
+@pytest.mark.parametrize(("config", "arg", "expected"), [
     ("tabular", "miniboone,paper", MINIBOONE),
     ("text", "agnews,paper", AGNEWS),
 ], ids=["miniboone", "agnews"])
@@ -113,7 +113,8 @@ def test_paper_hepmass_and_yahoo_differ_only_where_their_commands_do():
   assert hep.num_train_steps == 15 * 280              # 15 epochs of 1,400,000 / 5000
   ag, yahoo = get_config("text", "agnews,paper"), get_config("text", "yahoo,paper")
   assert (yahoo.loss.unlabeled_weight, yahoo.data.num_labeled) == (0.2, 800)
-  assert yahoo.data.labeled_batch_size == 800 and yahoo.num_train_steps == 200 * 280
+  assert yahoo.data.labeled_batch_size == 800
+  assert yahoo.num_train_steps == 200 * 280
   for a, b in ((mini, hep), (ag, yahoo)):
     for key in ("model", "prior", "optim.optimizer", "optim.weight_decay", "optim.lr_schedule",
                 "data.unlabeled_batch_size"):
@@ -134,7 +135,8 @@ def test_paper_prior_means_are_the_originals():
   c = get_config("text", "agnews,paper")
   prior = GaussianMixturePrior.from_config(c.prior, 4, 384, image=False)
   means = np.asarray(prior.init(jax.random.PRNGKey(0), jnp.zeros((1, 384)))["prior"]["means"])
-  assert means.std() == pytest.approx(0.56, rel=0.05) and abs(means.mean()) < 0.05
+  assert means.std() == pytest.approx(0.56, rel=0.05)
+  assert abs(means.mean()) < 0.05
 
 
 def test_paper_flow_has_dropout_while_training_only():
@@ -162,7 +164,7 @@ def _expected_count(couplings: int, dim: int, k: int) -> int:
   return couplings * ((dim + 1) * k + (k + 1) * k + (k + 1) * 2 * dim + 2 * dim)
 
 
-@pytest.mark.parametrize("config,arg,dim", [("tabular", "miniboone,paper", 50),
+@pytest.mark.parametrize(("config", "arg", "dim"), [("tabular", "miniboone,paper", 50),
                                             ("text", "agnews,paper", 768)],
                          ids=["miniboone", "agnews"])
 def test_paper_flow_in_the_originals_layout_has_its_parameter_count(config, arg, dim):

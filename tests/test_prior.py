@@ -34,7 +34,7 @@ def _build(num_classes, dim, covariance, rng, shared_scale=False, **kwargs):
   return prior, variables, means, sigma, log_w
 
 
-@pytest.mark.parametrize("covariance,shared", [("isotropic", False), ("isotropic", True),
+@pytest.mark.parametrize(("covariance", "shared"), [("isotropic", False), ("isotropic", True),
                                                ("diagonal", False), ("diagonal", True)])
 def test_log_probs_match_scipy(x64, covariance, shared):
   rng = np.random.default_rng(0)

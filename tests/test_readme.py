@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_XLA_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]

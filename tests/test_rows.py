@@ -65,18 +65,21 @@ def test_rows_marked_unlabelled_and_given_pools_are_kept():
   assert np.array_equal(r.labeled, np.arange(1, 400, 2))
   assert np.array_equal(r.unlabeled, np.arange(0, 400, 2))
   given = rows_lib.split_rows(_config(holdout=0.0), _dataset(), pools=([3, 1], [0, 2]))
-  assert given.labeled.tolist() == [1, 3] and given.unlabeled.tolist() == [0, 2]
+  assert given.labeled.tolist() == [1, 3]
+  assert given.unlabeled.tolist() == [0, 2]
 
 
 def test_calibration_rows_keep_a_label_in_every_class():
   y = np.array([0] * 5 + [1] * 2 + [2] * 1 + [-1] * 10)
   labeled = np.arange(8)
   train, held = rows_lib.calibration_rows(labeled, y, 0.4, seed=0)
-  assert len(np.intersect1d(train, held)) == 0 and len(train) + len(held) == 8
+  assert len(np.intersect1d(train, held)) == 0
+  assert len(train) + len(held) == 8
   assert sorted(np.unique(y[train])) == [0, 1, 2]
   assert np.bincount(y[held], minlength=3).tolist() == [2, 1, 0]
   train, held = rows_lib.calibration_rows(labeled, y, 0.0, seed=0)
-  assert len(held) == 0 and len(train) == 8
+  assert len(held) == 0
+  assert len(train) == 8
   with pytest.raises(ValueError, match="calibration_fraction=1.0"):
     rows_lib.calibration_rows(labeled, y, 1.0, seed=0)
 
@@ -84,7 +87,8 @@ def test_calibration_rows_keep_a_label_in_every_class():
 def test_early_stopping_rows_bounds():
   pool = np.arange(10_000)
   train, held = rows_lib.early_stopping_rows(pool, 0.1, seed=3)
-  assert len(held) == 1000 and len(np.intersect1d(train, held)) == 0
+  assert len(held) == 1000
+  assert len(np.intersect1d(train, held)) == 0
   np.testing.assert_array_equal(held, rows_lib.early_stopping_rows(pool, 0.1, seed=3)[1])
   assert not np.array_equal(held, rows_lib.early_stopping_rows(pool, 0.1, seed=4)[1])
   assert len(rows_lib.early_stopping_rows(pool[:100], 0.05, seed=0)[1]) == 16  # at least 16

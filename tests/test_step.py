@@ -67,7 +67,8 @@ def test_per_device_batch_norm_step_executes_few_collectives():
   print(f"collectives per step, 8 devices, cifar10:smoke: per-device BN {per_device}, "
         f"synced BN {synced}")
   assert per_device == {"psum": 4}
-  assert set(synced) == {"psum"} and synced["psum"] > 4 * per_device["psum"]
+  assert set(synced) == {"psum"}
+  assert synced["psum"] > 4 * per_device["psum"]
 
 
 def _tiny_image_step(num_devices: int = 1, sync_batch_norm: bool = True):

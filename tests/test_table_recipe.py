@@ -9,21 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from flowgmm_jax import FlowGMM, GaussianMixturePrior
 from flowgmm_jax.data import Dataset, add_feature_noise, default_data_dir
-from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.data import rows as rows_lib
+from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.models import TabularFlow, count_params
 from flowgmm_jax.prior import place_means_at_centroids
 from flowgmm_jax.training import loop, run
-from flowgmm_jax.training.config import (RECIPE_PARAMETERS, TABLE_RECIPE, apply_table_recipe,
-                                         base_config)
+from flowgmm_jax.training.config import (
+  RECIPE_PARAMETERS,
+  TABLE_RECIPE,
+  apply_table_recipe,
+  base_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_SHARED = default_data_dir().is_dir()
@@ -112,7 +116,7 @@ class _ScriptedNLL:
     return np.full(len(x), -self.nll)
 
 
-@pytest.mark.parametrize("min_steps, stop_step", [(0, 60), (100, 100), (55, 60), (65, 70)])
+@pytest.mark.parametrize(("min_steps", "stop_step"), [(0, 60), (100, 100), (55, 60), (65, 70)])
 def test_early_stopping_waits_for_min_steps_and_keeps_the_best(min_steps, stop_step):
   settings = base_config().early_stopping
   settings.check_every_steps, settings.patience, settings.min_steps = 10, 3, min_steps
@@ -128,7 +132,8 @@ def test_early_stopping_waits_for_min_steps_and_keeps_the_best(min_steps, stop_s
   # Three checks without improvement after step 30 end training at 60, unless min_steps
   # is later, then at the first check at or past min_steps; the best check is kept.
   assert stopped_at == stop_step
-  assert stopper.best_step == 30 and stopper.best_nll == 3.0
+  assert stopper.best_step == 30
+  assert stopper.best_nll == 3.0
   assert float(stopper.best_variables["params"]["w"]) == 3.0
 
 
@@ -161,7 +166,7 @@ def test_estimator_and_cli_default_share_the_recipe(config_name):
   assert spline.model.bound == 4.0
 
 
-@pytest.mark.parametrize("num_features, expected_rate", [(2, 0.0), (4, 0.5)])
+@pytest.mark.parametrize(("num_features", "expected_rate"), [(2, 0.0), (4, 0.5)])
 def test_recipe_dropout_is_the_papers_from_4_features_and_off_below(num_features, expected_rate):
   """dropout_rate None (the recipe's) drops hidden units at rate 0.5 once every conditioner
   sees 2 or more features (D >= 4) and not at all on 2-3 features; an explicit rate is used
@@ -222,15 +227,20 @@ def test_estimator_parameters_are_the_config_fields():
 def test_paper_forms_differ_from_the_defaults_as_documented():
   paper = get_config("text", "agnews,paper")
   assert (paper.model.num_coupling_layers, paper.model.hidden_dim) == (7, 1024)
-  assert paper.optim.optimizer == "adamw" and paper.optim.learning_rate == 3e-4
-  assert paper.loss.unlabeled_weight == 0.6 and paper.data.unlabeled_batch_size == 5000
-  assert paper.early_stopping.holdout_fraction == 0.0 and not paper.prior.learn_means
+  assert paper.optim.optimizer == "adamw"
+  assert paper.optim.learning_rate == 3e-4
+  assert paper.loss.unlabeled_weight == 0.6
+  assert paper.data.unlabeled_batch_size == 5000
+  assert paper.early_stopping.holdout_fraction == 0.0
+  assert not paper.prior.learn_means
   tab = get_config("tabular", "letter,paper")
   assert (tab.model.num_coupling_layers, tab.model.hidden_dim) == (10, 256)
-  assert tab.optim.learning_rate == 3e-4 and tab.early_stopping.holdout_fraction == 0.0
+  assert tab.optim.learning_rate == 3e-4
+  assert tab.early_stopping.holdout_fraction == 0.0
   for c in (get_config("text"), get_config("tabular", "shuttle")):
     assert c.model.hidden_dim == TABLE_RECIPE["model"]["hidden_dim"]
-    assert c.prior.means_init == "labeled" and c.early_stopping.holdout_fraction > 0
+    assert c.prior.means_init == "labeled"
+    assert c.early_stopping.holdout_fraction > 0
   # The data side is unchanged by :paper.
   assert get_config("text").data.num_labeled == paper.data.num_labeled == 200
   # The paper's layout is the original's num_layers=1: two hidden layers per conditioner.
@@ -241,15 +251,17 @@ def test_paper_forms_differ_from_the_defaults_as_documented():
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name,arg", [("tabular", "letter"), ("text", None)])
+@pytest.mark.parametrize(("name", "arg"), [("tabular", "letter"), ("text", None)])
 def test_default_config_runs_20_steps_on_the_offline_data(tmp_path, name, arg):
   c = get_config(name, arg)
   c.num_train_steps, c.log_every_steps, c.eval_every_steps = 20, 10, 20
   c.checkpoint_every_steps, c.progress_bar = 20, False
   c.plots = False  # the figures are tested in test_trained.py
   results = run.train_and_evaluate(c, str(tmp_path / "run"))
-  assert results["step"] == 20 and results["num_labeled"] > 0
-  assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/nll"])
+  assert results["step"] == 20
+  assert results["num_labeled"] > 0
+  assert 0.0 <= results["eval/accuracy"] <= 1.0
+  assert np.isfinite(results["eval/nll"])
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -300,7 +312,8 @@ def test_suite_command_runs_one_table(tmp_path):
                          f"--output={out}"], cwd=REPO, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "sklearn wine" in proc.stdout and "wins" in proc.stdout
+  assert "sklearn wine" in proc.stdout
+  assert "wins" in proc.stdout
   report = json.loads(out.read_text())
   runs = report["results"]["wine"]
   assert set(runs) - {"info"} == methods
@@ -309,6 +322,7 @@ def test_suite_command_runs_one_table(tmp_path):
     if method != "info":
       assert 0.0 <= seeds[0]["accuracy"] <= 1.0
       assert 0.0 <= seeds[0]["ece"] <= 1.0
-  assert "ECE" in proc.stdout and report["markdown_ece"].count("\n") == 3  # head, rule, wine, mean
+  assert "ECE" in proc.stdout
+  assert report["markdown_ece"].count("\n") == 3
   assert runs["flowgmm"][0]["accuracy"] >= 0.85
   assert runs["supervised"][0]["accuracy"] >= 0.9

@@ -11,13 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flowgmm_jax import calibration, data as data_lib, plots, run_files, trained
+from flowgmm_jax import calibration, plots, run_files, trained
+from flowgmm_jax import data as data_lib
+from flowgmm_jax.checkpoint import (
+  META_KEYS,
+  MODEL_META_KEYS,
+  IncompatibleCheckpointError,
+  make_meta,
+)
 from flowgmm_jax.data import load_dataset
-from flowgmm_jax.training import evaluate_run, train_and_evaluate
-from flowgmm_jax.checkpoint import (META_KEYS, MODEL_META_KEYS, IncompatibleCheckpointError,
-                                    make_meta)
-from flowgmm_jax.training.config import base_config, model_config
 from flowgmm_jax.flowgmm import FlowGMM
+from flowgmm_jax.training import evaluate_run, train_and_evaluate
+from flowgmm_jax.training.config import base_config, model_config
 
 
 def toy_config(steps=4):
@@ -52,7 +57,8 @@ def _is_png(path, min_side=100):
   assert 2_000 < size < 3_000_000, (path, size)
   import matplotlib.image as mpimg
   h, w = mpimg.imread(path).shape[:2]
-  assert min(h, w) >= min_side and max(h, w) < 4000, (path, h, w)
+  assert min(h, w) >= min_side, (path, h, w)
+  assert max(h, w) < 4000, (path, h, w)
 
 
 # ----------------------------------------------------------------------------- load
@@ -99,17 +105,21 @@ def test_load_methods_round_trip_and_sample(toy_run):
 def test_load_applies_the_stored_calibration_and_predict_is_unchanged(toy_run):
   _, workdir, results = toy_run
   cal = json.load(open(os.path.join(workdir, "calibration.json")))
-  assert cal["step"] == 4 and cal["num_validation"] == results["num_calibration"] > 0
+  assert cal["step"] == 4
+  assert cal["num_validation"] == results["num_calibration"] > 0
   model, raw = trained.load(workdir), trained.load(workdir, calibrated=False)
-  assert model.temperature == pytest.approx(cal["temperature"]) and raw.temperature == 1.0
+  assert model.temperature == pytest.approx(cal["temperature"])
+  assert raw.temperature == 1.0
   x = np.random.default_rng(1).normal(size=(200, 2)).astype(np.float32)
   np.testing.assert_array_equal(model.predict(x), raw.predict(x))
   np.testing.assert_array_equal(model.predict_proba(x).argmax(1), raw.predict_proba(x).argmax(1))
   for key in ("ece", "nll_y_given_x", "accuracy"):
-    assert f"calibration/before/{key}" in results and f"calibration/after/{key}" in results
+    assert f"calibration/before/{key}" in results
+    assert f"calibration/after/{key}" in results
   assert results["calibration/after/accuracy"] == results["calibration/before/accuracy"]
   # The calibration rows were held out of the labelled pool: 6 per class - 2 per class.
-  assert results["num_labeled"] == 8 and results["num_calibration"] == 4
+  assert results["num_labeled"] == 8
+  assert results["num_calibration"] == 4
 
 
 def test_load_fails_in_one_line(toy_run, tmp_path):
@@ -165,10 +175,12 @@ def test_eval_mode_writes_metrics_and_predictions_without_touching_the_run(toy_r
   assert metrics["nll"] == pytest.approx(results["eval/nll"], rel=1e-5)
   assert metrics["ece_calibrated"] == pytest.approx(results["calibration/after/ece"], abs=1e-6)
   saved = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
-  assert saved["accuracy"] == metrics["accuracy"] and saved["step"] == 4
+  assert saved["accuracy"] == metrics["accuracy"]
+  assert saved["step"] == 4
   with np.load(os.path.join(workdir, "eval", "predictions.npz")) as f:
     n = results["num_test"]
-    assert f["probs"].shape == (n, 2) and f["labels"].shape == (n,)
+    assert f["probs"].shape == (n, 2)
+    assert f["labels"].shape == (n,)
     assert np.mean(f["predicted"] == f["labels"]) == pytest.approx(results["eval/accuracy"])
     assert -f["log_px"].mean() == pytest.approx(results["eval/nll"], rel=1e-5)
   # A user's file (no labels): predictions only.
@@ -177,9 +189,12 @@ def test_eval_mode_writes_metrics_and_predictions_without_touching_the_run(toy_r
   config = toy_config()
   config.data.path = user
   metrics = evaluate_run.evaluate_saved_run(config, workdir, step=2)
-  assert metrics["num_examples"] == 5 and metrics["step"] == 2 and "accuracy" not in metrics
+  assert metrics["num_examples"] == 5
+  assert metrics["step"] == 2
+  assert "accuracy" not in metrics
   with np.load(os.path.join(workdir, "eval", "predictions.npz")) as f:
-    assert f["probs"].shape == (5, 2) and "labels" not in f.files
+    assert f["probs"].shape == (5, 2)
+    assert "labels" not in f.files
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -217,6 +232,7 @@ def test_toy_run_writes_every_figure(toy_run):
   # The same images in TensorBoard: the cheap ones at the evaluation step 2, all at step 4.
   import glob
   import struct
+
   from tensorboardX.proto import event_pb2
   steps = {}
   for path in glob.glob(os.path.join(workdir, "tensorboard", "events*")):
@@ -229,7 +245,8 @@ def test_toy_run_writes_every_figure(toy_run):
         if v.HasField("image"):
           steps.setdefault(v.tag, set()).add(event.step)
   assert {f"plots/{n}" for n in names} == set(steps)
-  assert steps["plots/data_plane"] == {2, 4} and steps["plots/confusion"] == {4}
+  assert steps["plots/data_plane"] == {2, 4}
+  assert steps["plots/confusion"] == {4}
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +282,8 @@ def test_feature_visualisation_centre_is_the_input(tiny_image_model):
   model, ds = tiny_image_model
   x = ds.x_test[0]
   images, coords, effects, offsets = plots.feature_visualisation(model, x, num_top=2, steps=5)
-  assert images.shape == (3, 5, 8, 8, 1) and offsets[2] == 0.0
+  assert images.shape == (3, 5, 8, 8, 1)
+  assert offsets[2] == 0.0
   assert effects[0] >= effects[1] >= effects[2]
   for row in images:  # the unchanged latent decodes to the input (pixel scale 0..1)
     np.testing.assert_allclose(row[2] / 255.0, x / 255.0, atol=1e-4)
@@ -304,7 +322,8 @@ def test_command_lines_plot_and_eval(toy_run, tmp_path):
   assert procs[0].returncode == 0, plot_err
   _is_png(os.path.join(workdir, "plots", "latent_plane.png"))
   assert procs[1].returncode == 1
-  assert eval_err.strip().startswith("error: no checkpoint") and eval_err.count("\n") == 1
+  assert eval_err.strip().startswith("error: no checkpoint")
+  assert eval_err.count("\n") == 1
 
 
 def test_raw_feature_rows_get_the_runs_transform(tmp_path):
@@ -338,6 +357,7 @@ def test_raw_feature_rows_get_the_runs_transform(tmp_path):
   np.testing.assert_allclose(x, raw, rtol=1e-5)
   np.testing.assert_array_equal(y, rows[:, 3])
   x, y = evaluate_run.read_user_file(str(tmp_path / "no_y.csv"), m)
-  assert x.shape == (50, 3) and y is None
+  assert x.shape == (50, 3)
+  assert y is None
   with pytest.raises(ValueError, match="needs 3 features"):
     evaluate_run.read_user_file(str(tmp_path / "bad.csv"), m)

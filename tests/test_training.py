@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flowgmm_jax.checkpoint import IncompatibleCheckpointError
 from flowgmm_jax.data import Dataset
 from flowgmm_jax.training import base_config, fit, optim, validate_config
-from flowgmm_jax.checkpoint import IncompatibleCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,7 +213,8 @@ def test_batch_scale_multiplies_both_batch_parts_and_the_rate_with_a_warm_up():
   assert (s.data.labeled_batch_size, s.data.unlabeled_batch_size) == (32, 64)
   assert s.optim.learning_rate == pytest.approx(4e-2)
   assert s.optim.warmup_steps == 5          # 5% of 100 steps
-  assert s.data.batch_scale == 1 and c.data.batch_scale == 4  # a copy; the input unchanged
+  assert s.data.batch_scale == 1
+  assert c.data.batch_scale == 4
   c.optim.warmup_steps = 30                 # a longer configured warm-up is kept
   assert scaled_for_batch(c).optim.warmup_steps == 30
   c.data.batch_scale = 0

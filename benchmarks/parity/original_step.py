@@ -73,7 +73,7 @@ import subprocess
 import sys
 import types
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -359,7 +359,7 @@ class OriginalStep:
 
 
 def build_step(orig, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, *,
-               prior: str = "shipped", anomaly: Optional[bool] = None,
+               prior: str = "shipped", anomaly: bool | None = None,
                seed: int = 0) -> OriginalStep:
   """The original's train step for workload ``name`` on the batch ``x``, ``y``.
 
@@ -520,7 +520,7 @@ def realnvp_correspondence(net) -> list:
     rows += _batch_norm(base + ("in_norm",), (j,), st.in_norm)
     rows += _wn_conv(base + ("in_conv",), (j,), st.in_conv)
     rows += _wn_conv(base + ("in_skip",), (j,), st.in_skip)
-    for i, (block, skip) in enumerate(zip(st.blocks, st.skips)):
+    for i, (block, skip) in enumerate(zip(st.blocks, st.skips, strict=False)):
       blocks = base + ("blocks",)
       rows += _batch_norm(blocks + ("in_norm",), (j, i), block.in_norm)
       rows += _wn_conv(blocks + ("in_conv",), (j, i), block.in_conv, bias=False)

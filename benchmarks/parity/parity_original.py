@@ -140,6 +140,7 @@ def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
+
   from benchmarks.parity import original_step as os_
   from flowgmm_jax.flowgmm import FlowGMM
   from flowgmm_jax.models.multiscale import multiscale_latent_shapes
@@ -160,6 +161,7 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
   """One run of our side through ``flowgmm_jax.training.loop.fit`` (with ``r['same_init']``
   from the original's initial tensors for ``seed``, which needs ``orig``)."""
   import jax
+
   from flowgmm_jax.data import Dataset
   from flowgmm_jax.models import count_params
   from flowgmm_jax.training.loop import fit
@@ -188,7 +190,7 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
   t0 = time.perf_counter()
   result = fit(c, dataset, labeled, unlabeled, log_fn=log_fn, initial_variables=given)
   wall = time.perf_counter() - t0
-  intervals = [b[1] - a[1] for a, b in zip(times, times[1:]) if a[0] % eval_every]
+  intervals = [b[1] - a[1] for a, b in zip(times, times[1:], strict=False) if a[0] % eval_every]
   return _record(per_step, tests, eval_every, steps,
                  num_params=count_params(result.variables), wall_s=wall,
                  first_step_s=times[0][1] - t0,
@@ -201,6 +203,7 @@ def parameter_counts(orig=None) -> dict:
   original, of its ``RealNVP(num_scales=2, in_channels=1, mid_channels=16, num_blocks=1)``."""
   import jax
   import jax.numpy as jnp
+
   from flowgmm_jax.flowgmm import FlowGMM
   from flowgmm_jax.models import count_params
   r = recipe("original")
@@ -258,6 +261,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
                  num_test: int, data) -> dict:
   """One run of the original side: its modules in a loop shaped like its script."""
   import torch
+
   from benchmarks.parity import original_step as os_
   torch.set_num_threads(1)
   ds, x_test, y_test = data
@@ -316,7 +320,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
                 first_step_s=first_step_s, step_s=float(np.median(times)) if times else
                 float("nan"), threads="torch, 1 thread", torch=torch.__version__,
                 original_commit=orig.commit)
-  rec["prior_changed"] = any(not torch.equal(a, b) for a, b in zip(prior_before, prior_after))
+  rec["prior_changed"] = any(not torch.equal(a, b) for a, b in zip(prior_before, prior_after, strict=False))
   rec["prior_requires_grad"] = [bool(t.requires_grad) for t in prior_after]
   rec["consistency_rampup_epochs"] = rampup_epochs
   rec["steps_per_epoch"] = batches.steps_per_epoch
@@ -334,6 +338,7 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
   import jax.numpy as jnp
   import scipy.stats
   import torch
+
   from benchmarks.parity import original_step as os_
   from flowgmm_jax.flowgmm import FlowGMM
   torch.set_num_threads(1)
@@ -391,6 +396,7 @@ def init_leaf_moments(orig, num_seeds: int) -> dict:
   whole-model statistics of ``init_distribution`` hide it."""
   import jax
   import jax.numpy as jnp
+
   from flowgmm_jax.flowgmm import FlowGMM
   r = recipe("original_same_init")
   c = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
@@ -602,7 +608,7 @@ def init_adjusted_gaps(results: dict, recipe_name: str = "original") -> str:
               for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
       if len(rows) < 4:
         continue
-      ours, log_nll, y = (np.asarray(v, np.float64) for v in zip(*rows))
+      ours, log_nll, y = (np.asarray(v, np.float64) for v in zip(*rows, strict=False))
       design = np.stack([np.ones_like(y), log_nll, ours], axis=1)
       coef, *_ = np.linalg.lstsq(design, y, rcond=None)
       dof = len(y) - 3
@@ -675,7 +681,7 @@ def plot(results: dict, path: str) -> None:
     return
   fig = plt.figure(figsize=(15, 7.5 * len(groups)), layout="constrained")
   subfigs = fig.subfigures(len(groups), 1, squeeze=False)[:, 0]
-  for subfig, (group, names) in zip(subfigs, groups):
+  for subfig, (group, names) in zip(subfigs, groups, strict=False):
     r = recipe(group)
     seeds = sorted({run["seed"] for run in results["runs"].values() if run["recipe"] == group})
     title = {"original": "README MNIST recipe",

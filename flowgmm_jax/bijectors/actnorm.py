@@ -6,7 +6,6 @@ Direction: ``forward`` is data -> latent, ``inverse`` is latent -> data (see bas
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import jax.numpy as jnp
 
@@ -31,7 +30,7 @@ class ActNorm(Bijector):
     self.loc = loc
     self.log_scale = log_scale
 
-  def _params(self, x: Array) -> Tuple[Array, Array]:
+  def _params(self, x: Array) -> tuple[Array, Array]:
     loc = jnp.asarray(self.loc, x.dtype)
     log_scale = jnp.asarray(self.log_scale, x.dtype)
     channels = x.shape[-1] if x.ndim >= 2 else None
@@ -45,14 +44,14 @@ class ActNorm(Bijector):
   def _num_positions(x: Array) -> int:
     return math.prod(x.shape[1:-1])
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent: ``x: [B, ..., C]`` -> ``(y: [B, ..., C], log_det: [B])``."""
     loc, log_scale = self._params(x)
     y = (x - loc) * jnp.exp(-log_scale)
     log_det = -self._num_positions(x) * jnp.sum(log_scale)
     return y, jnp.broadcast_to(log_det, x.shape[:1])
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, ..., C]`` -> ``(x: [B, ..., C], log_det: [B])``."""
     loc, log_scale = self._params(y)
     x = y * jnp.exp(log_scale) + loc
@@ -60,7 +59,7 @@ class ActNorm(Bijector):
     return x, jnp.broadcast_to(log_det, y.shape[:1])
 
 
-def actnorm_init_params(x: Array, eps: float = 1e-6) -> Tuple[Array, Array]:
+def actnorm_init_params(x: Array, eps: float = 1e-6) -> tuple[Array, Array]:
   """Data-dependent initialisation: ``x: [B, ..., C]`` -> ``(loc [C], log_scale [C])``.
 
   ``loc`` is the per-channel mean and ``exp(log_scale) = sqrt(var + eps)`` the per-channel

@@ -35,7 +35,7 @@ binds them and hands a plain callable to the bijector, e.g.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,12 +56,12 @@ class Bijector:
     inverse_and_log_det(y) -> (x, log_det)   latent -> data, log_det: [B]
   """
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent. Returns ``(y, log|det dy/dx|)`` with ``log_det: [B]``."""
     raise NotImplementedError(
         f"{type(self).__name__} must implement forward_and_log_det.")
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data. Returns ``(x, log|det dx/dy|)`` with ``log_det: [B]``."""
     raise NotImplementedError(
         f"{type(self).__name__} must implement inverse_and_log_det.")

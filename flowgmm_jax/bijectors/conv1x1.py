@@ -15,7 +15,6 @@ one counted.
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +55,7 @@ class Conv1x1LU(Bijector):
     self.log_s = log_s
     self.sign_s = sign_s
 
-  def _factors(self, dtype) -> Tuple[Array, Array, Array]:
+  def _factors(self, dtype) -> tuple[Array, Array, Array]:
     """Returns (P, L, U) as ``[C, C]`` arrays of ``dtype``."""
     log_s = jnp.asarray(self.log_s, dtype)
     channels = log_s.shape[0]
@@ -96,12 +95,12 @@ class Conv1x1LU(Bijector):
     log_det = sign * positions * jnp.sum(jnp.asarray(self.log_s, x.dtype))
     return jnp.broadcast_to(log_det, x.shape[:1])
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent: ``x: [B, ..., C]`` -> ``(y: [B, ..., C], log_det: [B])``."""
     self._check_channels(x)
     return _matmul(x, self.weight(x.dtype)), self._log_det(x, 1.0)
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, ..., C]`` -> ``(x: [B, ..., C], log_det: [B])``."""
     self._check_channels(y)
     p, lower, upper = self._factors(y.dtype)
@@ -111,7 +110,7 @@ class Conv1x1LU(Bijector):
     return _matmul(y, w_inv), self._log_det(y, -1.0)
 
 
-def conv1x1_lu_init(rng: Array, channels: int, dtype=jnp.float32) -> Dict[str, Array]:
+def conv1x1_lu_init(rng: Array, channels: int, dtype=jnp.float32) -> dict[str, Array]:
   """LU parameters of a random orthogonal ``[C, C]`` matrix (so the initial log-det is 0).
 
   Returns a dict with keys ``perm`` ([C, C] permutation matrix), ``lower``, ``upper``

@@ -22,14 +22,14 @@ flow_ssl/realnvp/utils.py): mask value 1 = kept (identity), 0 = changed.
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
 
 from flowgmm_jax.bijectors.base import Array, Bijector, sum_except_batch
 
-Conditioner = Callable[[Array], Tuple[Array, Array]]
+Conditioner = Callable[[Array], tuple[Array, Array]]
 
 
 def checkerboard_mask(height: int, width: int, parity: int,
@@ -73,7 +73,7 @@ def halves_mask(dim: int, parity: int, dtype=jnp.float32) -> Array:
   return jnp.asarray(mask, dtype=dtype)
 
 
-def _check_like(name: str, value: Array, shape: Tuple[int, ...], what: str) -> None:
+def _check_like(name: str, value: Array, shape: tuple[int, ...], what: str) -> None:
   if tuple(value.shape) != tuple(shape):
     raise ValueError(
         f"{name}: the conditioner's {what} has shape {tuple(value.shape)} but must have "
@@ -103,7 +103,7 @@ class AffineCoupling(Bijector):
     self.conditioner = conditioner
     self.scale = scale
 
-  def _shift_and_log_scale(self, x_kept: Array, mask: Array) -> Tuple[Array, Array]:
+  def _shift_and_log_scale(self, x_kept: Array, mask: Array) -> tuple[Array, Array]:
     s_raw, t = self.conditioner(x_kept)
     _check_like("AffineCoupling", s_raw, x_kept.shape, "s_raw")
     _check_like("AffineCoupling", t, x_kept.shape, "t")
@@ -126,7 +126,7 @@ class AffineCoupling(Bijector):
           f"mask broadcastable to the event shape (e.g. [H, W, 1] or [D]).")
     return mask
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent: ``x: [B, *event] -> (y: [B, *event], log_det: [B])``."""
     mask = self._checked_mask(x)
     x_kept = x * mask
@@ -134,7 +134,7 @@ class AffineCoupling(Bijector):
     y = x_kept + (1 - mask) * (x + t) * jnp.exp(s)
     return y, sum_except_batch(s)
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, *event] -> (x: [B, *event], log_det: [B])``."""
     mask = self._checked_mask(y)
     y_kept = y * mask  # equals x * mask: the kept part is unchanged by forward
@@ -165,7 +165,7 @@ class ChannelCoupling(Bijector):
     self.scale = scale
     self.swap = bool(swap)
 
-  def _split(self, x: Array) -> Tuple[Array, Array]:
+  def _split(self, x: Array) -> tuple[Array, Array]:
     """Returns (changed, kept) halves."""
     channels = x.shape[-1]
     if x.ndim < 2 or channels % 2 != 0:
@@ -180,19 +180,19 @@ class ChannelCoupling(Bijector):
     parts = (kept, changed) if self.swap else (changed, kept)
     return jnp.concatenate(parts, axis=-1)
 
-  def _shift_and_log_scale(self, kept: Array) -> Tuple[Array, Array]:
+  def _shift_and_log_scale(self, kept: Array) -> tuple[Array, Array]:
     s_raw, t = self.conditioner(kept)
     _check_like("ChannelCoupling", s_raw, kept.shape, "s_raw")
     _check_like("ChannelCoupling", t, kept.shape, "t")
     return jnp.asarray(self.scale, kept.dtype) * jnp.tanh(s_raw), t
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent: ``x: [B, H, W, C] -> (y: [B, H, W, C], log_det: [B])``."""
     changed, kept = self._split(x)
     s, t = self._shift_and_log_scale(kept)
     return self._join((changed + t) * jnp.exp(s), kept), sum_except_batch(s)
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, H, W, C] -> (x: [B, H, W, C], log_det: [B])``."""
     changed, kept = self._split(y)
     s, t = self._shift_and_log_scale(kept)

@@ -16,7 +16,6 @@ added afterwards (it is already inside the log-det).
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -58,12 +57,12 @@ class Dequantize(Bijector):
     num_event = math.prod(x.shape[1:])
     return jnp.full(x.shape[:1], sign * num_event * math.log(_NUM_LEVELS), x.dtype)
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent: ``x: [B, ...]`` -> ``(y: [B, ...], log_det: [B])``."""
     noise = self._checked_noise(x)
     return (x + noise) / _NUM_LEVELS, self._log_det(x, -1.0)
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, ...]`` -> ``(x: [B, ...], log_det: [B])``."""
     noise = self._checked_noise(y)
     return y * _NUM_LEVELS - noise, self._log_det(y, 1.0)
@@ -88,13 +87,13 @@ class Logit(Bijector):
   def _log_abs_dydp(self, y: Array) -> Array:
     return (math.log1p(-2 * self.alpha) + jax.nn.softplus(y) + jax.nn.softplus(-y))
 
-  def forward_and_log_det(self, p: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, p: Array) -> tuple[Array, Array]:
     """Data -> latent: ``p: [B, ...]`` -> ``(y: [B, ...], log_det: [B])``."""
     q = self.alpha + (1 - 2 * self.alpha) * p
     y = jnp.log(q) - jnp.log1p(-q)
     return y, sum_except_batch(self._log_abs_dydp(y))
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, ...]`` -> ``(p: [B, ...], log_det: [B])``."""
     p = (jax.nn.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
     return p, -sum_except_batch(self._log_abs_dydp(y))

@@ -6,7 +6,7 @@ Direction: ``forward`` is data -> latent, ``inverse`` is latent -> data (see bas
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 
@@ -30,7 +30,7 @@ class Squeeze(Bijector):
   H and W must be even; the inverse needs the channel count divisible by 4.
   """
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent: ``x: [B, H, W, C] -> (y: [B, H/2, W/2, 4C], zeros [B])``."""
     if x.ndim != 4:
       raise ValueError(f"Squeeze expects images [B, H, W, C], got shape {tuple(x.shape)}.")
@@ -43,7 +43,7 @@ class Squeeze(Bijector):
     y = y.transpose(0, 1, 3, 5, 2, 4)  # [B, H/2, W/2, C, di, dj]
     return y.reshape(b, h // 2, w // 2, 4 * c), jnp.zeros((b,), x.dtype)
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, H', W', 4C] -> (x: [B, 2H', 2W', C], zeros [B])``."""
     if y.ndim != 4:
       raise ValueError(
@@ -76,7 +76,7 @@ def flatten_and_join(pieces: Sequence[Array]) -> Array:
   return jnp.concatenate([p.reshape(batch, -1) for p in pieces], axis=1)
 
 
-def split_and_unflatten(z: Array, shapes: Sequence[Sequence[int]]) -> List[Array]:
+def split_and_unflatten(z: Array, shapes: Sequence[Sequence[int]]) -> list[Array]:
   """Inverse of ``flatten_and_join``: ``z: [B, D]`` -> list of ``[B, *shape]``.
 
   ``shapes`` are the per-example shapes (without the batch axis), in the order they were
@@ -90,7 +90,7 @@ def split_and_unflatten(z: Array, shapes: Sequence[Sequence[int]]) -> List[Array
         f"split_and_unflatten: the shapes {[tuple(s) for s in shapes]} hold {sum(sizes)} "
         f"values per example but z has D = {z.shape[1]}.")
   pieces, start = [], 0
-  for shape, size in zip(shapes, sizes):
+  for shape, size in zip(shapes, sizes, strict=False):
     pieces.append(z[:, start:start + size].reshape((z.shape[0],) + tuple(shape)))
     start += size
   return pieces

@@ -23,7 +23,7 @@ denominator is <= 0 with c <= 0, so no catastrophic subtraction).
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flowgmm_jax.bijectors.base import Array, Bijector, sum_except_batch
 
 
-def _knots(raw: Array, bound: float, min_size: float) -> Tuple[Array, Array]:
+def _knots(raw: Array, bound: float, min_size: float) -> tuple[Array, Array]:
   """Unnormalised sizes ``[..., K]`` -> (knot positions ``[..., K+1]``, sizes ``[..., K]``)."""
   num_bins = raw.shape[-1]
   sizes = min_size + (1 - min_size * num_bins) * jax.nn.softmax(raw, axis=-1)
@@ -139,7 +139,7 @@ class RationalQuadraticSplineCoupling(Bijector):
     v_in = jnp.clip(v, -self.bound, self.bound)
     return inside, v_in, self._spline_params(v * mask)
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     """Data -> latent: ``x: [B, D]`` -> ``(y: [B, D], log_det: [B])``."""
     inside, x_in, params = self._setup(x)
     x_k, w_k, y_k, h_k, d_k, d_k1 = self._bin_values(params[0], x_in, params)
@@ -152,7 +152,7 @@ class RationalQuadraticSplineCoupling(Bijector):
     y = jnp.where(inside, y_spline, x)
     return y, sum_except_batch(jnp.where(inside, log_deriv, 0.0))
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     """Latent -> data: ``y: [B, D]`` -> ``(x: [B, D], log_det: [B])``."""
     inside, y_in, params = self._setup(y)
     x_k, w_k, y_k, h_k, d_k, d_k1 = self._bin_values(params[2], y_in, params)

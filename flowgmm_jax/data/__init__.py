@@ -16,31 +16,80 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from flowgmm_jax.data.augment import (FLIP_BY_DATASET, add_feature_noise, augment_images,
-                                      default_augmentation, random_crop_with_padding,
-                                      random_horizontal_flip)
-from flowgmm_jax.data.dataset import (DataNotFoundError, Dataset, default_cache_dir,
-                                      default_data_dir, save_npz_atomic, validate_arrays)
-from flowgmm_jax.data.images import (CIFAR10_CLASSES, DIGIT_CLASSES, load_cifar10, load_mnist, load_svhn,
-                                     load_tfds_images, prepare_tfds_dataset, read_idx,
-                                     tfds_data_source, tfds_prepare_command)
-from flowgmm_jax.data.records import (RecordImages, load_image_records, load_tfds_records,
-                                      take_rows, write_image_records)
 from flowgmm_jax.data import rows
-from flowgmm_jax.data.splits import (SemiSupervisedBatches, batch_indices,
-                                     labeled_unlabeled_split, split_with_given_unlabeled,
-                                     stratified_prefix, stratified_train_test_split)
-from flowgmm_jax.data.tabular import (build_tabular_dataset, load_csv_table, load_hepmass,
-                                      load_miniboone, load_npz_table, load_uci,
-                                      make_split_dataset, read_miniboone, standardize_features)
-from flowgmm_jax.data.text import (load_agnews_embeddings, load_original_text_embeddings,
-                                   load_text_embeddings_npz)
-from flowgmm_jax.data.toy import (PAPER_NUM_LABELED, TOY_DATASETS, load_toy, make_8gaussians,
-                                  make_circles, make_moons, make_pinwheel)
+from flowgmm_jax.data.augment import (
+  FLIP_BY_DATASET,
+  add_feature_noise,
+  augment_images,
+  default_augmentation,
+  random_crop_with_padding,
+  random_horizontal_flip,
+)
+from flowgmm_jax.data.dataset import (
+  DataNotFoundError,
+  Dataset,
+  default_cache_dir,
+  default_data_dir,
+  save_npz_atomic,
+  validate_arrays,
+)
+from flowgmm_jax.data.images import (
+  CIFAR10_CLASSES,
+  DIGIT_CLASSES,
+  load_cifar10,
+  load_mnist,
+  load_svhn,
+  load_tfds_images,
+  prepare_tfds_dataset,
+  read_idx,
+  tfds_data_source,
+  tfds_prepare_command,
+)
+from flowgmm_jax.data.records import (
+  RecordImages,
+  load_image_records,
+  load_tfds_records,
+  take_rows,
+  write_image_records,
+)
+from flowgmm_jax.data.splits import (
+  SemiSupervisedBatches,
+  batch_indices,
+  labeled_unlabeled_split,
+  split_with_given_unlabeled,
+  stratified_prefix,
+  stratified_train_test_split,
+)
+from flowgmm_jax.data.tabular import (
+  build_tabular_dataset,
+  load_csv_table,
+  load_hepmass,
+  load_miniboone,
+  load_npz_table,
+  load_uci,
+  make_split_dataset,
+  read_miniboone,
+  standardize_features,
+)
+from flowgmm_jax.data.text import (
+  load_agnews_embeddings,
+  load_original_text_embeddings,
+  load_text_embeddings_npz,
+)
+from flowgmm_jax.data.toy import (
+  PAPER_NUM_LABELED,
+  TOY_DATASETS,
+  load_toy,
+  make_8gaussians,
+  make_circles,
+  make_moons,
+  make_pinwheel,
+)
 from flowgmm_jax.labels import UNLABELED
 
 

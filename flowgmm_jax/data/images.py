@@ -31,8 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from flowgmm_jax.data.dataset import (DataNotFoundError, Dataset, default_cache_dir,
-                                      default_data_dir, save_npz_atomic)
+from flowgmm_jax.data.dataset import (
+  DataNotFoundError,
+  Dataset,
+  default_cache_dir,
+  default_data_dir,
+  save_npz_atomic,
+)
 from flowgmm_jax.data.splits import stratified_prefix
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -496,8 +501,8 @@ def prepare_tfds_dataset(tfds_name: str, data_dir: str | os.PathLike | None = No
   only when passed `download=True`.
   """
   try:
-    import tensorflow  # noqa: F401  (tfds's preparation code needs it)
     import importlib_resources  # noqa: F401  (tfds needs it to locate checksum files)
+    import tensorflow  # noqa: F401  (tfds's preparation code needs it)
   except ImportError as error:
     raise DataNotFoundError(
         f"Preparing tfds dataset {tfds_name!r} needs TensorFlow ({error}). Install it with "
@@ -598,7 +603,7 @@ def load_tfds_images(tfds_name: str, *, name: str | None = None,
   if download:
     prepare_tfds_dataset(tfds_name, data_dir)
   sources = {role: tfds_data_source(tfds_name, split, data_dir)
-             for role, split in zip(("train", "test"), splits)}
+             for role, split in zip(("train", "test"), splits, strict=False)}
   arrays = {role: _read_tfds_split(src, limits[role]) for role, src in sources.items()}
   names = class_names or _label_names(sources["train"])
   try:

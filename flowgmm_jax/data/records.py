@@ -43,8 +43,9 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ class RecordImages:
   def __repr__(self) -> str:
     return f"RecordImages(shape={self.shape}, rows_read={self.rows_read})"
 
-  def take(self, indices) -> "RecordImages":
+  def take(self, indices) -> RecordImages:
     """The lazy subset of rows ``indices`` (nothing is read)."""
     indices = self._indices(indices)
     rows = indices if self._rows is None else self._rows[indices]
@@ -194,7 +195,7 @@ class RecordImages:
         wanted = [int(k) for k in keys[part]]
         records = (self._source.__getitems__(wanted) if self._batched
                    else [self._source[k] for k in wanted])
-        for i, record in zip(part, records):
+        for i, record in zip(part, records, strict=False):
           out[i] = self._decode(record)
     if len(chunks) <= 1:
       for chunk in chunks:

@@ -22,8 +22,8 @@ import csv
 import itertools
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -280,7 +280,7 @@ def find_outliers(x: np.ndarray, threshold: float = 100.0) -> list[tuple[int, in
   for start in range(0, n, OUTLIER_SCAN_CHUNK):
     deviation = np.abs(np.asarray(x[start:start + OUTLIER_SCAN_CHUNK], np.float64) - median)
     rows, cols = np.nonzero(deviation > limit)
-    found.extend(zip(rows + start, cols, deviation[rows, cols] / mad[cols]))
+    found.extend(zip(rows + start, cols, deviation[rows, cols] / mad[cols], strict=False))
   found.sort(key=lambda entry: -entry[2])
   return [(int(r), int(c), float(x[r, c])) for r, c, _ in found]
 
@@ -349,7 +349,7 @@ def load_csv_table(path: str | os.PathLike, label_column: int | str | None = Non
       raise ValueError(f"{path}: no column named {label_column!r}; columns: {names}.")
     label_index = names.index(label_column)
   features, raw_labels = [], []
-  for row_number, row in zip(line_numbers, rows):
+  for row_number, row in zip(line_numbers, rows, strict=False):
     if len(row) != width:
       raise ValueError(f"{path}: row {row_number} has {len(row)} fields, expected {width}.")
     raw_labels.append(row[label_index].strip())
@@ -480,7 +480,7 @@ def _read_csv_rows(path: Path, keep_probability: float, rng: np.random.Generator
       if not lines:
         break
       keep = rng.random(len(lines)) < keep_probability
-      selected = [line for line, k in zip(lines, keep) if k and line.strip()]
+      selected = [line for line, k in zip(lines, keep, strict=False) if k and line.strip()]
       if selected:
         chunks.append(np.loadtxt(selected, delimiter=",", dtype=np.float64, ndmin=2))
   width = max((c.shape[1] for c in chunks), default=len(header))

@@ -14,7 +14,8 @@ refuses any other in one line.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -57,7 +58,7 @@ def check_layout_version(version: Any, where: str = "the saved model") -> None:
 class _Entry(NamedTuple):
   image: bool  # an image flow (inputs [H, W, C]) rather than one over flat rows [D]
   # (config.model, input_shape without the batch axis, bn_axis_name) -> the flow
-  make: Callable[[Any, Sequence[int], Optional[str]], nn.Module]
+  make: Callable[[Any, Sequence[int], str | None], nn.Module]
 
 
 # The fields of each model's config section (config.model holds ``name`` and exactly these)
@@ -88,7 +89,7 @@ MODEL_FIELDS = {
 AUTO_DROPOUT_RATE = 0.5
 
 
-def tabular_dropout_rate(rate: Optional[float], num_features: int) -> float:
+def tabular_dropout_rate(rate: float | None, num_features: int) -> float:
   """The dropout rate a tabular flow over ``num_features`` = D features uses: ``rate``
   itself, or for ``rate`` None ``AUTO_DROPOUT_RATE`` when D >= 4 and 0 below. With halves
   masks a conditioner sees D // 2 features; one that sees a single feature is a 1-D map,
@@ -128,7 +129,7 @@ COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def build(model_config, input_shape: Sequence[int], *,
-          bn_axis_name: Optional[str] = None, compute_dtype: str = "float32") -> nn.Module:
+          bn_axis_name: str | None = None, compute_dtype: str = "float32") -> nn.Module:
   """The flow named by ``model_config.name`` (one of ``MODELS``; ``model_config`` is a
   config's ``model`` section) for inputs of ``input_shape`` (no batch axis).
 

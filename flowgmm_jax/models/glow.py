@@ -42,7 +42,7 @@ leading axis, e.g. ``scales_0/conv1x1/lower: [8, 12, 12]``.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -79,8 +79,8 @@ class ActNormLayer(nn.Module):
     return ActNorm(self.param("loc", init, 0), self.param("log_scale", init, 1))
 
 
-@functools.lru_cache(maxsize=None)
-def _fixed_conv1x1_lu_init(seed: int, channels: int) -> Dict[str, np.ndarray]:
+@functools.cache
+def _fixed_conv1x1_lu_init(seed: int, channels: int) -> dict[str, np.ndarray]:
   """``conv1x1_lu_init(PRNGKey(seed), channels)`` as numpy constants, evaluated eagerly
   (also when called while tracing) and cached: deterministic, so computed once."""
   with jax.ensure_compile_time_eval():
@@ -105,7 +105,7 @@ class StackedConv1x1Layer(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, lu_init: Dict[str, Array]) -> Conv1x1LU:
+  def __call__(self, lu_init: dict[str, Array]) -> Conv1x1LU:
     return _conv1x1_layer(self, lu_init)
 
 
@@ -118,14 +118,14 @@ class GlowStep(nn.Module):
   mid_channels: int
   num_blocks: int
   zero_init_last: bool = True
-  bn_axis_name: Optional[str] = None
+  bn_axis_name: str | None = None
   param_dtype: jnp.dtype = jnp.float32
-  compute_dtype: Optional[jnp.dtype] = None
+  compute_dtype: jnp.dtype | None = None
 
   @nn.compact
-  def __call__(self, carry: Tuple[Array, Array], lu_init: Dict[str, Array], *,
-               inverse: bool, train: bool, mask: Optional[Array] = None
-               ) -> Tuple[Array, Array]:
+  def __call__(self, carry: tuple[Array, Array], lu_init: dict[str, Array], *,
+               inverse: bool, train: bool, mask: Array | None = None
+               ) -> tuple[Array, Array]:
     x, log_det = carry
     channels = x.shape[-1]
     net = ResNetConditioner(mid_channels=self.mid_channels, num_blocks=self.num_blocks,
@@ -151,7 +151,7 @@ class _GlowStep(NamedTuple):
   count: int = 1       # flow steps it stands for: steps_per_scale in the scanned plan
 
 
-def glow_plan(num_scales: int, steps_per_scale: int) -> List[_GlowStep]:
+def glow_plan(num_scales: int, steps_per_scale: int) -> list[_GlowStep]:
   """The static list of steps of the multi-scale Glow (see the module docstring); each
   scale's flow steps are one step (``count = steps_per_scale``, ``index`` the first
   one's)."""
@@ -197,7 +197,7 @@ class Glow(MultiScaleFlow):
         for _ in range(self.num_scales)]
 
   def _scale(self, step: _GlowStep, channels: int, train: bool,
-             mask: Optional[Array] = None) -> ScannedStack:
+             mask: Array | None = None) -> ScannedStack:
     """Scale ``step.scale``'s flow steps as one scanned stack; the scanned input is each
     step's fixed 1x1-conv factors and initial values, stacked: ``[count, ...]``."""
     inits = [_fixed_conv1x1_lu_init(self._conv1x1_seed(step.index + k), channels)
@@ -205,7 +205,7 @@ class Glow(MultiScaleFlow):
     lu_init = {name: np.stack([init[name] for init in inits]) for name in inits[0]}
     return ScannedStack(self.scales[step.scale], lu_init, step.count, train, mask=mask)
 
-  def _flow_step(self, train: bool, mask: Optional[Array] = None):
+  def _flow_step(self, train: bool, mask: Array | None = None):
     """The scaffold's ``flow_step``: ActNorm -> 1x1 conv -> coupling (scanned: a scale's
     steps at once). Going forward, ActNorm is built from the activations reaching it (its
     data-dependent init)."""

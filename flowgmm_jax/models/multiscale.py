@@ -23,7 +23,7 @@ Also here: the input checks and the image shape an inverse needs when it is give
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -57,13 +57,13 @@ class MultiScaleFlow(nn.Module):
     compute_dtype: dtype of the conditioner networks' convolutions (e.g. bfloat16 on a
       GPU/TPU); None: float32. Parameters, the coupling maps and the log-dets stay float32.
   """
-  image_shape: Optional[Tuple[int, int, int]] = None
-  bn_axis_name: Optional[str] = None
+  image_shape: tuple[int, int, int] | None = None
+  bn_axis_name: str | None = None
   zero_init_last: bool = True
   param_dtype: jnp.dtype = jnp.float32
-  compute_dtype: Optional[jnp.dtype] = None
+  compute_dtype: jnp.dtype | None = None
 
-  def _flow_step(self, train: bool, mask: Optional[Array] = None) -> FlowStep:
+  def _flow_step(self, train: bool, mask: Array | None = None) -> FlowStep:
     raise NotImplementedError(f"{type(self).__name__} must define _flow_step.")
 
   def _input_channels(self, params) -> int:
@@ -73,8 +73,8 @@ class MultiScaleFlow(nn.Module):
     """What H and W must be divisible by: a factor 2 per squeeze."""
     return 2 ** sum(step.kind == "squeeze" for step in self.plan)
 
-  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None
-               ) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool = False, mask: Array | None = None
+               ) -> tuple[Array, Array]:
     """Data -> latent. ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``.
 
     ``log_det = log|det dz/dx|``. ``train=True`` uses batch statistics in BatchNorm and
@@ -95,7 +95,7 @@ class MultiScaleFlow(nn.Module):
     return multiscale_inverse(self.plan, z, image_shape, self._flow_step(train))
 
 
-def multiscale_forward(plan: Sequence, x: Array, flow_step: FlowStep) -> Tuple[Array, Array]:
+def multiscale_forward(plan: Sequence, x: Array, flow_step: FlowStep) -> tuple[Array, Array]:
   """Data -> latent through ``plan``: ``x: [B, H, W, C]`` -> ``(z: [B, H*W*C], log_det: [B])``."""
   log_det = jnp.zeros(x.shape[:1], x.dtype)
   factored = []
@@ -113,7 +113,7 @@ def multiscale_forward(plan: Sequence, x: Array, flow_step: FlowStep) -> Tuple[A
   return flatten_and_join(factored + [x]), log_det
 
 
-def multiscale_inverse(plan: Sequence, z: Array, image_shape: Tuple[int, int, int],
+def multiscale_inverse(plan: Sequence, z: Array, image_shape: tuple[int, int, int],
                        flow_step: FlowStep) -> Array:
   """Latent -> data through ``plan``: ``z: [B, D]`` -> ``x: [B, *image_shape]``."""
   pieces = split_and_unflatten(z, multiscale_latent_shapes(plan, image_shape))
@@ -129,8 +129,8 @@ def multiscale_inverse(plan: Sequence, z: Array, image_shape: Tuple[int, int, in
   return x
 
 
-def multiscale_latent_shapes(plan: Sequence, image_shape: Tuple[int, int, int]
-                             ) -> List[Tuple[int, int, int]]:
+def multiscale_latent_shapes(plan: Sequence, image_shape: tuple[int, int, int]
+                             ) -> list[tuple[int, int, int]]:
   """Per-example shapes of the latent pieces, in the order they are joined into z:
   each factored-out piece, then the final activations. Reads only the squeeze and
   factor_out steps."""
@@ -147,7 +147,7 @@ def multiscale_latent_shapes(plan: Sequence, image_shape: Tuple[int, int, int]
 
 
 def image_shape_from_latent_dim(latent_dim: int, channels: int, owner: str
-                                ) -> Tuple[int, int, int]:
+                                ) -> tuple[int, int, int]:
   """(H, W, C) of a square image with ``H * W * C = latent_dim``; ValueError otherwise."""
   if channels < 1 or latent_dim % channels:
     raise ValueError(
@@ -163,7 +163,7 @@ def image_shape_from_latent_dim(latent_dim: int, channels: int, owner: str
 
 
 def resolve_image_shape(model, z: Array, owner: str,
-                        channels_from_params) -> Tuple[int, int, int]:
+                        channels_from_params) -> tuple[int, int, int]:
   """(H, W, C) of the images behind flat latents ``z: [B, D]``, for a flow's inverse.
 
   Uses ``model.image_shape`` when set (checking H W C = D); otherwise reads C from the
@@ -187,7 +187,7 @@ def resolve_image_shape(model, z: Array, owner: str,
 
 
 def check_image_input(shape: Sequence[int], owner: str, divisor: int,
-                      image_shape: Optional[Sequence[int]]) -> None:
+                      image_shape: Sequence[int] | None) -> None:
   """ValueError unless ``shape`` is ``[B, H, W, C]`` with H, W divisible by ``divisor``
   (and equal to ``image_shape`` when that is given)."""
   if len(shape) != 4:

@@ -49,7 +49,7 @@ kernel). Coupling k of ``realnvp_plan`` is index ``k - first_index`` of its stac
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -77,9 +77,9 @@ class _Step(NamedTuple):
   scale: int = 0
 
 
-def realnvp_plan(num_scales: int) -> List[_Step]:
+def realnvp_plan(num_scales: int) -> list[_Step]:
   """The static list of steps of the multi-scale RealNVP (see the module docstring)."""
-  steps: List[_Step] = []
+  steps: list[_Step] = []
   index = 0
   for scale in range(num_scales):
     last = scale == num_scales - 1
@@ -103,7 +103,7 @@ class _Stack(NamedTuple):
   first_index: ``realnvp_plan``'s coupling index of its first coupling; scale: its scale.
   """
   kind: str
-  parities: Tuple[int, ...]
+  parities: tuple[int, ...]
   first_index: int
   scale: int
 
@@ -113,9 +113,9 @@ class _Stack(NamedTuple):
     return f"{'checkerboards' if self.kind == 'checkerboard' else 'channels'}_{self.scale}"
 
 
-def realnvp_scanned_plan(num_scales: int) -> List[Union[_Step, _Stack]]:
+def realnvp_scanned_plan(num_scales: int) -> list[_Step | _Stack]:
   """``realnvp_plan`` with each run of couplings of one kind and scale as one ``_Stack``."""
-  plan: List[Union[_Step, _Stack]] = []
+  plan: list[_Step | _Stack] = []
   for step in realnvp_plan(num_scales):
     last = plan[-1] if plan else None
     if step.coupling_index < 0:
@@ -146,14 +146,14 @@ class RealNVPCoupling(nn.Module):
   mid_channels: int
   num_blocks: int
   zero_init_last: bool = True
-  bn_axis_name: Optional[str] = None
+  bn_axis_name: str | None = None
   param_dtype: jnp.dtype = jnp.float32
-  compute_dtype: Optional[jnp.dtype] = None
+  compute_dtype: jnp.dtype | None = None
 
   @nn.compact
-  def __call__(self, carry: Tuple[Array, Array], checkerboard: Optional[Array], *,
-               inverse: bool, train: bool, mask: Optional[Array] = None
-               ) -> Tuple[Array, Array]:
+  def __call__(self, carry: tuple[Array, Array], checkerboard: Array | None, *,
+               inverse: bool, train: bool, mask: Array | None = None
+               ) -> tuple[Array, Array]:
     """``carry = (x: [B, H, W, C], log_det: [B])`` -> the same after this coupling;
     ``checkerboard: [H, W, 1]`` this coupling's mask (checkerboard kind), ``mask: [B]`` the
     rows BatchNorm's batch statistics count (None: all)."""
@@ -220,8 +220,8 @@ class RealNVP(MultiScaleFlow):
     self.checkerboards = [make_stack("checkerboard", s) for s in range(self.num_scales)]
     self.channels = [make_stack("channel", s) for s in range(self.num_scales - 1)]
 
-  def _stack(self, group: _Stack, shape: Tuple[int, ...], dtype, train: bool,
-             mask: Optional[Array] = None) -> ScannedStack:
+  def _stack(self, group: _Stack, shape: tuple[int, ...], dtype, train: bool,
+             mask: Array | None = None) -> ScannedStack:
     """The scanned stack of couplings ``group`` for activations of ``shape`` [B, H, W, C]."""
     n = len(group.parities)
     if group.kind == "checkerboard":
@@ -233,7 +233,7 @@ class RealNVP(MultiScaleFlow):
     return ScannedStack(self.channels[group.scale], None, n, train,
                         after=swap_channel_halves if n % 2 else None, mask=mask)
 
-  def _flow_step(self, train: bool, mask: Optional[Array] = None):
+  def _flow_step(self, train: bool, mask: Array | None = None):
     """The scaffold's ``flow_step``: one scanned stack per step of the plan."""
     return lambda group, x, inverse: [self._stack(group, x.shape, x.dtype, train, mask)]
 

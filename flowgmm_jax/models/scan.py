@@ -15,7 +15,8 @@ adds its layer's log|det| of the direction it runs.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,7 +34,7 @@ _SPLIT_RNGS = {"params": True, "dropout": True}
 
 
 def scan_layers(body: nn.Module, carry: Any, xs: Any, *, length: int, inverse: bool,
-                train: bool, mask: Optional[Array] = None) -> Any:
+                train: bool, mask: Array | None = None) -> Any:
   """Runs ``body`` ``length`` times over ``carry`` (see the module docstring); layer order
   0 .. length-1 when going forward, length-1 .. 0 when ``inverse``. Returns the carry.
   ``mask: [B]`` (the rows BatchNorm's batch statistics count), when given, reaches every
@@ -66,19 +67,19 @@ class ScannedStack(Bijector):
   """
 
   def __init__(self, body: nn.Module, xs: Any, length: int, train: bool,
-               after: Optional[Callable[[Array], Array]] = None,
-               mask: Optional[Array] = None):
+               after: Callable[[Array], Array] | None = None,
+               mask: Array | None = None):
     self.body, self.xs, self.length, self.train = body, xs, length, train
     self.after, self.mask = after, mask
 
-  def _run(self, x: Array, inverse: bool) -> Tuple[Array, Array]:
+  def _run(self, x: Array, inverse: bool) -> tuple[Array, Array]:
     carry = (x, jnp.zeros(x.shape[:1], x.dtype))
     return scan_layers(self.body, carry, self.xs, length=self.length, inverse=inverse,
                        train=self.train, mask=self.mask)
 
-  def forward_and_log_det(self, x: Array) -> Tuple[Array, Array]:
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
     y, log_det = self._run(x, inverse=False)
     return (y if self.after is None else self.after(y)), log_det
 
-  def inverse_and_log_det(self, y: Array) -> Tuple[Array, Array]:
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
     return self._run(y if self.after is None else self.after(y), inverse=True)

@@ -30,7 +30,7 @@ e.g. ``pairs/even/conditioner/mlp/in_dense/kernel: [3, D // 2, k]`` for 6 or 7 c
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -70,7 +70,7 @@ class HalvesCoupling(nn.Module):
   zero_init_last: bool = False
   full_width_conditioner: bool = False
   param_dtype: jnp.dtype = jnp.float32
-  compute_dtype: Optional[jnp.dtype] = None
+  compute_dtype: jnp.dtype | None = None
 
   @nn.compact
   def __call__(self, carry, inverse: bool, train: bool):
@@ -114,7 +114,7 @@ class CouplingPair(nn.Module):
     return carry
 
 
-def _run_scanned(model, x: Array, inverse: bool, train: bool) -> Tuple[Array, Array]:
+def _run_scanned(model, x: Array, inverse: bool, train: bool) -> tuple[Array, Array]:
   """``x`` through the scanned couplings of ``model`` (its ``pairs`` and, for an odd
   count, ``last``): forward pairs then last, inverse last then the pairs in reverse."""
   carry = (x, jnp.zeros(x.shape[:1], x.dtype))
@@ -179,7 +179,7 @@ class TabularFlow(nn.Module):
   zero_init_last: bool = False
   full_width_conditioner: bool = False
   param_dtype: jnp.dtype = jnp.float32
-  compute_dtype: Optional[jnp.dtype] = None
+  compute_dtype: jnp.dtype | None = None
 
   def setup(self):
     if self.num_coupling_layers < 1:
@@ -198,8 +198,8 @@ class TabularFlow(nn.Module):
         full_width_conditioner=self.full_width_conditioner, param_dtype=self.param_dtype,
         compute_dtype=self.compute_dtype))
 
-  def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None
-               ) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool = False, mask: Array | None = None
+               ) -> tuple[Array, Array]:
     """Data -> latent. ``x: [B, D]`` -> ``(z: [B, D], log_det: [B])``. ``mask`` is accepted
     like the image flows' and unused: no layer here mixes rows (no BatchNorm)."""
     del mask
@@ -218,7 +218,7 @@ def _compact_conditioner(net, dim: int, keep_first: bool, train: bool):
   ignores anyway)."""
   split = dim // 2
 
-  def conditioner(h: Array) -> Tuple[Array, Array]:
+  def conditioner(h: Array) -> tuple[Array, Array]:
     kept = h[:, :split] if keep_first else h[:, split:]
     changed = dim - kept.shape[1]
     s_raw, t = net(kept, train, out_dim=2 * changed)

@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from flowgmm_jax.calibration import CALIBRATION_METHODS
+
 # Re-exported: the training loop turns the cache on from here.
 from flowgmm_jax.compile_cache import enable_compilation_cache  # noqa: F401
 from flowgmm_jax.data import names_by_kind

@@ -8,7 +8,6 @@ checkpoint with ``trained.load`` and writes ``eval/metrics.json`` and
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import jax
 import ml_collections
@@ -16,10 +15,7 @@ import numpy as np
 
 from flowgmm_jax import calibration as calibration_lib
 from flowgmm_jax import data as data_lib
-from flowgmm_jax import evaluation
-from flowgmm_jax import flowgmm
-from flowgmm_jax import run_files
-from flowgmm_jax import trained
+from flowgmm_jax import evaluation, flowgmm, run_files, trained
 
 
 def read_user_file(path: str, model: trained.TrainedFlowGMM):
@@ -55,7 +51,7 @@ def read_user_file(path: str, model: trained.TrainedFlowGMM):
 
 
 def evaluate_saved_run(config: ml_collections.ConfigDict, workdir: str,
-                       step: Optional[int] = None) -> dict:
+                       step: int | None = None) -> dict:
   """Evaluates a saved checkpoint (read-only) on the config's test split, or on the user's
   file given as ``config.data.path`` when that is not the file the run was trained on.
 

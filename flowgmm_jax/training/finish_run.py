@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 import jax
 import ml_collections
 
 from flowgmm_jax import data as data_lib
-from flowgmm_jax import run_files
-from flowgmm_jax import trained
+from flowgmm_jax import run_files, trained
 from flowgmm_jax.data.rows import split_rows
 from flowgmm_jax.training.temperature import fit_temperature
 
 
-def write_plots(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
+def write_plots(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
                 tensorboard: bool = False) -> list:
   """Rebuilds the run's data and split from ``config`` and writes ``workdir/plots/``."""
   from flowgmm_jax import plots

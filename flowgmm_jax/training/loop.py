@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +28,13 @@ import numpy as np
 
 from flowgmm_jax import checkpoint as ckpt_lib
 from flowgmm_jax import data as data_lib
-from flowgmm_jax import evaluation
+from flowgmm_jax import evaluation, trained
 from flowgmm_jax import mesh as mesh_lib
-from flowgmm_jax import trained
 from flowgmm_jax.data.rows import Rows, split_rows
 from flowgmm_jax.flowgmm import FlowGMM
-from flowgmm_jax.training import batching, programs as programs_lib
-from flowgmm_jax.training import finish_run
-from flowgmm_jax.training.config import (enable_compilation_cache, scaled_for_batch,
-                                         validate_config)
+from flowgmm_jax.training import batching, finish_run
+from flowgmm_jax.training import programs as programs_lib
+from flowgmm_jax.training.config import enable_compilation_cache, scaled_for_batch, validate_config
 from flowgmm_jax.training.guards import Preempted, SignalFlag, SkipStreak
 from flowgmm_jax.training.lock import WorkdirLock
 from flowgmm_jax.training.state import TrainState
@@ -96,7 +94,7 @@ class Records:
   """The one sink of every record: ``history`` (returned by ``fit``), the workdir's
   metrics.jsonl and TensorBoard (``writer``, process 0 only), and ``log_fn``."""
 
-  def __init__(self, writer: Optional[MetricWriter], log_fn, progress):
+  def __init__(self, writer: MetricWriter | None, log_fn, progress):
     self.history, self.writer, self.log_fn, self.progress = [], writer, log_fn, progress
 
   def write(self, step: int, metrics: dict) -> None:
@@ -113,7 +111,7 @@ def summarise(fetched: list, seconds: float) -> dict:
   """Means of the per-step metrics over the steps that were not skipped (the number of
   skipped steps is summed) and the steps per second since the last log."""
   skipped = np.asarray([m["train/skipped_steps"] for m in fetched]) > 0
-  kept = [m for m, s in zip(fetched, skipped) if not s] or fetched
+  kept = [m for m, s in zip(fetched, skipped, strict=False) if not s] or fetched
   summary = {k: float(np.mean([m[k] for m in kept])) for k in fetched[0]}
   summary["train/skipped_steps"] = float(np.sum(skipped))
   summary["train/steps_per_sec"] = len(fetched) / max(seconds, 1e-9)
@@ -128,15 +126,15 @@ class FitResult:
   state: TrainState
   metrics: dict             # final eval metrics (empty when no test set was given)
   history: list             # every record, in order: {'step': s, name: value, ...}
-  best_step: Optional[int] = None  # the step whose parameters these are (early stopping)
+  best_step: int | None = None  # the step whose parameters these are (early stopping)
   dequantize_widths: tuple = ()  # per-feature uniform-noise widths of training
 
 
 def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
         rows: Rows | tuple[np.ndarray, np.ndarray], *,
-        workdir: Optional[str] = None, mesh=None,
-        log_fn: Optional[Callable[[int, dict], None]] = None,
-        initial_variables: Optional[dict] = None) -> FitResult:
+        workdir: str | None = None, mesh=None,
+        log_fn: Callable[[int, dict], None] | None = None,
+        initial_variables: dict | None = None) -> FitResult:
   """Trains FlowGMM on ``dataset.x_train[rows.labeled]`` (with labels) and
   ``dataset.x_train[rows.unlabeled]`` (labels hidden), early-stopping on
   ``rows.early_stopping``; evaluates on the test split. ``rows``: a ``data.rows.Rows``, or

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,7 @@ class Programs:
   dequantize_widths: tuple
 
 
-def _augmentation(key) -> Optional[Callable]:
+def _augmentation(key) -> Callable | None:
   a = key.augment
   if key.image and (a.crop_padding > 0 or a.flip):
     return functools.partial(data_lib.augment_images, crop_padding=a.crop_padding,
@@ -130,7 +131,7 @@ def check_same_structure(given: dict, expected: dict) -> None:
 
 def initial_state(config: ml_collections.ConfigDict, progs: Programs, dataset, rows,
                   init_rows: np.ndarray, init_rng, encode: Callable,
-                  initial_variables: Optional[dict] = None) -> TrainState:
+                  initial_variables: dict | None = None) -> TrainState:
   """The state before step 0 (on the host): ``model.init`` on ``dataset.x_train[init_rows]``
   (the first batch's rows: data-dependent initialisation such as ActNorm's sees real rows),
   the prior's means at the labelled rows' latent centroids when ``prior.means_init`` is

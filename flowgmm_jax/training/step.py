@@ -18,13 +18,14 @@ exception.)
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from flowgmm_jax.flowgmm import bits_per_dim
 from flowgmm_jax.losses import FlowGMMLoss
@@ -58,7 +59,7 @@ def _per_example_uniform(keys, shape, dtype):
 
 def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, *,
                     loss: FlowGMMLoss,
-                    augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+                    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                     dequantize: bool = False,
                     num_dims: int = 1):
   """Builds the jitted data-parallel train step.

@@ -8,7 +8,6 @@ module trains what "cross_fit" needs, through the one loop.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import jax
 import ml_collections
@@ -21,7 +20,7 @@ from flowgmm_jax.data import rows as rows_lib
 
 def fit_temperature(config: ml_collections.ConfigDict, dataset, rows: rows_lib.Rows,
                     model: trained.TrainedFlowGMM, *, mesh=None, x_eval=None
-                    ) -> Optional[dict]:
+                    ) -> dict | None:
   """The calibration record of a run of ``config`` on ``dataset``'s ``rows`` whose final
   model is ``model``, or None for method "none".
 

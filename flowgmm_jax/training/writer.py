@@ -51,7 +51,7 @@ class MetricWriter:
     except ImportError:  # TensorBoard output is optional; metrics.jsonl is always written
       self._tb = None
 
-  def __enter__(self) -> "MetricWriter":
+  def __enter__(self) -> MetricWriter:
     return self
 
   def __exit__(self, *exc) -> bool:
