@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tabular_config, toy_cli_config
 
 from flowgmm_jax import checkpoint as ckpt_lib
 from flowgmm_jax import losses
@@ -33,25 +34,6 @@ from flowgmm_jax.training.lock import STALE_SECONDS, WorkdirBusyError
 from flowgmm_jax.training.state import create_train_state
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(steps=6, checkpoint_every=2):
-  c = base_config()
-  c.data.kind = "tabular"
-  c.data.name = "arrays"
-  c.data.labeled_batch_size = 8
-  c.data.unlabeled_batch_size = 16
-  c.model.num_coupling_layers = 2
-  c.model.hidden_dim = 16
-  c.optim.learning_rate = 1e-2
-  c.num_train_steps = steps
-  c.log_every_steps = 1
-  c.eval_every_steps = steps
-  c.checkpoint_every_steps = checkpoint_every
-  c.keep_checkpoints = 3
-  c.eval_batch_size = 40
-  c.progress_bar = False
-  return c
 
 
 def blobs(n=120, dim=4, seed=0, nan_rows=()):
@@ -81,7 +63,7 @@ def logged_steps(workdir):
 
 def test_non_finite_step_changes_nothing_but_the_step():
   ds = blobs()
-  c = tiny_config()
+  c = tabular_config()
   mesh = mesh_lib.make_mesh(jax.devices()[:1])
   model = FlowGMM.from_config(c, (4,), 2, image=False, bn_axis_name=mesh_lib.DATA_AXIS)
   variables = FlowGMM.from_config(c, (4,), 2, image=False).init(jax.random.PRNGKey(0),
@@ -108,7 +90,7 @@ def test_non_finite_step_changes_nothing_but_the_step():
 
 def test_nan_rows_are_skipped_counted_and_never_checkpointed(tmp_path):
   ds = blobs(nan_rows=[30])  # one unlabelled row is NaN: the batches holding it are skipped
-  result = fit(tiny_config(steps=12, checkpoint_every=1), ds, (LAB, UNLAB),
+  result = fit(tabular_config(steps=12, checkpoint_every=1), ds, (LAB, UNLAB),
                workdir=str(tmp_path / "run"))
   skipped = sum(h.get("train/skipped_steps", 0) for h in result.history)
   assert 1 <= skipped < 12
@@ -126,7 +108,7 @@ def test_nan_rows_are_skipped_counted_and_never_checkpointed(tmp_path):
 
 def test_too_many_skips_in_a_row_stop_with_one_line(tmp_path):
   ds = blobs(nan_rows=range(8, 80))  # every unlabelled row is NaN
-  c = tiny_config(steps=50, checkpoint_every=100)
+  c = tabular_config(steps=50, checkpoint_every=100)
   c.max_consecutive_skips = 3
   workdir = tmp_path / "new"
   with pytest.raises(FloatingPointError, match=r"3 steps in a row") as e:
@@ -147,19 +129,6 @@ def _cli(*args, env=None):
   return subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
-
-
-def _toy_config(steps):
-  sys.path.insert(0, str(REPO))
-  from configs.toy import get_config
-  c = get_config("smoke")
-  c.optim.lr_schedule = "constant"  # hold_then_linear depends on num_train_steps
-  c.num_train_steps = steps
-  c.log_every_steps = 1
-  c.eval_every_steps = 100000
-  c.checkpoint_every_steps = 100000
-  c.plots = False  # the figures are tested in test_trained.py; here they would only cost time
-  return c
 
 
 @pytest.mark.slow
@@ -201,8 +170,8 @@ def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
   assert sorted(int(n) for n in os.listdir(workdir / "checkpoints")) == [stopped]
   # Rerunning (here in-process, the same config) resumes there and matches a run that was
   # never interrupted, to the bit.
-  resumed = train_and_evaluate(_toy_config(stopped + 2), str(workdir))
-  straight = train_and_evaluate(_toy_config(stopped + 2), str(tmp_path / "straight"))
+  resumed = train_and_evaluate(toy_cli_config(stopped + 2), str(workdir))
+  straight = train_and_evaluate(toy_cli_config(stopped + 2), str(tmp_path / "straight"))
   assert resumed == straight
   assert logged_steps(workdir) == list(range(1, stopped + 3))
   def loss(w):
@@ -227,13 +196,13 @@ def _damage_manifest(step_dir):
 
 def test_damaged_latest_checkpoints_fall_back_to_the_newest_good_one(tmp_path, capfd):
   ds = blobs()
-  straight = fit(tiny_config(steps=8), ds, (LAB, UNLAB), workdir=str(tmp_path / "straight"))
+  straight = fit(tabular_config(steps=8), ds, (LAB, UNLAB), workdir=str(tmp_path / "straight"))
   workdir = tmp_path / "damaged"
-  fit(tiny_config(steps=6), ds, (LAB, UNLAB), workdir=str(workdir))
+  fit(tabular_config(steps=6), ds, (LAB, UNLAB), workdir=str(workdir))
   _damage_truncate(workdir / "checkpoints" / "6")
   _damage_manifest(workdir / "checkpoints" / "4")
   capfd.readouterr()
-  resumed = fit(tiny_config(steps=8), ds, (LAB, UNLAB), workdir=str(workdir))
+  resumed = fit(tabular_config(steps=8), ds, (LAB, UNLAB), workdir=str(workdir))
   err = capfd.readouterr().err
   warnings = [row for row in err.splitlines() if row.strip()]
   assert len(warnings) == 2, err  # one line per damaged checkpoint, no orbax noise
@@ -279,11 +248,11 @@ def test_checksum_matches_older_checkpoints_and_sees_one_flipped_bit():
 def test_no_readable_checkpoint_is_one_line_naming_the_directory(tmp_path, capfd):
   ds = blobs()
   workdir = tmp_path / "run"
-  fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir))
+  fit(tabular_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir))
   (workdir / "checkpoints" / "2" / "state" / "_METADATA").write_text("garbage{")
   capfd.readouterr()
   with pytest.raises(ckpt_lib.DamagedCheckpointError) as e:
-    fit(tiny_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir))
+    fit(tabular_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir))
   assert "\n" not in str(e.value)
   assert str(workdir / "checkpoints") in str(e.value)
   assert "afresh" in str(e.value)
@@ -293,26 +262,26 @@ def test_no_readable_checkpoint_is_one_line_naming_the_directory(tmp_path, capfd
 def test_changed_seed_split_or_optimiser_on_an_existing_workdir(tmp_path, capfd):
   ds = blobs()
   workdir = str(tmp_path / "run")
-  fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=workdir)
-  c = tiny_config(steps=4)
+  fit(tabular_config(steps=2), ds, (LAB, UNLAB), workdir=workdir)
+  c = tabular_config(steps=4)
   c.seed = 1
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="different seed") as e:
     fit(c, ds, (LAB, UNLAB), workdir=workdir)
   assert "/seed" in str(e.value)
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="split"):
-    fit(tiny_config(steps=4), ds, (LAB[:6], np.arange(6, 80)), workdir=workdir)
-  c = tiny_config(steps=4)
+    fit(tabular_config(steps=4), ds, (LAB[:6], np.arange(6, 80)), workdir=workdir)
+  c = tabular_config(steps=4)
   c.model.num_coupling_layers = 3
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="does not fit this model.*"
                      "num_coupling_layers"):
     fit(c, ds, (LAB, UNLAB), workdir=workdir)
-  c = tiny_config(steps=4)
+  c = tabular_config(steps=4)
   c.optim.optimizer = "sgd"
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="optim.optimizer='adam'"):
     fit(c, ds, (LAB, UNLAB), workdir=workdir)
   # A lower learning rate (the advice after divergence) resumes, and says so in one line.
   capfd.readouterr()
-  c = tiny_config(steps=4)
+  c = tabular_config(steps=4)
   c.optim.learning_rate = 1e-3
   result = fit(c, ds, (LAB, UNLAB), workdir=workdir)
   assert int(result.state.step) == 4
@@ -337,7 +306,7 @@ def test_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd):
   workdir = tmp_path / "run"
   lock = _foreign_lock(workdir)  # a live holder elsewhere: fresh heartbeat
   with pytest.raises(WorkdirBusyError) as e:
-    fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir))
+    fit(tabular_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir))
   assert "\n" not in str(e.value)
   assert "pid 4242 on host another-host" in str(e.value)
   assert os.listdir(workdir) == [".lock"]
@@ -345,7 +314,7 @@ def test_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd):
   # No heartbeat for longer than the timeout: the holder is gone; the run takes over.
   _foreign_lock(workdir, age=STALE_SECONDS + 5)
   capfd.readouterr()
-  assert int(fit(tiny_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir)).state.step) == 2
+  assert int(fit(tabular_config(steps=2), ds, (LAB, UNLAB), workdir=str(workdir)).state.step) == 2
   err = capfd.readouterr().err.strip().splitlines()
   assert len(err) == 1
   assert "took over the lock" in err[0]
@@ -355,7 +324,7 @@ def test_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   _foreign_lock(workdir, host=socket.gethostname(), pid=dead.pid)
-  assert int(fit(tiny_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir)).state.step) == 4
+  assert int(fit(tabular_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir)).state.step) == 4
   assert not lock.exists()
 
 
@@ -366,8 +335,8 @@ def test_a_checkpoint_of_the_previous_format_is_refused_in_one_line(tmp_path):
   from flowgmm_jax import trained
 
   ds = blobs()
-  first = fit(tiny_config(steps=2), ds, (LAB, UNLAB))
-  c = tiny_config(steps=2)
+  first = fit(tabular_config(steps=2), ds, (LAB, UNLAB))
+  c = tabular_config(steps=2)
   meta = ckpt_lib.make_meta(c, input_shape=(4,), num_classes=2,
                             rows=split_rows(c, ds, (LAB, UNLAB)))
   assert meta["param_layout"] == 2
@@ -377,7 +346,7 @@ def test_a_checkpoint_of_the_previous_format_is_refused_in_one_line(tmp_path):
   writer.save(first.state)
   writer.close()
   for attempt in (lambda: trained.load(str(workdir)),
-                  lambda: fit(tiny_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir))):
+                  lambda: fit(tabular_config(steps=4), ds, (LAB, UNLAB), workdir=str(workdir))):
     with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
       attempt()
     message = str(e.value)
@@ -389,7 +358,7 @@ def test_a_checkpoint_of_the_previous_format_is_refused_in_one_line(tmp_path):
 def test_an_unknown_or_newer_parameter_layout_is_refused_in_one_line():
   from flowgmm_jax import trained
   from flowgmm_jax.models import LayoutVersionError
-  c = tiny_config(steps=2)
+  c = tabular_config(steps=2)
   ds = blobs()
   first = fit(c, ds, (LAB, UNLAB))
   for layout, words in ((3, "newer than this flowgmm_jax knows"), ("x", "unknown")):
@@ -436,7 +405,7 @@ def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path)
 
 
 def test_incomplete_distributed_flags_are_one_line():
-  c = _toy_config(2)
+  c = toy_cli_config(2)
   c.distributed.coordinator_address = "127.0.0.1:1234"
   with pytest.raises(ValueError, match="must be given together") as e:
     train_and_evaluate(c, "/nonexistent/never/created")
@@ -515,14 +484,14 @@ def test_bad_workdir_is_one_line(tmp_path):
   a_file = tmp_path / "file"
   a_file.write_text("x")
   with pytest.raises(ValueError, match="is a file") as e:
-    train_and_evaluate(_toy_config(2), str(a_file))
+    train_and_evaluate(toy_cli_config(2), str(a_file))
   assert "\n" not in str(e.value)
   locked = tmp_path / "locked"
   locked.mkdir(mode=0o500)
   if os.access(locked, os.W_OK):
     pytest.skip("running as a user who can write anywhere")
   with pytest.raises(ValueError, match="not writable"):
-    train_and_evaluate(_toy_config(2), str(locked / "run"))
+    train_and_evaluate(toy_cli_config(2), str(locked / "run"))
   assert os.listdir(locked) == []
 
 
@@ -541,7 +510,7 @@ def test_error_cleanup_removes_only_what_this_run_created(tmp_path):
   workdir = tmp_path / "mine"
   workdir.mkdir()
   (workdir / "notes.txt").write_text("the user's own file")
-  c = _toy_config(50)
+  c = toy_cli_config(50)
   c.max_consecutive_skips = 1
   c.optim.learning_rate = 1e30  # diverges at once
   c.optim.grad_clip_norm = 1e30

@@ -13,31 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tabular_config
 
 from flowgmm_jax.checkpoint import IncompatibleCheckpointError
 from flowgmm_jax.data import Dataset
 from flowgmm_jax.training import base_config, fit, optim, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_tabular_config(steps=6):
-  c = base_config()
-  c.data.kind = "tabular"
-  c.data.name = "arrays"
-  c.data.labeled_batch_size = 8
-  c.data.unlabeled_batch_size = 16
-  c.model.name = "realnvp_tabular"
-  c.model.num_coupling_layers = 2
-  c.model.hidden_dim = 16
-  c.optim.learning_rate = 1e-2
-  c.num_train_steps = steps
-  c.log_every_steps = 2
-  c.eval_every_steps = steps
-  c.checkpoint_every_steps = 3
-  c.eval_batch_size = 32
-  c.progress_bar = False
-  return c
 
 
 def gaussian_blobs(n=120, dim=4, seed=0):
@@ -88,7 +70,7 @@ def test_weight_decay_only_on_weight_norm_gains():
 
 def test_fit_learns_and_is_deterministic():
   ds = gaussian_blobs()
-  c = tiny_tabular_config(steps=40)
+  c = tabular_config(40)
   c.eval_every_steps = 40
   lab, unlab = split(ds)
   r1 = fit(c, ds, (lab, unlab))
@@ -102,10 +84,10 @@ def test_fit_learns_and_is_deterministic():
 def test_resume_gives_same_parameters_as_uninterrupted(tmp_path):
   ds = gaussian_blobs()
   lab, unlab = split(ds)
-  full = fit(tiny_tabular_config(steps=6), ds, (lab, unlab), workdir=str(tmp_path / "full"))
+  full = fit(tabular_config(6), ds, (lab, unlab), workdir=str(tmp_path / "full"))
   # Interrupted run: 3 steps (checkpoint at 3), then the same command with 6 steps.
-  fit(tiny_tabular_config(steps=3), ds, (lab, unlab), workdir=str(tmp_path / "resumed"))
-  resumed = fit(tiny_tabular_config(steps=6), ds, (lab, unlab), workdir=str(tmp_path / "resumed"))
+  fit(tabular_config(3), ds, (lab, unlab), workdir=str(tmp_path / "resumed"))
+  resumed = fit(tabular_config(6), ds, (lab, unlab), workdir=str(tmp_path / "resumed"))
   assert int(resumed.state.step) == 6
   np.testing.assert_allclose(params_vector(resumed.variables), params_vector(full.variables),
                              rtol=0, atol=1e-6)
@@ -118,8 +100,8 @@ def test_resume_gives_same_parameters_as_uninterrupted(tmp_path):
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
   ds = gaussian_blobs()
   lab, unlab = split(ds)
-  fit(tiny_tabular_config(steps=3), ds, (lab, unlab), workdir=str(tmp_path))
-  c = tiny_tabular_config(steps=6)
+  fit(tabular_config(3), ds, (lab, unlab), workdir=str(tmp_path))
+  c = tabular_config(6)
   c.model.hidden_dim = 32
   with pytest.raises(IncompatibleCheckpointError, match="different model/data configuration"):
     fit(c, ds, (lab, unlab), workdir=str(tmp_path))
@@ -207,7 +189,7 @@ def test_data_parallel_8_devices_equals_1_device_and_the_estimator_fits_on_8():
 
 def test_batch_scale_multiplies_both_batch_parts_and_the_rate_with_a_warm_up():
   from flowgmm_jax.training.config import scaled_for_batch, validate_config
-  c = tiny_tabular_config(steps=100)
+  c = tabular_config(100)
   c.data.batch_scale = 4
   s = scaled_for_batch(c)
   assert (s.data.labeled_batch_size, s.data.unlabeled_batch_size) == (32, 64)
@@ -225,16 +207,16 @@ def test_batch_scale_multiplies_both_batch_parts_and_the_rate_with_a_warm_up():
 def test_fit_with_batch_scale_equals_the_same_recipe_written_out():
   ds = gaussian_blobs()
   lab, unl = split(ds)
-  scaled = tiny_tabular_config(steps=4)
+  scaled = tabular_config(4)
   scaled.data.batch_scale = 2
-  by_hand = tiny_tabular_config(steps=4)
+  by_hand = tabular_config(4)
   by_hand.data.labeled_batch_size, by_hand.data.unlabeled_batch_size = 16, 32
   by_hand.optim.learning_rate = 2e-2
   by_hand.optim.warmup_steps = 1            # ceil(0.05 * 4)
   a = params_vector(fit(scaled, ds, (lab, unl)).variables)
   b = params_vector(fit(by_hand, ds, (lab, unl)).variables)
   np.testing.assert_array_equal(a, b)
-  c = params_vector(fit(tiny_tabular_config(steps=4), ds, (lab, unl)).variables)
+  c = params_vector(fit(tabular_config(4), ds, (lab, unl)).variables)
   assert not np.allclose(a, c)
 
 
@@ -243,7 +225,7 @@ def test_early_stoppings_best_step_reaches_metrics_and_the_checkpoint(tmp_path):
   says which step that was, and the checkpoint's metadata names it as params_step."""
   ds = gaussian_blobs()
   lab, unl = split(ds)
-  c = tiny_tabular_config(steps=8)
+  c = tabular_config(8)
   c.early_stopping.holdout_fraction = 0.3
   c.early_stopping.check_every_steps = 2
   c.early_stopping.patience = 0            # run to the end, then keep the best check

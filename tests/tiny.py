@@ -1,0 +1,48 @@
+"""The tests' shared tiny configs: a two-coupling tabular flow and the toy CLI's smoke run.
+
+Imported by the test files (pytest puts tests/ on sys.path); not a test module itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from flowgmm_jax.training import base_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tabular_config(steps: int = 6, *, checkpoint_every: int = 2, log_every: int = 1,
+                   eval_batch_size: int = 40):
+  """A two-coupling, 16-wide tabular flow on ``data.name="arrays"`` (the caller's Dataset),
+  8 labelled + 16 unlabelled rows per step, evaluated at the last step."""
+  c = base_config()
+  c.data.kind, c.data.name = "tabular", "arrays"
+  c.data.labeled_batch_size, c.data.unlabeled_batch_size = 8, 16
+  c.model.num_coupling_layers, c.model.hidden_dim = 2, 16
+  c.optim.learning_rate = 1e-2
+  c.num_train_steps = steps
+  c.log_every_steps = log_every
+  c.eval_every_steps = steps
+  c.checkpoint_every_steps = checkpoint_every
+  c.keep_checkpoints = 3
+  c.eval_batch_size = eval_batch_size
+  c.progress_bar = False
+  return c
+
+
+def toy_cli_config(steps: int, checkpoint_every: int = 100_000):
+  """``configs/toy.py:smoke`` for ``steps`` steps at a constant rate (the default schedule
+  depends on num_train_steps), logged every step, never evaluated before the end, no
+  figures (test_trained.py tests them)."""
+  sys.path.insert(0, str(REPO))
+  from configs.toy import get_config
+  c = get_config("smoke")
+  c.optim.lr_schedule = "constant"
+  c.num_train_steps = steps
+  c.log_every_steps = 1
+  c.eval_every_steps = 100_000
+  c.checkpoint_every_steps = checkpoint_every
+  c.plots = False
+  return c
