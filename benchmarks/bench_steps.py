@@ -179,22 +179,28 @@ def time_step(name: str, repeats: int, spec=None) -> dict:
          "flops_counted_on": "the jaxpr (benchmarks/jaxpr_stats.py), all devices"}
   if repeats == 0:  # compile and the first step only
     return row
+  timed, _ = time_compiled(compiled, state, batch, rng, repeats)
+  row.update(timed, gflops_per_s=flops / timed["median_s"] / 1e9)
+  return row
+
+
+def time_compiled(compiled, state, batch, rng, repeats: int) -> tuple[dict, dict]:
+  """``({median_s, min_s, max_s, pipelined_s}, the last step's metrics)`` of ``repeats``
+  steps each way: blocking after every step, and back to back without blocking (what the
+  loop sees: dispatch overlaps compute)."""
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch, rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  # Back to back without blocking: what the loop sees (dispatch overlaps compute).
   t0 = time.perf_counter()
   for _ in range(repeats):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(state)
   pipelined = (time.perf_counter() - t0) / repeats
-  med = statistics.median(times)
-  row.update({"median_s": med, "min_s": min(times), "max_s": max(times),
-              "pipelined_s": pipelined, "gflops_per_s": flops / med / 1e9})
-  return row
+  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+          "pipelined_s": pipelined}, metrics
 
 
 def add_ratios(row: dict) -> dict:

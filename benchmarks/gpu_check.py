@@ -62,7 +62,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -225,6 +224,7 @@ def prepare_row(workload: str, dtype: str, per_device_batch: int, tiny: bool) ->
 def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repeats: int,
              device_kind: str, peak_override: float) -> dict:
   """One timed row (module docstring, part 1)."""
+  from benchmarks.bench_steps import time_compiled
   from benchmarks.jaxpr_stats import count_collectives, count_flops
   train_step, state, batch, step_rng, row = prepare_row(workload, dtype, per_device_batch,
                                                         tiny)
@@ -246,22 +246,12 @@ def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repea
   state, metrics = compiled(state, batch, step_rng)
   jax.block_until_ready(metrics)
   row["first_step_s"] = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, step_rng)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    state, metrics = compiled(state, batch, step_rng)
-  jax.block_until_ready(state)
-  row["pipelined_s"] = (time.perf_counter() - t0) / repeats
-  median = statistics.median(times)
+  timed, metrics = time_compiled(compiled, state, batch, step_rng, repeats)
+  median = timed["median_s"]
   peak, tf32 = peak_tflops(device_kind, dtype, peak_override)
   achieved = row["flops_per_device"] / median / 1e12
-  row.update(repeats=repeats, median_s=median, min_s=min(times), max_s=max(times),
-             images_per_s=rows / median, images_per_s_pipelined=rows / row["pipelined_s"],
+  row.update(timed, repeats=repeats, images_per_s=rows / median,
+             images_per_s_pipelined=rows / timed["pipelined_s"],
              tflops_per_s_per_device=achieved, peak_tflops=peak,
              mfu=achieved / peak if peak else None,
              mfu_tf32=achieved / tf32 if tf32 else None,

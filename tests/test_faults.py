@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import tabular_config, toy_cli_config
+from tiny import tabular_config, toy_cli_config, wait_all
 
 from flowgmm_jax import checkpoint as ckpt_lib
 from flowgmm_jax import losses
@@ -384,15 +384,7 @@ def test_two_processes_on_localhost_equal_one_process_with_two_devices(tmp_path)
            for i in range(2)]
   one = _cli(*common, f"--workdir={tmp_path / 'one'}",
              env={"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=2"})
-  try:
-    for p in procs + [one]:
-      _, err = p.communicate(timeout=600)
-      assert p.returncode == 0, err[-3000:]
-  finally:
-    for p in procs + [one]:  # a process whose partner failed would wait for it
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  wait_all(procs + [one])
 
   def records(name):
     out = [json.loads(row) for row in (tmp_path / name / "metrics.jsonl").open()]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import wait_all
 
 from flowgmm_jax import data as fdata
 from flowgmm_jax.data.rows import split_rows
@@ -118,15 +119,7 @@ def test_two_hosts_on_an_interleaved_mesh_read_their_own_rows_and_train_like_one
                "--resume_at=4", "--workdir", tmp_path / "workdir"], devices=2)
          for i in range(2)]
   one = _run(["--records", records, "--out", tmp_path / "one.json"], devices=4)
-  try:
-    for p in two + [one]:
-      _, err = p.communicate(timeout=600)
-      assert p.returncode == 0, err[-3000:]
-  finally:
-    for p in two + [one]:  # a process whose partner failed would wait for it
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  wait_all(two + [one])
   ref = json.loads((tmp_path / "one.json").read_text())
   runs = [json.loads((tmp_path / f"two_{i}.json").read_text()) for i in range(2)]
   assert runs[0]["mesh"] == [0, 1, 0, 1]

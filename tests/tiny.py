@@ -46,3 +46,18 @@ def toy_cli_config(steps: int, checkpoint_every: int = 100_000):
   c.checkpoint_every_steps = checkpoint_every
   c.plots = False
   return c
+
+
+def wait_all(procs, timeout: float = 600) -> None:
+  """Waits for the subprocesses ``procs`` (``text=True`` pipes) and asserts each exited 0,
+  showing the end of a failure's stderr; kills whatever still runs afterwards (a process
+  whose partner failed would wait for it forever)."""
+  try:
+    for p in procs:
+      _, err = p.communicate(timeout=timeout)
+      assert p.returncode == 0, err[-3000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()

@@ -192,24 +192,19 @@ class Dataset:
       x = getattr(self, f"x_{split}")
       y = np.asarray(getattr(self, f"y_{split}"))
       label = f"{self.name} {split} split"
-      if isinstance(x, StandardizedRows) and self.kind != "image":
-        # Standardised per gathered batch; its values were checked when it was made.
-        validate_labels(y, self.num_classes, split == "train", where=label)
-        if len(x) != y.shape[0]:
-          raise ValueError(f"{label}: {len(x)} feature rows but {y.shape[0]} labels; x and "
-                           "y must have the same length.")
-        setattr(self, f"y_{split}", y.astype(np.int32, copy=False))
-        continue
-      if getattr(x, "reads_rows_lazily", False) and self.kind == "image":
-        # data.records.RecordImages: rows are read when a batch asks for them; its dtype and
-        # shape are checked here, its pixels when its records are decoded.
-        if x.dtype != np.uint8 or len(x.shape) != 4:
+      # Rows made as they are gathered: standardised table rows (their values were checked
+      # when they were made) and data.records.RecordImages (read when a batch asks for them;
+      # the dtype and shape are checked here, the pixels when their records are decoded).
+      standardized = isinstance(x, StandardizedRows) and self.kind != "image"
+      records = getattr(x, "reads_rows_lazily", False) and self.kind == "image"
+      if standardized or records:
+        if records and (x.dtype != np.uint8 or len(x.shape) != 4):
           raise ValueError(f"{label}: images must be uint8 [N, H, W, C], got {x.dtype} "
                            f"{x.shape}.")
         validate_labels(y, self.num_classes, split == "train", where=label)
         if len(x) != y.shape[0]:
-          raise ValueError(f"{label}: {len(x)} images but {y.shape[0]} labels; x and y "
-                           "must have the same length.")
+          raise ValueError(f"{label}: {len(x)} {'images' if records else 'feature rows'} but "
+                           f"{y.shape[0]} labels; x and y must have the same length.")
         setattr(self, f"y_{split}", y.astype(np.int32, copy=False))
         continue
       x = np.asarray(x)
