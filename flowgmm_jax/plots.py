@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import matplotlib
@@ -436,3 +437,34 @@ def add_to_tensorboard(paths: Sequence[str], workdir: str, step: int) -> None:
                        dataformats="HWC")
   finally:
     writer.close()
+
+
+def figures_to_tensorboard(meta: dict, variables, dataset, workdir: str, step: int) -> None:
+  """The cheap figures of the model at an evaluation step, as TensorBoard images only (toy:
+  data and latent planes; images: samples and class means). Never raises."""
+  import tempfile
+
+  import jax
+
+  from flowgmm_jax import trained
+  if jax.process_index() != 0:
+    return
+  try:
+    model = trained.from_variables(meta, jax.device_get(variables), step=step)
+    with tempfile.TemporaryDirectory() as tmp:
+      paths = []
+      if model.image:
+        paths.append(sample_grid(model, os.path.join(tmp, "samples.png"),
+                                       class_names=dataset.class_names))
+        paths.append(class_means(model, os.path.join(tmp, "class_means.png"),
+                                       dataset.class_names))
+      elif model.num_dims == 2 and dataset.kind == "toy" and len(dataset.x_test):
+        # Decision regions with the test points (faint); the labels are in the final figure.
+        paths.append(data_plane(model, dataset.x_test[:0], dataset.y_test[:0],
+                                      dataset.x_test, os.path.join(tmp, "data_plane.png")))
+        paths.append(latent_plane(model, dataset.x_test, dataset.y_test,
+                                        os.path.join(tmp, "latent_plane.png")))
+      add_to_tensorboard(paths, workdir, step)
+  except Exception as e:  # noqa: BLE001 - a figure must never stop training
+    print(f"warning: step {step} figures not written to TensorBoard "
+          f"({type(e).__name__}: {e})", file=sys.stderr)

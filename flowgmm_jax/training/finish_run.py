@@ -5,7 +5,6 @@
   temperature (``config.calibration``), writes ``calibration.json`` and
   the figures in ``plots/`` (also added to TensorBoard), and returns the entries it adds to
   ``results.json``.
-* ``figures_to_tensorboard``: the cheap figures at an evaluation step during training.
 * ``write_plots``: ``python -m experiments.plot``, the figures of any saved step.
 """
 
@@ -38,34 +37,6 @@ def write_plots(config: ml_collections.ConfigDict, workdir: str, step: int | Non
   if tensorboard:
     plots.add_to_tensorboard(paths, workdir, model.step)
   return paths
-
-
-def figures_to_tensorboard(meta: dict, variables, dataset, workdir: str, step: int) -> None:
-  """The cheap figures of the model at an evaluation step, as TensorBoard images only (toy:
-  data and latent planes; images: samples and class means). Never raises."""
-  if jax.process_index() != 0:
-    return
-  import tempfile
-  try:
-    from flowgmm_jax import plots
-    model = trained.from_variables(meta, jax.device_get(variables), step=step)
-    with tempfile.TemporaryDirectory() as tmp:
-      paths = []
-      if model.image:
-        paths.append(plots.sample_grid(model, os.path.join(tmp, "samples.png"),
-                                       class_names=dataset.class_names))
-        paths.append(plots.class_means(model, os.path.join(tmp, "class_means.png"),
-                                       dataset.class_names))
-      elif model.num_dims == 2 and dataset.kind == "toy" and len(dataset.x_test):
-        # Decision regions with the test points (faint); the labels are in the final figure.
-        paths.append(plots.data_plane(model, dataset.x_test[:0], dataset.y_test[:0],
-                                      dataset.x_test, os.path.join(tmp, "data_plane.png")))
-        paths.append(plots.latent_plane(model, dataset.x_test, dataset.y_test,
-                                        os.path.join(tmp, "latent_plane.png")))
-      plots.add_to_tensorboard(paths, workdir, step)
-  except Exception as e:  # noqa: BLE001 - a figure must never stop training
-    print(f"warning: step {step} figures not written to TensorBoard "
-          f"({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _flat(prefix: str, d: dict) -> dict:

@@ -32,7 +32,7 @@ from flowgmm_jax import evaluation, trained
 from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.data.rows import Rows, split_rows
 from flowgmm_jax.flowgmm import FlowGMM
-from flowgmm_jax.training import batching, finish_run
+from flowgmm_jax.training import batching
 from flowgmm_jax.training import programs as programs_lib
 from flowgmm_jax.training.config import enable_compilation_cache, scaled_for_batch, validate_config
 from flowgmm_jax.training.guards import Preempted, SignalFlag, SkipStreak
@@ -217,7 +217,8 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
                                 dataset.y_test)
         records.write(done, eval_metrics)
         if writer is not None and config.plots and done != total:  # the last: finish_run
-          finish_run.figures_to_tensorboard(meta, state.variables(), dataset, workdir, done)
+          from flowgmm_jax import plots  # matplotlib only for runs that draw
+          plots.figures_to_tensorboard(meta, state.variables(), dataset, workdir, done)
       stop = False
       if stopper is not None and itstime(done, es.check_every_steps, total):
         nll, stop = stopper.check(done, inference(state.variables(), done))
