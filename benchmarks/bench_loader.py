@@ -56,6 +56,7 @@ def worker(a) -> None:
   import jax
   jax.distributed.initialize(f"127.0.0.1:{a.port}", a.num_processes, a.process_id)
   from flowgmm_jax import data as data_lib
+  from flowgmm_jax.data.rows import split_rows
   from flowgmm_jax.training import base_config, fit
   from flowgmm_jax.training.config import model_config
   c = base_config()
@@ -69,12 +70,12 @@ def worker(a) -> None:
   t = time.perf_counter()
   ds = data_lib.load_dataset(c)
   load_s = time.perf_counter() - t
-  lab, unl = data_lib.make_split(c, ds)
+  split = split_rows(c, ds)
   first = {}
   def log_fn(step, metrics):
     if "train/loss" in metrics and "s" not in first:
       first["s"] = time.time() - a.t0
-  fit(c, ds, lab, unl, log_fn=log_fn)
+  fit(c, ds, split, log_fn=log_fn)
   rows = ds.x_train.rows_read if isinstance(ds.x_train, data_lib.RecordImages) else len(ds.x_train)
   out = {"process": a.process_id, "loader": a.loader, "first_step_s": round(first["s"], 2),
          "load_s": round(load_s, 2), "rows_read": int(rows), "num_train": len(ds.x_train),

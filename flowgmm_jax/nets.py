@@ -210,7 +210,7 @@ class WNConv(nn.Module):
     if k == 1:
       # A 1x1 convolution is a matrix product over the channel axis. Written as one, XLA:CPU
       # runs it as a GEMM, faster forward and backward than its convolution kernel
-      # (docs/results.md, the kernel timings).
+      # (benchmarks/README.md, the kernel timings).
       y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
     else:
       y = conv2d_same(x, kernel)

@@ -71,9 +71,9 @@ def assert_unfitted(estimator):
 @pytest.mark.slow
 def test_two_moons_with_10_labels_reaches_99_percent():
   """``FlowGMMClassifier()`` at its defaults on the paper's toy setting: 1000 points, 5
-  labels per class, evaluated on 1000 fresh points, reaches >= 99% (99.4% here; ``python -m
-  benchmarks.moons`` runs seeds 0-2). Before early stopping waited for ``min_steps``, this
-  seed stopped at step 375 with 95.6%.
+  labels per class, evaluated on 1000 fresh points, reaches >= 99% (docs/results.md, the
+  toy data, gives seeds 0-2). Before early stopping waited for ``min_steps``, this seed
+  stopped at step 375 with 95.6%.
   """
   ds = make_moons(num_train=1000, num_test=1000, seed=0)
   rng = np.random.default_rng(0)
@@ -442,8 +442,9 @@ CHECKS_FLOW = dict(num_coupling_layers=1, hidden_dim=8, num_train_steps=5,
 
 # The checks this test runs: every check that needs no fit, plus the fitting ones that
 # failed before validation went through scikit-learn (the whole list, 55 checks of which
-# ~30 compile the flow for their own shapes, takes minutes on a 2-core machine:
-# ``python -m benchmarks.sklearn_checks`` runs it and writes the table). These compile
+# ~30 compile the flow for their own shapes, takes minutes on a 2-core machine: run
+# ``sklearn.utils.estimator_checks.check_estimator(FlowGMMClassifier())`` for all of them;
+# docs/tables.md has the last table). These compile
 # three flows; 54 s on a 2-core CPU at load average 20.
 SKLEARN_CHECKS = (
     "check_no_attributes_set_in_init", "check_estimators_unfitted", "check_mixin_order",
