@@ -91,18 +91,6 @@ def describe_column(values, *, max_levels: int = DEFAULT_MAX_LEVELS,
   return ColumnKind(kind, int(v.size), r, lattice, levels, float(v[0]), float(v[-1]))
 
 
-def describe_columns(x, *, max_levels: int = DEFAULT_MAX_LEVELS,
-                     tol: float = 1e-6) -> list[ColumnKind]:
-  """``describe_column`` of every column of ``x: [N, D]``; a list of D ``ColumnKind``."""
-  x = np.asarray(x, np.float64)
-  if x.ndim != 2:
-    raise ValueError(f"describe_columns expects a table [N, D], got shape {x.shape}.")
-  return [describe_column(x[:, j], max_levels=max_levels, tol=tol) for j in range(x.shape[1])]
-
-
-# Rows of the quick first pass of dequantization_widths: a column with more than
-# ``max_levels`` distinct values among them spans more lattice levels than that, so it is
-# continuous whatever the other rows hold; only the others are described on every row.
 _SCREEN_ROWS = 4096
 
 
@@ -135,22 +123,6 @@ def dequantization_widths(x, scale=None, *, max_levels: int = DEFAULT_MAX_LEVELS
       raise ValueError(f"scale has shape {scale.shape}; expected ({widths.size},).")
     widths = widths / scale
   return widths
-
-
-def dequantize(x, widths, rng: np.random.Generator | None = None) -> np.ndarray:
-  """``x + (u - 1/2) * widths`` with ``u ~ U[0, 1)`` per entry: each value moves uniformly
-  within its own cell ``[v - r/2, v + r/2)``, cells of neighbouring lattice values touch
-  without overlapping, and ``round`` to the lattice recovers ``x`` (tested).
-
-  ``x: [N, D]``, ``widths: [D]`` (0 leaves a column unchanged). Returns float64 ``[N, D]``.
-  """
-  x = np.asarray(x, np.float64)
-  widths = np.asarray(widths, np.float64)
-  if x.ndim != 2 or widths.shape != (x.shape[1],):
-    raise ValueError(f"dequantize expects x [N, D] and widths [D], got {x.shape} and "
-                     f"{widths.shape}.")
-  rng = np.random.default_rng() if rng is None else rng
-  return x + (rng.random(x.shape) - 0.5) * widths
 
 
 class StandardizedRows:
@@ -204,42 +176,6 @@ class StandardizedRows:
 
   def __repr__(self) -> str:
     return f"StandardizedRows(shape={self.shape}, x dtype={self.x.dtype})"
-
-
-def one_hot_groups(x, *, min_size: int = 2) -> list[tuple[int, int]]:
-  """Runs of adjacent 0/1 columns of ``x: [N, D]`` in which every row has exactly one 1.
-
-  Returns half-open column ranges ``[(start, stop), ...]`` (each ``stop - start >=
-  min_size``), left to right, not overlapping. A run is grown from its first column while
-  no row's sum exceeds 1 and is kept once every row sums to exactly 1; the scan then
-  continues after it (so two adjacent groups are found as two).
-  """
-  x = np.asarray(x, np.float64)
-  if x.ndim != 2:
-    raise ValueError(f"one_hot_groups expects a table [N, D], got shape {x.shape}.")
-  is_indicator = np.all((x == 0) | (x == 1), axis=0)
-  groups, start, d = [], 0, x.shape[1]
-  while start < d:
-    if not is_indicator[start]:
-      start += 1
-      continue
-    row_sums = np.zeros(x.shape[0])
-    found = None
-    for stop in range(start, d):
-      if not is_indicator[stop]:
-        break
-      row_sums = row_sums + x[:, stop]
-      if np.any(row_sums > 1):
-        break
-      if stop + 1 - start >= min_size and np.all(row_sums == 1):
-        found = stop + 1
-        break
-    if found is None:
-      start += 1
-    else:
-      groups.append((start, found))
-      start = found
-  return groups
 
 
 # ----------------------------------------------------------------------------- categorical
