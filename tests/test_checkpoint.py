@@ -78,7 +78,7 @@ def test_a_failed_save_stops_the_run_at_once_in_one_line_and_keeps_its_files(
   monkeypatch.setattr(ckpt_lib.Checkpointer, "check", counted_check)
   monkeypatch.setattr(ckpt_lib.Checkpointer, "_record_failure", noted_failure)
   with pytest.raises(ckpt_lib.CheckpointSaveError) as e:
-    train_and_evaluate(toy_cli_config(40), str(workdir))
+    train_and_evaluate(toy_cli_config(40, checkpoint_every=10), str(workdir))
   message = str(e.value)
   assert "\n" not in message
   assert message.startswith(f"could not write the checkpoint of step 10 to {workdir}/checkpoints "
@@ -104,7 +104,7 @@ def test_a_failed_save_stops_the_run_at_once_in_one_line_and_keeps_its_files(
   monkeypatch.undo()
   _disk_full_at(monkeypatch, 20)
   with pytest.raises(ckpt_lib.CheckpointSaveError) as e:
-    train_and_evaluate(toy_cli_config(40), str(workdir))
+    train_and_evaluate(toy_cli_config(40, checkpoint_every=10), str(workdir))
   message = str(e.value)
   assert "step 20" in message
   assert "(No space left on device)" in message
@@ -115,7 +115,7 @@ def test_a_failed_save_stops_the_run_at_once_in_one_line_and_keeps_its_files(
 
   # Space freed: the same command resumes from step 10 and finishes; each step logged once.
   monkeypatch.undo()
-  results = train_and_evaluate(toy_cli_config(40), str(workdir))
+  results = train_and_evaluate(toy_cli_config(40, checkpoint_every=10), str(workdir))
   assert results["step"] == 40
   assert _logged_steps(workdir) == list(range(1, 41))
   assert _steps(workdir) == [30, 40]  # config.keep_checkpoints = 2
@@ -184,7 +184,7 @@ def _two_processes(script, workdir, steps, timeout=120):
 @pytest.mark.slow
 def test_hosts_that_disagree_about_a_checkpoint_stop_together_or_restore_one_step(tmp_path):
   workdir = tmp_path / "run"
-  train_and_evaluate(toy_cli_config(20), str(workdir))  # checkpoints 10 and 20
+  train_and_evaluate(toy_cli_config(20, checkpoint_every=10), str(workdir))  # checkpoints 10, 20
   assert _steps(workdir) == [10, 20]
 
   # Process 1 cannot read step 20, which process 0 chose: both stop with the same one line
