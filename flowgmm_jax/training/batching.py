@@ -111,6 +111,7 @@ class Batches:
         labeled_batch_size=self.layout.labeled, unlabeled_batch_size=self.layout.unlabeled,
         seed=config.seed)
     self.process_rows = mesh_lib.process_rows(mesh, self.layout.size)
+    self._cached = None  # (step, batch_rows of that step)
 
   def init_rows(self) -> np.ndarray:
     """The rows ``model.init`` sees: the first rows of each pool, padded like a batch (at
@@ -128,14 +129,19 @@ class Batches:
     are read; an ``x`` that can prefetch (``data.RecordImages``) is asked for the next
     step's rows."""
     rows = self.process_rows if rows is None else np.asarray(rows)
-    batch = batch_rows(self.sampler, self.layout, step, self.num_devices)
-    batch = {k: v[rows] for k, v in batch.items()}
+    batch = {k: v[rows] for k, v in self._indices(step).items()}
     x = self.sampler.x
     batch["x"] = x[batch.pop("row")]
     if hasattr(x, "prefetch"):
-      following = batch_rows(self.sampler, self.layout, step + 1, self.num_devices)
-      x.prefetch(following["row"][rows])
+      x.prefetch(self._indices(step + 1)["row"][rows])
     return batch
+
+  def _indices(self, step: int) -> dict:
+    """``batch_rows`` of ``step``, kept for one step: prefetching computes the next step's
+    indices, which that step then reuses."""
+    if self._cached is None or self._cached[0] != step:
+      self._cached = (step, batch_rows(self.sampler, self.layout, step, self.num_devices))
+    return self._cached[1]
 
   def on_devices(self, step: int) -> dict:
     """Step ``step``'s batch on the mesh, built from this process's rows only."""
