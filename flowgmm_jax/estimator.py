@@ -7,6 +7,9 @@ convention of ``sklearn.semi_supervised``)::
     clf = FlowGMMClassifier(random_state=0).fit(X, y)     # y == -1: unlabelled
     clf.predict(X_new), clf.predict_proba(X_new)           # p(y | x)
     clf.score_samples(X_new)                               # log p(x), nats, in X's units
+    clf.outlier_score(X_new)                               # higher = less like the training rows
+    clf.predict(X_new, reject_rate=0.05)                   # -1 for the most unusual rows
+    clf.query(X_pool, n=10)                                # which rows to label next
     X_fake, y_fake = clf.sample(100)                       # rows in X's units
 
 ``X`` may also be a pandas DataFrame with numeric, bool, categorical and string columns, or
@@ -50,6 +53,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from flowgmm_jax import features as features_lib
+from flowgmm_jax import novelty
 from flowgmm_jax.features import CategoricalRows, StandardizedRows
 from flowgmm_jax.flowgmm import log_px
 from flowgmm_jax.labels import UNLABELED
@@ -418,6 +422,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     temperature_: T of ``predict_proba`` (1.0 unless ``calibration`` is set);
       ``calibration_`` the temperature fit's record (None without one).
     history_: the training log, a list of metric dicts (loss, NLLs, gradient norm).
+    outlier_reference_: {kind: sorted ``outlier_score`` of the reference rows} for each
+      kind of ``novelty.OUTLIER_SCORES``; ``reject_threshold`` takes its quantiles.
+      ``outlier_reference_rows_`` says which rows: "held_out" (the early-stopping rows,
+      never trained on) or "training" (no rows were held out, ``holdout_fraction=0`` or
+      fewer than 32 unlabelled rows: training rows look more familiar than new rows, so a
+      reject rate r then rejects more than r of new rows).
     n_iter_: number of optimiser steps taken (early stopping may end training before
       ``num_train_steps``; the parameters are those of the best held-out check).
 
@@ -719,6 +729,24 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     self.dequantize_widths_ = widths * scale
     self.history_ = [dict(h) for h in result.history]
     self.n_iter_ = self.model_.step
+    # The reject option's reference: the rows held out for early stopping (never trained
+    # on), else at most MAX_EARLY_STOPPING_ROWS training rows.
+    reference = split.early_stopping
+    self.outlier_reference_rows_ = "held_out"
+    if reference.size == 0:
+      from flowgmm_jax.data.rows import MAX_EARLY_STOPPING_ROWS, OUTLIER_REFERENCE
+      from flowgmm_jax.data.rows import rng as rows_rng
+      gen = rows_rng(config.seed, OUTLIER_REFERENCE)
+      reference = np.sort(gen.permutation(len(x_std))[:MAX_EARLY_STOPPING_ROWS])
+      self.outlier_reference_rows_ = "training"
+    if rows is None:
+      u_ref = StandardizedRows(x[reference], mean, scale, check_finite=False)
+    else:
+      u_ref = CategoricalRows(numeric[reference], codes[reference], rows.num_levels,
+                              rows.is_categorical, mean, scale)
+    density = self._density(u_ref)
+    self.outlier_reference_ = {kind: np.sort(self._outlier_scores(kind, density, check=False))
+                               for kind in novelty.OUTLIER_SCORES}
     return self
 
   @property
@@ -744,6 +772,67 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     return CategoricalRows(numeric, codes, [len(c) for c in encoder.categories],
                            encoder.is_categorical, self.feature_mean_, self.feature_scale_)
 
+  def _density(self, u) -> dict:
+    """One pass over standardised rows ``u``: {'log_px' [N] (as ``score_samples``),
+    'logits' [N, K] (uncalibrated), 'z' [N, D]}, float64."""
+    out = self.model_.outputs(u, preprocessed=True)
+    logits = out["logits"].astype(np.float64)
+    log_p = (log_px(logits, out["log_det"].astype(np.float64))
+             - float(np.sum(np.log(self.feature_scale_))))
+    if isinstance(u, CategoricalRows):
+      log_p = log_p + u.log_cell_correction()
+    return {"log_px": log_p, "logits": logits, "z": out["z"].astype(np.float64)}
+
+  def _outlier_scores(self, kind: str, density: dict, check: bool = True) -> np.ndarray:
+    reference = None
+    if kind == "typicality":
+      # The reference rows' log p(x) is -neg_log_px's sorted scores (any order will do).
+      reference = -self.outlier_reference_["neg_log_px"] if check else density["log_px"]
+    return novelty.outlier_scores(
+        kind, **density, means=self.model_.means().astype(np.float64),
+        scales=self.model_.scales().astype(np.float64),
+        temperature=self.__dict__.get("temperature_", 1.0), reference_log_px=reference)
+
+  def outlier_score(self, X, kind: str | None = None) -> np.ndarray:
+    """How unlike the training rows each row of ``X`` is, ``[N]``: higher = more unusual.
+
+    ``kind`` (default ``novelty.DEFAULT_OUTLIER_SCORE``): "neg_log_px" (-log p(x)),
+    "typicality" (|log p(x) - m| / s against the held-out training rows), "mahalanobis"
+    (latent distance to the nearest class mean) or "max_prob" (1 - max_k p(y | x));
+    ``flowgmm_jax/novelty.py`` gives the maths, docs/novelty.md the measurements and when
+    not to trust them.
+    """
+    kind = novelty.check_choice(kind or novelty.DEFAULT_OUTLIER_SCORE,
+                                novelty.OUTLIER_SCORES, "kind")
+    return self._outlier_scores(kind, self._density(self._standardized(X)))
+
+  def reject_threshold(self, reject_rate: float, kind: str | None = None) -> float:
+    """The ``outlier_score`` above which ``predict(X, reject_rate)`` rejects a row: the
+    ``1 - reject_rate`` quantile of the scores of training rows held out of training
+    (``outlier_reference_rows_`` says which)."""
+    check_is_fitted(self)
+    kind = novelty.check_choice(kind or novelty.DEFAULT_OUTLIER_SCORE,
+                                novelty.OUTLIER_SCORES, "kind")
+    return novelty.reject_threshold(self.outlier_reference_[kind], reject_rate)
+
+  def query(self, X, n: int, rule: str | None = None, random_state: int = 0) -> np.ndarray:
+    """Indices into ``X`` (unlabelled candidate rows) of the ``n`` rows to label next,
+    ``[n]`` int64, most useful first.
+
+    ``rule`` (default ``novelty.DEFAULT_QUERY_RULE``): "entropy" of p(y | x),
+    "density_entropy" (the entropy weighted by the rank of log p(x)), "latent_distance"
+    (farthest from every class mean) or "diverse" (k-means over density_entropy's top 10 n
+    rows in latent space, the best row of each cluster, so no two picks are near-duplicates);
+    ``flowgmm_jax/novelty.py`` gives the maths, docs/novelty.md the measurements.
+    """
+    rule = novelty.check_choice(rule or novelty.DEFAULT_QUERY_RULE, novelty.QUERY_RULES,
+                                "rule")
+    density = self._density(self._standardized(X))
+    return novelty.query_indices(
+        rule, n, **density, means=self.model_.means().astype(np.float64),
+        scales=self.model_.scales().astype(np.float64),
+        temperature=self.__dict__.get("temperature_", 1.0), seed=random_state)
+
   def _forward(self, X, u=None) -> tuple[np.ndarray, np.ndarray]:
     """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""
     if u is None:
@@ -767,10 +856,28 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     _, class_log_joint = self._forward(X)
     return scipy.special.softmax(class_log_joint / self.__dict__.get("temperature_", 1.0), axis=1)
 
-  def predict(self, X) -> np.ndarray:
-    """The most probable class value for each row, ``[N]`` (values from ``classes_``)."""
-    _, class_log_joint = self._forward(X)
-    return self.classes_[np.argmax(class_log_joint, axis=1)]
+  def predict(self, X, reject_rate: float | None = None, reject_label: Any = -1,
+              outlier_kind: str | None = None) -> np.ndarray:
+    """The most probable class value for each row, ``[N]`` (values from ``classes_``).
+
+    With ``reject_rate`` r in (0, 1), a row whose ``outlier_score`` (of ``outlier_kind``)
+    is above ``reject_threshold(r)`` gets ``reject_label`` instead: about r of new rows from
+    the training distribution, and more of the unfamiliar ones (docs/novelty.md).
+    """
+    if not reject_rate:
+      _, class_log_joint = self._forward(X)
+      return self.classes_[np.argmax(class_log_joint, axis=1)]
+    threshold = self.reject_threshold(reject_rate, outlier_kind)
+    kind = outlier_kind or novelty.DEFAULT_OUTLIER_SCORE
+    density = self._density(self._standardized(X))
+    predicted = self.classes_[np.argmax(density["logits"], axis=1)]
+    try:
+      dtype = np.result_type(predicted.dtype, np.asarray(reject_label).dtype)
+    except TypeError:  # e.g. string classes and an int reject label
+      dtype = object
+    out = predicted.astype(dtype)
+    out[self._outlier_scores(kind, density) > threshold] = reject_label
+    return out
 
   def score(self, X, y, sample_weight=None) -> float:
     """Accuracy of ``predict(X)`` on the rows whose label is not -1.

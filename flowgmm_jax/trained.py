@@ -39,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from flowgmm_jax import checkpoint as ckpt
 from flowgmm_jax import mesh as mesh_lib
-from flowgmm_jax import run_files
+from flowgmm_jax import novelty, run_files
 from flowgmm_jax.checkpoint import IncompatibleCheckpointError, RunNotFoundError  # noqa: F401
 from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.flowgmm import FlowGMM, bits_per_dim, log_px
@@ -246,6 +246,29 @@ class TrainedFlowGMM:
   def bits_per_dim(self, x, preprocessed: bool = False) -> np.ndarray:
     """-log p(x) / (D log 2), ``[N]``."""
     return bits_per_dim(-self.log_prob(x, preprocessed), self.num_dims)
+
+  def outlier_score(self, x, kind: str = novelty.DEFAULT_OUTLIER_SCORE, reference=None,
+                    preprocessed: bool = False) -> np.ndarray:
+    """How unlike the training data each row of ``x`` is, ``[N]``, higher = more unusual:
+    ``kind`` "neg_log_px" (-log p(x), the default), "typicality" (|log p(x) - m| / s, m and
+    s over ``reference``: rows of the training distribution the run did not train on,
+    required for this kind), "mahalanobis" (latent distance to the nearest class mean) or
+    "max_prob" (1 - max_k p(y | x)). ``flowgmm_jax/novelty.py`` gives the maths,
+    docs/novelty.md the measurements (MNIST against Fashion-MNIST) and when not to trust
+    them."""
+    novelty.check_choice(kind, novelty.OUTLIER_SCORES, "kind")
+    reference_log_px = None
+    if kind == "typicality":
+      if reference is None:
+        raise ValueError("kind='typicality' compares log p(x) with that of reference rows: "
+                         "pass reference= rows of the training distribution (e.g. a "
+                         "validation split).")
+      reference_log_px = self.log_prob(reference, preprocessed)
+    z, log_det, logits = self._outputs(
+        x, preprocessed, keep=(0, 1, 2) if kind == "mahalanobis" else (1, 2))
+    return novelty.outlier_scores(
+        kind, log_px=log_px(logits, log_det), logits=logits, z=z, means=self.means(),
+        scales=self.scales(), temperature=self.temperature, reference_log_px=reference_log_px)
 
   # -- latent space ------------------------------------------------------------------
 

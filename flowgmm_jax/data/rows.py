@@ -29,6 +29,7 @@ from flowgmm_jax.data.splits import labeled_unlabeled_split, split_with_given_un
 # codes are arbitrary constants; early stopping's 7 keeps the held-out rows (and so the
 # fitted models) of the versions before this rule.
 LABELS, CALIBRATION, CALIBRATION_FOLDS, EVALUATION, EARLY_STOPPING = 0, 2, 3, 4, 7
+OUTLIER_REFERENCE = 8  # the estimator's reject-option rows when none are held out
 # The evaluation rows of data.validation_examples do not move with config.seed, so that
 # runs of several seeds are compared on the same rows.
 EVALUATION_SEED = 0

@@ -1,0 +1,299 @@
+"""What only a density can do, measured: unfamiliar rows and the rows to label next.
+
+    python -m benchmarks.novelty heldout                          # a held-out class per table
+    python -m benchmarks.novelty images --workdir=/tmp/mnist_cpu  # MNIST -> Fashion-MNIST
+    python -m benchmarks.novelty query --validation               # choose the query rule
+    python -m benchmarks.novelty query                            # the rule against random
+    python -m benchmarks.novelty figure                           # docs/figures/label_efficiency.png
+
+``heldout``: on each table of ``ssl_suite`` (both panels) with 3 or more classes, for each
+seed, ``--classes-per-seed`` classes (with at least 5 test rows) are drawn; for each, its rows
+leave the training split of ``ssl_suite.make_split`` (10 labels per remaining class, the rest
+unlabelled), ``FlowGMMClassifier(random_state=seed)`` is fitted, and each outlier score's
+AUROC tells the class's test rows from the other classes' test rows. Baselines on the same
+training rows, standardised: ``IsolationForest`` and ``LocalOutlierFactor(novelty=True)``.
+Binary tables are skipped: without a class, one class is left, and a classifier needs two.
+Also reported: the rows ``predict(X, reject_rate=0.05)`` rejects, of the held-out class and
+of the others.
+
+``images``: a trained image run (``configs/mnist.py:cpu``) scores the last 5,000 MNIST test
+images against the 10,000 Fashion-MNIST test images (Debian package
+``dataset-fashion-mnist``, ``/usr/share/datasets/fashion-mnist``); the first 5,000 MNIST
+test images are typicality's reference rows. Baseline: ``IsolationForest`` on the pixels of
+the MNIST training images.
+
+``query``: from 10 labels per class, ``--rounds`` rounds each add 10 labels per class,
+chosen by ``FlowGMMClassifier.query`` (one rule per ``--rules`` entry, ``random`` for random
+rows) among the unlabelled training rows, and the model is refitted; accuracy on the
+evaluation rows after each round. Baseline: uncertainty sampling (least max-probability)
+around ``SelfTrainingClassifier(LogisticRegression)``, and random rows for it too.
+``--validation`` scores on a split of the training rows (``ssl_suite.make_split``), for
+choosing the rule.
+
+Results: ``benchmarks/results/novelty_{heldout,images,query}.json`` (``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+from benchmarks import ssl_suite  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+MIN_TEST_ROWS = 5
+REJECT_RATE = 0.05
+LABELS_PER_ROUND = 10
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+  from sklearn.metrics import roc_auc_score
+  return float(roc_auc_score(positive.astype(int), scores))
+
+
+def baseline_scores(x_train: np.ndarray, x_eval: np.ndarray, seed: int) -> dict:
+  """IsolationForest and LocalOutlierFactor outlier scores (higher = more unusual)."""
+  from sklearn.ensemble import IsolationForest
+  from sklearn.neighbors import LocalOutlierFactor
+  from sklearn.preprocessing import StandardScaler
+  scaler = StandardScaler().fit(x_train)
+  a, b = scaler.transform(x_train), scaler.transform(x_eval)
+  forest = IsolationForest(random_state=seed, n_jobs=1).fit(a)
+  lof = LocalOutlierFactor(novelty=True).fit(a)
+  return {"isolation_forest": -forest.score_samples(b), "local_outlier_factor":
+          -lof.score_samples(b)}
+
+
+def heldout(args) -> dict:
+  from flowgmm_jax import FlowGMMClassifier, novelty
+  results = {}
+  for table in args.tables:
+    x, y = ssl_suite.load_table(table)
+    if np.unique(y).size < 3:
+      results[table] = {"skipped": "binary: one class would be left"}
+      continue
+    runs = []
+    for seed in args.seeds:
+      x_tr, _, y_tr, x_te, y_te = ssl_suite.make_split(x, y, seed, ssl_suite.LABELS_PER_CLASS,
+                                                       validation=False)
+      eligible = [c for c in np.unique(y_tr) if (y_te == c).sum() >= MIN_TEST_ROWS]
+      gen = np.random.default_rng((seed, 34))
+      for c in gen.permutation(eligible)[:args.classes_per_seed]:
+        keep, novel = y_tr != c, y_te == c
+        y_semi = ssl_suite.semi_supervised_labels(y_tr[keep], seed, ssl_suite.LABELS_PER_CLASS)
+        start = time.perf_counter()
+        clf = FlowGMMClassifier(random_state=seed).fit(x_tr[keep], y_semi)
+        run = {"seed": seed, "held_out_class": int(c), "novel_rows": int(novel.sum()),
+               "fit_seconds": time.perf_counter() - start}
+        for kind in novelty.OUTLIER_SCORES:
+          run[kind] = auroc(clf.outlier_score(x_te, kind), novel)
+        for name, s in baseline_scores(x_tr[keep], x_te, seed).items():
+          run[name] = auroc(s, novel)
+        rejected = clf.predict(x_te, reject_rate=REJECT_RATE) == -1
+        run["rejected_novel"] = float(rejected[novel].mean())
+        run["rejected_known"] = float(rejected[~novel].mean())
+        run["accuracy_known"] = float((clf.predict(x_te[~novel]) == y_te[~novel]).mean())
+        runs.append(run)
+        print(table, json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                 for k, v in run.items()}), flush=True)
+    results[table] = {"runs": runs}
+  return results
+
+
+def load_images(directory: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+  from flowgmm_jax.data.images import load_mnist
+  d = load_mnist(directory)
+  return (d.x_train, d.y_train) if split == "train" else (d.x_test, d.y_test)
+
+
+def images(args) -> dict:
+  import flowgmm_jax
+  from flowgmm_jax import novelty
+  from flowgmm_jax.data.dataset import default_data_dir
+  if not Path(FASHION_DIR).is_dir():
+    raise SystemExit(f"no Fashion-MNIST at {FASHION_DIR}: apt-get install dataset-fashion-mnist")
+  model = flowgmm_jax.load(args.workdir)
+  mnist, mnist_y = load_images(str(Path(default_data_dir()) / "mnist"), "test")
+  fashion, _ = load_images(FASHION_DIR, "test")
+  reference, known = mnist[:5000], mnist[5000:]
+  x = np.concatenate([known, fashion])
+  novel = np.r_[np.zeros(len(known), bool), np.ones(len(fashion), bool)]
+  out = {"workdir": args.workdir, "step": model.step, "known_rows": len(known),
+         "novel_rows": len(fashion),
+         "accuracy_known": float((model.predict(known) == mnist_y[5000:]).mean())}
+  for kind in novelty.OUTLIER_SCORES:
+    scores = model.outlier_score(x, kind, reference=reference)
+    out[kind] = auroc(scores, novel)
+    if kind == "neg_log_px":  # bits/dim of each set, to say which way log p(x) errs
+      bpd = scores / (model.num_dims * np.log(2))
+      out["bits_per_dim_known"] = float(np.mean(bpd[~novel]))
+      out["bits_per_dim_novel"] = float(np.mean(bpd[novel]))
+  train, _ = load_images(str(Path(default_data_dir()) / "mnist"), "train")
+  flat = lambda a: a.reshape(len(a), -1).astype(np.float32)  # noqa: E731
+  from sklearn.ensemble import IsolationForest
+  forest = IsolationForest(random_state=0, n_jobs=1).fit(flat(train[:20000]))
+  out["isolation_forest"] = auroc(-forest.score_samples(flat(x)), novel)
+  print(json.dumps(out, indent=1))
+  return out
+
+
+def fit_flowgmm(x, y_semi, seed):
+  from flowgmm_jax import FlowGMMClassifier
+  return FlowGMMClassifier(random_state=seed).fit(x, y_semi)
+
+
+def self_training(x, y_semi, seed):
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  from sklearn.semi_supervised import SelfTrainingClassifier
+  return make_pipeline(StandardScaler(), SelfTrainingClassifier(
+      LogisticRegression(max_iter=1000), threshold=0.9)).fit(x, y_semi)
+
+
+def pick(rule: str, model, x_pool: np.ndarray, n: int, seed: int) -> np.ndarray:
+  """Indices into ``x_pool`` of the next ``n`` rows to label."""
+  if rule == "random":
+    return np.random.default_rng(seed).permutation(len(x_pool))[:n]
+  if rule == "least_confident":  # the baseline's uncertainty sampling
+    return np.argsort(model.predict_proba(x_pool).max(axis=1), kind="stable")[:n]
+  return model.query(x_pool, n, rule=rule, random_state=seed)
+
+
+def query(args) -> dict:
+  results = {}
+  for table in args.tables:
+    x, y = ssl_suite.load_table(table)
+    curves = []
+    for seed in args.seeds:
+      x_tr, y_semi0, y_tr, x_ev, y_ev = ssl_suite.make_split(
+          x, y, seed, ssl_suite.LABELS_PER_CLASS, validation=args.validation)
+      num_classes = np.unique(y_tr).size
+      first = {}
+      for method, rules in (("flowgmm", args.rules), ("selftraining", args.baseline_rules)):
+        fit = fit_flowgmm if method == "flowgmm" else self_training
+        model0 = fit(x_tr, y_semi0, seed)
+        first[method] = float((model0.predict(x_ev) == y_ev).mean())
+        for rule in rules:
+          y_semi, model, acc = y_semi0.copy(), model0, [first[method]]
+          for r in range(args.rounds):
+            pool = np.flatnonzero(y_semi < 0)
+            n = min(LABELS_PER_ROUND * num_classes, len(pool))
+            chosen = pool[pick(rule, model, x_tr[pool], n, seed * 100 + r)]
+            y_semi[chosen] = y_tr[chosen]
+            model = fit(x_tr, y_semi, seed)
+            acc.append(float((model.predict(x_ev) == y_ev).mean()))
+          curves.append({"seed": seed, "method": method, "rule": rule, "accuracy": acc})
+          print(table, seed, method, rule, np.round(acc, 3).tolist(), flush=True)
+    results[table] = {"curves": curves}
+  return results
+
+
+def summary_heldout(results: dict) -> dict:
+  from flowgmm_jax import novelty
+  kinds = (*novelty.OUTLIER_SCORES, "isolation_forest", "local_outlier_factor",
+           "rejected_novel", "rejected_known")
+  table_means = {}
+  for table, r in results.items():
+    if "runs" in r and r["runs"]:
+      table_means[table] = {k: [float(np.mean([run[k] for run in r["runs"]])),
+                                float(np.std([run[k] for run in r["runs"]]))] for k in kinds}
+  return {"per_table": table_means, "mean_over_tables": {
+      k: float(np.mean([m[k][0] for m in table_means.values()])) for k in kinds}}
+
+
+def summary_query(results: dict) -> dict:
+  """Mean accuracy per (method, rule, round) over seeds, per table and over tables; and, per
+  table, the labels per class at which each rule first matches random's accuracy at the
+  last round."""
+  per_table, matches = {}, {}
+  for table, r in results.items():
+    groups = {}
+    for c in r["curves"]:
+      groups.setdefault(f"{c['method']}/{c['rule']}", []).append(c["accuracy"])
+    means = {k: np.mean(v, axis=0).tolist() for k, v in groups.items()}
+    per_table[table] = means
+    target = means.get("flowgmm/random", [None])[-1]
+    if target is not None:
+      for k, curve in means.items():
+        if k.startswith("flowgmm/"):
+          hit = [i for i, a in enumerate(curve) if a >= target - 1e-9]
+          matches.setdefault(k, {})[table] = LABELS_PER_ROUND * (1 + hit[0]) if hit else None
+  keys = sorted({k for m in per_table.values() for k in m})
+  mean = {k: np.mean([m[k] for m in per_table.values() if k in m], axis=0).tolist()
+          for k in keys}
+  return {"per_table": per_table, "mean_over_tables": mean,
+          "labels_per_class_to_match_random_at_last_round": matches}
+
+
+def figure(path: Path, output: Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  report = json.loads(path.read_text())
+  mean = report["summary"]["mean_over_tables"]
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for key, curve in sorted(mean.items()):
+    lpc = LABELS_PER_ROUND * (1 + np.arange(len(curve)))
+    ax.plot(lpc, 100 * np.asarray(curve), marker="o", label=key.replace("/", ": "),
+            linestyle="-" if key.startswith("flowgmm") else "--")
+  ax.set_xlabel("labels per class")
+  ax.set_ylabel("accuracy, mean over tables (%)")
+  ax.set_title(f"Label efficiency ({len(report['results'])} tables, seeds "
+               f"{report['seeds'][0]}-{report['seeds'][-1]})", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  output.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(output, dpi=120)
+  print(f"wrote {output}")
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("what", choices=("heldout", "images", "query", "figure"))
+  parser.add_argument("--tables", default=None, help="comma-separated; default: both panels")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--classes-per-seed", type=int, default=3)
+  parser.add_argument("--workdir", default="/tmp/mnist_cpu")
+  parser.add_argument("--rules", default="diverse,random")
+  parser.add_argument("--baseline-rules", default="least_confident,random")
+  parser.add_argument("--rounds", type=int, default=4)
+  parser.add_argument("--validation", action="store_true")
+  parser.add_argument("--output", default=None)
+  args = parser.parse_args(argv)
+  args.seeds = [int(s) for s in args.seeds.split(",")]
+  args.tables = (args.tables.split(",") if args.tables else list(ssl_suite.ALL_TABLES))
+  args.rules = [r for r in args.rules.split(",") if r]
+  args.baseline_rules = [r for r in args.baseline_rules.split(",") if r]
+  suffix = "_validation" if args.validation else ""
+  default = RESULTS / f"novelty_{'query' if args.what == 'figure' else args.what}{suffix}.json"
+  output = Path(args.output) if args.output else default
+  if args.what == "figure":
+    figure(output, REPO / "docs" / "figures" / "label_efficiency.png")
+    return {}
+  results = {"heldout": heldout, "images": images, "query": query}[args.what](args)
+  report = {"provenance": provenance(argv), "seeds": args.seeds, "results": results}
+  if args.what == "heldout":
+    report["summary"] = summary_heldout(results)
+  elif args.what == "query":
+    report["summary"] = summary_query(results)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_text(json.dumps(report, indent=1) + "\n")
+  print(json.dumps(report.get("summary", {}), indent=1)[:3000])
+  return report
+
+
+if __name__ == "__main__":
+  main()
