@@ -124,7 +124,7 @@ def query_scores(rule: str, *, log_px: np.ndarray, logits: np.ndarray, z=None, m
   h = entropy(class_probs(logits, temperature))
   if rule == "entropy":
     return h
-  ranks = scipy.stats.rankdata(np.asarray(log_px, np.float64)) / len(h)
+  ranks = scipy.stats.rankdata(np.asarray(log_px, np.float64), method="max") / len(h)
   return h * ranks
 
 

@@ -20,33 +20,13 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
+from tiny import OFFSET, TINY, UNITS, gaussian_table
 
 from flowgmm_jax.data import make_moons
 from flowgmm_jax.estimator import FlowGMMClassifier
 from flowgmm_jax.models import TabularFlow
 
 REPO = Path(__file__).resolve().parents[1]
-
-# A tiny flow: every fit below compiles in a few seconds and trains in well under one.
-# labeled_batch_size 4 keeps batch shapes equal across cross-validation folds.
-TINY = dict(num_coupling_layers=2, hidden_dim=16, hidden_layers=1, num_train_steps=80,
-            labeled_batch_size=4, unlabeled_batch_size=32, learning_rate=3e-3)
-OFFSET = np.array([5.0, -3.0, 100.0])
-UNITS = np.array([10.0, 0.1, 3.0])
-
-
-def gaussian_table(n=240, seed=0):
-  """Two Gaussian classes in 3 features with very different units; 5 labels per class.
-
-  Returns (X [n, 3], y_semi [n] with -1 on all but 10 rows, y_true [n]).
-  """
-  rng = np.random.default_rng(seed)
-  y_true = np.arange(n) % 2
-  x = rng.normal(size=(n, 3)) + 3.0 * y_true[:, None]
-  y_semi = np.full(n, -1)
-  y_semi[:10] = y_true[:10]
-  return x * UNITS + OFFSET, y_semi, y_true
-
 
 @pytest.fixture(scope="module")
 def table():
@@ -341,7 +321,8 @@ def test_a_pickle_of_another_parameter_layout_is_refused_in_one_line(fitted):
 
 @pytest.mark.parametrize(("method", "args"), [
     ("predict", ()), ("predict_proba", ()), ("predict_log_proba", ()),
-    ("score_samples", ()), ("score", (np.zeros(3),)), ("sample", None)])
+    ("score_samples", ()), ("score", (np.zeros(3),)), ("sample", None),
+    ("outlier_score", ()), ("query", (2,))])
 def test_using_an_unfitted_estimator_raises_not_fitted_error(method, args):
   est = FlowGMMClassifier()
   call = ((lambda: getattr(est, method)(5)) if args is None

@@ -1,4 +1,5 @@
-"""The tests' shared tiny configs: a two-coupling tabular flow and the toy CLI's smoke run.
+"""The tests' shared tiny configs: a two-coupling tabular flow, the toy CLI's smoke run and
+the estimator's tiny flow with its two-class table.
 
 Imported by the test files (pytest puts tests/ on sys.path); not a test module itself.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from flowgmm_jax.training import base_config
 
@@ -61,3 +64,24 @@ def wait_all(procs, timeout: float = 600) -> None:
       if p.poll() is None:
         p.kill()
         p.wait()
+
+
+# FlowGMMClassifier's tiny flow: each fit compiles in a few seconds and trains in well under
+# one. labeled_batch_size 4 keeps batch shapes equal across cross-validation folds.
+TINY = dict(num_coupling_layers=2, hidden_dim=16, hidden_layers=1, num_train_steps=80,
+            labeled_batch_size=4, unlabeled_batch_size=32, learning_rate=3e-3)
+OFFSET = np.array([5.0, -3.0, 100.0])
+UNITS = np.array([10.0, 0.1, 3.0])
+
+
+def gaussian_table(n=240, seed=0):
+  """Two Gaussian classes in 3 features with very different units; 5 labels per class.
+
+  Returns (X [n, 3], y_semi [n] with -1 on all but 10 rows, y_true [n]).
+  """
+  rng = np.random.default_rng(seed)
+  y_true = np.arange(n) % 2
+  x = rng.normal(size=(n, 3)) + 3.0 * y_true[:, None]
+  y_semi = np.full(n, -1)
+  y_semi[:10] = y_true[:10]
+  return x * UNITS + OFFSET, y_semi, y_true
