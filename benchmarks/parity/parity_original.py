@@ -616,66 +616,61 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
+  """The figure: a row of six panels (``PANELS``) per recipe group, mean ± sd over seeds."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  groups = [("original", ("original", "original_zero_init", "original_same_init")),
-            ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",)),
-            ("cpu_schedule", ("cpu_schedule",))]
-  groups = [(g, names) for g, names in groups
-            if any(r["recipe"] in names for r in results["runs"].values())]
+  runs = results["runs"]
+  groups = [(g, names) for g, names in (
+      ("original", ("original", "original_zero_init", "original_same_init")),
+      ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",)),
+      ("cpu_schedule", ("cpu_schedule",))) if any(r["recipe"] in names for r in runs.values())]
   if not groups:
     return
   fig = plt.figure(figsize=(15, 7.5 * len(groups)), layout="constrained")
-  subfigs = fig.subfigures(len(groups), 1, squeeze=False)[:, 0]
-  for subfig, (group, names) in zip(subfigs, groups, strict=False):
+  titles = {"original": "README MNIST recipe",
+            "cpu_label_weight_3": "the :cpu recipe at a constant rate at the README label weight",
+            "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
+  for subfig, (group, names) in zip(fig.subfigures(len(groups), 1, squeeze=False)[:, 0],
+                                    groups, strict=True):
     r = recipe(group)
-    seeds = sorted({run["seed"] for run in results["runs"].values() if run["recipe"] == group})
-    title = {"original": "README MNIST recipe",
-             "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
+    seeds = sorted({run["seed"] for run in runs.values() if run["recipe"] == group})
     subfig.suptitle(
-        f"{title.get(group, 'the :cpu recipe at a constant rate')}"
-        f"{' at the README label weight' if group == 'cpu_label_weight_3' else ''}: lr "
+        f"{titles.get(group, 'the :cpu recipe at a constant rate')}: lr "
         f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
         f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
         f"{','.join(map(str, seeds))}", fontsize=12, fontweight="bold")
-    axes = subfig.subplots(2, 3)
-    for pi, (grp, key, label, scale, unit) in enumerate(PANELS):
-      ax = axes[pi // 3, pi % 3]
+    axes = subfig.subplots(2, 3).ravel()
+    for ax, (grp, key, label, scale, unit) in zip(axes, PANELS, strict=True):
+      lines = []  # (curve, label, line style, colour)
       for name in names:
         for side in ("original", "ours"):
-          cv = curves(results, name, side, grp, key)
-          if cv is None:
-            continue
-          lab, color, ls = _style(name, side)
-          variants = [(cv, lab, ls, color)]
+          lines.append((curves(results, name, side, grp, key), *_style(name, side)))
           if side == "original" and grp == "test":
-            mid = curves(results, name, side, grp, key + "_midpoint")
-            if mid is not None:
-              variants.append((mid, "original, midpoint dequantisation as ours", ":",
-                               "tab:green"))
-          for (steps, mean, std, n), lab, ls, color in variants:
-            ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
-                    label=f"{lab} (n={max(n)})")
-            if max(n) > 1:
-              ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale,
-                              color=color, alpha=0.2)
-        if name == "original_same_init":
-          # The same-init run's counterpart: the original's run of the same seed.
-          for sd in sorted({run["seed"] for run in results["runs"].values()
-                            if run["recipe"] == name}):
-            mine = {k: v for k, v in results["runs"].items()
-                    if v["recipe"] == "original" and v["side"] == "original" and v["seed"] == sd}
-            k_ = key + "_midpoint" if grp == "test" else key
-            cv = curves({"runs": mine}, "original", "original", grp, k_)
-            if cv is not None:
-              ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8,
-                      label=f"original seed {sd} (those tensors{', midpoint' if grp == 'test' else ''})")
-      ax.set_title(label, fontsize=10)
-      ax.set_xlabel("training step")
-      ax.set_ylabel(unit)
+            lines.append((curves(results, name, side, grp, key + "_midpoint"),
+                          "original, midpoint dequantisation as ours", "tab:green", ":"))
+      for cv, lab, color, ls in lines:
+        if cv is not None:
+          steps, mean, std, n = cv
+          ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
+                  label=f"{lab} (n={max(n)})")
+          if max(n) > 1:
+            ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
+                            alpha=0.2)
+      for seed in (seeds if "original_same_init" in names else ()):
+        # The same-init runs' counterpart: the original's run of the same seed.
+        same = {k: v for k, v in runs.items() if v["recipe"] == "original"
+                and v["side"] == "original" and v["seed"] == seed}
+        cv = curves({"runs": same}, "original", "original", grp,
+                    key + "_midpoint" if grp == "test" else key)
+        if cv is not None and any(v["recipe"] == "original_same_init" and v["seed"] == seed
+                                  for v in runs.values()):
+          ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8, label=(
+              f"original seed {seed} (those tensors{', midpoint' if grp == 'test' else ''})"))
+      ax.set(title=label, xlabel="training step", ylabel=unit)
+      ax.title.set_fontsize(10)
       ax.grid(alpha=0.3)
-      if pi in (0, 2):
+      if key in ("accuracy", "labeled_accuracy"):
         ax.legend(fontsize=8)
   fig.suptitle("FlowGMM-cons on MNIST, 1,000 labels: the original PyTorch code vs ours, "
                "RealNVP 2 scales x 1 block x 16 channels\nmean ± sd over seeds; training "
