@@ -128,7 +128,9 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4,
   xp = F.pad(x, (padding,) * 4)
   oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
   ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
-  mirror = (torch.rand(b, generator=gen) < 0.5) & flip
+  mirror = torch.rand(b, generator=gen) < 0.5
+  if not flip:
+    mirror = torch.zeros_like(mirror)
   rows = oy[:, None] + torch.arange(h)
   cols = ox[:, None] + torch.arange(w)
   cols = torch.where(mirror[:, None], cols.flip(1), cols)

@@ -280,7 +280,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
     # (the original adds that term in FlowLoss instead).
     values["log_det"] -= NUM_DIMS * math.log(256.0)
     per_step[step + 1] = values
-    times.append(time.perf_counter() - ts)  # the first: the first step's time from t0
+    times.append(time.perf_counter() - ts)  # [0]: the first step; step_s: the median of the rest
     if (step + 1) % eval_every == 0 or step + 1 == steps:
       tests[step + 1] = {}
       for how, suffix in (("noise", ""), ("midpoint", "_midpoint")):
