@@ -6,56 +6,40 @@
     python -m benchmarks.bench_fit --rows=1000000 --features=50 \
         --methods=flowgmm,selftraining,labelspreading --json big.json   # a large table
 
-Each fit is timed end to end, as a user sees it. The first fit of a process compiles the
-model's programs; later fits of the same shapes and settings in the same process reuse
-them (the cache in ``training/programs.py``), so the first fit and the refits are reported
-apart: the second fit, its ratio to the first, and the median of the refits. Also printed:
-the optimiser steps taken (``n_iter_``), the wall time per step, and the machine's load
-average when the run started (other work on the machine makes every time longer).
-  * table20: 1,000 rows x 20 features, two Gaussian classes 1.5 apart in every feature,
-    10 labels per class (the rest -1), seed 0.
-  * moons: ``make_moons`` 1,000 rows, 5 labels per class (the rest -1), seed 0.
-  * letter: the offline UCI letter table (``$FLOWGMM_DATA_DIR``), 10 labels per class.
+Default: each table's first fit (it compiles the model's programs) and ``--repeats`` refits
+in the same process (they reuse them, ``training/programs.py``), end to end, with the steps
+taken (``n_iter_``) and the time per step. table20: 1,000 rows x 20 features, two Gaussian
+classes 1.5 apart in every feature, 10 labels per class; moons: ``make_moons``, 1,000 rows,
+5 labels per class; letter: the offline UCI letter table, 10 labels per class.
 
-``--new-process`` times the README example (README.md, "Your own table": ``make_moons``, 1,000
-rows, 5 labels per class, ``FlowGMMClassifier(random_state=0).fit``) as a new user runs it,
-each in a new Python process, ``--repeats`` times: a first process with an empty compilation
-cache (a fresh temporary directory, ``$FLOWGMM_COMPILATION_CACHE``), then a second new process
-with the cache the first one left (the estimator's default cache, flowgmm_jax/compile_cache.py,
-pointed at that directory), after a process with the cache off (``=off``) for reference. Each child reports its imports, its ``fit`` and its ``score``, the
-XLA compiles it ran (count and seconds, ``/jax/core/compile/backend_compile_duration``, which
-includes loading from the cache) and its cache hits; the parent adds the process's wall time
-and the load average around each run.
+``--new-process``: the README example's fit (two moons, 5 labels per class) in new Python
+processes, ``--repeats`` times each: with the compilation cache off, with an empty cache,
+and with the cache the previous process left; each child reports its imports, fit, score,
+XLA compiles (count and seconds, loading from the cache included) and cache hits.
 
-``--rows=N --features=D`` times one fit per method instead, on a synthetic table
-(``synthetic_table``: ``--classes`` Gaussian classes, 10 labels per class, every other row
-unlabelled), each in a child process of its own so that its memory is its own:
-  * wall time of ``fit`` (data generation excluded), and accuracy on 10,000 fresh rows;
-  * memory: the child's resident set after the data exist (``data MiB``), its peak
-    (``resource.getrusage``'s ru_maxrss) and their difference, the memory the fit itself
-    needed beyond the data (``fit MiB``);
-  * methods: ``flowgmm`` (``FlowGMMClassifier()``), and the suite's baselines
-    ``selftraining`` (SelfTraining(LogisticRegression(), threshold=0.9)) and
-    ``labelspreading`` (LabelSpreading(knn, k=10)) on standardised rows. A child that runs
-    past ``--timeout`` seconds is stopped, and one that fails (the baselines run under a
-    ``--baseline-memory-gb`` address-space limit, so that a baseline that would exhaust
-    the machine fails alone) is reported with its last error line.
+``--rows=N --features=D``: one fit per method (``flowgmm``, and the suite's ``selftraining``
+and ``labelspreading`` on standardised rows) on ``synthetic_table``, each in a child process
+of its own: the fit's wall time, accuracy on ``TEST_ROWS`` fresh rows, and memory (the
+resident set after the data exist, the peak, and their difference: what the fit needed). A
+child past ``--timeout`` is stopped, and the baselines run under a ``--baseline-memory-gb``
+address-space limit so that one that would exhaust the machine fails alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
+
+from benchmarks.provenance import REPO, provenance, write_json
 
 # JAX and the library are imported where a FlowGMM fit needs them: the baselines' child
 # processes of --rows never load them.
@@ -130,21 +114,16 @@ def _child(method: str, rows: int, features: int, classes: int, memory_gb: float
     from flowgmm_jax import FlowGMMClassifier
     model = FlowGMMClassifier(random_state=0).fit(x, y)
     predict, steps = model.predict, int(model.n_iter_)
-  else:
+  else:  # the suite's baselines, as it fits them
     import warnings
 
-    from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-    from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+
+    from benchmarks.ssl_suite import baseline
     scaler = StandardScaler().fit(x)
-    xs = scaler.transform(x)
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      if method == "selftraining":
-        model = SelfTrainingClassifier(LogisticRegression(max_iter=1000), threshold=0.9)
-      else:
-        model = LabelSpreading(kernel="knn", n_neighbors=10)
-      model.fit(xs, y)
+      model = baseline(method, 0)[0].fit(scaler.transform(x), y)
     predict, steps = (lambda a: model.predict(scaler.transform(a))), None
   seconds = time.perf_counter() - start
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -195,11 +174,9 @@ def _child_readme_fit() -> dict:
 
 
 def new_process_fits(repeats: int) -> dict:
-  """``repeats`` pairs of new processes (empty cache, then the cache the first left)."""
-  import tempfile
+  """``repeats`` triples of new processes: cache off, an empty cache, the cache just left."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
          and k != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
-  cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   runs = []
   print("| repeat | process | cache | fit (s) | fit CPU (s) | process (s) | compiles | "
         "compile (s) | trace + lower (s) | cache hits | load before |")
@@ -209,9 +186,10 @@ def new_process_fits(repeats: int) -> dict:
       for which in ("off", "first", "second"):
         load = os.getloadavg()
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_fit", "--child",
-                               "readme"], capture_output=True, text=True, cwd=cwd,
-                              env={**env, "FLOWGMM_COMPILATION_CACHE": "off" if which == "off" else cache})
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_fit", "--child", "readme"],
+            capture_output=True, text=True, cwd=REPO,
+            env={**env, "FLOWGMM_COMPILATION_CACHE": "off" if which == "off" else cache})
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
           raise RuntimeError(f"the {which} process failed: {proc.stderr.strip()[-2000:]}")
@@ -227,17 +205,17 @@ def new_process_fits(repeats: int) -> dict:
               f"{row['fit_cache_hits']} | {load[0]:.2f} |", flush=True)
   summary = {}
   for which in ("off", "first", "second"):
-    fits = [r["fit_s"] for r in runs if r["process"] == which]
-    procs = [r["process_s"] for r in runs if r["process"] == which]
-    summary[which] = {"fit_s_mean": statistics.mean(fits),
-                      "fit_s_std": statistics.stdev(fits) if len(fits) > 1 else 0.0,
-                      "process_s_mean": statistics.mean(procs),
-                      "process_s_std": statistics.stdev(procs) if len(procs) > 1 else 0.0}
+    for key in ("fit_s", "process_s"):
+      v = [r[key] for r in runs if r["process"] == which]
+      summary.setdefault(which, {}).update({
+          f"{key}_mean": statistics.mean(v),
+          f"{key}_std": statistics.stdev(v) if len(v) > 1 else 0.0})
   ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(runs[1::3], runs[2::3], strict=False)]
   summary["second_over_first_mean"] = statistics.mean(ratios)
   f, g, o = summary["first"], summary["second"], summary["off"]
-  print(f"cache off: fit {o['fit_s_mean']:.2f} +- {o['fit_s_std']:.2f} s; first new process: fit {f['fit_s_mean']:.2f} +- {f['fit_s_std']:.2f} s; second "
-        f"(warm cache): {g['fit_s_mean']:.2f} +- {g['fit_s_std']:.2f} s; second / first "
+  print(f"cache off: fit {o['fit_s_mean']:.2f} +- {o['fit_s_std']:.2f} s; first new process: "
+        f"fit {f['fit_s_mean']:.2f} +- {f['fit_s_std']:.2f} s; second (warm cache): "
+        f"{g['fit_s_mean']:.2f} +- {g['fit_s_std']:.2f} s; second / first "
         f"{summary['second_over_first_mean']:.0%}")
   return {"runs": runs, "summary": summary}
 
@@ -255,7 +233,7 @@ def large_table(args) -> list:
     start = time.perf_counter()
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=REPO)
       lines = proc.stdout.strip().splitlines()
       if proc.returncode == 0 and lines:
         row = json.loads(lines[-1])
@@ -290,12 +268,9 @@ def markdown(results: dict) -> str:
 
 
 def _write_json(path, argv, **fields) -> None:
-  """``fields`` with the run's provenance (command, commit, date, machine) to ``path``
-  (nothing when ``path`` is empty)."""
+  """``fields`` with the run's provenance to ``path`` (nothing when ``path`` is empty)."""
   if path:
-    from benchmarks.provenance import provenance
-    with open(path, "w") as f:
-      json.dump({"provenance": provenance(argv), **fields}, f, indent=1)
+    write_json(path, {"provenance": provenance(argv), **fields})
 
 
 def main(argv=None):
@@ -321,10 +296,10 @@ def main(argv=None):
   if args.child == "readme":
     print(json.dumps(_child_readme_fit()))
     return None
+  if args.repeats < 1:
+    parser.error("--repeats must be at least 1")
   if args.new_process:
-    if args.repeats < 1:
-      parser.error("--repeats must be at least 1")
-    import jax
+    import jax  # noqa: F401 - the provenance records its version and devices
     results = new_process_fits(args.repeats)
     _write_json(args.json, argv, repeats=args.repeats, **results)
     return results
@@ -347,16 +322,11 @@ def main(argv=None):
   unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
   if unknown:
     parser.error(f"unknown --datasets {unknown}; choose from {', '.join(DATASETS)}")
-  if args.repeats < 1:
-    parser.error("--repeats must be at least 1")
-  load = os.getloadavg()[0]
-  import jax
-
   from flowgmm_jax import FlowGMMClassifier
-  header = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, jax {jax.__version__}, "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"load average {load:.2f}")
-  print(header)
+  made = provenance(argv)  # before the fits: its load average is the one they started in
+  m = made["machine"]
+  print(f"{made['date']}, jax {m['jax']}, {m['cpu']}, {m['cores']} cores, load average "
+        f"{m['load_average_1min']:.2f}")
   print("| dataset | rows | first fit (s) | second fit (s) | second / first | median refit (s) "
         "| steps | ms / step |")
   print("|---|---|---|---|---|---|---|---|")
@@ -377,8 +347,8 @@ def main(argv=None):
     print(f"| {name} | {len(x)} | {times[0]:.1f} | {times[1]:.2f} | "
           f"{row['second_over_first']:.0%} | {med:.2f} | {steps[-1]} | "
           f"{row['ms_per_step']:.2f} |", flush=True)
-  _write_json(args.json, argv, header=header, load_average=load, repeats=args.repeats,
-              rows=rows)
+  if args.json:
+    write_json(args.json, {"provenance": made, "repeats": args.repeats, "rows": rows})
   return rows
 
 

@@ -4,32 +4,18 @@
     python -m benchmarks.bench_steps --original=/path/to/flowgmm    # + the original, ratios
     python -m benchmarks.bench_steps --only=toy,text --repeats=20 --json out.json
 
-Ours: the library's real jitted, data-parallel train step
-(``flowgmm_jax.training.step.make_train_step``) on random data of the paper's shapes, compiled
-ahead of time (the first-step column is compile + one step); the time is the median over
-``--repeats`` steps, each ended by ``block_until_ready``. FLOPs are counted on the step's
-jaxpr (benchmarks/jaxpr_stats.py: a scan body times its length), per device under
-``shard_map``, times the number of devices.
-
-``--original=PATH`` (a clone of github.com/izmailovpavel/flowgmm; needs PyTorch, the
-``bench`` extra) adds the original's train step on the same batch in the same run, timed the
-same way (one warm-up step, then the median of the same number of steps, torch using as many
-threads as XLA), twice: as shipped (its prior rebuilds every Gaussian on every call) and with
-the prior built once (benchmarks/parity/original_step.py says what else differs from the scripts,
-and why). Its FLOPs are torch's FlopCounterMode over one step (matmuls and convolutions).
-
-Workloads (``workload``; benchmarks/README.md describes them): toy and text, the tabular
-flows of the two-moons notebook and the AG-News command; cifar, the paper's RealNVP
-FlowGMM-cons on 32x32x3. Same work per step on both sides. Our tabular flows drop the
-conditioner weights that the original's masks make dead (models/tabular.py), so for toy
-and text the counts of the original's layout (``full_width_conditioner=True``) are printed too.
+Ours: the library's jitted, data-parallel train step (``make_train_step``) on random data of
+the paper's shapes (``workload``), compiled ahead of time, then the median of ``--repeats``
+steps; FLOPs counted on its jaxpr (``jaxpr_stats.count_flops``). ``--original=PATH`` (a clone
+of github.com/izmailovpavel/flowgmm and PyTorch, the ``bench`` extra) adds the original's step
+on the same batch (``parity/original_step.py``), as shipped and with its prior built once,
+timed the same way; its FLOPs by torch's FlopCounterMode. The workloads and how to read the
+columns: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
 import re
@@ -40,6 +26,7 @@ import jax
 import numpy as np
 
 from benchmarks.jaxpr_stats import count_flops
+from benchmarks.provenance import cpu_model, provenance, usable_cores, write_json
 from flowgmm_jax import losses
 from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.data import augment_images
@@ -93,28 +80,23 @@ def workload(name: str):
   return c, x, y, shape, k
 
 
-def _original_layout(model):
-  """``model`` with the original's full-width tabular conditioners."""
-  return model.clone(flow=model.flow.clone(full_width_conditioner=True))
-
-
 def step_flops(train_step, state, batch, rng) -> float:
-  """FLOPs of one call of the step on all devices: counted on its jaxpr, per device under
-  ``shard_map`` (scan bodies times their length), times the number of devices."""
+  """FLOPs of one call of the step on all devices: per device under ``shard_map``, counted on
+  its jaxpr, times the number of devices."""
   return count_flops(jax.make_jaxpr(train_step)(state, batch, rng)) * jax.device_count()
 
 
-def _ours(name: str, original_layout: bool = False, spec=None):
-  """Our train step, its initial state and inputs, and the parameter count. ``spec``: a
-  ``(config, x, y, input_shape, num_classes)`` tuple to use instead of ``workload(name)``
-  (benchmarks/gpu_check.py: other dtypes and shapes)."""
-  c, x, y, shape, k = workload(name) if spec is None else spec
+def _ours(name: str, original_layout: bool = False):
+  """``(train_step, state, batch, rng, num_params)`` of workload ``name``, with the original's
+  full-width tabular conditioners when ``original_layout``."""
+  c, x, y, shape, k = workload(name)
   image = c.data.kind == "image"
   mesh = mesh_lib.make_mesh()
   model = FlowGMM.from_config(c, shape, k, image=image, bn_axis_name=mesh_lib.DATA_AXIS)
   eval_model = FlowGMM.from_config(c, shape, k, image=image)
   if original_layout:
-    model, eval_model = _original_layout(model), _original_layout(eval_model)
+    model, eval_model = (m.clone(flow=m.flow.clone(full_width_conditioner=True))
+                         for m in (model, eval_model))
   # Jitted: one compile instead of one per operation (seconds for an image model).
   variables = jax.jit(eval_model.init)(jax.random.PRNGKey(0), x[:8].astype(np.float32))
   tx = optim.make_optimizer(c.optim.optimizer, c.optim.learning_rate, 1000,
@@ -138,27 +120,31 @@ def _ours(name: str, original_layout: bool = False, spec=None):
   return train_step, state, batch, rng, count_params(variables)
 
 
-def compile_timed(train_step, state, batch, rng):
-  """``(compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s))``: the step lowered and
-  compiled for these inputs, each stage timed in wall and process CPU seconds."""
-  t0, c0 = time.perf_counter(), time.process_time()
-  lowered = train_step.lower(state, batch, rng)
-  lower_s, lower_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+def compile_timed(fn, *args) -> tuple:
+  """``(compiled, traced, times)``: jitted ``fn`` traced, lowered and compiled for ``args``;
+  ``times``: each stage's wall seconds (``trace_s``, ``lower_s``, ``compile_s``) and process
+  CPU seconds (``*_cpu_s``), which another load on the machine changes far less."""
+  times, clocks = {}, (time.perf_counter(), time.process_time())
+  def lap(stage):
+    nonlocal clocks
+    now = (time.perf_counter(), time.process_time())
+    times[f"{stage}_s"], times[f"{stage}_cpu_s"] = now[0] - clocks[0], now[1] - clocks[1]
+    clocks = now
+  traced = fn.trace(*args)
+  lap("trace")
+  lowered = traced.lower()
+  lap("lower")
   compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0 - lower_s
-  compile_cpu_s = time.process_time() - c0 - lower_cpu_s
-  return compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s)
+  lap("compile")
+  return compiled, traced, times
 
 
-def time_step(name: str, repeats: int, spec=None) -> dict:
-  """Ours: compile (timed with the first step), then ``repeats`` timed steps. Tracing and
-  compiling are also timed in process CPU seconds, which another load on the machine
-  changes far less than the wall clock. ``spec``: see ``_ours``."""
-  train_step, state, batch, rng, num_params = _ours(name, spec=spec)
-  flops = step_flops(train_step, state, batch, rng)
+def time_step(name: str, repeats: int) -> dict:
+  """Ours: compile (timed with the first step), then ``repeats`` timed steps."""
+  train_step, state, batch, rng, num_params = _ours(name)
   t0, c0 = time.perf_counter(), time.process_time()
-  compiled, (lower_s, compile_s, lower_cpu_s, compile_cpu_s) = compile_timed(
-      train_step, state, batch, rng)
+  compiled, traced, times = compile_timed(train_step, state, batch, rng)
+  flops = count_flops(traced.jaxpr) * jax.device_count()
   state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
   first_s = time.perf_counter() - t0
@@ -171,8 +157,10 @@ def time_step(name: str, repeats: int, spec=None) -> dict:
                 "float_array_copies": len(re.findall(r"= [fb]f?\d+\[\d[^\]]*\]\S* copy\(", hlo))}
   row = {"workload": name, "repeats": repeats, "first_step_s": first_s,
          "first_step_cpu_s": time.process_time() - c0,
-         "trace_and_lower_s": lower_s, "xla_compile_s": compile_s,
-         "trace_and_lower_cpu_s": lower_cpu_s, "xla_compile_cpu_s": compile_cpu_s,
+         "trace_and_lower_s": times["trace_s"] + times["lower_s"],
+         "xla_compile_s": times["compile_s"],
+         "trace_and_lower_cpu_s": times["trace_cpu_s"] + times["lower_cpu_s"],
+         "xla_compile_cpu_s": times["compile_cpu_s"],
          "hlo_fusions": num_fusions,
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
          "params": num_params, "flops": flops,
@@ -306,7 +294,7 @@ def markdown(results) -> str:
   return text + "\n\n_" + "; ".join(notes) + "._"
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--only", default=",".join(WORKLOADS))
   parser.add_argument("--repeats", type=int, default=10)
@@ -317,20 +305,16 @@ def main():
                       help="root of a clone of github.com/izmailovpavel/flowgmm: also time "
                            "the original PyTorch step (needs the 'bench' extra)")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   names = [n for n in args.only.split(",") if n]
-  for n in names:
-    if n not in WORKLOADS:
-      parser.error(f"--only: unknown workload {n!r}; choose from {WORKLOADS}")
-  from benchmarks.provenance import cpu_model, provenance, usable_cores
+  if set(names) - set(WORKLOADS):
+    parser.error(f"--only: unknown workload(s) {sorted(set(names) - set(WORKLOADS))}; choose "
+                 f"from {WORKLOADS}")
   cores = usable_cores()
+  header = {"cores": cores, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "peak_gflops": PEAK_GFLOPS, "load_average_1min_before": round(os.getloadavg()[0], 2)}
+  results = {"provenance": provenance(argv), "header": header, "rows": []}
   orig = None
-  header = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-            "cpu": cpu_model(), "cores": cores, "xla_threads": cores,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "peak_gflops": PEAK_GFLOPS,
-            "load_average_1min_before": round(os.getloadavg()[0], 2)}
-  results = {"provenance": provenance(), "header": header}
   if args.original:
     import torch  # only for the side-by-side: PyTorch is not a dependency of the library
 
@@ -340,12 +324,10 @@ def main():
     header.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                   original=orig.path, original_commit=orig.commit,
                   original_cifar_anomaly="on")
-  rows = []
   for n in names:
     repeats = args.repeats
     if n == "cifar":
-      repeats = (max(3, args.repeats // 3) if args.cifar_repeats is None
-                 else args.cifar_repeats)
+      repeats = max(3, args.repeats // 3) if args.cifar_repeats is None else args.cifar_repeats
     row = time_step(n, repeats)
     if orig is not None and repeats > 0:
       row.update(time_original(orig, n, repeats, anomaly=True))
@@ -354,17 +336,15 @@ def main():
         layout = original_layout_counts(n)
         row["ours_original_layout_params"] = layout["params"]
         row["ours_original_layout_flops"] = layout["flops"]
-    rows.append(row)
-    results["rows"] = rows
+    results["rows"].append(row)
     header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     if args.json:  # after each workload, so that a stopped run keeps what it measured
-      with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
+      write_json(args.json, results, indent=2)
 
-  print(f"{header['date']}, jax {header['jax']}, {header['cpu']}, {cores} cores"
+  print(f"jax {jax.__version__}, {cpu_model()}, {cores} cores"
         + (f"; original {orig.path} @ {orig.commit}" if orig is not None else ""))
   print(markdown(results))
-  for r in rows:
+  for r in results["rows"]:
     print(f"{r['workload']}: trace + lower {_g(r['trace_and_lower_s'])} s, XLA compile "
           f"{_g(r['xla_compile_s'])} s (CPU {_g(r['trace_and_lower_cpu_s'])} + "
           f"{_g(r['xla_compile_cpu_s'])} s); {r['hlo_dots']} dots, {r['hlo_convolutions']} "

@@ -4,70 +4,32 @@ curve, in one run that keeps within its budget and loses nothing to a timeout.
     python -m benchmarks.gpu_check --budget-s=480            # on a GPU or TPU host
     python -m benchmarks.gpu_check --tiny --budget-s=120     # the same code on a CPU (tests)
 
-It writes its JSON (``--out``, default benchmarks/results/gpu_check.json, --tiny a temporary
-file; and $OUT/gpu_check.json when $OUT is set) after every row, atomically, so a run stopped from
-outside keeps every row it finished; ``"complete": false`` until the last one. Before each
-row it checks the time left: a row that would not fit (its estimate: the longest row so far,
-or ``FIRST_ROW_GUESS_S`` before any) while keeping ``TRAIN_RESERVE_S`` for the training
-run is skipped, with the reason recorded.
+1. Timed rows (``ROWS``, most wanted first; ``--rows`` picks others): the library's train
+   step of a config (cifar: configs/cifar10.py, FlowGMM-cons; mnist: configs/mnist.py;
+   cifar_glow: configs/cifar10.py:glow) at a compute dtype and per-device batch: FLOPs and
+   collectives counted on its jaxpr, compile time cold and warm, step time, images/s, MFU.
+2. configs/mnist.py:cpu trains for the time left, its curve beside the CPU reference runs.
 
-1. Timed rows (``ROWS``; ``--rows`` picks others), each the library's own jitted
-   data-parallel train step (``training.programs``, as ``training.loop.fit`` builds it)
-   on random images of the config's shape:
-   - ``cifar``: configs/cifar10.py (the paper's recipe: RealNVP 2 scales x 8 blocks x 64
-     channels, FlowGMM-cons, crop + flip), float32 and bfloat16 (``config.compute_dtype``),
-     at per-device batches of 64 and 512 (half labelled, half unlabelled);
-   - ``mnist``: configs/mnist.py (the README recipe's model on 28x28x1), per-device batch 64;
-   - ``cifar_glow``: configs/cifar10.py:glow (Glow 2 scales x 8 steps x 64 channels).
-   For each: the step traced once; its FLOPs counted on that jaxpr (benchmarks/jaxpr_stats.py:
-   2 per multiply-add of products and convolutions, 1 per elementwise output, each scan body
-   times its length), per device, and its collectives per step (``count_collectives``); lowered and compiled with a fresh, empty persistent
-   compilation cache (cold), then, the in-memory caches cleared, traced, lowered and
-   compiled again from that cache (warm: the cost of a restart or a resume); then the median
-   of ``--repeats`` steps, each ended by ``block_until_ready``, and the mean of as many steps
-   dispatched back to back (``pipelined_s``). Images/s = global batch / median step;
-   MFU = FLOPs per device / median step / the device's peak.
-2. Training: configs/mnist.py:cpu (the recipe that learns within 6,000 steps; the README
-   recipe at lr 1e-5 does not learn the classes in 1,000) with the library's loop, its full
-   schedule and test evaluations every 1,000 steps, for as long as the budget lasts: it
-   stops at a log step when the next evaluation would not fit. The curve (test accuracy and
-   bits/dim against step) is written beside the CPU reference at the same steps
-   (``REFERENCE``: seeds 0-2 on one CPU device, benchmarks/results/mnist_cpu_seeds.json).
-
-Peaks (``PEAKS``, dense, per device, TFLOP/s): NVIDIA's H100/H200 data sheets (H100 SXM and
-H200: bfloat16 989.4, TF32 494.7, FP32 67; H100 PCIe: 756, 378, 51) and Google's Cloud TPU
-pages. float32 rows report MFU against the FP32 peak (``mfu``) and against TF32
-(``mfu_tf32``): XLA lets float32 products use TF32 tensor cores on NVIDIA GPUs by default,
-so the FP32 figure can exceed 1. ``--peak-tflops`` overrides both; CPUs have no peak (MFU
-null).
-
-On the device machine (it has jax, flax, optax and orbax but not ml-collections, and does
-not see ../shared): once, here, in the repo root (untracked folders travel with the working
-tree; git-ignored ones only when the run's ``carry`` names them):
-
-    python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
-    mkdir -p .gpu_data/mnist && cp ../shared/data/mnist/*.gz .gpu_data/mnist/
-
-then one device run (``carry: [".whl", ".gpu_data"]`` if they are ignored), timeout 600 s:
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \\
-        .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \\
-      FLOWGMM_DATA_DIR=.gpu_data python3 -m benchmarks.gpu_check --budget-s=480
+The JSON (``--out``, and $OUT/gpu_check.json when $OUT is set) is rewritten after every row,
+``"complete": false`` until the end. What each row measures, the peaks, and how to carry
+ml-collections and MNIST to the device machine: docs/experiments.md, "On a GPU".
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
+
+from benchmarks.bench_steps import compile_timed, time_compiled
+from benchmarks.jaxpr_stats import count_collectives, count_flops
+from benchmarks.provenance import REPO, provenance, write_json
 
 # Dense peaks in TFLOP/s per device: (bfloat16, TF32, FP32), by a substring of
 # ``device_kind`` (the first match wins, so longer names come first).
@@ -122,68 +84,44 @@ def workload_config(workload: str, dtype: str, tiny: bool):
   module, arg = CONFIGS[workload]
   c = importlib.import_module(module).get_config(arg)
   c.compute_dtype = dtype
-  if tiny:
-    shrink(c)
+  return shrink(c) if tiny else c
+
+
+def shrink(c):
+  """``c`` with ``TINY_MODEL``'s fields (those its model has) and no consistency term."""
+  c.model.update({k: v for k, v in TINY_MODEL.items() if k in c.model})
+  c.loss.consistency_weight = 0.0
   return c
 
 
-def shrink(c) -> None:
-  for key, value in TINY_MODEL.items():
-    if key in c.model:  # each image model has its own fields
-      c.model[key] = value
-  c.loss.consistency_weight = 0.0
+_cache_hits = []  # one entry per persistent-cache hit (JAX's monitoring event)
+jax.monitoring.register_event_listener(
+    lambda event, **kwargs: _cache_hits.append(1)
+    if event == "/jax/compilation_cache/cache_hits" else None)
 
 
-class _CacheHits:
-  """Counts JAX's persistent-cache hits (its monitoring events) from the first use on."""
-  count = 0
-  _registered = False
-
-  @classmethod
-  def start(cls):
-    if not cls._registered:
-      def listen(event, **kwargs):
-        if event == "/jax/compilation_cache/cache_hits":
-          cls.count += 1
-      jax.monitoring.register_event_listener(listen)
-      cls._registered = True
-    return cls.count
-
-
-def _compile(train_step, state, batch, rng) -> tuple:
-  """``(compiled, traced, {trace_s, lower_s, compile_s})``: the step traced, lowered and
-  compiled, each stage timed."""
-  t0 = time.perf_counter()
-  traced = train_step.trace(state, batch, rng)
-  t1 = time.perf_counter()
-  lowered = traced.lower()
-  t2 = time.perf_counter()
-  compiled = lowered.compile()
-  t3 = time.perf_counter()
-  return compiled, traced, {"trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2}
-
-
-class _FreshCache:
-  """A new, empty persistent compilation cache directory for the block, then JAX's cache
-  settings as they were."""
-
-  def __enter__(self):
-    from jax.experimental.compilation_cache import compilation_cache as jax_cache
-    self._jax_cache = jax_cache
-    self._saved = (jax.config.jax_compilation_cache_dir,
-                   jax.config.jax_persistent_cache_min_compile_time_secs)
-    self._dir = tempfile.TemporaryDirectory(prefix="gpu-check-xla-")
-    jax.config.update("jax_compilation_cache_dir", self._dir.name)
+@contextlib.contextmanager
+def _fresh_cache():
+  """A new, empty persistent compilation cache for the block; JAX's settings as they were
+  after it."""
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+  saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                "jax_persistent_cache_min_compile_time_secs")}
+  with tempfile.TemporaryDirectory(prefix="gpu-check-xla-") as folder:
+    jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax_cache.reset_cache()
-    return self
+    try:
+      yield
+    finally:
+      for k, v in saved.items():
+        jax.config.update(k, v)
+      jax_cache.reset_cache()
 
-  def __exit__(self, *exc):
-    jax.config.update("jax_compilation_cache_dir", self._saved[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", self._saved[1])
-    self._jax_cache.reset_cache()
-    self._dir.cleanup()
-    return False
+
+def _failure(e: Exception) -> str:
+  """One line for a failed row or run (say out of memory): it is a result, not a crash."""
+  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:500]}"
 
 
 def prepare_row(workload: str, dtype: str, per_device_batch: int, tiny: bool) -> tuple:
@@ -224,23 +162,20 @@ def prepare_row(workload: str, dtype: str, per_device_batch: int, tiny: bool) ->
 def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repeats: int,
              device_kind: str, peak_override: float) -> dict:
   """One timed row (module docstring, part 1)."""
-  from benchmarks.bench_steps import time_compiled
-  from benchmarks.jaxpr_stats import count_collectives, count_flops
   train_step, state, batch, step_rng, row = prepare_row(workload, dtype, per_device_batch,
                                                         tiny)
   rows = row["global_batch"]
-  with _FreshCache():
-    compiled, traced, cold = _compile(train_step, state, batch, step_rng)
+  with _fresh_cache():
+    compiled, traced, cold = compile_timed(train_step, state, batch, step_rng)
     row["flops_per_device"] = count_flops(traced.jaxpr)
     row["collectives_per_step"] = count_collectives(traced.jaxpr)
-    row["flops_counted_on"] = ("the traced jaxpr (benchmarks/jaxpr_stats.py: scan bodies "
-                               "times their length), per device")
+    row["flops_counted_on"] = "the traced jaxpr (scans times their length), per device"
     jax.clear_caches()
-    hits = _CacheHits.start()
-    compiled, _, warm = _compile(train_step, state, batch, step_rng)
-    warm["cache_hits"] = _CacheHits.count - hits
+    hits = len(_cache_hits)
+    compiled, _, warm = compile_timed(train_step, state, batch, step_rng)
+    warm["cache_hits"] = len(_cache_hits) - hits
   row["cold"], row["warm"] = cold, warm
-  row["compile_cold_s"] = sum(cold.values())
+  row["compile_cold_s"] = cold["trace_s"] + cold["lower_s"] + cold["compile_s"]
   row["compile_warm_s"] = warm["trace_s"] + warm["lower_s"] + warm["compile_s"]
   t0 = time.perf_counter()
   state, metrics = compiled(state, batch, step_rng)
@@ -265,10 +200,8 @@ class _OutOfTime(Exception):
 
 def reference_curve(path: str = REFERENCE) -> dict:
   """``{step: {"accuracy": [per seed], "bpd": [...]}}`` of the CPU reference runs."""
-  full = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
   try:
-    with open(full) as f:
-      runs = json.load(f)["runs"]
+    runs = json.loads((REPO / path).read_text())["runs"]
   except (OSError, ValueError, KeyError):
     return {}
   curve = {}
@@ -358,13 +291,8 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
 
 
 def write_report(report: dict, outs: list) -> None:
-  """``report`` into every path of ``outs``, each replaced atomically."""
   for out in outs:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=1)
-    os.replace(tmp, out)
+    write_json(out, report)
 
 
 def parse_rows(text: str) -> tuple:
@@ -407,16 +335,11 @@ def main(argv=None) -> dict:
   out = args.out or (os.path.join(tempfile.gettempdir(), "gpu_check_tiny.json") if args.tiny
                      else "benchmarks/results/gpu_check.json")
   outs = [out] + ([os.path.join(os.environ["OUT"], "gpu_check.json")]
-                       if os.environ.get("OUT") else [])
-  report = {"command": "python -m benchmarks.gpu_check " + " ".join(
-                argv if argv is not None else sys.argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "jax": jax.__version__, "backend": jax.default_backend(),
+                  if os.environ.get("OUT") else [])
+  report = {"provenance": provenance(argv), "backend": jax.default_backend(),
             "device_kind": device.device_kind, "num_devices": jax.device_count(),
-            "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "load_average_before": list(os.getloadavg()), "tiny": args.tiny,
-            "budget_s": args.budget_s, "train_reserve_s": reserve, "peak_source": (
-                "--peak-tflops" if args.peak_tflops else PEAK_SOURCE),
+            "tiny": args.tiny, "budget_s": args.budget_s, "train_reserve_s": reserve,
+            "peak_source": "--peak-tflops" if args.peak_tflops else PEAK_SOURCE,
             "rows": [], "training": None, "complete": False}
   print(f"[gpu_check] {report['backend']}: {jax.device_count()} x {device.device_kind}, "
         f"jax {jax.__version__}, budget {args.budget_s:.0f} s", flush=True)
@@ -436,9 +359,8 @@ def main(argv=None) -> dict:
       try:
         row.update(time_row(workload, dtype, batch, args.tiny, repeats, device.device_kind,
                             args.peak_tflops))
-      except Exception as e:  # noqa: BLE001 - one failed row (say out of memory) is a result
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        row["failed"] = f"{type(e).__name__}: {first[:500]}"
+      except Exception as e:  # noqa: BLE001
+        row["failed"] = _failure(e)
       row["wall_s"] = time.perf_counter() - t0
       longest = max(longest or 0.0, row["wall_s"])
     report["rows"].append(row)
@@ -461,9 +383,8 @@ def main(argv=None) -> dict:
   else:
     try:
       report["training"] = train_mnist(deadline, args.tiny)
-    except Exception as e:  # noqa: BLE001 - the rows above are still worth writing
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-      report["training"] = {"failed": f"{type(e).__name__}: {first[:500]}"}
+    except Exception as e:  # noqa: BLE001
+      report["training"] = {"failed": _failure(e)}
   training = report["training"]
   if training.get("eval"):
     last = training["eval"][-1]

@@ -17,11 +17,10 @@ the command, the commit and the machine:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.provenance import REPO
 
 
 def _mean_std(values) -> str:
@@ -30,32 +29,27 @@ def _mean_std(values) -> str:
 
 
 def _toy(results, row) -> str:
-  rows = results["rows"] if isinstance(results, dict) else results
-  r = next(r for r in rows if r["dataset"] == row["dataset"])
+  r = next(r for r in results["rows"] if r["dataset"] == row["dataset"])
   return f"{_mean_std(r['accuracy'])}% (seeds {', '.join(map(str, r['seeds']))})"
 
 
 def _ssl_suite(results, row) -> str:
-  from benchmarks.ssl_suite import BASELINES, METHODS
+  from benchmarks.ssl_suite import METHODS, best_single
   per_table = results["results"]
   tables = [row["table"]] if "table" in row else sorted(per_table)
+  best = best_single(per_table, tables)[1]
 
-  def runs(method, table):
-    return [r["accuracy"] for r in per_table[table].get(method, [])]
+  def cell(method: str, mean: float) -> str:  # one table: with its spread over the seeds
+    if len(tables) > 1:
+      return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * np.std([r['accuracy'] for r in per_table[tables[0]][method]]):.1f}"
 
-  def mean(method):
-    return 100 * np.mean([np.mean(runs(method, t)) for t in tables])
-
-  def spread(method):
-    return "" if len(tables) > 1 else " ± " + _mean_std(runs(method, tables[0])).split(" ± ")[1]
-
-  best = max((m for m in BASELINES if all(runs(m, t) for t in tables)), key=mean)
-  flowgmm = (f"FlowGMM {mean('flowgmm'):.1f}{spread('flowgmm')}%" if all(
-      runs("flowgmm", t) for t in tables) else "FlowGMM not run yet")
+  flowgmm = (f"FlowGMM {cell('flowgmm', best['flowgmm_mean'])}%" if "flowgmm_mean" in best
+             else "FlowGMM not run yet")
   seeds = ", ".join(map(str, results["seeds"]))
   over = f"mean over {len(tables)} tables: " if len(tables) > 1 else ""
-  return (f"{over}{flowgmm}, best single method ({METHODS[best]}) "
-          f"{mean(best):.1f}{spread(best)}% (seeds {seeds})")
+  return (f"{over}{flowgmm}, best single method ({METHODS[best['method']]}) "
+          f"{cell(best['method'], best['mean_accuracy'])}% (seeds {seeds})")
 
 
 def _mnist_seeds(results, row) -> str:

@@ -1,13 +1,15 @@
-"""Where a results file came from: the command, the commit, the date and the machine.
+"""Where a results file came from (the command, the commit, the date and the machine), and
+the one way every benchmark writes its JSON.
 
 Every benchmark that writes ``benchmarks/results/*.json`` stores ``provenance()`` under the
-key ``"provenance"``, so a number in the README can be traced to the run that made it
-(``python -m benchmarks.report`` renders the README's tables from those files).
+key ``"provenance"``, so a number in the docs can be traced to the run that made it
+(``python -m benchmarks.report`` renders the tables from those files).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -18,19 +20,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-  """The checkout's HEAD (short hash), with ``+dirty`` when tracked files have uncommitted
-  changes; '' outside a git checkout."""
+  """HEAD's short hash, with ``+dirty`` when tracked files have uncommitted changes; ''
+  outside a git checkout."""
   def git(*args):
     return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
                           timeout=10)
   try:
     head = git("rev-parse", "--short", "HEAD")
-    if head.returncode:
-      return ""
     dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    return head.stdout.strip() + ("+dirty" if dirty else "")
   except (OSError, subprocess.SubprocessError):
     return ""
+  return "" if head.returncode else head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def cpu_model() -> str:
@@ -61,10 +61,7 @@ def machine() -> dict:
           "python": platform.python_version()}
   if usable_cores() != os.cpu_count():
     info["cores_used"] = usable_cores()
-  try:
-    info["load_average_1min"] = round(os.getloadavg()[0], 2)
-  except OSError:
-    pass
+  info["load_average_1min"] = round(os.getloadavg()[0], 2)
   if "jax" in sys.modules:
     import jax
     info["jax"] = jax.__version__
@@ -82,3 +79,13 @@ def provenance(argv=None) -> dict:
           "commit": git_commit(),
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "machine": machine()}
+
+
+def write_json(path, results: dict, **dump_kwargs) -> None:
+  """``results`` to ``path`` (its folder made), replaced atomically: a run stopped while
+  writing leaves the previous file whole."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(results, **{"indent": 1, **dump_kwargs}) + "\n")
+  os.replace(tmp, path)

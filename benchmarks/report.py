@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.provenance import REPO
+
 # The markdown files that may hold generated tables.
 DOCUMENTS = ("README.md", "docs/*.md", "benchmarks/README.md")
 _REGION = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
@@ -44,7 +45,6 @@ REPORTS: dict[str, Report] = {
     "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
     "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
     "ssl_suite_mixed": Report("benchmarks/results/ssl_suite_mixed.json", "benchmarks.ssl_suite"),
-    "toy_table": Report("benchmarks/results/toy_table.json", "benchmarks.toy_table"),
     "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
     "bench_fit_large": Report("benchmarks/results/bench_fit_large.json", "benchmarks.bench_fit"),
     "parity_original": Report("benchmarks/results/parity_original.json",
@@ -55,10 +55,9 @@ REPORTS: dict[str, Report] = {
 def provenance_line(results: dict) -> str:
   """How the numbers were made, from the file's ``provenance``: one line, or one per run when
   ``provenance_by_method`` says that several runs made the file's methods (``--merge``)."""
-  p = results.get("provenance") if isinstance(results, dict) else None  # old files: a list
-  if not p:
-    # A file made by hand says so in its "note" (where its numbers come from).
-    note = results.get("note") if isinstance(results, dict) else None
+  p = results.get("provenance")
+  if not p:  # a file made by hand says where its numbers come from in its "note"
+    note = results.get("note")
     return f"_{note}_" if note else (
         "_Made before results files recorded their command, commit and machine._")
   runs = {}
@@ -93,10 +92,7 @@ def render(name: str) -> str:
 
 
 def documents() -> list[Path]:
-  paths = []
-  for pattern in DOCUMENTS:
-    paths.extend(sorted(REPO.glob(pattern)))
-  return [p for p in paths if p.is_file()]
+  return [p for pattern in DOCUMENTS for p in sorted(REPO.glob(pattern)) if p.is_file()]
 
 
 def update(path: Path, write: bool) -> list[str]:

@@ -8,41 +8,21 @@
     python -m benchmarks.ssl_suite --panel=mixed --baselines-only   # no FlowGMM fit
     python -m benchmarks.ssl_suite --panel=mixed --methods=flowgmm --merge   # add its column
 
-Panels: ``suite`` (15 tables, below) and ``mixed`` (``MIXED_TABLES``: ten spreadsheets of
-numeric, integer and one-hot columns that chose no default). ``--merge`` adds a run's
-methods to its output file (same split, seeds and labels), each method keeping the
-provenance of the run that made it, so one results file per table set holds every method.
+Protocol, the same for every table, seed and method: a stratified 80/20 train/test split
+(``random_state=seed``); ``--labels-per-class`` (10) labelled train rows per class drawn with
+``np.random.default_rng(seed)`` (a smaller class is labelled whole), every other train row
+unlabelled (-1); ``FlowGMMClassifier(random_state=seed)`` at its defaults on the raw rows,
+each baseline (one fixed setting for every table, ``METHODS``) on rows standardised by a
+``StandardScaler`` fitted on all train rows. ``--validation`` splits the train rows once more
+(75/25) and scores on the second part: the test rows stay unseen while tuning.
 
-Protocol, the same for every table, seed and method:
-
-* a stratified 80/20 train/test split of the whole table (``random_state=seed``);
-* ``labels_per_class`` (10) labelled rows per class drawn from the train rows with
-  ``np.random.default_rng(seed)``; a class with fewer train rows is labelled whole;
-* every other train row is unlabelled (``-1``);
-* ``FlowGMMClassifier(random_state=seed)`` with its defaults gets the raw rows; every
-  baseline gets rows standardised with a ``StandardScaler`` fitted on all train rows.
-
-``--validation`` never looks at the test rows: it splits the train rows once more (75/25,
-stratified, ``random_state=seed``), labels rows of the first part and scores on the second.
-Defaults are chosen that way.
-
-Tables (``../shared/data`` and scikit-learn's bundled sets; nothing is downloaded): the 11
-offline UCI-style tables, AG News as 384-d MiniLM sentence embeddings, and scikit-learn's
-``load_wine``, ``load_breast_cancer`` and ``load_digits``.
-
-Output: one markdown table (mean ± std over seeds, population std, and mean fit seconds),
-each method's mean over the tables, FlowGMM's wins / ties / losses against the best
-baseline of each table, the best single method (the one fixed baseline with the highest
-mean over the tables) and each table's best method, FlowGMM against both (a tie: within one standard deviation, the larger of the two), a
-second table of each method's expected calibration error (ECE, 15 equal-width confidence
-bins, on the same evaluation rows), and the per-seed numbers as JSON in
-``benchmarks/results/`` (``--output``).
-
-``--calibration-folds=F`` (F >= 2) fits FlowGMM as ``FlowGMMClassifier(calibration=
-"cross_fit", calibration_folds=F)``: a temperature T fitted on out-of-fold logits of F extra fits, each
-with one fold of the labelled rows hidden, within the estimator's bounds, then applied to
-the model fitted on every label; the ECE table shows FlowGMM's ECE before -> after, and
-the fit seconds include the F extra fits.
+Output: accuracy (mean ± population std over seeds, mean fit seconds), each method's mean
+over the tables, FlowGMM's wins / ties / losses against each table's best baseline (a tie:
+within the larger std), the best single method (the fixed baseline with the highest mean),
+ECE (15 bins) on the same rows, and the per-seed numbers in ``--output`` (one file per
+panel; ``--merge`` adds a run's methods to it, each keeping the provenance of its run).
+``--calibration-folds=F`` fits FlowGMM with ``calibration="cross_fit"`` over F folds of the
+labelled rows and reports its ECE before -> after (the seconds include the F extra fits).
 """
 
 from __future__ import annotations
@@ -56,9 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
+from benchmarks.provenance import REPO, provenance, write_json
 
 # name -> (source, file or loader name, description)
 TABLES = {
@@ -166,8 +144,7 @@ def _ece(probs: np.ndarray, classes: np.ndarray, y_eval: np.ndarray) -> float:
 
 
 def _softmax(log_probs: np.ndarray) -> np.ndarray:
-  z = log_probs - log_probs.max(axis=1, keepdims=True)
-  p = np.exp(z)
+  p = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
   return p / p.sum(axis=1, keepdims=True)
 
 
@@ -452,20 +429,14 @@ def main(argv=None) -> dict:
     unknown = [g for g in given if g not in allowed]
     if unknown:
       parser.error(f"unknown {kind}(s) {unknown}; choose from {', '.join(allowed)}.")
-  if args.labels_per_class < 1:
-    parser.error("--labels-per-class must be >= 1.")
-  if args.calibration_folds == 1 or args.calibration_folds < 0:
-    parser.error("--calibration-folds must be 0 (off) or >= 2.")
+  if args.labels_per_class < 1 or args.calibration_folds == 1 or args.calibration_folds < 0:
+    parser.error("--labels-per-class must be >= 1 and --calibration-folds 0 (off) or >= 2.")
   flowgmm_params = json.loads(args.flowgmm_params)
   split_name = "validation" if args.validation else "test"
-  output = args.output
-  if output is None:
-    suffix = ("_mixed" if args.panel == "mixed" else "") + (
-        "_validation" if args.validation else "") + (
-        f"_lpc{args.labels_per_class}" if args.labels_per_class != LABELS_PER_CLASS else "")
-    output = REPO / "benchmarks" / "results" / f"ssl_suite{suffix}.json"
-  output = Path(output)
-  from benchmarks.provenance import provenance
+  suffix = ("_mixed" if args.panel == "mixed" else "") + (
+      "_validation" if args.validation else "") + (
+      f"_lpc{args.labels_per_class}" if args.labels_per_class != LABELS_PER_CLASS else "")
+  output = Path(args.output or REPO / "benchmarks" / "results" / f"ssl_suite{suffix}.json")
   run_provenance = provenance(argv)
   previous = {}
   if args.merge and output.is_file():
@@ -483,9 +454,7 @@ def main(argv=None) -> dict:
   for table in tables:
     x, y = load_table(table)
     results[table] = {"info": {"rows": int(x.shape[0]), "features": int(x.shape[1]),
-                               "classes": int(y.max() + 1)}}
-    for m in methods:
-      results[table][m] = []
+                               "classes": int(y.max() + 1)}, **{m: [] for m in methods}}
     for seed in seeds:
       split = make_split(x, y, seed, args.labels_per_class, args.validation)
       for m in methods:
@@ -528,8 +497,7 @@ def write_results(output: Path, previous: dict, results: dict, methods, run_prov
   report = {**settings, "provenance": run_provenance, "provenance_by_method": by_method,
             "summary": summarise(merged, tables, present)[1], "results": merged,
             "markdown_ece": summarise_ece(merged, tables, present)}
-  output.parent.mkdir(parents=True, exist_ok=True)
-  output.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+  write_json(output, report, indent=2, sort_keys=True)
   return report
 
 

@@ -1,64 +1,7 @@
-"""The ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), run from a clone the user
-gives: one train step for the speed benchmark (benchmarks/bench_steps.py) and the pieces of
-its image script for the side-by-side training run (benchmarks/parity/parity_original.py).
-
-Nothing of the original is copied here: ``load_original(path)`` imports its modules from
-``path/flow_ssl`` and ``path/experiments/train_flows/utils``, and ``build_step`` rebuilds
-each script's model, prior, loss, optimiser and per-step code around them:
-
-  cifar: experiments/train_flows/train_semisup_cons.py with the README's CIFAR-10 command
-         (``RealNVP(in_channels=3)``: 2 scales, 8 blocks, 64 channels; label_weight 3,
-         consistency_weight 1, Adam lr 1e-4 with weight decay 5e-5 on the weight-norm
-         gains via ``get_param_groups``, ``clip_grad_norm`` 100, batch 32 + 32, the
-         loader's TransformTwice(RandomCrop(32, padding=4) + RandomHorizontalFlip)).
-  text:  experiments/train_flows/flowgmm_tabular_new.py with the README's AG-News command
-         (``RealNVPTabularWPrior``: RealNVPTabular 7 couplings x k1024, num_layers=1, i.e.
-         two hidden layers (our hidden_layers=2), dropout 0.5, 4 random means of radius
-         0.56; ``SemiFlow.step`` with unlab_weight 0.6: nll(labelled, y) + 0.6
-         nll(unlabelled), AdamW lr 3e-4 wd 1e-5, clip 100; 200 labelled + 5000 unlabelled
-         rows).
-  toy:   experiments/synthetic_data/synthetic.ipynb (two moons): RealNVPTabular 5 couplings
-         x k512, means (-3.5, -3.5), (3.5, 3.5), FlowLoss(z, sldj, y) on 10 unlabelled + 10
-         labelled rows, Adam lr 1e-4 weight decay 1e-2, no clipping.
-
-What differs from running the scripts, and why (the only differences):
-  * Imports: ``flow_ssl/__init__.py`` and ``flow_ssl/invertible/__init__.py`` are NOT run
-    (they import iresnet/icnn/glow and every submodule, some of which need packages that no
-    longer import, e.g. ``torch._six``); bare packages stand in for them, and the
-    ``flow_ssl.invertible`` namespace gets the ``__all__`` of the five submodules that
-    RealNVP imports. ``coupling_layers.py`` imports ``torchcontrib`` at module level (used
-    only by iCategoricalFiLM, which no model here builds); an empty stand-in is registered
-    when torchcontrib is not installed. The experiment utils are loaded file by file
-    (``norm_util.py``, ``optim_util.py``): their package ``__init__`` needs torchvision and
-    seaborn for functions no step uses.
-  * The image RealNVP at the repository's HEAD does not build: ``CouplingLayer`` passes
-    ``init_zeros`` to ``ResNet``, which has no such argument (added in commit 5c1bc3b for
-    the tabular code). The keyword, always False there, is dropped before it reaches ResNet.
-  * ``utils.get_means('random', ...)`` (in train_utils.py, which needs torchvision) is
-    inlined: ``r * randn(K, D)``, the same draw.
-  * The CIFAR script runs on CUDA only (``net.module.logdet()`` needs DataParallel); on
-    the CPU the step calls ``net.logdet()``. Its crop and flip, done by torchvision in the
-    loader's workers, are done here on the batch tensor (``crop_flip``, same distribution)
-    inside the step, as our step does them.
-  * The data are fixed random batches of the workload's shapes (bench_steps.workload), not
-    loaded; metrics, logging and progress bars are left out.
-  * ``prior="once"``: ``SSLGaussMixture.gaussians`` builds its list of MultivariateNormal
-    once and returns it on every later call (``PriorBuiltOnce``). Shipped, the property
-    rebuilds every Gaussian, with a dense D x D covariance and its Cholesky factor (two, as
-    torch's argument validation factorises it once more), on every call (4 times per CIFAR
-    step). The means and scales are fixed in these runs, so the
-    cache changes no number; it is the only change in that variant.
-
-The CIFAR script also turns on ``torch.autograd.set_detect_anomaly(True)`` for the whole
-run; ``build_step`` keeps it for cifar by default (``anomaly=None``), ``anomaly=False``
-switches it off.
-
-For the parity run, train_semisup_cons.py's pieces: ``build_image_flowgmm`` (its model,
-prior, loss and two optimisers), ``image_train_step`` (one iteration of its train loop),
-``evaluate_image`` (its test loop; ``midpoint_dequantization`` swaps the noise of its
-iLogits for 0.5 as ours); and the map between its tensors and our variables
-(``realnvp_correspondence``, ``to_our_variables``, ``latent_nchw_to_ours``), with which the
-tests run our flow on the original's weights.
+"""The ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), imported from a clone:
+one train step per workload for ``benchmarks/bench_steps.py``, the image script's pieces for
+``parity_original.py``, and the map of its tensors into our variables. Nothing of the
+original is copied; what differs from running its scripts, and why: README.md here.
 """
 
 from __future__ import annotations
@@ -100,12 +43,8 @@ def _load_file(name: str, path: str) -> types.ModuleType:
 
 
 def load_original(path: str) -> types.SimpleNamespace:
-  """Imports the original's classes from a clone at ``path`` (the repository root).
-
-  Returns a namespace with RealNVP, RealNVPTabular, SSLGaussMixture, FlowLoss,
-  get_param_groups, clip_grad_norm, path and commit (the clone's HEAD, '' if unknown).
-  Raises FileNotFoundError if ``path`` does not look like a clone of the original.
-  """
+  """The original's RealNVP, RealNVPTabular, SSLGaussMixture, FlowLoss, get_param_groups and
+  clip_grad_norm from a clone at ``path``, with its ``path`` and ``commit`` (HEAD, or '')."""
   root = os.path.abspath(os.path.expanduser(path))
   pkg = os.path.join(root, "flow_ssl")
   utils_dir = os.path.join(root, "experiments", "train_flows", "utils")
@@ -121,11 +60,10 @@ def load_original(path: str) -> types.SimpleNamespace:
   warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax",
                           category=UserWarning)
   loaded = sys.modules.get("flow_ssl")
-  if loaded is not None:
-    if list(getattr(loaded, "__path__", [])) != [pkg]:
-      raise RuntimeError(f"another flow_ssl is already imported ({loaded.__path__}); "
-                         f"cannot also load {pkg}")
-  else:
+  if loaded is not None and list(getattr(loaded, "__path__", [])) != [pkg]:
+    raise RuntimeError(f"another flow_ssl is already imported ({loaded.__path__}); "
+                       f"cannot also load {pkg}")
+  if loaded is None:
     _bare_package("flow_ssl", pkg)
     invertible = _bare_package("flow_ssl.invertible", os.path.join(pkg, "invertible"))
     invertible.__all__ = []
@@ -183,15 +121,9 @@ def prior_built_once(orig) -> type:
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4,
               flip: bool = True) -> torch.Tensor:
-  """torchvision's RandomCrop(H, padding) (+ RandomHorizontalFlip() if ``flip``), per
-  image, on a batch.
-
-  ``x: [B, C, H, W]`` -> ``[B, C, H, W]``: each image is zero-padded by ``padding``, a
-  window at an offset uniform in {0..2*padding}^2 is kept, and (``flip``) it is mirrored
-  left-right with probability 1/2. (torchvision is not needed, and the loader's per-image
-  work becomes part of the step, as it is in ours.) The random draws are made whether or
-  not ``flip`` is set, so ``flip`` changes no crop offset.
-  """
+  """torchvision's RandomCrop(H, padding) (+ RandomHorizontalFlip() if ``flip``) per image of
+  ``x: [B, C, H, W]`` -> ``[B, C, H, W]``. The flip is drawn either way, so ``flip`` changes
+  no crop offset."""
   b, _, h, w = x.shape
   xp = F.pad(x, (padding,) * 4)
   oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
@@ -221,18 +153,10 @@ class ImageFlowGMM:
 def build_image_flowgmm(orig, Prior, *, image_shape, num_classes: int, lr: float,
                         weight_decay: float = 5e-5, lr_gmm: float = 1e-2,
                         means_r: float = 1.0, **realnvp_kwargs) -> ImageFlowGMM:
-  """The script's model set-up with its defaults (``--means random --means_r 1
-  --cov_std 1 --optimizer Adam``; no ``--gmm_trainable`` / ``--*_trainable`` flags).
-
-  ``image_shape``: (C, H, W). ``realnvp_kwargs``: RealNVP's num_scales, mid_channels,
-  num_blocks (its defaults 2, 64, 8 otherwise).
-
-  As in the script, ``opt_gmm`` is an Adam over ``prior.means``, ``prior.weights`` and
-  ``prior.inv_cov_stds``; none of them requires grad without those flags (the means come
-  from ``get_means``, a plain tensor filled in place; ``weights`` and ``inv_cov_stds`` get
-  ``requires_grad = False``), so their ``.grad`` stays None and ``opt_gmm.step()`` changes
-  nothing: the prior is fixed.
-  """
+  """The script's set-up at its defaults (``--means random --means_r 1 --cov_std 1
+  --optimizer Adam``, no ``--*_trainable``). ``image_shape``: (C, H, W); ``realnvp_kwargs``:
+  RealNVP's num_scales, mid_channels, num_blocks. As there, ``opt_gmm`` steps the prior's
+  tensors, none of which requires grad: the prior stays fixed."""
   net = orig.RealNVP(in_channels=image_shape[0], **realnvp_kwargs)
   d = int(np.prod(image_shape))
   means = means_r * torch.randn(num_classes, d)  # get_means('random', r=means_r)
@@ -250,22 +174,17 @@ def build_image_flowgmm(orig, Prior, *, image_shape, num_classes: int, lr: float
 def image_train_step(orig, m: ImageFlowGMM, x1: torch.Tensor, x2: torch.Tensor,
                      y: torch.Tensor, *, label_weight: float, consistency_weight: float,
                      max_grad_norm: float = 100.0) -> dict:
-  """One iteration of train_semisup_cons.py's ``train`` loop body (``use_unlab=True``).
-
-  ``x1``, ``x2``: the two augmented views ``[B, C, H, W]`` in [0, 1] (ToTensor);
-  ``y``: int64 ``[B]``, -1 = unlabelled. Returns the script's per-step quantities as
-  detached tensors: 'loss', 'cross_entropy' (its ``loss_nll``), 'nll' (its
-  ``loss_unsup``: the mixture NLL over all rows, nats per image), 'consistency',
-  'labeled_accuracy' and 'log_det' (its ``jaclogdet``).
-  """
+  """One iteration of train_semisup_cons.py's ``train`` loop (``use_unlab=True``) on the views
+  ``x1``, ``x2: [B, C, H, W]`` in [0, 1] and ``y: int64 [B]`` (-1 = unlabelled). Returns
+  detached 'loss', 'cross_entropy' (its loss_nll), 'nll' (loss_unsup: mixture NLL, nats per
+  image), 'consistency', 'labeled_accuracy' and 'log_det' (its jaclogdet)."""
   net, loss_fn = m.net, m.loss_fn
   net.train()
   labeled_mask = (y != -1)
   m.optimizer.zero_grad()
   m.opt_gmm.zero_grad()
   with torch.no_grad():
-    z2 = net(x2)
-    z2 = z2.detach()
+    z2 = net(x2).detach()
     pred2 = loss_fn.prior.classify(z2.reshape((len(z2), -1)))
   z1 = net(x1)
   sldj = net.logdet()  # the script: net.module.logdet() (DataParallel on CUDA)
@@ -275,9 +194,8 @@ def image_train_step(orig, m: ImageFlowGMM, x1: torch.Tensor, x2: torch.Tensor,
   logits_labeled = logits_all[labeled_mask]
   loss_nll = F.cross_entropy(logits_labeled, y_labeled)
   loss_unsup = loss_fn(z1, sldj=sldj)
-  loss = loss_nll * label_weight + loss_unsup
   loss_consistency = loss_fn(z1, sldj=sldj, y=pred2)
-  loss = loss + loss_consistency * consistency_weight
+  loss = loss_nll * label_weight + loss_unsup + loss_consistency * consistency_weight
   loss.backward()
   orig.clip_grad_norm(m.optimizer, max_grad_norm)
   m.optimizer.step()
@@ -291,9 +209,8 @@ def image_train_step(orig, m: ImageFlowGMM, x1: torch.Tensor, x2: torch.Tensor,
 
 @contextlib.contextmanager
 def midpoint_dequantization():
-  """Within the block the original's ``iLogits`` dequantises at the bin midpoint (noise
-  0.5, as our evaluation does) instead of drawing uniform noise: ``torch.rand_like``, the
-  only draw it makes, returns 0.5 there. Nothing else in a RealNVP forward calls it."""
+  """Within the block the original's ``iLogits`` dequantises at the bin midpoint, as ours:
+  ``torch.rand_like``, the only draw of a RealNVP forward, returns 0.5."""
   rand_like = torch.rand_like
   torch.rand_like = lambda t, *args, **kwargs: torch.full_like(t, 0.5)
   try:
@@ -304,45 +221,31 @@ def midpoint_dequantization():
 
 def evaluate_image(m: ImageFlowGMM, x: np.ndarray, y: np.ndarray, *, batch_size: int = 64,
                    dequantization: str = "noise") -> dict:
-  """The script's evaluation (``utils.test_classifier``) on ``x``: uint8 NHWC images,
-  ``y``: int labels.
-
-  As there: ``net.eval()`` (BatchNorm running statistics), batches of ``batch_size`` (the
-  script's labelled + unlabelled batch size), ToTensor, ``z = net(x)``, test loss
-  ``loss_fn(z, y=y, sldj)`` = -log p(x | y_true) (the class density without log pi, minus
-  D log 256), accuracy of ``prior.classify(z)``, averaged over images; bits/dim = loss /
-  (D log 2) (``utils.bits_per_dim``). Also the marginal ``loss_fn(z, sldj)`` = -log p(x).
-
-  ``dequantization="noise"`` is the script's: ``iLogits`` draws fresh uniform noise on
-  every call, eval mode included. ``"midpoint"`` replaces that noise by 0.5 (as our
-  evaluation does), by swapping ``torch.rand_like`` for the call.
-
-  Returns 'accuracy', 'bpd_given_label', 'bpd', 'nll_given_label', 'nll' (nats per image).
-  """
+  """The script's test loop (``utils.test_classifier``) on ``x: uint8 [N, H, W, C]``, ``y:
+  int [N]``: eval mode, ToTensor, test loss -log p(x | y_true) and the marginal -log p(x)
+  (nats per image, and bits/dim), accuracy of ``prior.classify``. ``"noise"``: the script's
+  fresh dequantisation noise; ``"midpoint"``: 0.5, as ours. Returns 'accuracy',
+  'bpd_given_label', 'bpd', 'nll_given_label', 'nll'."""
   if dequantization not in ("noise", "midpoint"):
     raise ValueError(f"dequantization must be 'noise' or 'midpoint', got {dequantization!r}")
   net, loss_fn = m.net, m.loss_fn
   net.eval()
   d = int(np.prod(x.shape[1:]))
   sums = {"correct": 0.0, "nll_given_label": 0.0, "nll": 0.0}
-  midpoint = midpoint_dequantization() if dequantization == "midpoint" else (
-      contextlib.nullcontext())
-  with midpoint:
-    with torch.no_grad():
-      for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).permute(
-            0, 3, 1, 2).float() / 255.
-        yb = torch.from_numpy(np.asarray(y[start:start + batch_size], np.int64))
-        z = net(xb)
-        sldj = net.logdet()
-        n = len(yb)
-        sums["nll_given_label"] += float(loss_fn(z, y=yb, sldj=sldj)) * n
-        sums["nll"] += float(loss_fn(z, sldj=sldj)) * n
-        preds = loss_fn.prior.classify(z.reshape((len(z), -1)))
-        sums["correct"] += float((preds == yb).float().sum())
-  n = len(x)
-  out = {"accuracy": sums["correct"] / n, "nll_given_label": sums["nll_given_label"] / n,
-         "nll": sums["nll"] / n}
+  midpoint = (midpoint_dequantization() if dequantization == "midpoint"
+              else contextlib.nullcontext())
+  with midpoint, torch.no_grad():
+    for start in range(0, len(x), batch_size):
+      xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).permute(
+          0, 3, 1, 2).float() / 255.
+      yb = torch.from_numpy(np.asarray(y[start:start + batch_size], np.int64))
+      z = net(xb)
+      sldj = net.logdet()
+      sums["nll_given_label"] += float(loss_fn(z, y=yb, sldj=sldj)) * len(yb)
+      sums["nll"] += float(loss_fn(z, sldj=sldj)) * len(yb)
+      sums["correct"] += float((loss_fn.prior.classify(z.reshape((len(z), -1))) == yb).sum())
+  out = {"accuracy": sums["correct"] / len(x), "nll_given_label": sums["nll_given_label"] / len(x),
+         "nll": sums["nll"] / len(x)}
   out["bpd_given_label"] = out["nll_given_label"] / (d * np.log(2.0))
   out["bpd"] = out["nll"] / (d * np.log(2.0))
   return out
@@ -350,8 +253,7 @@ def evaluate_image(m: ImageFlowGMM, x: np.ndarray, y: np.ndarray, *, batch_size:
 
 @dataclasses.dataclass
 class OriginalStep:
-  """``step()`` runs one train step of the original on its fixed batch and returns the loss
-  (a float, or a detached scalar tensor where the script does not sync each step)."""
+  """``step()``: one train step of the original on its fixed batch; returns the loss."""
   name: str
   step: Callable[[], object]
   model: torch.nn.Module
@@ -361,17 +263,9 @@ class OriginalStep:
 def build_step(orig, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, *,
                prior: str = "shipped", anomaly: bool | None = None,
                seed: int = 0) -> OriginalStep:
-  """The original's train step for workload ``name`` on the batch ``x``, ``y``.
-
-  Args:
-    orig: ``load_original(...)``.
-    name: "cifar" (x: uint8 [B, 32, 32, 3]), "text" (x: [B, 768]) or "toy" (x: [B, 2]).
-    y: int [B], -1 = unlabelled.
-    num_classes: K.
-    prior: "shipped" (SSLGaussMixture as is) or "once" (``prior_built_once``).
-    anomaly: cifar only: autograd anomaly detection as in train_semisup_cons.py (None or
-      True, the script's setting) or off (False).
-  """
+  """The original's train step of workload ``name`` ("cifar": x uint8 [B, 32, 32, 3];
+  "text": [B, 768]; "toy": [B, 2]) on ``y: int [B]`` (-1 = unlabelled), its prior "shipped"
+  or built "once"; ``anomaly``: cifar's autograd anomaly detection (the script's: on)."""
   if prior not in ("shipped", "once"):
     raise ValueError(f"prior must be 'shipped' or 'once', got {prior!r}")
   torch.manual_seed(seed)
@@ -471,39 +365,31 @@ def count_flops(step: Callable[[], object]) -> int:
 # ----------------------------------------------------------------------------- weights
 
 def _wn_conv(prefix: tuple, index: tuple, wn_conv2d, bias: bool = True):
-  """(our path, torch tensor, to_ours) for a WNConv2d: v [out, in, kh, kw] -> HWIO,
-  g [out, 1, 1, 1] -> [out]; ``index`` (the layer's place in its stacks) ends the path."""
+  """(our path, tensor, to_ours) of a WNConv2d: v [out, in, kh, kw] -> HWIO, g -> [out]."""
   conv = wn_conv2d.conv
-  rows = [(("params",) + prefix + ("v", index), conv.weight_v,
-           lambda t: t.permute(2, 3, 1, 0)),
-          (("params",) + prefix + ("g", index), conv.weight_g, lambda t: t.reshape(-1))]
-  if bias:
-    rows.append((("params",) + prefix + ("bias", index), conv.bias, lambda t: t))
-  return rows
+  rows = [(("params", *prefix, "v", index), conv.weight_v, lambda t: t.permute(2, 3, 1, 0)),
+          (("params", *prefix, "g", index), conv.weight_g, lambda t: t.reshape(-1))]
+  return rows + ([(("params", *prefix, "bias", index), conv.bias, _same)] if bias else [])
+
+
+def _same(t):
+  return t
 
 
 def _batch_norm(prefix: tuple, index: tuple, bn):
-  def same(t):
-    return t
-  return [(("params",) + prefix + ("scale", index), bn.weight, same),
-          (("params",) + prefix + ("bias", index), bn.bias, same),
-          (("batch_stats",) + prefix + ("mean", index), bn.running_mean, same),
-          (("batch_stats",) + prefix + ("var", index), bn.running_var, same)]
+  return [(("params", *prefix, "scale", index), bn.weight, _same),
+          (("params", *prefix, "bias", index), bn.bias, _same),
+          (("batch_stats", *prefix, "mean", index), bn.running_mean, _same),
+          (("batch_stats", *prefix, "var", index), bn.running_var, _same)]
 
 
 def realnvp_correspondence(net) -> list:
-  """Every tensor of the original image ``RealNVP`` with its place in OUR FlowGMM's
-  variables: a list of ``(path, tensor, to_ours)`` where ``path`` is a tuple of keys into
-  our variables ending with the index of the slice the tensor fills in the stacked arrays
-  (``('params', 'flow', 'checkerboards_0', 'conditioner', 'blocks', 'in_conv', 'v', (2,
-  5))``: coupling 2 of that stack, residual block 5; ``variables[...][keys][index]``),
-  ``tensor`` the original's parameter or buffer and ``to_ours`` its layout change (NCHW
-  kernels to HWIO, weight-norm gains to one per channel).
-
-  The original's couplings, in the order its modules are registered (the forward order),
-  are those of ``realnvp_plan``; coupling k is slice ``k - first_index`` of its stack in
-  ``realnvp_scanned_plan`` (models/realnvp.py).
-  """
+  """Every tensor of the original image ``RealNVP`` as ``(path, tensor, to_ours)``: ``path``
+  is our variables' keys then the slice it fills in the stacked arrays (``('params', 'flow',
+  'checkerboards_0', 'conditioner', 'blocks', 'in_conv', 'v', (2, 5))``: coupling 2 of that
+  stack, block 5), ``to_ours`` its layout change. The original registers its couplings in
+  forward order; coupling k is slice ``k - first_index`` of its ``realnvp_scanned_plan``
+  stack (models/realnvp.py)."""
   from flowgmm_jax.models.realnvp import realnvp_scanned_plan
   coupling_cls = sys.modules["flow_ssl.realnvp.coupling_layer"].CouplingLayer
   layers = [m for m in net.modules() if isinstance(m, coupling_cls)]
@@ -538,12 +424,8 @@ def realnvp_correspondence(net) -> list:
 
 
 def latent_nchw_to_ours(z: np.ndarray, piece_shapes) -> np.ndarray:
-  """A flat latent of the original (each multi-scale piece flattened in C, H, W order,
-  pieces joined in order) in our order (each piece flattened in H, W, C order).
-
-  ``z: [N, D]``; ``piece_shapes``: our pieces' (h, w, c), e.g. from
-  ``flowgmm_jax.models.multiscale.multiscale_latent_shapes``.
-  """
+  """The original's flat latent ``z: [N, D]`` (each multi-scale piece in C, H, W order) in
+  ours (H, W, C); ``piece_shapes``: our pieces' (h, w, c) (``multiscale_latent_shapes``)."""
   out, start = [], 0
   for h, w, c in piece_shapes:
     size = h * w * c
@@ -554,10 +436,9 @@ def latent_nchw_to_ours(z: np.ndarray, piece_shapes) -> np.ndarray:
 
 
 def to_our_variables(variables: dict, net, means=None, piece_shapes=None) -> dict:
-  """Our FlowGMM ``variables`` with every flow parameter and BatchNorm statistic replaced
-  by the original ``net``'s (``realnvp_correspondence``) and, if ``means`` [K, D] (the
-  original's prior means) is given, the prior's means in our latent order
-  (``latent_nchw_to_ours`` with ``piece_shapes``). Shapes must match exactly."""
+  """Our ``variables`` with every flow parameter and BatchNorm statistic of the original
+  ``net`` (``realnvp_correspondence``) and, given, its prior ``means [K, D]`` in our latent
+  order. Shapes must match exactly."""
   import copy
   out = copy.deepcopy(jax_tree_to_dict(variables))
   for path, tensor, to_ours in realnvp_correspondence(net):

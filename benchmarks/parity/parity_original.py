@@ -1,23 +1,7 @@
-"""A side-by-side training run on MNIST: the original PyTorch FlowGMM and ours, same small
-model, same recipe, same data, curves and raw numbers.
-
-    python -m benchmarks.parity.parity_original --original=PATH [--steps N] [--seeds 0,1,2] \\
-        [--labels 1000] [--side=both|ours|original] \\
-        [--recipes=original,original_zero_init,cpu,cpu_zero_init]
-    python -m benchmarks.parity.parity_original --original=PATH --init-seeds=60 --init-leaves=16 \
-        --recipes=                                    # the two sides' initial distributions
-    python -m benchmarks.parity.parity_original --original=PATH --recipes=cpu_schedule \
-        --steps=6000 --eval-every=500 --seeds=0   # the shipped :cpu recipe, its whole budget
-    python -m benchmarks.parity.parity_original --plot-only     # figure + table from the JSON
-
-PATH is the root of a clone of github.com/izmailovpavel/flowgmm (the original side needs
-PyTorch, the 'bench' extra; ``--side=ours`` needs neither). Each finished run is merged into
-``--json`` (default benchmarks/results/parity_original.json, under a file lock), so sides,
-recipes and seeds can run as separate processes and be resumed; the figure
-(``--figure``, default docs/parity_original.png) and the parity table are redrawn from all
-runs in that file.
-
-What the study compares, the recipes, the data, the evaluation and the parity criterion:
+"""The parity study: the original PyTorch FlowGMM and ours trained side by side on MNIST,
+same small model, recipe and data; curves and raw numbers merged into ``--json`` (under a
+file lock, so sides, recipes and seeds can run as separate processes), the figure and the
+table redrawn from every run in it. Recipes, data, evaluation, criterion and commands:
 benchmarks/parity/README.md.
 """
 
@@ -32,6 +16,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,17 +26,17 @@ DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
 RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_zero_init",
            "cpu_label_weight_3", "cpu_schedule")
-# The original's RealNVP for 1-channel images, sized as configs/mnist.py's CPU_MODEL.
 TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
               "labeled_accuracy", "log_det")
 TEST_KEYS = ("accuracy", "bpd_given_label", "bpd")
 NUM_DIMS = 28 * 28
+BPD = 1.0 / (NUM_DIMS * math.log(2.0))  # nats per image -> bits/dim
 
 
 # ----------------------------------------------------------------------------- settings
 
 def recipe(name: str) -> dict:
-  """The settings of recipe ``name`` (see the module docstring), from configs/mnist.py."""
+  """The settings of recipe ``name`` (README.md), read from configs/mnist.py."""
   from configs import mnist
   if name not in RECIPES:
     raise ValueError(f"unknown recipe {name!r}; choose from {RECIPES}")
@@ -103,6 +88,10 @@ def load_data(num_test: int):
 
 # ----------------------------------------------------------------------------- ours
 
+def _one_step_config(r: dict):
+  return our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
+
+
 def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
                num_test: int):
   from configs import mnist
@@ -110,49 +99,54 @@ def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: i
   for k, v in r["model"].items():
     c.model[k] = v
   c.model.zero_init_last = r["zero_init_last"]
-  c.seed = seed
-  c.data.num_labeled_per_class = num_labels // 10
-  c.data.labeled_batch_size = r["labeled_batch_size"]
-  c.data.unlabeled_batch_size = r["unlabeled_batch_size"]
-  c.optim.learning_rate = r["learning_rate"]
-  c.optim.lr_schedule = r["lr_schedule"]
-  c.optim.warmup_steps = r["warmup_steps"]
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.grad_clip_norm = r["grad_clip_norm"]
-  c.loss.label_weight = r["label_weight"]
-  c.loss.consistency_weight = r["consistency_weight"]
-  c.loss.consistency_rampup_steps = r["consistency_rampup_steps"]
-  c.augment.crop_padding = r["crop_padding"]
-  c.num_train_steps = steps
-  c.log_every_steps = 1
-  c.eval_every_steps = eval_every
-  c.checkpoint_every_steps = steps
-  c.eval_batch_size = min(500, num_test)
-  c.progress_bar = False
-  c.plots = False
+  for section, keys in (("data", ("labeled_batch_size", "unlabeled_batch_size")),
+                        ("optim", ("learning_rate", "lr_schedule", "warmup_steps",
+                                   "weight_decay", "grad_clip_norm")),
+                        ("loss", ("label_weight", "consistency_weight",
+                                  "consistency_rampup_steps")),
+                        ("augment", ("crop_padding",))):
+    for key in keys:
+      c[section][key] = r[key]
+  c.seed, c.data.num_labeled_per_class = seed, num_labels // 10
+  c.num_train_steps, c.log_every_steps, c.eval_every_steps = steps, 1, eval_every
+  c.checkpoint_every_steps, c.eval_batch_size = steps, min(500, num_test)
+  c.progress_bar = c.plots = False
   return c
 
 
-def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
-  """Our variables holding the original's initial tensors for ``seed`` (exactly those its
-  side of the parity run starts from: ``torch.manual_seed(seed)``, then its model set-up),
-  prior means included, in our layout (``original_step.to_our_variables``)."""
-  import jax
+def our_model(config):
+  """``(model, init)``: our MNIST FlowGMM of ``config`` and ``init(key) -> variables``."""
   import jax.numpy as jnp
+
+  from flowgmm_jax.flowgmm import FlowGMM
+  model = FlowGMM.from_config(config, (28, 28, 1), 10, image=True)
+  return model, lambda key: model.init(key, jnp.zeros((2, 28, 28, 1)))
+
+
+def original_model(orig, r: dict, seed: int):
+  """The original's model set-up for recipe ``r``, after ``torch.manual_seed(seed)``."""
   import torch
 
-  from benchmarks.parity import original_step as os_
-  from flowgmm_jax.flowgmm import FlowGMM
+  from benchmarks.parity import original_step
+  torch.manual_seed(seed)
+  return original_step.build_image_flowgmm(
+      orig, original_step.prior_built_once(orig), image_shape=(1, 28, 28), num_classes=10,
+      lr=r["learning_rate"], weight_decay=r["weight_decay"], **r["model"])
+
+
+def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
+  """Our variables holding the original's initial tensors for ``seed`` (those its side of the
+  study starts from), prior means included, in our layout."""
+  import jax
+  import jax.numpy as jnp
+
+  from benchmarks.parity.original_step import to_our_variables
   from flowgmm_jax.models.multiscale import multiscale_latent_shapes
   from flowgmm_jax.models.realnvp import realnvp_plan
-  torch.manual_seed(seed)
-  m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
-                              num_classes=10, lr=r["learning_rate"],
-                              weight_decay=r["weight_decay"], **r["model"])
-  model = FlowGMM.from_config(config, (28, 28, 1), 10, image=True)
-  template = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+  m = original_model(orig, r, seed)
+  template = jax.jit(our_model(config)[1])(jax.random.PRNGKey(0))
   pieces = multiscale_latent_shapes(realnvp_plan(config.model.num_scales), (28, 28, 1))
-  given = os_.to_our_variables(template, m.net, m.prior.means, pieces)
+  given = to_our_variables(template, m.net, m.prior.means, pieces)
   return jax.tree_util.tree_map(jnp.asarray, given)
 
 
@@ -171,24 +165,19 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
   given = original_initial_variables(orig, r, seed, c) if r["same_init"] else None
   dataset = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
                     x_test=x_test, y_test=y_test, num_classes=10)
-  labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
+  pools = original_label_split(ds.y_train, num_labels, seed)
   per_step, tests, times = {}, {}, []
-  names = {"loss": "train/loss", "cross_entropy": "train/cross_entropy",
-           "nll": "train/nll_all", "consistency": "train/consistency",
-           "consistency_weight": "train/consistency_weight",
-           "labeled_accuracy": "train/labeled_accuracy", "log_det": "train/log_det"}
+  names = {k: f"train/{k}" for k in TRAIN_KEYS} | {"nll": "train/nll_all"}
 
   def log_fn(step, metrics):
     if "train/loss" in metrics:
       times.append((step, time.perf_counter()))
       per_step[step] = {k: float(metrics[v]) for k, v in names.items()}
     else:
-      tests[step] = {"accuracy": float(metrics["eval/accuracy"]),
-                     "bpd_given_label": float(metrics["eval/bpd_given_label"]),
-                     "bpd": float(metrics["eval/bpd"])}
+      tests[step] = {k: float(metrics[f"eval/{k}"]) for k in TEST_KEYS}
 
   t0 = time.perf_counter()
-  result = fit(c, dataset, labeled, unlabeled, log_fn=log_fn, initial_variables=given)
+  result = fit(c, dataset, pools, log_fn=log_fn, initial_variables=given)
   wall = time.perf_counter() - t0
   intervals = [b[1] - a[1] for a, b in zip(times, times[1:], strict=False) if a[0] % eval_every]
   return _record(per_step, tests, eval_every, steps,
@@ -202,15 +191,11 @@ def parameter_counts(orig=None) -> dict:
   """Parameters of our ``:cpu`` flow (from shapes, nothing compiled) and, given the
   original, of its ``RealNVP(num_scales=2, in_channels=1, mid_channels=16, num_blocks=1)``."""
   import jax
-  import jax.numpy as jnp
 
-  from flowgmm_jax.flowgmm import FlowGMM
   from flowgmm_jax.models import count_params
   r = recipe("original")
-  c = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
-  model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1))))
-  counts = {"ours": count_params(shapes)}
+  init = our_model(_one_step_config(r))[1]
+  counts = {"ours": count_params(jax.eval_shape(init, jax.random.PRNGKey(0)))}
   if orig is not None:
     net = orig.RealNVP(in_channels=1, **r["model"])
     counts["original"] = sum(p.numel() for p in net.parameters())
@@ -248,13 +233,9 @@ class OriginalBatches:
       return next(self._epoch)
 
 
-def linear_rampup(final_value: float, epoch: int, num_epochs: int, start_epoch: int = 0):
-  """train_semisup_cons.py's ``linear_rampup`` (the script defines it; it is not
-  importable without running the script)."""
-  t = (epoch - start_epoch + 1) / num_epochs
-  if t > 1:
-    t = 1.
-  return t * final_value
+def linear_rampup(final_value: float, epoch: int, num_epochs: int):
+  """train_semisup_cons.py's ``linear_rampup`` (defined in the script, not importable)."""
+  return min((epoch + 1) / num_epochs, 1.0) * final_value
 
 
 def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
@@ -263,38 +244,34 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   import torch
 
   from benchmarks.parity import original_step as os_
+  from flowgmm_jax.training.optim import make_schedule
   torch.set_num_threads(1)
   ds, x_test, y_test = data
   labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
-  torch.manual_seed(seed)
-  m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
-                              num_classes=10, lr=r["learning_rate"],
-                              weight_decay=r["weight_decay"], **r["model"])
-  prior_before = [t.detach().clone() for t in (m.prior.means, m.prior.weights,
-                                               m.prior.inv_cov_stds)]
+  m = original_model(orig, r, seed)
+  prior = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
+  prior_before = [t.detach().clone() for t in prior]
   batches = OriginalBatches(labeled, unlabeled, r["labeled_batch_size"],
                             r["unlabeled_batch_size"], seed)
   rampup_epochs = max(1, round(r["consistency_rampup_steps"] / batches.steps_per_epoch))
-  from flowgmm_jax.training.optim import make_schedule
   learning_rate = make_schedule(r["lr_schedule"], r["learning_rate"], steps, r["warmup_steps"])
   gen = torch.Generator().manual_seed(seed)
   x_all = torch.from_numpy(ds.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
   y_all = torch.from_numpy(ds.y_train.astype(np.int64))
   per_step, tests, times = {}, {}, []
   t0 = time.perf_counter()
-  first_step_s = None
   for step in range(steps):
     ts = time.perf_counter()
-    epoch = step // batches.steps_per_epoch
-    cons_w = linear_rampup(r["consistency_weight"], epoch, rampup_epochs)
+    cons_w = linear_rampup(r["consistency_weight"], step // batches.steps_per_epoch,
+                           rampup_epochs)
     for group in m.optimizer.param_groups:  # optax's schedule, evaluated at this step
       group["lr"] = float(learning_rate(step))
     lab, unl = batches.next()
     rows = torch.from_numpy(np.concatenate([lab, unl]))
     images = x_all[rows].float() / 255.  # ToTensor
     y = torch.cat([y_all[torch.from_numpy(lab)], torch.full((len(unl),), -1)])
-    x1 = os_.crop_flip(images, gen, r["crop_padding"], flip=False)  # TransformTwice
-    x2 = os_.crop_flip(images, gen, r["crop_padding"], flip=False)
+    x1, x2 = (os_.crop_flip(images, gen, r["crop_padding"], flip=False)  # TransformTwice
+              for _ in range(2))
     out = os_.image_train_step(orig, m, x1, x2, y, label_weight=r["label_weight"],
                                consistency_weight=cons_w, max_grad_norm=r["grad_clip_norm"])
     values = {k: float(v) for k, v in out.items() if k in TRAIN_KEYS}
@@ -303,55 +280,44 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
     # (the original adds that term in FlowLoss instead).
     values["log_det"] -= NUM_DIMS * math.log(256.0)
     per_step[step + 1] = values
-    elapsed = time.perf_counter() - ts
-    if step == 0:
-      first_step_s = time.perf_counter() - t0
-    else:
-      times.append(elapsed)
+    times.append(time.perf_counter() - ts)  # [0]: the first step; step_s: the median of the rest
     if (step + 1) % eval_every == 0 or step + 1 == steps:
-      noise = os_.evaluate_image(m, x_test, y_test, batch_size=64, dequantization="noise")
-      mid = os_.evaluate_image(m, x_test, y_test, batch_size=64, dequantization="midpoint")
-      tests[step + 1] = {**{k: noise[k] for k in TEST_KEYS},
-                         **{f"{k}_midpoint": mid[k] for k in TEST_KEYS}}
-  wall = time.perf_counter() - t0
-  prior_after = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
-  rec = _record(per_step, tests, eval_every, steps,
-                num_params=sum(p.numel() for p in m.net.parameters()), wall_s=wall,
-                first_step_s=first_step_s, step_s=float(np.median(times)) if times else
-                float("nan"), threads="torch, 1 thread", torch=torch.__version__,
-                original_commit=orig.commit)
-  rec["prior_changed"] = any(not torch.equal(a, b) for a, b in zip(prior_before, prior_after, strict=False))
-  rec["prior_requires_grad"] = [bool(t.requires_grad) for t in prior_after]
-  rec["consistency_rampup_epochs"] = rampup_epochs
-  rec["steps_per_epoch"] = batches.steps_per_epoch
-  return rec
+      tests[step + 1] = {}
+      for how, suffix in (("noise", ""), ("midpoint", "_midpoint")):
+        e = os_.evaluate_image(m, x_test, y_test, batch_size=64, dequantization=how)
+        tests[step + 1].update({k + suffix: e[k] for k in TEST_KEYS})
+  first_step_s = times[0] if times else None
+  return _record(per_step, tests, eval_every, steps,
+                 num_params=sum(p.numel() for p in m.net.parameters()),
+                 wall_s=time.perf_counter() - t0, first_step_s=first_step_s,
+                 step_s=float(np.median(times[1:])) if times[1:] else float("nan"),
+                 threads="torch, 1 thread", torch=torch.__version__, original_commit=orig.commit,
+                 prior_changed=any(not torch.equal(a, b) for a, b in zip(prior_before, prior,
+                                                                          strict=True)),
+                 prior_requires_grad=[bool(t.requires_grad) for t in prior],
+                 consistency_rampup_epochs=rampup_epochs, steps_per_epoch=batches.steps_per_epoch)
 
 
 # ----------------------------------------------------------------------------- init
 
 def init_distribution(orig, num_seeds: int, data) -> dict:
-  """The initial-parameter distribution of both sides, measured: over ``num_seeds`` random
-  inits each (seeds 1000, 1001, ...), the train-mode mixture NLL, log-det and ||z||^2 of one
-  fixed batch of 64 training images (fresh dequantisation noise per init), as quantiles,
-  with two-sample Mann-Whitney and Kolmogorov-Smirnov p-values per quantity."""
+  """Over ``num_seeds`` random inits per side (seeds 1000, 1001, ...): the train-mode mixture
+  NLL, log-det and ||z||^2 of one fixed batch of 64 training images (fresh dequantisation
+  noise per init), as quantiles, with Mann-Whitney and Kolmogorov-Smirnov p-values."""
   import jax
   import jax.numpy as jnp
   import scipy.stats
   import torch
-
-  from benchmarks.parity import original_step as os_
-  from flowgmm_jax.flowgmm import FlowGMM
   torch.set_num_threads(1)
   ds = data[0]
   x = ds.x_train[np.random.default_rng(0).choice(len(ds.x_train), 64, replace=False)]
   r = recipe("original")
-  model = FlowGMM.from_config(our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1,
-                                         num_test=1), (28, 28, 1), 10, image=True)
+  model, init = our_model(_one_step_config(r))
 
   @jax.jit
   def ours(key):
     k_init, k_noise = jax.random.split(key)
-    variables = model.init(k_init, jnp.zeros((2, 28, 28, 1)))
+    variables = init(k_init)
     noise = jax.random.uniform(k_noise, x.shape)
     (z, log_det, clj), _ = model.apply(variables, jnp.asarray(x, jnp.float32), noise,
                                        train=True, mutable=["batch_stats"])
@@ -361,9 +327,7 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
   images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.
 
   def theirs(seed):
-    torch.manual_seed(seed)
-    m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
-                                num_classes=10, lr=0.0, **r["model"])
+    m = original_model(orig, r, seed)
     m.net.train()
     with torch.no_grad():
       z = m.net(images)
@@ -376,9 +340,9 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
   a = np.asarray([np.asarray(ours(jax.random.PRNGKey(s))) for s in seeds], np.float64)
   b = np.asarray([theirs(s) for s in seeds], np.float64)
   out = {"num_seeds": num_seeds, "batch": "64 fixed training images", "quantities": {}}
+  def q(v):
+    return {f"q{int(100 * p)}": float(np.quantile(v, p)) for p in (0.1, 0.5, 0.9)}
   for i, name in enumerate(("nll", "log_det", "z_squared_norm")):
-    def q(v):
-      return {f"q{int(100 * p)}": float(np.quantile(v, p)) for p in (0.1, 0.5, 0.9)}
     out["quantities"][name] = {
         "ours": {**q(a[:, i]), "mean": float(a[:, i].mean())},
         "original": {**q(b[:, i]), "mean": float(b[:, i].mean())},
@@ -388,26 +352,18 @@ def init_distribution(orig, num_seeds: int, data) -> dict:
 
 
 def init_leaf_moments(orig, num_seeds: int) -> dict:
-  """Per parameter tensor, the mean and std of its initial values over ``num_seeds`` inits
-  per side: ours (``model.init``, keys 0, 1, ...) and the original's (``torch.manual_seed``
-  0, 1, ..., mapped into our layout as the same-init run is), for every tensor of at least
-  256 values that is drawn at random (constant ones, BatchNorm and the rescales, are equal
-  by construction). A distribution difference in any one layer shows up here even where the
-  whole-model statistics of ``init_distribution`` hide it."""
+  """Per random parameter tensor of >= 256 values, the mean and std of its initial values over
+  ``num_seeds`` inits per side (ours: keys 0, 1, ...; the original's: seeds 0, 1, ... in our
+  layout): a difference in one layer shows here where ``init_distribution`` hides it."""
   import jax
-  import jax.numpy as jnp
-
-  from flowgmm_jax.flowgmm import FlowGMM
   r = recipe("original_same_init")
-  c = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
-  model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
-  init = jax.jit(model.init)
+  c = _one_step_config(r)
+  init = jax.jit(our_model(c)[1])
 
   def flat(tree):
     return {jax.tree_util.keystr(k): np.asarray(v)
             for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  ours = [flat(init(jax.random.PRNGKey(s), jnp.zeros((2, 28, 28, 1))))
-          for s in range(num_seeds)]
+  ours = [flat(init(jax.random.PRNGKey(s))) for s in range(num_seeds)]
   theirs = [flat(original_initial_variables(orig, r, s, c)) for s in range(num_seeds)]
   leaves = {}
   for name in ours[0]:
@@ -493,11 +449,6 @@ def merge(path: str, key: str, run: dict, header: dict) -> dict:
   return results
 
 
-def load_results(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
-
-
 # ----------------------------------------------------------------------------- summary
 
 def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
@@ -521,9 +472,8 @@ TABLE_ROWS = (("test", "accuracy", "test accuracy", 100.0, 1),
               ("test", "bpd_given_label", "test bits/dim", 1.0, 3),
               ("test", "bpd_given_label_midpoint", "test bits/dim", 1.0, 3),
               ("train", "cross_entropy", "cross-entropy", 1.0, 3),
-              ("train", "nll", "NLL (bits/dim)", 1.0 / (NUM_DIMS * math.log(2.0)), 3),
-              ("train", "consistency", "consistency (bits/dim)",
-               1.0 / (NUM_DIMS * math.log(2.0)), 3),
+              ("train", "nll", "NLL (bits/dim)", BPD, 3),
+              ("train", "consistency", "consistency (bits/dim)", BPD, 3),
               ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, 1))
 
 
@@ -621,26 +571,23 @@ def init_adjusted_gaps(results: dict, recipe_name: str = "original") -> str:
   return "\n".join(lines)
 
 
-STYLES = {("original", "original"): ("original (PyTorch)", "k", "-"),
-          ("original", "ours"): ("ours, random init", "tab:blue", "-"),
-          ("original_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
-          ("original_same_init", "ours"): ("ours from the original's initial tensors",
-                                           "tab:purple", "-."),
-          ("cpu", "original"): ("original (PyTorch)", "k", "-"),
-          ("cpu", "ours"): ("ours, random init", "tab:blue", "-"),
-          ("cpu_zero_init", "ours"): ("ours, zero init", "tab:orange", "--"),
-          ("cpu_label_weight_3", "original"): ("original (PyTorch)", "k", "-"),
-          ("cpu_label_weight_3", "ours"): ("ours, random init", "tab:blue", "-"),
-          ("cpu_schedule", "original"): ("original (PyTorch)", "k", "-"),
-          ("cpu_schedule", "ours"): ("ours, random init", "tab:blue", "-")}
+def _style(recipe_name: str, side: str) -> tuple[str, str, str]:
+  """(label, colour, line style) of a curve."""
+  if side == "original":
+    return "original (PyTorch)", "k", "-"
+  if recipe_name.endswith("zero_init"):
+    return "ours, zero init", "tab:orange", "--"
+  if recipe_name.endswith("same_init"):
+    return "ours from the original's initial tensors", "tab:purple", "-."
+  return "ours, random init", "tab:blue", "-"
+
+
 PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
           ("test", "bpd_given_label", "test bits/dim, -log p(x | y)", 1.0, "bits/dim"),
           ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, "%"),
           ("train", "cross_entropy", "cross-entropy (labelled)", 1.0, "nats"),
-          ("train", "nll", "mixture NLL (all rows)", 1.0 / (NUM_DIMS * math.log(2.0)),
-           "bits/dim"),
-          ("train", "consistency", "consistency NLL", 1.0 / (NUM_DIMS * math.log(2.0)),
-           "bits/dim"))
+          ("train", "nll", "mixture NLL (all rows)", BPD, "bits/dim"),
+          ("train", "consistency", "consistency NLL", BPD, "bits/dim"))
 
 
 def markdown(results: dict) -> str:
@@ -669,66 +616,61 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
+  """The figure: a row of six panels (``PANELS``) per recipe group, mean ± sd over seeds."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  groups = [("original", ("original", "original_zero_init", "original_same_init")),
-            ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",)),
-            ("cpu_schedule", ("cpu_schedule",))]
-  groups = [(g, names) for g, names in groups
-            if any(r["recipe"] in names for r in results["runs"].values())]
+  runs = results["runs"]
+  groups = [(g, names) for g, names in (
+      ("original", ("original", "original_zero_init", "original_same_init")),
+      ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",)),
+      ("cpu_schedule", ("cpu_schedule",))) if any(r["recipe"] in names for r in runs.values())]
   if not groups:
     return
   fig = plt.figure(figsize=(15, 7.5 * len(groups)), layout="constrained")
-  subfigs = fig.subfigures(len(groups), 1, squeeze=False)[:, 0]
-  for subfig, (group, names) in zip(subfigs, groups, strict=False):
+  titles = {"original": "README MNIST recipe",
+            "cpu_label_weight_3": "the :cpu recipe at a constant rate at the README label weight",
+            "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
+  for subfig, (group, names) in zip(fig.subfigures(len(groups), 1, squeeze=False)[:, 0],
+                                    groups, strict=True):
     r = recipe(group)
-    seeds = sorted({run["seed"] for run in results["runs"].values() if run["recipe"] == group})
-    title = {"original": "README MNIST recipe",
-             "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
+    seeds = sorted({run["seed"] for run in runs.values() if run["recipe"] == group})
     subfig.suptitle(
-        f"{title.get(group, 'the :cpu recipe at a constant rate')}"
-        f"{' at the README label weight' if group == 'cpu_label_weight_3' else ''}: lr "
+        f"{titles.get(group, 'the :cpu recipe at a constant rate')}: lr "
         f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
         f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
         f"{','.join(map(str, seeds))}", fontsize=12, fontweight="bold")
-    axes = subfig.subplots(2, 3)
-    for pi, (grp, key, label, scale, unit) in enumerate(PANELS):
-      ax = axes[pi // 3, pi % 3]
+    axes = subfig.subplots(2, 3).ravel()
+    for ax, (grp, key, label, scale, unit) in zip(axes, PANELS, strict=True):
+      lines = []  # (curve, label, line style, colour)
       for name in names:
         for side in ("original", "ours"):
-          cv = curves(results, name, side, grp, key)
-          if cv is None or (name, side) not in STYLES:
-            continue
-          lab, color, ls = STYLES[(name, side)]
-          variants = [(cv, lab, ls, color)]
+          lines.append((curves(results, name, side, grp, key), *_style(name, side)))
           if side == "original" and grp == "test":
-            mid = curves(results, name, side, grp, key + "_midpoint")
-            if mid is not None:
-              variants.append((mid, "original, midpoint dequantisation as ours", ":",
-                               "tab:green"))
-          for (steps, mean, std, n), lab, ls, color in variants:
-            ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
-                    label=f"{lab} (n={max(n)})")
-            if max(n) > 1:
-              ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale,
-                              color=color, alpha=0.2)
-        if name == "original_same_init":
-          # The same-init run's counterpart: the original's run of the same seed.
-          for sd in sorted({run["seed"] for run in results["runs"].values()
-                            if run["recipe"] == name}):
-            mine = {k: v for k, v in results["runs"].items()
-                    if v["recipe"] == "original" and v["side"] == "original" and v["seed"] == sd}
-            k_ = key + "_midpoint" if grp == "test" else key
-            cv = curves({"runs": mine}, "original", "original", grp, k_)
-            if cv is not None:
-              ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8,
-                      label=f"original seed {sd} (those tensors{', midpoint' if grp == 'test' else ''})")
-      ax.set_title(label, fontsize=10)
-      ax.set_xlabel("training step")
-      ax.set_ylabel(unit)
+            lines.append((curves(results, name, side, grp, key + "_midpoint"),
+                          "original, midpoint dequantisation as ours", "tab:green", ":"))
+      for cv, lab, color, ls in lines:
+        if cv is not None:
+          steps, mean, std, n = cv
+          ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
+                  label=f"{lab} (n={max(n)})")
+          if max(n) > 1:
+            ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
+                            alpha=0.2)
+      for seed in (seeds if "original_same_init" in names else ()):
+        # The same-init runs' counterpart: the original's run of the same seed.
+        same = {k: v for k, v in runs.items() if v["recipe"] == "original"
+                and v["side"] == "original" and v["seed"] == seed}
+        cv = curves({"runs": same}, "original", "original", grp,
+                    key + "_midpoint" if grp == "test" else key)
+        if cv is not None and any(v["recipe"] == "original_same_init" and v["seed"] == seed
+                                  for v in runs.values()):
+          ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8, label=(
+              f"original seed {seed} (those tensors{', midpoint' if grp == 'test' else ''})"))
+      ax.set(title=label, xlabel="training step", ylabel=unit)
+      ax.title.set_fontsize(10)
       ax.grid(alpha=0.3)
-      if pi in (0, 2):
+      if key in ("accuracy", "labeled_accuracy"):
         ax.legend(fontsize=8)
   fig.suptitle("FlowGMM-cons on MNIST, 1,000 labels: the original PyTorch code vs ours, "
                "RealNVP 2 scales x 1 block x 16 channels\nmean ± sd over seeds; training "
@@ -740,13 +682,10 @@ def plot(results: dict, path: str) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def _seeds(text: str):
-  try:
-    seeds = [int(s) for s in text.split(",") if s.strip()]
-  except ValueError:
-    seeds = []
-  if not seeds or min(seeds) < 0:
-    raise SystemExit(f"--seeds={text!r}: give non-negative integers, e.g. --seeds=0,1,2")
+def _seeds(text: str) -> list[int]:
+  seeds = [int(s) for s in text.split(",") if s.strip().isdigit()]
+  if not seeds or len(seeds) != len([s for s in text.split(",") if s.strip()]):
+    raise argparse.ArgumentTypeError(f"{text!r}: give non-negative integers, e.g. 0,1,2")
   return seeds
 
 
@@ -754,7 +693,7 @@ def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--original", default="", help="root of a clone of the original repository")
   p.add_argument("--steps", type=int, default=1500)
-  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--seeds", type=_seeds, default="0,1,2")
   p.add_argument("--labels", type=int, default=1000)
   p.add_argument("--side", choices=("both", "ours", "original"), default="both")
   p.add_argument("--recipes", default=",".join(RECIPES))
@@ -772,7 +711,7 @@ def main(argv=None) -> dict:
                  help="redraw the figure and print the table from --json; run nothing")
   args = p.parse_args(argv)
   if args.plot_only:
-    results = load_results(args.json)
+    results = json.loads(Path(args.json).read_text())
     if args.figure:
       plot(results, args.figure)
     for name in ("original", "cpu", "cpu_label_weight_3"):
@@ -782,11 +721,10 @@ def main(argv=None) -> dict:
     if "init_distribution" in results:
       print(init_table(results["init_distribution"]))
     return results
-  seeds = _seeds(args.seeds)
   names = [n for n in args.recipes.split(",") if n]
-  for n in names:
-    if n not in RECIPES:
-      p.error(f"--recipes: unknown recipe {n!r}; choose from {RECIPES}")
+  if set(names) - set(RECIPES):
+    p.error(f"--recipes: unknown recipe(s) {sorted(set(names) - set(RECIPES))}; choose from "
+            f"{RECIPES}")
   if args.steps < 1 or args.eval_every < 1:
     p.error("--steps and --eval-every must be >= 1")
   if args.labels % 10 or not 32 <= args.labels <= 60000:
@@ -796,8 +734,9 @@ def main(argv=None) -> dict:
   if args.init_seeds > 0 or args.init_leaves > 0 or any(recipe(n)["same_init"] for n in names) or (
       "original" in sides and any("original" in recipe(n)["sides"] for n in names)):
     if not args.original:
-      p.error("the original side needs --original=PATH (a clone of "
-              "github.com/izmailovpavel/flowgmm), or run --side=ours")
+      p.error("the original side (and --init-seeds, --init-leaves, original_same_init) needs "
+              "--original=PATH (a clone of github.com/izmailovpavel/flowgmm), or run "
+              "--side=ours")
     from benchmarks.parity import original_step
     orig = original_step.load_original(args.original)
   counts = parameter_counts(orig)
@@ -806,48 +745,47 @@ def main(argv=None) -> dict:
   if len(set(counts.values())) > 1:
     raise SystemExit(f"the two models differ: {counts} parameters")
   data = load_data(args.test_examples)
-  header = {"command": "python -m benchmarks.parity.parity_original " + " ".join(
-      a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--original")),
-            "labels": args.labels, "test_examples": args.test_examples,
-            "eval_every": args.eval_every}
+  argv = sys.argv[1:] if argv is None else argv
+  command = "python -m benchmarks.parity.parity_original " + " ".join(
+      a for a in argv if not a.startswith("--original"))
   commit = git_commit()  # the code that runs (a later edit of the tree is not it)
-  header.update(updated=datetime.datetime.now().isoformat(timespec="seconds"),
-                updated_by_commit=commit, machine=machine())
-  results = None
+  header = {"command": command, "labels": args.labels, "test_examples": args.test_examples,
+            "eval_every": args.eval_every, "updated_by_commit": commit, "machine": machine(),
+            "updated": datetime.datetime.now().isoformat(timespec="seconds")}
+  results = {"runs": {}}
+
+  def record(key: str, value: dict) -> None:
+    """``value`` with its provenance into the results (and --json, and the figure)."""
+    nonlocal results
+    value.update(command=command, git_commit=commit, machine=machine())
+    if not args.json:
+      (results if key in TOP_LEVEL else results["runs"])[key] = value
+      return
+    with locked(args.json):
+      results = merge(args.json, key, value, header)
+      if args.figure and key not in TOP_LEVEL:
+        plot(results, args.figure)
+
   if args.init_seeds > 0:
-    if orig is None:
-      p.error("--init-seeds needs --original=PATH")
-    dist = init_distribution(orig, args.init_seeds, data)
-    dist.update(command=header["command"], git_commit=commit, machine=machine())
-    print(init_table(dist), flush=True)
-    if args.json:
-      with locked(args.json):
-        results = merge(args.json, "init_distribution", dist, header)
+    record("init_distribution", init_distribution(orig, args.init_seeds, data))
+    print(init_table(results["init_distribution"]), flush=True)
   if args.init_leaves > 0:
-    leaves = init_leaf_moments(orig, args.init_leaves)
-    leaves.update(command=header["command"], git_commit=commit, machine=machine())
+    record("init_leaves", leaves := init_leaf_moments(orig, args.init_leaves))
     print(f"[parity] {leaves['num_leaves']} random parameter tensors: largest relative "
           f"difference of the initial std {leaves['largest_std_rel_diff']:.3f} "
           f"({leaves['largest_at']})", flush=True)
-    if args.json:
-      with locked(args.json):
-        results = merge(args.json, "init_leaves", leaves, header)
   for name in names:
     r = recipe(name)
-    for seed in (seeds[:1] if r["first_seed_only"] else seeds):
-      for side in sides:
-        if side not in r["sides"]:
-          continue
+    for seed in (args.seeds[:1] if r["first_seed_only"] else args.seeds):
+      for side in (s for s in sides if s in r["sides"]):
         kw = dict(seed=seed, steps=args.steps, num_labels=args.labels,
                   eval_every=args.eval_every, num_test=args.test_examples, data=data)
         print(f"[parity] {name} / {side} / seed {seed}: {args.steps} steps", flush=True)
         run = (run_ours(r, orig=orig, **kw) if side == "ours"
                else run_original(orig, r, **kw))
         run.update(recipe=name, side=side, seed=seed, labels=args.labels,
-                   settings={k: v for k, v in r.items() if k not in ("sides",)},
-                   command=header["command"], git_commit=commit,
-                   date=datetime.datetime.now().isoformat(timespec="seconds"),
-                   machine=machine())
+                   settings={k: v for k, v in r.items() if k != "sides"},
+                   date=datetime.datetime.now().isoformat(timespec="seconds"))
         first = run["first_step"]
         print(f"[parity] {name} / {side} / seed {seed}: {run['num_params']:,} parameters, "
               f"first-step NLL {first.get('nll', float('nan')):.1f} nats, "
@@ -856,20 +794,11 @@ def main(argv=None) -> dict:
           print(f"  step {e['step']}: test acc {100 * e['test']['accuracy']:.1f}%, "
                 f"test bpd {e['test']['bpd_given_label']:.3f}, train CE "
                 f"{e['train']['cross_entropy']:.3f}, train NLL "
-                f"{e['train']['nll'] / (NUM_DIMS * math.log(2)):.3f} bpd", flush=True)
-        key = f"{name}/{side}/seed{seed}/steps{args.steps}"
-        if args.json:
-          with locked(args.json):
-            results = merge(args.json, key, run, header)
-            if args.figure:
-              plot(results, args.figure)
-        else:
-          results = results or {"runs": {}}
-          results["runs"][key] = run
-  if results:
-    for name in ("original", "cpu", "cpu_label_weight_3"):
-      if any(r["recipe"] == name for r in results["runs"].values()):
-        print(parity_table(results, name))
+                f"{e['train']['nll'] * BPD:.3f} bpd", flush=True)
+        record(f"{name}/{side}/seed{seed}/steps{args.steps}", run)
+  for name in ("original", "cpu", "cpu_label_weight_3"):
+    if any(r["recipe"] == name for r in results["runs"].values()):
+      print(parity_table(results, name))
   return results
 
 
