@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 from benchmarks import ssl_suite  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_json  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -289,8 +289,7 @@ def main(argv=None) -> dict:
     report["summary"] = summary_heldout(results)
   elif args.what == "query":
     report["summary"] = summary_query(results)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  output.write_text(json.dumps(report, indent=1) + "\n")
+  write_json(output, report)
   print(json.dumps(report.get("summary", {}), indent=1)[:3000])
   return report
 

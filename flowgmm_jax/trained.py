@@ -68,6 +68,15 @@ def _programs(model: FlowGMM, mesh) -> tuple:
   return sharded(forward), sharded(inverse), sharded(latent_logits)
 
 
+@functools.lru_cache(maxsize=64)
+def _prior_program(model: FlowGMM):
+  """jit(variables -> {'means' [K, D], 'scales' [K, D], 'log_weights' [K]})."""
+  def parameters(m):
+    return {"means": m.prior.means(), "scales": m.prior.scales(),
+            "log_weights": m.prior.log_weights()}
+  return jax.jit(lambda variables: model.apply(variables, method=parameters))
+
+
 class TrainedFlowGMM:
   """A trained FlowGMM with numpy in, numpy out methods. Build it with ``load``.
 
@@ -101,6 +110,7 @@ class TrainedFlowGMM:
     self.batch_size = int(batch_size)
     self._mesh = mesh
     self._placed = None  # (variables, the same replicated on the mesh)
+    self._prior = None  # (variables, their prior's parameters as NumPy arrays)
 
   @property
   def mesh(self):
@@ -113,11 +123,11 @@ class TrainedFlowGMM:
     # the device copies are rebuilt where it is loaded.
     state = dict(vars(self))
     state["variables"] = jax.tree.map(np.asarray, jax.device_get(self.variables))
-    state.update(_mesh=None, _placed=None, model=None)
+    state.update(_mesh=None, _placed=None, _prior=None, model=None)
     return state
 
   def __setstate__(self, state):
-    vars(self).update(state)
+    vars(self).update({"_prior": None, **state})
     # A pickle of an older version: its metadata upgraded, a layout it cannot read refused.
     self.meta = ckpt.upgrade_meta(self.meta)
     check_layout(self.meta)
@@ -295,17 +305,23 @@ class TrainedFlowGMM:
 
   def means(self) -> np.ndarray:
     """The class means mu_k in latent space, ``[K, D]``."""
-    return np.asarray(self.variables_prior("means"))
+    return self._prior_parameters()["means"]
 
   def scales(self) -> np.ndarray:
     """The per-class standard deviations sigma_kd, ``[K, D]``."""
-    return np.asarray(self.variables_prior("scales"))
+    return self._prior_parameters()["scales"]
 
   def log_weights(self) -> np.ndarray:
-    return np.asarray(self.variables_prior("log_weights"))
+    """log pi_k, ``[K]``."""
+    return self._prior_parameters()["log_weights"]
 
-  def variables_prior(self, name: str):
-    return self.model.apply(self.variables, method=lambda m: getattr(m.prior, name)())
+  def _prior_parameters(self) -> dict:
+    # One jitted program for all three (op-by-op they compile one program per operation),
+    # computed once per set of variables.
+    if self._prior is None or self._prior[0] is not self.variables:
+      values = _prior_program(self.model)(self.variables)
+      self._prior = (self.variables, {k: np.asarray(v) for k, v in values.items()})
+    return self._prior[1]
 
   def sample(self, n: int, y=None, temperature: float = 1.0, seed: int = 0,
              raw: bool = True) -> np.ndarray:
