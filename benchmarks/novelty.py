@@ -27,8 +27,8 @@ chosen by ``FlowGMMClassifier.query`` (one rule per ``--rules`` entry, ``random`
 rows) among the unlabelled training rows, and the model is refitted; accuracy on the
 evaluation rows after each round. Baseline: uncertainty sampling (least max-probability)
 around ``SelfTrainingClassifier(LogisticRegression)``, and random rows for it too.
-``--validation`` scores on a split of the training rows (``ssl_suite.make_split``), for
-choosing the rule.
+``--validation`` (``heldout`` and ``query``) scores on a split of the training rows
+(``ssl_suite.make_split``), never the test rows: the default score and rule are chosen so.
 
 Results: ``benchmarks/results/novelty_{heldout,images,query}.json`` (``--output``).
 """
@@ -86,7 +86,7 @@ def heldout(args) -> dict:
     runs = []
     for seed in args.seeds:
       x_tr, _, y_tr, x_te, y_te = ssl_suite.make_split(x, y, seed, ssl_suite.LABELS_PER_CLASS,
-                                                       validation=False)
+                                                       validation=args.validation)
       eligible = [c for c in np.unique(y_tr) if (y_te == c).sum() >= MIN_TEST_ROWS]
       gen = np.random.default_rng((seed, 34))
       for c in gen.permutation(eligible)[:args.classes_per_seed]:
