@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,8 +47,15 @@ def pytest_runtest_setup(item):
 # (CLI runs and their resumes, SIGTERM reruns, two-process runs): a rerun of the same
 # program loads its executable instead of compiling it again, which is most of the suite's
 # time on a 2-core CI machine. The cache holds the same executables, so no result changes.
+_OWN_CACHE_DIR = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 _CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                                    tempfile.mkdtemp(prefix="flowgmm-test-xla-cache-"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+  # The session's own cache goes with it (one given in the environment is the caller's).
+  if _OWN_CACHE_DIR:
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 # Every compile is cached, however short: the suite's many sub-second compiles of the same
 # tiny programs add up (estimator and trained-model tests: 9% faster than caching only
 # compiles of 1 s or more).
