@@ -237,6 +237,70 @@ def summary_query(results: dict) -> dict:
           "labels_per_class_to_match_random_at_last_round": matches}
 
 
+SCORE_NAMES = {"neg_log_px": "-log p(x)", "typicality": "typicality",
+               "mahalanobis": "Mahalanobis", "max_prob": "1 - max p(y|x)",
+               "isolation_forest": "IsolationForest", "local_outlier_factor": "LOF"}
+
+
+def _pm(values) -> str:
+  return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def markdown(report: dict) -> str:
+  """The docs' table of one results file (``benchmarks.report``)."""
+  what, results = report["what"], report["results"]
+  lines = []
+  if what == "heldout":
+    names = list(SCORE_NAMES)
+    lines += ["| table | runs | " + " | ".join(SCORE_NAMES[k] for k in names)
+              + " | rejected at 5%: novel / known |", "|---" * (len(names) + 3) + "|"]
+    skipped = []
+    for table, r in results.items():
+      if not r.get("runs"):
+        skipped.append(table)
+        continue
+      runs = r["runs"]
+      best = max(names, key=lambda k: np.mean([x[k] for x in runs]))
+      cells = [(f"**{_pm([x[k] for x in runs])}**" if k == best
+                else _pm([x[k] for x in runs])) for k in names]
+      lines.append(f"| {table} | {len(runs)} | " + " | ".join(cells) + " | "
+                   f"{np.mean([x['rejected_novel'] for x in runs]):.2f} / "
+                   f"{np.mean([x['rejected_known'] for x in runs]):.2f} |")
+    mean = report["summary"]["mean_over_tables"]
+    lines.append("| **mean over tables** | | " + " | ".join(f"**{mean[k]:.3f}**" for k in names)
+                 + f" | **{mean['rejected_novel']:.2f} / {mean['rejected_known']:.2f}** |")
+    lines.append("")
+    lines.append(f"Skipped (two classes: one would be left): {', '.join(skipped)}.")
+  elif what == "images":
+    lines += ["| score | AUROC, MNIST (known) against Fashion-MNIST (novel) |", "|---|---|"]
+    lines += [f"| {SCORE_NAMES[k]} | {results[k]:.3f} |" for k in SCORE_NAMES
+              if k in results]
+    lines += ["", f"Bits/dim: MNIST {results['bits_per_dim_known']:.2f}, Fashion-MNIST "
+              f"{results['bits_per_dim_novel']:.2f}; accuracy on the known rows "
+              f"{100 * results['accuracy_known']:.1f}% (step {results['step']})."]
+  else:
+    summary = report["summary"]
+    keys = sorted(summary["mean_over_tables"])
+    rounds = len(summary["mean_over_tables"][keys[0]])
+    lpc = [LABELS_PER_ROUND * (1 + i) for i in range(rounds)]
+    lines += ["| table | method: rule | " + " | ".join(f"{n} labels/class" for n in lpc)
+              + " |", "|---" * (rounds + 2) + "|"]
+    for table, means in [*summary["per_table"].items(),
+                         ("**mean over tables**", summary["mean_over_tables"])]:
+      for k in keys:
+        if k in means:
+          lines.append(f"| {table} | {k.replace('/', ': ')} | "
+                       + " | ".join(f"{100 * a:.1f}" for a in means[k]) + " |")
+    lines.append("")
+    for k, per in summary["labels_per_class_to_match_random_at_last_round"].items():
+      hits = [v for v in per.values() if v is not None]
+      lines.append(f"- {k.replace('/', ': ')}: labels per class to match random rows at "
+                   f"{lpc[-1]}: mean {np.mean(hits) if hits else float('nan'):.1f} over the "
+                   f"{len(hits)} of {len(per)} tables where it does ("
+                   + ", ".join(f"{t} {v}" for t, v in per.items()) + ").")
+  return "\n".join(lines) + "\n"
+
+
 def figure(path: Path, output: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -284,7 +348,8 @@ def main(argv=None) -> dict:
     figure(output, REPO / "docs" / "figures" / "label_efficiency.png")
     return {}
   results = {"heldout": heldout, "images": images, "query": query}[args.what](args)
-  report = {"provenance": provenance(argv), "seeds": args.seeds, "results": results}
+  report = {"what": args.what, "provenance": provenance(argv), "seeds": args.seeds,
+            "results": results}
   if args.what == "heldout":
     report["summary"] = summary_heldout(results)
   elif args.what == "query":
