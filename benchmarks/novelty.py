@@ -331,7 +331,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--classes-per-seed", type=int, default=3)
   parser.add_argument("--workdir", default="/tmp/mnist_cpu")
-  parser.add_argument("--rules", default="diverse,random")
+  parser.add_argument("--rules", default="density_entropy,random")
   parser.add_argument("--baseline-rules", default="least_confident,random")
   parser.add_argument("--rounds", type=int, default=4)
   parser.add_argument("--validation", action="store_true")

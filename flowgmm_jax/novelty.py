@@ -47,7 +47,7 @@ QUERY_RULES = ("entropy", "density_entropy", "latent_distance", "diverse")
 # The defaults, chosen on held-out classes of the table suite and by label efficiency
 # (docs/novelty.md).
 DEFAULT_OUTLIER_SCORE = "neg_log_px"
-DEFAULT_QUERY_RULE = "diverse"
+DEFAULT_QUERY_RULE = "density_entropy"
 # diverse: k-means runs on the top DIVERSE_POOL * n rows by density_entropy.
 DIVERSE_POOL = 10
 
