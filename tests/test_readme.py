@@ -36,9 +36,12 @@ def _run(example: str) -> str:
 
 @pytest.mark.slow
 def test_readme_estimator_example_runs():
-  out = _run(_python_block(README, "FlowGMMClassifier("))
+  out = _run(_python_block(README, "FlowGMMClassifier(") + _python_block(README, "reject_rate"))
   accuracy = float(re.search(r"accuracy: ([0-9.]+)", out).group(1))
   assert accuracy >= 0.97
+  # The moons' own rows: about 5% are rejected (fewer, as most were trained on).
+  assert float(re.search(r"rejected: ([0-9.]+)", out).group(1)) <= 0.08
+  assert len(set(re.search(r"to label: \[([0-9 \n]+)\]", out).group(1).split())) == 10
 
 
 @pytest.mark.slow
