@@ -260,12 +260,12 @@ class TrainedFlowGMM:
   def outlier_score(self, x, kind: str = novelty.DEFAULT_OUTLIER_SCORE, reference=None,
                     preprocessed: bool = False) -> np.ndarray:
     """How unlike the training data each row of ``x`` is, ``[N]``, higher = more unusual:
-    ``kind`` "neg_log_px" (-log p(x), the default), "typicality" (|log p(x) - m| / s, m and
+    ``kind`` "neg_log_px" (-log p(x)), "typicality" (|log p(x) - m| / s, m and
     s over ``reference``: rows of the training distribution the run did not train on,
-    required for this kind), "mahalanobis" (latent distance to the nearest class mean) or
-    "max_prob" (1 - max_k p(y | x)). ``flowgmm_jax/novelty.py`` gives the maths,
-    docs/novelty.md the measurements (MNIST against Fashion-MNIST) and when not to trust
-    them."""
+    required for this kind), "mahalanobis" (latent distance to the nearest class mean; the
+    default, ``novelty.DEFAULT_OUTLIER_SCORE``) or "max_prob" (1 - max_k p(y | x)).
+    ``flowgmm_jax/novelty.py`` gives the maths, docs/novelty.md the measurements (MNIST
+    against Fashion-MNIST) and when not to trust them."""
     novelty.check_choice(kind, novelty.OUTLIER_SCORES, "kind")
     reference_log_px = None
     if kind == "typicality":

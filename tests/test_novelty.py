@@ -127,7 +127,8 @@ def test_estimator_rejects_far_rows_and_about_the_rate_of_familiar_ones(fitted_w
   assert rejected[2000:].mean() > 0.99
   kept = ~rejected[:2000]
   np.testing.assert_array_equal(predicted[:2000][kept], clf.predict(new_X)[kept])
-  np.testing.assert_allclose(clf.outlier_score(new_X), -clf.score_samples(new_X), rtol=1e-9)
+  np.testing.assert_allclose(clf.outlier_score(new_X, "neg_log_px"), -clf.score_samples(new_X),
+                             rtol=1e-9)
   # A string reject label, and string classes with the default -1.
   assert (clf.predict(far, reject_rate=0.1, reject_label="unknown") == "unknown").all()
 
@@ -168,5 +169,5 @@ def test_trained_model_typicality_needs_reference_rows(fitted_with_reference):
   np.testing.assert_allclose(
       scores, np.abs(model.log_prob(u[:], preprocessed=True) - ref.mean()) / ref.std(),
       rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(model.outlier_score(u[:], preprocessed=True),
+  np.testing.assert_allclose(model.outlier_score(u[:], "neg_log_px", preprocessed=True),
                              -model.log_prob(u[:], preprocessed=True), rtol=1e-6)
