@@ -19,8 +19,9 @@ of the others.
 ``images``: a trained image run (``configs/mnist.py:cpu``) scores the last 5,000 MNIST test
 images against the 10,000 Fashion-MNIST test images (Debian package
 ``dataset-fashion-mnist``, ``/usr/share/datasets/fashion-mnist``); the first 5,000 MNIST
-test images are typicality's reference rows. Baseline: ``IsolationForest`` on the pixels of
-the MNIST training images.
+test images are typicality's reference rows. With ``--validation``: the first 2,500 MNIST
+test images against 10,000 Fashion-MNIST training images, the next 2,500 as the reference.
+Baseline: ``IsolationForest`` on the pixels of 20,000 MNIST training images.
 
 ``query``: from 10 labels per class, ``--rounds`` rounds each add 10 labels per class,
 chosen by ``FlowGMMClassifier.query`` (one rule per ``--rules`` entry, ``random`` for random
@@ -123,15 +124,19 @@ def images(args) -> dict:
   from flowgmm_jax.data.dataset import default_data_dir
   if not Path(FASHION_DIR).is_dir():
     raise SystemExit(f"no Fashion-MNIST at {FASHION_DIR}: apt-get install dataset-fashion-mnist")
-  model = flowgmm_jax.load(args.workdir)
+  model = flowgmm_jax.load(args.workdir, step=args.step)
   mnist, mnist_y = load_images(str(Path(default_data_dir()) / "mnist"), "test")
-  fashion, _ = load_images(FASHION_DIR, "test")
-  reference, known = mnist[:5000], mnist[5000:]
+  if args.validation:  # neither the reported rows nor the reported reference
+    fashion = load_images(FASHION_DIR, "train")[0][:10000]
+    reference, known, known_y = mnist[2500:5000], mnist[:2500], mnist_y[:2500]
+  else:
+    fashion = load_images(FASHION_DIR, "test")[0]
+    reference, known, known_y = mnist[:5000], mnist[5000:], mnist_y[5000:]
   x = np.concatenate([known, fashion])
   novel = np.r_[np.zeros(len(known), bool), np.ones(len(fashion), bool)]
   out = {"workdir": args.workdir, "step": model.step, "known_rows": len(known),
          "novel_rows": len(fashion),
-         "accuracy_known": float((model.predict(known) == mnist_y[5000:]).mean())}
+         "accuracy_known": float((model.predict(known) == known_y).mean())}
   for kind in novelty.OUTLIER_SCORES:
     scores = model.outlier_score(x, kind, reference=reference)
     out[kind] = auroc(scores, novel)
@@ -331,6 +336,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--classes-per-seed", type=int, default=3)
   parser.add_argument("--workdir", default="/tmp/mnist_cpu")
+  parser.add_argument("--step", type=int, default=None, help="images: the checkpoint's step")
   parser.add_argument("--rules", default="density_entropy,random")
   parser.add_argument("--baseline-rules", default="least_confident,random")
   parser.add_argument("--rounds", type=int, default=4)

@@ -257,15 +257,18 @@ class TrainedFlowGMM:
     """-log p(x) / (D log 2), ``[N]``."""
     return bits_per_dim(-self.log_prob(x, preprocessed), self.num_dims)
 
-  def outlier_score(self, x, kind: str = novelty.DEFAULT_OUTLIER_SCORE, reference=None,
+  def outlier_score(self, x, kind: str | None = None, reference=None,
                     preprocessed: bool = False) -> np.ndarray:
     """How unlike the training data each row of ``x`` is, ``[N]``, higher = more unusual:
     ``kind`` "neg_log_px" (-log p(x)), "typicality" (|log p(x) - m| / s, m and
     s over ``reference``: rows of the training distribution the run did not train on,
-    required for this kind), "mahalanobis" (latent distance to the nearest class mean; the
-    default, ``novelty.DEFAULT_OUTLIER_SCORE``) or "max_prob" (1 - max_k p(y | x)).
+    required for this kind), "mahalanobis" (latent distance to the nearest class mean) or
+    "max_prob" (1 - max_k p(y | x)). Default: "neg_log_px" for images, "mahalanobis" for
+    feature rows (``novelty.DEFAULT_IMAGE_OUTLIER_SCORE``, ``DEFAULT_OUTLIER_SCORE``).
     ``flowgmm_jax/novelty.py`` gives the maths, docs/novelty.md the measurements (MNIST
     against Fashion-MNIST) and when not to trust them."""
+    if kind is None:
+      kind = novelty.DEFAULT_IMAGE_OUTLIER_SCORE if self.image else novelty.DEFAULT_OUTLIER_SCORE
     novelty.check_choice(kind, novelty.OUTLIER_SCORES, "kind")
     reference_log_px = None
     if kind == "typicality":
