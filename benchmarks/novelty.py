@@ -243,7 +243,7 @@ def summary_query(results: dict) -> dict:
 
 
 SCORE_NAMES = {"neg_log_px": "-log p(x)", "typicality": "typicality",
-               "mahalanobis": "Mahalanobis", "max_prob": "1 - max p(y|x)",
+               "mahalanobis": "Mahalanobis", "max_prob": "1 - max p(y\\|x)",
                "isolation_forest": "IsolationForest", "local_outlier_factor": "LOF"}
 
 
