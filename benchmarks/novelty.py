@@ -194,6 +194,9 @@ def query(args) -> dict:
           y_semi, model, acc = y_semi0.copy(), model0, [first[method]]
           for r in range(args.rounds):
             pool = np.flatnonzero(y_semi < 0)
+            if pool.size == 0:  # every training row is labelled: the model stays as it is
+              acc.append(acc[-1])
+              continue
             n = min(LABELS_PER_ROUND * num_classes, len(pool))
             chosen = pool[pick(rule, model, x_tr[pool], n, seed * 100 + r)]
             y_semi[chosen] = y_tr[chosen]
