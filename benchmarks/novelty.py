@@ -144,6 +144,19 @@ def images(args) -> dict:
       bpd = scores / (model.num_dims * np.log(2))
       out["bits_per_dim_known"] = float(np.mean(bpd[~novel]))
       out["bits_per_dim_novel"] = float(np.mean(bpd[novel]))
+  # Where -log p(x) fails: images simpler than the training data. An all-black image; 1,000
+  # images of one grey level each (uniform in 1..255); 1,000 known images under a 5x5 box
+  # blur.
+  gen = np.random.default_rng(0)
+  black = np.zeros((1, *known.shape[1:]))
+  flat_grey = np.broadcast_to(gen.integers(1, 256, (1000, 1, 1, 1)), (1000, *known.shape[1:]))
+  padded = np.pad(known[:1000].astype(np.float64), ((0, 0), (2, 2), (2, 2), (0, 0)), "edge")
+  blurred = np.mean([padded[:, i:i + 28, j:j + 28] for i in range(5) for j in range(5)], axis=0)
+  for name, simple in (("black", black), ("grey", flat_grey), ("blurred", np.round(blurred))):
+    xs = np.concatenate([known, simple.astype(known.dtype)])
+    is_new = np.r_[np.zeros(len(known), bool), np.ones(len(simple), bool)]
+    out[f"simple_{name}"] = {kind: auroc(model.outlier_score(xs, kind, reference=reference),
+                                         is_new) for kind in novelty.OUTLIER_SCORES}
   train, _ = load_images(str(Path(default_data_dir()) / "mnist"), "train")
   flat = lambda a: a.reshape(len(a), -1).astype(np.float32)  # noqa: E731
   from sklearn.ensemble import IsolationForest
@@ -283,6 +296,15 @@ def markdown(report: dict) -> str:
     lines += ["| score | AUROC, MNIST (known) against Fashion-MNIST (novel) |", "|---|---|"]
     lines += [f"| {SCORE_NAMES[k]} | {results[k]:.3f} |" for k in SCORE_NAMES
               if k in results]
+    if "simple_grey" in results:
+      lines += ["", "| novel images simpler than MNIST | " + " | ".join(
+          SCORE_NAMES[k] for k in results["simple_grey"]) + " |",
+                "|---" * (1 + len(results["simple_grey"])) + "|"]
+      for name, label in (("simple_black", "an all-black image"),
+                          ("simple_grey", "1,000 images of one grey level in 1..255"),
+                          ("simple_blurred", "1,000 MNIST test images, 5x5 box blur")):
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in results[name].values())
+                     + " |")
     lines += ["", f"Bits/dim: MNIST {results['bits_per_dim_known']:.2f}, Fashion-MNIST "
               f"{results['bits_per_dim_novel']:.2f}; accuracy on the known rows "
               f"{100 * results['accuracy_known']:.1f}% (step {results['step']})."]

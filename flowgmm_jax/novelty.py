@@ -44,11 +44,10 @@ import scipy.stats
 
 OUTLIER_SCORES = ("neg_log_px", "typicality", "mahalanobis", "max_prob")
 QUERY_RULES = ("entropy", "density_entropy", "latent_distance", "diverse")
-# The defaults, each the best on validation splits (docs/novelty.md): for feature rows,
-# held-out classes of the suite's tables; for images, MNIST against Fashion-MNIST, where the
-# flow's log-det, which the latent distance leaves out, carries the evidence.
+# The defaults, each the best on validation splits (docs/novelty.md): held-out classes of
+# the suite's tables and MNIST against Fashion-MNIST for the score; labels added in rounds
+# for the rule.
 DEFAULT_OUTLIER_SCORE = "mahalanobis"
-DEFAULT_IMAGE_OUTLIER_SCORE = "neg_log_px"
 DEFAULT_QUERY_RULE = "density_entropy"
 # diverse: k-means runs on the top DIVERSE_POOL * n rows by density_entropy.
 DIVERSE_POOL = 10

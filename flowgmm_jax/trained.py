@@ -263,13 +263,11 @@ class TrainedFlowGMM:
     ``kind`` "neg_log_px" (-log p(x)), "typicality" (|log p(x) - m| / s, m and
     s over ``reference``: rows of the training distribution the run did not train on,
     required for this kind), "mahalanobis" (latent distance to the nearest class mean) or
-    "max_prob" (1 - max_k p(y | x)). Default: "neg_log_px" for images, "mahalanobis" for
-    feature rows (``novelty.DEFAULT_IMAGE_OUTLIER_SCORE``, ``DEFAULT_OUTLIER_SCORE``).
+    "max_prob" (1 - max_k p(y | x)); default ``novelty.DEFAULT_OUTLIER_SCORE``.
     ``flowgmm_jax/novelty.py`` gives the maths, docs/novelty.md the measurements (MNIST
     against Fashion-MNIST) and when not to trust them."""
-    if kind is None:
-      kind = novelty.DEFAULT_IMAGE_OUTLIER_SCORE if self.image else novelty.DEFAULT_OUTLIER_SCORE
-    novelty.check_choice(kind, novelty.OUTLIER_SCORES, "kind")
+    kind = novelty.check_choice(kind or novelty.DEFAULT_OUTLIER_SCORE, novelty.OUTLIER_SCORES,
+                                "kind")
     reference_log_px = None
     if kind == "typicality":
       if reference is None:

@@ -169,7 +169,7 @@ def test_trained_model_typicality_needs_reference_rows(fitted_with_reference):
   np.testing.assert_allclose(
       scores, np.abs(model.log_prob(u[:], preprocessed=True) - ref.mean()) / ref.std(),
       rtol=1e-5, atol=1e-6)
-  # Feature rows' default is the latent distance (images': -log p(x)).
+  # The default is the latent distance.
   np.testing.assert_array_equal(model.outlier_score(u[:], preprocessed=True),
                                 model.outlier_score(u[:], "mahalanobis", preprocessed=True))
   np.testing.assert_allclose(model.outlier_score(u[:], "neg_log_px", preprocessed=True),
