@@ -4,7 +4,7 @@
     python -m benchmarks.novelty images --workdir=/tmp/mnist_cpu  # MNIST -> Fashion-MNIST
     python -m benchmarks.novelty query --validation               # choose the query rule
     python -m benchmarks.novelty query                            # the rule against random
-    python -m benchmarks.novelty figure                           # docs/figures/label_efficiency.png
+    python -m benchmarks.novelty figure                           # docs/label_efficiency.png
 
 ``heldout``: on each table of ``ssl_suite`` (both panels) with 3 or more classes, for each
 seed, ``--classes-per-seed`` classes (with at least 5 test rows) are drawn; for each, its rows
@@ -327,7 +327,8 @@ def markdown(report: dict) -> str:
       lines.append(f"- {k.replace('/', ': ')}: labels per class to match random rows at "
                    f"{lpc[-1]}: mean {np.mean(hits) if hits else float('nan'):.1f} over the "
                    f"{len(hits)} of {len(per)} tables where it does ("
-                   + ", ".join(f"{t} {v}" for t, v in per.items()) + ").")
+                   + ", ".join(f"{t} {'never' if v is None else v}" for t, v in per.items())
+                   + ").")
   return "\n".join(lines) + "\n"
 
 
@@ -376,7 +377,7 @@ def main(argv=None) -> dict:
   default = RESULTS / f"novelty_{'query' if args.what == 'figure' else args.what}{suffix}.json"
   output = Path(args.output) if args.output else default
   if args.what == "figure":
-    figure(output, REPO / "docs" / "figures" / "label_efficiency.png")
+    figure(output, REPO / "docs" / "label_efficiency.png")
     return {}
   results = {"heldout": heldout, "images": images, "query": query}[args.what](args)
   report = {"what": args.what, "provenance": provenance(argv), "seeds": args.seeds,
