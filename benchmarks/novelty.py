@@ -268,7 +268,7 @@ def _pm(values) -> str:
 
 
 def markdown(report: dict) -> str:
-  """The docs' table of one results file (``benchmarks.report``)."""
+  """The docs' table of one results file (``benchmarks.report``), from its raw runs."""
   what, results = report["what"], report["results"]
   lines = []
   if what == "heldout":
@@ -287,7 +287,7 @@ def markdown(report: dict) -> str:
       lines.append(f"| {table} | {len(runs)} | " + " | ".join(cells) + " | "
                    f"{np.mean([x['rejected_novel'] for x in runs]):.2f} / "
                    f"{np.mean([x['rejected_known'] for x in runs]):.2f} |")
-    mean = report["summary"]["mean_over_tables"]
+    mean = summary_heldout(results)["mean_over_tables"]
     lines.append("| **mean over tables** | | " + " | ".join(f"**{mean[k]:.3f}**" for k in names)
                  + f" | **{mean['rejected_novel']:.2f} / {mean['rejected_known']:.2f}** |")
     lines.append("")
@@ -309,7 +309,7 @@ def markdown(report: dict) -> str:
               f"{results['bits_per_dim_novel']:.2f}; accuracy on the known rows "
               f"{100 * results['accuracy_known']:.1f}% (step {results['step']})."]
   else:
-    summary = report["summary"]
+    summary = summary_query(results)
     keys = sorted(summary["mean_over_tables"])
     rounds = len(summary["mean_over_tables"][keys[0]])
     lpc = [LABELS_PER_ROUND * (1 + i) for i in range(rounds)]
