@@ -337,7 +337,7 @@ def figure(path: Path, output: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   report = json.loads(path.read_text())
-  mean = report["summary"]["mean_over_tables"]
+  mean = summary_query(report["results"])["mean_over_tables"]
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for key, curve in sorted(mean.items()):
     lpc = LABELS_PER_ROUND * (1 + np.arange(len(curve)))
