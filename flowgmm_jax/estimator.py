@@ -744,7 +744,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     else:
       u_ref = CategoricalRows(numeric[reference], codes[reference], rows.num_levels,
                               rows.is_categorical, mean, scale)
-    density = self._density(u_ref)
+    density = self._density(u_ref, with_z=True)
     self.outlier_reference_ = {kind: np.sort(self._outlier_scores(kind, density, check=False))
                                for kind in novelty.OUTLIER_SCORES}
     return self
@@ -772,26 +772,35 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     return CategoricalRows(numeric, codes, [len(c) for c in encoder.categories],
                            encoder.is_categorical, self.feature_mean_, self.feature_scale_)
 
-  def _density(self, u) -> dict:
-    """One pass over standardised rows ``u``: {'log_px' [N] (as ``score_samples``),
-    'logits' [N, K] (uncalibrated), 'z' [N, D]}, float64."""
-    out = self.model_.outputs(u, preprocessed=True)
+  def _density(self, u, with_z: bool) -> dict:
+    """One pass over standardised rows ``u``: {'log_px' [N] (``score_samples``), 'logits'
+    [N, K] (uncalibrated), float64, and 'z' [N, D] (None unless ``with_z``)}."""
+    keys = ("log_det", "logits", "z") if with_z else ("log_det", "logits")
+    out = self.model_.outputs(u, preprocessed=True, keys=keys)
     logits = out["logits"].astype(np.float64)
     log_p = (log_px(logits, out["log_det"].astype(np.float64))
              - float(np.sum(np.log(self.feature_scale_))))
     if isinstance(u, CategoricalRows):
       log_p = log_p + u.log_cell_correction()
-    return {"log_px": log_p, "logits": logits, "z": out["z"].astype(np.float64)}
+    return {"log_px": log_p, "logits": logits, "z": out.get("z")}
+
+  def _prior_arguments(self) -> dict:
+    """The prior's means and scales ``[K, D]`` and the temperature, as ``novelty`` takes them."""
+    return {"means": self.model_.means().astype(np.float64),
+            "scales": self.model_.scales().astype(np.float64),
+            "temperature": self.__dict__.get("temperature_", 1.0)}
 
   def _outlier_scores(self, kind: str, density: dict, check: bool = True) -> np.ndarray:
     reference = None
     if kind == "typicality":
       # The reference rows' log p(x) is -neg_log_px's sorted scores (any order will do).
       reference = -self.outlier_reference_["neg_log_px"] if check else density["log_px"]
-    return novelty.outlier_scores(
-        kind, **density, means=self.model_.means().astype(np.float64),
-        scales=self.model_.scales().astype(np.float64),
-        temperature=self.__dict__.get("temperature_", 1.0), reference_log_px=reference)
+    return novelty.outlier_scores(kind, **density, **self._prior_arguments(),
+                                  reference_log_px=reference)
+
+  def _outlier_kind(self, kind: str | None) -> str:
+    return novelty.check_choice(kind or novelty.DEFAULT_OUTLIER_SCORE, novelty.OUTLIER_SCORES,
+                                "kind")
 
   def outlier_score(self, X, kind: str | None = None) -> np.ndarray:
     """How unlike the training rows each row of ``X`` is, ``[N]``: higher = more unusual.
@@ -802,18 +811,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     ``flowgmm_jax/novelty.py`` gives the maths, docs/novelty.md the measurements and when
     not to trust them.
     """
-    kind = novelty.check_choice(kind or novelty.DEFAULT_OUTLIER_SCORE,
-                                novelty.OUTLIER_SCORES, "kind")
-    return self._outlier_scores(kind, self._density(self._standardized(X)))
+    kind = self._outlier_kind(kind)
+    density = self._density(self._standardized(X), with_z=kind in novelty.NEEDS_LATENT)
+    return self._outlier_scores(kind, density)
 
   def reject_threshold(self, reject_rate: float, kind: str | None = None) -> float:
     """The ``outlier_score`` above which ``predict(X, reject_rate)`` rejects a row: the
     ``1 - reject_rate`` quantile of the scores of training rows held out of training
     (``outlier_reference_rows_`` says which)."""
     check_is_fitted(self)
-    kind = novelty.check_choice(kind or novelty.DEFAULT_OUTLIER_SCORE,
-                                novelty.OUTLIER_SCORES, "kind")
-    return novelty.reject_threshold(self.outlier_reference_[kind], reject_rate)
+    return novelty.reject_threshold(self.outlier_reference_[self._outlier_kind(kind)],
+                                    reject_rate)
 
   def query(self, X, n: int, rule: str | None = None, random_state: int = 0) -> np.ndarray:
     """Indices into ``X`` (unlabelled candidate rows) of the ``n`` rows to label next,
@@ -827,11 +835,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     """
     rule = novelty.check_choice(rule or novelty.DEFAULT_QUERY_RULE, novelty.QUERY_RULES,
                                 "rule")
-    density = self._density(self._standardized(X))
-    return novelty.query_indices(
-        rule, n, **density, means=self.model_.means().astype(np.float64),
-        scales=self.model_.scales().astype(np.float64),
-        temperature=self.__dict__.get("temperature_", 1.0), seed=random_state)
+    density = self._density(self._standardized(X), with_z=rule in novelty.NEEDS_LATENT)
+    return novelty.query_indices(rule, n, **density, **self._prior_arguments(),
+                                 seed=random_state)
 
   def _forward(self, X, u=None) -> tuple[np.ndarray, np.ndarray]:
     """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""
@@ -867,9 +873,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     if not reject_rate:
       _, class_log_joint = self._forward(X)
       return self.classes_[np.argmax(class_log_joint, axis=1)]
-    threshold = self.reject_threshold(reject_rate, outlier_kind)
-    kind = outlier_kind or novelty.DEFAULT_OUTLIER_SCORE
-    density = self._density(self._standardized(X))
+    kind = self._outlier_kind(outlier_kind)
+    threshold = self.reject_threshold(reject_rate, kind)
+    density = self._density(self._standardized(X), with_z=kind in novelty.NEEDS_LATENT)
     predicted = self.classes_[np.argmax(density["logits"], axis=1)]
     try:
       dtype = np.result_type(predicted.dtype, np.asarray(reject_label).dtype)
@@ -916,12 +922,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     density there ``- sum_j log p_j - log K!`` (``CategoricalRows.log_cell_correction``), so
     the result is a log-probability in those columns and a log-density in the others.
     """
-    u = self._standardized(X)
-    log_det, class_log_joint = self._forward(None, u)
-    log_p = log_px(class_log_joint, log_det) - float(np.sum(np.log(self.feature_scale_)))
-    if isinstance(u, CategoricalRows):
-      log_p = log_p + u.log_cell_correction()
-    return log_p
+    return self._density(self._standardized(X), with_z=False)["log_px"]
 
   def sample(self, n_samples: int = 1, y=None, random_state=None
              ) -> tuple[np.ndarray, np.ndarray]:

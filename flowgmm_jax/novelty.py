@@ -49,6 +49,8 @@ QUERY_RULES = ("entropy", "density_entropy", "latent_distance", "diverse")
 # for the rule.
 DEFAULT_OUTLIER_SCORE = "mahalanobis"
 DEFAULT_QUERY_RULE = "density_entropy"
+# The scores and rules that read the latent z (the others need only log p(x) and logits).
+NEEDS_LATENT = frozenset({"mahalanobis", "latent_distance", "diverse"})
 # diverse: k-means runs on the top DIVERSE_POOL * n rows by density_entropy.
 DIVERSE_POOL = 10
 

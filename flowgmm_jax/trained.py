@@ -276,7 +276,7 @@ class TrainedFlowGMM:
                          "validation split).")
       reference_log_px = self.log_prob(reference, preprocessed)
     z, log_det, logits = self._outputs(
-        x, preprocessed, keep=(0, 1, 2) if kind == "mahalanobis" else (1, 2))
+        x, preprocessed, keep=(0, 1, 2) if kind in novelty.NEEDS_LATENT else (1, 2))
     return novelty.outlier_scores(
         kind, log_px=log_px(logits, log_det), logits=logits, z=z, means=self.means(),
         scales=self.scales(), temperature=self.temperature, reference_log_px=reference_log_px)
