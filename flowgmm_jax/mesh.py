@@ -127,7 +127,10 @@ def replicate(mesh: Mesh, tree):
 
 
 def is_replicated_on(tree, mesh: Mesh) -> bool:
-  """Whether every leaf of ``tree`` is a jax.Array replicated on ``mesh``'s devices."""
+  """Whether every leaf of ``tree`` is a jax.Array replicated on ``mesh`` by a
+  ``NamedSharding`` of that mesh. An equivalent placement of another kind (a one-device
+  array on a one-device mesh) does not count: jit compiles a program per kind of sharding."""
   target = NamedSharding(mesh, P())
-  return all(isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(target, leaf.ndim)
+  return all(isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding)
+             and leaf.sharding.mesh == mesh and leaf.sharding.is_equivalent_to(target, leaf.ndim)
              for leaf in jax.tree.leaves(tree))

@@ -387,5 +387,6 @@ def place_means_at_centroids(variables: dict, z_labeled: np.ndarray, y_labeled: 
     if len(rows):
       means[k] = rows.mean(axis=0)
   prior_vars = dict(variables[collection]["prior"])
-  prior_vars["means"] = jnp.asarray(means, variables[collection]["prior"]["means"].dtype)
+  # On the host (NumPy): an eager jnp conversion would compile a program of its own.
+  prior_vars["means"] = np.asarray(means, variables[collection]["prior"]["means"].dtype)
   return {**variables, collection: {**variables[collection], "prior": prior_vars}}

@@ -45,6 +45,10 @@ from flowgmm_jax.features import StandardizedRows
 from flowgmm_jax.flowgmm import FlowGMM, bits_per_dim, log_px
 from flowgmm_jax.models import PARAM_LAYOUT_VERSION, LayoutVersionError, check_layout_version
 
+# Chunks are padded to at least 1/MIN_CHUNK_FRACTION of the chunk size: each padded size is
+# a compile of its own, while padding rows cost only their share of one forward pass.
+MIN_CHUNK_FRACTION = 8
+
 
 @functools.lru_cache(maxsize=64)
 def _programs(model: FlowGMM, mesh) -> tuple:
@@ -204,7 +208,9 @@ class TrainedFlowGMM:
     for start in range(0, len(x), cap):
       chunk = np.asarray(x[start:start + cap], np.float32)
       n = len(chunk)
-      size = mesh_lib.padded_rows(n, cap, devices)
+      # At least cap // MIN_CHUNK_FRACTION rows: a fit's small calls (the labelled rows'
+      # centroids, the early-stopping rows) then share one compiled program.
+      size = mesh_lib.padded_rows(max(n, cap // MIN_CHUNK_FRACTION), cap, devices)
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
       out = fn(variables, mesh_lib.shard_batch(self.mesh, chunk))
       if keep is not None:

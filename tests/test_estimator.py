@@ -549,3 +549,25 @@ def test_sample_arguments(fitted):
     fitted.sample(0)
   with pytest.raises(ValueError, match=r"n_samples=3 class values, got shape \(2,\)"):
     fitted.sample(3, y=[0, 1])
+
+
+def test_a_first_fit_compiles_six_programs_and_a_second_none(caplog):
+  """Each program a fit compiles costs a first process its compile time: the key split,
+  model.init, the forward pass (the labelled rows' centroids and the early-stopping rows
+  share one padded size), the optimiser state, the train step and the prior's parameters.
+  An op-by-op jax call inside a fit would add one program each."""
+  import logging
+  x, y_semi, _ = gaussian_table()
+  x = np.concatenate([x, x[:, :1] ** 2], axis=1)  # 4 features: a shape no other test fits
+  params = {**TINY, "hidden_dim": 12, "num_train_steps": 60, "min_steps": 0}
+
+  def compiled_programs() -> list[str]:
+    caplog.clear()
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+      FlowGMMClassifier(random_state=0, **params).fit(x, y_semi)
+    return [r.getMessage().split(" with ")[0] for r in caplog.records
+            if r.getMessage().startswith("Compiling ")]
+
+  first = compiled_programs()
+  assert len(first) == 6, first
+  assert compiled_programs() == []

@@ -49,6 +49,23 @@ def itstime(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
 
+@jax.jit
+def _split_seed(seed):
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init_rng, train_rng) = ``split(PRNGKey(seed))``, as one compiled program: run op by
+  op, the seeding, the split and the unpacking each compile a program of their own. A seed
+  in [0, 2**32) enters as uint32, for which ``PRNGKey`` gives the same key as for the
+  Python int; any other seed takes the op-by-op path."""
+  if 0 <= seed < 2**32:
+    return _split_seed(np.uint32(seed))
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
+
+
 def evaluate(model: trained.TrainedFlowGMM, x: np.ndarray, y: np.ndarray) -> dict:
   """Test metrics of ``model`` over the whole set: accuracy, ECE (15 bins), NLL and bits/dim.
 
@@ -164,7 +181,7 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     return trained.TrainedFlowGMM(progs.eval_model, variables, meta=meta, step=step,
                                   mesh=mesh, batch_size=config.eval_batch_size)
 
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, train_rng = run_keys(config.seed)
   state = mesh_lib.replicate(mesh, programs_lib.initial_state(
       config, progs, dataset, rows, batches.init_rows(), init_rng,
       encode=lambda v, x: inference(v).encode(x, preprocessed=True),
