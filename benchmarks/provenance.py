@@ -91,7 +91,7 @@ def write_json(path, results: dict, **dump_kwargs) -> None:
 def int_list(text: str) -> list[int]:
   """argparse type: ``"0,1,2"`` -> ``[0, 1, 2]`` (non-negative integers)."""
   items = [s.strip() for s in text.split(",") if s.strip()]
-  if not all(s.isdigit() for s in items):
+  if not items or not all(s.isdigit() for s in items):
     raise argparse.ArgumentTypeError(f"{text!r}: give non-negative integers, e.g. 0,1,2")
   return [int(s) for s in items]
 
