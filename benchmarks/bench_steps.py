@@ -71,12 +71,6 @@ def workload(name: str):
   return c, x, y, shape, k
 
 
-def step_flops(train_step, state, batch, rng) -> float:
-  """FLOPs of one call of the step on all devices: per device under ``shard_map``, counted on
-  its jaxpr, times the number of devices."""
-  return count_flops(jax.make_jaxpr(train_step)(state, batch, rng)) * jax.device_count()
-
-
 def _ours(name: str, original_layout: bool = False):
   """``(train_step, state, batch, rng, num_params)`` of workload ``name``, with the original's
   full-width tabular conditioners when ``original_layout``."""
@@ -156,8 +150,6 @@ def time_step(name: str, repeats: int) -> dict:
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
          "params": num_params, "flops": flops,
          "flops_counted_on": "the jaxpr (benchmarks/jaxpr_stats.py), all devices"}
-  if repeats == 0:  # --cifar-repeats=0: compile and the first step only
-    return row
   timed, _ = time_compiled(compiled, state, batch, rng, repeats)
   row.update(timed, gflops_per_s=flops / timed["median_s"] / 1e9)
   return row
@@ -208,10 +200,11 @@ def add_ratios(row: dict) -> dict:
 
 
 def original_layout_counts(name: str) -> dict:
-  """Toy/text: parameters and FLOPs (``step_flops``) of our step with the original's
-  full-width conditioners, to set against the original's counts."""
+  """Toy/text: parameters and FLOPs (all devices) of our step with the original's full-width
+  conditioners, to set against the original's counts."""
   train_step, state, batch, rng, num_params = _ours(name, original_layout=True)
-  return {"params": num_params, "flops": step_flops(train_step, state, batch, rng)}
+  jaxpr = jax.make_jaxpr(train_step)(state, batch, rng)
+  return {"params": num_params, "flops": count_flops(jaxpr) * jax.device_count()}
 
 
 def time_original(orig, name: str, repeats: int) -> dict:
@@ -252,8 +245,6 @@ def table(rows, peak_gflops: float, side_by_side: bool) -> str:
            "ours first step (s): wall / process CPU", "fused kernels"]
   cells_of_rows = []
   for r in rows:
-    if "median_s" not in r:  # --cifar-repeats=0: compiled, not timed
-      r = dict(r, median_s=math.nan, gflops_per_s=math.nan)
     cells = [r["workload"], _g(r["median_s"])]
     params, gflop = f"{r['params']:,}", _g(r["flops"] / 1e9)
     if side_by_side:
@@ -293,14 +284,14 @@ def main(argv=None):
   parser.add_argument("--only", type=name_list(WORKLOADS), default=",".join(WORKLOADS))
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--cifar-repeats", type=int, default=None,
-                      help="timed CIFAR steps per side (default: max(3, repeats // 3)); 0: "
-                           "ours only, compile and the first step")
+                      help="timed CIFAR steps per side (default: max(3, repeats // 3))")
   parser.add_argument("--original", default="",
                       help="root of a clone of github.com/izmailovpavel/flowgmm: also time "
                            "the original PyTorch step (needs the 'bench' extra)")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
   args = parser.parse_args(argv)
-  names = args.only
+  if args.repeats < 1 or (args.cifar_repeats is not None and args.cifar_repeats < 1):
+    parser.error("--repeats and --cifar-repeats must be >= 1")
   cores = usable_cores()
   header = {"cores": cores, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "peak_gflops": PEAK_GFLOPS, "load_average_1min_before": round(os.getloadavg()[0], 2)}
@@ -315,18 +306,16 @@ def main(argv=None):
     header.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                   original=orig.path, original_commit=orig.commit,
                   original_cifar_anomaly="on")
-  for n in names:
+  for n in args.only:
     repeats = args.repeats
     if n == "cifar":
       repeats = max(3, args.repeats // 3) if args.cifar_repeats is None else args.cifar_repeats
     row = time_step(n, repeats)
-    if orig is not None and repeats > 0:
+    if orig is not None:
       row.update(time_original(orig, n, repeats))
       add_ratios(row)
       if n != "cifar":
-        layout = original_layout_counts(n)
-        row["ours_original_layout_params"] = layout["params"]
-        row["ours_original_layout_flops"] = layout["flops"]
+        row.update({f"ours_original_layout_{k}": v for k, v in original_layout_counts(n).items()})
     results["rows"].append(row)
     header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     if args.json:  # after each workload, so that a stopped run keeps what it measured
