@@ -16,11 +16,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def git_commit() -> str:
-  """HEAD's short hash, with ``+dirty`` when tracked files have uncommitted changes; ''
-  outside a git checkout."""
+def git_commit(root=REPO) -> str:
+  """HEAD's short hash of the checkout at ``root``, with ``+dirty`` when tracked files have
+  uncommitted changes; '' outside a git checkout."""
   def git(*args):
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                           timeout=10)
   try:
     head = git("rev-parse", "--short", "HEAD")

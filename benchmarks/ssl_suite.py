@@ -121,11 +121,6 @@ def _ece(probs: np.ndarray, classes: np.ndarray, y_eval: np.ndarray) -> float:
   return evaluation.ece_from_confidences(probs.max(axis=1), correct)
 
 
-def _softmax(log_probs: np.ndarray) -> np.ndarray:
-  p = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
-  return p / p.sum(axis=1, keepdims=True)
-
-
 def baseline(method: str, seed: int):
   """(unfitted estimator, whether it takes the unlabelled rows as -1) of one baseline;
   every setting is scikit-learn's default unless named in ``METHODS``."""
@@ -164,6 +159,7 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
   FlowGMM with ``calibration_folds >= 2``, the cross-fitted temperature and the ECE after
   it; the seconds then include the extra fits)."""
   import threadpoolctl
+  from scipy.special import softmax
   from sklearn.preprocessing import StandardScaler
   start = time.perf_counter()
   extra = {}
@@ -181,11 +177,11 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
       # a constant per row, which softmax ignores.
       t = model.temperature_
       extra = {"temperature": t,
-               "ece_calibrated": _ece(_softmax(log_probs), model.classes_, y_eval),
+               "ece_calibrated": _ece(softmax(log_probs, axis=1), model.classes_, y_eval),
                "out_of_fold_accuracy": model.calibration_["out_of_fold_accuracy"],
                "num_out_of_fold": model.calibration_["num_out_of_fold"]}
       log_probs = t * log_probs
-    probs = _softmax(log_probs)
+    probs = softmax(log_probs, axis=1)
   else:
     scaler = StandardScaler().fit(x_train)
     xs = scaler.transform(x_train)

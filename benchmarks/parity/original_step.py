@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import inspect
 import os
-import subprocess
 import sys
 import types
 import warnings
@@ -21,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from benchmarks.provenance import git_commit
 
 _INVERTIBLE_MODULES = ("activations", "coupling_layers", "downsample", "normalizations",
                        "parts")
@@ -44,7 +45,7 @@ def _load_file(name: str, path: str) -> types.ModuleType:
 
 def load_original(path: str) -> types.SimpleNamespace:
   """The original's RealNVP, RealNVPTabular, SSLGaussMixture, FlowLoss, get_param_groups and
-  clip_grad_norm from a clone at ``path``, with its ``path`` and ``commit`` (HEAD, or '')."""
+  clip_grad_norm from a clone at ``path``, with its ``path`` and ``commit``."""
   root = os.path.abspath(os.path.expanduser(path))
   pkg = os.path.join(root, "flow_ssl")
   utils_dir = os.path.join(root, "experiments", "train_flows", "utils")
@@ -85,15 +86,10 @@ def load_original(path: str) -> types.SimpleNamespace:
   norm_util = _load_file("_flowgmm_original_norm_util", os.path.join(utils_dir, "norm_util.py"))
   optim_util = _load_file("_flowgmm_original_optim_util",
                           os.path.join(utils_dir, "optim_util.py"))
-  try:
-    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    commit = ""
   return types.SimpleNamespace(
       RealNVP=RealNVP, RealNVPTabular=RealNVPTabular, SSLGaussMixture=SSLGaussMixture,
       FlowLoss=FlowLoss, get_param_groups=norm_util.get_param_groups,
-      clip_grad_norm=optim_util.clip_grad_norm, path=root, commit=commit)
+      clip_grad_norm=optim_util.clip_grad_norm, path=root, commit=git_commit(root))
 
 
 def _drop_init_zeros(resnet_cls):

@@ -32,8 +32,6 @@ NUM_DIMS = 28 * 28
 BPD = 1.0 / (NUM_DIMS * math.log(2.0))  # nats per image -> bits/dim
 
 
-# ----------------------------------------------------------------------------- settings
-
 def recipe(name: str) -> dict:
   """The settings of recipe ``name`` (README.md), read from configs/mnist.py."""
   from configs import mnist
@@ -80,8 +78,6 @@ def load_data(num_test: int):
   test = np.sort(stratified_prefix(ds.y_test, num_test))
   return ds, ds.x_test[test], ds.y_test[test]
 
-
-# ----------------------------------------------------------------------------- ours
 
 def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
                num_test: int):
@@ -194,8 +190,6 @@ def parameter_counts(orig=None) -> dict:
   return counts
 
 
-# ----------------------------------------------------------------------------- original
-
 class OriginalBatches:
   """train_semisup_cons.py's LabeledUnlabeledBatchSampler (ssl_data_utils.py), with a
   seeded RandomState in place of the global one: an epoch is one permutation of the
@@ -290,8 +284,6 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
                  consistency_rampup_epochs=rampup_epochs, steps_per_epoch=batches.steps_per_epoch)
 
 
-# ----------------------------------------------------------------------------- records
-
 def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -> dict:
   """Window means of the per-step training values at each evaluation, and the tests."""
   evals = []
@@ -325,8 +317,6 @@ def merge(path: str, key: str, run: dict, header: dict) -> dict:
   write_json(path, results, sort_keys=True)
   return results
 
-
-# ----------------------------------------------------------------------------- summary
 
 def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
   """(steps, mean, std, n) over the seeds of (recipe, side) for ``evals[*][group][key]``."""
@@ -531,8 +521,6 @@ def plot(results: dict, path: str) -> None:
   fig.savefig(path, dpi=80)
   plt.close(fig)
 
-
-# ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
