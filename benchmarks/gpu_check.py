@@ -226,7 +226,7 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
     dataset = data_lib.load_dataset(c)
   except data_lib.DataNotFoundError as e:
     return {"config": config_name, "skipped": f"MNIST not found ({str(e).splitlines()[0]}); "
-            "set FLOWGMM_DATA_DIR to a folder holding mnist/ (module docstring)"}
+            "set FLOWGMM_DATA_DIR to a folder holding mnist/ (docs/experiments.md)"}
   split = split_rows(c, dataset)
   reference = reference_curve()
   curve, train, marks = [], [], {"first_log": None, "eval_s": []}
