@@ -190,33 +190,20 @@ def parameter_counts(orig=None) -> dict:
   return counts
 
 
-class OriginalBatches:
+def original_batches(labeled, unlabeled, bl: int, bu: int, seed: int):
   """train_semisup_cons.py's LabeledUnlabeledBatchSampler (ssl_data_utils.py), with a
-  seeded RandomState in place of the global one: an epoch is one permutation of the
-  labelled indices cut into batches of ``bl`` (the partial last one dropped), each paired
-  with a batch of ``bu`` from permutations of the unlabelled indices restarted every
-  epoch."""
-
-  def __init__(self, labeled, unlabeled, bl: int, bu: int, seed: int):
-    self.labeled, self.unlabeled, self.bl, self.bu = labeled, unlabeled, bl, bu
-    self.rs = np.random.RandomState(seed)
-    self.steps_per_epoch = len(labeled) // bl
-    self._epoch = iter(())
-
-  def _new_epoch(self):
-    lab = self.rs.permutation(self.labeled)
-    unl = np.concatenate([self.rs.permutation(self.unlabeled)
-                          for _ in range(-(-self.steps_per_epoch * self.bu
-                                           // len(self.unlabeled)))])
-    return iter([(lab[i * self.bl:(i + 1) * self.bl], unl[i * self.bu:(i + 1) * self.bu])
-                 for i in range(self.steps_per_epoch)])
-
-  def next(self):
-    try:
-      return next(self._epoch)
-    except StopIteration:
-      self._epoch = self._new_epoch()
-      return next(self._epoch)
+  seeded RandomState in place of the global one: ``(labelled, unlabelled)`` index batches,
+  an epoch one permutation of the labelled indices cut into batches of ``bl`` (the partial
+  last one dropped), each paired with ``bu`` indices from permutations of the unlabelled
+  ones restarted every epoch."""
+  rs = np.random.RandomState(seed)
+  steps_per_epoch = len(labeled) // bl
+  while True:
+    lab = rs.permutation(labeled)
+    unl = np.concatenate([rs.permutation(unlabeled)
+                          for _ in range(-(-steps_per_epoch * bu // len(unlabeled)))])
+    for i in range(steps_per_epoch):
+      yield lab[i * bl:(i + 1) * bl], unl[i * bu:(i + 1) * bu]
 
 
 def linear_rampup(final_value: float, epoch: int, num_epochs: int):
@@ -237,9 +224,10 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   m = original_model(orig, r, seed)
   prior = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
   prior_before = [t.detach().clone() for t in prior]
-  batches = OriginalBatches(labeled, unlabeled, r["labeled_batch_size"],
-                            r["unlabeled_batch_size"], seed)
-  rampup_epochs = max(1, round(r["consistency_rampup_steps"] / batches.steps_per_epoch))
+  steps_per_epoch = len(labeled) // r["labeled_batch_size"]
+  batches = original_batches(labeled, unlabeled, r["labeled_batch_size"],
+                             r["unlabeled_batch_size"], seed)
+  rampup_epochs = max(1, round(r["consistency_rampup_steps"] / steps_per_epoch))
   learning_rate = make_schedule(r["lr_schedule"], r["learning_rate"], steps, r["warmup_steps"])
   gen = torch.Generator().manual_seed(seed)
   x_all = torch.from_numpy(ds.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
@@ -248,11 +236,10 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   t0 = time.perf_counter()
   for step in range(steps):
     ts = time.perf_counter()
-    cons_w = linear_rampup(r["consistency_weight"], step // batches.steps_per_epoch,
-                           rampup_epochs)
+    cons_w = linear_rampup(r["consistency_weight"], step // steps_per_epoch, rampup_epochs)
     for group in m.optimizer.param_groups:  # optax's schedule, evaluated at this step
       group["lr"] = float(learning_rate(step))
-    lab, unl = batches.next()
+    lab, unl = next(batches)
     rows = torch.from_numpy(np.concatenate([lab, unl]))
     images = x_all[rows].float() / 255.  # ToTensor
     y = torch.cat([y_all[torch.from_numpy(lab)], torch.full((len(unl),), -1)])
@@ -281,7 +268,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
                  prior_changed=any(not torch.equal(a, b) for a, b in zip(prior_before, prior,
                                                                           strict=True)),
                  prior_requires_grad=[bool(t.requires_grad) for t in prior],
-                 consistency_rampup_epochs=rampup_epochs, steps_per_epoch=batches.steps_per_epoch)
+                 consistency_rampup_epochs=rampup_epochs, steps_per_epoch=steps_per_epoch)
 
 
 def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -> dict:
