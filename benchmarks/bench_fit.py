@@ -1,28 +1,7 @@
-"""Wall time of ``FlowGMMClassifier().fit`` with its defaults, the number users feel.
-
-    python -m benchmarks.bench_fit                      # all three tables, 3 refits each
-    python -m benchmarks.bench_fit --datasets=table20 --repeats=5 --json out.json
-    python -m benchmarks.bench_fit --new-process --repeats=3 --json first_fit.json
-    python -m benchmarks.bench_fit --rows=1000000 --features=50 \
-        --methods=flowgmm,selftraining,labelspreading --json big.json   # a large table
-
-Default: each table's first fit (it compiles the model's programs) and ``--repeats`` refits
-in the same process (they reuse them, ``training/programs.py``), end to end, with the steps
-taken (``n_iter_``) and the time per step. table20: 1,000 rows x 20 features, two Gaussian
-classes 1.5 apart in every feature, 10 labels per class; moons: ``make_moons``, 1,000 rows,
-5 labels per class; letter: the offline UCI letter table, 10 labels per class.
-
-``--new-process``: the README example's fit (two moons, 5 labels per class) in new Python
-processes, ``--repeats`` times each: with the compilation cache off, with an empty cache,
-and with the cache the previous process left; each child reports its imports, fit, score,
-XLA compiles (count and seconds, loading from the cache included) and cache hits.
-
-``--rows=N --features=D``: one fit per method (``flowgmm``, and the suite's ``selftraining``
-and ``labelspreading`` on standardised rows) on ``synthetic_table``, each in a child process
-of its own: the fit's wall time, accuracy on ``TEST_ROWS`` fresh rows, and memory (the
-resident set after the data exist, the peak, and their difference: what the fit needed). A
-child past ``--timeout`` is stopped, and the baselines run under a ``--baseline-memory-gb``
-address-space limit so that one that would exhaust the machine fails alone.
+"""Wall time of ``FlowGMMClassifier().fit`` with its defaults, the number users feel: refits in
+one process (default), the README example's fit in new processes with the compilation cache
+off, empty and warm (``--new-process``), and one fit per method on a large synthetic table,
+with its memory (``--rows``). Commands and what each mode measures: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -39,7 +18,8 @@ import time
 
 import numpy as np
 
-from benchmarks.provenance import REPO, provenance, write_json
+from benchmarks.provenance import REPO, name_list, provenance, write_json
+from benchmarks.report import md_row, md_table
 
 # JAX and the library are imported where a FlowGMM fit needs them: the baselines' child
 # processes of --rows never load them.
@@ -173,36 +153,43 @@ def _child_readme_fit() -> dict:
           "cache_dir": jax.config.jax_compilation_cache_dir}
 
 
+def _run_child(args, **kwargs) -> dict:
+  """The JSON that ``python -m benchmarks.bench_fit --child ARGS`` prints last."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_fit", "--child", *args],
+                        capture_output=True, text=True, cwd=REPO, **kwargs)
+  lines = proc.stdout.strip().splitlines()
+  if proc.returncode or not lines:
+    err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"exit {proc.returncode}: {err}")
+  return json.loads(lines[-1])
+
+
 def new_process_fits(repeats: int) -> dict:
   """``repeats`` triples of new processes: cache off, an empty cache, the cache just left."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
          and k != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
   runs = []
-  print("| repeat | process | cache | fit (s) | fit CPU (s) | process (s) | compiles | "
-        "compile (s) | trace + lower (s) | cache hits | load before |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  print(md_table(["repeat", "process", "cache", "fit (s)", "fit CPU (s)", "process (s)",
+                  "compiles", "compile (s)", "trace + lower (s)", "cache hits", "load before"],
+                 []))
   for repeat in range(repeats):
     with tempfile.TemporaryDirectory(prefix="flowgmm-bench-cache-") as cache:
       for which in ("off", "first", "second"):
         load = os.getloadavg()
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_fit", "--child", "readme"],
-            capture_output=True, text=True, cwd=REPO,
-            env={**env, "FLOWGMM_COMPILATION_CACHE": "off" if which == "off" else cache})
+        child = _run_child(["readme"], env={
+            **env, "FLOWGMM_COMPILATION_CACHE": "off" if which == "off" else cache})
         wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-          raise RuntimeError(f"the {which} process failed: {proc.stderr.strip()[-2000:]}")
         row = {"repeat": repeat, "process": which, "process_s": wall,
-               "load_average_before": load, "load_average_after": os.getloadavg(),
-               **json.loads(proc.stdout.strip().splitlines()[-1])}
+               "load_average_before": load, "load_average_after": os.getloadavg(), **child}
         row["cache_dir"] = {"off": "off", "first": "empty temporary",
                             "second": "left by the first"}[which]
         runs.append(row)
-        print(f"| {repeat} | {which} | {row['cache_dir']} | {row['fit_s']:.2f} | "
-              f"{row['fit_cpu_s']:.2f} | {wall:.1f} | {row['fit_compiles']} | "
-              f"{row['fit_compile_s']:.2f} | {row['fit_trace_s'] + row['fit_lower_s']:.2f} | "
-              f"{row['fit_cache_hits']} | {load[0]:.2f} |", flush=True)
+        print(md_row([repeat, which, row["cache_dir"], f"{row['fit_s']:.2f}",
+                      f"{row['fit_cpu_s']:.2f}", f"{wall:.1f}", row["fit_compiles"],
+                      f"{row['fit_compile_s']:.2f}",
+                      f"{row['fit_trace_s'] + row['fit_lower_s']:.2f}", row["fit_cache_hits"],
+                      f"{load[0]:.2f}"]), flush=True)
   summary = {}
   for which in ("off", "first", "second"):
     for key in ("fit_s", "process_s"):
@@ -224,47 +211,39 @@ def large_table(args) -> list:
   """Each method's one fit on the synthetic table, each in its own child process."""
   print(f"{args.rows:,} rows x {args.features} features, {args.classes} classes, "
         f"{LABELS_PER_CLASS} labels per class; one fit per method, each in its own process")
-  print(TABLE_HEADER)
+  print(md_table(TABLE_HEAD, []))
   rows = []
-  for method in args.methods.split(","):
-    cmd = [sys.executable, "-m", "benchmarks.bench_fit", "--child", method,
-           f"--rows={args.rows}", f"--features={args.features}", f"--classes={args.classes}",
-           f"--baseline-memory-gb={args.baseline_memory_gb}"]
+  for method in args.methods:
     start = time.perf_counter()
     try:
-      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                            cwd=REPO)
-      lines = proc.stdout.strip().splitlines()
-      if proc.returncode == 0 and lines:
-        row = json.loads(lines[-1])
-      else:
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        row = {"method": method, "failed": f"exit {proc.returncode}: {err}"}
+      row = _run_child([method, f"--rows={args.rows}", f"--features={args.features}",
+                        f"--classes={args.classes}",
+                        f"--baseline-memory-gb={args.baseline_memory_gb}"], timeout=args.timeout)
+    except RuntimeError as e:
+      row = {"method": method, "failed": str(e)}
     except subprocess.TimeoutExpired:
       row = {"method": method, "failed": f"stopped after {args.timeout} s (--timeout)"}
     row["wall_s"] = time.perf_counter() - start
     rows.append(row)
-    print(table_row(row), flush=True)
+    print(md_row(table_row(row)), flush=True)
   return rows
 
 
-TABLE_HEADER = ("| method | fit (s) | steps | test accuracy | data MiB | peak MiB | fit MiB |\n"
-                "|---|---|---|---|---|---|---|")
+TABLE_HEAD = ["method", "fit (s)", "steps", "test accuracy", "data MiB", "peak MiB", "fit MiB"]
 
 
-def table_row(row: dict) -> str:
-  """One method's row of the ``--rows`` table (its failure, when it did not finish)."""
+def table_row(row: dict) -> list:
+  """One method's cells in the ``--rows`` table (its failure, when it did not finish)."""
   if "failed" in row:
-    return f"| {row['method']} | {row['failed']} | | | | | |"
-  return (f"| {row['method']} | {row['fit_s']:.1f} | {row['steps'] or ''} | "
-          f"{100 * row['accuracy']:.1f}% | {row['data_mib']:.0f} | {row['peak_mib']:.0f} | "
-          f"{row['fit_mib']:.0f} |")
+    return [row["method"], row["failed"], "", "", "", "", ""]
+  return [row["method"], f"{row['fit_s']:.1f}", row["steps"] or "",
+          f"{100 * row['accuracy']:.1f}%", f"{row['data_mib']:.0f}", f"{row['peak_mib']:.0f}",
+          f"{row['fit_mib']:.0f}"]
 
 
 def markdown(results: dict) -> str:
-  """The table of a ``--rows`` results file (``benchmarks.report`` renders
-  ``bench_fit_large.json`` with it)."""
-  return "\n".join([TABLE_HEADER, *(table_row(r) for r in results["rows"])])
+  """The table of a ``--rows`` results file (``bench_fit_large.json``)."""
+  return md_table(TABLE_HEAD, [table_row(r) for r in results["rows"]])
 
 
 def _write_json(path, argv, **fields) -> None:
@@ -275,14 +254,14 @@ def _write_json(path, argv, **fields) -> None:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--datasets", default=",".join(DATASETS))
+  parser.add_argument("--datasets", type=name_list(DATASETS), default=",".join(DATASETS))
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--json", default=None)
   parser.add_argument("--rows", type=int, default=0,
                       help="> 0: one fit per method on a synthetic table of this many rows")
   parser.add_argument("--features", type=int, default=50)
   parser.add_argument("--classes", type=int, default=2)
-  parser.add_argument("--methods", default="flowgmm",
+  parser.add_argument("--methods", type=name_list(METHODS), default="flowgmm",
                       help=f"with --rows: comma-separated, from {', '.join(METHODS)}")
   parser.add_argument("--timeout", type=float, default=900.0,
                       help="with --rows: seconds before a method's child process is stopped")
@@ -308,9 +287,6 @@ def main(argv=None):
                             args.baseline_memory_gb)))
     return None
   if args.rows:
-    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
-    if unknown:
-      parser.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
     if args.features < 2 or args.classes < 2:
       parser.error("--features and --classes must be at least 2")
     load_before = os.getloadavg()
@@ -319,19 +295,15 @@ def main(argv=None):
                 load_average_after=os.getloadavg(), timeout_s=args.timeout,
                 baseline_memory_gb=args.baseline_memory_gb, rows=rows)
     return rows
-  unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
-  if unknown:
-    parser.error(f"unknown --datasets {unknown}; choose from {', '.join(DATASETS)}")
   from flowgmm_jax import FlowGMMClassifier
   made = provenance(argv)  # before the fits: its load average is the one they started in
   m = made["machine"]
   print(f"{made['date']}, jax {m['jax']}, {m['cpu']}, {m['cores']} cores, load average "
         f"{m['load_average_1min']:.2f}")
-  print("| dataset | rows | first fit (s) | second fit (s) | second / first | median refit (s) "
-        "| steps | ms / step |")
-  print("|---|---|---|---|---|---|---|---|")
+  print(md_table(["dataset", "rows", "first fit (s)", "second fit (s)", "second / first",
+                  "median refit (s)", "steps", "ms / step"], []))
   rows = []
-  for name in args.datasets.split(","):
+  for name in args.datasets:
     x, y = dataset(name)
     times, steps = [], []
     for _ in range(args.repeats + 1):
@@ -344,9 +316,9 @@ def main(argv=None):
            "second_fit_s": times[1], "second_over_first": times[1] / times[0],
            "median_fit_s": med, "steps": steps[-1], "ms_per_step": 1e3 * med / steps[-1]}
     rows.append(row)
-    print(f"| {name} | {len(x)} | {times[0]:.1f} | {times[1]:.2f} | "
-          f"{row['second_over_first']:.0%} | {med:.2f} | {steps[-1]} | "
-          f"{row['ms_per_step']:.2f} |", flush=True)
+    print(md_row([name, len(x), f"{times[0]:.1f}", f"{times[1]:.2f}",
+                  f"{row['second_over_first']:.0%}", f"{med:.2f}", steps[-1],
+                  f"{row['ms_per_step']:.2f}"]), flush=True)
   if args.json:
     write_json(args.json, {"provenance": made, "repeats": args.repeats, "rows": rows})
   return rows

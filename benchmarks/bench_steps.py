@@ -1,16 +1,6 @@
-"""Train-step speed of the three reference workloads, side by side with the original PyTorch code.
-
-    python -m benchmarks.bench_steps                                # ours only
-    python -m benchmarks.bench_steps --original=/path/to/flowgmm    # + the original, ratios
-    python -m benchmarks.bench_steps --only=toy,text --repeats=20 --json out.json
-
-Ours: the library's jitted, data-parallel train step (``make_train_step``) on random data of
-the paper's shapes (``workload``), compiled ahead of time, then the median of ``--repeats``
-steps; FLOPs counted on its jaxpr (``jaxpr_stats.count_flops``). ``--original=PATH`` (a clone
-of github.com/izmailovpavel/flowgmm and PyTorch, the ``bench`` extra) adds the original's step
-on the same batch (``parity/original_step.py``), as shipped and with its prior built once,
-timed the same way; its FLOPs by torch's FlopCounterMode. The workloads and how to read the
-columns: benchmarks/README.md.
+"""Train-step speed of the three reference workloads, side by side with the original PyTorch
+code (``--original=PATH``, a clone of github.com/izmailovpavel/flowgmm; the ``bench`` extra).
+Commands, workloads and how to read the columns: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -26,7 +16,8 @@ import jax
 import numpy as np
 
 from benchmarks.jaxpr_stats import count_flops
-from benchmarks.provenance import cpu_model, provenance, usable_cores, write_json
+from benchmarks.provenance import cpu_model, name_list, provenance, usable_cores, write_json
+from benchmarks.report import md_table
 from flowgmm_jax import losses
 from flowgmm_jax import mesh as mesh_lib
 from flowgmm_jax.data import augment_images
@@ -78,12 +69,6 @@ def workload(name: str):
     raise ValueError(f"unknown workload {name!r}; choose from {WORKLOADS}")
   y = np.concatenate([rng.integers(0, k, bl), -np.ones(bu, int)]).astype(np.int32)
   return c, x, y, shape, k
-
-
-def step_flops(train_step, state, batch, rng) -> float:
-  """FLOPs of one call of the step on all devices: per device under ``shard_map``, counted on
-  its jaxpr, times the number of devices."""
-  return count_flops(jax.make_jaxpr(train_step)(state, batch, rng)) * jax.device_count()
 
 
 def _ours(name: str, original_layout: bool = False):
@@ -140,7 +125,7 @@ def compile_timed(fn, *args) -> tuple:
 
 
 def time_step(name: str, repeats: int) -> dict:
-  """Ours: compile (timed with the first step), then ``repeats`` timed steps."""
+  """Ours: compile (timed with the first step), HLO counts, then ``repeats`` timed steps."""
   train_step, state, batch, rng, num_params = _ours(name)
   t0, c0 = time.perf_counter(), time.process_time()
   compiled, traced, times = compile_timed(train_step, state, batch, rng)
@@ -165,30 +150,38 @@ def time_step(name: str, repeats: int) -> dict:
          **{f"hlo_{k}": v for k, v in hlo_counts.items()},
          "params": num_params, "flops": flops,
          "flops_counted_on": "the jaxpr (benchmarks/jaxpr_stats.py), all devices"}
-  if repeats == 0:  # compile and the first step only
-    return row
   timed, _ = time_compiled(compiled, state, batch, rng, repeats)
   row.update(timed, gflops_per_s=flops / timed["median_s"] / 1e9)
   return row
+
+
+def _timed(step, repeats: int, prefix: str = "") -> dict:
+  """Median, min and max seconds of ``repeats`` calls of ``step()``."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return {f"{prefix}median_s": statistics.median(times), f"{prefix}min_s": min(times),
+          f"{prefix}max_s": max(times)}
 
 
 def time_compiled(compiled, state, batch, rng, repeats: int) -> tuple[dict, dict]:
   """``({median_s, min_s, max_s, pipelined_s}, the last step's metrics)`` of ``repeats``
   steps each way: blocking after every step, and back to back without blocking (what the
   loop sees: dispatch overlaps compute)."""
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
+  def step():
+    nonlocal state, metrics
     state, metrics = compiled(state, batch, rng)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
+
+  metrics = None
+  times = _timed(step, repeats)
   t0 = time.perf_counter()
   for _ in range(repeats):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(state)
-  pipelined = (time.perf_counter() - t0) / repeats
-  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-          "pipelined_s": pipelined}, metrics
+  return {**times, "pipelined_s": (time.perf_counter() - t0) / repeats}, metrics
 
 
 def add_ratios(row: dict) -> dict:
@@ -207,20 +200,21 @@ def add_ratios(row: dict) -> dict:
 
 
 def original_layout_counts(name: str) -> dict:
-  """Toy/text: parameters and FLOPs (``step_flops``) of our step with the original's
-  full-width conditioners, to set against the original's counts."""
+  """Toy/text: parameters and FLOPs (all devices) of our step with the original's full-width
+  conditioners, to set against the original's counts."""
   train_step, state, batch, rng, num_params = _ours(name, original_layout=True)
-  return {"params": num_params, "flops": step_flops(train_step, state, batch, rng)}
+  jaxpr = jax.make_jaxpr(train_step)(state, batch, rng)
+  return {"params": num_params, "flops": count_flops(jaxpr) * jax.device_count()}
 
 
-def time_original(orig, name: str, repeats: int, *, anomaly) -> dict:
+def time_original(orig, name: str, repeats: int) -> dict:
   """The original's step, as shipped and with the prior built once: one warm-up step (for
   the shipped one also counted by FlopCounterMode), then ``repeats`` timed steps each."""
   from benchmarks.parity import original_step
   c, x, y, shape, k = workload(name)
   row = {}
   for prior in ("shipped", "once"):
-    s = original_step.build_step(orig, name, x, y, k, prior=prior, anomaly=anomaly)
+    s = original_step.build_step(orig, name, x, y, k, prior=prior)
     if prior == "shipped":
       row["original_params"] = s.num_params
       t0 = time.perf_counter()
@@ -228,14 +222,7 @@ def time_original(orig, name: str, repeats: int, *, anomaly) -> dict:
       row["original_counted_step_s"] = time.perf_counter() - t0  # warm-up, counter on
     else:
       s.step()
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      s.step()
-      times.append(time.perf_counter() - t0)
-    row[f"original_{prior}_median_s"] = statistics.median(times)
-    row[f"original_{prior}_min_s"] = min(times)
-    row[f"original_{prior}_max_s"] = max(times)
+    row.update(_timed(s.step, repeats, prefix=f"original_{prior}_"))
   return row
 
 
@@ -256,10 +243,8 @@ def table(rows, peak_gflops: float, side_by_side: bool) -> str:
            "GFLOP/step ours" + (" / original" if side_by_side else ""),
            "ours GFLOP/s", f"% of {peak_gflops:g} GFLOP/s",
            "ours first step (s): wall / process CPU", "fused kernels"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  cells_of_rows = []
   for r in rows:
-    if "median_s" not in r:  # --cifar-repeats=0: compiled, not timed
-      r = dict(r, median_s=math.nan, gflops_per_s=math.nan)
     cells = [r["workload"], _g(r["median_s"])]
     params, gflop = f"{r['params']:,}", _g(r["flops"] / 1e9)
     if side_by_side:
@@ -273,8 +258,8 @@ def table(rows, peak_gflops: float, side_by_side: bool) -> str:
               f"{100 * r['gflops_per_s'] / peak_gflops:.1f}%",
               f"{_g(r['first_step_s'])} / {_g(r.get('first_step_cpu_s', math.nan))}",
               f"{r['hlo_fusions']:,}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    cells_of_rows.append(cells)
+  return md_table(head, cells_of_rows)
 
 
 def markdown(results) -> str:
@@ -296,20 +281,17 @@ def markdown(results) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--only", default=",".join(WORKLOADS))
+  parser.add_argument("--only", type=name_list(WORKLOADS), default=",".join(WORKLOADS))
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--cifar-repeats", type=int, default=None,
-                      help="timed CIFAR steps per side (default: max(3, repeats // 3)); 0: "
-                           "ours only, compile and the first step")
+                      help="timed CIFAR steps per side (default: max(3, repeats // 3))")
   parser.add_argument("--original", default="",
                       help="root of a clone of github.com/izmailovpavel/flowgmm: also time "
                            "the original PyTorch step (needs the 'bench' extra)")
   parser.add_argument("--json", default="", help="also write the header and rows to this file")
   args = parser.parse_args(argv)
-  names = [n for n in args.only.split(",") if n]
-  if set(names) - set(WORKLOADS):
-    parser.error(f"--only: unknown workload(s) {sorted(set(names) - set(WORKLOADS))}; choose "
-                 f"from {WORKLOADS}")
+  if args.repeats < 1 or (args.cifar_repeats is not None and args.cifar_repeats < 1):
+    parser.error("--repeats and --cifar-repeats must be >= 1")
   cores = usable_cores()
   header = {"cores": cores, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "peak_gflops": PEAK_GFLOPS, "load_average_1min_before": round(os.getloadavg()[0], 2)}
@@ -324,18 +306,16 @@ def main(argv=None):
     header.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                   original=orig.path, original_commit=orig.commit,
                   original_cifar_anomaly="on")
-  for n in names:
+  for n in args.only:
     repeats = args.repeats
     if n == "cifar":
       repeats = max(3, args.repeats // 3) if args.cifar_repeats is None else args.cifar_repeats
     row = time_step(n, repeats)
-    if orig is not None and repeats > 0:
-      row.update(time_original(orig, n, repeats, anomaly=True))
+    if orig is not None:
+      row.update(time_original(orig, n, repeats))
       add_ratios(row)
       if n != "cifar":
-        layout = original_layout_counts(n)
-        row["ours_original_layout_params"] = layout["params"]
-        row["ours_original_layout_flops"] = layout["flops"]
+        row.update({f"ours_original_layout_{k}": v for k, v in original_layout_counts(n).items()})
     results["rows"].append(row)
     header["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     if args.json:  # after each workload, so that a stopped run keeps what it measured

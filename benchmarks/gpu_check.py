@@ -1,18 +1,11 @@
 """The prepared accelerator check: step speed, MFU, compile time cold and warm, and a learning
-curve, in one run that keeps within its budget and loses nothing to a timeout.
+curve, in one run that keeps within its budget and writes its JSON after every row.
 
     python -m benchmarks.gpu_check --budget-s=480            # on a GPU or TPU host
     python -m benchmarks.gpu_check --tiny --budget-s=120     # the same code on a CPU (tests)
 
-1. Timed rows (``ROWS``, most wanted first; ``--rows`` picks others): the library's train
-   step of a config (cifar: configs/cifar10.py, FlowGMM-cons; mnist: configs/mnist.py;
-   cifar_glow: configs/cifar10.py:glow) at a compute dtype and per-device batch: FLOPs and
-   collectives counted on its jaxpr, compile time cold and warm, step time, images/s, MFU.
-2. configs/mnist.py:cpu trains for the time left, its curve beside the CPU reference runs.
-
-The JSON (``--out``, and $OUT/gpu_check.json when $OUT is set) is rewritten after every row,
-``"complete": false`` until the end. What each row measures, the peaks, and how to carry
-ml-collections and MNIST to the device machine: docs/experiments.md, "On a GPU".
+What each row measures, the peaks, and how to carry the data to the device machine:
+docs/experiments.md, "On a GPU".
 """
 
 from __future__ import annotations
@@ -79,7 +72,7 @@ def peak_tflops(device_kind: str, dtype: str, override: float = 0.0):
 
 
 def workload_config(workload: str, dtype: str, tiny: bool):
-  """The workload's config (``CONFIGS``) with ``compute_dtype``; --tiny shrinks the model."""
+  """The workload's config (``CONFIGS``) at ``dtype``; --tiny shrinks the model."""
   import importlib
   module, arg = CONFIGS[workload]
   c = importlib.import_module(module).get_config(arg)
@@ -102,8 +95,7 @@ jax.monitoring.register_event_listener(
 
 @contextlib.contextmanager
 def _fresh_cache():
-  """A new, empty persistent compilation cache for the block; JAX's settings as they were
-  after it."""
+  """A new, empty persistent compilation cache for the block (JAX's settings restored)."""
   from jax.experimental.compilation_cache import compilation_cache as jax_cache
   saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
                                                 "jax_persistent_cache_min_compile_time_secs")}
@@ -125,9 +117,8 @@ def _failure(e: Exception) -> str:
 
 
 def prepare_row(workload: str, dtype: str, per_device_batch: int, tiny: bool) -> tuple:
-  """``(train_step, state, batch, rng, row)``: the library's step for the workload's config
-  (``training.programs``), its initial state and one batch of random images, on all
-  devices; ``row`` describes them."""
+  """``(train_step, state, batch, rng, row)``: the library's step of the workload's config
+  (``training.programs``), its state and a batch of random images on all devices."""
   from flowgmm_jax import data as data_lib
   from flowgmm_jax import mesh as mesh_lib
   from flowgmm_jax.data.rows import split_rows
@@ -161,10 +152,9 @@ def prepare_row(workload: str, dtype: str, per_device_batch: int, tiny: bool) ->
 
 def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repeats: int,
              device_kind: str, peak_override: float) -> dict:
-  """One timed row (module docstring, part 1)."""
+  """One timed row: FLOPs and collectives, compile cold and warm, step time, MFU."""
   train_step, state, batch, step_rng, row = prepare_row(workload, dtype, per_device_batch,
                                                         tiny)
-  rows = row["global_batch"]
   with _fresh_cache():
     compiled, traced, cold = compile_timed(train_step, state, batch, step_rng)
     row["flops_per_device"] = count_flops(traced.jaxpr)
@@ -185,8 +175,8 @@ def time_row(workload: str, dtype: str, per_device_batch: int, tiny: bool, repea
   median = timed["median_s"]
   peak, tf32 = peak_tflops(device_kind, dtype, peak_override)
   achieved = row["flops_per_device"] / median / 1e12
-  row.update(timed, repeats=repeats, images_per_s=rows / median,
-             images_per_s_pipelined=rows / timed["pipelined_s"],
+  row.update(timed, repeats=repeats, images_per_s=row["global_batch"] / median,
+             images_per_s_pipelined=row["global_batch"] / timed["pipelined_s"],
              tflops_per_s_per_device=achieved, peak_tflops=peak,
              mfu=achieved / peak if peak else None,
              mfu_tf32=achieved / tf32 if tf32 else None,
@@ -215,7 +205,7 @@ def reference_curve(path: str = REFERENCE) -> dict:
 
 
 def train_mnist(deadline: float, tiny: bool) -> dict:
-  """Part 2: configs/mnist.py:cpu until ``deadline`` (``time.perf_counter()``) or its end."""
+  """configs/mnist.py:cpu until ``deadline`` (``time.perf_counter()``) or its end."""
   from configs import mnist
   from flowgmm_jax import data as data_lib
   from flowgmm_jax.data.rows import split_rows
@@ -236,7 +226,7 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
     dataset = data_lib.load_dataset(c)
   except data_lib.DataNotFoundError as e:
     return {"config": config_name, "skipped": f"MNIST not found ({str(e).splitlines()[0]}); "
-            "set FLOWGMM_DATA_DIR to a folder holding mnist/ (module docstring)"}
+            "set FLOWGMM_DATA_DIR to a folder holding mnist/ (docs/experiments.md)"}
   split = split_rows(c, dataset)
   reference = reference_curve()
   curve, train, marks = [], [], {"first_log": None, "eval_s": []}

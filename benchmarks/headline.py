@@ -1,17 +1,6 @@
 """The README's one results table: a row per kind of data, each computed from its own results
-file (``benchmarks/results/headline.json`` lists the rows; ``benchmarks.report`` renders it).
-
-A row names its results file, what it picks from it and the docs section with the full table,
-the command, the commit and the machine:
-
-* ``toy``: a dataset of ``toy_table.json``: mean ± std of its test accuracy over the seeds;
-* ``ssl_suite``: an ``ssl_suite*.json``: FlowGMMClassifier's test accuracy and the best
-  single baseline's (the one fixed method with the highest mean), averaged over seeds and
-  then over the file's tables (``table``: one table only); "not run yet" where the file has
-  no FlowGMM runs;
-* ``mnist_seeds``: ``mnist_cpu_seeds.json`` or ``mnist_cpu_2dev.json`` (made by the retired
-  ``benchmarks.mnist_seeds``): mean ± std of the final test accuracy over the seed runs of a
-  config, and their wall time on ``row["machine"]`` (default "one core").
+file (``benchmarks/results/headline.json`` lists the rows; what each kind picks from its file:
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -21,6 +10,7 @@ import json
 import numpy as np
 
 from benchmarks.provenance import REPO
+from benchmarks.report import md_table
 
 
 def _mean_std(values) -> str:
@@ -71,10 +61,7 @@ _KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_seeds": _mnist_seeds}
 
 
 def markdown(headline: dict) -> str:
-  lines = ["| data | labels | test accuracy, mean ± std | details |", "|---|---|---|---|"]
-  for row in headline["rows"]:
-    results = json.loads((REPO / row["results"]).read_text())
-    cell = _KINDS[row["kind"]](results, row)
-    lines.append(f"| {row['data']} | {row['labels']} | {cell} | [{row['section']}]"
-                 f"({row['link']}) |")
-  return "\n".join(lines)
+  rows = [[row["data"], row["labels"],
+           _KINDS[row["kind"]](json.loads((REPO / row["results"]).read_text()), row),
+           f"[{row['section']}]({row['link']})"] for row in headline["rows"]]
+  return md_table(["data", "labels", "test accuracy, mean ± std", "details"], rows)

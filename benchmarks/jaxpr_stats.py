@@ -1,21 +1,6 @@
-"""Per-step counts read from a traced program: collectives executed and FLOPs.
-
-``count_collectives(jax.make_jaxpr(step)(*args))`` and ``count_flops(...)`` walk a
-``ClosedJaxpr`` recursively into every sub-jaxpr (``pjit``, ``shard_map``, ``custom_jvp_call``,
-``custom_vjp_call``, ``remat``, ``cond`` branches, ``while`` and ``scan`` bodies). A ``scan``
-body counts ``length`` times, so a flow whose identical layers are scanned gets the count of
-the unrolled program without building it. Counting rules:
-
-- A ``while`` body counts once (its trip count is not in the jaxpr); a ``cond`` counts its
-  most expensive branch (one branch executes, and an upper bound is the useful number).
-- A collective is one equation of a collective primitive (``psum``, ``pmax``, ``pmin``,
-  ``all_gather``, ``ppermute``, ``all_to_all``, ``psum_scatter``...): ``lax.pmean`` is traced as
-  a ``psum`` (and a division), and a ``psum`` of a pytree is one equation whatever its number
-  of leaves (XLA lowers it to one all-reduce over a tuple).
-- FLOPs: ``dot_general`` and ``conv_general_dilated`` count 2 per multiply-accumulate;
-  elementwise arithmetic (including transcendentals) counts 1 per output element, reductions 1
-  per input element, and data movement (reshape, transpose, slice, broadcast, convert, gather)
-  counts 0.
+"""Per-step counts read from a traced program (``jax.make_jaxpr(step)(*args)``): collectives
+executed and FLOPs, every sub-jaxpr walked and each ``scan`` body counted ``length`` times.
+The counting rules: benchmarks/README.md, "jaxpr_stats".
 """
 
 from __future__ import annotations
@@ -58,14 +43,10 @@ def _as_jaxpr(value) -> jcore.Jaxpr | None:
 def _sub_jaxprs(eqn) -> Iterator[tuple[str, jcore.Jaxpr]]:
   """(param name, jaxpr) for every jaxpr held in ``eqn.params`` (also inside tuples)."""
   for name, value in eqn.params.items():
-    jaxpr = _as_jaxpr(value)
-    if jaxpr is not None:
-      yield name, jaxpr
-    elif isinstance(value, (tuple, list)):
-      for item in value:
-        jaxpr = _as_jaxpr(item)
-        if jaxpr is not None:
-          yield name, jaxpr
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      jaxpr = _as_jaxpr(item)
+      if jaxpr is not None:
+        yield name, jaxpr
 
 
 def _walk(jaxpr: jcore.Jaxpr, leaf) -> Counter:
@@ -80,13 +61,9 @@ def _walk(jaxpr: jcore.Jaxpr, leaf) -> Counter:
       total.update(max(branches, key=lambda c: (sum(c.values()), len(c))))
       continue
     times = int(eqn.params["length"]) if name == "scan" else 1
-    for param, sub in _sub_jaxprs(eqn):
-      if name == "while" and param == "cond_jaxpr":
-        times_here = 1
-      else:
-        times_here = times
+    for _, sub in _sub_jaxprs(eqn):
       for key, value in _walk(sub, leaf).items():
-        total[key] += value * times_here
+        total[key] += value * times
   return total
 
 
@@ -95,15 +72,8 @@ def _collective(eqn) -> Counter:
 
 
 def count_collectives(closed_jaxpr: Any) -> dict[str, int]:
-  """Collectives executed per call of the traced program, by primitive name.
-
-  Args:
-    closed_jaxpr: ``jax.make_jaxpr(fn)(*args)`` (a ``ClosedJaxpr``) or a ``Jaxpr``.
-
-  Returns:
-    ``{primitive name: count}``, e.g. ``{"psum": 4}``; empty when none execute. Sum the values
-    for the total.
-  """
+  """``{primitive name: count}`` of the collectives one call of the traced program (a
+  ``ClosedJaxpr`` or ``Jaxpr``) executes, e.g. ``{"psum": 4}``."""
   return dict(_walk(_as_jaxpr(closed_jaxpr), _collective))
 
 
@@ -131,15 +101,8 @@ def _flops(eqn) -> Counter:
 
 
 def count_flops(closed_jaxpr: Any) -> float:
-  """FLOPs executed per call of the traced program (rules in the module docstring).
-
-  Args:
-    closed_jaxpr: ``jax.make_jaxpr(fn)(*args)`` (a ``ClosedJaxpr``) or a ``Jaxpr``.
-
-  Returns:
-    the count as a float. Under ``shard_map`` the shapes are per device, so the count is one
-    device's; under plain ``jit`` it is the whole program's.
-  """
+  """FLOPs one call of the traced program executes: one device's under ``shard_map`` (its
+  shapes are per device), the whole program's under plain ``jit``."""
   return float(_walk(_as_jaxpr(closed_jaxpr), _flops).get("flops", 0))
 
 

@@ -1,55 +1,20 @@
-"""What only a density can do, measured: unfamiliar rows and the rows to label next.
-
-    python -m benchmarks.novelty heldout                          # a held-out class per table
-    python -m benchmarks.novelty images --workdir=/tmp/mnist_cpu  # MNIST -> Fashion-MNIST
-    python -m benchmarks.novelty query --validation               # choose the query rule
-    python -m benchmarks.novelty query                            # the rule against random
-    python -m benchmarks.novelty figure                           # docs/label_efficiency.png
-
-``heldout``: on each table of ``ssl_suite`` (both panels) with 3 or more classes, for each
-seed, ``--classes-per-seed`` classes (with at least 5 test rows) are drawn; for each, its rows
-leave the training split of ``ssl_suite.make_split`` (10 labels per remaining class, the rest
-unlabelled), ``FlowGMMClassifier(random_state=seed)`` is fitted, and each outlier score's
-AUROC tells the class's test rows from the other classes' test rows. Baselines on the same
-training rows, standardised: ``IsolationForest`` and ``LocalOutlierFactor(novelty=True)``.
-Binary tables are skipped: without a class, one class is left, and a classifier needs two.
-Also reported: the rows ``predict(X, reject_rate=0.05)`` rejects, of the held-out class and
-of the others.
-
-``images``: a trained image run (``configs/mnist.py:cpu``) scores the last 5,000 MNIST test
-images against the 10,000 Fashion-MNIST test images (Debian package
-``dataset-fashion-mnist``, ``/usr/share/datasets/fashion-mnist``); the first 5,000 MNIST
-test images are typicality's reference rows. With ``--validation``: the first 2,500 MNIST
-test images against 10,000 Fashion-MNIST training images, the next 2,500 as the reference.
-Baseline: ``IsolationForest`` on the pixels of 20,000 MNIST training images.
-
-``query``: from 10 labels per class, ``--rounds`` rounds each add 10 labels per class,
-chosen by ``FlowGMMClassifier.query`` (one rule per ``--rules`` entry, ``random`` for random
-rows) among the unlabelled training rows, and the model is refitted; accuracy on the
-evaluation rows after each round. Baseline: uncertainty sampling (least max-probability)
-around ``SelfTrainingClassifier(LogisticRegression)``, and random rows for it too.
-``--validation`` (``heldout`` and ``query``) scores on a split of the training rows
-(``ssl_suite.make_split``), never the test rows: the default score and rule are chosen so.
-
-Results: ``benchmarks/results/novelty_{heldout,images,query}.json`` (``--output``).
+"""What only a density can do, measured: unfamiliar rows (``heldout``: a held-out class per
+table; ``images``: MNIST against Fashion-MNIST) and the rows to label next (``query``,
+``figure``). Commands and protocols: benchmarks/README.md; results: docs/novelty.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-
-from benchmarks import ssl_suite  # noqa: E402
-from benchmarks.provenance import provenance, write_json  # noqa: E402
+from benchmarks import ssl_suite
+from benchmarks.provenance import REPO, int_list, name_list, provenance, write_json
+from benchmarks.report import md_table
 
 RESULTS = REPO / "benchmarks" / "results"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -112,26 +77,22 @@ def heldout(args) -> dict:
   return results
 
 
-def load_images(directory: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
-  from flowgmm_jax.data.images import load_mnist
-  d = load_mnist(directory)
-  return (d.x_train, d.y_train) if split == "train" else (d.x_test, d.y_test)
-
-
 def images(args) -> dict:
   import flowgmm_jax
   from flowgmm_jax import novelty
   from flowgmm_jax.data.dataset import default_data_dir
+  from flowgmm_jax.data.images import load_mnist
   if not Path(FASHION_DIR).is_dir():
     raise SystemExit(f"no Fashion-MNIST at {FASHION_DIR}: apt-get install dataset-fashion-mnist")
   model = flowgmm_jax.load(args.workdir, step=args.step)
-  mnist, mnist_y = load_images(str(Path(default_data_dir()) / "mnist"), "test")
+  mnist = load_mnist(str(Path(default_data_dir()) / "mnist"))
   if args.validation:  # neither the reported rows nor the reported reference
-    fashion = load_images(FASHION_DIR, "train")[0][:10000]
-    reference, known, known_y = mnist[2500:5000], mnist[:2500], mnist_y[:2500]
+    fashion = load_mnist(FASHION_DIR).x_train[:10000]
+    reference, known, known_y = (mnist.x_test[2500:5000], mnist.x_test[:2500],
+                                 mnist.y_test[:2500])
   else:
-    fashion = load_images(FASHION_DIR, "test")[0]
-    reference, known, known_y = mnist[:5000], mnist[5000:], mnist_y[5000:]
+    fashion = load_mnist(FASHION_DIR).x_test
+    reference, known, known_y = mnist.x_test[:5000], mnist.x_test[5000:], mnist.y_test[5000:]
   x = np.concatenate([known, fashion])
   novel = np.r_[np.zeros(len(known), bool), np.ones(len(fashion), bool)]
   out = {"workdir": args.workdir, "step": model.step, "known_rows": len(known),
@@ -157,10 +118,9 @@ def images(args) -> dict:
     is_new = np.r_[np.zeros(len(known), bool), np.ones(len(simple), bool)]
     out[f"simple_{name}"] = {kind: auroc(model.outlier_score(xs, kind, reference=reference),
                                          is_new) for kind in novelty.OUTLIER_SCORES}
-  train, _ = load_images(str(Path(default_data_dir()) / "mnist"), "train")
   flat = lambda a: a.reshape(len(a), -1).astype(np.float32)  # noqa: E731
   from sklearn.ensemble import IsolationForest
-  forest = IsolationForest(random_state=0, n_jobs=1).fit(flat(train[:20000]))
+  forest = IsolationForest(random_state=0, n_jobs=1).fit(flat(mnist.x_train[:20000]))
   out["isolation_forest"] = auroc(-forest.score_samples(flat(x)), novel)
   print(json.dumps(out, indent=1))
   return out
@@ -172,12 +132,11 @@ def fit_flowgmm(x, y_semi, seed):
 
 
 def self_training(x, y_semi, seed):
-  from sklearn.linear_model import LogisticRegression
+  """The suite's ``selftraining`` baseline on standardised rows."""
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
-  from sklearn.semi_supervised import SelfTrainingClassifier
-  return make_pipeline(StandardScaler(), SelfTrainingClassifier(
-      LogisticRegression(max_iter=1000), threshold=0.9)).fit(x, y_semi)
+  model = ssl_suite.baseline("selftraining", seed)[0]
+  return make_pipeline(StandardScaler(), model).fit(x, y_semi)
 
 
 def pick(rule: str, model, x_pool: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -198,13 +157,12 @@ def query(args) -> dict:
       x_tr, y_semi0, y_tr, x_ev, y_ev = ssl_suite.make_split(
           x, y, seed, ssl_suite.LABELS_PER_CLASS, validation=args.validation)
       num_classes = np.unique(y_tr).size
-      first = {}
       for method, rules in (("flowgmm", args.rules), ("selftraining", args.baseline_rules)):
         fit = fit_flowgmm if method == "flowgmm" else self_training
         model0 = fit(x_tr, y_semi0, seed)
-        first[method] = float((model0.predict(x_ev) == y_ev).mean())
+        first = float((model0.predict(x_ev) == y_ev).mean())
         for rule in rules:
-          y_semi, model, acc = y_semi0.copy(), model0, [first[method]]
+          y_semi, model, acc = y_semi0.copy(), model0, [first]
           for r in range(args.rounds):
             pool = np.flatnonzero(y_semi < 0)
             if pool.size == 0:  # every training row is labelled: the model stays as it is
@@ -270,12 +228,8 @@ def _pm(values) -> str:
 def markdown(report: dict) -> str:
   """The docs' table of one results file (``benchmarks.report``), from its raw runs."""
   what, results = report["what"], report["results"]
-  lines = []
   if what == "heldout":
-    names = list(SCORE_NAMES)
-    lines += ["| table | runs | " + " | ".join(SCORE_NAMES[k] for k in names)
-              + " | rejected at 5%: novel / known |", "|---" * (len(names) + 3) + "|"]
-    skipped = []
+    names, rows, skipped = list(SCORE_NAMES), [], []
     for table, r in results.items():
       if not r.get("runs"):
         skipped.append(table)
@@ -284,44 +238,38 @@ def markdown(report: dict) -> str:
       best = max(names, key=lambda k: np.mean([x[k] for x in runs]))
       cells = [(f"**{_pm([x[k] for x in runs])}**" if k == best
                 else _pm([x[k] for x in runs])) for k in names]
-      lines.append(f"| {table} | {len(runs)} | " + " | ".join(cells) + " | "
+      rows.append([table, len(runs), *cells,
                    f"{np.mean([x['rejected_novel'] for x in runs]):.2f} / "
-                   f"{np.mean([x['rejected_known'] for x in runs]):.2f} |")
+                   f"{np.mean([x['rejected_known'] for x in runs]):.2f}"])
     mean = summary_heldout(results)["mean_over_tables"]
-    lines.append("| **mean over tables** | | " + " | ".join(f"**{mean[k]:.3f}**" for k in names)
-                 + f" | **{mean['rejected_novel']:.2f} / {mean['rejected_known']:.2f}** |")
-    lines.append("")
-    lines.append(f"Skipped (two classes: one would be left): {', '.join(skipped)}.")
+    rows.append(["**mean over tables**", "", *(f"**{mean[k]:.3f}**" for k in names),
+                 f"**{mean['rejected_novel']:.2f} / {mean['rejected_known']:.2f}**"])
+    head = ["table", "runs", *(SCORE_NAMES[k] for k in names), "rejected at 5%: novel / known"]
+    lines = [md_table(head, rows), "",
+             f"Skipped (two classes: one would be left): {', '.join(skipped)}."]
   elif what == "images":
-    lines += ["| score | AUROC, MNIST (known) against Fashion-MNIST (novel) |", "|---|---|"]
-    lines += [f"| {SCORE_NAMES[k]} | {results[k]:.3f} |" for k in SCORE_NAMES
-              if k in results]
+    lines = [md_table(["score", "AUROC, MNIST (known) against Fashion-MNIST (novel)"],
+                      [[SCORE_NAMES[k], f"{results[k]:.3f}"] for k in SCORE_NAMES
+                       if k in results])]
     if "simple_grey" in results:
-      lines += ["", "| novel images simpler than MNIST | " + " | ".join(
-          SCORE_NAMES[k] for k in results["simple_grey"]) + " |",
-                "|---" * (1 + len(results["simple_grey"])) + "|"]
-      for name, label in (("simple_black", "an all-black image"),
-                          ("simple_grey", "1,000 images of one grey level in 1..255"),
-                          ("simple_blurred", "1,000 MNIST test images, 5x5 box blur")):
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in results[name].values())
-                     + " |")
+      simple = [[label, *(f"{v:.3f}" for v in results[name].values())]
+                for name, label in (("simple_black", "an all-black image"),
+                                    ("simple_grey", "1,000 images of one grey level in 1..255"),
+                                    ("simple_blurred", "1,000 MNIST test images, 5x5 box blur"))]
+      head = ["novel images simpler than MNIST", *(SCORE_NAMES[k] for k in results["simple_grey"])]
+      lines += ["", md_table(head, simple)]
     lines += ["", f"Bits/dim: MNIST {results['bits_per_dim_known']:.2f}, Fashion-MNIST "
               f"{results['bits_per_dim_novel']:.2f}; accuracy on the known rows "
               f"{100 * results['accuracy_known']:.1f}% (step {results['step']})."]
   else:
     summary = summary_query(results)
     keys = sorted(summary["mean_over_tables"])
-    rounds = len(summary["mean_over_tables"][keys[0]])
-    lpc = [LABELS_PER_ROUND * (1 + i) for i in range(rounds)]
-    lines += ["| table | method: rule | " + " | ".join(f"{n} labels/class" for n in lpc)
-              + " |", "|---" * (rounds + 2) + "|"]
-    for table, means in [*summary["per_table"].items(),
-                         ("**mean over tables**", summary["mean_over_tables"])]:
-      for k in keys:
-        if k in means:
-          lines.append(f"| {table} | {k.replace('/', ': ')} | "
-                       + " | ".join(f"{100 * a:.1f}" for a in means[k]) + " |")
-    lines.append("")
+    lpc = [LABELS_PER_ROUND * (1 + i) for i in range(len(summary["mean_over_tables"][keys[0]]))]
+    rows = [[table, k.replace("/", ": "), *(f"{100 * a:.1f}" for a in means[k])]
+            for table, means in [*summary["per_table"].items(),
+                                 ("**mean over tables**", summary["mean_over_tables"])]
+            for k in keys if k in means]
+    lines = [md_table(["table", "method: rule", *(f"{n} labels/class" for n in lpc)], rows), ""]
     for k, per in summary["labels_per_class_to_match_random_at_last_round"].items():
       hits = [v for v in per.values() if v is not None]
       lines.append(f"- {k.replace('/', ': ')}: labels per class to match random rows at "
@@ -358,21 +306,19 @@ def figure(path: Path, output: Path) -> None:
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("what", choices=("heldout", "images", "query", "figure"))
-  parser.add_argument("--tables", default=None, help="comma-separated; default: both panels")
-  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--tables", type=name_list(ssl_suite.ALL_TABLES), default=None,
+                      help="comma-separated; default: both panels")
+  parser.add_argument("--seeds", type=int_list, default="0,1,2")
   parser.add_argument("--classes-per-seed", type=int, default=3)
   parser.add_argument("--workdir", default="/tmp/mnist_cpu")
   parser.add_argument("--step", type=int, default=None, help="images: the checkpoint's step")
-  parser.add_argument("--rules", default="density_entropy,random")
-  parser.add_argument("--baseline-rules", default="least_confident,random")
+  parser.add_argument("--rules", type=name_list(), default="density_entropy,random")
+  parser.add_argument("--baseline-rules", type=name_list(), default="least_confident,random")
   parser.add_argument("--rounds", type=int, default=4)
   parser.add_argument("--validation", action="store_true")
   parser.add_argument("--output", default=None)
   args = parser.parse_args(argv)
-  args.seeds = [int(s) for s in args.seeds.split(",")]
-  args.tables = (args.tables.split(",") if args.tables else list(ssl_suite.ALL_TABLES))
-  args.rules = [r for r in args.rules.split(",") if r]
-  args.baseline_rules = [r for r in args.baseline_rules.split(",") if r]
+  args.tables = args.tables or list(ssl_suite.ALL_TABLES)
   suffix = "_validation" if args.validation else ""
   default = RESULTS / f"novelty_{'query' if args.what == 'figure' else args.what}{suffix}.json"
   output = Path(args.output) if args.output else default

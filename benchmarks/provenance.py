@@ -1,13 +1,10 @@
-"""Where a results file came from (the command, the commit, the date and the machine), and
-the one way every benchmark writes its JSON.
-
-Every benchmark that writes ``benchmarks/results/*.json`` stores ``provenance()`` under the
-key ``"provenance"``, so a number in the docs can be traced to the run that made it
-(``python -m benchmarks.report`` renders the tables from those files).
-"""
+"""What every benchmark shares: where a results file came from (the command, commit, date and
+machine, stored under ``"provenance"``), the one way a results file is written, and the
+parsing of comma-separated flags."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -19,11 +16,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def git_commit() -> str:
-  """HEAD's short hash, with ``+dirty`` when tracked files have uncommitted changes; ''
-  outside a git checkout."""
+def git_commit(root=REPO) -> str:
+  """HEAD's short hash of the checkout at ``root``, with ``+dirty`` when tracked files have
+  uncommitted changes; '' outside a git checkout."""
   def git(*args):
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                           timeout=10)
   try:
     head = git("rev-parse", "--short", "HEAD")
@@ -89,3 +86,22 @@ def write_json(path, results: dict, **dump_kwargs) -> None:
   tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
   tmp.write_text(json.dumps(results, **{"indent": 1, **dump_kwargs}) + "\n")
   os.replace(tmp, path)
+
+
+def int_list(text: str) -> list[int]:
+  """argparse type: ``"0,1,2"`` -> ``[0, 1, 2]`` (non-negative integers)."""
+  items = [s.strip() for s in text.split(",") if s.strip()]
+  if not items or not all(s.isdigit() for s in items):
+    raise argparse.ArgumentTypeError(f"{text!r}: give non-negative integers, e.g. 0,1,2")
+  return [int(s) for s in items]
+
+
+def name_list(allowed=None):
+  """argparse type: ``"a,b"`` -> ``["a", "b"]``, each name one of ``allowed`` (if given)."""
+  def parse(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if allowed is not None and n not in allowed]
+    if unknown:
+      raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(allowed)}")
+    return names
+  return parse

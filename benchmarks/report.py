@@ -3,17 +3,9 @@
     python -m benchmarks.report            # rewrite every table from its results file
     python -m benchmarks.report --check    # exit 1 if a table differs from its results file
 
-A table lives in a markdown file between two markers naming its report::
-
-    <!-- results: ssl_suite -->
-    ...generated; do not edit by hand...
-    <!-- /results -->
-
-``REPORTS`` maps each name to the results file and the benchmark module that made it; the
-module's ``markdown(results) -> str`` renders the table from the raw numbers in the file
-(never from numbers typed into the markdown), followed by a line with the command, commit,
-date and machine of the run. ``tests/test_report.py`` runs ``--check``, so a table that
-disagrees with its results file fails the suite.
+A table lives between ``<!-- results: NAME -->`` and ``<!-- /results -->``; ``REPORTS`` maps
+each name to its results file and the module whose ``markdown(results) -> str`` renders it
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -53,6 +45,16 @@ REPORTS: dict[str, Report] = {
     "parity_original": Report("benchmarks/results/parity_original.json",
                               "benchmarks.parity.parity_original"),
 }
+
+
+def md_row(cells) -> str:
+  """One row of a markdown table (an empty cell is one space wide)."""
+  return "|" + "|".join(f" {c} " if c != "" else " " for c in cells) + "|"
+
+
+def md_table(head, rows) -> str:
+  """A markdown table: the ``head`` cells, then one row per list of cells."""
+  return "\n".join([md_row(head), "|" + "---|" * len(head), *map(md_row, rows)])
 
 
 def provenance_line(results: dict) -> str:

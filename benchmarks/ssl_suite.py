@@ -1,28 +1,5 @@
-"""The semi-supervised table suite: FlowGMMClassifier against classical baselines.
-
-    python -m benchmarks.ssl_suite                                  # the 15-table suite
-    python -m benchmarks.ssl_suite --panel=mixed                    # the 10 mixed-column tables
-    python -m benchmarks.ssl_suite --tables=wine,pima --seeds=0     # a few rows
-    python -m benchmarks.ssl_suite --methods=flowgmm --validation   # tuning: no test rows
-    python -m benchmarks.ssl_suite --tables=agnews --labels-per-class=50
-    python -m benchmarks.ssl_suite --panel=mixed --baselines-only   # no FlowGMM fit
-    python -m benchmarks.ssl_suite --panel=mixed --methods=flowgmm --merge   # add its column
-
-Protocol, the same for every table, seed and method: a stratified 80/20 train/test split
-(``random_state=seed``); ``--labels-per-class`` (10) labelled train rows per class drawn with
-``np.random.default_rng(seed)`` (a smaller class is labelled whole), every other train row
-unlabelled (-1); ``FlowGMMClassifier(random_state=seed)`` at its defaults on the raw rows,
-each baseline (one fixed setting for every table, ``METHODS``) on rows standardised by a
-``StandardScaler`` fitted on all train rows. ``--validation`` splits the train rows once more
-(75/25) and scores on the second part: the test rows stay unseen while tuning.
-
-Output: accuracy (mean ± population std over seeds, mean fit seconds), each method's mean
-over the tables, FlowGMM's wins / ties / losses against each table's best baseline (a tie:
-within the larger std), the best single method (the fixed baseline with the highest mean),
-ECE (15 bins) on the same rows, and the per-seed numbers in ``--output`` (one file per
-panel; ``--merge`` adds a run's methods to it, each keeping the provenance of its run).
-``--calibration-folds=F`` fits FlowGMM with ``calibration="cross_fit"`` over F folds of the
-labelled rows and reports its ECE before -> after (the seconds include the F extra fits).
+"""The semi-supervised table suite: FlowGMMClassifier against classical baselines. Commands,
+flags and output: benchmarks/README.md; the protocol: docs/results.md, "Tables".
 """
 
 from __future__ import annotations
@@ -36,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.provenance import REPO, provenance, write_json
+from benchmarks.provenance import REPO, int_list, name_list, provenance, write_json
+from benchmarks.report import md_table
 
 # name -> (source, file or loader name, description)
 TABLES = {
@@ -143,11 +121,6 @@ def _ece(probs: np.ndarray, classes: np.ndarray, y_eval: np.ndarray) -> float:
   return evaluation.ece_from_confidences(probs.max(axis=1), correct)
 
 
-def _softmax(log_probs: np.ndarray) -> np.ndarray:
-  p = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
-  return p / p.sum(axis=1, keepdims=True)
-
-
 def baseline(method: str, seed: int):
   """(unfitted estimator, whether it takes the unlabelled rows as -1) of one baseline;
   every setting is scikit-learn's default unless named in ``METHODS``."""
@@ -186,6 +159,7 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
   FlowGMM with ``calibration_folds >= 2``, the cross-fitted temperature and the ECE after
   it; the seconds then include the extra fits)."""
   import threadpoolctl
+  from scipy.special import softmax
   from sklearn.preprocessing import StandardScaler
   start = time.perf_counter()
   extra = {}
@@ -203,11 +177,11 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
       # a constant per row, which softmax ignores.
       t = model.temperature_
       extra = {"temperature": t,
-               "ece_calibrated": _ece(_softmax(log_probs), model.classes_, y_eval),
+               "ece_calibrated": _ece(softmax(log_probs, axis=1), model.classes_, y_eval),
                "out_of_fold_accuracy": model.calibration_["out_of_fold_accuracy"],
                "num_out_of_fold": model.calibration_["num_out_of_fold"]}
       log_probs = t * log_probs
-    probs = _softmax(log_probs)
+    probs = softmax(log_probs, axis=1)
   else:
     scaler = StandardScaler().fit(x_train)
     xs = scaler.transform(x_train)
@@ -249,8 +223,7 @@ def summarise(results: dict, tables, methods) -> tuple[str, dict]:
   """The markdown table and the summary numbers (means over the tables, wins / ties /
   losses, the best single method). A method run on only some tables shows "—" elsewhere
   and has no mean."""
-  header = "| table | rows × features, classes | " + " | ".join(METHODS[m] for m in methods) + " |"
-  lines = [header, "|---|---|" + "---|" * len(methods)]
+  rows = []
   complete = [m for m in methods if all(_accuracy(results, t, m) for t in tables)]
   record = {"win": [], "tie": [], "loss": []}
   for table in tables:
@@ -268,14 +241,14 @@ def summarise(results: dict, tables, methods) -> tuple[str, dict]:
       record[outcome].append(table)
       if outcome != "loss":
         cells[methods.index("flowgmm")] = f"**{cells[methods.index('flowgmm')]}**"
-    lines.append(f"| {ALL_TABLES[table][2]} | {info['rows']} × {info['features']}, "
-                 f"{info['classes']} | " + " | ".join(cells) + " |")
+    rows.append([ALL_TABLES[table][2],
+                 f"{info['rows']} × {info['features']}, {info['classes']}", *cells])
   means = {m: float(np.mean([_accuracy(results, t, m)[0] for t in tables])) for m in complete}
-  lines.append("| **mean over tables** | | " + " | ".join(
-      f"**{means[m]:.1f}**" if m in means else "—" for m in methods) + " |")
+  rows.append(["**mean over tables**", "",
+               *(f"**{means[m]:.1f}**" if m in means else "—" for m in methods)])
   summary = {"mean_accuracy": means, "flowgmm_vs_best_baseline": record,
              "best_single_method": best_single(results, tables)[1]}
-  text = "\n".join(lines)
+  text = md_table(["table", "rows × features, classes", *(METHODS[m] for m in methods)], rows)
   if "flowgmm" in complete and any(m in BASELINES for m in methods):
     text += (f"\n\nFlowGMM against the best baseline of each table (tie: within one std): "
              f"{len(record['win'])} wins, {len(record['tie'])} ties, {len(record['loss'])} "
@@ -309,9 +282,7 @@ def best_single(results: dict, tables, margin: float = 4.0) -> tuple[str, dict]:
       text += f" FlowGMM {fmean:.1f} ({fmean - means[single]:+.1f})."
     return text, numbers
 
-  lines = ["| table | best method on the table | its accuracy | FlowGMM | FlowGMM − best |",
-           "|---|---|---|---|---|"]
-  per_table, below = {}, []
+  rows, per_table, below = [], {}, []
   for t in tables:
     best = max((m for m in BASELINES if ran(m, t)), key=lambda m: _accuracy(results, t, m)[0])
     bm = _accuracy(results, t, best)[0]
@@ -323,7 +294,7 @@ def best_single(results: dict, tables, margin: float = 4.0) -> tuple[str, dict]:
       flow, gap = f"{fm:.1f}", f"{fm - bm:+.1f}"
       if fm < bm - margin:
         below.append(t)
-    lines.append(f"| {ALL_TABLES[t][2]} | {METHODS[best]} | {bm:.1f} | {flow} | {gap} |")
+    rows.append([ALL_TABLES[t][2], METHODS[best], f"{bm:.1f}", flow, gap])
   text, summary = compare(tables, candidates)
   text = (f"Best single method over these {len(tables)} tables (highest mean of one fixed "
           f"method): {text}")
@@ -342,7 +313,8 @@ def best_single(results: dict, tables, margin: float = 4.0) -> tuple[str, dict]:
     missing = [t for t in tables if t not in every]
     text += (f" On the {len(every)} tables every baseline has run on (not yet on "
              f"{', '.join(missing)}): {part}")
-  return text + "\n\n" + "\n".join(lines), summary
+  head = ["table", "best method on the table", "its accuracy", "FlowGMM", "FlowGMM − best"]
+  return text + "\n\n" + md_table(head, rows), summary
 
 
 def markdown(report: dict) -> str:
@@ -366,10 +338,7 @@ def summarise_ece(results: dict, tables, methods) -> str:
     v = np.array([r[key] for r in runs])
     return v.mean(), v.std()
 
-  lines = ["| table | " + " | ".join(METHODS[m] for m in methods) + " |",
-           "|---|" + "---|" * len(methods)]
-  means = {m: [] for m in methods}
-  calibrated = []
+  rows, means, calibrated = [], {m: [] for m in methods}, []
   for table in tables:
     cells = []
     for m in methods:
@@ -385,29 +354,30 @@ def summarise_ece(results: dict, tables, methods) -> str:
         calibrated.append(after)
         cell += f" → {after:.3f} ± {after_std:.3f}"
       cells.append(cell)
-    lines.append(f"| {ALL_TABLES[table][2]} | " + " | ".join(cells) + " |")
+    rows.append([ALL_TABLES[table][2], *cells])
   row = []
   for m in methods:
     cell = f"**{np.mean(means[m]):.3f}**" if len(means[m]) == len(tables) else "—"
     if m == "flowgmm" and len(calibrated) == len(tables):
       cell += f" → **{np.mean(calibrated):.3f}**"
     row.append(cell)
-  lines.append("| **mean over tables** | " + " | ".join(row) + " |")
-  return "\n".join(lines)
+  rows.append(["**mean over tables**", *row])
+  return md_table(["table", *(METHODS[m] for m in methods)], rows)
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--panel", default="suite", choices=list(PANELS),
                       help="suite: the 15 tables; mixed: the 10 spreadsheets of mixed columns")
-  parser.add_argument("--tables", default=None, help="comma-separated (default: the panel's)")
-  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--tables", type=name_list(ALL_TABLES), default=None,
+                      help="comma-separated (default: the panel's)")
+  parser.add_argument("--methods", type=name_list(METHODS), default=",".join(METHODS))
   parser.add_argument("--baselines-only", action="store_true",
                       help="every method but FlowGMM (no FlowGMM fit)")
   parser.add_argument("--merge", action="store_true",
                       help="add this run's methods to the output file's other methods "
                            "(same split, seeds and labels), each keeping its provenance")
-  parser.add_argument("--seeds", default="0,1,2,3,4")
+  parser.add_argument("--seeds", type=int_list, default="0,1,2,3,4")
   parser.add_argument("--labels-per-class", type=int, default=LABELS_PER_CLASS)
   parser.add_argument("--validation", action="store_true",
                       help="score on a split of the train rows, never on the test rows")
@@ -420,15 +390,8 @@ def main(argv=None) -> dict:
                       help="JSON file for the per-seed numbers (default: benchmarks/results/"
                            "ssl_suite[_mixed][_validation][_lpcN].json)")
   args = parser.parse_args(argv)
-  tables = [t for t in (args.tables or ",".join(PANELS[args.panel])).split(",") if t]
-  methods = [m for m in args.methods.split(",") if m]
-  if args.baselines_only:
-    methods = [m for m in methods if m != "flowgmm"]
-  seeds = [int(s) for s in args.seeds.split(",") if s]
-  for kind, allowed, given in (("table", ALL_TABLES, tables), ("method", METHODS, methods)):
-    unknown = [g for g in given if g not in allowed]
-    if unknown:
-      parser.error(f"unknown {kind}(s) {unknown}; choose from {', '.join(allowed)}.")
+  tables, seeds = args.tables or list(PANELS[args.panel]), args.seeds
+  methods = [m for m in args.methods if not (args.baselines_only and m == "flowgmm")]
   if args.labels_per_class < 1 or args.calibration_folds == 1 or args.calibration_folds < 0:
     parser.error("--labels-per-class must be >= 1 and --calibration-folds 0 (off) or >= 2.")
   flowgmm_params = json.loads(args.flowgmm_params)

@@ -1,7 +1,7 @@
 """The ORIGINAL PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), imported from a clone:
-one train step per workload for ``benchmarks/bench_steps.py``, the image script's pieces for
-``parity_original.py``, and the map of its tensors into our variables. Nothing of the
-original is copied; what differs from running its scripts, and why: README.md here.
+one train step per workload for ``bench_steps``, the image script's pieces for the parity
+study, and the map of its tensors into our variables. What differs from running its scripts,
+and why: README.md here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import inspect
 import os
-import subprocess
 import sys
 import types
 import warnings
@@ -21,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from benchmarks.provenance import git_commit
 
 _INVERTIBLE_MODULES = ("activations", "coupling_layers", "downsample", "normalizations",
                        "parts")
@@ -44,7 +45,7 @@ def _load_file(name: str, path: str) -> types.ModuleType:
 
 def load_original(path: str) -> types.SimpleNamespace:
   """The original's RealNVP, RealNVPTabular, SSLGaussMixture, FlowLoss, get_param_groups and
-  clip_grad_norm from a clone at ``path``, with its ``path`` and ``commit`` (HEAD, or '')."""
+  clip_grad_norm from a clone at ``path``, with its ``path`` and ``commit``."""
   root = os.path.abspath(os.path.expanduser(path))
   pkg = os.path.join(root, "flow_ssl")
   utils_dir = os.path.join(root, "experiments", "train_flows", "utils")
@@ -85,15 +86,10 @@ def load_original(path: str) -> types.SimpleNamespace:
   norm_util = _load_file("_flowgmm_original_norm_util", os.path.join(utils_dir, "norm_util.py"))
   optim_util = _load_file("_flowgmm_original_optim_util",
                           os.path.join(utils_dir, "optim_util.py"))
-  try:
-    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    commit = ""
   return types.SimpleNamespace(
       RealNVP=RealNVP, RealNVPTabular=RealNVPTabular, SSLGaussMixture=SSLGaussMixture,
       FlowLoss=FlowLoss, get_param_groups=norm_util.get_param_groups,
-      clip_grad_norm=optim_util.clip_grad_norm, path=root, commit=commit)
+      clip_grad_norm=optim_util.clip_grad_norm, path=root, commit=git_commit(root))
 
 
 def _drop_init_zeros(resnet_cls):
@@ -153,10 +149,8 @@ class ImageFlowGMM:
 def build_image_flowgmm(orig, Prior, *, image_shape, num_classes: int, lr: float,
                         weight_decay: float = 5e-5, lr_gmm: float = 1e-2,
                         means_r: float = 1.0, **realnvp_kwargs) -> ImageFlowGMM:
-  """The script's set-up at its defaults (``--means random --means_r 1 --cov_std 1
-  --optimizer Adam``, no ``--*_trainable``). ``image_shape``: (C, H, W); ``realnvp_kwargs``:
-  RealNVP's num_scales, mid_channels, num_blocks. As there, ``opt_gmm`` steps the prior's
-  tensors, none of which requires grad: the prior stays fixed."""
+  """The script's set-up at its defaults (README.md); ``image_shape``: (C, H, W);
+  ``realnvp_kwargs``: RealNVP's num_scales, mid_channels, num_blocks."""
   net = orig.RealNVP(in_channels=image_shape[0], **realnvp_kwargs)
   d = int(np.prod(image_shape))
   means = means_r * torch.randn(num_classes, d)  # get_means('random', r=means_r)
@@ -175,9 +169,9 @@ def image_train_step(orig, m: ImageFlowGMM, x1: torch.Tensor, x2: torch.Tensor,
                      y: torch.Tensor, *, label_weight: float, consistency_weight: float,
                      max_grad_norm: float = 100.0) -> dict:
   """One iteration of train_semisup_cons.py's ``train`` loop (``use_unlab=True``) on the views
-  ``x1``, ``x2: [B, C, H, W]`` in [0, 1] and ``y: int64 [B]`` (-1 = unlabelled). Returns
-  detached 'loss', 'cross_entropy' (its loss_nll), 'nll' (loss_unsup: mixture NLL, nats per
-  image), 'consistency', 'labeled_accuracy' and 'log_det' (its jaclogdet)."""
+  ``x1``, ``x2: [B, C, H, W]`` in [0, 1] and ``y: int64 [B]`` (-1 = unlabelled): detached
+  'loss', 'cross_entropy', 'nll' (nats per image), 'consistency', 'labeled_accuracy',
+  'log_det'."""
   net, loss_fn = m.net, m.loss_fn
   net.train()
   labeled_mask = (y != -1)
@@ -221,11 +215,9 @@ def midpoint_dequantization():
 
 def evaluate_image(m: ImageFlowGMM, x: np.ndarray, y: np.ndarray, *, batch_size: int = 64,
                    dequantization: str = "noise") -> dict:
-  """The script's test loop (``utils.test_classifier``) on ``x: uint8 [N, H, W, C]``, ``y:
-  int [N]``: eval mode, ToTensor, test loss -log p(x | y_true) and the marginal -log p(x)
-  (nats per image, and bits/dim), accuracy of ``prior.classify``. ``"noise"``: the script's
-  fresh dequantisation noise; ``"midpoint"``: 0.5, as ours. Returns 'accuracy',
-  'bpd_given_label', 'bpd', 'nll_given_label', 'nll'."""
+  """The script's test loop on ``x: uint8 [N, H, W, C]``, ``y: int [N]``, dequantised with
+  fresh ``"noise"`` (the script's) or at the ``"midpoint"`` (ours): 'accuracy',
+  'nll_given_label', 'nll' (nats per image), 'bpd_given_label', 'bpd'."""
   if dequantization not in ("noise", "midpoint"):
     raise ValueError(f"dequantization must be 'noise' or 'midpoint', got {dequantization!r}")
   net, loss_fn = m.net, m.loss_fn
@@ -261,18 +253,16 @@ class OriginalStep:
 
 
 def build_step(orig, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, *,
-               prior: str = "shipped", anomaly: bool | None = None,
-               seed: int = 0) -> OriginalStep:
+               prior: str = "shipped", seed: int = 0) -> OriginalStep:
   """The original's train step of workload ``name`` ("cifar": x uint8 [B, 32, 32, 3];
   "text": [B, 768]; "toy": [B, 2]) on ``y: int [B]`` (-1 = unlabelled), its prior "shipped"
-  or built "once"; ``anomaly``: cifar's autograd anomaly detection (the script's: on)."""
+  or built "once"."""
   if prior not in ("shipped", "once"):
     raise ValueError(f"prior must be 'shipped' or 'once', got {prior!r}")
   torch.manual_seed(seed)
   Prior = orig.SSLGaussMixture if prior == "shipped" else prior_built_once(orig)
   if name == "cifar":
-    return _cifar_step(orig, Prior, x, y, num_classes, anomaly=anomaly is not False,
-                       seed=seed)
+    return _cifar_step(orig, Prior, x, y, num_classes, seed=seed)
   if name == "text":
     return _text_step(orig, Prior, x, y, num_classes)
   if name == "toy":
@@ -284,7 +274,7 @@ def _count(model: torch.nn.Module) -> int:
   return sum(p.numel() for p in model.parameters())
 
 
-def _cifar_step(orig, Prior, x, y, num_classes, *, anomaly, seed):
+def _cifar_step(orig, Prior, x, y, num_classes, *, seed):
   # The script: model_cfg(in_channels=img_shape[0]) with RealNVP's defaults.
   m = build_image_flowgmm(orig, Prior, image_shape=(3, 32, 32), num_classes=num_classes,
                           lr=1e-4)
@@ -293,7 +283,7 @@ def _cifar_step(orig, Prior, x, y, num_classes, *, anomaly, seed):
   gen = torch.Generator().manual_seed(seed)
 
   def step():
-    with torch.autograd.set_detect_anomaly(anomaly):
+    with torch.autograd.set_detect_anomaly(True):  # as the script
       x1, x2 = crop_flip(images, gen), crop_flip(images, gen)  # TransformTwice
       out = image_train_step(orig, m, x1, x2, y, label_weight=3.0, consistency_weight=1.0,
                              max_grad_norm=100.0)
@@ -385,11 +375,10 @@ def _batch_norm(prefix: tuple, index: tuple, bn):
 
 def realnvp_correspondence(net) -> list:
   """Every tensor of the original image ``RealNVP`` as ``(path, tensor, to_ours)``: ``path``
-  is our variables' keys then the slice it fills in the stacked arrays (``('params', 'flow',
-  'checkerboards_0', 'conditioner', 'blocks', 'in_conv', 'v', (2, 5))``: coupling 2 of that
-  stack, block 5), ``to_ours`` its layout change. The original registers its couplings in
-  forward order; coupling k is slice ``k - first_index`` of its ``realnvp_scanned_plan``
-  stack (models/realnvp.py)."""
+  is our variables' keys then the slice it fills in the stacked arrays (``(..., 'blocks',
+  'in_conv', 'v', (2, 5))``: coupling 2 of that stack, block 5), ``to_ours`` its layout
+  change. The original registers its couplings in forward order, as ``realnvp_scanned_plan``
+  stacks them."""
   from flowgmm_jax.models.realnvp import realnvp_scanned_plan
   coupling_cls = sys.modules["flow_ssl.realnvp.coupling_layer"].CouplingLayer
   layers = [m for m in net.modules() if isinstance(m, coupling_cls)]

@@ -1,8 +1,7 @@
 """The parity study: the original PyTorch FlowGMM and ours trained side by side on MNIST,
-same small model, recipe and data; curves and raw numbers merged into ``--json`` (under a
-file lock, so sides, recipes and seeds can run as separate processes), the figure and the
-table redrawn from every run in it. Recipes, data, evaluation, criterion and commands:
-benchmarks/parity/README.md.
+same small model, recipe and data; each run is merged into ``--json`` (under a file lock, so
+sides, recipes and seeds can run as separate processes) and the figure redrawn from every run
+in it. Recipes, data, evaluation, criterion and commands: benchmarks/parity/README.md.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.provenance import git_commit, machine, usable_cores
+from benchmarks.provenance import git_commit, int_list, machine, name_list, usable_cores, write_json
+from benchmarks.report import md_table
 
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
-RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_zero_init",
-           "cpu_label_weight_3", "cpu_schedule")
+RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_schedule")
 TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
               "labeled_accuracy", "log_det")
 TEST_KEYS = ("accuracy", "bpd_given_label", "bpd")
@@ -33,23 +32,18 @@ NUM_DIMS = 28 * 28
 BPD = 1.0 / (NUM_DIMS * math.log(2.0))  # nats per image -> bits/dim
 
 
-# ----------------------------------------------------------------------------- settings
-
 def recipe(name: str) -> dict:
   """The settings of recipe ``name`` (README.md), read from configs/mnist.py."""
   from configs import mnist
   if name not in RECIPES:
     raise ValueError(f"unknown recipe {name!r}; choose from {RECIPES}")
-  full = mnist.get_config()
+  full, cpu = mnist.get_config(), mnist.get_config("cpu")
   if name.startswith("original"):
     r = dict(learning_rate=full.optim.learning_rate, label_weight=full.loss.label_weight,
              consistency_rampup_steps=full.loss.consistency_rampup_steps)
   else:
     r = dict(learning_rate=mnist.CPU_LR, label_weight=mnist.CPU_LABEL_WEIGHT,
              consistency_rampup_steps=mnist.CPU_RAMP)
-    if name == "cpu_label_weight_3":
-      r["label_weight"] = full.loss.label_weight
-  cpu = mnist.get_config("cpu")
   scheduled = name == "cpu_schedule"
   r.update(lr_schedule=cpu.optim.lr_schedule if scheduled else "constant",
            warmup_steps=cpu.optim.warmup_steps if scheduled else 0)
@@ -58,10 +52,9 @@ def recipe(name: str) -> dict:
            labeled_batch_size=full.data.labeled_batch_size,
            unlabeled_batch_size=full.data.unlabeled_batch_size,
            crop_padding=full.augment.crop_padding, model=dict(mnist.CPU_MODEL),
-           zero_init_last=name.endswith("zero_init"),
-           same_init=name.endswith("same_init"),
-           sides=(("ours",) if name.endswith(("zero_init", "same_init"))
-                  else ("ours", "original")),
+           zero_init_last=name == "original_zero_init",
+           same_init=name == "original_same_init",
+           sides=("ours",) if name.endswith(("zero_init", "same_init")) else ("ours", "original"),
            first_seed_only=name.startswith("cpu"))
   return r
 
@@ -84,12 +77,6 @@ def load_data(num_test: int):
   ds = load_mnist()
   test = np.sort(stratified_prefix(ds.y_test, num_test))
   return ds, ds.x_test[test], ds.y_test[test]
-
-
-# ----------------------------------------------------------------------------- ours
-
-def _one_step_config(r: dict):
-  return our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
 
 
 def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
@@ -194,7 +181,8 @@ def parameter_counts(orig=None) -> dict:
 
   from flowgmm_jax.models import count_params
   r = recipe("original")
-  init = our_model(_one_step_config(r))[1]
+  config = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
+  init = our_model(config)[1]
   counts = {"ours": count_params(jax.eval_shape(init, jax.random.PRNGKey(0)))}
   if orig is not None:
     net = orig.RealNVP(in_channels=1, **r["model"])
@@ -202,35 +190,20 @@ def parameter_counts(orig=None) -> dict:
   return counts
 
 
-# ----------------------------------------------------------------------------- original
-
-class OriginalBatches:
+def original_batches(labeled, unlabeled, bl: int, bu: int, seed: int):
   """train_semisup_cons.py's LabeledUnlabeledBatchSampler (ssl_data_utils.py), with a
-  seeded RandomState in place of the global one: an epoch is one permutation of the
-  labelled indices cut into batches of ``bl`` (the partial last one dropped), each paired
-  with a batch of ``bu`` from permutations of the unlabelled indices restarted every
-  epoch."""
-
-  def __init__(self, labeled, unlabeled, bl: int, bu: int, seed: int):
-    self.labeled, self.unlabeled, self.bl, self.bu = labeled, unlabeled, bl, bu
-    self.rs = np.random.RandomState(seed)
-    self.steps_per_epoch = len(labeled) // bl
-    self._epoch = iter(())
-
-  def _new_epoch(self):
-    lab = self.rs.permutation(self.labeled)
-    unl = np.concatenate([self.rs.permutation(self.unlabeled)
-                          for _ in range(-(-self.steps_per_epoch * self.bu
-                                           // len(self.unlabeled)))])
-    return iter([(lab[i * self.bl:(i + 1) * self.bl], unl[i * self.bu:(i + 1) * self.bu])
-                 for i in range(self.steps_per_epoch)])
-
-  def next(self):
-    try:
-      return next(self._epoch)
-    except StopIteration:
-      self._epoch = self._new_epoch()
-      return next(self._epoch)
+  seeded RandomState in place of the global one: ``(labelled, unlabelled)`` index batches,
+  an epoch one permutation of the labelled indices cut into batches of ``bl`` (the partial
+  last one dropped), each paired with ``bu`` indices from permutations of the unlabelled
+  ones restarted every epoch."""
+  rs = np.random.RandomState(seed)
+  steps_per_epoch = len(labeled) // bl
+  while True:
+    lab = rs.permutation(labeled)
+    unl = np.concatenate([rs.permutation(unlabeled)
+                          for _ in range(-(-steps_per_epoch * bu // len(unlabeled)))])
+    for i in range(steps_per_epoch):
+      yield lab[i * bl:(i + 1) * bl], unl[i * bu:(i + 1) * bu]
 
 
 def linear_rampup(final_value: float, epoch: int, num_epochs: int):
@@ -251,9 +224,10 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   m = original_model(orig, r, seed)
   prior = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
   prior_before = [t.detach().clone() for t in prior]
-  batches = OriginalBatches(labeled, unlabeled, r["labeled_batch_size"],
-                            r["unlabeled_batch_size"], seed)
-  rampup_epochs = max(1, round(r["consistency_rampup_steps"] / batches.steps_per_epoch))
+  steps_per_epoch = len(labeled) // r["labeled_batch_size"]
+  batches = original_batches(labeled, unlabeled, r["labeled_batch_size"],
+                             r["unlabeled_batch_size"], seed)
+  rampup_epochs = max(1, round(r["consistency_rampup_steps"] / steps_per_epoch))
   learning_rate = make_schedule(r["lr_schedule"], r["learning_rate"], steps, r["warmup_steps"])
   gen = torch.Generator().manual_seed(seed)
   x_all = torch.from_numpy(ds.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
@@ -262,11 +236,10 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   t0 = time.perf_counter()
   for step in range(steps):
     ts = time.perf_counter()
-    cons_w = linear_rampup(r["consistency_weight"], step // batches.steps_per_epoch,
-                           rampup_epochs)
+    cons_w = linear_rampup(r["consistency_weight"], step // steps_per_epoch, rampup_epochs)
     for group in m.optimizer.param_groups:  # optax's schedule, evaluated at this step
       group["lr"] = float(learning_rate(step))
-    lab, unl = batches.next()
+    lab, unl = next(batches)
     rows = torch.from_numpy(np.concatenate([lab, unl]))
     images = x_all[rows].float() / 255.  # ToTensor
     y = torch.cat([y_all[torch.from_numpy(lab)], torch.full((len(unl),), -1)])
@@ -295,114 +268,8 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
                  prior_changed=any(not torch.equal(a, b) for a, b in zip(prior_before, prior,
                                                                           strict=True)),
                  prior_requires_grad=[bool(t.requires_grad) for t in prior],
-                 consistency_rampup_epochs=rampup_epochs, steps_per_epoch=batches.steps_per_epoch)
+                 consistency_rampup_epochs=rampup_epochs, steps_per_epoch=steps_per_epoch)
 
-
-# ----------------------------------------------------------------------------- init
-
-def init_distribution(orig, num_seeds: int, data) -> dict:
-  """Over ``num_seeds`` random inits per side (seeds 1000, 1001, ...): the train-mode mixture
-  NLL, log-det and ||z||^2 of one fixed batch of 64 training images (fresh dequantisation
-  noise per init), as quantiles, with Mann-Whitney and Kolmogorov-Smirnov p-values."""
-  import jax
-  import jax.numpy as jnp
-  import scipy.stats
-  import torch
-  torch.set_num_threads(1)
-  ds = data[0]
-  x = ds.x_train[np.random.default_rng(0).choice(len(ds.x_train), 64, replace=False)]
-  r = recipe("original")
-  model, init = our_model(_one_step_config(r))
-
-  @jax.jit
-  def ours(key):
-    k_init, k_noise = jax.random.split(key)
-    variables = init(k_init)
-    noise = jax.random.uniform(k_noise, x.shape)
-    (z, log_det, clj), _ = model.apply(variables, jnp.asarray(x, jnp.float32), noise,
-                                       train=True, mutable=["batch_stats"])
-    nll = -(jax.nn.logsumexp(clj, -1) + log_det)
-    return jnp.stack([nll.mean(), log_det.mean(), jnp.sum(z ** 2, -1).mean()])
-
-  images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.
-
-  def theirs(seed):
-    m = original_model(orig, r, seed)
-    m.net.train()
-    with torch.no_grad():
-      z = m.net(images)
-      sldj = m.net.logdet()
-      return [float(m.loss_fn(z, sldj=sldj)),
-              float(sldj.mean()) - NUM_DIMS * math.log(256.0),
-              float((z.reshape(len(z), -1) ** 2).sum(-1).mean())]
-
-  seeds = range(1000, 1000 + num_seeds)
-  a = np.asarray([np.asarray(ours(jax.random.PRNGKey(s))) for s in seeds], np.float64)
-  b = np.asarray([theirs(s) for s in seeds], np.float64)
-  out = {"num_seeds": num_seeds, "batch": "64 fixed training images", "quantities": {}}
-  def q(v):
-    return {f"q{int(100 * p)}": float(np.quantile(v, p)) for p in (0.1, 0.5, 0.9)}
-  for i, name in enumerate(("nll", "log_det", "z_squared_norm")):
-    out["quantities"][name] = {
-        "ours": {**q(a[:, i]), "mean": float(a[:, i].mean())},
-        "original": {**q(b[:, i]), "mean": float(b[:, i].mean())},
-        "mann_whitney_p": float(scipy.stats.mannwhitneyu(a[:, i], b[:, i]).pvalue),
-        "ks_p": float(scipy.stats.ks_2samp(a[:, i], b[:, i]).pvalue)}
-  return out
-
-
-def init_leaf_moments(orig, num_seeds: int) -> dict:
-  """Per random parameter tensor of >= 256 values, the mean and std of its initial values over
-  ``num_seeds`` inits per side (ours: keys 0, 1, ...; the original's: seeds 0, 1, ... in our
-  layout): a difference in one layer shows here where ``init_distribution`` hides it."""
-  import jax
-  r = recipe("original_same_init")
-  c = _one_step_config(r)
-  init = jax.jit(our_model(c)[1])
-
-  def flat(tree):
-    return {jax.tree_util.keystr(k): np.asarray(v)
-            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  ours = [flat(init(jax.random.PRNGKey(s))) for s in range(num_seeds)]
-  theirs = [flat(original_initial_variables(orig, r, s, c)) for s in range(num_seeds)]
-  leaves = {}
-  for name in ours[0]:
-    a = np.stack([o[name] for o in ours]).astype(np.float64)
-    b = np.stack([t[name] for t in theirs]).astype(np.float64)
-    if a[0].size < 256 or (a.std() == 0 and b.std() == 0):
-      continue
-    leaves[name] = {"shape": list(a.shape[1:]), "ours_mean": a.mean(), "ours_std": a.std(),
-                    "original_mean": b.mean(), "original_std": b.std(),
-                    "std_rel_diff": abs(a.std() - b.std()) / max(a.std(), b.std())}
-  worst = max(leaves, key=lambda k: leaves[k]["std_rel_diff"])
-  return {"num_seeds": num_seeds, "num_leaves": len(leaves), "largest_std_rel_diff":
-          leaves[worst]["std_rel_diff"], "largest_at": worst, "leaves": leaves}
-
-
-def init_leaves_line(leaves: dict) -> str:
-  """One line of ``init_leaf_moments``' result: the largest per-tensor differences."""
-  v = leaves["leaves"].values()
-  mean_gap = max(abs(x["ours_mean"] - x["original_mean"]) / max(x["ours_std"], x["original_std"])
-                 for x in v)
-  return (f"per parameter tensor, over {leaves['num_seeds']} inits per side: the "
-          f"{leaves['num_leaves']} random tensors of >= 256 values have initial stds within "
-          f"{100 * leaves['largest_std_rel_diff']:.1f}% of the original's and means within "
-          f"{mean_gap:.3f} stds")
-
-
-def init_table(dist: dict) -> str:
-  lines = [f"initial values over {dist['num_seeds']} random inits per side "
-           f"({dist['batch']}): median [10%, 90%]",
-           "| quantity | ours | original | Mann-Whitney p | KS p |", "|---|---|---|---|---|"]
-  for name, v in dist["quantities"].items():
-    def cell(d):
-      return f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
-    lines.append(f"| {name} | {cell(v['ours'])} | {cell(v['original'])} | "
-                 f"{v['mann_whitney_p']:.2f} | {v['ks_p']:.2f} |")
-  return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- records
 
 def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -> dict:
   """Window means of the per-step training values at each evaluation, and the tests."""
@@ -425,31 +292,18 @@ def locked(path: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-# The file's records that are not training runs.
-TOP_LEVEL = ("init_distribution", "init_leaves")
-
-
 def merge(path: str, key: str, run: dict, header: dict) -> dict:
-  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing; a key of
-  ``TOP_LEVEL``: as that top-level record) and returns the whole file's content. The caller holds
-  ``locked(path)``."""
-  results = {"runs": {}}
-  if os.path.exists(path):
-    with open(path) as f:
-      results = json.load(f)
+  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing) and returns
+  the whole file's content. The caller holds ``locked(path)``."""
+  results = json.loads(Path(path).read_text()) if os.path.exists(path) else {"runs": {}}
   results.update({k: v for k, v in header.items() if k != "command"})
   results.setdefault("commands", [])
   if header["command"] not in results["commands"]:
     results["commands"].append(header["command"])
-  (results if key in TOP_LEVEL else results["runs"])[key] = run
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  results["runs"][key] = run
+  write_json(path, results, sort_keys=True)
   return results
 
-
-# ----------------------------------------------------------------------------- summary
 
 def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
   """(steps, mean, std, n) over the seeds of (recipe, side) for ``evals[*][group][key]``."""
@@ -467,9 +321,9 @@ def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
   return np.asarray(steps), np.asarray(mean), np.asarray(std), n
 
 
-TABLE_ROWS = (("test", "accuracy", "test accuracy", 100.0, 1),
-              ("test", "accuracy_midpoint", "test accuracy", 100.0, 1),
-              ("test", "bpd_given_label", "test bits/dim", 1.0, 3),
+# (group, the original's key, label, scale, digits). The test rows set ours against the
+# original evaluated at the bin midpoint, as ours is (its "_midpoint" keys): like for like.
+TABLE_ROWS = (("test", "accuracy_midpoint", "test accuracy", 100.0, 1),
               ("test", "bpd_given_label_midpoint", "test bits/dim", 1.0, 3),
               ("train", "cross_entropy", "cross-entropy", 1.0, 3),
               ("train", "nll", "NLL (bits/dim)", BPD, 3),
@@ -477,25 +331,22 @@ TABLE_ROWS = (("test", "accuracy", "test accuracy", 100.0, 1),
               ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, 1))
 
 
+def _our_key(key: str) -> str:
+  return key.removesuffix("_midpoint")
+
+
 def parity_table(results: dict, recipe_name: str = "original",
                  ours_recipe: str | None = None) -> str:
-  """Markdown: per evaluation step and quantity, ours mean ± sd vs original mean ± sd and
-  whether the gap is within the two seed spreads. Test rows come twice: against the
-  original's own evaluation (fresh dequantisation noise) and against the original
-  evaluated at the bin midpoint, as ours is (like for like)."""
+  """Markdown: per evaluation step, test accuracy and bits/dim of ours against the original's
+  (``TABLE_ROWS``), mean ± sd over seeds, and whether the gap is within the two seed
+  spreads (the parity criterion)."""
   ours_recipe = ours_recipe or recipe_name
-  lines = [f"ours ({ours_recipe}) vs original ({recipe_name}), mean ± sd over seeds",
-           "| step | quantity | ours | original | gap within spreads |", "|---|---|---|---|---|"]
-  for group, key, label, scale, digits in TABLE_ROWS:
-    midpoint = key.endswith("_midpoint")
-    o = curves(results, ours_recipe, "ours", group, key[:-len("_midpoint")] if midpoint
-               else key)
+  rows = []
+  for group, key, label, scale, digits in TABLE_ROWS[:2]:
+    o = curves(results, ours_recipe, "ours", group, _our_key(key))
     t = curves(results, recipe_name, "original", group, key)
     if o is None or t is None:
       continue
-    if group == "test":
-      label += (" (original at the midpoint, as ours)" if midpoint
-                else " (original with fresh noise, its own)")
     for i, s in enumerate(o[0]):
       j = np.nonzero(t[0] == s)[0]
       if not len(j) or not t[3][j[0]]:
@@ -504,71 +355,56 @@ def parity_table(results: dict, recipe_name: str = "original",
       mo, so, mt, st = o[1][i] * scale, o[2][i] * scale, t[1][j] * scale, t[2][j] * scale
       verdict = ("n/a (one seed)" if min(o[3][i], t[3][j]) < 2
                  else "yes" if abs(mo - mt) <= so + st else "NO")
-      lines.append(f"| {s} | {label} | {mo:.{digits}f} ± {so:.{digits}f} (n={o[3][i]}) | "
-                   f"{mt:.{digits}f} ± {st:.{digits}f} (n={t[3][j]}) | {verdict} |")
-  return "\n".join(lines)
+      rows.append([s, label, f"{mo:.{digits}f} ± {so:.{digits}f} (n={o[3][i]})",
+                   f"{mt:.{digits}f} ± {st:.{digits}f} (n={t[3][j]})", verdict])
+  head = ["step", "quantity", "ours", "original", "gap within spreads"]
+  return (f"ours ({ours_recipe}) vs original ({recipe_name}), mean ± sd over seeds\n"
+          + md_table(head, rows))
 
 
 def same_init_table(results: dict) -> str:
   """Markdown: ours started from the original's own initial tensors for seed s
   (``original_same_init``) against the original's run of seed s, per evaluation: the init
-  draw taken out of the comparison (the original evaluated at the bin midpoint, as ours)."""
+  draw taken out of the comparison."""
   pairs = [(o, t) for o in results.get("runs", {}).values()
            if o["recipe"] == "original_same_init" and o["side"] == "ours"
            for t in results["runs"].values()
            if t["recipe"] == "original" and t["side"] == "original" and t["seed"] == o["seed"]]
-  if not pairs:
-    return ""
-  lines = ["ours from the original's initial tensors vs the original, the same seed",
-           "| seed | step | quantity | ours | original | ours - original |",
-           "|---|---|---|---|---|---|"]
+  rows = []
   for o, t in pairs:
     theirs = {e["step"]: e for e in t["evals"]}
     for group, key, label, scale, digits in TABLE_ROWS:
-      if group == "test" and not key.endswith("_midpoint"):
-        continue
-      our_key = key[:-len("_midpoint")] if key.endswith("_midpoint") else key
       for e in o["evals"]:
-        if e["step"] not in theirs or our_key not in e[group] or key not in theirs[e["step"]][group]:
+        if (e["step"] not in theirs or _our_key(key) not in e[group]
+            or key not in theirs[e["step"]][group]):
           continue
-        a, b = e[group][our_key] * scale, theirs[e["step"]][group][key] * scale
-        lines.append(f"| {o['seed']} | {e['step']} | {label} | {a:.{digits}f} | "
-                     f"{b:.{digits}f} | {a - b:+.{digits}f} |")
-  return "\n".join(lines)
+        a, b = e[group][_our_key(key)] * scale, theirs[e["step"]][group][key] * scale
+        rows.append([o["seed"], e["step"], label, f"{a:.{digits}f}", f"{b:.{digits}f}",
+                     f"{a - b:+.{digits}f}"])
+  head = ["seed", "step", "quantity", "ours", "original", "ours - original"]
+  return ("ours from the original's initial tensors vs the original, the same seed\n"
+          + md_table(head, rows)) if pairs else ""
 
 
-def init_adjusted_gaps(results: dict, recipe_name: str = "original") -> str:
-  """Markdown: the ours-minus-original gap of each quantity at each evaluation, raw and
-  adjusted for each run's initial NLL (its first-step training NLL) by least squares over
-  all runs of both sides, ``value = a + b log(initial NLL) + gap [ours]``, with the
-  adjusted gap's standard error. The initial NLL is heavy-tailed and the same distribution
-  on both sides (``init_distribution``), so a gap that the adjustment removes came from
-  the seeds' draws."""
-  runs = [r for r in results["runs"].values() if r["recipe"] == recipe_name]
-  if len({r["side"] for r in runs}) < 2 or len(runs) < 4:
-    return ""
-  lines = [f"gap ours - original ({recipe_name}), raw and adjusted for each run's initial "
-           f"NLL ({len(runs)} runs)", "| step | quantity | raw gap | adjusted gap ± s.e. |",
-           "|---|---|---|---|"]
-  for group, key, label, scale, digits in TABLE_ROWS:
-    if key.endswith("_midpoint"):
-      continue
-    for s in sorted({e["step"] for r in runs for e in r["evals"]}):
-      rows = [(r["side"] == "ours", math.log(r["first_step"]["nll"]), e[group][key] * scale)
-              for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
-      if len(rows) < 4:
-        continue
-      ours, log_nll, y = (np.asarray(v, np.float64) for v in zip(*rows, strict=False))
-      design = np.stack([np.ones_like(y), log_nll, ours], axis=1)
-      coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-      dof = len(y) - 3
-      resid = y - design @ coef
-      se = (math.sqrt(float(resid @ resid) / dof * np.linalg.inv(design.T @ design)[2, 2])
-            if dof > 0 else float("nan"))
-      raw = y[ours == 1].mean() - y[ours == 0].mean()
-      lines.append(f"| {s} | {label} | {raw:+.{digits}f} | {coef[2]:+.{digits}f} ± "
-                   f"{se:.{digits}f} |")
-  return "\n".join(lines)
+def init_leaves_line(leaves: dict) -> str:
+  """One line of the ``init_leaves`` record: the largest per-tensor differences."""
+  mean_gap = max(abs(x["ours_mean"] - x["original_mean"]) / max(x["ours_std"], x["original_std"])
+                 for x in leaves["leaves"].values())
+  return (f"per parameter tensor, over {leaves['num_seeds']} inits per side: the "
+          f"{leaves['num_leaves']} random tensors of >= 256 values have initial stds within "
+          f"{100 * leaves['largest_std_rel_diff']:.1f}% of the original's and means within "
+          f"{mean_gap:.3f} stds")
+
+
+def init_table(dist: dict) -> str:
+  """Markdown of the ``init_distribution`` record."""
+  def cell(d):
+    return f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
+  rows = [[name, cell(v["ours"]), cell(v["original"]), f"{v['mann_whitney_p']:.2f}",
+           f"{v['ks_p']:.2f}"] for name, v in dist["quantities"].items()]
+  return (f"initial values over {dist['num_seeds']} random inits per side ({dist['batch']}): "
+          "median [10%, 90%]\n"
+          + md_table(["quantity", "ours", "original", "Mann-Whitney p", "KS p"], rows))
 
 
 def _style(recipe_name: str, side: str) -> tuple[str, str, str]:
@@ -591,15 +427,9 @@ PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
 
 
 def markdown(results: dict) -> str:
-  """The tables docs/results.md shows (``benchmarks.report``): the initial-value
-  distributions, then test accuracy and bits/dim per evaluation at the README recipe (ours
-  with the random and the zero init) and at the :cpu settings, against the original
-  evaluated at the bin midpoint, as ours is."""
-  def test_rows(recipe_name: str, ours_recipe: str | None = None) -> list:
-    lines = parity_table(results, recipe_name, ours_recipe).splitlines()
-    like_for_like = " (original at the midpoint, as ours)"
-    keep = [row for row in lines[3:] if like_for_like in row]
-    return lines[:3] + [row.replace(like_for_like, "") for row in keep]
+  """The tables docs/results.md shows (``benchmarks.report``): the initial-value records, then
+  the parity tables of the README recipe (ours from the random and the zero init, and from
+  the original's own tensors) and of the :cpu settings."""
   parts = []
   if "init_distribution" in results:
     parts.append(init_table(results["init_distribution"]))
@@ -609,10 +439,10 @@ def markdown(results: dict) -> str:
   for recipe_name, ours_recipe in (("original", None), ("original", "original_zero_init"),
                                    ("cpu", None), ("cpu_schedule", None)):
     if any(k.startswith(f"{ours_recipe or recipe_name}/ours/") for k in runs):
-      parts.append("\n".join(test_rows(recipe_name, ours_recipe)))
-    if ours_recipe is None and recipe_name == "original" and same_init_table(results):
+      parts.append(parity_table(results, recipe_name, ours_recipe))
+    if ours_recipe is None and recipe_name == "original":
       parts.append(same_init_table(results))
-  return "\n\n".join(parts)
+  return "\n\n".join(part for part in parts if part)
 
 
 def plot(results: dict, path: str) -> None:
@@ -623,20 +453,19 @@ def plot(results: dict, path: str) -> None:
   runs = results["runs"]
   groups = [(g, names) for g, names in (
       ("original", ("original", "original_zero_init", "original_same_init")),
-      ("cpu", ("cpu", "cpu_zero_init")), ("cpu_label_weight_3", ("cpu_label_weight_3",)),
-      ("cpu_schedule", ("cpu_schedule",))) if any(r["recipe"] in names for r in runs.values())]
+      ("cpu", ("cpu",)), ("cpu_schedule", ("cpu_schedule",)))
+      if any(r["recipe"] in names for r in runs.values())]
   if not groups:
     return
   fig = plt.figure(figsize=(15, 7.5 * len(groups)), layout="constrained")
-  titles = {"original": "README MNIST recipe",
-            "cpu_label_weight_3": "the :cpu recipe at a constant rate at the README label weight",
+  titles = {"original": "README MNIST recipe", "cpu": "the :cpu recipe at a constant rate",
             "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
   for subfig, (group, names) in zip(fig.subfigures(len(groups), 1, squeeze=False)[:, 0],
                                     groups, strict=True):
     r = recipe(group)
     seeds = sorted({run["seed"] for run in runs.values() if run["recipe"] == group})
     subfig.suptitle(
-        f"{titles.get(group, 'the :cpu recipe at a constant rate')}: lr "
+        f"{titles[group]}: lr "
         f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
         f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
         f"{','.join(map(str, seeds))}", fontsize=12, fontweight="bold")
@@ -680,63 +509,39 @@ def plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-# ----------------------------------------------------------------------------- main
-
-def _seeds(text: str) -> list[int]:
-  seeds = [int(s) for s in text.split(",") if s.strip().isdigit()]
-  if not seeds or len(seeds) != len([s for s in text.split(",") if s.strip()]):
-    raise argparse.ArgumentTypeError(f"{text!r}: give non-negative integers, e.g. 0,1,2")
-  return seeds
-
-
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--original", default="", help="root of a clone of the original repository")
   p.add_argument("--steps", type=int, default=1500)
-  p.add_argument("--seeds", type=_seeds, default="0,1,2")
+  p.add_argument("--seeds", type=int_list, default="0,1,2")
   p.add_argument("--labels", type=int, default=1000)
   p.add_argument("--side", choices=("both", "ours", "original"), default="both")
-  p.add_argument("--recipes", default=",".join(RECIPES))
+  p.add_argument("--recipes", type=name_list(RECIPES), default=",".join(RECIPES))
   p.add_argument("--eval-every", type=int, default=250)
   p.add_argument("--test-examples", type=int, default=2000)
   p.add_argument("--json", default=DEFAULT_JSON)
   p.add_argument("--figure", default=DEFAULT_FIGURE, help="'' for none")
-  p.add_argument("--init-seeds", type=int, default=0,
-                 help="> 0: also compare the initial NLL / log-det / |z|^2 of this many random "
-                      "inits per side (needs --original), stored as 'init_distribution'")
-  p.add_argument("--init-leaves", type=int, default=0,
-                 help="> 0: also compare each parameter tensor's initial mean and std over "
-                      "this many inits per side (needs --original), stored as 'init_leaves'")
   p.add_argument("--plot-only", action="store_true",
-                 help="redraw the figure and print the table from --json; run nothing")
+                 help="redraw the figure and print the tables from --json; run nothing")
   args = p.parse_args(argv)
   if args.plot_only:
     results = json.loads(Path(args.json).read_text())
     if args.figure:
       plot(results, args.figure)
-    for name in ("original", "cpu", "cpu_label_weight_3"):
-      print(parity_table(results, name))
-    print(parity_table(results, "original", ours_recipe="original_same_init"))
-    print(init_adjusted_gaps(results, "original"))
-    if "init_distribution" in results:
-      print(init_table(results["init_distribution"]))
+    print(markdown(results))
     return results
-  names = [n for n in args.recipes.split(",") if n]
-  if set(names) - set(RECIPES):
-    p.error(f"--recipes: unknown recipe(s) {sorted(set(names) - set(RECIPES))}; choose from "
-            f"{RECIPES}")
+  names = args.recipes
   if args.steps < 1 or args.eval_every < 1:
     p.error("--steps and --eval-every must be >= 1")
   if args.labels % 10 or not 32 <= args.labels <= 60000:
     p.error("--labels must be a multiple of 10 between 40 and 60000 (a labelled batch is 32)")
   sides = ("ours", "original") if args.side == "both" else (args.side,)
   orig = None
-  if args.init_seeds > 0 or args.init_leaves > 0 or any(recipe(n)["same_init"] for n in names) or (
+  if any(recipe(n)["same_init"] for n in names) or (
       "original" in sides and any("original" in recipe(n)["sides"] for n in names)):
     if not args.original:
-      p.error("the original side (and --init-seeds, --init-leaves, original_same_init) needs "
-              "--original=PATH (a clone of github.com/izmailovpavel/flowgmm), or run "
-              "--side=ours")
+      p.error("the original side (and original_same_init) needs --original=PATH (a clone of "
+              "github.com/izmailovpavel/flowgmm), or run --side=ours")
     from benchmarks.parity import original_step
     orig = original_step.load_original(args.original)
   counts = parameter_counts(orig)
@@ -759,21 +564,13 @@ def main(argv=None) -> dict:
     nonlocal results
     value.update(command=command, git_commit=commit, machine=machine())
     if not args.json:
-      (results if key in TOP_LEVEL else results["runs"])[key] = value
+      results["runs"][key] = value
       return
     with locked(args.json):
       results = merge(args.json, key, value, header)
-      if args.figure and key not in TOP_LEVEL:
+      if args.figure:
         plot(results, args.figure)
 
-  if args.init_seeds > 0:
-    record("init_distribution", init_distribution(orig, args.init_seeds, data))
-    print(init_table(results["init_distribution"]), flush=True)
-  if args.init_leaves > 0:
-    record("init_leaves", leaves := init_leaf_moments(orig, args.init_leaves))
-    print(f"[parity] {leaves['num_leaves']} random parameter tensors: largest relative "
-          f"difference of the initial std {leaves['largest_std_rel_diff']:.3f} "
-          f"({leaves['largest_at']})", flush=True)
   for name in names:
     r = recipe(name)
     for seed in (args.seeds[:1] if r["first_seed_only"] else args.seeds):
@@ -796,9 +593,7 @@ def main(argv=None) -> dict:
                 f"{e['train']['cross_entropy']:.3f}, train NLL "
                 f"{e['train']['nll'] * BPD:.3f} bpd", flush=True)
         record(f"{name}/{side}/seed{seed}/steps{args.steps}", run)
-  for name in ("original", "cpu", "cpu_label_weight_3"):
-    if any(r["recipe"] == name for r in results["runs"].values()):
-      print(parity_table(results, name))
+  print(markdown(results))
   return results
 
 
