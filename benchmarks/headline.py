@@ -29,17 +29,20 @@ def _ssl_suite(results, row) -> str:
   tables = [row["table"]] if "table" in row else sorted(per_table)
   best = best_single(per_table, tables)[1]
 
-  def cell(method: str, mean: float) -> str:  # one table: with its spread over the seeds
-    if len(tables) > 1:
-      return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * np.std([r['accuracy'] for r in per_table[tables[0]][method]]):.1f}"
+  def cell(method: str, mean: float) -> str:
+    """The mean with its spread over the seeds (of the mean over the tables, per seed)."""
+    per_seed = np.mean([[r["accuracy"] for r in per_table[t][method]] for t in tables], axis=0)
+    return f"{mean:.1f} ± {100 * np.std(per_seed):.1f}"
 
   flowgmm = (f"FlowGMM {cell('flowgmm', best['flowgmm_mean'])}%" if "flowgmm_mean" in best
              else "FlowGMM not run yet")
   seeds = ", ".join(map(str, results["seeds"]))
-  over = f"mean over {len(tables)} tables: " if len(tables) > 1 else ""
+  over = f"mean over {len(tables)} tables (± over seeds): " if len(tables) > 1 else ""
+  below = best.get("tables_more_than_margin_below_their_best")
+  below = (f"; {len(below)} table{'s' * (len(below) != 1)} more than {best['margin']:g} "
+           f"points below {'its' if len(below) == 1 else 'their'} best method" if below is not None and len(tables) > 1 else "")
   return (f"{over}{flowgmm}, best single method ({METHODS[best['method']]}) "
-          f"{cell(best['method'], best['mean_accuracy'])}% (seeds {seeds})")
+          f"{cell(best['method'], best['mean_accuracy'])}%{below} (seeds {seeds})")
 
 
 def _mnist_seeds(results, row) -> str:
@@ -60,8 +63,19 @@ def _mnist_seeds(results, row) -> str:
 _KINDS = {"toy": _toy, "ssl_suite": _ssl_suite, "mnist_seeds": _mnist_seeds}
 
 
+def _results(files) -> dict:
+  """One results file, or a list of ssl_suite files (disjoint tables, the same seeds) read
+  as one: the 25 tables of both panels together."""
+  if isinstance(files, str):
+    return json.loads((REPO / files).read_text())
+  parts = [json.loads((REPO / f).read_text()) for f in files]
+  if any(p["seeds"] != parts[0]["seeds"] for p in parts):
+    raise ValueError(f"{files} were run on different seeds; rerun them on the same ones.")
+  return {"seeds": parts[0]["seeds"],
+          "results": {t: r for p in parts for t, r in p["results"].items()}}
+
+
 def markdown(headline: dict) -> str:
-  rows = [[row["data"], row["labels"],
-           _KINDS[row["kind"]](json.loads((REPO / row["results"]).read_text()), row),
+  rows = [[row["data"], row["labels"], _KINDS[row["kind"]](_results(row["results"]), row),
            f"[{row['section']}]({row['link']})"] for row in headline["rows"]]
   return md_table(["data", "labels", "test accuracy, mean ± std", "details"], rows)

@@ -63,7 +63,8 @@ BASELINES = {
     "selftraining_rf": f"SelfTraining(RandomForest({FOREST_TREES}))",
     "selftraining_hgb": "SelfTraining(HistGradientBoosting())",
 }
-METHODS = {"flowgmm": "FlowGMMClassifier()", **BASELINES,
+METHODS = {"flowgmm": "FlowGMMClassifier()",
+           "flowgmm_flow_only": "FlowGMMClassifier(forest_weight=0), the flow alone", **BASELINES,
            "supervised": "LogisticRegression, all labels (ceiling)"}
 LABELS_PER_CLASS = 10
 TEST_FRACTION = 0.2
@@ -163,12 +164,14 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
   from sklearn.preprocessing import StandardScaler
   start = time.perf_counter()
   extra = {}
-  if method == "flowgmm":
+  if method.startswith("flowgmm"):
     from flowgmm_jax import FlowGMMClassifier
-    # With folds, the estimator's own cross-fitted temperature (its bounds included).
-    calibrate = dict(calibration="cross_fit", calibration_folds=calibration_folds) if (
-        calibration_folds >= 2) else {}
-    model = FlowGMMClassifier(random_state=seed, **calibrate, **flowgmm_params).fit(
+    # With folds, the estimator's own cross-fitted temperature (its bounds included), of
+    # the flow alone: the rescaling below holds for the flow's softmax only.
+    calibrate = dict(calibration="cross_fit", calibration_folds=calibration_folds,
+                     forest_weight=0.0) if calibration_folds >= 2 else {}
+    alone = {"forest_weight": 0.0} if method == "flowgmm_flow_only" else {}
+    model = FlowGMMClassifier(random_state=seed, **{**flowgmm_params, **calibrate, **alone}).fit(
         x_train, y_semi)
     predict = model.predict
     log_probs = model.predict_log_proba(x_eval)

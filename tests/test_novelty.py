@@ -150,9 +150,10 @@ def test_estimator_query_returns_distinct_candidate_rows(fitted_with_reference):
     assert picks.shape == (7,), rule
     assert len(set(picks)) == 7, rule
     assert picks.max() < len(X), rule
-  # Entropy's picks are the rows whose predicted probabilities are the most even.
-  probs = clf.predict_proba(X)
-  order = np.argsort(np.abs(probs[:, 0] - 0.5), kind="stable")
+  # Entropy's picks are the rows whose flow probabilities (the rules read the flow alone,
+  # not its average with the forest) are the most even.
+  logits = clf.model_.logits(clf._standardized(X), preprocessed=True)
+  order = np.argsort(np.abs(logits[:, 0] - logits[:, 1]), kind="stable")
   np.testing.assert_array_equal(np.sort(clf.query(X, 7, rule="entropy")), np.sort(order[:7]))
   with pytest.raises(ValueError, match="rule='nearest' is not one of"):
     clf.query(X, 3, rule="nearest")
