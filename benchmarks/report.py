@@ -82,8 +82,9 @@ def _one_provenance(p: dict) -> str:
   where = ", ".join(str(v) for v in (m.get("cpu"), cores) if v)
   load = m.get("load_average_1min")
   load = f", load {load} at the start" if load is not None else ""
+  note = f" ({p['note']})" if p.get("note") else ""
   return (f"_`{p.get('command', '?')}` at commit `{p.get('commit') or '?'}`, "
-          f"{p.get('date', '?')}, {where}{load}._")
+          f"{p.get('date', '?')}, {where}{load}{note}._")
 
 
 def render(name: str) -> str:

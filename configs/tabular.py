@@ -2,7 +2,8 @@
 
 By default this runs the library's table recipe, ``TABLE_RECIPE`` in
 ``flowgmm_jax/training/config.py``: the same model, prior, objective, optimiser and early
-stopping as ``FlowGMMClassifier()`` (one definition serves both). ``:paper`` gives the
+stopping as ``FlowGMMClassifier()`` (one definition serves both; a run reports the flow's
+own classifier, without the estimator's forest on the labelled rows). ``:paper`` gives the
 paper's UCI recipe instead (``configs/common.py``: ``apply_paper_table_recipe``, and
 docs/recipes.md for each value's source and every difference), the original
 README's MiniBooNE and HEPMASS commands:

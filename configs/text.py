@@ -2,7 +2,8 @@
 
 By default this runs the library's table recipe, ``TABLE_RECIPE`` in
 ``flowgmm_jax/training/config.py``: the same model, prior, objective, optimiser and early
-stopping as ``FlowGMMClassifier()`` (one definition serves both), with the paper's label
+stopping as ``FlowGMMClassifier()`` (one definition serves both; a run reports the flow's
+own classifier, without the estimator's forest on the labelled rows), with the paper's label
 counts (200 for AG News, 800 for Yahoo). ``:paper`` gives the paper's text recipe instead
 (``configs/common.py``: ``apply_paper_table_recipe``, and docs/recipes.md for
 each value's source and every difference), the original README's AG-News and Yahoo commands:
