@@ -198,11 +198,12 @@ def test_recipe_dropout_is_the_papers_from_4_features_and_off_below(num_features
 def test_estimator_parameters_are_the_config_fields():
   """Every recipe parameter names a config field of the same name (``model`` is
   model.name, ``calibration`` calibration.method), and the estimator takes exactly those
-  plus its own seven (input handling, the cache, the seed and the log)."""
+  plus its own nine (input handling, the forest on the labelled rows, the cache, the seed
+  and the log)."""
   params = set(FlowGMMClassifier().get_params())
   assert params == set(RECIPE_PARAMETERS) | {
       "standardize", "categorical_features", "categorical_encoding", "handle_unknown",
-      "compilation_cache_dir", "random_state", "verbose"}
+      "forest_weight", "flow_temperature", "compilation_cache_dir", "random_state", "verbose"}
   c = base_config()
   for name, path in RECIPE_PARAMETERS.items():
     leaf = {"model": "name", "calibration": "method"}.get(name, name)
@@ -286,14 +287,14 @@ def test_default_estimator_beats_logistic_regression_on_a_real_table():
 
 @pytest.mark.slow
 def test_suite_calibration_is_the_estimators_and_leaves_its_ece_before_unchanged():
-  """--calibration-folds runs FlowGMMClassifier(calibration="cross_fit"): T within its
-  bound, and the "before" ECE (T * the calibrated log-probabilities) equals that of the same
-  fit without calibration, since the final model is the same."""
+  """--calibration-folds runs FlowGMMClassifier(calibration="cross_fit") on the flow alone:
+  T within its bound, and the "before" ECE (T * the calibrated log-probabilities) equals
+  that of the same flow without calibration, since the final model is the same."""
   from benchmarks import ssl_suite
   x, y = ssl_suite.load_table("wine")
   split = ssl_suite.make_split(x, y, 0, 10, validation=False)
   params = dict(num_coupling_layers=1, hidden_dim=8, num_train_steps=60, min_steps=0)
-  plain = ssl_suite.run_method("flowgmm", *split, 0, params)
+  plain = ssl_suite.run_method("flowgmm_flow_only", *split, 0, params)
   calibrated = ssl_suite.run_method("flowgmm", *split, 0, params, calibration_folds=2)
   assert calibrated["accuracy"] == plain["accuracy"]
   assert calibrated["ece"] == pytest.approx(plain["ece"], abs=1e-9)
