@@ -889,19 +889,15 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     return novelty.query_indices(rule, n, **density, **self._prior_arguments(),
                                  seed=random_state)
 
-  def _forward(self, X, u=None) -> tuple[np.ndarray, np.ndarray]:
-    """(log|det df/du| [N], class_log_joint [N, K]) as float64, u standardised X."""
-    if u is None:
-      u = self._standardized(X)  # checks that the estimator is fitted
-    out = self.model_.outputs(u, preprocessed=True, keys=("log_det", "logits"))
-    return out["log_det"].astype(np.float64), out["logits"].astype(np.float64)
-
   # --------------------------------------------------------------------------- predict
 
-  def _class_log_proba(self, u, class_log_joint: np.ndarray) -> np.ndarray:
-    """log p(y | x) ``[N, K]`` of standardised rows ``u`` with the flow's class log-joint
-    ``[N, K]``: the flow's log_softmax(logits / T), or with a forest
-    log((1 - w) softmax(logits / T) + w p_forest)."""
+  def _class_log_proba(self, u, class_log_joint: np.ndarray | None = None) -> np.ndarray:
+    """log p(y | x) ``[N, K]`` of standardised rows ``u``, from the flow's class log-joint
+    ``[N, K]`` (computed here unless given): the flow's log_softmax(logits / T), or with a
+    forest log((1 - w) softmax(logits / T) + w p_forest)."""
+    if class_log_joint is None:
+      class_log_joint = self.model_.outputs(u, preprocessed=True,
+                                            keys=("logits",))["logits"].astype(np.float64)
     forest = self.__dict__.get("forest_")
     if forest is None:
       return scipy.special.log_softmax(
@@ -915,8 +911,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
   def predict_log_proba(self, X) -> np.ndarray:
     """log p(y = classes_[k] | x), ``[N, K]`` (see ``predict_proba``)."""
-    u = self._standardized(X)
-    return self._class_log_proba(u, self._forward(None, u)[1])
+    return self._class_log_proba(self._standardized(X))
 
   def predict_proba(self, X) -> np.ndarray:
     """p(y = classes_[k] | x), ``[N, K]``, rows sum to 1:
@@ -937,9 +932,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     the training distribution, and more of the unfamiliar ones (docs/novelty.md).
     """
     if not reject_rate:
-      u = self._standardized(X)
-      return self.classes_[np.argmax(self._class_log_proba(u, self._forward(None, u)[1]),
-                                     axis=1)]
+      log_proba = self._class_log_proba(self._standardized(X))  # checks the fit first
+      return self.classes_[np.argmax(log_proba, axis=1)]
     kind = self._outlier_kind(outlier_kind)
     threshold = self.reject_threshold(reject_rate, kind)
     u = self._standardized(X)
@@ -974,8 +968,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
       if weights.shape[0] != num_rows:
         raise ValueError(f"sample_weight has {weights.shape[0]} entries for {num_rows} rows.")
       weights = weights[keep]
-    predicted = self.classes_[np.argmax(self._class_log_proba(u, self._forward(None, u)[1]),
-                                        axis=1)]
+    predicted = self.classes_[np.argmax(self._class_log_proba(u), axis=1)]
     correct = predicted[keep] == labels[keep]
     return float(np.average(correct, weights=weights))
 
