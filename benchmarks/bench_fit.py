@@ -30,26 +30,31 @@ LABELS_PER_CLASS = 10
 TEST_ROWS = 10_000
 
 
+def readme_moons():
+  """The README example's ``(X, y_semi, y)``: two moons, 5 labels per class, -1 elsewhere."""
+  from sklearn.datasets import make_moons
+  X, y = make_moons(n_samples=1000, noise=0.05, random_state=0)
+  rng = np.random.default_rng(0)
+  y_semi = np.full_like(y, -1)
+  for c in (0, 1):
+    y_semi[rng.choice(np.flatnonzero(y == c), 5, replace=False)] = c
+  return X, y_semi, y
+
+
 def dataset(name: str):
   """``(X, y)`` with -1 for the unlabelled rows."""
-  from flowgmm_jax import data as data_lib
   if name == "table20":
     rng = np.random.default_rng(0)
     y_true = np.arange(1000) % 2
-    x = rng.normal(size=(1000, 20)) + 1.5 * y_true[:, None]
-    y = np.full(1000, -1)
-    y[:20] = y_true[:20]
-    return x, y
+    y = np.where(np.arange(1000) < 20, y_true, -1)
+    return rng.normal(size=(1000, 20)) + 1.5 * y_true[:, None], y
   if name == "moons":
-    ds = data_lib.make_moons(num_train=1000, num_test=10, seed=0)
-    per_class = 5
-  elif name == "letter":
-    ds = data_lib.load_uci("letter", seed=0)
-    per_class = 10
-  else:
+    return readme_moons()[:2]
+  if name != "letter":
     raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
-  labeled = data_lib.labeled_unlabeled_split(ds.y_train, num_labeled_per_class=per_class,
-                                             seed=0)[0]
+  from flowgmm_jax import data as data_lib
+  ds = data_lib.load_uci("letter", seed=0)
+  labeled = data_lib.labeled_unlabeled_split(ds.y_train, num_labeled_per_class=10, seed=0)[0]
   y = np.full(len(ds.y_train), -1)
   y[labeled] = ds.y_train[labeled]
   return np.asarray(ds.x_train, np.float64), y
@@ -116,7 +121,6 @@ def _child_readme_fit() -> dict:
   """The README example's fit in this (new) process: imports, fit and score, timed."""
   t0 = time.perf_counter()
   import jax
-  from sklearn.datasets import make_moons
 
   from flowgmm_jax import FlowGMMClassifier
   import_s = time.perf_counter() - t0
@@ -133,24 +137,17 @@ def _child_readme_fit() -> dict:
   jax.monitoring.register_event_duration_secs_listener(on_duration)
   jax.monitoring.register_event_listener(
       lambda event, **kw: hits.append(1) if event == "/jax/compilation_cache/cache_hits" else None)
-  X, y = make_moons(n_samples=1000, noise=0.05, random_state=0)
-  rng = np.random.default_rng(0)
-  y_semi = np.full_like(y, -1)
-  for c in (0, 1):
-    y_semi[rng.choice(np.flatnonzero(y == c), 5, replace=False)] = c
+  X, y_semi, y = readme_moons()
   t0, c0 = time.perf_counter(), time.process_time()
   clf = FlowGMMClassifier(random_state=0).fit(X, y_semi)
-  fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-  fit_compiles, fit_compile_s, fit_hits = len(compiles), sum(compiles), len(hits)
-  fit_trace_s, fit_lower_s = durations["trace"], durations["lower"]
+  row = {"import_s": import_s, "fit_s": time.perf_counter() - t0,
+         "fit_cpu_s": time.process_time() - c0, "steps": int(clf.n_iter_),
+         "fit_compiles": len(compiles), "fit_compile_s": sum(compiles),
+         "fit_trace_s": durations["trace"], "fit_lower_s": durations["lower"],
+         "fit_cache_hits": len(hits), "cache_dir": jax.config.jax_compilation_cache_dir}
   t0 = time.perf_counter()
-  accuracy = clf.score(X, y)
-  score_s = time.perf_counter() - t0
-  return {"import_s": import_s, "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "score_s": score_s,
-          "accuracy": accuracy, "steps": int(clf.n_iter_), "fit_compiles": fit_compiles,
-          "fit_trace_s": fit_trace_s, "fit_lower_s": fit_lower_s,
-          "fit_compile_s": fit_compile_s, "fit_cache_hits": fit_hits,
-          "cache_dir": jax.config.jax_compilation_cache_dir}
+  row["accuracy"] = clf.score(X, y)
+  return {**row, "score_s": time.perf_counter() - t0}
 
 
 def _run_child(args, **kwargs) -> dict:
@@ -168,42 +165,36 @@ def new_process_fits(repeats: int) -> dict:
   """``repeats`` triples of new processes: cache off, an empty cache, the cache just left."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
          and k != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
+  caches = {"off": "off", "first": "empty temporary", "second": "left by the first"}
   runs = []
   print(md_table(["repeat", "process", "cache", "fit (s)", "fit CPU (s)", "process (s)",
                   "compiles", "compile (s)", "trace + lower (s)", "cache hits", "load before"],
                  []))
   for repeat in range(repeats):
     with tempfile.TemporaryDirectory(prefix="flowgmm-bench-cache-") as cache:
-      for which in ("off", "first", "second"):
-        load = os.getloadavg()
-        t0 = time.perf_counter()
+      for which, cache_dir in caches.items():
+        load, t0 = os.getloadavg(), time.perf_counter()
         child = _run_child(["readme"], env={
             **env, "FLOWGMM_COMPILATION_CACHE": "off" if which == "off" else cache})
-        wall = time.perf_counter() - t0
-        row = {"repeat": repeat, "process": which, "process_s": wall,
-               "load_average_before": load, "load_average_after": os.getloadavg(), **child}
-        row["cache_dir"] = {"off": "off", "first": "empty temporary",
-                            "second": "left by the first"}[which]
-        runs.append(row)
-        print(md_row([repeat, which, row["cache_dir"], f"{row['fit_s']:.2f}",
-                      f"{row['fit_cpu_s']:.2f}", f"{wall:.1f}", row["fit_compiles"],
-                      f"{row['fit_compile_s']:.2f}",
-                      f"{row['fit_trace_s'] + row['fit_lower_s']:.2f}", row["fit_cache_hits"],
+        r = {"repeat": repeat, "process": which, "process_s": time.perf_counter() - t0,
+             "load_average_before": load, "load_average_after": os.getloadavg(), **child,
+             "cache_dir": cache_dir}
+        runs.append(r)
+        print(md_row([repeat, which, cache_dir, f"{r['fit_s']:.2f}", f"{r['fit_cpu_s']:.2f}",
+                      f"{r['process_s']:.1f}", r["fit_compiles"], f"{r['fit_compile_s']:.2f}",
+                      f"{r['fit_trace_s'] + r['fit_lower_s']:.2f}", r["fit_cache_hits"],
                       f"{load[0]:.2f}"]), flush=True)
   summary = {}
-  for which in ("off", "first", "second"):
+  for which in caches:
     for key in ("fit_s", "process_s"):
       v = [r[key] for r in runs if r["process"] == which]
-      summary.setdefault(which, {}).update({
-          f"{key}_mean": statistics.mean(v),
-          f"{key}_std": statistics.stdev(v) if len(v) > 1 else 0.0})
-  ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(runs[1::3], runs[2::3], strict=False)]
+      summary.setdefault(which, {})[f"{key}_mean"] = statistics.mean(v)
+      summary[which][f"{key}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+  ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(runs[1::3], runs[2::3], strict=True)]
   summary["second_over_first_mean"] = statistics.mean(ratios)
-  f, g, o = summary["first"], summary["second"], summary["off"]
-  print(f"cache off: fit {o['fit_s_mean']:.2f} +- {o['fit_s_std']:.2f} s; first new process: "
-        f"fit {f['fit_s_mean']:.2f} +- {f['fit_s_std']:.2f} s; second (warm cache): "
-        f"{g['fit_s_mean']:.2f} +- {g['fit_s_std']:.2f} s; second / first "
-        f"{summary['second_over_first_mean']:.0%}")
+  print("; ".join(f"{which}: fit {summary[which]['fit_s_mean']:.2f} +- "
+                  f"{summary[which]['fit_s_std']:.2f} s" for which in caches)
+        + f"; second / first {summary['second_over_first_mean']:.0%}")
   return {"runs": runs, "summary": summary}
 
 
@@ -305,20 +296,18 @@ def main(argv=None):
   rows = []
   for name in args.datasets:
     x, y = dataset(name)
-    times, steps = [], []
+    times = []
     for _ in range(args.repeats + 1):
       start = time.perf_counter()
-      clf = FlowGMMClassifier(random_state=0).fit(x, y)
+      steps = FlowGMMClassifier(random_state=0).fit(x, y).n_iter_
       times.append(time.perf_counter() - start)
-      steps.append(clf.n_iter_)
     med = statistics.median(times[1:])
-    row = {"dataset": name, "rows": len(x), "first_fit_s": times[0], "fit_s": times[1:],
-           "second_fit_s": times[1], "second_over_first": times[1] / times[0],
-           "median_fit_s": med, "steps": steps[-1], "ms_per_step": 1e3 * med / steps[-1]}
-    rows.append(row)
+    rows.append({"dataset": name, "rows": len(x), "first_fit_s": times[0], "fit_s": times[1:],
+                 "second_fit_s": times[1], "second_over_first": times[1] / times[0],
+                 "median_fit_s": med, "steps": steps, "ms_per_step": 1e3 * med / steps})
     print(md_row([name, len(x), f"{times[0]:.1f}", f"{times[1]:.2f}",
-                  f"{row['second_over_first']:.0%}", f"{med:.2f}", steps[-1],
-                  f"{row['ms_per_step']:.2f}"]), flush=True)
+                  f"{times[1] / times[0]:.0%}", f"{med:.2f}", steps,
+                  f"{1e3 * med / steps:.2f}"]), flush=True)
   if args.json:
     write_json(args.json, {"provenance": made, "repeats": args.repeats, "rows": rows})
   return rows

@@ -39,9 +39,6 @@ REPORTS: dict[str, Report] = {
     "ssl_suite_mixed": Report("benchmarks/results/ssl_suite_mixed.json", "benchmarks.ssl_suite"),
     "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
     "bench_fit_large": Report("benchmarks/results/bench_fit_large.json", "benchmarks.bench_fit"),
-    "novelty_heldout": Report("benchmarks/results/novelty_heldout.json", "benchmarks.novelty"),
-    "novelty_images": Report("benchmarks/results/novelty_images.json", "benchmarks.novelty"),
-    "novelty_query": Report("benchmarks/results/novelty_query.json", "benchmarks.novelty"),
     "parity_original": Report("benchmarks/results/parity_original.json",
                               "benchmarks.parity.parity_original"),
 }

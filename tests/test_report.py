@@ -38,15 +38,9 @@ def test_a_table_is_computed_from_the_raw_numbers(tmp_path, monkeypatch):
   assert f"{100 * np.mean([r['accuracy'] for r in wine]):.1f} ± " in text
 
 
-# The outlier scores' AUROCs (benchmarks/novelty.py heldout).
-AUROC_KEYS = ("neg_log_px", "typicality", "mahalanobis", "max_prob", "isolation_forest",
-              "local_outlier_factor")
-
-
 def _measured(key: str) -> bool:
-  """Keys of measured numbers: accuracies, AUROCs, seconds, kernel counts."""
-  return ("accuracy" in key or key.endswith("_s") or key in AUROC_KEYS
-          or key in ("seconds", "hlo_fusions"))
+  """Keys of measured numbers: accuracies, seconds, kernel counts."""
+  return "accuracy" in key or key.endswith("_s") or key in ("seconds", "hlo_fusions")
 
 
 def _halve_accuracies(obj, under_accuracy=False):
