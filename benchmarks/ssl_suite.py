@@ -337,10 +337,6 @@ def markdown(report: dict) -> str:
 def summarise_ece(results: dict, tables, methods) -> str:
   """The markdown table of ECE (mean ± std over seeds; FlowGMM's before -> after when the
   runs were calibrated) and each method's mean over the tables."""
-  def mean_std(runs, key):
-    v = np.array([r[key] for r in runs])
-    return v.mean(), v.std()
-
   rows, means, calibrated = [], {m: [] for m in methods}, []
   for table in tables:
     cells = []
@@ -349,21 +345,18 @@ def summarise_ece(results: dict, tables, methods) -> str:
       if not runs:  # a method merged in on other tables only
         cells.append("—")
         continue
-      mean, std = mean_std(runs, "ece")
-      means[m].append(mean)
-      cell = f"{mean:.3f} ± {std:.3f}"
+      ece = np.array([r["ece"] for r in runs])
+      means[m].append(ece.mean())
+      cells.append(f"{ece.mean():.3f} ± {ece.std():.3f}")
       if all("ece_calibrated" in r for r in runs):
-        after, after_std = mean_std(runs, "ece_calibrated")
-        calibrated.append(after)
-        cell += f" → {after:.3f} ± {after_std:.3f}"
-      cells.append(cell)
+        after = np.array([r["ece_calibrated"] for r in runs])
+        calibrated.append(after.mean())
+        cells[-1] += f" → {after.mean():.3f} ± {after.std():.3f}"
     rows.append([ALL_TABLES[table][2], *cells])
-  row = []
-  for m in methods:
-    cell = f"**{np.mean(means[m]):.3f}**" if len(means[m]) == len(tables) else "—"
-    if m == "flowgmm" and len(calibrated) == len(tables):
-      cell += f" → **{np.mean(calibrated):.3f}**"
-    row.append(cell)
+  row = [f"**{np.mean(means[m]):.3f}**" if len(means[m]) == len(tables) else "—"
+         for m in methods]
+  if "flowgmm" in methods and len(calibrated) == len(tables):
+    row[methods.index("flowgmm")] += f" → **{np.mean(calibrated):.3f}**"
   rows.append(["**mean over tables**", *row])
   return md_table(["table", *(METHODS[m] for m in methods)], rows)
 
@@ -454,10 +447,7 @@ def write_results(output: Path, previous: dict, results: dict, methods, run_prov
   merged = {t: dict(v) for t, v in previous.get("results", {}).items()}
   for table, runs in results.items():
     merged.setdefault(table, {}).update(runs)
-  by_method = dict(previous.get("provenance_by_method") or {})
-  if previous and not by_method:  # a file from before per-method provenance
-    by_method = {m: previous["provenance"] for t in merged.values() for m in t if m != "info"}
-  by_method.update({m: run_provenance for m in methods})
+  by_method = {**previous.get("provenance_by_method", {}), **{m: run_provenance for m in methods}}
   tables = [t for t in ALL_TABLES if t in merged]
   present = [m for m in METHODS if any(m in merged[t] for t in tables)]
   report = {**settings, "provenance": run_provenance, "provenance_by_method": by_method,
