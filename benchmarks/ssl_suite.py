@@ -64,7 +64,10 @@ BASELINES = {
     "selftraining_hgb": "SelfTraining(HistGradientBoosting())",
 }
 METHODS = {"flowgmm": "FlowGMMClassifier()",
-           "flowgmm_flow_only": "FlowGMMClassifier(forest_weight=0), the flow alone", **BASELINES,
+           "flowgmm_flow_only": "FlowGMMClassifier(forest_weight=0), the flow alone",
+           # What the unlabelled rows add to the flow: without them, and with every label.
+           "flowgmm_labelled_only": "the flow alone, on the labelled rows only",
+           "flowgmm_all_labels": "the flow alone, every training row labelled", **BASELINES,
            "supervised": "LogisticRegression, all labels (ceiling)"}
 LABELS_PER_CLASS = 10
 TEST_FRACTION = 0.2
@@ -170,9 +173,11 @@ def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
     # the flow alone: the rescaling below holds for the flow's softmax only.
     calibrate = dict(calibration="cross_fit", calibration_folds=calibration_folds,
                      forest_weight=0.0) if calibration_folds >= 2 else {}
-    alone = {"forest_weight": 0.0} if method == "flowgmm_flow_only" else {}
+    alone = {} if method == "flowgmm" else {"forest_weight": 0.0}
+    x_fit, y_fit = {"flowgmm_labelled_only": (x_train[y_semi != -1], y_semi[y_semi != -1]),
+                    "flowgmm_all_labels": (x_train, y_true)}.get(method, (x_train, y_semi))
     model = FlowGMMClassifier(random_state=seed, **{**flowgmm_params, **calibrate, **alone}).fit(
-        x_train, y_semi)
+        x_fit, y_fit)
     predict = model.predict
     log_probs = model.predict_log_proba(x_eval)
     if calibrate:
