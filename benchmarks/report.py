@@ -37,6 +37,8 @@ REPORTS: dict[str, Report] = {
     "ssl_suite": Report("benchmarks/results/ssl_suite.json", "benchmarks.ssl_suite"),
     "ssl_suite_lpc50": Report("benchmarks/results/ssl_suite_lpc50.json", "benchmarks.ssl_suite"),
     "ssl_suite_mixed": Report("benchmarks/results/ssl_suite_mixed.json", "benchmarks.ssl_suite"),
+    "ssl_suite_unlabelled": Report("benchmarks/results/ssl_suite_unlabelled.json",
+                                   "benchmarks.ssl_suite"),
     "bench_steps": Report("benchmarks/results/bench_steps.json", "benchmarks.bench_steps"),
     "bench_fit_large": Report("benchmarks/results/bench_fit_large.json", "benchmarks.bench_fit"),
     "parity_original": Report("benchmarks/results/parity_original.json",

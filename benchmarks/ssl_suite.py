@@ -332,7 +332,9 @@ def markdown(report: dict) -> str:
   tables = [t for t in ALL_TABLES if t in results]
   methods = [m for m in METHODS if any(m in results[t] for t in tables)]
   text, _ = summarise(results, tables, methods)
-  best_text = best_single(results, tables)[0] if len(tables) > 1 else ""
+  # The best of one baseline is no comparison (a study file with a single baseline).
+  several = len(tables) > 1 and sum(m in BASELINES for m in methods) > 1
+  best_text = best_single(results, tables)[0] if several else ""
   seeds = ",".join(map(str, report["seeds"]))
   return (f"{report['split'].capitalize()} accuracy (%), mean ± std (population std) over seeds "
           f"{seeds}, {report['labels_per_class']} labels per class; mean fit seconds in "

@@ -302,6 +302,21 @@ def test_suite_calibration_is_the_estimators_and_leaves_its_ece_before_unchanged
   assert 0.0 <= calibrated["ece_calibrated"] <= 1.0
 
 
+def test_suite_flow_studies_fit_the_rows_they_name():
+  """``flowgmm_labelled_only`` is the flow fitted on the labelled rows alone and
+  ``flowgmm_all_labels`` the flow fitted with every training label: each equals that fit."""
+  from benchmarks import ssl_suite
+  x, y = ssl_suite.load_table("wine")
+  x_train, y_semi, y_true, x_eval, y_eval = split = ssl_suite.make_split(x, y, 0, 10, False)
+  params = dict(num_coupling_layers=1, hidden_dim=8, num_train_steps=30, min_steps=0)
+  labeled = y_semi != -1
+  for method, (xf, yf) in {"flowgmm_labelled_only": (x_train[labeled], y_semi[labeled]),
+                           "flowgmm_all_labels": (x_train, y_true)}.items():
+    direct = FlowGMMClassifier(random_state=0, forest_weight=0.0, **params).fit(xf, yf)
+    assert ssl_suite.run_method(method, *split, 0, params)["accuracy"] == direct.score(
+        x_eval, y_eval), method
+
+
 def test_suite_command_runs_one_table(tmp_path):
   out = tmp_path / "suite.json"
   # The suite's first six methods: the other baselines have their own test
