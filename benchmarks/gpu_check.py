@@ -24,14 +24,12 @@ from flowgmm_jax.models import count_params
 from flowgmm_jax.training import batching, programs
 from flowgmm_jax.training.loop import fit
 
-# Dense (bfloat16, TF32, FP32) TFLOP/s per device by a substring of ``device_kind``, the first
-# match winning: "H200" also matches GH200, "TPU v5" is v5e ("TPU v5 lite").
-PEAKS = (("H100 PCIe", (756.0, 378.0, 51.0)), ("H200", (989.4, 494.7, 67.0)),
+# Dense (bfloat16, TF32, FP32) TFLOP/s per device by the first substring of ``device_kind``.
+PEAKS = (("H100 PCIe", (756.0, 378.0, 51.0)), ("H200", (989.4, 494.7, 67.0)),  # also GH200
          ("H100", (989.4, 494.7, 67.0)), ("A100", (312.0, 156.0, 19.5)),
          ("TPU v6", (918.0, None, None)), ("TPU v5p", (459.0, None, None)),
-         ("TPU v5", (197.0, None, None)), ("TPU v4", (275.0, None, None)))
-PEAK_SOURCE = ("NVIDIA H100/H200 data sheets (dense: bf16 989.4, TF32 494.7, FP32 67 "
-               "TFLOP/s for H100 SXM and H200), Google Cloud TPU pages")
+         ("TPU v5", (197.0, None, None)), ("TPU v4", (275.0, None, None)))  # TPU v5: v5e
+PEAK_SOURCE = "NVIDIA's H100/H200 data sheets (dense; H100 SXM and H200 alike), Cloud TPU pages"
 # (workload, compute dtype, per-device batch), most wanted first: a short budget keeps these.
 ROWS = (("cifar", "float32", 64), ("cifar", "bfloat16", 64), ("mnist", "float32", 64),
         ("cifar", "bfloat16", 512), ("cifar", "float32", 512), ("mnist", "bfloat16", 64),
@@ -55,10 +53,11 @@ def peak_tflops(device_kind: str, dtype: str):
   return (bf16, None) if dtype == "bfloat16" else (fp32, tf32)
 
 
-def load_config(spec: str, tiny: bool = False):
-  """``configs/NAME.py[:ARG]``'s config; ``tiny``: with ``TINY_MODEL``, no consistency term."""
+def load_config(spec: str, tiny: bool, **fields):
+  """``configs/NAME.py[:ARG]``'s config with ``fields``; ``tiny``: ``TINY_MODEL``, one view."""
   path, _, arg = spec.partition(":")
   c = importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
+  c.update(fields)
   if tiny:
     c.model.update({k: v for k, v in TINY_MODEL.items() if k in c.model})
     c.loss.consistency_weight = 0.0
@@ -93,25 +92,14 @@ def compile_cold_and_warm(fn, *args) -> tuple:
   return compiled, traced, cold, warm
 
 
-def _attempt(fn, *args) -> dict:
-  """``fn(*args)``, or ``{"failed": one line}`` (say out of memory): a result, not a crash."""
-  try:
-    return fn(*args)
-  except Exception as e:  # noqa: BLE001
-    return {"failed": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:500]}"}
-
-
 def time_row(workload: str, dtype: str, per_device_batch: int, args) -> dict:
-  """One row: the library's step of the workload's config (``training.programs``) on random
-  images; FLOPs and collectives, compile cold and warm, step time, MFU. ``args``: main's."""
+  """One row (``args``: main's): the workload config's ``training.programs`` step, measured."""
   tiny, repeats = args.tiny, args.repeats or (2 if args.tiny else 20)
-  c = load_config(CONFIGS[workload], tiny)
-  c.compute_dtype = dtype
+  c = load_config(CONFIGS[workload], tiny, compute_dtype=dtype)
   mesh = mesh_lib.make_mesh()
   half = per_device_batch // 2 * mesh_lib.num_devices(mesh)
   c.data.labeled_batch_size = c.data.unlabeled_batch_size = half
-  shape = IMAGE_SHAPES[c.data.name]
-  shape = (8, 8) + shape[-1:] if tiny else shape
+  shape = (8, 8) + IMAGE_SHAPES[c.data.name][-1:] if tiny else IMAGE_SHAPES[c.data.name]
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (2 * half,) + shape, dtype=np.uint8)
   y = rng.integers(0, 10, 2 * half).astype(np.int32)
@@ -123,15 +111,15 @@ def time_row(workload: str, dtype: str, per_device_batch: int, args) -> dict:
   variables = progs.init(jax.random.PRNGKey(0), np.asarray(x[:min(2 * half, 64)], np.float32))
   step_args = (mesh_lib.replicate(mesh, progs.new_state(variables)), batch,
                mesh_lib.replicate(mesh, np.asarray(jax.random.PRNGKey(2), np.uint32)))
+  compiled, traced, cold, warm = compile_cold_and_warm(progs.train_step, *step_args)
   row = {"config": CONFIGS[workload], "model": c.model.name, "params": count_params(variables),
          "consistency": c.loss.consistency_weight > 0, "global_batch": 2 * half,
-         "image_shape": list(shape)}
-  compiled, traced, cold, warm = compile_cold_and_warm(progs.train_step, *step_args)
-  row.update(flops_per_device=count_flops(traced.jaxpr), cold=cold, warm=warm,
-             collectives_per_step=count_collectives(traced.jaxpr),
-             flops_counted_on="the traced jaxpr (scans times their length), per device")
-  for name, times in (("cold", cold), ("warm", warm)):
-    row[f"compile_{name}_s"] = times["trace_s"] + times["lower_s"] + times["compile_s"]
+         "image_shape": list(shape), "cold": cold, "warm": warm,
+         "flops_per_device": count_flops(traced.jaxpr),
+         "collectives_per_step": count_collectives(traced.jaxpr),
+         "flops_counted_on": "the traced jaxpr (scans times their length), per device",
+         **{f"compile_{name}_s": times["trace_s"] + times["lower_s"] + times["compile_s"]
+            for name, times in (("cold", cold), ("warm", warm))}}
   t0 = time.perf_counter()
   state, metrics = jax.block_until_ready(compiled(*step_args))
   row["first_step_s"] = time.perf_counter() - t0
@@ -142,18 +130,13 @@ def time_row(workload: str, dtype: str, per_device_batch: int, args) -> dict:
   row.update(timed, repeats=repeats, images_per_s=2 * half / timed["median_s"],
              images_per_s_pipelined=2 * half / timed["pipelined_s"],
              tflops_per_s_per_device=achieved, peak_tflops=peak,
-             mfu=achieved / peak if peak else None,
-             mfu_tf32=achieved / tf32 if tf32 else None,
+             mfu=achieved / peak if peak else None, mfu_tf32=achieved / tf32 if tf32 else None,
              loss_finite=bool(np.isfinite(np.asarray(jax.device_get(metrics["train/loss"])))))
   return row
 
 
-class _OutOfTime(Exception):
-  pass
-
-
 def reference_curve(path: str = REFERENCE) -> dict:
-  """``{step: {"accuracy": [per seed], "bpd": [...], "seeds": [...]}}`` of the CPU runs."""
+  """``{step: {"accuracy": [per seed], "bpd": [per seed]}}`` of the CPU reference runs."""
   try:
     runs = json.loads((REPO / path).read_text())["runs"]
   except (OSError, ValueError, KeyError):
@@ -161,10 +144,9 @@ def reference_curve(path: str = REFERENCE) -> dict:
   curve = {}
   for run in runs:
     for e in run["evals"]:
-      point = curve.setdefault(int(e["step"]), {"accuracy": [], "bpd": [], "seeds": []})
-      point["accuracy"].append(e["eval/accuracy"])
-      point["bpd"].append(e["eval/bpd"])
-      point["seeds"].append(run.get("seed"))
+      point = curve.setdefault(int(e["step"]), {"accuracy": [], "bpd": []})
+      for k, values in point.items():
+        values.append(e[f"eval/{k}"])
   return curve
 
 
@@ -174,8 +156,7 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
   if left < budget["min_train"]:
     return {"skipped": f"{max(left, 0):.0f} s left; training needs at least "
                        f"{budget['min_train']:.0f} s to reach an evaluation"}
-  c = load_config("configs/mnist.py:cpu", tiny)
-  c.compilation_cache_dir = "off"  # the check's compile times are its own
+  c = load_config("configs/mnist.py:cpu", tiny, compilation_cache_dir="off")  # no cache
   if tiny:
     c.update_from_flattened_dict({
         "data.max_train_examples": 400, "data.max_test_examples": 100, "eval_batch_size": 50,
@@ -190,10 +171,10 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
             "set FLOWGMM_DATA_DIR to a folder holding mnist/ (docs/experiments.md)"}
   split, reference = split_rows(c, dataset), reference_curve()
   curve, train, marks = [], [], {"eval_s": []}
-
+  class OutOfTime(Exception):
+    pass
   def log_fn(step, metrics):
-    # At each log step, then with the test metrics at an evaluation step: training goes on
-    # while the next evaluation still fits in the budget.
+    # Each log step, then an evaluation's metrics: go on while the next evaluation fits.
     now = time.perf_counter()
     if "eval/accuracy" in metrics:
       marks["eval_s"].append(now - marks.pop("eval_start", now))
@@ -202,7 +183,7 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
                     "bpd": float(metrics["eval/bpd"]),
                     **{f"cpu_reference_{k}": ref.get(k) for k in ("accuracy", "bpd")}})
       if marks.pop("stop_after_eval", False):
-        raise _OutOfTime(step)
+        raise OutOfTime(step)
       return
     train.append({"step": step, "wall_s": now - t0, **{k: float(v) for k, v in metrics.items()}})
     first_step, first_time = marks.setdefault("first_log", (step, now))  # after the compiles
@@ -212,7 +193,7 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
     eval_s = max(marks["eval_s"], default=budget["eval"])
     steps_to_eval = -step % c.eval_every_steps  # 0: this step's evaluation comes next
     if now + steps_to_eval * per_step + eval_s > deadline:
-      raise _OutOfTime(step)
+      raise OutOfTime(step)
     if steps_to_eval == 0:  # stop after it when the one after would not fit
       marks.update(eval_start=now, stop_after_eval=(
           now + 2 * eval_s + c.eval_every_steps * per_step > deadline))
@@ -220,7 +201,7 @@ def train_mnist(deadline: float, tiny: bool) -> dict:
   stopped = None
   try:
     fit(c, dataset, split, log_fn=log_fn)
-  except _OutOfTime as e:
+  except OutOfTime as e:
     stopped = (f"stopped at step {e.args[0]} of {c.num_train_steps}: the next evaluation "
                "would not have finished within the budget")
   return {"config": config_name, "num_train_steps": int(c.num_train_steps),
@@ -242,10 +223,6 @@ def parse_rows(text: str) -> tuple:
   return tuple((w, d, int(b)) for w, d, b in rows)
 
 
-def _say(text: str) -> None:
-  print(f"[gpu_check] {text}", flush=True)
-
-
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--tiny", action="store_true", help="tiny models on 8x8 images: CPU tests")
@@ -257,48 +234,55 @@ def main(argv=None) -> dict:
   args = p.parse_args(argv)
   deadline = (start := time.perf_counter()) + args.budget_s
   budget, device = BUDGET["tiny" if args.tiny else "full"], jax.devices()[0]
-  reserve = budget["train_reserve"]
   outs = [args.out or (os.path.join(tempfile.gettempdir(), "gpu_check_tiny.json") if args.tiny
                        else "benchmarks/results/gpu_check.json")]
   outs += [os.path.join(os.environ["OUT"], "gpu_check.json")] if os.environ.get("OUT") else []
-  report = {"provenance": provenance(argv), "backend": jax.default_backend(), "tiny": args.tiny,
-            "device_kind": device.device_kind, "num_devices": jax.device_count(),
-            "budget_s": args.budget_s, "train_reserve_s": reserve, "rows": [], "training": None,
-            "peak_source": "--peak-tflops" if args.peak_tflops else PEAK_SOURCE, "complete": False}
+  report = {"provenance": provenance(argv), "backend": jax.default_backend(),
+            "device_kind": device.device_kind, "num_devices": jax.device_count(), "tiny": args.tiny,
+            "budget_s": args.budget_s, "train_reserve_s": budget["train_reserve"],
+            "peak_source": "--peak-tflops" if args.peak_tflops else PEAK_SOURCE,
+            "rows": [], "training": None, "complete": False}
   def save():  # after every row: a run stopped from outside keeps what it finished
     for out in outs:
       write_json(out, report)
-  _say(f"{report['backend']}: {jax.device_count()} x {device.device_kind}, "
-       f"jax {jax.__version__}, budget {args.budget_s:.0f} s")
+  def say(text):
+    print(f"[gpu_check] {text}", flush=True)
+  def attempt(fn, *fn_args) -> dict:  # a failure (say out of memory) is a result, not a crash
+    try:
+      return fn(*fn_args)
+    except Exception as e:  # noqa: BLE001
+      return {"failed": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:500]}"}
+  say(f"{report['backend']}: {jax.device_count()} x {device.device_kind}, "
+      f"jax {jax.__version__}, budget {args.budget_s:.0f} s")
   save()
   longest = None  # the longest row so far: the next row's estimate
   for workload, dtype, batch in args.rows or (TINY_ROWS if args.tiny else ROWS):
-    left = deadline - time.perf_counter()
-    estimate = budget["first_row"] if longest is None else longest
+    left, reserve = deadline - time.perf_counter(), budget["train_reserve"]
+    estimate, why = ((budget["first_row"], "a guess before any row") if longest is None
+                     else (longest, "the longest row so far"))
     row = {"workload": workload, "compute_dtype": dtype, "per_device_batch": batch}
     if left - reserve < estimate:
-      why = "a guess before any row" if longest is None else "the longest row so far"
       row["skipped"] = (f"{left:.0f} s left, {reserve:.0f} s of it kept for training; the row "
                         f"is estimated at {estimate:.0f} s ({why})")
     else:
       t0 = time.perf_counter()
-      row.update(_attempt(time_row, workload, dtype, batch, args))
+      row.update(attempt(time_row, workload, dtype, batch, args))
       row["wall_s"] = time.perf_counter() - t0
       longest = max(longest or 0.0, row["wall_s"])
     report["rows"].append(row)
     save()
-    _say(f"{workload} {dtype} x{batch}: " + (row.get("skipped") or row.get("failed") or (
+    say(f"{workload} {dtype} x{batch}: " + (row.get("skipped") or row.get("failed") or (
         f"{row['median_s'] * 1e3:.2f} ms/step, {row['images_per_s']:.0f} images/s, "
         f"{row['tflops_per_s_per_device']:.2f} TFLOP/s per device"
         + (f", MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else "")
         + f"; compile cold {row['compile_cold_s']:.1f} s, warm {row['compile_warm_s']:.1f} s")))
-  report["training"] = t = _attempt(train_mnist, deadline, args.tiny)
-  _say(f"{t['config']}: {t['steps_done']} steps in {t['wall_s']:.0f} s, test accuracy "
-       f"{100 * t['eval'][-1]['accuracy']:.1f}% at step {t['eval'][-1]['step']}" if t.get("eval")
-       else f"training: {t.get('skipped') or t.get('failed') or t.get('stopped')}")
+  report["training"] = t = attempt(train_mnist, deadline, args.tiny)
+  say(f"{t['config']}: {t['steps_done']} steps in {t['wall_s']:.0f} s, test accuracy "
+      f"{100 * t['eval'][-1]['accuracy']:.1f}% at step {t['eval'][-1]['step']}" if t.get("eval")
+      else f"training: {t.get('skipped') or t.get('failed') or t.get('stopped')}")
   report.update(total_s=time.perf_counter() - start, complete=True)
   save()
-  _say(f"{report['total_s']:.0f} s in all; wrote {', '.join(outs)}")
+  say(f"{report['total_s']:.0f} s in all; wrote {', '.join(outs)}")
   return report
 
 
