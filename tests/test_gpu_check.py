@@ -18,7 +18,7 @@ def test_peaks_rows_and_reference():
   assert gpu_check.peak_tflops("NVIDIA H200", "float32") == (67.0, 494.7)
   assert gpu_check.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == (756.0, None)
   assert gpu_check.peak_tflops("cpu", "float32") == (None, None)
-  assert gpu_check.peak_tflops("cpu", "float32", 2.0) == (2.0, 2.0)
+  assert gpu_check.peak_tflops("NVIDIA GH200 480GB", "bfloat16") == (989.4, None)
   assert gpu_check.parse_rows("cifar:bfloat16:512,mnist:float32:64") == (
       ("cifar", "bfloat16", 512), ("mnist", "float32", 64))
   for bad in ("cifar:float16:64", "svhn:float32:64", "cifar:float32:63", "cifar:float32"):
@@ -61,13 +61,14 @@ def test_gpu_check_tiny_runs_within_its_budget_writing_json_after_each_row(tmp_p
   out = tmp_path / "gpu.json"
   monkeypatch.setenv("OUT", str(tmp_path / "out"))
   written = []
-  write = gpu_check.write_report
+  write = gpu_check.write_json
 
-  def recording_write(report, outs):
-    write(report, outs)
-    written.append(json.loads(out.read_text()))  # valid JSON on disk after every write
+  def recording_write(path, report):
+    write(path, report)
+    if str(path) == str(out):
+      written.append(json.loads(out.read_text()))  # valid JSON on disk after every write
 
-  monkeypatch.setattr(gpu_check, "write_report", recording_write)
+  monkeypatch.setattr(gpu_check, "write_json", recording_write)
   report = gpu_check.main(["--tiny", "--budget-s=120", f"--out={out}", "--peak-tflops=1",
                            "--rows=cifar:float32:8"])
   assert json.loads((tmp_path / "out" / "gpu_check.json").read_text()) == report
