@@ -69,6 +69,7 @@ METHODS = {"flowgmm": "FlowGMMClassifier()",
            "flowgmm_labelled_only": "the flow alone, on the labelled rows only",
            "flowgmm_all_labels": "the flow alone, every training row labelled", **BASELINES,
            "supervised": "LogisticRegression, all labels (ceiling)"}
+DEFAULT_METHODS = [m for m in METHODS if m not in ("flowgmm_labelled_only", "flowgmm_all_labels")]
 LABELS_PER_CLASS = 10
 TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.25
@@ -374,9 +375,8 @@ def main(argv=None) -> dict:
                       help="suite: the 15 tables; mixed: the 10 spreadsheets of mixed columns")
   parser.add_argument("--tables", type=name_list(ALL_TABLES), default=None,
                       help="comma-separated (default: the panel's)")
-  parser.add_argument("--methods", type=name_list(METHODS), default=",".join(METHODS))
-  parser.add_argument("--baselines-only", action="store_true",
-                      help="every method but FlowGMM (no FlowGMM fit)")
+  parser.add_argument("--methods", type=name_list(METHODS), default=",".join(DEFAULT_METHODS))
+  parser.add_argument("--baselines-only", action="store_true", help="no FlowGMM fit")
   parser.add_argument("--merge", action="store_true",
                       help="add this run's methods to the output file's other methods "
                            "(same split, seeds and labels), each keeping its provenance")
@@ -394,7 +394,7 @@ def main(argv=None) -> dict:
                            "ssl_suite[_mixed][_validation][_lpcN].json)")
   args = parser.parse_args(argv)
   tables, seeds = args.tables or list(PANELS[args.panel]), args.seeds
-  methods = [m for m in args.methods if not (args.baselines_only and m == "flowgmm")]
+  methods = [m for m in args.methods if not (args.baselines_only and m.startswith("flowgmm"))]
   if args.labels_per_class < 1 or args.calibration_folds == 1 or args.calibration_folds < 0:
     parser.error("--labels-per-class must be >= 1 and --calibration-folds 0 (off) or >= 2.")
   flowgmm_params = json.loads(args.flowgmm_params)
