@@ -7,7 +7,6 @@ in it. Recipes, data, evaluation, criterion and commands: benchmarks/parity/READ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import fcntl
 import json
@@ -24,7 +23,7 @@ from benchmarks.report import md_table
 
 DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
 DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
-RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_schedule")
+RECIPES = ("original", "original_zero_init", "cpu", "cpu_schedule")
 TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
               "labeled_accuracy", "log_det")
 TEST_KEYS = ("accuracy", "bpd_given_label", "bpd")
@@ -45,18 +44,16 @@ def recipe(name: str) -> dict:
     r = dict(learning_rate=mnist.CPU_LR, label_weight=mnist.CPU_LABEL_WEIGHT,
              consistency_rampup_steps=mnist.CPU_RAMP)
   scheduled = name == "cpu_schedule"
-  r.update(lr_schedule=cpu.optim.lr_schedule if scheduled else "constant",
-           warmup_steps=cpu.optim.warmup_steps if scheduled else 0)
-  r.update(consistency_weight=full.loss.consistency_weight,
-           weight_decay=full.optim.weight_decay, grad_clip_norm=full.optim.grad_clip_norm,
-           labeled_batch_size=full.data.labeled_batch_size,
-           unlabeled_batch_size=full.data.unlabeled_batch_size,
-           crop_padding=full.augment.crop_padding, model=dict(mnist.CPU_MODEL),
-           zero_init_last=name == "original_zero_init",
-           same_init=name == "original_same_init",
-           sides=("ours",) if name.endswith(("zero_init", "same_init")) else ("ours", "original"),
-           first_seed_only=name.startswith("cpu"))
-  return r
+  return r | dict(
+      lr_schedule=cpu.optim.lr_schedule if scheduled else "constant",
+      warmup_steps=cpu.optim.warmup_steps if scheduled else 0,
+      consistency_weight=full.loss.consistency_weight, weight_decay=full.optim.weight_decay,
+      grad_clip_norm=full.optim.grad_clip_norm, labeled_batch_size=full.data.labeled_batch_size,
+      unlabeled_batch_size=full.data.unlabeled_batch_size,
+      crop_padding=full.augment.crop_padding, model=dict(mnist.CPU_MODEL),
+      zero_init_last=name == "original_zero_init",
+      sides=("ours",) if name == "original_zero_init" else ("ours", "original"),
+      first_seed_only=name.startswith("cpu"))
 
 
 def original_label_split(y: np.ndarray, num_labels: int, split: int):
@@ -71,21 +68,11 @@ def original_label_split(y: np.ndarray, num_labels: int, split: int):
   return np.sort(indices[mask]), np.sort(indices[~mask])
 
 
-def load_data(num_test: int):
-  """MNIST train (all 60,000) and the fixed class-balanced test subset."""
-  from flowgmm_jax.data import load_mnist, stratified_prefix
-  ds = load_mnist()
-  test = np.sort(stratified_prefix(ds.y_test, num_test))
-  return ds, ds.x_test[test], ds.y_test[test]
-
-
 def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
                num_test: int):
   from configs import mnist
   c = mnist.get_config("cpu")
-  for k, v in r["model"].items():
-    c.model[k] = v
-  c.model.zero_init_last = r["zero_init_last"]
+  c.model.update(r["model"], zero_init_last=r["zero_init_last"])
   for section, keys in (("data", ("labeled_batch_size", "unlabeled_batch_size")),
                         ("optim", ("learning_rate", "lr_schedule", "warmup_steps",
                                    "weight_decay", "grad_clip_norm")),
@@ -101,46 +88,9 @@ def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: i
   return c
 
 
-def our_model(config):
-  """``(model, init)``: our MNIST FlowGMM of ``config`` and ``init(key) -> variables``."""
-  import jax.numpy as jnp
-
-  from flowgmm_jax.flowgmm import FlowGMM
-  model = FlowGMM.from_config(config, (28, 28, 1), 10, image=True)
-  return model, lambda key: model.init(key, jnp.zeros((2, 28, 28, 1)))
-
-
-def original_model(orig, r: dict, seed: int):
-  """The original's model set-up for recipe ``r``, after ``torch.manual_seed(seed)``."""
-  import torch
-
-  from benchmarks.parity import original_step
-  torch.manual_seed(seed)
-  return original_step.build_image_flowgmm(
-      orig, original_step.prior_built_once(orig), image_shape=(1, 28, 28), num_classes=10,
-      lr=r["learning_rate"], weight_decay=r["weight_decay"], **r["model"])
-
-
-def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
-  """Our variables holding the original's initial tensors for ``seed`` (those its side of the
-  study starts from), prior means included, in our layout."""
-  import jax
-  import jax.numpy as jnp
-
-  from benchmarks.parity.original_step import to_our_variables
-  from flowgmm_jax.models.multiscale import multiscale_latent_shapes
-  from flowgmm_jax.models.realnvp import realnvp_plan
-  m = original_model(orig, r, seed)
-  template = jax.jit(our_model(config)[1])(jax.random.PRNGKey(0))
-  pieces = multiscale_latent_shapes(realnvp_plan(config.model.num_scales), (28, 28, 1))
-  given = to_our_variables(template, m.net, m.prior.means, pieces)
-  return jax.tree_util.tree_map(jnp.asarray, given)
-
-
 def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
-             num_test: int, data, orig=None) -> dict:
-  """One run of our side through ``flowgmm_jax.training.loop.fit`` (with ``r['same_init']``
-  from the original's initial tensors for ``seed``, which needs ``orig``)."""
+             num_test: int, data) -> dict:
+  """One run of our side through ``flowgmm_jax.training.loop.fit``."""
   import jax
 
   from flowgmm_jax.data import Dataset
@@ -149,10 +99,8 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
   ds, x_test, y_test = data
   c = our_config(r, seed=seed, steps=steps, num_labels=num_labels, eval_every=eval_every,
                  num_test=num_test)
-  given = original_initial_variables(orig, r, seed, c) if r["same_init"] else None
   dataset = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
                     x_test=x_test, y_test=y_test, num_classes=10)
-  pools = original_label_split(ds.y_train, num_labels, seed)
   per_step, tests, times = {}, {}, []
   names = {k: f"train/{k}" for k in TRAIN_KEYS} | {"nll": "train/nll_all"}
 
@@ -164,7 +112,7 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
       tests[step] = {k: float(metrics[f"eval/{k}"]) for k in TEST_KEYS}
 
   t0 = time.perf_counter()
-  result = fit(c, dataset, pools, log_fn=log_fn, initial_variables=given)
+  result = fit(c, dataset, original_label_split(ds.y_train, num_labels, seed), log_fn=log_fn)
   wall = time.perf_counter() - t0
   intervals = [b[1] - a[1] for a, b in zip(times, times[1:], strict=False) if a[0] % eval_every]
   return _record(per_step, tests, eval_every, steps,
@@ -178,15 +126,18 @@ def parameter_counts(orig=None) -> dict:
   """Parameters of our ``:cpu`` flow (from shapes, nothing compiled) and, given the
   original, of its ``RealNVP(num_scales=2, in_channels=1, mid_channels=16, num_blocks=1)``."""
   import jax
+  import jax.numpy as jnp
 
+  from flowgmm_jax.flowgmm import FlowGMM
   from flowgmm_jax.models import count_params
   r = recipe("original")
-  config = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
-  init = our_model(config)[1]
-  counts = {"ours": count_params(jax.eval_shape(init, jax.random.PRNGKey(0)))}
+  c = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
+  model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+  counts = {"ours": count_params(shapes)}
   if orig is not None:
-    net = orig.RealNVP(in_channels=1, **r["model"])
-    counts["original"] = sum(p.numel() for p in net.parameters())
+    counts["original"] = sum(p.numel() for p in orig.RealNVP(in_channels=1, **r["model"])
+                             .parameters())
   return counts
 
 
@@ -206,11 +157,6 @@ def original_batches(labeled, unlabeled, bl: int, bu: int, seed: int):
       yield lab[i * bl:(i + 1) * bl], unl[i * bu:(i + 1) * bu]
 
 
-def linear_rampup(final_value: float, epoch: int, num_epochs: int):
-  """train_semisup_cons.py's ``linear_rampup`` (defined in the script, not importable)."""
-  return min((epoch + 1) / num_epochs, 1.0) * final_value
-
-
 def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
                  num_test: int, data) -> dict:
   """One run of the original side: its modules in a loop shaped like its script."""
@@ -221,7 +167,10 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   torch.set_num_threads(1)
   ds, x_test, y_test = data
   labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
-  m = original_model(orig, r, seed)
+  torch.manual_seed(seed)
+  m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
+                              num_classes=10, lr=r["learning_rate"],
+                              weight_decay=r["weight_decay"], **r["model"])
   prior = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
   prior_before = [t.detach().clone() for t in prior]
   steps_per_epoch = len(labeled) // r["labeled_batch_size"]
@@ -236,37 +185,35 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
   t0 = time.perf_counter()
   for step in range(steps):
     ts = time.perf_counter()
-    cons_w = linear_rampup(r["consistency_weight"], step // steps_per_epoch, rampup_epochs)
+    # The script's linear_rampup, per epoch (defined in the script, not importable).
+    epoch = step // steps_per_epoch
+    cons_w = min((epoch + 1) / rampup_epochs, 1.0) * r["consistency_weight"]
     for group in m.optimizer.param_groups:  # optax's schedule, evaluated at this step
       group["lr"] = float(learning_rate(step))
     lab, unl = next(batches)
-    rows = torch.from_numpy(np.concatenate([lab, unl]))
-    images = x_all[rows].float() / 255.  # ToTensor
+    images = x_all[torch.from_numpy(np.concatenate([lab, unl]))].float() / 255.  # ToTensor
     y = torch.cat([y_all[torch.from_numpy(lab)], torch.full((len(unl),), -1)])
     x1, x2 = (os_.crop_flip(images, gen, r["crop_padding"], flip=False)  # TransformTwice
               for _ in range(2))
     out = os_.image_train_step(orig, m, x1, x2, y, label_weight=r["label_weight"],
                                consistency_weight=cons_w, max_grad_norm=r["grad_clip_norm"])
-    values = {k: float(v) for k, v in out.items() if k in TRAIN_KEYS}
-    values["consistency_weight"] = cons_w
-    # Our convention: the log-det of the whole map from 8-bit pixels, -D log 256 included
-    # (the original adds that term in FlowLoss instead).
-    values["log_det"] -= NUM_DIMS * math.log(256.0)
-    per_step[step + 1] = values
+    # Our log-det convention: of the whole map from 8-bit pixels, -D log 256 included (the
+    # original adds that term in FlowLoss instead).
+    per_step[step + 1] = {k: float(v) for k, v in out.items()} | {
+        "consistency_weight": cons_w,
+        "log_det": float(out["log_det"]) - NUM_DIMS * math.log(256.0)}
     times.append(time.perf_counter() - ts)  # [0]: the first step; step_s: the median of the rest
     if (step + 1) % eval_every == 0 or step + 1 == steps:
-      tests[step + 1] = {}
-      for how, suffix in (("noise", ""), ("midpoint", "_midpoint")):
-        e = os_.evaluate_image(m, x_test, y_test, batch_size=64, dequantization=how)
-        tests[step + 1].update({k + suffix: e[k] for k in TEST_KEYS})
-  first_step_s = times[0] if times else None
+      tests[step + 1] = {k + suffix: v for midpoint, suffix in ((False, ""), (True, "_midpoint"))
+                         for k, v in os_.evaluate_image(m, x_test, y_test,
+                                                        midpoint=midpoint).items()}
   return _record(per_step, tests, eval_every, steps,
                  num_params=sum(p.numel() for p in m.net.parameters()),
-                 wall_s=time.perf_counter() - t0, first_step_s=first_step_s,
+                 wall_s=time.perf_counter() - t0, first_step_s=times[0] if times else None,
                  step_s=float(np.median(times[1:])) if times[1:] else float("nan"),
                  threads="torch, 1 thread", torch=torch.__version__, original_commit=orig.commit,
-                 prior_changed=any(not torch.equal(a, b) for a, b in zip(prior_before, prior,
-                                                                          strict=True)),
+                 prior_changed=any(not torch.equal(a, b)
+                                   for a, b in zip(prior_before, prior, strict=True)),
                  prior_requires_grad=[bool(t.requires_grad) for t in prior],
                  consistency_rampup_epochs=rampup_epochs, steps_per_epoch=steps_per_epoch)
 
@@ -281,27 +228,21 @@ def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -
   return {"first_step": per_step.get(1, {}), "evals": evals, "steps": steps, **extra}
 
 
-@contextlib.contextmanager
-def locked(path: str):
+def merge(path: str, key: str, run: dict, header: dict, figure: str = "") -> dict:
+  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing) and redraws
+  ``figure`` from it, under a file lock; returns the whole file's content."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path + ".lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def merge(path: str, key: str, run: dict, header: dict) -> dict:
-  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing) and returns
-  the whole file's content. The caller holds ``locked(path)``."""
-  results = json.loads(Path(path).read_text()) if os.path.exists(path) else {"runs": {}}
-  results.update({k: v for k, v in header.items() if k != "command"})
-  results.setdefault("commands", [])
-  if header["command"] not in results["commands"]:
-    results["commands"].append(header["command"])
-  results["runs"][key] = run
-  write_json(path, results, sort_keys=True)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    results = json.loads(Path(path).read_text()) if os.path.exists(path) else {"runs": {}}
+    results.update({k: v for k, v in header.items() if k != "command"})
+    results.setdefault("commands", [])
+    if header["command"] not in results["commands"]:
+      results["commands"].append(header["command"])
+    results["runs"][key] = run
+    write_json(path, results, sort_keys=True)
+    if figure:
+      plot(results, figure)
   return results
 
 
@@ -312,42 +253,25 @@ def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
   if not runs:
     return None
   steps = sorted({e["step"] for r in runs for e in r["evals"]})
-  mean, std, n = [], [], []
-  for s in steps:
-    vals = [e[group][key] for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
-    mean.append(float(np.mean(vals)) if vals else float("nan"))
-    std.append(float(np.std(vals)) if vals else float("nan"))
-    n.append(len(vals))
-  return np.asarray(steps), np.asarray(mean), np.asarray(std), n
-
-
-# (group, the original's key, label, scale, digits). The test rows set ours against the
-# original evaluated at the bin midpoint, as ours is (its "_midpoint" keys): like for like.
-TABLE_ROWS = (("test", "accuracy_midpoint", "test accuracy", 100.0, 1),
-              ("test", "bpd_given_label_midpoint", "test bits/dim", 1.0, 3),
-              ("train", "cross_entropy", "cross-entropy", 1.0, 3),
-              ("train", "nll", "NLL (bits/dim)", BPD, 3),
-              ("train", "consistency", "consistency (bits/dim)", BPD, 3),
-              ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, 1))
-
-
-def _our_key(key: str) -> str:
-  return key.removesuffix("_midpoint")
+  vals = [[e[group][key] for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
+          for s in steps]
+  nan = float("nan")
+  return (np.asarray(steps), np.asarray([float(np.mean(v)) if v else nan for v in vals]),
+          np.asarray([float(np.std(v)) if v else nan for v in vals]), [len(v) for v in vals])
 
 
 def parity_table(results: dict, recipe_name: str = "original",
                  ours_recipe: str | None = None) -> str:
   """Markdown: per evaluation step, test accuracy and bits/dim of ours against the original's
-  (``TABLE_ROWS``), mean ± sd over seeds, and whether the gap is within the two seed
-  spreads (the parity criterion)."""
+  evaluated at the bin midpoint as ours, mean ± sd over seeds, and whether the gap is within
+  the two seed spreads (the parity criterion)."""
   ours_recipe = ours_recipe or recipe_name
   rows = []
-  for group, key, label, scale, digits in TABLE_ROWS[:2]:
-    o = curves(results, ours_recipe, "ours", group, _our_key(key))
-    t = curves(results, recipe_name, "original", group, key)
-    if o is None or t is None:
-      continue
-    for i, s in enumerate(o[0]):
+  for key, label, scale, digits in (("accuracy", "test accuracy", 100.0, 1),
+                                    ("bpd_given_label", "test bits/dim", 1.0, 3)):
+    o = curves(results, ours_recipe, "ours", "test", key)
+    t = curves(results, recipe_name, "original", "test", key + "_midpoint")
+    for i, s in enumerate(o[0] if o is not None and t is not None else ()):
       j = np.nonzero(t[0] == s)[0]
       if not len(j) or not t[3][j[0]]:
         continue
@@ -362,60 +286,13 @@ def parity_table(results: dict, recipe_name: str = "original",
           + md_table(head, rows))
 
 
-def same_init_table(results: dict) -> str:
-  """Markdown: ours started from the original's own initial tensors for seed s
-  (``original_same_init``) against the original's run of seed s, per evaluation: the init
-  draw taken out of the comparison."""
-  pairs = [(o, t) for o in results.get("runs", {}).values()
-           if o["recipe"] == "original_same_init" and o["side"] == "ours"
-           for t in results["runs"].values()
-           if t["recipe"] == "original" and t["side"] == "original" and t["seed"] == o["seed"]]
-  rows = []
-  for o, t in pairs:
-    theirs = {e["step"]: e for e in t["evals"]}
-    for group, key, label, scale, digits in TABLE_ROWS:
-      for e in o["evals"]:
-        if (e["step"] not in theirs or _our_key(key) not in e[group]
-            or key not in theirs[e["step"]][group]):
-          continue
-        a, b = e[group][_our_key(key)] * scale, theirs[e["step"]][group][key] * scale
-        rows.append([o["seed"], e["step"], label, f"{a:.{digits}f}", f"{b:.{digits}f}",
-                     f"{a - b:+.{digits}f}"])
-  head = ["seed", "step", "quantity", "ours", "original", "ours - original"]
-  return ("ours from the original's initial tensors vs the original, the same seed\n"
-          + md_table(head, rows)) if pairs else ""
-
-
-def init_leaves_line(leaves: dict) -> str:
-  """One line of the ``init_leaves`` record: the largest per-tensor differences."""
-  mean_gap = max(abs(x["ours_mean"] - x["original_mean"]) / max(x["ours_std"], x["original_std"])
-                 for x in leaves["leaves"].values())
-  return (f"per parameter tensor, over {leaves['num_seeds']} inits per side: the "
-          f"{leaves['num_leaves']} random tensors of >= 256 values have initial stds within "
-          f"{100 * leaves['largest_std_rel_diff']:.1f}% of the original's and means within "
-          f"{mean_gap:.3f} stds")
-
-
-def init_table(dist: dict) -> str:
-  """Markdown of the ``init_distribution`` record."""
-  def cell(d):
-    return f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
-  rows = [[name, cell(v["ours"]), cell(v["original"]), f"{v['mann_whitney_p']:.2f}",
-           f"{v['ks_p']:.2f}"] for name, v in dist["quantities"].items()]
-  return (f"initial values over {dist['num_seeds']} random inits per side ({dist['batch']}): "
-          "median [10%, 90%]\n"
-          + md_table(["quantity", "ours", "original", "Mann-Whitney p", "KS p"], rows))
-
-
-def _style(recipe_name: str, side: str) -> tuple[str, str, str]:
-  """(label, colour, line style) of a curve."""
-  if side == "original":
-    return "original (PyTorch)", "k", "-"
-  if recipe_name.endswith("zero_init"):
-    return "ours, zero init", "tab:orange", "--"
-  if recipe_name.endswith("same_init"):
-    return "ours from the original's initial tensors", "tab:purple", "-."
-  return "ours, random init", "tab:blue", "-"
+def markdown(results: dict) -> str:
+  """The tables docs/results.md shows (``benchmarks.report``): the parity tables of the README
+  recipe (ours from the random and the zero init) and of the :cpu settings."""
+  runs = results.get("runs", {})
+  return "\n\n".join(parity_table(results, name, ours) for name, ours in (
+      ("original", None), ("original", "original_zero_init"), ("cpu", None),
+      ("cpu_schedule", None)) if any(k.startswith(f"{ours or name}/ours/") for k in runs))
 
 
 PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
@@ -424,25 +301,11 @@ PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
           ("train", "cross_entropy", "cross-entropy (labelled)", 1.0, "nats"),
           ("train", "nll", "mixture NLL (all rows)", BPD, "bits/dim"),
           ("train", "consistency", "consistency NLL", BPD, "bits/dim"))
-
-
-def markdown(results: dict) -> str:
-  """The tables docs/results.md shows (``benchmarks.report``): the initial-value records, then
-  the parity tables of the README recipe (ours from the random and the zero init, and from
-  the original's own tensors) and of the :cpu settings."""
-  parts = []
-  if "init_distribution" in results:
-    parts.append(init_table(results["init_distribution"]))
-  if "init_leaves" in results:
-    parts.append(init_leaves_line(results["init_leaves"]))
-  runs = results.get("runs", {})
-  for recipe_name, ours_recipe in (("original", None), ("original", "original_zero_init"),
-                                   ("cpu", None), ("cpu_schedule", None)):
-    if any(k.startswith(f"{ours_recipe or recipe_name}/ours/") for k in runs):
-      parts.append(parity_table(results, recipe_name, ours_recipe))
-    if ours_recipe is None and recipe_name == "original":
-      parts.append(same_init_table(results))
-  return "\n\n".join(part for part in parts if part)
+# (label, colour, line style) of ours per recipe. The JSON keeps the runs of the retired
+# original_same_init recipe (README.md), and the figure draws them.
+OUR_STYLE = {"original_zero_init": ("ours, zero init", "tab:orange", "--"),
+             "original_same_init": ("ours from the original's initial tensors", "tab:purple",
+                                    "-.")}
 
 
 def plot(results: dict, path: str) -> None:
@@ -465,19 +328,21 @@ def plot(results: dict, path: str) -> None:
     r = recipe(group)
     seeds = sorted({run["seed"] for run in runs.values() if run["recipe"] == group})
     subfig.suptitle(
-        f"{titles[group]}: lr "
-        f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
-        f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
-        f"{','.join(map(str, seeds))}", fontsize=12, fontweight="bold")
-    axes = subfig.subplots(2, 3).ravel()
-    for ax, (grp, key, label, scale, unit) in zip(axes, PANELS, strict=True):
-      lines = []  # (curve, label, line style, colour)
+        f"{titles[group]}: lr {r['learning_rate']:g}, label weight {r['label_weight']:g}, "
+        f"consistency ramp {r['consistency_rampup_steps']} steps; "
+        f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}",
+        fontsize=12, fontweight="bold")
+    for ax, (grp, key, label, scale, unit) in zip(subfig.subplots(2, 3).ravel(), PANELS,
+                                                  strict=True):
+      lines = []  # (curve, label, colour, line style)
       for name in names:
-        for side in ("original", "ours"):
-          lines.append((curves(results, name, side, grp, key), *_style(name, side)))
-          if side == "original" and grp == "test":
-            lines.append((curves(results, name, side, grp, key + "_midpoint"),
-                          "original, midpoint dequantisation as ours", "tab:green", ":"))
+        lines.append((curves(results, name, "original", grp, key), "original (PyTorch)", "k",
+                      "-"))
+        if grp == "test":
+          lines.append((curves(results, name, "original", grp, key + "_midpoint"),
+                        "original, midpoint dequantisation as ours", "tab:green", ":"))
+        lines.append((curves(results, name, "ours", grp, key),
+                      *OUR_STYLE.get(name, ("ours, random init", "tab:blue", "-"))))
       for cv, lab, color, ls in lines:
         if cv is not None:
           steps, mean, std, n = cv
@@ -486,14 +351,14 @@ def plot(results: dict, path: str) -> None:
           if max(n) > 1:
             ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
                             alpha=0.2)
+      same_init_seeds = {v["seed"] for v in runs.values() if v["recipe"] == "original_same_init"}
       for seed in (seeds if "original_same_init" in names else ()):
         # The same-init runs' counterpart: the original's run of the same seed.
         same = {k: v for k, v in runs.items() if v["recipe"] == "original"
                 and v["side"] == "original" and v["seed"] == seed}
         cv = curves({"runs": same}, "original", "original", grp,
                     key + "_midpoint" if grp == "test" else key)
-        if cv is not None and any(v["recipe"] == "original_same_init" and v["seed"] == seed
-                                  for v in runs.values()):
+        if cv is not None and seed in same_init_seeds:
           ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8, label=(
               f"original seed {seed} (those tensors{', midpoint' if grp == 'test' else ''})"))
       ax.set(title=label, xlabel="training step", ylabel=unit)
@@ -530,17 +395,15 @@ def main(argv=None) -> dict:
       plot(results, args.figure)
     print(markdown(results))
     return results
-  names = args.recipes
   if args.steps < 1 or args.eval_every < 1:
     p.error("--steps and --eval-every must be >= 1")
   if args.labels % 10 or not 32 <= args.labels <= 60000:
     p.error("--labels must be a multiple of 10 between 40 and 60000 (a labelled batch is 32)")
   sides = ("ours", "original") if args.side == "both" else (args.side,)
   orig = None
-  if any(recipe(n)["same_init"] for n in names) or (
-      "original" in sides and any("original" in recipe(n)["sides"] for n in names)):
+  if "original" in sides and any("original" in recipe(n)["sides"] for n in args.recipes):
     if not args.original:
-      p.error("the original side (and original_same_init) needs --original=PATH (a clone of "
+      p.error("the original side needs --original=PATH (a clone of "
               "github.com/izmailovpavel/flowgmm), or run --side=ours")
     from benchmarks.parity import original_step
     orig = original_step.load_original(args.original)
@@ -549,50 +412,42 @@ def main(argv=None) -> dict:
         flush=True)
   if len(set(counts.values())) > 1:
     raise SystemExit(f"the two models differ: {counts} parameters")
-  data = load_data(args.test_examples)
-  argv = sys.argv[1:] if argv is None else argv
+  from flowgmm_jax.data import load_mnist, stratified_prefix
+  ds = load_mnist()
+  test = np.sort(stratified_prefix(ds.y_test, args.test_examples))  # fixed, class-balanced
+  data = (ds, ds.x_test[test], ds.y_test[test])
   command = "python -m benchmarks.parity.parity_original " + " ".join(
-      a for a in argv if not a.startswith("--original"))
+      a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--original"))
   commit = git_commit()  # the code that runs (a later edit of the tree is not it)
   header = {"command": command, "labels": args.labels, "test_examples": args.test_examples,
             "eval_every": args.eval_every, "updated_by_commit": commit, "machine": machine(),
             "updated": datetime.datetime.now().isoformat(timespec="seconds")}
   results = {"runs": {}}
-
-  def record(key: str, value: dict) -> None:
-    """``value`` with its provenance into the results (and --json, and the figure)."""
-    nonlocal results
-    value.update(command=command, git_commit=commit, machine=machine())
-    if not args.json:
-      results["runs"][key] = value
-      return
-    with locked(args.json):
-      results = merge(args.json, key, value, header)
-      if args.figure:
-        plot(results, args.figure)
-
-  for name in names:
+  for name in args.recipes:
     r = recipe(name)
     for seed in (args.seeds[:1] if r["first_seed_only"] else args.seeds):
       for side in (s for s in sides if s in r["sides"]):
         kw = dict(seed=seed, steps=args.steps, num_labels=args.labels,
                   eval_every=args.eval_every, num_test=args.test_examples, data=data)
         print(f"[parity] {name} / {side} / seed {seed}: {args.steps} steps", flush=True)
-        run = (run_ours(r, orig=orig, **kw) if side == "ours"
-               else run_original(orig, r, **kw))
+        run = run_ours(r, **kw) if side == "ours" else run_original(orig, r, **kw)
         run.update(recipe=name, side=side, seed=seed, labels=args.labels,
                    settings={k: v for k, v in r.items() if k != "sides"},
-                   date=datetime.datetime.now().isoformat(timespec="seconds"))
-        first = run["first_step"]
-        print(f"[parity] {name} / {side} / seed {seed}: {run['num_params']:,} parameters, "
-              f"first-step NLL {first.get('nll', float('nan')):.1f} nats, "
-              f"{run['step_s']:.3f} s/step, wall {run['wall_s']:.0f} s", flush=True)
+                   date=datetime.datetime.now().isoformat(timespec="seconds"),
+                   command=command, git_commit=commit, machine=machine())
+        print(f"[parity] {run['num_params']:,} parameters, first-step NLL "
+              f"{run['first_step'].get('nll', float('nan')):.1f} nats, {run['step_s']:.3f} "
+              f"s/step, wall {run['wall_s']:.0f} s", flush=True)
         for e in run["evals"]:
           print(f"  step {e['step']}: test acc {100 * e['test']['accuracy']:.1f}%, "
                 f"test bpd {e['test']['bpd_given_label']:.3f}, train CE "
                 f"{e['train']['cross_entropy']:.3f}, train NLL "
                 f"{e['train']['nll'] * BPD:.3f} bpd", flush=True)
-        record(f"{name}/{side}/seed{seed}/steps{args.steps}", run)
+        key = f"{name}/{side}/seed{seed}/steps{args.steps}"
+        if args.json:
+          results = merge(args.json, key, run, header, args.figure)
+        else:
+          results["runs"][key] = run
   print(markdown(results))
   return results
 
