@@ -1,22 +1,18 @@
-"""The original PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), imported from a clone: one
-train step per workload for ``bench_steps``, the image script's pieces for the parity study,
-and the map of its tensors into our variables. What differs from running its scripts, and why:
-README.md here.
-"""
+"""The original PyTorch FlowGMM (github.com/izmailovpavel/flowgmm), imported from a clone: a
+train step per workload for ``bench_steps``, the image script's pieces for the parity study and
+the map of its tensors into our variables. How this differs from its scripts: README.md here."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import importlib
 import importlib.util
 import inspect
 import os
 import sys
 import types
 import warnings
-from collections.abc import Callable
+from unittest import mock
 
 import numpy as np
 import torch
@@ -25,38 +21,26 @@ import torch.nn.functional as F
 from benchmarks.provenance import git_commit
 
 
-def _bare_package(name: str, path: str) -> types.ModuleType:
-  """A package module with ``__path__`` but without running its ``__init__.py``."""
-  module = types.ModuleType(name)
-  module.__path__, module.__package__ = [path], name
-  sys.modules[name] = module
-  return module
-
-
 def load_original(path: str) -> types.SimpleNamespace:
   """The original's RealNVP, RealNVPTabular, SSLGaussMixture, FlowLoss, get_param_groups and
   clip_grad_norm from a clone at ``path``, with its ``path`` and ``commit``."""
   root = os.path.abspath(os.path.expanduser(path))
   pkg = os.path.join(root, "flow_ssl")
   utils_dir = os.path.join(root, "experiments", "train_flows", "utils")
-  for needed in (os.path.join(pkg, "realnvp", "realnvp.py"),
-                 os.path.join(utils_dir, "optim_util.py")):
-    if not os.path.isfile(needed):
-      raise FileNotFoundError(f"--original={path!r}: {needed} is missing; give the root of a "
-                              "clone of https://github.com/izmailovpavel/flowgmm")
+  if not os.path.isfile(os.path.join(utils_dir, "optim_util.py")):
+    raise FileNotFoundError(f"--original={path!r}: {utils_dir}/optim_util.py is missing; give "
+                            "the root of a clone of https://github.com/izmailovpavel/flowgmm")
   # Known deprecations of the 2019 code, once per layer otherwise; they change no number.
-  warnings.filterwarnings("ignore", message=r".*weight_norm.* is deprecated",
-                          category=FutureWarning)
-  warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax",
-                          category=UserWarning)
+  warnings.filterwarnings("ignore", r".*weight_norm.* is deprecated|Implicit dimension choice")
   loaded = sys.modules.get("flow_ssl")
   if loaded is not None and list(getattr(loaded, "__path__", [])) != [pkg]:
     raise RuntimeError(f"another flow_ssl is already imported ({loaded.__path__}); "
                        f"cannot also load {pkg}")
   if loaded is None:
-    _bare_package("flow_ssl", pkg)
-    invertible = _bare_package("flow_ssl.invertible", os.path.join(pkg, "invertible"))
-    invertible.__all__ = []
+    for name, where in (("flow_ssl", pkg), ("flow_ssl.invertible", f"{pkg}/invertible")):
+      module = sys.modules[name] = types.ModuleType(name)  # its __init__.py is not run
+      module.__path__, module.__package__, module.__all__ = [where], name, []
+    invertible = module
     if importlib.util.find_spec("torchcontrib") is None:
       for name in ("torchcontrib", "torchcontrib.nn", "torchcontrib.nn.functional"):
         sys.modules.setdefault(name, types.ModuleType(name))
@@ -94,8 +78,7 @@ def prior_built_once(orig) -> type:
 def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4,
               flip: bool = True) -> torch.Tensor:
   """torchvision's RandomCrop(H, padding) (+ RandomHorizontalFlip() if ``flip``) per image of
-  ``x: [B, C, H, W]`` -> ``[B, C, H, W]``. The flip is drawn either way, so ``flip`` changes
-  no crop offset."""
+  ``x: [B, C, H, W]``; the flip is drawn either way, so ``flip`` changes no crop offset."""
   b, _, h, w = x.shape
   oy, ox = (torch.randint(0, 2 * padding + 1, (b,), generator=gen) for _ in range(2))
   mirror = (torch.rand(b, generator=gen) < 0.5) & flip
@@ -107,21 +90,11 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4,
   return out.permute(0, 3, 1, 2).contiguous()
 
 
-@dataclasses.dataclass
-class ImageFlowGMM:
-  """What train_semisup_cons.py builds (``opt_gmm`` steps the prior's tensors, as there)."""
-  net: torch.nn.Module
-  prior: object
-  loss_fn: torch.nn.Module
-  optimizer: torch.optim.Optimizer
-  opt_gmm: torch.optim.Optimizer
-
-
 def build_image_flowgmm(orig, Prior, *, image_shape, num_classes: int, lr: float,
                         weight_decay: float = 5e-5, lr_gmm: float = 1e-2,
-                        means_r: float = 1.0, **realnvp_kwargs) -> ImageFlowGMM:
-  """The script's set-up at its defaults (README.md); ``image_shape``: (C, H, W);
-  ``realnvp_kwargs``: RealNVP's num_scales, mid_channels, num_blocks."""
+                        means_r: float = 1.0, **realnvp_kwargs) -> types.SimpleNamespace:
+  """What train_semisup_cons.py builds at its defaults (README.md): net, prior, loss_fn, optimizer
+  and opt_gmm; ``image_shape``: (C, H, W); ``realnvp_kwargs``: num_scales, mid_channels etc."""
   net = orig.RealNVP(in_channels=image_shape[0], **realnvp_kwargs)
   means = means_r * torch.randn(num_classes, int(np.prod(image_shape)))  # get_means('random')
   prior = Prior(means, device="cpu")
@@ -131,16 +104,16 @@ def build_image_flowgmm(orig, Prior, *, image_shape, num_classes: int, lr: float
                                lr=lr)
   opt_gmm = torch.optim.Adam([prior.means, prior.weights, prior.inv_cov_stds], lr=lr_gmm,
                              weight_decay=0.)
-  return ImageFlowGMM(net, prior, orig.FlowLoss(prior), optimizer, opt_gmm)
+  return types.SimpleNamespace(net=net, prior=prior, loss_fn=orig.FlowLoss(prior),
+                               optimizer=optimizer, opt_gmm=opt_gmm)
 
 
-def image_train_step(orig, m: ImageFlowGMM, x1: torch.Tensor, x2: torch.Tensor,
+def image_train_step(orig, m, x1: torch.Tensor, x2: torch.Tensor,
                      y: torch.Tensor, *, label_weight: float, consistency_weight: float,
                      max_grad_norm: float = 100.0) -> dict:
-  """One iteration of train_semisup_cons.py's ``train`` loop (``use_unlab=True``) on the views
-  ``x1``, ``x2: [B, C, H, W]`` in [0, 1] and ``y: int64 [B]`` (-1 = unlabelled): detached
-  'loss', 'cross_entropy', 'nll' (nats per image), 'consistency', 'labeled_accuracy',
-  'log_det'."""
+  """One iteration of train_semisup_cons.py's ``train`` loop on the views ``x1``, ``x2: [B, C,
+  H, W]`` in [0, 1] and ``y: int64 [B]`` (-1 = unlabelled): detached 'loss', 'cross_entropy',
+  'nll' (nats per image), 'consistency', 'labeled_accuracy', 'log_det'."""
   net, loss_fn = m.net, m.loss_fn
   net.train()
   labeled = y != -1
@@ -167,23 +140,16 @@ def image_train_step(orig, m: ImageFlowGMM, x1: torch.Tensor, x2: torch.Tensor,
           "log_det": sldj.detach().mean()}
 
 
-@contextlib.contextmanager
 def midpoint_dequantization():
-  """Within the block the original's ``iLogits`` dequantises at the bin midpoint, as ours:
+  """A context in which the original's ``iLogits`` dequantises at the bin midpoint, as ours:
   ``torch.rand_like``, the only draw of a RealNVP forward, returns 0.5."""
-  rand_like = torch.rand_like
-  torch.rand_like = lambda t, *args, **kwargs: torch.full_like(t, 0.5)
-  try:
-    yield
-  finally:
-    torch.rand_like = rand_like
+  return mock.patch.object(torch, "rand_like", lambda t, *args, **kw: torch.full_like(t, 0.5))
 
 
-def evaluate_image(m: ImageFlowGMM, x: np.ndarray, y: np.ndarray, *, midpoint: bool = False,
+def evaluate_image(m, x: np.ndarray, y: np.ndarray, *, midpoint: bool = False,
                    batch_size: int = 64) -> dict:
-  """The script's test loop on ``x: uint8 [N, H, W, C]``, ``y: int [N]``, dequantised with
-  fresh noise (the script's) or at the ``midpoint`` (ours): 'accuracy', 'bpd_given_label'
-  (the script's test loss, -log p(x | y) in bits/dim) and 'bpd' (-log p(x))."""
+  """The script's test loop on ``x: uint8 [N, H, W, C]``, ``y: int [N]``, with fresh noise or at
+  the ``midpoint``: 'accuracy', 'bpd_given_label' (its test loss, -log p(x | y)), 'bpd'."""
   m.net.eval()
   correct = nll_given_label = nll = 0.0
   with midpoint_dequantization() if midpoint else contextlib.nullcontext(), torch.no_grad():
@@ -200,26 +166,14 @@ def evaluate_image(m: ImageFlowGMM, x: np.ndarray, y: np.ndarray, *, midpoint: b
           "bpd": nll / len(x) / bits}
 
 
-@dataclasses.dataclass
-class OriginalStep:
-  """``step()``: one train step of the original ``model`` on its fixed batch; returns the loss."""
-  step: Callable[[], object]
-  model: torch.nn.Module
-
-  @property
-  def num_params(self) -> int:
-    return sum(p.numel() for p in self.model.parameters())
-
-
 def build_step(orig, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, *,
-               prior: str = "shipped", seed: int = 0) -> OriginalStep:
-  """The original's train step of workload ``name`` ("cifar": x uint8 [B, 32, 32, 3];
-  "text": [B, 768]; "toy": [B, 2]) on ``y: int [B]`` (-1 = unlabelled), its prior "shipped"
-  or built "once"."""
-  if prior not in ("shipped", "once"):
-    raise ValueError(f"prior must be 'shipped' or 'once', got {prior!r}")
-  if name not in ("cifar", "text", "toy"):
-    raise ValueError(f"unknown workload {name!r}; choose cifar, text or toy")
+               prior: str = "shipped", seed: int = 0) -> types.SimpleNamespace:
+  """The original's train step of workload ``name`` ("cifar": x uint8 [B, 32, 32, 3]; "text":
+  [B, 768]; "toy": [B, 2]) on ``y: int [B]`` (-1 = unlabelled), its prior "shipped" or built
+  "once": ``step()`` (one step on that batch; returns the loss), ``model``, ``num_params``."""
+  if prior not in ("shipped", "once") or name not in ("cifar", "text", "toy"):
+    raise ValueError(f"workload {name!r}, prior {prior!r}: choose cifar, text or toy, and "
+                     "shipped or once")
   torch.manual_seed(seed)
   Prior = orig.SSLGaussMixture if prior == "shipped" else prior_built_once(orig)
   labeled, y = y >= 0, torch.from_numpy(y.astype(np.int64))
@@ -235,9 +189,9 @@ def build_step(orig, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, 
         out = image_train_step(orig, m, x1, x2, y, label_weight=3.0, consistency_weight=1.0)
         return out["loss"].item()
 
-    return OriginalStep(step, m.net)
+    model = m.net
   # The original's num_layers=1 (k -> k layers after the first) is our hidden_layers=2.
-  if name == "text":  # RealNVPTabularWPrior(num_classes, dim_in, coupling_layers=7, k=1024)
+  elif name == "text":  # RealNVPTabularWPrior(num_classes, dim_in, coupling_layers=7, k=1024)
     d = x.shape[1]
     model = orig.RealNVPTabular(num_coupling_layers=7, in_dim=d, hidden_dim=1024,
                                 num_layers=1, dropout=True)
@@ -250,10 +204,8 @@ def build_step(orig, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, 
     def loss_of_batch():  # SemiFlow.step with --trainer_config "{'unlab_weight':.6}"
       return model.nll(x_lab, y_lab).mean() + 0.6 * model.nll(x_unlab).mean()
   else:  # the two-moons notebook
-    r = 3.5
-    prior_ = Prior(means=torch.tensor([[-r, -r], [r, r]]))
+    loss_fn = orig.FlowLoss(Prior(means=torch.tensor([[-3.5, -3.5], [3.5, 3.5]])))
     model = orig.RealNVPTabular(num_coupling_layers=5, in_dim=2, num_layers=1, hidden_dim=512)
-    loss_fn = orig.FlowLoss(prior_)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                  weight_decay=1e-2)
     batch_x, batch_y = torch.from_numpy(x), y.double()  # the notebook's labels are float
@@ -261,32 +213,35 @@ def build_step(orig, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, 
     def loss_of_batch():
       return loss_fn(model(batch_x), model.logdet(), batch_y)
 
-  def step():
-    optimizer.zero_grad()
-    loss = loss_of_batch()
-    loss.backward()
-    if name == "text":
-      orig.clip_grad_norm(optimizer, 100)
-    optimizer.step()
-    return loss.detach()
+  if name != "cifar":
+    def step():
+      optimizer.zero_grad()
+      loss = loss_of_batch()
+      loss.backward()
+      if name == "text":
+        orig.clip_grad_norm(optimizer, 100)
+      optimizer.step()
+      return loss.detach()
 
-  return OriginalStep(step, model)
+  return types.SimpleNamespace(step=step, model=model,
+                               num_params=sum(p.numel() for p in model.parameters()))
 
 
-def count_flops(step: Callable[[], object]) -> int:
-  """FLOPs of one call of ``step`` by torch's FlopCounterMode: matmuls and convolutions,
-  forward and backward, 2 per multiply-add; elementwise work, Cholesky factorisations and
-  triangular solves are not counted."""
+def count_flops(step) -> int:
+  """FLOPs of one call of ``step()`` by torch's FlopCounterMode: matmuls and convolutions,
+  forward and backward, 2 per multiply-add (not elementwise work, Cholesky or solves)."""
   from torch.utils.flop_counter import FlopCounterMode
   with FlopCounterMode(display=False) as counter:
     step()
   return int(counter.get_total_flops())
 
 
-# ----------------------------------------------------------------------------- weights
-
 def _same(t):
   return t
+
+
+_BATCH_NORM = (("params", "scale", "weight"), ("params", "bias", "bias"),
+               ("batch_stats", "mean", "running_mean"), ("batch_stats", "var", "running_var"))
 
 
 def _tensors(path: tuple, index: tuple, module) -> list:
@@ -294,9 +249,7 @@ def _tensors(path: tuple, index: tuple, module) -> list:
   g -> [out])."""
   if isinstance(module, torch.nn.BatchNorm2d):
     return [((collection, *path, ours, index), getattr(module, theirs), _same)
-            for collection, ours, theirs in (("params", "scale", "weight"), ("params", "bias", "bias"),
-                                             ("batch_stats", "mean", "running_mean"),
-                                             ("batch_stats", "var", "running_var"))]
+            for collection, ours, theirs in _BATCH_NORM]
   conv = module.conv
   rows = [(("params", *path, "v", index), conv.weight_v, lambda t: t.permute(2, 3, 1, 0)),
           (("params", *path, "g", index), conv.weight_g, lambda t: t.reshape(-1))]
@@ -305,11 +258,9 @@ def _tensors(path: tuple, index: tuple, module) -> list:
 
 
 def realnvp_correspondence(net) -> list:
-  """Every tensor of the original image ``RealNVP`` as ``(path, tensor, to_ours)``: ``path``
-  is our variables' keys then the slice it fills in the stacked arrays (``(..., 'blocks',
-  'in_conv', 'v', (2, 5))``: coupling 2 of that stack, block 5), ``to_ours`` its layout
-  change. The original registers its couplings in forward order, as ``realnvp_scanned_plan``
-  stacks them."""
+  """Every tensor of the original image ``RealNVP`` as ``(path, tensor, to_ours)``: our keys,
+  then the slice of the stacked array (``(..., 'blocks', 'in_conv', 'v', (2, 5))``: coupling 2
+  of that stack, block 5), and the layout change. Its couplings register in forward order."""
   from flowgmm_jax.models.realnvp import realnvp_scanned_plan
   coupling_cls = sys.modules["flow_ssl.realnvp.coupling_layer"].CouplingLayer
   layers = [m for m in net.modules() if isinstance(m, coupling_cls)]
@@ -335,21 +286,16 @@ def realnvp_correspondence(net) -> list:
 def latent_nchw_to_ours(z: np.ndarray, piece_shapes) -> np.ndarray:
   """The original's flat latent ``z: [N, D]`` (each multi-scale piece in C, H, W order) in
   ours (H, W, C); ``piece_shapes``: our pieces' (h, w, c) (``multiscale_latent_shapes``)."""
-  out, start = [], 0
-  for h, w, c in piece_shapes:
-    piece = z[:, start:start + h * w * c].reshape(-1, c, h, w).transpose(0, 2, 3, 1)
-    out.append(piece.reshape(len(z), h * w * c))
-    start += h * w * c
-  return np.concatenate(out, axis=1)
+  pieces = np.split(z, np.cumsum([h * w * c for h, w, c in piece_shapes])[:-1], axis=1)
+  return np.concatenate([p.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(len(z), -1)
+                         for p, (h, w, c) in zip(pieces, piece_shapes, strict=True)], axis=1)
 
 
 def to_our_variables(variables: dict, net, means=None, piece_shapes=None) -> dict:
-  """A copy of our ``variables`` with every flow parameter and BatchNorm statistic of the
-  original ``net`` (``realnvp_correspondence``) and, given, its prior ``means [K, D]`` in our
-  latent order. Shapes must match exactly."""
-  import flax
+  """A copy of our ``variables`` holding every tensor of the original ``net`` and, given, its
+  prior ``means [K, D]`` in our latent order (``piece_shapes``). Shapes must match exactly."""
   import jax
-  out = jax.tree_util.tree_map(np.array, flax.core.unfreeze(variables))
+  out = jax.tree_util.tree_map(np.array, variables)  # a copy (Flax's variables are dicts)
   for (*keys, index), tensor, to_ours in realnvp_correspondence(net):
     node = functools.reduce(lambda tree, key: tree[key], keys, out)
     value = to_ours(tensor.detach()).numpy()
@@ -358,6 +304,6 @@ def to_our_variables(variables: dict, net, means=None, piece_shapes=None) -> dic
                        f"original {value.shape}")
     node[index] = value.astype(np.float32)
   if means is not None:
-    ours = latent_nchw_to_ours(means.detach().numpy(), piece_shapes)
-    out["prior"]["prior"]["means"] = ours.astype(np.float32)
+    out["prior"]["prior"]["means"] = latent_nchw_to_ours(means.detach().numpy(),
+                                                         piece_shapes).astype(np.float32)
   return out

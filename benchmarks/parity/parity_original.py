@@ -1,8 +1,6 @@
-"""The parity study: the original PyTorch FlowGMM and ours trained side by side on MNIST,
-same small model, recipe and data; each run is merged into ``--json`` (under a file lock, so
-sides, recipes and seeds can run as separate processes) and the figure redrawn from every run
-in it. Recipes, data, evaluation, criterion and commands: benchmarks/parity/README.md.
-"""
+"""The parity study: the original PyTorch FlowGMM and ours trained side by side on MNIST, same
+small model, recipe and data; each run is merged into ``--json`` under a file lock (so runs can
+be separate processes) and the figure redrawn. Everything else: benchmarks/parity/README.md."""
 
 from __future__ import annotations
 
@@ -16,35 +14,32 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from benchmarks.provenance import git_commit, int_list, machine, name_list, usable_cores, write_json
 from benchmarks.report import md_table
+from configs import mnist
+from flowgmm_jax.data import Dataset, load_mnist, stratified_prefix
+from flowgmm_jax.models import count_params
+from flowgmm_jax.training.loop import fit
+from flowgmm_jax.training.optim import make_schedule
 
-DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
-DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
 RECIPES = ("original", "original_zero_init", "cpu", "cpu_schedule")
-TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
-              "labeled_accuracy", "log_det")
-TEST_KEYS = ("accuracy", "bpd_given_label", "bpd")
 NUM_DIMS = 28 * 28
 BPD = 1.0 / (NUM_DIMS * math.log(2.0))  # nats per image -> bits/dim
 
 
 def recipe(name: str) -> dict:
   """The settings of recipe ``name`` (README.md), read from configs/mnist.py."""
-  from configs import mnist
   if name not in RECIPES:
     raise ValueError(f"unknown recipe {name!r}; choose from {RECIPES}")
   full, cpu = mnist.get_config(), mnist.get_config("cpu")
-  if name.startswith("original"):
-    r = dict(learning_rate=full.optim.learning_rate, label_weight=full.loss.label_weight,
-             consistency_rampup_steps=full.loss.consistency_rampup_steps)
-  else:
-    r = dict(learning_rate=mnist.CPU_LR, label_weight=mnist.CPU_LABEL_WEIGHT,
-             consistency_rampup_steps=mnist.CPU_RAMP)
-  scheduled = name == "cpu_schedule"
-  return r | dict(
+  readme, scheduled = name.startswith("original"), name == "cpu_schedule"
+  return dict(
+      learning_rate=full.optim.learning_rate if readme else mnist.CPU_LR,
+      label_weight=full.loss.label_weight if readme else mnist.CPU_LABEL_WEIGHT,
+      consistency_rampup_steps=full.loss.consistency_rampup_steps if readme else mnist.CPU_RAMP,
       lr_schedule=cpu.optim.lr_schedule if scheduled else "constant",
       warmup_steps=cpu.optim.warmup_steps if scheduled else 0,
       consistency_weight=full.loss.consistency_weight, weight_decay=full.optim.weight_decay,
@@ -70,17 +65,12 @@ def original_label_split(y: np.ndarray, num_labels: int, split: int):
 
 def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
                num_test: int):
-  from configs import mnist
   c = mnist.get_config("cpu")
-  c.model.update(r["model"], zero_init_last=r["zero_init_last"])
-  for section, keys in (("data", ("labeled_batch_size", "unlabeled_batch_size")),
-                        ("optim", ("learning_rate", "lr_schedule", "warmup_steps",
-                                   "weight_decay", "grad_clip_norm")),
-                        ("loss", ("label_weight", "consistency_weight",
-                                  "consistency_rampup_steps")),
-                        ("augment", ("crop_padding",))):
-    for key in keys:
-      c[section][key] = r[key]
+  c.model.update(r["model"])
+  for key, value in r.items():  # each setting into the one section that has it
+    for section in ("data", "optim", "loss", "augment", "model"):
+      if key in c[section]:
+        c[section][key] = value
   c.seed, c.data.num_labeled_per_class = seed, num_labels // 10
   c.num_train_steps, c.log_every_steps, c.eval_every_steps = steps, 1, eval_every
   c.checkpoint_every_steps, c.eval_batch_size = steps, min(500, num_test)
@@ -88,31 +78,23 @@ def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: i
   return c
 
 
-def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
-             num_test: int, data) -> dict:
+def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int, data) -> dict:
   """One run of our side through ``flowgmm_jax.training.loop.fit``."""
-  import jax
-
-  from flowgmm_jax.data import Dataset
-  from flowgmm_jax.models import count_params
-  from flowgmm_jax.training.loop import fit
-  ds, x_test, y_test = data
   c = our_config(r, seed=seed, steps=steps, num_labels=num_labels, eval_every=eval_every,
-                 num_test=num_test)
-  dataset = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
-                    x_test=x_test, y_test=y_test, num_classes=10)
+                 num_test=len(data.x_test))
   per_step, tests, times = {}, {}, []
-  names = {k: f"train/{k}" for k in TRAIN_KEYS} | {"nll": "train/nll_all"}
+  names = {k: f"train/{k}" for k in ("loss", "cross_entropy", "consistency", "consistency_weight",
+                                     "labeled_accuracy", "log_det")} | {"nll": "train/nll_all"}
 
   def log_fn(step, metrics):
     if "train/loss" in metrics:
       times.append((step, time.perf_counter()))
       per_step[step] = {k: float(metrics[v]) for k, v in names.items()}
     else:
-      tests[step] = {k: float(metrics[f"eval/{k}"]) for k in TEST_KEYS}
+      tests[step] = {k: float(metrics[f"eval/{k}"]) for k in ("accuracy", "bpd_given_label", "bpd")}
 
   t0 = time.perf_counter()
-  result = fit(c, dataset, original_label_split(ds.y_train, num_labels, seed), log_fn=log_fn)
+  result = fit(c, data, original_label_split(data.y_train, num_labels, seed), log_fn=log_fn)
   wall = time.perf_counter() - t0
   intervals = [b[1] - a[1] for a, b in zip(times, times[1:], strict=False) if a[0] % eval_every]
   return _record(per_step, tests, eval_every, steps,
@@ -122,75 +104,42 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
                  threads=f"XLA CPU, {usable_cores()} core(s)", jax=jax.__version__)
 
 
-def parameter_counts(orig=None) -> dict:
-  """Parameters of our ``:cpu`` flow (from shapes, nothing compiled) and, given the
-  original, of its ``RealNVP(num_scales=2, in_channels=1, mid_channels=16, num_blocks=1)``."""
-  import jax
-  import jax.numpy as jnp
-
-  from flowgmm_jax.flowgmm import FlowGMM
-  from flowgmm_jax.models import count_params
-  r = recipe("original")
-  c = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
-  model = FlowGMM.from_config(c, (28, 28, 1), 10, image=True)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
-  counts = {"ours": count_params(shapes)}
-  if orig is not None:
-    counts["original"] = sum(p.numel() for p in orig.RealNVP(in_channels=1, **r["model"])
-                             .parameters())
-  return counts
-
-
-def original_batches(labeled, unlabeled, bl: int, bu: int, seed: int):
-  """train_semisup_cons.py's LabeledUnlabeledBatchSampler (ssl_data_utils.py), with a
-  seeded RandomState in place of the global one: ``(labelled, unlabelled)`` index batches,
-  an epoch one permutation of the labelled indices cut into batches of ``bl`` (the partial
-  last one dropped), each paired with ``bu`` indices from permutations of the unlabelled
-  ones restarted every epoch."""
-  rs = np.random.RandomState(seed)
-  steps_per_epoch = len(labeled) // bl
-  while True:
-    lab = rs.permutation(labeled)
-    unl = np.concatenate([rs.permutation(unlabeled)
-                          for _ in range(-(-steps_per_epoch * bu // len(unlabeled)))])
-    for i in range(steps_per_epoch):
-      yield lab[i * bl:(i + 1) * bl], unl[i * bu:(i + 1) * bu]
-
-
 def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
-                 num_test: int, data) -> dict:
+                 data) -> dict:
   """One run of the original side: its modules in a loop shaped like its script."""
   import torch
 
   from benchmarks.parity import original_step as os_
-  from flowgmm_jax.training.optim import make_schedule
   torch.set_num_threads(1)
-  ds, x_test, y_test = data
-  labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
+  labeled, unlabeled = original_label_split(data.y_train, num_labels, seed)
   torch.manual_seed(seed)
   m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
                               num_classes=10, lr=r["learning_rate"],
                               weight_decay=r["weight_decay"], **r["model"])
   prior = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
   prior_before = [t.detach().clone() for t in prior]
-  steps_per_epoch = len(labeled) // r["labeled_batch_size"]
-  batches = original_batches(labeled, unlabeled, r["labeled_batch_size"],
-                             r["unlabeled_batch_size"], seed)
+  bl, bu = r["labeled_batch_size"], r["unlabeled_batch_size"]
+  steps_per_epoch = len(labeled) // bl
+  rs = np.random.RandomState(seed)
   rampup_epochs = max(1, round(r["consistency_rampup_steps"] / steps_per_epoch))
   learning_rate = make_schedule(r["lr_schedule"], r["learning_rate"], steps, r["warmup_steps"])
   gen = torch.Generator().manual_seed(seed)
-  x_all = torch.from_numpy(ds.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
-  y_all = torch.from_numpy(ds.y_train.astype(np.int64))
+  x_all = torch.from_numpy(data.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
+  y_all = torch.from_numpy(data.y_train.astype(np.int64))
   per_step, tests, times = {}, {}, []
   t0 = time.perf_counter()
   for step in range(steps):
     ts = time.perf_counter()
     # The script's linear_rampup, per epoch (defined in the script, not importable).
-    epoch = step // steps_per_epoch
+    epoch, i = divmod(step, steps_per_epoch)
     cons_w = min((epoch + 1) / rampup_epochs, 1.0) * r["consistency_weight"]
     for group in m.optimizer.param_groups:  # optax's schedule, evaluated at this step
       group["lr"] = float(learning_rate(step))
-    lab, unl = next(batches)
+    if i == 0:  # LabeledUnlabeledBatchSampler (ssl_data_utils.py), its draws seeded: README.md
+      lab_epoch = rs.permutation(labeled)
+      unl_epoch = np.concatenate([rs.permutation(unlabeled)
+                                  for _ in range(-(-steps_per_epoch * bu // len(unlabeled)))])
+    lab, unl = lab_epoch[i * bl:(i + 1) * bl], unl_epoch[i * bu:(i + 1) * bu]
     images = x_all[torch.from_numpy(np.concatenate([lab, unl]))].float() / 255.  # ToTensor
     y = torch.cat([y_all[torch.from_numpy(lab)], torch.full((len(unl),), -1)])
     x1, x2 = (os_.crop_flip(images, gen, r["crop_padding"], flip=False)  # TransformTwice
@@ -205,7 +154,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
     times.append(time.perf_counter() - ts)  # [0]: the first step; step_s: the median of the rest
     if (step + 1) % eval_every == 0 or step + 1 == steps:
       tests[step + 1] = {k + suffix: v for midpoint, suffix in ((False, ""), (True, "_midpoint"))
-                         for k, v in os_.evaluate_image(m, x_test, y_test,
+                         for k, v in os_.evaluate_image(m, data.x_test, data.y_test,
                                                         midpoint=midpoint).items()}
   return _record(per_step, tests, eval_every, steps,
                  num_params=sum(p.numel() for p in m.net.parameters()),
@@ -236,8 +185,7 @@ def merge(path: str, key: str, run: dict, header: dict, figure: str = "") -> dic
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
     results = json.loads(Path(path).read_text()) if os.path.exists(path) else {"runs": {}}
     results.update({k: v for k, v in header.items() if k != "command"})
-    results.setdefault("commands", [])
-    if header["command"] not in results["commands"]:
+    if header["command"] not in results.setdefault("commands", []):
       results["commands"].append(header["command"])
     results["runs"][key] = run
     write_json(path, results, sort_keys=True)
@@ -255,27 +203,24 @@ def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
   steps = sorted({e["step"] for r in runs for e in r["evals"]})
   vals = [[e[group][key] for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
           for s in steps]
-  nan = float("nan")
-  return (np.asarray(steps), np.asarray([float(np.mean(v)) if v else nan for v in vals]),
-          np.asarray([float(np.std(v)) if v else nan for v in vals]), [len(v) for v in vals])
+  return (np.asarray(steps), np.asarray([float(np.mean(v)) if v else np.nan for v in vals]),
+          np.asarray([float(np.std(v)) if v else np.nan for v in vals]), [len(v) for v in vals])
 
 
 def parity_table(results: dict, recipe_name: str = "original",
                  ours_recipe: str | None = None) -> str:
-  """Markdown: per evaluation step, test accuracy and bits/dim of ours against the original's
-  evaluated at the bin midpoint as ours, mean ± sd over seeds, and whether the gap is within
-  the two seed spreads (the parity criterion)."""
+  """Markdown: per evaluation, test accuracy and bits/dim of ours and the original's (at the bin
+  midpoint, as ours), mean ± sd over seeds, and the parity criterion (README.md)."""
   ours_recipe = ours_recipe or recipe_name
   rows = []
   for key, label, scale, digits in (("accuracy", "test accuracy", 100.0, 1),
                                     ("bpd_given_label", "test bits/dim", 1.0, 3)):
     o = curves(results, ours_recipe, "ours", "test", key)
     t = curves(results, recipe_name, "original", "test", key + "_midpoint")
-    for i, s in enumerate(o[0] if o is not None and t is not None else ()):
-      j = np.nonzero(t[0] == s)[0]
-      if not len(j) or not t[3][j[0]]:
+    theirs = {s: j for j, s in enumerate(t[0]) if t[3][j]} if o is not None and t else {}
+    for i, s in enumerate(o[0] if theirs else ()):
+      if (j := theirs.get(s)) is None:
         continue
-      j = j[0]
       mo, so, mt, st = o[1][i] * scale, o[2][i] * scale, t[1][j] * scale, t[2][j] * scale
       verdict = ("n/a (one seed)" if min(o[3][i], t[3][j]) < 2
                  else "yes" if abs(mo - mt) <= so + st else "NO")
@@ -287,8 +232,7 @@ def parity_table(results: dict, recipe_name: str = "original",
 
 
 def markdown(results: dict) -> str:
-  """The tables docs/results.md shows (``benchmarks.report``): the parity tables of the README
-  recipe (ours from the random and the zero init) and of the :cpu settings."""
+  """The parity tables docs/results.md shows (``benchmarks.report``), one per recipe run."""
   runs = results.get("runs", {})
   return "\n\n".join(parity_table(results, name, ours) for name, ours in (
       ("original", None), ("original", "original_zero_init"), ("cpu", None),
@@ -301,8 +245,7 @@ PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
           ("train", "cross_entropy", "cross-entropy (labelled)", 1.0, "nats"),
           ("train", "nll", "mixture NLL (all rows)", BPD, "bits/dim"),
           ("train", "consistency", "consistency NLL", BPD, "bits/dim"))
-# (label, colour, line style) of ours per recipe. The JSON keeps the runs of the retired
-# original_same_init recipe (README.md), and the figure draws them.
+# (label, colour, line style) of ours; the JSON keeps the retired original_same_init's runs.
 OUR_STYLE = {"original_zero_init": ("ours, zero init", "tab:orange", "--"),
              "original_same_init": ("ours from the original's initial tensors", "tab:purple",
                                     "-.")}
@@ -314,51 +257,47 @@ def plot(results: dict, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   runs = results["runs"]
-  groups = [(g, names) for g, names in (
-      ("original", ("original", "original_zero_init", "original_same_init")),
-      ("cpu", ("cpu",)), ("cpu_schedule", ("cpu_schedule",)))
-      if any(r["recipe"] in names for r in runs.values())]
+  same_init_seeds = {v["seed"] for v in runs.values() if v["recipe"] == "original_same_init"}
+  groups = [group for group in (
+      ("original", ("original", "original_zero_init", "original_same_init"),
+       "README MNIST recipe"), ("cpu", ("cpu",), "the :cpu recipe at a constant rate"),
+      ("cpu_schedule", ("cpu_schedule",),
+       "the shipped :cpu recipe (warm-up 200, then cosine decay)"))
+      if any(r["recipe"] in group[1] for r in runs.values())]
   if not groups:
     return
   fig = plt.figure(figsize=(15, 7.5 * len(groups)), layout="constrained")
-  titles = {"original": "README MNIST recipe", "cpu": "the :cpu recipe at a constant rate",
-            "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
-  for subfig, (group, names) in zip(fig.subfigures(len(groups), 1, squeeze=False)[:, 0],
-                                    groups, strict=True):
+  for subfig, (group, names, title) in zip(
+      fig.subfigures(len(groups), 1, squeeze=False)[:, 0], groups, strict=True):
     r = recipe(group)
     seeds = sorted({run["seed"] for run in runs.values() if run["recipe"] == group})
     subfig.suptitle(
-        f"{titles[group]}: lr {r['learning_rate']:g}, label weight {r['label_weight']:g}, "
+        f"{title}: lr {r['learning_rate']:g}, label weight {r['label_weight']:g}, "
         f"consistency ramp {r['consistency_rampup_steps']} steps; "
         f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}",
         fontsize=12, fontweight="bold")
     for ax, (grp, key, label, scale, unit) in zip(subfig.subplots(2, 3).ravel(), PANELS,
                                                   strict=True):
-      lines = []  # (curve, label, colour, line style)
       for name in names:
-        lines.append((curves(results, name, "original", grp, key), "original (PyTorch)", "k",
-                      "-"))
-        if grp == "test":
-          lines.append((curves(results, name, "original", grp, key + "_midpoint"),
-                        "original, midpoint dequantisation as ours", "tab:green", ":"))
-        lines.append((curves(results, name, "ours", grp, key),
-                      *OUR_STYLE.get(name, ("ours, random init", "tab:blue", "-"))))
-      for cv, lab, color, ls in lines:
-        if cv is not None:
-          steps, mean, std, n = cv
-          ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
-                  label=f"{lab} (n={max(n)})")
-          if max(n) > 1:
-            ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
-                            alpha=0.2)
-      same_init_seeds = {v["seed"] for v in runs.values() if v["recipe"] == "original_same_init"}
-      for seed in (seeds if "original_same_init" in names else ()):
+        for side, suffix, (lab, color, ls) in (
+            ("original", "", ("original (PyTorch)", "k", "-")),
+            ("original", "_midpoint", ("original, midpoint dequantisation as ours", "tab:green",
+                                       ":")),
+            ("ours", "", OUR_STYLE.get(name, ("ours, random init", "tab:blue", "-")))):
+          cv = None if suffix and grp != "test" else curves(results, name, side, grp, key + suffix)
+          if cv is not None:
+            steps, mean, std, n = cv
+            ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
+                    label=f"{lab} (n={max(n)})")
+            if max(n) > 1:
+              ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
+                              alpha=0.2)
+      for seed in sorted(same_init_seeds & set(seeds)) if group == "original" else ():
         # The same-init runs' counterpart: the original's run of the same seed.
-        same = {k: v for k, v in runs.items() if v["recipe"] == "original"
-                and v["side"] == "original" and v["seed"] == seed}
+        same = {k: v for k, v in runs.items() if k.startswith(f"original/original/seed{seed}/")}
         cv = curves({"runs": same}, "original", "original", grp,
                     key + "_midpoint" if grp == "test" else key)
-        if cv is not None and seed in same_init_seeds:
+        if cv is not None:
           ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8, label=(
               f"original seed {seed} (those tensors{', midpoint' if grp == 'test' else ''})"))
       ax.set(title=label, xlabel="training step", ylabel=unit)
@@ -384,8 +323,8 @@ def main(argv=None) -> dict:
   p.add_argument("--recipes", type=name_list(RECIPES), default=",".join(RECIPES))
   p.add_argument("--eval-every", type=int, default=250)
   p.add_argument("--test-examples", type=int, default=2000)
-  p.add_argument("--json", default=DEFAULT_JSON)
-  p.add_argument("--figure", default=DEFAULT_FIGURE, help="'' for none")
+  p.add_argument("--json", default="benchmarks/results/parity_original.json")
+  p.add_argument("--figure", default="docs/parity_original.png", help="'' for none")
   p.add_argument("--plot-only", action="store_true",
                  help="redraw the figure and print the tables from --json; run nothing")
   args = p.parse_args(argv)
@@ -407,15 +346,13 @@ def main(argv=None) -> dict:
               "github.com/izmailovpavel/flowgmm), or run --side=ours")
     from benchmarks.parity import original_step
     orig = original_step.load_original(args.original)
-  counts = parameter_counts(orig)
-  print("[parity] parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
-        flush=True)
-  if len(set(counts.values())) > 1:
-    raise SystemExit(f"the two models differ: {counts} parameters")
-  from flowgmm_jax.data import load_mnist, stratified_prefix
+  # The two models must be the same (README.md): checked once ours has run.
+  theirs = orig and sum(t.numel() for t in orig.RealNVP(
+      in_channels=1, **recipe("original")["model"]).parameters())
   ds = load_mnist()
   test = np.sort(stratified_prefix(ds.y_test, args.test_examples))  # fixed, class-balanced
-  data = (ds, ds.x_test[test], ds.y_test[test])
+  data = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
+                 x_test=ds.x_test[test], y_test=ds.y_test[test], num_classes=10)
   command = "python -m benchmarks.parity.parity_original " + " ".join(
       a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--original"))
   commit = git_commit()  # the code that runs (a later edit of the tree is not it)
@@ -428,21 +365,19 @@ def main(argv=None) -> dict:
     for seed in (args.seeds[:1] if r["first_seed_only"] else args.seeds):
       for side in (s for s in sides if s in r["sides"]):
         kw = dict(seed=seed, steps=args.steps, num_labels=args.labels,
-                  eval_every=args.eval_every, num_test=args.test_examples, data=data)
+                  eval_every=args.eval_every, data=data)
         print(f"[parity] {name} / {side} / seed {seed}: {args.steps} steps", flush=True)
         run = run_ours(r, **kw) if side == "ours" else run_original(orig, r, **kw)
         run.update(recipe=name, side=side, seed=seed, labels=args.labels,
                    settings={k: v for k, v in r.items() if k != "sides"},
                    date=datetime.datetime.now().isoformat(timespec="seconds"),
                    command=command, git_commit=commit, machine=machine())
-        print(f"[parity] {run['num_params']:,} parameters, first-step NLL "
-              f"{run['first_step'].get('nll', float('nan')):.1f} nats, {run['step_s']:.3f} "
-              f"s/step, wall {run['wall_s']:.0f} s", flush=True)
-        for e in run["evals"]:
-          print(f"  step {e['step']}: test acc {100 * e['test']['accuracy']:.1f}%, "
-                f"test bpd {e['test']['bpd_given_label']:.3f}, train CE "
-                f"{e['train']['cross_entropy']:.3f}, train NLL "
-                f"{e['train']['nll'] * BPD:.3f} bpd", flush=True)
+        print(f"[parity] {run['num_params']:,} parameters, {run['step_s']:.3f} s/step, wall "
+              f"{run['wall_s']:.0f} s; test accuracy " + ", ".join(
+                  f"{100 * e['test']['accuracy']:.1f}%" for e in run["evals"]), flush=True)
+        if theirs and run["num_params"] != theirs:
+          raise SystemExit(f"the two models differ: {side} {run['num_params']:,} parameters, "
+                           f"the original's RealNVP {theirs:,}")
         key = f"{name}/{side}/seed{seed}/steps{args.steps}"
         if args.json:
           results = merge(args.json, key, run, header, args.figure)
