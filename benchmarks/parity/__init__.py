@@ -1,1 +1,0 @@
-"""The parity study: our training against the original PyTorch code (README.md here)."""

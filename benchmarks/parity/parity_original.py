@@ -1,13 +1,10 @@
-"""The parity study: the original PyTorch FlowGMM and ours trained side by side on MNIST,
-same small model, recipe and data; each run is merged into ``--json`` (under a file lock, so
-sides, recipes and seeds can run as separate processes) and the figure redrawn from every run
-in it. Recipes, data, evaluation, criterion and commands: benchmarks/parity/README.md.
-"""
+"""The parity study: the original PyTorch FlowGMM and ours trained side by side on MNIST, same
+small model, recipe and data; each run is merged into ``--json`` under a file lock (so runs can
+be separate processes) and the figure redrawn. Everything else: benchmarks/parity/README.md."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import fcntl
 import json
@@ -17,46 +14,41 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from benchmarks.provenance import git_commit, int_list, machine, name_list, usable_cores, write_json
 from benchmarks.report import md_table
+from configs import mnist
+from flowgmm_jax.data import Dataset, load_mnist, stratified_prefix
+from flowgmm_jax.models import count_params
+from flowgmm_jax.training.loop import fit
+from flowgmm_jax.training.optim import make_schedule
 
-DEFAULT_JSON = os.path.join("benchmarks", "results", "parity_original.json")
-DEFAULT_FIGURE = os.path.join("docs", "parity_original.png")
-RECIPES = ("original", "original_zero_init", "original_same_init", "cpu", "cpu_schedule")
-TRAIN_KEYS = ("loss", "cross_entropy", "nll", "consistency", "consistency_weight",
-              "labeled_accuracy", "log_det")
-TEST_KEYS = ("accuracy", "bpd_given_label", "bpd")
+RECIPES = ("original", "original_zero_init", "cpu", "cpu_schedule")
 NUM_DIMS = 28 * 28
 BPD = 1.0 / (NUM_DIMS * math.log(2.0))  # nats per image -> bits/dim
 
 
 def recipe(name: str) -> dict:
   """The settings of recipe ``name`` (README.md), read from configs/mnist.py."""
-  from configs import mnist
   if name not in RECIPES:
     raise ValueError(f"unknown recipe {name!r}; choose from {RECIPES}")
   full, cpu = mnist.get_config(), mnist.get_config("cpu")
-  if name.startswith("original"):
-    r = dict(learning_rate=full.optim.learning_rate, label_weight=full.loss.label_weight,
-             consistency_rampup_steps=full.loss.consistency_rampup_steps)
-  else:
-    r = dict(learning_rate=mnist.CPU_LR, label_weight=mnist.CPU_LABEL_WEIGHT,
-             consistency_rampup_steps=mnist.CPU_RAMP)
-  scheduled = name == "cpu_schedule"
-  r.update(lr_schedule=cpu.optim.lr_schedule if scheduled else "constant",
-           warmup_steps=cpu.optim.warmup_steps if scheduled else 0)
-  r.update(consistency_weight=full.loss.consistency_weight,
-           weight_decay=full.optim.weight_decay, grad_clip_norm=full.optim.grad_clip_norm,
-           labeled_batch_size=full.data.labeled_batch_size,
-           unlabeled_batch_size=full.data.unlabeled_batch_size,
-           crop_padding=full.augment.crop_padding, model=dict(mnist.CPU_MODEL),
-           zero_init_last=name == "original_zero_init",
-           same_init=name == "original_same_init",
-           sides=("ours",) if name.endswith(("zero_init", "same_init")) else ("ours", "original"),
-           first_seed_only=name.startswith("cpu"))
-  return r
+  readme, scheduled = name.startswith("original"), name == "cpu_schedule"
+  return dict(
+      learning_rate=full.optim.learning_rate if readme else mnist.CPU_LR,
+      label_weight=full.loss.label_weight if readme else mnist.CPU_LABEL_WEIGHT,
+      consistency_rampup_steps=full.loss.consistency_rampup_steps if readme else mnist.CPU_RAMP,
+      lr_schedule=cpu.optim.lr_schedule if scheduled else "constant",
+      warmup_steps=cpu.optim.warmup_steps if scheduled else 0,
+      consistency_weight=full.loss.consistency_weight, weight_decay=full.optim.weight_decay,
+      grad_clip_norm=full.optim.grad_clip_norm, labeled_batch_size=full.data.labeled_batch_size,
+      unlabeled_batch_size=full.data.unlabeled_batch_size,
+      crop_padding=full.augment.crop_padding, model=dict(mnist.CPU_MODEL),
+      zero_init_last=name == "original_zero_init",
+      sides=("ours",) if name == "original_zero_init" else ("ours", "original"),
+      first_seed_only=name.startswith("cpu"))
 
 
 def original_label_split(y: np.ndarray, num_labels: int, split: int):
@@ -71,29 +63,14 @@ def original_label_split(y: np.ndarray, num_labels: int, split: int):
   return np.sort(indices[mask]), np.sort(indices[~mask])
 
 
-def load_data(num_test: int):
-  """MNIST train (all 60,000) and the fixed class-balanced test subset."""
-  from flowgmm_jax.data import load_mnist, stratified_prefix
-  ds = load_mnist()
-  test = np.sort(stratified_prefix(ds.y_test, num_test))
-  return ds, ds.x_test[test], ds.y_test[test]
-
-
 def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
                num_test: int):
-  from configs import mnist
   c = mnist.get_config("cpu")
-  for k, v in r["model"].items():
-    c.model[k] = v
-  c.model.zero_init_last = r["zero_init_last"]
-  for section, keys in (("data", ("labeled_batch_size", "unlabeled_batch_size")),
-                        ("optim", ("learning_rate", "lr_schedule", "warmup_steps",
-                                   "weight_decay", "grad_clip_norm")),
-                        ("loss", ("label_weight", "consistency_weight",
-                                  "consistency_rampup_steps")),
-                        ("augment", ("crop_padding",))):
-    for key in keys:
-      c[section][key] = r[key]
+  c.model.update(r["model"])
+  for key, value in r.items():  # each setting into the one section that has it
+    for section in ("data", "optim", "loss", "augment", "model"):
+      if key in c[section]:
+        c[section][key] = value
   c.seed, c.data.num_labeled_per_class = seed, num_labels // 10
   c.num_train_steps, c.log_every_steps, c.eval_every_steps = steps, 1, eval_every
   c.checkpoint_every_steps, c.eval_batch_size = steps, min(500, num_test)
@@ -101,70 +78,23 @@ def our_config(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: i
   return c
 
 
-def our_model(config):
-  """``(model, init)``: our MNIST FlowGMM of ``config`` and ``init(key) -> variables``."""
-  import jax.numpy as jnp
-
-  from flowgmm_jax.flowgmm import FlowGMM
-  model = FlowGMM.from_config(config, (28, 28, 1), 10, image=True)
-  return model, lambda key: model.init(key, jnp.zeros((2, 28, 28, 1)))
-
-
-def original_model(orig, r: dict, seed: int):
-  """The original's model set-up for recipe ``r``, after ``torch.manual_seed(seed)``."""
-  import torch
-
-  from benchmarks.parity import original_step
-  torch.manual_seed(seed)
-  return original_step.build_image_flowgmm(
-      orig, original_step.prior_built_once(orig), image_shape=(1, 28, 28), num_classes=10,
-      lr=r["learning_rate"], weight_decay=r["weight_decay"], **r["model"])
-
-
-def original_initial_variables(orig, r: dict, seed: int, config) -> dict:
-  """Our variables holding the original's initial tensors for ``seed`` (those its side of the
-  study starts from), prior means included, in our layout."""
-  import jax
-  import jax.numpy as jnp
-
-  from benchmarks.parity.original_step import to_our_variables
-  from flowgmm_jax.models.multiscale import multiscale_latent_shapes
-  from flowgmm_jax.models.realnvp import realnvp_plan
-  m = original_model(orig, r, seed)
-  template = jax.jit(our_model(config)[1])(jax.random.PRNGKey(0))
-  pieces = multiscale_latent_shapes(realnvp_plan(config.model.num_scales), (28, 28, 1))
-  given = to_our_variables(template, m.net, m.prior.means, pieces)
-  return jax.tree_util.tree_map(jnp.asarray, given)
-
-
-def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
-             num_test: int, data, orig=None) -> dict:
-  """One run of our side through ``flowgmm_jax.training.loop.fit`` (with ``r['same_init']``
-  from the original's initial tensors for ``seed``, which needs ``orig``)."""
-  import jax
-
-  from flowgmm_jax.data import Dataset
-  from flowgmm_jax.models import count_params
-  from flowgmm_jax.training.loop import fit
-  ds, x_test, y_test = data
+def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int, data) -> dict:
+  """One run of our side through ``flowgmm_jax.training.loop.fit``."""
   c = our_config(r, seed=seed, steps=steps, num_labels=num_labels, eval_every=eval_every,
-                 num_test=num_test)
-  given = original_initial_variables(orig, r, seed, c) if r["same_init"] else None
-  dataset = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
-                    x_test=x_test, y_test=y_test, num_classes=10)
-  pools = original_label_split(ds.y_train, num_labels, seed)
+                 num_test=len(data.x_test))
   per_step, tests, times = {}, {}, []
-  names = {k: f"train/{k}" for k in TRAIN_KEYS} | {"nll": "train/nll_all"}
+  names = {k: f"train/{k}" for k in ("loss", "cross_entropy", "consistency", "consistency_weight",
+                                     "labeled_accuracy", "log_det")} | {"nll": "train/nll_all"}
 
   def log_fn(step, metrics):
     if "train/loss" in metrics:
       times.append((step, time.perf_counter()))
       per_step[step] = {k: float(metrics[v]) for k, v in names.items()}
     else:
-      tests[step] = {k: float(metrics[f"eval/{k}"]) for k in TEST_KEYS}
+      tests[step] = {k: float(metrics[f"eval/{k}"]) for k in ("accuracy", "bpd_given_label", "bpd")}
 
   t0 = time.perf_counter()
-  result = fit(c, dataset, pools, log_fn=log_fn, initial_variables=given)
+  result = fit(c, data, original_label_split(data.y_train, num_labels, seed), log_fn=log_fn)
   wall = time.perf_counter() - t0
   intervals = [b[1] - a[1] for a, b in zip(times, times[1:], strict=False) if a[0] % eval_every]
   return _record(per_step, tests, eval_every, steps,
@@ -174,99 +104,65 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
                  threads=f"XLA CPU, {usable_cores()} core(s)", jax=jax.__version__)
 
 
-def parameter_counts(orig=None) -> dict:
-  """Parameters of our ``:cpu`` flow (from shapes, nothing compiled) and, given the
-  original, of its ``RealNVP(num_scales=2, in_channels=1, mid_channels=16, num_blocks=1)``."""
-  import jax
-
-  from flowgmm_jax.models import count_params
-  r = recipe("original")
-  config = our_config(r, seed=0, steps=1, num_labels=1000, eval_every=1, num_test=1)
-  init = our_model(config)[1]
-  counts = {"ours": count_params(jax.eval_shape(init, jax.random.PRNGKey(0)))}
-  if orig is not None:
-    net = orig.RealNVP(in_channels=1, **r["model"])
-    counts["original"] = sum(p.numel() for p in net.parameters())
-  return counts
-
-
-def original_batches(labeled, unlabeled, bl: int, bu: int, seed: int):
-  """train_semisup_cons.py's LabeledUnlabeledBatchSampler (ssl_data_utils.py), with a
-  seeded RandomState in place of the global one: ``(labelled, unlabelled)`` index batches,
-  an epoch one permutation of the labelled indices cut into batches of ``bl`` (the partial
-  last one dropped), each paired with ``bu`` indices from permutations of the unlabelled
-  ones restarted every epoch."""
-  rs = np.random.RandomState(seed)
-  steps_per_epoch = len(labeled) // bl
-  while True:
-    lab = rs.permutation(labeled)
-    unl = np.concatenate([rs.permutation(unlabeled)
-                          for _ in range(-(-steps_per_epoch * bu // len(unlabeled)))])
-    for i in range(steps_per_epoch):
-      yield lab[i * bl:(i + 1) * bl], unl[i * bu:(i + 1) * bu]
-
-
-def linear_rampup(final_value: float, epoch: int, num_epochs: int):
-  """train_semisup_cons.py's ``linear_rampup`` (defined in the script, not importable)."""
-  return min((epoch + 1) / num_epochs, 1.0) * final_value
-
-
 def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int,
-                 num_test: int, data) -> dict:
+                 data) -> dict:
   """One run of the original side: its modules in a loop shaped like its script."""
   import torch
 
   from benchmarks.parity import original_step as os_
-  from flowgmm_jax.training.optim import make_schedule
   torch.set_num_threads(1)
-  ds, x_test, y_test = data
-  labeled, unlabeled = original_label_split(ds.y_train, num_labels, seed)
-  m = original_model(orig, r, seed)
+  labeled, unlabeled = original_label_split(data.y_train, num_labels, seed)
+  torch.manual_seed(seed)
+  m = os_.build_image_flowgmm(orig, os_.prior_built_once(orig), image_shape=(1, 28, 28),
+                              num_classes=10, lr=r["learning_rate"],
+                              weight_decay=r["weight_decay"], **r["model"])
   prior = (m.prior.means, m.prior.weights, m.prior.inv_cov_stds)
   prior_before = [t.detach().clone() for t in prior]
-  steps_per_epoch = len(labeled) // r["labeled_batch_size"]
-  batches = original_batches(labeled, unlabeled, r["labeled_batch_size"],
-                             r["unlabeled_batch_size"], seed)
+  bl, bu = r["labeled_batch_size"], r["unlabeled_batch_size"]
+  steps_per_epoch = len(labeled) // bl
+  rs = np.random.RandomState(seed)
   rampup_epochs = max(1, round(r["consistency_rampup_steps"] / steps_per_epoch))
   learning_rate = make_schedule(r["lr_schedule"], r["learning_rate"], steps, r["warmup_steps"])
   gen = torch.Generator().manual_seed(seed)
-  x_all = torch.from_numpy(ds.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
-  y_all = torch.from_numpy(ds.y_train.astype(np.int64))
+  x_all = torch.from_numpy(data.x_train).permute(0, 3, 1, 2)  # uint8 [N, 1, 28, 28]
+  y_all = torch.from_numpy(data.y_train.astype(np.int64))
   per_step, tests, times = {}, {}, []
   t0 = time.perf_counter()
   for step in range(steps):
     ts = time.perf_counter()
-    cons_w = linear_rampup(r["consistency_weight"], step // steps_per_epoch, rampup_epochs)
+    # The script's linear_rampup, per epoch (defined in the script, not importable).
+    epoch, i = divmod(step, steps_per_epoch)
+    cons_w = min((epoch + 1) / rampup_epochs, 1.0) * r["consistency_weight"]
     for group in m.optimizer.param_groups:  # optax's schedule, evaluated at this step
       group["lr"] = float(learning_rate(step))
-    lab, unl = next(batches)
-    rows = torch.from_numpy(np.concatenate([lab, unl]))
-    images = x_all[rows].float() / 255.  # ToTensor
+    if i == 0:  # LabeledUnlabeledBatchSampler (ssl_data_utils.py), its draws seeded: README.md
+      lab_epoch = rs.permutation(labeled)
+      unl_epoch = np.concatenate([rs.permutation(unlabeled)
+                                  for _ in range(-(-steps_per_epoch * bu // len(unlabeled)))])
+    lab, unl = lab_epoch[i * bl:(i + 1) * bl], unl_epoch[i * bu:(i + 1) * bu]
+    images = x_all[torch.from_numpy(np.concatenate([lab, unl]))].float() / 255.  # ToTensor
     y = torch.cat([y_all[torch.from_numpy(lab)], torch.full((len(unl),), -1)])
     x1, x2 = (os_.crop_flip(images, gen, r["crop_padding"], flip=False)  # TransformTwice
               for _ in range(2))
     out = os_.image_train_step(orig, m, x1, x2, y, label_weight=r["label_weight"],
                                consistency_weight=cons_w, max_grad_norm=r["grad_clip_norm"])
-    values = {k: float(v) for k, v in out.items() if k in TRAIN_KEYS}
-    values["consistency_weight"] = cons_w
-    # Our convention: the log-det of the whole map from 8-bit pixels, -D log 256 included
-    # (the original adds that term in FlowLoss instead).
-    values["log_det"] -= NUM_DIMS * math.log(256.0)
-    per_step[step + 1] = values
+    # Our log-det convention: of the whole map from 8-bit pixels, -D log 256 included (the
+    # original adds that term in FlowLoss instead).
+    per_step[step + 1] = {k: float(v) for k, v in out.items()} | {
+        "consistency_weight": cons_w,
+        "log_det": float(out["log_det"]) - NUM_DIMS * math.log(256.0)}
     times.append(time.perf_counter() - ts)  # [0]: the first step; step_s: the median of the rest
     if (step + 1) % eval_every == 0 or step + 1 == steps:
-      tests[step + 1] = {}
-      for how, suffix in (("noise", ""), ("midpoint", "_midpoint")):
-        e = os_.evaluate_image(m, x_test, y_test, batch_size=64, dequantization=how)
-        tests[step + 1].update({k + suffix: e[k] for k in TEST_KEYS})
-  first_step_s = times[0] if times else None
+      tests[step + 1] = {k + suffix: v for midpoint, suffix in ((False, ""), (True, "_midpoint"))
+                         for k, v in os_.evaluate_image(m, data.x_test, data.y_test,
+                                                        midpoint=midpoint).items()}
   return _record(per_step, tests, eval_every, steps,
                  num_params=sum(p.numel() for p in m.net.parameters()),
-                 wall_s=time.perf_counter() - t0, first_step_s=first_step_s,
+                 wall_s=time.perf_counter() - t0, first_step_s=times[0] if times else None,
                  step_s=float(np.median(times[1:])) if times[1:] else float("nan"),
                  threads="torch, 1 thread", torch=torch.__version__, original_commit=orig.commit,
-                 prior_changed=any(not torch.equal(a, b) for a, b in zip(prior_before, prior,
-                                                                          strict=True)),
+                 prior_changed=any(not torch.equal(a, b)
+                                   for a, b in zip(prior_before, prior, strict=True)),
                  prior_requires_grad=[bool(t.requires_grad) for t in prior],
                  consistency_rampup_epochs=rampup_epochs, steps_per_epoch=steps_per_epoch)
 
@@ -281,27 +177,20 @@ def _record(per_step: dict, tests: dict, eval_every: int, steps: int, **extra) -
   return {"first_step": per_step.get(1, {}), "evals": evals, "steps": steps, **extra}
 
 
-@contextlib.contextmanager
-def locked(path: str):
+def merge(path: str, key: str, run: dict, header: dict, figure: str = "") -> dict:
+  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing) and redraws
+  ``figure`` from it, under a file lock; returns the whole file's content."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path + ".lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def merge(path: str, key: str, run: dict, header: dict) -> dict:
-  """Adds ``run`` under ``runs[key]`` of the JSON at ``path`` (created if missing) and returns
-  the whole file's content. The caller holds ``locked(path)``."""
-  results = json.loads(Path(path).read_text()) if os.path.exists(path) else {"runs": {}}
-  results.update({k: v for k, v in header.items() if k != "command"})
-  results.setdefault("commands", [])
-  if header["command"] not in results["commands"]:
-    results["commands"].append(header["command"])
-  results["runs"][key] = run
-  write_json(path, results, sort_keys=True)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    results = json.loads(Path(path).read_text()) if os.path.exists(path) else {"runs": {}}
+    results.update({k: v for k, v in header.items() if k != "command"})
+    if header["command"] not in results.setdefault("commands", []):
+      results["commands"].append(header["command"])
+    results["runs"][key] = run
+    write_json(path, results, sort_keys=True)
+    if figure:
+      plot(results, figure)
   return results
 
 
@@ -312,46 +201,26 @@ def curves(results: dict, recipe_name: str, side: str, group: str, key: str):
   if not runs:
     return None
   steps = sorted({e["step"] for r in runs for e in r["evals"]})
-  mean, std, n = [], [], []
-  for s in steps:
-    vals = [e[group][key] for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
-    mean.append(float(np.mean(vals)) if vals else float("nan"))
-    std.append(float(np.std(vals)) if vals else float("nan"))
-    n.append(len(vals))
-  return np.asarray(steps), np.asarray(mean), np.asarray(std), n
-
-
-# (group, the original's key, label, scale, digits). The test rows set ours against the
-# original evaluated at the bin midpoint, as ours is (its "_midpoint" keys): like for like.
-TABLE_ROWS = (("test", "accuracy_midpoint", "test accuracy", 100.0, 1),
-              ("test", "bpd_given_label_midpoint", "test bits/dim", 1.0, 3),
-              ("train", "cross_entropy", "cross-entropy", 1.0, 3),
-              ("train", "nll", "NLL (bits/dim)", BPD, 3),
-              ("train", "consistency", "consistency (bits/dim)", BPD, 3),
-              ("train", "labeled_accuracy", "labelled-batch accuracy", 100.0, 1))
-
-
-def _our_key(key: str) -> str:
-  return key.removesuffix("_midpoint")
+  vals = [[e[group][key] for r in runs for e in r["evals"] if e["step"] == s and key in e[group]]
+          for s in steps]
+  return (np.asarray(steps), np.asarray([float(np.mean(v)) if v else np.nan for v in vals]),
+          np.asarray([float(np.std(v)) if v else np.nan for v in vals]), [len(v) for v in vals])
 
 
 def parity_table(results: dict, recipe_name: str = "original",
                  ours_recipe: str | None = None) -> str:
-  """Markdown: per evaluation step, test accuracy and bits/dim of ours against the original's
-  (``TABLE_ROWS``), mean ± sd over seeds, and whether the gap is within the two seed
-  spreads (the parity criterion)."""
+  """Markdown: per evaluation, test accuracy and bits/dim of ours and the original's (at the bin
+  midpoint, as ours), mean ± sd over seeds, and the parity criterion (README.md)."""
   ours_recipe = ours_recipe or recipe_name
   rows = []
-  for group, key, label, scale, digits in TABLE_ROWS[:2]:
-    o = curves(results, ours_recipe, "ours", group, _our_key(key))
-    t = curves(results, recipe_name, "original", group, key)
-    if o is None or t is None:
-      continue
-    for i, s in enumerate(o[0]):
-      j = np.nonzero(t[0] == s)[0]
-      if not len(j) or not t[3][j[0]]:
+  for key, label, scale, digits in (("accuracy", "test accuracy", 100.0, 1),
+                                    ("bpd_given_label", "test bits/dim", 1.0, 3)):
+    o = curves(results, ours_recipe, "ours", "test", key)
+    t = curves(results, recipe_name, "original", "test", key + "_midpoint")
+    theirs = {s: j for j, s in enumerate(t[0]) if t[3][j]} if o is not None and t else {}
+    for i, s in enumerate(o[0] if theirs else ()):
+      if (j := theirs.get(s)) is None:
         continue
-      j = j[0]
       mo, so, mt, st = o[1][i] * scale, o[2][i] * scale, t[1][j] * scale, t[2][j] * scale
       verdict = ("n/a (one seed)" if min(o[3][i], t[3][j]) < 2
                  else "yes" if abs(mo - mt) <= so + st else "NO")
@@ -362,60 +231,12 @@ def parity_table(results: dict, recipe_name: str = "original",
           + md_table(head, rows))
 
 
-def same_init_table(results: dict) -> str:
-  """Markdown: ours started from the original's own initial tensors for seed s
-  (``original_same_init``) against the original's run of seed s, per evaluation: the init
-  draw taken out of the comparison."""
-  pairs = [(o, t) for o in results.get("runs", {}).values()
-           if o["recipe"] == "original_same_init" and o["side"] == "ours"
-           for t in results["runs"].values()
-           if t["recipe"] == "original" and t["side"] == "original" and t["seed"] == o["seed"]]
-  rows = []
-  for o, t in pairs:
-    theirs = {e["step"]: e for e in t["evals"]}
-    for group, key, label, scale, digits in TABLE_ROWS:
-      for e in o["evals"]:
-        if (e["step"] not in theirs or _our_key(key) not in e[group]
-            or key not in theirs[e["step"]][group]):
-          continue
-        a, b = e[group][_our_key(key)] * scale, theirs[e["step"]][group][key] * scale
-        rows.append([o["seed"], e["step"], label, f"{a:.{digits}f}", f"{b:.{digits}f}",
-                     f"{a - b:+.{digits}f}"])
-  head = ["seed", "step", "quantity", "ours", "original", "ours - original"]
-  return ("ours from the original's initial tensors vs the original, the same seed\n"
-          + md_table(head, rows)) if pairs else ""
-
-
-def init_leaves_line(leaves: dict) -> str:
-  """One line of the ``init_leaves`` record: the largest per-tensor differences."""
-  mean_gap = max(abs(x["ours_mean"] - x["original_mean"]) / max(x["ours_std"], x["original_std"])
-                 for x in leaves["leaves"].values())
-  return (f"per parameter tensor, over {leaves['num_seeds']} inits per side: the "
-          f"{leaves['num_leaves']} random tensors of >= 256 values have initial stds within "
-          f"{100 * leaves['largest_std_rel_diff']:.1f}% of the original's and means within "
-          f"{mean_gap:.3f} stds")
-
-
-def init_table(dist: dict) -> str:
-  """Markdown of the ``init_distribution`` record."""
-  def cell(d):
-    return f"{d['q50']:.0f} [{d['q10']:.0f}, {d['q90']:.0f}]"
-  rows = [[name, cell(v["ours"]), cell(v["original"]), f"{v['mann_whitney_p']:.2f}",
-           f"{v['ks_p']:.2f}"] for name, v in dist["quantities"].items()]
-  return (f"initial values over {dist['num_seeds']} random inits per side ({dist['batch']}): "
-          "median [10%, 90%]\n"
-          + md_table(["quantity", "ours", "original", "Mann-Whitney p", "KS p"], rows))
-
-
-def _style(recipe_name: str, side: str) -> tuple[str, str, str]:
-  """(label, colour, line style) of a curve."""
-  if side == "original":
-    return "original (PyTorch)", "k", "-"
-  if recipe_name.endswith("zero_init"):
-    return "ours, zero init", "tab:orange", "--"
-  if recipe_name.endswith("same_init"):
-    return "ours from the original's initial tensors", "tab:purple", "-."
-  return "ours, random init", "tab:blue", "-"
+def markdown(results: dict) -> str:
+  """The parity tables docs/results.md shows (``benchmarks.report``), one per recipe run."""
+  runs = results.get("runs", {})
+  return "\n\n".join(parity_table(results, name, ours) for name, ours in (
+      ("original", None), ("original", "original_zero_init"), ("cpu", None),
+      ("cpu_schedule", None)) if any(k.startswith(f"{ours or name}/ours/") for k in runs))
 
 
 PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
@@ -424,25 +245,10 @@ PANELS = (("test", "accuracy", "test accuracy (2,000 images)", 100.0, "%"),
           ("train", "cross_entropy", "cross-entropy (labelled)", 1.0, "nats"),
           ("train", "nll", "mixture NLL (all rows)", BPD, "bits/dim"),
           ("train", "consistency", "consistency NLL", BPD, "bits/dim"))
-
-
-def markdown(results: dict) -> str:
-  """The tables docs/results.md shows (``benchmarks.report``): the initial-value records, then
-  the parity tables of the README recipe (ours from the random and the zero init, and from
-  the original's own tensors) and of the :cpu settings."""
-  parts = []
-  if "init_distribution" in results:
-    parts.append(init_table(results["init_distribution"]))
-  if "init_leaves" in results:
-    parts.append(init_leaves_line(results["init_leaves"]))
-  runs = results.get("runs", {})
-  for recipe_name, ours_recipe in (("original", None), ("original", "original_zero_init"),
-                                   ("cpu", None), ("cpu_schedule", None)):
-    if any(k.startswith(f"{ours_recipe or recipe_name}/ours/") for k in runs):
-      parts.append(parity_table(results, recipe_name, ours_recipe))
-    if ours_recipe is None and recipe_name == "original":
-      parts.append(same_init_table(results))
-  return "\n\n".join(part for part in parts if part)
+# (label, colour, line style) of ours; the JSON keeps the retired original_same_init's runs.
+OUR_STYLE = {"original_zero_init": ("ours, zero init", "tab:orange", "--"),
+             "original_same_init": ("ours from the original's initial tensors", "tab:purple",
+                                    "-.")}
 
 
 def plot(results: dict, path: str) -> None:
@@ -451,49 +257,47 @@ def plot(results: dict, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   runs = results["runs"]
-  groups = [(g, names) for g, names in (
-      ("original", ("original", "original_zero_init", "original_same_init")),
-      ("cpu", ("cpu",)), ("cpu_schedule", ("cpu_schedule",)))
-      if any(r["recipe"] in names for r in runs.values())]
+  same_init_seeds = {v["seed"] for v in runs.values() if v["recipe"] == "original_same_init"}
+  groups = [group for group in (
+      ("original", ("original", "original_zero_init", "original_same_init"),
+       "README MNIST recipe"), ("cpu", ("cpu",), "the :cpu recipe at a constant rate"),
+      ("cpu_schedule", ("cpu_schedule",),
+       "the shipped :cpu recipe (warm-up 200, then cosine decay)"))
+      if any(r["recipe"] in group[1] for r in runs.values())]
   if not groups:
     return
   fig = plt.figure(figsize=(15, 7.5 * len(groups)), layout="constrained")
-  titles = {"original": "README MNIST recipe", "cpu": "the :cpu recipe at a constant rate",
-            "cpu_schedule": "the shipped :cpu recipe (warm-up 200, then cosine decay)"}
-  for subfig, (group, names) in zip(fig.subfigures(len(groups), 1, squeeze=False)[:, 0],
-                                    groups, strict=True):
+  for subfig, (group, names, title) in zip(
+      fig.subfigures(len(groups), 1, squeeze=False)[:, 0], groups, strict=True):
     r = recipe(group)
     seeds = sorted({run["seed"] for run in runs.values() if run["recipe"] == group})
     subfig.suptitle(
-        f"{titles[group]}: lr "
-        f"{r['learning_rate']:g}, label weight {r['label_weight']:g}, consistency ramp "
-        f"{r['consistency_rampup_steps']} steps; seed{'s' if len(seeds) > 1 else ''} "
-        f"{','.join(map(str, seeds))}", fontsize=12, fontweight="bold")
-    axes = subfig.subplots(2, 3).ravel()
-    for ax, (grp, key, label, scale, unit) in zip(axes, PANELS, strict=True):
-      lines = []  # (curve, label, line style, colour)
+        f"{title}: lr {r['learning_rate']:g}, label weight {r['label_weight']:g}, "
+        f"consistency ramp {r['consistency_rampup_steps']} steps; "
+        f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}",
+        fontsize=12, fontweight="bold")
+    for ax, (grp, key, label, scale, unit) in zip(subfig.subplots(2, 3).ravel(), PANELS,
+                                                  strict=True):
       for name in names:
-        for side in ("original", "ours"):
-          lines.append((curves(results, name, side, grp, key), *_style(name, side)))
-          if side == "original" and grp == "test":
-            lines.append((curves(results, name, side, grp, key + "_midpoint"),
-                          "original, midpoint dequantisation as ours", "tab:green", ":"))
-      for cv, lab, color, ls in lines:
-        if cv is not None:
-          steps, mean, std, n = cv
-          ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
-                  label=f"{lab} (n={max(n)})")
-          if max(n) > 1:
-            ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
-                            alpha=0.2)
-      for seed in (seeds if "original_same_init" in names else ()):
+        for side, suffix, (lab, color, ls) in (
+            ("original", "", ("original (PyTorch)", "k", "-")),
+            ("original", "_midpoint", ("original, midpoint dequantisation as ours", "tab:green",
+                                       ":")),
+            ("ours", "", OUR_STYLE.get(name, ("ours, random init", "tab:blue", "-")))):
+          cv = None if suffix and grp != "test" else curves(results, name, side, grp, key + suffix)
+          if cv is not None:
+            steps, mean, std, n = cv
+            ax.plot(steps, mean * scale, ls, color=color, marker="o", ms=3,
+                    label=f"{lab} (n={max(n)})")
+            if max(n) > 1:
+              ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=color,
+                              alpha=0.2)
+      for seed in sorted(same_init_seeds & set(seeds)) if group == "original" else ():
         # The same-init runs' counterpart: the original's run of the same seed.
-        same = {k: v for k, v in runs.items() if v["recipe"] == "original"
-                and v["side"] == "original" and v["seed"] == seed}
+        same = {k: v for k, v in runs.items() if k.startswith(f"original/original/seed{seed}/")}
         cv = curves({"runs": same}, "original", "original", grp,
                     key + "_midpoint" if grp == "test" else key)
-        if cv is not None and any(v["recipe"] == "original_same_init" and v["seed"] == seed
-                                  for v in runs.values()):
+        if cv is not None:
           ax.plot(cv[0], cv[1] * scale, "--", color="black", lw=0.8, label=(
               f"original seed {seed} (those tensors{', midpoint' if grp == 'test' else ''})"))
       ax.set(title=label, xlabel="training step", ylabel=unit)
@@ -519,8 +323,8 @@ def main(argv=None) -> dict:
   p.add_argument("--recipes", type=name_list(RECIPES), default=",".join(RECIPES))
   p.add_argument("--eval-every", type=int, default=250)
   p.add_argument("--test-examples", type=int, default=2000)
-  p.add_argument("--json", default=DEFAULT_JSON)
-  p.add_argument("--figure", default=DEFAULT_FIGURE, help="'' for none")
+  p.add_argument("--json", default="benchmarks/results/parity_original.json")
+  p.add_argument("--figure", default="docs/parity_original.png", help="'' for none")
   p.add_argument("--plot-only", action="store_true",
                  help="redraw the figure and print the tables from --json; run nothing")
   args = p.parse_args(argv)
@@ -530,69 +334,55 @@ def main(argv=None) -> dict:
       plot(results, args.figure)
     print(markdown(results))
     return results
-  names = args.recipes
   if args.steps < 1 or args.eval_every < 1:
     p.error("--steps and --eval-every must be >= 1")
   if args.labels % 10 or not 32 <= args.labels <= 60000:
     p.error("--labels must be a multiple of 10 between 40 and 60000 (a labelled batch is 32)")
   sides = ("ours", "original") if args.side == "both" else (args.side,)
   orig = None
-  if any(recipe(n)["same_init"] for n in names) or (
-      "original" in sides and any("original" in recipe(n)["sides"] for n in names)):
+  if "original" in sides and any("original" in recipe(n)["sides"] for n in args.recipes):
     if not args.original:
-      p.error("the original side (and original_same_init) needs --original=PATH (a clone of "
+      p.error("the original side needs --original=PATH (a clone of "
               "github.com/izmailovpavel/flowgmm), or run --side=ours")
     from benchmarks.parity import original_step
     orig = original_step.load_original(args.original)
-  counts = parameter_counts(orig)
-  print("[parity] parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
-        flush=True)
-  if len(set(counts.values())) > 1:
-    raise SystemExit(f"the two models differ: {counts} parameters")
-  data = load_data(args.test_examples)
-  argv = sys.argv[1:] if argv is None else argv
+  # The two models must be the same (README.md): checked once ours has run.
+  theirs = orig and sum(t.numel() for t in orig.RealNVP(
+      in_channels=1, **recipe("original")["model"]).parameters())
+  ds = load_mnist()
+  test = np.sort(stratified_prefix(ds.y_test, args.test_examples))  # fixed, class-balanced
+  data = Dataset(name="mnist", kind="image", x_train=ds.x_train, y_train=ds.y_train,
+                 x_test=ds.x_test[test], y_test=ds.y_test[test], num_classes=10)
   command = "python -m benchmarks.parity.parity_original " + " ".join(
-      a for a in argv if not a.startswith("--original"))
+      a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--original"))
   commit = git_commit()  # the code that runs (a later edit of the tree is not it)
   header = {"command": command, "labels": args.labels, "test_examples": args.test_examples,
             "eval_every": args.eval_every, "updated_by_commit": commit, "machine": machine(),
             "updated": datetime.datetime.now().isoformat(timespec="seconds")}
   results = {"runs": {}}
-
-  def record(key: str, value: dict) -> None:
-    """``value`` with its provenance into the results (and --json, and the figure)."""
-    nonlocal results
-    value.update(command=command, git_commit=commit, machine=machine())
-    if not args.json:
-      results["runs"][key] = value
-      return
-    with locked(args.json):
-      results = merge(args.json, key, value, header)
-      if args.figure:
-        plot(results, args.figure)
-
-  for name in names:
+  for name in args.recipes:
     r = recipe(name)
     for seed in (args.seeds[:1] if r["first_seed_only"] else args.seeds):
       for side in (s for s in sides if s in r["sides"]):
         kw = dict(seed=seed, steps=args.steps, num_labels=args.labels,
-                  eval_every=args.eval_every, num_test=args.test_examples, data=data)
+                  eval_every=args.eval_every, data=data)
         print(f"[parity] {name} / {side} / seed {seed}: {args.steps} steps", flush=True)
-        run = (run_ours(r, orig=orig, **kw) if side == "ours"
-               else run_original(orig, r, **kw))
+        run = run_ours(r, **kw) if side == "ours" else run_original(orig, r, **kw)
         run.update(recipe=name, side=side, seed=seed, labels=args.labels,
                    settings={k: v for k, v in r.items() if k != "sides"},
-                   date=datetime.datetime.now().isoformat(timespec="seconds"))
-        first = run["first_step"]
-        print(f"[parity] {name} / {side} / seed {seed}: {run['num_params']:,} parameters, "
-              f"first-step NLL {first.get('nll', float('nan')):.1f} nats, "
-              f"{run['step_s']:.3f} s/step, wall {run['wall_s']:.0f} s", flush=True)
-        for e in run["evals"]:
-          print(f"  step {e['step']}: test acc {100 * e['test']['accuracy']:.1f}%, "
-                f"test bpd {e['test']['bpd_given_label']:.3f}, train CE "
-                f"{e['train']['cross_entropy']:.3f}, train NLL "
-                f"{e['train']['nll'] * BPD:.3f} bpd", flush=True)
-        record(f"{name}/{side}/seed{seed}/steps{args.steps}", run)
+                   date=datetime.datetime.now().isoformat(timespec="seconds"),
+                   command=command, git_commit=commit, machine=machine())
+        print(f"[parity] {run['num_params']:,} parameters, {run['step_s']:.3f} s/step, wall "
+              f"{run['wall_s']:.0f} s; test accuracy " + ", ".join(
+                  f"{100 * e['test']['accuracy']:.1f}%" for e in run["evals"]), flush=True)
+        if theirs and run["num_params"] != theirs:
+          raise SystemExit(f"the two models differ: {side} {run['num_params']:,} parameters, "
+                           f"the original's RealNVP {theirs:,}")
+        key = f"{name}/{side}/seed{seed}/steps{args.steps}"
+        if args.json:
+          results = merge(args.json, key, run, header, args.figure)
+        else:
+          results["runs"][key] = run
   print(markdown(results))
   return results
 
