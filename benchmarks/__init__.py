@@ -1,8 +1,5 @@
-"""Benchmarks: speed side by side with the original, and the table suite.
-
-The offline data is read from ``$FLOWGMM_DATA_DIR``; when that is unset, the benchmarks point
-it at ``../shared/data`` next to the repository (if that folder exists).
-"""
+"""Benchmarks (benchmarks/README.md). Offline data: ``$FLOWGMM_DATA_DIR``, else
+``../shared/data`` next to the repository when that folder exists."""
 
 from pathlib import Path
 

@@ -257,14 +257,14 @@ def main(argv=None):
   parser.add_argument("--timeout", type=float, default=900.0,
                       help="with --rows: seconds before a method's child process is stopped")
   parser.add_argument("--baseline-memory-gb", type=float, default=8.0,
-                      help="with --rows: address-space limit of the baselines' processes "
-                           "(0 = none)")
+                      help="with --rows: the baselines' address-space limit (0 = none)")
   parser.add_argument("--new-process", action="store_true",
                       help="the README example's fit in a new process, cold cache then warm")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.child == "readme":
-    print(json.dumps(_child_readme_fit()))
+  if args.child:  # one fit in this process, for the parent's --new-process or --rows
+    print(json.dumps(_child_readme_fit() if args.child == "readme" else _child(
+        args.child, args.rows, args.features, args.classes, args.baseline_memory_gb)))
     return None
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
@@ -273,10 +273,6 @@ def main(argv=None):
     results = new_process_fits(args.repeats)
     _write_json(args.json, argv, repeats=args.repeats, **results)
     return results
-  if args.child:
-    print(json.dumps(_child(args.child, args.rows, args.features, args.classes,
-                            args.baseline_memory_gb)))
-    return None
   if args.rows:
     if args.features < 2 or args.classes < 2:
       parser.error("--features and --classes must be at least 2")

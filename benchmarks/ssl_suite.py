@@ -82,8 +82,7 @@ def load_table(name: str) -> tuple[np.ndarray, np.ndarray]:
   source, where, _ = ALL_TABLES[name]
   if source == "sklearn":
     import sklearn.datasets
-    bunch = getattr(sklearn.datasets, where)()
-    x, y = bunch.data, bunch.target
+    x, y = getattr(sklearn.datasets, where)(return_X_y=True)
   else:
     from flowgmm_jax.data.dataset import default_data_dir
     path = Path(default_data_dir()) / where
@@ -160,9 +159,8 @@ def baseline(method: str, seed: int):
 
 def run_method(method: str, x_train, y_semi, y_true, x_eval, y_eval, seed: int,
                flowgmm_params: dict, calibration_folds: int = 0) -> dict:
-  """Fits one method on one split; returns its accuracy, ECE and fit seconds (and, for
-  FlowGMM with ``calibration_folds >= 2``, the cross-fitted temperature and the ECE after
-  it; the seconds then include the extra fits)."""
+  """One method's accuracy, ECE and fit seconds on one split (with ``calibration_folds >=
+  2``, FlowGMM's cross-fitted temperature and ECE after it, its seconds those of every fit)."""
   import threadpoolctl
   from scipy.special import softmax
   from sklearn.preprocessing import StandardScaler
@@ -229,9 +227,8 @@ def _accuracy(results: dict, table: str, method: str):
 
 
 def summarise(results: dict, tables, methods) -> tuple[str, dict]:
-  """The markdown table and the summary numbers (means over the tables, wins / ties /
-  losses, the best single method). A method run on only some tables shows "—" elsewhere
-  and has no mean."""
+  """(markdown, numbers): accuracies, means over the tables, wins / ties / losses and the
+  best single method; a method run on only some tables shows "—" and has no mean."""
   rows = []
   complete = [m for m in methods if all(_accuracy(results, t, m) for t in tables)]
   record = {"win": [], "tie": [], "loss": []}
@@ -266,15 +263,11 @@ def summarise(results: dict, tables, methods) -> tuple[str, dict]:
 
 
 def best_single(results: dict, tables, margin: float = 4.0) -> tuple[str, dict]:
-  """Each table's best baseline (of those run on it), the best single baseline (of those run
-  on every table: the one with the highest mean), and FlowGMM against both: the markdown and
-  the numbers. The supervised ceiling never competes. Without FlowGMM runs on every table its
-  column says so and the comparisons wait for them; when some baselines ran on only part of
-  the tables, one more line compares on that part.
-  """
+  """(markdown, numbers): each table's best baseline, the best single baseline (the highest
+  mean of those run on every table; never the supervised ceiling) and FlowGMM against both,
+  and one more comparison on the tables every baseline ran on when some ran on fewer."""
   def ran(m, t):
     return _accuracy(results, t, m) is not None
-
   candidates = [m for m in BASELINES if all(ran(m, t) for t in tables)]
   if not candidates:
     return "", {}
@@ -373,8 +366,7 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--panel", default="suite", choices=list(PANELS),
                       help="suite: the 15 tables; mixed: the 10 spreadsheets of mixed columns")
-  parser.add_argument("--tables", type=name_list(ALL_TABLES), default=None,
-                      help="comma-separated (default: the panel's)")
+  parser.add_argument("--tables", type=name_list(ALL_TABLES), help="default: the panel's")
   parser.add_argument("--methods", type=name_list(METHODS), default=",".join(DEFAULT_METHODS))
   parser.add_argument("--baselines-only", action="store_true", help="no FlowGMM fit")
   parser.add_argument("--merge", action="store_true",
@@ -387,8 +379,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--calibration-folds", type=int, default=0,
                       help="F >= 2: also fit FlowGMM's temperature by F-fold cross-fitting "
                            "over the labelled rows and report its ECE after (F extra fits)")
-  parser.add_argument("--flowgmm-params", default="{}",
-                      help="JSON dict of FlowGMMClassifier overrides (for tuning)")
+  parser.add_argument("--flowgmm-params", default="{}", help="JSON of FlowGMMClassifier overrides")
   parser.add_argument("--output", default=None,
                       help="JSON file for the per-seed numbers (default: benchmarks/results/"
                            "ssl_suite[_mixed][_validation][_lpcN].json)")
@@ -427,11 +418,10 @@ def main(argv=None) -> dict:
         run = run_method(m, *split, seed, flowgmm_params, args.calibration_folds)
         run["seed"] = seed
         results[table][m].append(run)
-        calibrated = (f", ECE {run['ece']:.3f} -> {run['ece_calibrated']:.3f} at T = "
-                      f"{run['temperature']:.2f}" if "temperature" in run else
-                      f", ECE {run['ece']:.3f}")
-        print(f"{table} {m} seed {seed}: {100 * run['accuracy']:.1f}%{calibrated} "
-              f"({run['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        after = (f" -> {run['ece_calibrated']:.3f} at T = {run['temperature']:.2f}"
+                 if "temperature" in run else "")
+        print(f"{table} {m} seed {seed}: {100 * run['accuracy']:.1f}%, ECE {run['ece']:.3f}"
+              f"{after} ({run['seconds']:.1f} s)", file=sys.stderr, flush=True)
     # After every table, so a long run that stops keeps the tables it finished.
     report = write_results(output, previous, results, methods, run_provenance,
                            dict(split=split_name, labels_per_class=args.labels_per_class,
@@ -448,9 +438,8 @@ def main(argv=None) -> dict:
 
 def write_results(output: Path, previous: dict, results: dict, methods, run_provenance: dict,
                   settings: dict) -> dict:
-  """Writes ``results`` (this run's methods) over ``previous`` (a file read for --merge, or
-  {}) to ``output``; each method keeps the provenance of the run that made it (its
-  command, commit, date and machine)."""
+  """Writes ``results`` (this run's methods) over ``previous`` (--merge's file, or {}) to
+  ``output``; each method keeps the provenance of the run that made it."""
   merged = {t: dict(v) for t, v in previous.get("results", {}).items()}
   for table, runs in results.items():
     merged.setdefault(table, {}).update(runs)

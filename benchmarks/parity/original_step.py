@@ -27,9 +27,10 @@ def load_original(path: str) -> types.SimpleNamespace:
   root = os.path.abspath(os.path.expanduser(path))
   pkg = os.path.join(root, "flow_ssl")
   utils_dir = os.path.join(root, "experiments", "train_flows", "utils")
-  if not os.path.isfile(os.path.join(utils_dir, "optim_util.py")):
-    raise FileNotFoundError(f"--original={path!r}: {utils_dir}/optim_util.py is missing; give "
-                            "the root of a clone of https://github.com/izmailovpavel/flowgmm")
+  for needed in (f"{pkg}/realnvp/realnvp.py", f"{utils_dir}/optim_util.py"):
+    if not os.path.isfile(needed):
+      raise FileNotFoundError(f"--original={path!r}: {needed} is missing; give the root of a "
+                              "clone of https://github.com/izmailovpavel/flowgmm")
   # Known deprecations of the 2019 code, once per layer otherwise; they change no number.
   warnings.filterwarnings("ignore", r".*weight_norm.* is deprecated|Implicit dimension choice")
   loaded = sys.modules.get("flow_ssl")

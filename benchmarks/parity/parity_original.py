@@ -92,6 +92,7 @@ def run_ours(r: dict, *, seed: int, steps: int, num_labels: int, eval_every: int
       per_step[step] = {k: float(metrics[v]) for k, v in names.items()}
     else:
       tests[step] = {k: float(metrics[f"eval/{k}"]) for k in ("accuracy", "bpd_given_label", "bpd")}
+      print(f"[parity] ours step {step}: {tests[step]}", flush=True)
 
   t0 = time.perf_counter()
   result = fit(c, data, original_label_split(data.y_train, num_labels, seed), log_fn=log_fn)
@@ -156,6 +157,7 @@ def run_original(orig, r: dict, *, seed: int, steps: int, num_labels: int, eval_
       tests[step + 1] = {k + suffix: v for midpoint, suffix in ((False, ""), (True, "_midpoint"))
                          for k, v in os_.evaluate_image(m, data.x_test, data.y_test,
                                                         midpoint=midpoint).items()}
+      print(f"[parity] original step {step + 1}: {tests[step + 1]}", flush=True)
   return _record(per_step, tests, eval_every, steps,
                  num_params=sum(p.numel() for p in m.net.parameters()),
                  wall_s=time.perf_counter() - t0, first_step_s=times[0] if times else None,

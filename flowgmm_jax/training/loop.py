@@ -49,23 +49,6 @@ def itstime(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
 
-@jax.jit
-def _split_seed(seed):
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  return init_rng, train_rng
-
-
-def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(init_rng, train_rng) = ``split(PRNGKey(seed))``, as one compiled program: run op by
-  op, the seeding, the split and the unpacking each compile a program of their own. A seed
-  in [0, 2**32) enters as uint32, for which ``PRNGKey`` gives the same key as for the
-  Python int; any other seed takes the op-by-op path."""
-  if 0 <= seed < 2**32:
-    return _split_seed(np.uint32(seed))
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  return init_rng, train_rng
-
-
 def evaluate(model: trained.TrainedFlowGMM, x: np.ndarray, y: np.ndarray) -> dict:
   """Test metrics of ``model`` over the whole set: accuracy, ECE (15 bins), NLL and bits/dim.
 
@@ -150,8 +133,7 @@ class FitResult:
 def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
         rows: Rows | tuple[np.ndarray, np.ndarray], *,
         workdir: str | None = None, mesh=None,
-        log_fn: Callable[[int, dict], None] | None = None,
-        initial_variables: dict | None = None) -> FitResult:
+        log_fn: Callable[[int, dict], None] | None = None) -> FitResult:
   """Trains FlowGMM on ``dataset.x_train[rows.labeled]`` (with labels) and
   ``dataset.x_train[rows.unlabeled]`` (labels hidden), early-stopping on
   ``rows.early_stopping``; evaluates on the test split. ``rows``: a ``data.rows.Rows``, or
@@ -160,8 +142,6 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
 
   With a ``workdir``, writes metrics.jsonl, TensorBoard events and checkpoints (and resumes
   from the latest one) under the workdir's lock; without one, nothing is written.
-  ``initial_variables``: start from these instead of the model's own initialisation
-  (``programs.initial_state``); a checkpoint in the workdir still wins.
   """
   validate_config(config)
   # After the multi-process runtime has started (run.py): the cache's choice of backend
@@ -181,11 +161,10 @@ def fit(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     return trained.TrainedFlowGMM(progs.eval_model, variables, meta=meta, step=step,
                                   mesh=mesh, batch_size=config.eval_batch_size)
 
-  init_rng, train_rng = run_keys(config.seed)
+  init_rng, train_rng = programs_lib.run_keys(config.seed)
   state = mesh_lib.replicate(mesh, programs_lib.initial_state(
       config, progs, dataset, rows, batches.init_rows(), init_rng,
-      encode=lambda v, x: inference(v).encode(x, preprocessed=True),
-      initial_variables=initial_variables))
+      encode=lambda v, x: inference(v).encode(x, preprocessed=True)))
   rng = mesh_lib.replicate(mesh, jnp.asarray(train_rng, jnp.uint32))
   total, es = config.num_train_steps, config.early_stopping
   stopper = EarlyStopping(es, dataset.x_train[rows.early_stopping]) if len(

@@ -1,4 +1,4 @@
-"""What ``fit`` compiles and the state before its first step.
+"""What ``fit`` compiles (its programs and its random keys) and the state before its first step.
 
 The models, the optimiser, the jitted train step and the jitted ``model.init`` depend only
 on the config sections that shape them and on the data's shape (``program_key``, an
@@ -109,42 +109,30 @@ def programs(key: ml_collections.FrozenConfigDict, mesh) -> Programs:
                   dequantize_widths=tuple(key.dequantize_widths))
 
 
-def check_same_structure(given: dict, expected: dict) -> None:
-  """Raises ValueError naming the first variable whose path, shape or dtype differs."""
-  flat_given = dict(jax.tree_util.tree_flatten_with_path(given)[0])
-  flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-  def name(path):
-    return "/".join(str(getattr(k, "key", k)) for k in path)
-  missing = sorted(name(p) for p in flat_expected.keys() - flat_given.keys())
-  extra = sorted(name(p) for p in flat_given.keys() - flat_expected.keys())
-  if missing or extra:
-    raise ValueError(f"initial_variables do not fit the config's model: missing "
-                     f"{missing[:3]}, unexpected {extra[:3]}; build them with the same "
-                     "config.model.")
-  for path, want in flat_expected.items():
-    got = flat_given[path]
-    if tuple(np.shape(got)) != tuple(want.shape) or np.dtype(got.dtype) != want.dtype:
-      raise ValueError(f"initial_variables[{name(path)!r}] is {np.dtype(got.dtype)}"
-                       f"{list(np.shape(got))}; the config's model needs "
-                       f"{want.dtype}{list(want.shape)}.")
+@jax.jit
+def _split_seed(seed):
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init_rng, train_rng) = ``split(PRNGKey(seed))``, as one compiled program: run op by
+  op, the seeding, the split and the unpacking each compile a program of their own. A seed
+  in [0, 2**32) enters as uint32, for which ``PRNGKey`` gives the same key as for the
+  Python int; any other seed takes the op-by-op path."""
+  if 0 <= seed < 2**32:
+    return _split_seed(np.uint32(seed))
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
 
 
 def initial_state(config: ml_collections.ConfigDict, progs: Programs, dataset, rows,
-                  init_rows: np.ndarray, init_rng, encode: Callable,
-                  initial_variables: dict | None = None) -> TrainState:
+                  init_rows: np.ndarray, init_rng, encode: Callable) -> TrainState:
   """The state before step 0 (on the host): ``model.init`` on ``dataset.x_train[init_rows]``
   (the first batch's rows: data-dependent initialisation such as ActNorm's sees real rows),
   the prior's means at the labelled rows' latent centroids when ``prior.means_init`` is
-  "labeled" (``encode(variables, x) -> z``), and the optimiser state.
-
-  ``initial_variables``: start from these instead (a warm start, or another implementation's
-  initial tensors); they must have the model's structure, shapes and dtypes, and are used as
-  given (no means placement)."""
-  x_init = jnp.asarray(dataset.x_train[init_rows], jnp.float32)
-  if initial_variables is not None:
-    check_same_structure(initial_variables, jax.eval_shape(progs.init, init_rng, x_init))
-    return progs.new_state(jax.tree_util.tree_map(jnp.asarray, initial_variables))
-  variables = progs.init(init_rng, x_init)
+  "labeled" (``encode(variables, x) -> z``), and the optimiser state."""
+  variables = progs.init(init_rng, jnp.asarray(dataset.x_train[init_rows], jnp.float32))
   if config.prior.means_init == "labeled":
     variables = place_means_at_centroids(variables, encode(variables,
                                                            dataset.x_train[rows.labeled]),
