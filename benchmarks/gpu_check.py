@@ -66,7 +66,8 @@ def load_config(spec: str, tiny: bool, **fields):
 
 _cache_hits = []  # one entry per persistent-cache hit (JAX's monitoring event)
 jax.monitoring.register_event_listener(
-    lambda event, **_: event == "/jax/compilation_cache/cache_hits" and _cache_hits.append(1))
+    lambda event, **_: _cache_hits.append(1) if event == "/jax/compilation_cache/cache_hits"
+    else None)
 
 
 def compile_cold_and_warm(fn, *args) -> tuple:

@@ -39,8 +39,12 @@ def _ssl_suite(results, row) -> str:
   seeds = ", ".join(map(str, results["seeds"]))
   over = f"mean over {len(tables)} tables (± over seeds): " if len(tables) > 1 else ""
   below = best.get("tables_more_than_margin_below_their_best")
-  below = (f"; {len(below)} table{'s' * (len(below) != 1)} more than {best['margin']:g} "
-           f"points below {'its' if len(below) == 1 else 'their'} best method" if below is not None and len(tables) > 1 else "")
+  if below is None or len(tables) == 1:
+    below = ""
+  else:
+    one = len(below) == 1
+    below = (f"; {len(below)} table{'' if one else 's'} more than {best['margin']:g} points "
+             f"below {'its' if one else 'their'} best method")
   return (f"{over}{flowgmm}, best single method ({METHODS[best['method']]}) "
           f"{cell(best['method'], best['mean_accuracy'])}%{below} (seeds {seeds})")
 

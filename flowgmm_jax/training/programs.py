@@ -109,10 +109,12 @@ def programs(key: ml_collections.FrozenConfigDict, mesh) -> Programs:
                   dequantize_widths=tuple(key.dequantize_widths))
 
 
-@jax.jit
 def _split_seed(seed):
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   return init_rng, train_rng
+
+
+_split_seed_compiled = jax.jit(_split_seed)
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -121,9 +123,8 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   in [0, 2**32) enters as uint32, for which ``PRNGKey`` gives the same key as for the
   Python int; any other seed takes the op-by-op path."""
   if 0 <= seed < 2**32:
-    return _split_seed(np.uint32(seed))
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  return init_rng, train_rng
+    return _split_seed_compiled(np.uint32(seed))
+  return _split_seed(seed)
 
 
 def initial_state(config: ml_collections.ConfigDict, progs: Programs, dataset, rows,
